@@ -1,0 +1,1 @@
+"""Fleet controller: ingests alerts over MQTT, decides fleet-wide rules, signs and pushes them."""

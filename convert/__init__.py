@@ -1,0 +1,1 @@
+"""Build-time converter: traffic synthesis, datasets, training, int8 quantisation, evaluation."""
