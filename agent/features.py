@@ -1,0 +1,307 @@
+"""Vectorised N-BaIoT feature engine with bounded stream tables (DESIGN 4).
+
+For each batch and each stream table the packets are sorted by stream, each
+stream's damped statistics are computed for all its packets at once with
+decayed prefix sums (``decayed_sums``), and the final state goes back into a
+fixed-budget ``StreamTable``.  The result equals the sequential definition
+(``features_reference``) up to floating-point rounding.
+
+Pair groups (HH, HpHp) keep one table entry per unordered stream pair, with
+the statistics of both directions and the shared covariance state, so both
+sides of a conversation are evicted together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .decayed_sums import Segments, decayed_sums, previous_time, running_time
+from .feature_columns import LAMBDAS, N_FEATURES
+from .packets import L3_ARP, L3_OTHER, PORT_NUMBER, PacketBatch
+from .stream_table import StreamTable
+
+W_INIT = 1e-20
+LAM = np.asarray(LAMBDAS)
+NL = len(LAMBDAS)
+
+
+@dataclass
+class Budgets:
+    """Entries per stream table (from the firmware profile)."""
+
+    mi_dir: int = 100_000
+    h: int = 100_000
+    hh: int = 100_000
+    hh_jit: int = 100_000
+    hphp: int = 100_000
+
+    @property
+    def smallest(self) -> int:
+        return min(self.mi_dir, self.h, self.hh, self.hh_jit, self.hphp)
+
+
+# --- stream keys -------------------------------------------------------------
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(h: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Fold one 64-bit word into a running hash (splitmix64 finaliser)."""
+    z = (h ^ v.astype(np.uint64, copy=False)) + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def _hash(tag: int, *words: np.ndarray) -> np.ndarray:
+    h = np.full(len(words[0]), tag, dtype=np.uint64)
+    for w in words:
+        h = _mix(h, w)
+    return h
+
+
+@dataclass
+class StreamKeys:
+    mi: np.ndarray
+    h: np.ndarray
+    hh_a: np.ndarray  # srcIP -> dstIP
+    hh_b: np.ndarray  # its reverse
+    hphp_a: np.ndarray
+    hphp_b: np.ndarray
+
+
+def stream_keys(batch: PacketBatch) -> StreamKeys:
+    """64-bit hashes of the DESIGN 4 stream keys (collisions: about 2^-64 per pair of streams)."""
+    is_mac = batch.l3 == L3_OTHER  # frames with neither IP nor ARP: the MACs stand in for IPs
+    mac_tag = is_mac.astype(np.uint64)
+    src = _hash(1, mac_tag, np.where(is_mac, 0, batch.src_ip_hi), np.where(is_mac, batch.src_mac, batch.src_ip_lo))
+    dst = _hash(1, mac_tag, np.where(is_mac, 0, batch.dst_ip_hi), np.where(is_mac, batch.dst_mac, batch.dst_ip_lo))
+    # Port words: the number for TCP/UDP, else 65536 + port_kind ("arp", "icmp", "").
+    special = np.uint64(65536) + batch.port_kind.astype(np.uint64)
+    has_port = batch.port_kind == PORT_NUMBER
+    sport = np.where(has_port, batch.sport.astype(np.uint64), special)
+    dport = np.where(has_port, batch.dport.astype(np.uint64), special)
+    is_arp = batch.l3 == L3_ARP
+    hphp_a = np.where(is_arp, _hash(5, batch.src_mac, batch.dst_mac), _hash(4, src, sport, dst, dport))
+    hphp_b = np.where(is_arp, _hash(5, batch.dst_mac, batch.src_mac), _hash(4, dst, dport, src, sport))
+    return StreamKeys(
+        mi=_hash(2, batch.src_mac, src),
+        h=src,
+        hh_a=_hash(3, src, dst),
+        hh_b=_hash(3, dst, src),
+        hphp_a=hphp_a,
+        hphp_b=hphp_b,
+    )
+
+
+# --- tables ------------------------------------------------------------------
+
+
+def _group_by(keys: np.ndarray) -> tuple[np.ndarray, Segments]:
+    order = np.argsort(keys, kind="stable")  # stable: packets of a stream stay in time order
+    return order, Segments.from_sorted(keys[order])
+
+
+def _mean_var(w: np.ndarray, ls: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu = np.where(w > 0, ls / w, 0.0)
+        var = np.where(w > 0, np.abs(ss / w - mu * mu), 0.0)
+    return mu, var
+
+
+class SingleStreams:
+    """MI_dir, H and HH_jit: one stream per key. State columns: w, LS, SS (per lambda)."""
+
+    def __init__(self, budget: int, jitter: bool = False) -> None:
+        self.jitter = jitter
+        init = np.zeros((3, NL))
+        init[0] = W_INIT
+        self.table = StreamTable(budget, init.ravel())
+
+    def update(self, keys: np.ndarray, t: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """(n, 3 * L) columns weight, mean, variance per lambda, in packet order."""
+        n = len(keys)
+        order, seg = _group_by(keys)
+        ts = t[order]
+        slots, is_new = self.table.lookup(keys[order][seg.start], ts[seg.start])
+        if self.jitter:  # a new jitter stream starts at t_last = 0, so its first value is t itself
+            self.table.t_last[slots[is_new]] = 0.0
+        t_init = self.table.t_last[slots]
+        T = running_time(ts, t_init, seg)
+        if self.jitter:
+            xs = np.maximum(ts - previous_time(T, t_init, seg), 0.0)
+        else:
+            xs = x[order]
+        terms = np.stack([np.ones(n), xs, xs * xs], axis=-1)[:, None, :].repeat(NL, axis=1)
+        init = self.table.state[slots].reshape(-1, 3, NL).transpose(0, 2, 1)
+        sums = decayed_sums(seg, T, LAM, terms, init, t_init)  # (n, L, 3)
+        last = seg.last
+        self.table.state[slots] = sums[last].transpose(0, 2, 1).reshape(len(slots), -1)
+        self.table.t_last[slots] = T[last]
+        w, ls, ss = sums[..., 0], sums[..., 1], sums[..., 2]
+        mu, var = _mean_var(w, ls, ss)
+        out = np.empty((n, NL, 3))
+        out[order] = np.stack([w, mu, var], axis=-1)
+        return out.reshape(n, 3 * NL)
+
+
+# Pair table state columns (each block of NL values, one per lambda).
+_W0, _LS0, _SS0, _W1, _LS1, _SS1, _R0, _R1, _CF3, _W3 = range(10)
+
+
+class PairStreams:
+    """HH and HpHp: directed streams paired with their reverse, one entry per unordered pair."""
+
+    def __init__(self, budget: int) -> None:
+        init = np.zeros((10, NL))
+        init[[_W0, _W1, _W3]] = W_INIT
+        self.table = StreamTable(budget, init.ravel())
+
+    def update(self, key_a: np.ndarray, key_b: np.ndarray, t: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """(n, 7 * L) columns weight, mean, std, magnitude, radius, covariance, pcc per lambda."""
+        n = len(key_a)
+        # Direction 0 is the stream with the smaller key; a stream paired with itself is direction 0.
+        direction = (key_a > key_b).astype(np.int64)
+        self_paired = key_a == key_b
+        pair_key = _hash(6, np.minimum(key_a, key_b), np.maximum(key_a, key_b))
+        order, seg = _group_by(pair_key)
+        ts, xs, d, selfp = t[order], x[order], direction[order], self_paired[order]
+        slots, is_new = self.table.lookup(pair_key[order][seg.start], ts[seg.start])
+        t_init = self.table.t_last[slots]
+        state = self.table.state[slots].reshape(-1, 10, NL)
+        T = running_time(ts, t_init, seg)
+
+        # Both directions' sums after every packet (the other side only decays).
+        on0, on1 = (d == 0).astype(float), (d == 1).astype(float)
+        terms = np.stack([on0, on0 * xs, on0 * xs * xs, on1, on1 * xs, on1 * xs * xs], axis=-1)
+        terms = terms[:, None, :].repeat(NL, axis=1)
+        init = state[:, _W0 : _SS1 + 1].transpose(0, 2, 1)
+        sums = decayed_sums(seg, T, LAM, terms, init, t_init)  # (n, L, 6)
+        mine = np.where((d == 0)[:, None, None], sums[..., 0:3], sums[..., 3:6])
+        mu_a, var_a = _mean_var(mine[..., 0], mine[..., 1], mine[..., 2])
+
+        # Where each packet's reverse stream last had a packet of its own (self-paired: itself).
+        pos = np.arange(n)
+        seg_first = seg.start[seg.ids]
+        last_of = [np.maximum.accumulate(np.where(d == k, pos, -1)) for k in (0, 1)]
+        j = np.where(d == 0, last_of[1], last_of[0])
+        in_batch = j >= seg_first
+        # The reverse side's mean and variance do not change as it decays, so read them where it was
+        # last updated: this keeps them exact even when its decayed weight nears float underflow.
+        stored_other = np.where((d == 0)[:, None, None], init[seg.ids, :, 3:6], init[seg.ids, :, 0:3])
+        other = np.where(in_batch[:, None, None], mine[np.maximum(j, 0)], stored_other)
+        other = np.where(selfp[:, None, None], mine, other)
+        mu_b, var_b = _mean_var(other[..., 0], other[..., 1], other[..., 2])
+        # A reverse stream decayed to nothing (weight underflowed to 0) counts as empty.
+        other_w_now = np.where((d == 0)[:, None], sums[..., 3], sums[..., 0])
+        gone = (other_w_now == 0) & ~selfp[:, None]
+        mu_b, var_b = np.where(gone, 0.0, mu_b), np.where(gone, 0.0, var_b)
+
+        # Residuals: this packet's, and the last one of the reverse direction before it.
+        resid = xs[:, None] - mu_a  # (n, L)
+        prev_pos = np.full(n, -1)  # previous packet in the same segment, for self-paired streams
+        prev_pos[1:] = np.where(pos[1:] > seg_first[1:], pos[:-1], -1)
+        j = np.where(selfp, prev_pos, j)
+        in_batch = j >= seg_first
+        stored_r = np.where((selfp | (d == 1))[:, None], state[seg.ids, _R0], state[seg.ids, _R1])
+        r_other = np.where(in_batch[:, None], resid[np.maximum(j, 0)], stored_r)
+        # A stream paired with itself sees its own last residual after the pair decay.
+        self_decay = np.exp2(-LAM[None, :] * (T - previous_time(T, t_init, seg))[:, None])
+        r_other = np.where(selfp[:, None], r_other * self_decay, r_other)
+
+        # The pair update runs once for the packet that creates the pair, twice afterwards.
+        created = np.zeros(n, dtype=bool)
+        created[seg.start[is_new]] = True
+        repeats = np.where(created, 1.0, 2.0)[:, None]
+        second = np.where(selfp[:, None], resid * resid, resid * r_other)  # second run sees r_A = r
+        cf_terms = resid * r_other + (repeats - 1.0) * second
+        pair_terms = np.stack([cf_terms, np.broadcast_to(repeats, cf_terms.shape)], axis=-1)
+        pair_init = state[:, [_CF3, _W3]].transpose(0, 2, 1)
+        pair_sums = decayed_sums(seg, T, LAM, pair_terms, pair_init, t_init)
+        cov = pair_sums[..., 0] / pair_sums[..., 1]
+
+        # Store the final state of every pair.
+        last = seg.last
+        new_state = state.copy()
+        new_state[:, _W0 : _SS1 + 1] = sums[last].transpose(0, 2, 1)
+        new_state[:, [_CF3, _W3]] = pair_sums[last].transpose(0, 2, 1)
+        for k, col in ((0, _R0), (1, _R1)):
+            jl = last_of[k][last]
+            has = jl >= seg.start
+            new_state[has, col] = resid[jl[has]]
+        self.table.state[slots] = new_state.reshape(len(slots), -1)
+        self.table.t_last[slots] = T[last]
+
+        std_a, std_b = np.sqrt(var_a), np.sqrt(var_b)
+        denom = std_a * std_b
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pcc = np.where(denom != 0, cov / denom, 0.0)
+        stats = np.stack(
+            [
+                mine[..., 0],
+                mu_a,
+                std_a,
+                np.sqrt(mu_a * mu_a + mu_b * mu_b),
+                np.sqrt(var_a * var_a + var_b * var_b),
+                cov,
+                pcc,
+            ],
+            axis=-1,
+        )
+        out = np.empty((n, NL, 7))
+        out[order] = stats
+        return out.reshape(n, 7 * NL)
+
+
+@dataclass
+class FeatureExtractor:
+    """The agent's feature stage: ``update(batch)`` returns (n, 115) float64 features in N-BaIoT order."""
+
+    budgets: Budgets = field(default_factory=Budgets)
+
+    def __post_init__(self) -> None:
+        b = self.budgets
+        self.mi = SingleStreams(b.mi_dir)
+        self.h = SingleStreams(b.h)
+        self.hh = PairStreams(b.hh)
+        self.jit = SingleStreams(b.hh_jit, jitter=True)
+        self.hphp = PairStreams(b.hphp)
+
+    def update(self, batch: PacketBatch) -> np.ndarray:
+        n = len(batch)
+        out = np.empty((n, N_FEATURES))
+        # A chunk never holds more streams than the smallest table can take at once.
+        step = max(1, self.budgets.smallest)
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            out[lo:hi] = self._update_chunk(batch.take(slice(lo, hi)))
+        return out
+
+    def _update_chunk(self, batch: PacketBatch) -> np.ndarray:
+        keys = stream_keys(batch)
+        t = batch.ts.astype(np.float64)
+        x = batch.wire_len.astype(np.float64)
+        return np.concatenate(
+            [
+                self.mi.update(keys.mi, t, x),
+                self.h.update(keys.h, t, x),
+                self.hh.update(keys.hh_a, keys.hh_b, t, x),
+                self.jit.update(keys.hh_a, t, x),
+                self.hphp.update(keys.hphp_a, keys.hphp_b, t, x),
+            ],
+            axis=1,
+        )
+
+    @property
+    def tables(self) -> dict[str, StreamTable]:
+        return {
+            "mi_dir": self.mi.table,
+            "h": self.h.table,
+            "hh": self.hh.table,
+            "hh_jit": self.jit.table,
+            "hphp": self.hphp.table,
+        }

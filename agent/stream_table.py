@@ -1,0 +1,80 @@
+"""A fixed-budget table of stream states, keyed by 64-bit stream hashes.
+
+Keys are kept sorted so a whole batch is looked up with one ``searchsorted``.
+When new streams do not fit, the least recently updated streams that the
+current batch does not touch are evicted; an evicted stream simply restarts
+from nothing if it comes back (DESIGN 4, bounded memory).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class StreamTable:
+    def __init__(self, budget: int, init_row: np.ndarray) -> None:
+        if budget < 1:
+            raise ValueError("a stream table needs a budget of at least one entry")
+        self.budget = int(budget)
+        self.init_row = np.asarray(init_row, dtype=np.float64)
+        self.state = np.empty((0, len(self.init_row)))  # grows up to budget rows
+        self.t_last = np.empty(0)
+        self.keys = np.empty(0, dtype=np.uint64)  # sorted keys in use
+        self.slots = np.empty(0, dtype=np.int64)  # slot of each key in ``keys``
+        self.free = np.empty(0, dtype=np.int64)
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def nbytes(self) -> int:
+        return self.state.nbytes + self.t_last.nbytes + self.keys.nbytes + self.slots.nbytes + self.free.nbytes
+
+    def lookup(self, keys: np.ndarray, t_new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Slots for sorted unique ``keys``; absent keys get fresh rows with ``t_last = t_new``.
+
+        Returns (slots, is_new).  ``len(keys)`` must not exceed the budget.
+        """
+        if len(keys) > self.budget:
+            raise ValueError(f"{len(keys)} streams in one batch exceed the table budget {self.budget}")
+        pos = np.searchsorted(self.keys, keys)
+        pos_c = np.minimum(pos, max(len(self.keys) - 1, 0))
+        found = (pos < len(self.keys)) & (self.keys[pos_c] == keys) if len(self.keys) else np.zeros(len(keys), bool)
+        slots = np.empty(len(keys), dtype=np.int64)
+        slots[found] = self.slots[pos_c[found]]
+        new_keys = keys[~found]
+        new_slots = self._allocate(len(new_keys), protected=pos_c[found])
+        slots[~found] = new_slots
+        self.state[new_slots] = self.init_row
+        self.t_last[new_slots] = t_new[~found]
+        # Merge the new keys into the sorted index.
+        at = np.searchsorted(self.keys, new_keys)
+        self.keys = np.insert(self.keys, at, new_keys)
+        self.slots = np.insert(self.slots, at, new_slots)
+        return slots, ~found
+
+    def _allocate(self, count: int, protected: np.ndarray) -> np.ndarray:
+        """``count`` free slots, growing the arrays up to the budget, then evicting LRU entries."""
+        grow = min(count, self.budget - len(self.state))
+        if grow > 0:
+            first = len(self.state)
+            self.state = np.concatenate([self.state, np.empty((grow, self.state.shape[1]))])
+            self.t_last = np.concatenate([self.t_last, np.empty(grow)])
+            self.free = np.concatenate([self.free, np.arange(first, first + grow)])
+        short = count - len(self.free)
+        if short > 0:
+            self._evict(short, protected)
+        taken, self.free = self.free[:count], self.free[count:]
+        return taken
+
+    def _evict(self, count: int, protected: np.ndarray) -> None:
+        """Drop the ``count`` least recently updated keys, sparing the ``protected`` key positions."""
+        age = self.t_last[self.slots].copy()
+        age[protected] = np.inf
+        victims = np.argpartition(age, count - 1)[:count]
+        self.free = np.concatenate([self.free, self.slots[victims]])
+        keep = np.ones(len(self.keys), dtype=bool)
+        keep[victims] = False
+        self.keys, self.slots = self.keys[keep], self.slots[keep]
+        self.evicted += count
