@@ -122,13 +122,14 @@ def decayed_sums(
     seg     segments of the (sorted) packets, one per stream
     T       (n,) time each packet decays its stream to (``running_time``)
     lambdas (L,) decay rates
-    terms   (n, L, q) what each packet adds, per rate and quantity
+    terms   (n, L, q) what each packet adds, per rate and quantity ((n, 1, q): the same for all rates)
     init    (k, L, q) each stream's stored state, valid at time ``t_init``
     Returns (n, L, q): every stream's state right after each packet.
     """
-    n, L, q = terms.shape
+    n, _, q = terms.shape
+    L = len(lambdas)
     if n == 0:
-        return terms.copy()
+        return np.zeros((0, L, q))
     lam = lambdas[None, :, None]
     lam_max = float(lambdas.max())
     t_ref = T[seg.start]  # first packet's time per segment

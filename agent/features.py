@@ -136,7 +136,7 @@ class SingleStreams:
             xs = np.maximum(ts - previous_time(T, t_init, seg), 0.0)
         else:
             xs = x[order]
-        terms = np.stack([np.ones(n), xs, xs * xs], axis=-1)[:, None, :].repeat(NL, axis=1)
+        terms = np.stack([np.ones(n), xs, xs * xs], axis=-1)[:, None, :]  # the same for every lambda
         init = self.table.state[slots].reshape(-1, 3, NL).transpose(0, 2, 1)
         sums = decayed_sums(seg, T, LAM, terms, init, t_init)  # (n, L, 3)
         last = seg.last
@@ -150,14 +150,17 @@ class SingleStreams:
 
 
 # Pair table state columns (each block of NL values, one per lambda).
-_W0, _LS0, _SS0, _W1, _LS1, _SS1, _R0, _R1, _CF3, _W3 = range(10)
+# Sums per direction, last residual per direction, covariance sums, and each direction's mean and
+# variance at its last own packet (decay leaves them unchanged; kept so they survive underflow).
+_W0, _LS0, _SS0, _W1, _LS1, _SS1, _R0, _R1, _CF3, _W3, _MU0, _VAR0, _MU1, _VAR1 = range(14)
+_WIDTH = 14
 
 
 class PairStreams:
     """HH and HpHp: directed streams paired with their reverse, one entry per unordered pair."""
 
     def __init__(self, budget: int) -> None:
-        init = np.zeros((10, NL))
+        init = np.zeros((_WIDTH, NL))
         init[[_W0, _W1, _W3]] = W_INIT
         self.table = StreamTable(budget, init.ravel())
 
@@ -168,73 +171,81 @@ class PairStreams:
         direction = (key_a > key_b).astype(np.int64)
         self_paired = key_a == key_b
         pair_key = _hash(6, np.minimum(key_a, key_b), np.maximum(key_a, key_b))
-        order, seg = _group_by(pair_key)
+        order, seg = _group_by(pair_key)  # "pair order": by pair, then time
         ts, xs, d, selfp = t[order], x[order], direction[order], self_paired[order]
         slots, is_new = self.table.lookup(pair_key[order][seg.start], ts[seg.start])
         t_init = self.table.t_last[slots]
-        state = self.table.state[slots].reshape(-1, 10, NL)
+        state = self.table.state[slots].reshape(-1, _WIDTH, NL)
+        dir_state = state[:, : 2 * 3].reshape(-1, 2, 3, NL).transpose(0, 1, 3, 2)  # (k, dir, L, 3)
+        # Every packet of a pair decays both directions, so one clock per pair.
         T = running_time(ts, t_init, seg)
 
-        # Both directions' sums after every packet (the other side only decays).
-        on0, on1 = (d == 0).astype(float), (d == 1).astype(float)
-        terms = np.stack([on0, on0 * xs, on0 * xs * xs, on1, on1 * xs, on1 * xs * xs], axis=-1)
-        terms = terms[:, None, :].repeat(NL, axis=1)
-        init = state[:, _W0 : _SS1 + 1].transpose(0, 2, 1)
-        sums = decayed_sums(seg, T, LAM, terms, init, t_init)  # (n, L, 6)
-        mine = np.where((d == 0)[:, None, None], sums[..., 0:3], sums[..., 3:6])
+        # Each direction's own statistics, computed over that direction's packets ("direction order").
+        by_dir = np.argsort(seg.ids * 2 + d, kind="stable")
+        dseg = Segments.from_sorted((seg.ids * 2 + d)[by_dir])
+        dseg_pair = seg.ids[by_dir][dseg.start]
+        dseg_dir = d[by_dir][dseg.start]
+        xd = xs[by_dir]
+        terms = np.stack([np.ones(n), xd, xd * xd], axis=-1)[:, None, :]
+        own = decayed_sums(dseg, T[by_dir], LAM, terms, dir_state[dseg_pair, dseg_dir], t_init[dseg_pair])
+        mine = np.empty_like(own)
+        mine[by_dir] = own  # back to pair order: (n, L, 3)
         mu_a, var_a = _mean_var(mine[..., 0], mine[..., 1], mine[..., 2])
 
-        # Where each packet's reverse stream last had a packet of its own (self-paired: itself).
+        # Where each packet's reverse stream last had a packet of its own.
         pos = np.arange(n)
         seg_first = seg.start[seg.ids]
         last_of = [np.maximum.accumulate(np.where(d == k, pos, -1)) for k in (0, 1)]
         j = np.where(d == 0, last_of[1], last_of[0])
         in_batch = j >= seg_first
-        # The reverse side's mean and variance do not change as it decays, so read them where it was
-        # last updated: this keeps them exact even when its decayed weight nears float underflow.
-        stored_other = np.where((d == 0)[:, None, None], init[seg.ids, :, 3:6], init[seg.ids, :, 0:3])
-        other = np.where(in_batch[:, None, None], mine[np.maximum(j, 0)], stored_other)
-        other = np.where(selfp[:, None, None], mine, other)
-        mu_b, var_b = _mean_var(other[..., 0], other[..., 1], other[..., 2])
-        # A reverse stream decayed to nothing (weight underflowed to 0) counts as empty.
-        other_w_now = np.where((d == 0)[:, None], sums[..., 3], sums[..., 0])
-        gone = (other_w_now == 0) & ~selfp[:, None]
-        mu_b, var_b = np.where(gone, 0.0, mu_b), np.where(gone, 0.0, var_b)
+        # Decay does not change a stream's mean and variance, so the reverse side's are those of its
+        # last own packet, even when its weight has since decayed below what a float can hold.
+        stored = state[:, _MU0:].reshape(-1, 2, 2, NL).transpose(0, 1, 3, 2)  # (k, dir, L, mean/var)
+        moments_at_j = np.stack([mu_a, var_a], axis=-1)[np.maximum(j, 0)]
+        other = np.where(in_batch[:, None, None], moments_at_j, stored[seg.ids, 1 - d])
+        mu_b, var_b = other[..., 0], other[..., 1]
+        sp = selfp[:, None]
+        mu_b, var_b = np.where(sp, mu_a, mu_b), np.where(sp, var_a, var_b)
 
-        # Residuals: this packet's, and the last one of the reverse direction before it.
+        # Residuals: this packet's, and the last one of the reverse direction before it
+        # (for a stream paired with itself: its own previous one, after the pair decay).
         resid = xs[:, None] - mu_a  # (n, L)
-        prev_pos = np.full(n, -1)  # previous packet in the same segment, for self-paired streams
+        prev_pos = np.full(n, -1)
         prev_pos[1:] = np.where(pos[1:] > seg_first[1:], pos[:-1], -1)
         j = np.where(selfp, prev_pos, j)
         in_batch = j >= seg_first
         stored_r = np.where((selfp | (d == 1))[:, None], state[seg.ids, _R0], state[seg.ids, _R1])
         r_other = np.where(in_batch[:, None], resid[np.maximum(j, 0)], stored_r)
-        # A stream paired with itself sees its own last residual after the pair decay.
         self_decay = np.exp2(-LAM[None, :] * (T - previous_time(T, t_init, seg))[:, None])
-        r_other = np.where(selfp[:, None], r_other * self_decay, r_other)
+        r_other = np.where(sp, r_other * self_decay, r_other)
 
         # The pair update runs once for the packet that creates the pair, twice afterwards.
         created = np.zeros(n, dtype=bool)
         created[seg.start[is_new]] = True
         repeats = np.where(created, 1.0, 2.0)[:, None]
-        second = np.where(selfp[:, None], resid * resid, resid * r_other)  # second run sees r_A = r
+        second = np.where(sp, resid * resid, resid * r_other)  # the second run sees r_A = r
         cf_terms = resid * r_other + (repeats - 1.0) * second
         pair_terms = np.stack([cf_terms, np.broadcast_to(repeats, cf_terms.shape)], axis=-1)
         pair_init = state[:, [_CF3, _W3]].transpose(0, 2, 1)
         pair_sums = decayed_sums(seg, T, LAM, pair_terms, pair_init, t_init)
         cov = pair_sums[..., 0] / pair_sums[..., 1]
 
-        # Store the final state of every pair.
-        last = seg.last
+        # Store every pair's final state, both directions decayed to the pair's last time.
+        t_end = T[seg.last]
+        new_dir = dir_state * np.exp2(-LAM[None, None, :, None] * (t_end - t_init)[:, None, None, None])
+        own_last = own[dseg.last] * np.exp2(-LAM[None, :, None] * (t_end[dseg_pair] - T[by_dir][dseg.last])[:, None, None])
+        new_dir[dseg_pair, dseg_dir] = own_last
         new_state = state.copy()
-        new_state[:, _W0 : _SS1 + 1] = sums[last].transpose(0, 2, 1)
-        new_state[:, [_CF3, _W3]] = pair_sums[last].transpose(0, 2, 1)
-        for k, col in ((0, _R0), (1, _R1)):
-            jl = last_of[k][last]
+        new_state[:, : 2 * 3] = new_dir.transpose(0, 1, 3, 2).reshape(-1, 2 * 3, NL)
+        new_state[:, [_CF3, _W3]] = pair_sums[seg.last].transpose(0, 2, 1)
+        for k, r_col, mu_col, var_col in ((0, _R0, _MU0, _VAR0), (1, _R1, _MU1, _VAR1)):
+            jl = last_of[k][seg.last]
             has = jl >= seg.start
-            new_state[has, col] = resid[jl[has]]
+            new_state[has, r_col] = resid[jl[has]]
+            new_state[has, mu_col] = mu_a[jl[has]]
+            new_state[has, var_col] = var_a[jl[has]]
         self.table.state[slots] = new_state.reshape(len(slots), -1)
-        self.table.t_last[slots] = T[last]
+        self.table.t_last[slots] = t_end
 
         std_a, std_b = np.sqrt(var_a), np.sqrt(var_b)
         denom = std_a * std_b

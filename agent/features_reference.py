@@ -28,6 +28,8 @@ class Stream:
     w: float = W_INIT
     ls: float = 0.0
     ss: float = 0.0
+    last_mean: float = 0.0  # mean and variance right after the last insert (0 before any)
+    last_variance: float = 0.0
 
     def decay(self, t: float) -> None:
         if t > self.t_last:
@@ -42,6 +44,9 @@ class Stream:
         self.w += 1.0
         self.ls += x
         self.ss += x * x
+        # Decay leaves mean and variance unchanged; remember them for when this stream is read as
+        # the reverse side of a pair, since its decayed weight may underflow to 0 meanwhile.
+        self.last_mean, self.last_variance = self.mean(), self.variance()
 
     def mean(self) -> float:
         return self.ls / self.w if self.w > 0 else 0.0
@@ -125,8 +130,8 @@ class PairTable:
             # Once inside the insert (only when the pair already existed) and once explicitly.
             for _ in range(1 if created else 2):
                 p.update(key_a, a, b, key_b, x, t)
-            mu_a, mu_b = a.mean(), b.mean()
-            var_a, var_b = a.variance(), b.variance()
+            mu_a, mu_b = a.mean(), b.last_mean
+            var_a, var_b = a.variance(), b.last_variance
             cov = p.cf3 / p.w3
             denom = math.sqrt(var_a) * math.sqrt(var_b)
             out += [
