@@ -106,6 +106,13 @@ def _group_by(keys: np.ndarray) -> tuple[np.ndarray, Segments]:
     return order, Segments.from_sorted(keys[order])
 
 
+def _unsort(rows: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Rows computed in ``order`` back in packet order."""
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return rows.take(inverse, axis=0)
+
+
 def _mean_var(w: np.ndarray, ls: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(divide="ignore", invalid="ignore"):
         mu = np.where(w > 0, ls / w, 0.0)
@@ -144,9 +151,9 @@ class SingleStreams:
         self.table.t_last[slots] = T[last]
         w, ls, ss = sums[..., 0], sums[..., 1], sums[..., 2]
         mu, var = _mean_var(w, ls, ss)
-        out = np.empty((n, NL, 3))
-        out[order] = np.stack([w, mu, var], axis=-1)
-        return out.reshape(n, 3 * NL)
+        stats = np.empty((n, NL, 3))
+        stats[..., 0], stats[..., 1], stats[..., 2] = w, mu, var
+        return _unsort(stats.reshape(n, 3 * NL), order)
 
 
 # Pair table state columns (each block of NL values, one per lambda).
@@ -235,7 +242,7 @@ class PairStreams:
         new_dir = dir_state * np.exp2(-LAM[None, None, :, None] * (t_end - t_init)[:, None, None, None])
         own_last = own[dseg.last] * np.exp2(-LAM[None, :, None] * (t_end[dseg_pair] - T[by_dir][dseg.last])[:, None, None])
         new_dir[dseg_pair, dseg_dir] = own_last
-        new_state = state.copy()
+        new_state = state  # a copy already (fancy indexing above)
         new_state[:, : 2 * 3] = new_dir.transpose(0, 1, 3, 2).reshape(-1, 2 * 3, NL)
         new_state[:, [_CF3, _W3]] = pair_sums[seg.last].transpose(0, 2, 1)
         for k, r_col, mu_col, var_col in ((0, _R0, _MU0, _VAR0), (1, _R1, _MU1, _VAR1)):
@@ -247,25 +254,17 @@ class PairStreams:
         self.table.state[slots] = new_state.reshape(len(slots), -1)
         self.table.t_last[slots] = t_end
 
-        std_a, std_b = np.sqrt(var_a), np.sqrt(var_b)
-        denom = std_a * std_b
+        stats = np.empty((n, NL, 7))
+        stats[..., 0] = mine[..., 0]
+        stats[..., 1] = mu_a
+        stats[..., 2] = std_a = np.sqrt(var_a)
+        stats[..., 3] = np.sqrt(mu_a * mu_a + mu_b * mu_b)
+        stats[..., 4] = np.sqrt(var_a * var_a + var_b * var_b)
+        stats[..., 5] = cov
+        denom = std_a * np.sqrt(var_b)
         with np.errstate(divide="ignore", invalid="ignore"):
-            pcc = np.where(denom != 0, cov / denom, 0.0)
-        stats = np.stack(
-            [
-                mine[..., 0],
-                mu_a,
-                std_a,
-                np.sqrt(mu_a * mu_a + mu_b * mu_b),
-                np.sqrt(var_a * var_a + var_b * var_b),
-                cov,
-                pcc,
-            ],
-            axis=-1,
-        )
-        out = np.empty((n, NL, 7))
-        out[order] = stats
-        return out.reshape(n, 7 * NL)
+            stats[..., 6] = np.where(denom != 0, cov / denom, 0.0)
+        return _unsort(stats.reshape(n, 7 * NL), order)
 
 
 @dataclass
