@@ -20,6 +20,7 @@ import numpy as np
 from .decayed_sums import Segments, decayed_sums, previous_time, running_time
 from .feature_columns import LAMBDAS, N_FEATURES
 from .packets import L3_ARP, L3_OTHER, PORT_NUMBER, PacketBatch
+from .key_hash import hash_words
 from .stream_table import StreamTable
 
 W_INIT = 1e-20
@@ -44,26 +45,6 @@ class Budgets:
 
 # --- stream keys -------------------------------------------------------------
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(h: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Fold one 64-bit word into a running hash (splitmix64 finaliser)."""
-    z = (h ^ v.astype(np.uint64, copy=False)) + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
-
-
-def _hash(tag: int, *words: np.ndarray) -> np.ndarray:
-    h = np.full(len(words[0]), tag, dtype=np.uint64)
-    for w in words:
-        h = _mix(h, w)
-    return h
-
-
 @dataclass
 class StreamKeys:
     mi: np.ndarray
@@ -78,21 +59,21 @@ def stream_keys(batch: PacketBatch) -> StreamKeys:
     """64-bit hashes of the DESIGN 4 stream keys (collisions: about 2^-64 per pair of streams)."""
     is_mac = batch.l3 == L3_OTHER  # frames with neither IP nor ARP: the MACs stand in for IPs
     mac_tag = is_mac.astype(np.uint64)
-    src = _hash(1, mac_tag, np.where(is_mac, 0, batch.src_ip_hi), np.where(is_mac, batch.src_mac, batch.src_ip_lo))
-    dst = _hash(1, mac_tag, np.where(is_mac, 0, batch.dst_ip_hi), np.where(is_mac, batch.dst_mac, batch.dst_ip_lo))
+    src = hash_words(1, mac_tag, np.where(is_mac, 0, batch.src_ip_hi), np.where(is_mac, batch.src_mac, batch.src_ip_lo))
+    dst = hash_words(1, mac_tag, np.where(is_mac, 0, batch.dst_ip_hi), np.where(is_mac, batch.dst_mac, batch.dst_ip_lo))
     # Port words: the number for TCP/UDP, else 65536 + port_kind ("arp", "icmp", "").
     special = np.uint64(65536) + batch.port_kind.astype(np.uint64)
     has_port = batch.port_kind == PORT_NUMBER
     sport = np.where(has_port, batch.sport.astype(np.uint64), special)
     dport = np.where(has_port, batch.dport.astype(np.uint64), special)
     is_arp = batch.l3 == L3_ARP
-    hphp_a = np.where(is_arp, _hash(5, batch.src_mac, batch.dst_mac), _hash(4, src, sport, dst, dport))
-    hphp_b = np.where(is_arp, _hash(5, batch.dst_mac, batch.src_mac), _hash(4, dst, dport, src, sport))
+    hphp_a = np.where(is_arp, hash_words(5, batch.src_mac, batch.dst_mac), hash_words(4, src, sport, dst, dport))
+    hphp_b = np.where(is_arp, hash_words(5, batch.dst_mac, batch.src_mac), hash_words(4, dst, dport, src, sport))
     return StreamKeys(
-        mi=_hash(2, batch.src_mac, src),
+        mi=hash_words(2, batch.src_mac, src),
         h=src,
-        hh_a=_hash(3, src, dst),
-        hh_b=_hash(3, dst, src),
+        hh_a=hash_words(3, src, dst),
+        hh_b=hash_words(3, dst, src),
         hphp_a=hphp_a,
         hphp_b=hphp_b,
     )
@@ -177,7 +158,7 @@ class PairStreams:
         # Direction 0 is the stream with the smaller key; a stream paired with itself is direction 0.
         direction = (key_a > key_b).astype(np.int64)
         self_paired = key_a == key_b
-        pair_key = _hash(6, np.minimum(key_a, key_b), np.maximum(key_a, key_b))
+        pair_key = hash_words(6, np.minimum(key_a, key_b), np.maximum(key_a, key_b))
         order, seg = _group_by(pair_key)  # "pair order": by pair, then time
         ts, xs, d, selfp = t[order], x[order], direction[order], self_paired[order]
         slots, is_new = self.table.lookup(pair_key[order][seg.start], ts[seg.start])

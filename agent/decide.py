@@ -1,0 +1,249 @@
+"""The decision stage: per-packet class scores -> per-source verdicts.
+
+A single odd packet must not raise an alert, so every source keeps a decayed
+average of its packets' class scores (half-life ``half_life_s``) and a packet
+count; a source becomes hostile when it has sent at least ``min_packets``
+packets and one attack class's average reaches ``threshold``.  It is released
+when that average falls below ``release`` (hysteresis).
+
+A spoofed flood shows a new source for nearly every packet, which no per-source
+count can judge.  So the same statistics are kept per target as well (victim
+address, protocol, destination port for floods at one port, or victim address
+alone), together with how many of the target's hostile packets came from
+sources never seen before; when that share is high, the verdict names the
+target ("spoofed flood at 10.0.0.5 tcp/80") instead of a source.
+
+The statistics use the same exact, vectorised decayed sums as the features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .decayed_sums import Segments, decayed_sums, running_time
+from .key_hash import hash_words
+from .packets import LABELS, PORT_NUMBER, PacketBatch, format_ip, format_mac
+from .stream_table import StreamTable
+
+N_CLASSES = len(LABELS)
+
+
+@dataclass
+class DecisionConfig:
+    half_life_s: float = 2.0
+    threshold: float = 0.7  # average score of one attack class to call a source hostile
+    release: float = 0.3  # below this the verdict ends
+    min_packets: int = 10
+    max_sources: int = 65536  # bounded table of tracked sources (LRU eviction)
+    max_targets: int = 4096
+    spoofed_share: float = 0.6  # share of a target's hostile packets from never-seen sources
+
+
+@dataclass
+class Verdict:
+    """One hostile source (or one target of a spoofed flood)."""
+
+    kind: str  # "source" or "spoofed"
+    label: str
+    confidence: float
+    packets: int
+    first_seen: float
+    last_seen: float
+    decided_at: float  # timestamp of the packet that tipped the decision
+    src_ip: str | None = None
+    src_mac: str | None = None
+    src_port: int | None = None
+    victim_ip: str | None = None
+    victim_port: int | None = None
+    proto: int | None = None
+
+    @property
+    def latency(self) -> float:
+        return self.decided_at - self.first_seen
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["latency_s"] = round(self.latency, 6)
+        return d
+
+    def describe(self) -> str:
+        if self.kind == "spoofed":
+            port = f"/{self.victim_port}" if self.victim_port is not None else ""
+            who = f"spoofed flood at {self.victim_ip} proto {self.proto}{port}"
+        else:
+            who = f"{self.src_ip} ({self.src_mac})"
+        return (
+            f"{self.label:15s} {who:45s} conf {self.confidence:.3f} packets {self.packets:8d} "
+            f"first {self.first_seen:.6f} last {self.last_seen:.6f} after {self.latency * 1000:.1f} ms"
+        )
+
+
+# State columns of a tracked key.
+_W = 0
+_S = slice(1, 1 + N_CLASSES)
+_COUNT, _FIRST, _HOSTILE, _DECIDED, _NEW_SRC = range(1 + N_CLASSES, 6 + N_CLASSES)
+_WIDTH = 6 + N_CLASSES
+
+
+def _init_row() -> np.ndarray:
+    row = np.zeros(_WIDTH)
+    row[_W] = 1e-20
+    row[_HOSTILE] = -1
+    return row
+
+
+@dataclass
+class _Tracked:
+    """Decayed score averages for a set of keys (sources, or targets)."""
+
+    budget: int
+    lam: float
+    table: StreamTable = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.table = StreamTable(self.budget, _init_row())
+
+    def update(self, keys: np.ndarray, t: np.ndarray, scores: np.ndarray, extra: np.ndarray) -> dict:
+        """Per packet (in key order): averages, counts and new-source shares; plus the bookkeeping."""
+        order = np.argsort(keys, kind="stable")
+        seg = Segments.from_sorted(keys[order])
+        ts = t[order]
+        slots, is_new = self.table.lookup(keys[order][seg.start], ts[seg.start])
+        state = self.table.state[slots]
+        state[is_new, _FIRST] = ts[seg.start][is_new]
+        t_init = self.table.t_last[slots]
+        T = running_time(ts, t_init, seg)
+        lam = np.array([self.lam])
+        terms = np.concatenate([np.ones((len(ts), 1)), scores[order], extra[order, None]], axis=1)[:, None, :]
+        init = np.concatenate([state[:, [_W]], state[:, _S], state[:, [_NEW_SRC]]], axis=1)[:, None, :]
+        sums = decayed_sums(seg, T, lam, terms, init, t_init)[:, 0, :]
+        count = np.cumsum(np.ones(len(ts))) - np.repeat(seg.start, seg.length) + state[seg.ids, _COUNT]
+        return {
+            "order": order,
+            "seg": seg,
+            "slots": slots,
+            "state": state,
+            "t": ts,
+            "T": T,
+            "avg": sums[:, 1 : 1 + N_CLASSES] / sums[:, :1],
+            "new_share": sums[:, -1] / sums[:, 0],
+            "count": count,
+            "sums": sums,
+        }
+
+    def store(self, r: dict) -> None:
+        seg, state, sums = r["seg"], r["state"], r["sums"]
+        last = seg.last
+        state[:, _W] = sums[last, 0]
+        state[:, _S] = sums[last, 1 : 1 + N_CLASSES]
+        state[:, _NEW_SRC] = sums[last, -1]
+        state[:, _COUNT] = r["count"][last]
+        self.table.state[r["slots"]] = state
+        self.table.t_last[r["slots"]] = r["T"][last]
+
+
+def _decide(r: dict, cfg: DecisionConfig, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Update the hostile flags of ``r``; returns (segment ids that turned hostile, packet position of the decision)."""
+    avg = r["avg"]
+    attack = 1 + avg[:, 1:].argmax(axis=1)
+    conf = avg[np.arange(len(avg)), attack]
+    hot = (r["count"] >= cfg.min_packets) & (conf >= cfg.threshold)
+    if allowed is not None:
+        hot &= allowed
+    seg, state = r["seg"], r["state"]
+    was_hostile = state[seg.ids, _HOSTILE] >= 0
+    pos = np.arange(len(avg))
+    # First hot packet of each key not already hostile.
+    first_hot = np.full(len(seg), -1)
+    cand = hot & ~was_hostile
+    if cand.any():
+        idx = pos[cand]
+        sid = seg.ids[cand]
+        uniq, first = np.unique(sid, return_index=True)
+        first_hot[uniq] = idx[first]
+    turned = np.flatnonzero(first_hot >= 0)
+    state[turned, _HOSTILE] = attack[first_hot[turned]]
+    state[turned, _DECIDED] = r["t"][first_hot[turned]]
+    # Release keys that cooled down by the end of the batch.
+    last = seg.last
+    cooled = (state[:, _HOSTILE] >= 0) & (conf[last] < cfg.release)
+    state[cooled, _HOSTILE] = -1
+    r["attack"], r["conf"] = attack, conf
+    return turned, first_hot[turned]
+
+
+class DecisionLayer:
+    """``update(packets, scores)`` -> verdicts raised by this batch; ``active`` -> current hostile keys."""
+
+    def __init__(self, config: DecisionConfig | None = None) -> None:
+        self.cfg = config or DecisionConfig()
+        lam = 1.0 / self.cfg.half_life_s
+        self.sources = _Tracked(self.cfg.max_sources, lam)
+        self.targets = _Tracked(self.cfg.max_targets, lam)
+        self.verdicts: list[Verdict] = []
+
+    def update(self, packets: PacketBatch, scores: np.ndarray) -> list[Verdict]:
+        n = len(packets)
+        if n == 0:
+            return []
+        scores = np.asarray(scores, dtype=np.float64)
+        t = packets.ts
+        src_key = hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64))
+        srcs = self.sources.update(src_key, t, scores, np.zeros(n))
+        turned, at = _decide(srcs, self.cfg)
+        new_verdicts = [self._source_verdict(packets, srcs, s, p) for s, p in zip(turned, at)]
+
+        # Targets: a packet from a source seen for the first time counts towards "spoofed".
+        seg, state = srcs["seg"], srcs["state"]
+        fresh_sorted = np.zeros(n)
+        fresh_sorted[seg.start[state[:, _COUNT] == 0]] = 1.0  # first packet of a never-seen source
+        new_src = np.empty(n)
+        new_src[srcs["order"]] = fresh_sorted
+        port = np.where(packets.port_kind == PORT_NUMBER, packets.dport, -1).astype(np.uint64)
+        tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64), port)
+        tgts = self.targets.update(tgt_key, t, scores, new_src)
+        spoofed = tgts["new_share"] >= self.cfg.spoofed_share
+        turned_t, at_t = _decide(tgts, self.cfg, allowed=spoofed)
+        new_verdicts += [self._target_verdict(packets, tgts, s, p) for s, p in zip(turned_t, at_t)]
+
+        self.sources.store(srcs)
+        self.targets.store(tgts)
+        self.verdicts += new_verdicts
+        return new_verdicts
+
+    def _common(self, r: dict, seg_id: int, pos: int) -> dict:
+        state = r["state"]
+        end = r["seg"].last[seg_id]
+        return dict(
+            label=LABELS[int(r["attack"][pos])],
+            confidence=float(r["conf"][pos]),
+            packets=int(r["count"][end]),
+            first_seen=float(state[seg_id, _FIRST]),
+            last_seen=float(r["t"][end]),
+            decided_at=float(r["t"][pos]),
+        )
+
+    def _source_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int) -> Verdict:
+        i = int(r["order"][pos])
+        return Verdict(
+            kind="source",
+            src_ip=format_ip(packets.src_ip_hi[i], packets.src_ip_lo[i]),
+            src_mac=format_mac(packets.src_mac[i]),
+            src_port=int(packets.sport[i]) if packets.port_kind[i] == PORT_NUMBER else None,
+            victim_ip=format_ip(packets.dst_ip_hi[i], packets.dst_ip_lo[i]),
+            victim_port=int(packets.dport[i]) if packets.port_kind[i] == PORT_NUMBER else None,
+            proto=int(packets.proto[i]),
+            **self._common(r, seg_id, pos),
+        )
+
+    def _target_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int) -> Verdict:
+        i = int(r["order"][pos])
+        return Verdict(
+            kind="spoofed",
+            victim_ip=format_ip(packets.dst_ip_hi[i], packets.dst_ip_lo[i]),
+            victim_port=int(packets.dport[i]) if packets.port_kind[i] == PORT_NUMBER else None,
+            proto=int(packets.proto[i]),
+            **self._common(r, seg_id, pos),
+        )

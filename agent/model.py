@@ -1,0 +1,176 @@
+"""The model stage: load a model bundle and classify feature rows with an int8 TFLite interpreter.
+
+A bundle is a JSON file beside a ``.tflite`` file (DESIGN 6).  It is refused,
+with a message saying why, when its schema, feature schema, labels or the
+model's sha256 do not match.  The interpreter comes from whichever runtime is
+installed: ai-edge-litert, else tflite-runtime, else TensorFlow (or the one
+named explicitly), so the board never needs TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .feature_columns import FEATURE_SCHEMA
+from .packets import LABELS
+from .preprocess import GRID_SHAPE, Preprocessor
+
+log = logging.getLogger(__name__)
+
+BUNDLE_SCHEMA = "iotguard.model-bundle/1"
+DEFAULT_BUNDLE = Path(__file__).with_name("model") / "default.json"
+RUNTIMES = ("ai-edge-litert", "tflite-runtime", "tensorflow")
+_RUNTIME_MODULES = {
+    "ai-edge-litert": "ai_edge_litert.interpreter",
+    "tflite-runtime": "tflite_runtime.interpreter",
+    "tensorflow": "tensorflow.lite",
+}
+
+
+class BundleError(Exception):
+    """The model bundle is unusable; the message says why."""
+
+
+def load_interpreter_class(runtime: str = "auto"):
+    """(runtime name, Interpreter class) for the named runtime, or the first installed one."""
+    names = RUNTIMES if runtime == "auto" else (runtime,)
+    errors = []
+    for name in names:
+        if name not in _RUNTIME_MODULES:
+            raise BundleError(f"unknown TFLite runtime {name!r} (choose from {', '.join(RUNTIMES)} or auto)")
+        try:
+            module = importlib.import_module(_RUNTIME_MODULES[name])
+            return name, module.Interpreter
+        except Exception as exc:  # ImportError, or numpy ABI errors inside the wheel
+            errors.append(f"{name}: {exc}")
+    raise BundleError("no TFLite runtime could be loaded (" + "; ".join(errors) + "); install ai-edge-litert or tflite-runtime")
+
+
+def installed_runtimes() -> list[str]:
+    found = []
+    for name in RUNTIMES:
+        try:
+            load_interpreter_class(name)
+            found.append(name)
+        except BundleError:
+            pass
+    return found
+
+
+@dataclass
+class QuantParams:
+    scale: float
+    zero_point: int
+
+
+@dataclass
+class Bundle:
+    meta: dict
+    tflite: bytes
+    preprocessor: Preprocessor
+    input_q: QuantParams
+    output_q: QuantParams
+    path: Path | None = None
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("version", "unknown"))
+
+
+def parse_bundle(meta: dict, tflite: bytes, path: Path | None = None) -> Bundle:
+    """Validate bundle metadata against the model bytes; raises BundleError with the reason."""
+    where = f" ({path})" if path else ""
+    if not isinstance(meta, dict):
+        raise BundleError(f"bundle metadata must be a JSON object{where}")
+    if meta.get("schema") != BUNDLE_SCHEMA:
+        raise BundleError(f"bundle schema is {meta.get('schema')!r}, this agent reads {BUNDLE_SCHEMA!r}{where}")
+    if meta.get("feature_schema") != FEATURE_SCHEMA:
+        raise BundleError(
+            f"bundle was trained on features {meta.get('feature_schema')!r}, this agent computes {FEATURE_SCHEMA!r}{where}"
+        )
+    if tuple(meta.get("labels", ())) != LABELS:
+        raise BundleError(f"bundle labels {meta.get('labels')!r} differ from {list(LABELS)!r}{where}")
+    digest = hashlib.sha256(tflite).hexdigest()
+    if meta.get("model_sha256") != digest:
+        raise BundleError(f"model sha256 {digest} does not match the bundle's {meta.get('model_sha256')!r}{where}")
+    try:
+        pre = Preprocessor.from_json(meta["preprocessing"])
+        q = meta["quantization"]
+        input_q = QuantParams(float(q["input"]["scale"]), int(q["input"]["zero_point"]))
+        output_q = QuantParams(float(q["output"]["scale"]), int(q["output"]["zero_point"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"bundle metadata is incomplete or malformed: {exc}{where}") from exc
+    return Bundle(meta=meta, tflite=tflite, preprocessor=pre, input_q=input_q, output_q=output_q, path=path)
+
+
+def load_bundle(path: str | Path = DEFAULT_BUNDLE) -> Bundle:
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"model bundle {path} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"model bundle {path} is not valid JSON: {exc}") from None
+    model_file = path.with_name(str(meta.get("model_file", "")))
+    if not meta.get("model_file") or not model_file.is_file():
+        raise BundleError(f"model file {model_file} named by {path} not found")
+    return parse_bundle(meta, model_file.read_bytes(), path)
+
+
+class Classifier:
+    """int8 TFLite inference in fixed-size batches: ``predict_scores`` / ``predict``."""
+
+    def __init__(self, bundle: Bundle, runtime: str = "auto", batch_size: int = 1024, num_threads: int = 1) -> None:
+        self.bundle = bundle
+        self.runtime, interpreter_class = load_interpreter_class(runtime)
+        self.batch_size = batch_size
+        try:
+            self.interpreter = interpreter_class(model_content=bundle.tflite, num_threads=num_threads)
+        except TypeError:  # older runtimes without num_threads
+            self.interpreter = interpreter_class(model_content=bundle.tflite)
+        inp = self.interpreter.get_input_details()[0]
+        if inp["dtype"] != np.int8 or tuple(inp["shape"][1:]) != GRID_SHAPE:
+            raise BundleError(f"model input must be int8 of shape (batch, {GRID_SHAPE}), got {inp['dtype']} {inp['shape']}")
+        self.interpreter.resize_tensor_input(inp["index"], [batch_size, *GRID_SHAPE])
+        self.interpreter.allocate_tensors()
+        self._in = inp["index"]
+        self._out = self.interpreter.get_output_details()[0]["index"]
+        log.info("model %s on %s (batch %d)", bundle.version, self.runtime, batch_size)
+
+    def quantize(self, features: np.ndarray) -> np.ndarray:
+        """Raw (n, 115) features -> int8 model inputs (n, 5, 23)."""
+        x = self.bundle.preprocessor.transform(features)
+        q = self.bundle.input_q
+        return np.clip(np.round(x / q.scale) + q.zero_point, -128, 127).astype(np.int8)
+
+    def predict_int8(self, features: np.ndarray) -> np.ndarray:
+        """Raw int8 output scores (n, 6), exactly as the interpreter returns them."""
+        xq = self.quantize(features)
+        n = len(xq)
+        out = np.empty((n, len(LABELS)), dtype=np.int8)
+        full = np.zeros((self.batch_size, *GRID_SHAPE), dtype=np.int8)
+        for lo in range(0, n, self.batch_size):
+            chunk = xq[lo : lo + self.batch_size]
+            full[: len(chunk)] = chunk
+            full[len(chunk) :] = 0
+            self.interpreter.set_tensor(self._in, full)
+            self.interpreter.invoke()
+            out[lo : lo + len(chunk)] = self.interpreter.get_tensor(self._out)[: len(chunk)]
+        return out
+
+    def predict_scores(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities (n, 6) dequantised from the int8 output."""
+        q = self.bundle.output_q
+        return (self.predict_int8(features).astype(np.float32) - q.zero_point) * q.scale
+
+    def predict(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(label index, confidence) per row."""
+        scores = self.predict_scores(features)
+        return scores.argmax(axis=1), scores.max(axis=1)
