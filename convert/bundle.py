@@ -1,0 +1,57 @@
+"""Write a model bundle (DESIGN 6): ``NAME.tflite`` plus ``NAME.json`` with everything the board needs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from agent.feature_columns import FEATURE_SCHEMA
+from agent.model import BUNDLE_SCHEMA, Bundle, parse_bundle
+from agent.packets import LABELS
+from agent.preprocess import Preprocessor
+
+
+def bundle_metadata(
+    tflite: bytes,
+    name: str,
+    preprocessor: Preprocessor,
+    quantization: dict,
+    data_digest: str,
+    metrics: dict,
+    training: dict,
+) -> dict:
+    sha = hashlib.sha256(tflite).hexdigest()
+    return {
+        "schema": BUNDLE_SCHEMA,
+        "version": f"{name}-{sha[:12]}",
+        "feature_schema": FEATURE_SCHEMA,
+        "labels": list(LABELS),
+        "model_file": f"{name}.tflite",
+        "model_sha256": sha,
+        "model_bytes": len(tflite),
+        "preprocessing": preprocessor.to_json(),
+        "quantization": quantization,
+        "training_data_sha256": data_digest,
+        "training": training,
+        "metrics": metrics,
+    }
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_bundle(directory: Path, name: str, tflite: bytes, meta: dict) -> Bundle:
+    """Validate, then write the model first and the JSON last (the JSON names the model)."""
+    bundle = parse_bundle(meta, tflite)
+    directory.mkdir(parents=True, exist_ok=True)
+    _atomic_write(directory / f"{name}.tflite", tflite)
+    _atomic_write(directory / f"{name}.json", (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
+    return bundle

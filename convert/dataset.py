@@ -1,0 +1,175 @@
+"""Labelled feature datasets for training and evaluation.
+
+Sources, all turned into (features, label, capture id) rows with the agent's
+own feature engine:
+
+* synthesised scenarios (``convert.synth``), one capture per (scenario, seed);
+* public N-BaIoT CSVs in their own naming (``N.benign.csv``, ``N.mirai.ack.csv``
+  ... ``N.mirai.udpplain.csv``), via ``--nbaiot DIR``;
+* benign captures of the user's own network, via ``--benign-pcap FILE...``.
+
+Splits are made per capture (and per seed), never by sampling packets of one
+capture into several splits: neighbouring packets share stream state, so a
+random split would leak the test set into training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agent.feature_columns import COLUMNS
+from agent.features import FeatureExtractor
+from agent.packets import LABELS, DecodeStats
+from agent.parse import parse_frames
+from agent.pipeline import features_from_capture
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Dataset:
+    X: np.ndarray  # (n, 115) float64 raw features
+    y: np.ndarray  # (n,) int64 label index into LABELS
+    capture: np.ndarray  # (n,) int64 index into ``captures``
+    captures: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @classmethod
+    def empty(cls) -> "Dataset":
+        return cls(np.zeros((0, len(COLUMNS))), np.zeros(0, np.int64), np.zeros(0, np.int64), [])
+
+    def add(self, X: np.ndarray, y: np.ndarray, name: str) -> None:
+        self.X = np.concatenate([self.X, X])
+        self.y = np.concatenate([self.y, np.asarray(y, dtype=np.int64)])
+        self.capture = np.concatenate([self.capture, np.full(len(y), len(self.captures), dtype=np.int64)])
+        self.captures.append(name)
+
+    def digest(self) -> str:
+        """sha256 over features, labels and capture names: identifies the training data in the bundle."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.X).tobytes())
+        h.update(self.y.tobytes())
+        h.update("\n".join(self.captures).encode())
+        return h.hexdigest()
+
+    def class_counts(self) -> dict[str, int]:
+        return {label: int((self.y == i).sum()) for i, label in enumerate(LABELS)}
+
+
+def cap_per_class(X: np.ndarray, y: np.ndarray, cap: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``cap`` rows per class from one capture (features were computed on the whole capture)."""
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        if len(idx) > cap:
+            idx = np.sort(rng.choice(idx, cap, replace=False))
+        keep.append(idx)
+    keep = np.sort(np.concatenate(keep))
+    return X[keep], y[keep]
+
+
+@dataclass(frozen=True)
+class SynthJob:
+    scenario: str
+    seed: int
+    seconds: float
+
+    @property
+    def name(self) -> str:
+        return f"synth:{self.scenario}:seed{self.seed}:{self.seconds:g}s"
+
+
+def synth_features(job: SynthJob) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of every decoded packet of one synthesised capture."""
+    from .synth import synthesise
+
+    synth = synthesise(job.scenario, job.seconds, job.seed)
+    packets = parse_frames(synth.frames, DecodeStats())
+    X = FeatureExtractor().update(packets)
+    return X, np.asarray(synth.labels, dtype=np.int64)[packets.index]
+
+
+def add_synthetic(ds: Dataset, jobs: list[SynthJob], cap: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for job in jobs:
+        X, y = synth_features(job)
+        X, y = cap_per_class(X, y, cap, rng)
+        ds.add(X, y, job.name)
+        log.info("%s: %d rows %s", job.name, len(y), np.bincount(y, minlength=len(LABELS)).tolist())
+
+
+# --- N-BaIoT CSVs -------------------------------------------------------------
+
+NBAIOT_FILE = re.compile(r"^(?P<device>\d+)\.(?P<kind>benign|mirai\.(ack|scan|syn|udp|udpplain))\.csv$")
+
+
+def nbaiot_label(kind: str) -> int:
+    return LABELS.index("benign" if kind == "benign" else kind.replace(".", "_"))
+
+
+def read_feature_csv(path: Path) -> np.ndarray:
+    """The 115 N-BaIoT columns of a CSV, by name (other columns ignored); a clear error otherwise."""
+    with open(path, newline="") as fh:
+        header = fh.readline().strip().split(",")
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            raise ValueError(f"{path}: missing N-BaIoT columns, e.g. {missing[:3]}")
+        cols = [header.index(c) for c in COLUMNS]
+        try:
+            data = np.loadtxt(fh, delimiter=",", usecols=cols, ndmin=2)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    return data
+
+
+def nbaiot_files(directory: Path) -> list[tuple[Path, int]]:
+    files = []
+    for p in sorted(Path(directory).iterdir()):
+        m = NBAIOT_FILE.match(p.name)
+        if m:
+            files.append((p, nbaiot_label(m.group("kind"))))
+    if not files:
+        raise ValueError(f"{directory}: no N-BaIoT files named like 1.benign.csv or 1.mirai.udp.csv")
+    return files
+
+
+def contiguous_split(n: int, fractions=(0.7, 0.15, 0.15)) -> dict[str, slice]:
+    """Train/val/test as consecutive blocks of one recording (time order kept, no interleaving)."""
+    a = int(n * fractions[0])
+    b = a + int(n * fractions[1])
+    return {"train": slice(0, a), "val": slice(a, b), "test": slice(b, n)}
+
+
+def add_nbaiot(splits: dict[str, Dataset], directory: Path, cap: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for path, label in nbaiot_files(directory):
+        X = read_feature_csv(path)
+        for split, sl in contiguous_split(len(X)).items():
+            part = X[sl]
+            if len(part) > cap:
+                part = part[np.sort(rng.choice(len(part), cap, replace=False))]
+            splits[split].add(part, np.full(len(part), label), f"nbaiot:{path.name}:{split}")
+
+
+def add_benign_pcaps(splits: dict[str, Dataset], paths: list[Path], cap: int, seed: int) -> None:
+    """The user's own benign traffic, split into consecutive blocks of each capture."""
+    rng = np.random.default_rng(seed)
+    for path in paths:
+        stats = DecodeStats()
+        X = np.concatenate([fb.features for fb in features_from_capture(path, stats)] or [np.zeros((0, len(COLUMNS)))])
+        log.info("%s: %s", path, stats.summary())
+        for split, sl in contiguous_split(len(X)).items():
+            part = X[sl]
+            if len(part) > cap:
+                part = part[np.sort(rng.choice(len(part), cap, replace=False))]
+            splits[split].add(part, np.zeros(len(part), np.int64), f"pcap:{Path(path).name}:{split}")
