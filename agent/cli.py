@@ -15,6 +15,8 @@ import numpy as np
 
 from .capture_file import CaptureFormatError
 from .feature_columns import COLUMNS
+from .feature_csv import FeatureCSVError
+from .model import BundleError
 from .packets import DecodeStats
 
 log = logging.getLogger("agent")
@@ -41,6 +43,82 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _classifier(args: argparse.Namespace):
+    from .model import Classifier, load_bundle
+
+    return Classifier(load_bundle(args.model), runtime=args.runtime, batch_size=args.infer_batch)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import json
+
+    from .decide import DecisionConfig, DecisionLayer
+    from .packets import LABELS
+    from .pipeline import detect_capture
+
+    classifier = _classifier(args)
+    decision = DecisionLayer(DecisionConfig(threshold=args.threshold, min_packets=args.min_packets))
+    result = detect_capture(args.capture, classifier, decision, keep_per_packet=True)
+    if args.per_packet:
+        with open(args.per_packet, "w") as fh:
+            fh.write("index,label,confidence\n")
+            names = np.asarray(LABELS)[result.labels]
+            for i, name, conf in zip(result.index.tolist(), names.tolist(), result.confidence.tolist()):
+                fh.write(f"{i},{name},{conf:.4f}\n")
+    counts = {name: int((result.labels == k).sum()) for k, name in enumerate(LABELS)}
+    summary = {
+        "capture": str(args.capture),
+        "packets": result.packets,
+        "skipped": dict(result.stats.skipped),
+        "per_class_packets": counts,
+        "hostile_sources": sum(v.kind == "source" for v in result.verdicts),
+        "spoofed_floods": sum(v.kind == "spoofed" for v in result.verdicts),
+        "model": classifier.bundle.version,
+        "runtime": classifier.runtime,
+    }
+    if args.jsonl:
+        for v in result.verdicts:
+            print(json.dumps({"type": "verdict", **v.to_dict()}))
+        print(json.dumps({"type": "summary", **summary}))
+    else:
+        for v in result.verdicts:
+            print(v.describe())
+        print(
+            f"summary: {result.packets} packets ({result.stats.total_skipped} skipped), "
+            f"{summary['hostile_sources']} hostile sources, {summary['spoofed_floods']} spoofed floods; "
+            f"per packet: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+            + f"; model {summary['model']} on {summary['runtime']}"
+        )
+    return 0
+
+
+def cmd_classify_features(args: argparse.Namespace) -> int:
+    from .packets import LABELS
+
+    from .feature_csv import read_feature_csv
+
+    rows = read_feature_csv(args.features_csv)
+    classifier = _classifier(args)
+    labels, confidence = classifier.predict(rows)
+    out = sys.stdout if args.output == "-" else open(args.output, "w")
+    try:
+        out.write("row,label,confidence\n")
+        for i, (k, c) in enumerate(zip(labels.tolist(), confidence.tolist())):
+            out.write(f"{i},{LABELS[k]},{c:.4f}\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    from .model import DEFAULT_BUNDLE, RUNTIMES
+
+    p.add_argument("--model", default=str(DEFAULT_BUNDLE), help="model bundle JSON (default: the bundled model)")
+    p.add_argument("--runtime", default="auto", choices=("auto",) + RUNTIMES, help="TFLite runtime (default: first installed)")
+    p.add_argument("--infer-batch", type=int, default=1024, help="inference batch size (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m agent", description="IoTGuard agent: on-board Mirai detection.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -51,6 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="-", help="output CSV (default: standard output)")
     p.add_argument("--batch-size", type=int, default=65536, help="packets per batch (default: %(default)s)")
     p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("detect", help="detect Mirai in a capture: one line per hostile source and a summary")
+    p.add_argument("capture", help="pcap or pcapng file")
+    p.add_argument("--jsonl", action="store_true", help="print verdicts and the summary as JSON lines")
+    p.add_argument("--per-packet", metavar="OUT.csv", help="write index,label,confidence for every decoded packet")
+    p.add_argument("--threshold", type=float, default=0.7, help="average attack score that makes a source hostile")
+    p.add_argument("--min-packets", type=int, default=10, help="packets a source must send before a verdict")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("classify-features", help="classify rows of a CSV with the 115 N-BaIoT columns")
+    p.add_argument("features_csv", help="CSV with the N-BaIoT column names (other columns are ignored)")
+    p.add_argument("-o", "--output", default="-", help="output CSV row,label,confidence (default: standard output)")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_classify_features)
     return parser
 
 
@@ -62,6 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     except CaptureFormatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except (FileNotFoundError, IsADirectoryError, PermissionError, FeatureCSVError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -165,10 +165,13 @@ class Classifier:
             out[lo : lo + len(chunk)] = self.interpreter.get_tensor(self._out)[: len(chunk)]
         return out
 
+    def dequantize(self, int8_scores: np.ndarray) -> np.ndarray:
+        q = self.bundle.output_q
+        return (int8_scores.astype(np.float32) - q.zero_point) * q.scale
+
     def predict_scores(self, features: np.ndarray) -> np.ndarray:
         """Class probabilities (n, 6) dequantised from the int8 output."""
-        q = self.bundle.output_q
-        return (self.predict_int8(features).astype(np.float32) - q.zero_point) * q.scale
+        return self.dequantize(self.predict_int8(features))
 
     def predict(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(label index, confidence) per row."""

@@ -46,3 +46,56 @@ def features_from_capture(
     extractor = FeatureExtractor(budgets or Budgets())
     for packets in packets_from_capture(path, stats, batch_size):
         yield FeatureBatch(packets, extractor.update(packets))
+
+
+@dataclass
+class Detection:
+    """Per-packet results of a whole capture and the verdicts they led to."""
+
+    index: np.ndarray  # record positions of the decoded packets
+    labels: np.ndarray  # label index per packet
+    confidence: np.ndarray
+    int8_scores: np.ndarray  # raw interpreter output (n, 6)
+    verdicts: list
+    stats: DecodeStats
+    packets: int = 0
+
+
+def detect_capture(
+    path: str | Path,
+    classifier,
+    decision=None,
+    budgets: Budgets | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    keep_per_packet: bool = True,
+) -> Detection:
+    """Run capture -> parse -> features -> model -> decide over a capture file."""
+    from .decide import DecisionLayer
+
+    decision = decision or DecisionLayer()
+    stats = DecodeStats()
+    parts: dict[str, list] = {"index": [], "labels": [], "confidence": [], "int8": []}
+    total = 0
+    for fb in features_from_capture(path, stats, budgets, batch_size):
+        q = classifier.predict_int8(fb.features)
+        scores = classifier.dequantize(q)
+        decision.update(fb.packets, scores)
+        total += len(fb.packets)
+        if keep_per_packet:
+            parts["index"].append(fb.packets.index)
+            parts["labels"].append(scores.argmax(axis=1))
+            parts["confidence"].append(scores.max(axis=1))
+            parts["int8"].append(q)
+
+    def cat(name, empty):
+        return np.concatenate(parts[name]) if parts[name] else empty
+
+    return Detection(
+        index=cat("index", np.zeros(0, np.int64)),
+        labels=cat("labels", np.zeros(0, np.int64)),
+        confidence=cat("confidence", np.zeros(0, np.float32)),
+        int8_scores=cat("int8", np.zeros((0, 6), np.int8)),
+        verdicts=decision.verdicts,
+        stats=stats,
+        packets=total,
+    )

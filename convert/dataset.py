@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.feature_columns import COLUMNS
+from agent.feature_csv import read_feature_csv
 from agent.features import FeatureExtractor
 from agent.packets import LABELS, DecodeStats
 from agent.parse import parse_frames
@@ -115,21 +116,6 @@ NBAIOT_FILE = re.compile(r"^(?P<device>\d+)\.(?P<kind>benign|mirai\.(ack|scan|sy
 
 def nbaiot_label(kind: str) -> int:
     return LABELS.index("benign" if kind == "benign" else kind.replace(".", "_"))
-
-
-def read_feature_csv(path: Path) -> np.ndarray:
-    """The 115 N-BaIoT columns of a CSV, by name (other columns ignored); a clear error otherwise."""
-    with open(path, newline="") as fh:
-        header = fh.readline().strip().split(",")
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            raise ValueError(f"{path}: missing N-BaIoT columns, e.g. {missing[:3]}")
-        cols = [header.index(c) for c in COLUMNS]
-        try:
-            data = np.loadtxt(fh, delimiter=",", usecols=cols, ndmin=2)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
-    return data
 
 
 def nbaiot_files(directory: Path) -> list[tuple[Path, int]]:
