@@ -1,0 +1,153 @@
+"""``python -m convert train``: datasets -> CNN -> int8 TFLite -> model bundle.
+
+The default bundle committed in ``agent/model/`` is exactly what
+``python -m convert train`` writes with its defaults: synthesised traffic
+only, fixed seeds, deterministic TensorFlow, so anyone can rebuild it bit for
+bit from the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agent.model import DEFAULT_BUNDLE
+from agent.packets import LABELS
+
+from .dataset import SPLITS, Dataset, SynthJob, add_benign_pcaps, add_nbaiot, cap_per_class, synth_features
+from .metrics import score
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What the default model is trained on: scenarios x seeds, split by seed."""
+
+    scenarios: tuple[tuple[str, float], ...]
+    seeds: dict
+    cap_per_class: int = 3000
+    seed: int = 7
+
+    def jobs(self, split: str) -> list[SynthJob]:
+        return [SynthJob(name, seed, seconds) for seed in self.seeds[split] for name, seconds in self.scenarios]
+
+
+def default_recipe() -> Recipe:
+    from .synth import training_scenarios
+
+    return Recipe(
+        scenarios=tuple(training_scenarios()),
+        seeds={"train": tuple(range(1, 9)), "val": (101, 102), "test": (201, 202, 203)},
+    )
+
+
+def _job_rows(args: tuple[SynthJob, int, int]) -> tuple[str, np.ndarray, np.ndarray]:
+    job, cap, seed = args
+    X, y = synth_features(job)
+    rng = np.random.default_rng([seed, job.seed, zlib.crc32(job.scenario.encode())])
+    X, y = cap_per_class(X, y, cap, rng)
+    return job.name, X, y
+
+
+def build_splits(
+    recipe: Recipe | None,
+    nbaiot: Path | None = None,
+    benign_pcaps: list[Path] | None = None,
+    workers: int = 2,
+) -> dict[str, Dataset]:
+    splits = {s: Dataset.empty() for s in SPLITS}
+    if recipe is not None:
+        for split in SPLITS:
+            tasks = [(job, recipe.cap_per_class, recipe.seed) for job in recipe.jobs(split)]
+            if workers > 1:
+                with multiprocessing.get_context("fork").Pool(workers) as pool:
+                    results = pool.map(_job_rows, tasks)
+            else:
+                results = [_job_rows(t) for t in tasks]
+            for name, X, y in results:  # in job order, whatever the worker finished first
+                splits[split].add(X, y, name)
+    if nbaiot:
+        add_nbaiot(splits, nbaiot, cap=recipe.cap_per_class if recipe else 10_000, seed=7)
+    if benign_pcaps:
+        add_benign_pcaps(splits, benign_pcaps, cap=20_000, seed=7)
+    for split, ds in splits.items():
+        log.info("%s: %d rows %s", split, len(ds), ds.class_counts())
+    return splits
+
+
+def train_bundle(splits: dict[str, Dataset], out_dir: Path, name: str, seed: int, epochs: int, training: dict) -> dict:
+    from .bundle import bundle_metadata, write_bundle
+    from .quantize import quant_params, representative_sample, to_int8_tflite
+    from .train import train_cnn
+
+    tr, va, te = splits["train"], splits["val"], splits["test"]
+    trained = train_cnn(tr.X, tr.y, va.X, va.y, seed=seed, epochs=epochs)
+    pre = trained.preprocessor
+    rep = representative_sample(pre.transform(tr.X), tr.y, seed=seed)
+    tflite = to_int8_tflite(trained.model, rep)
+    qp = quant_params(tflite)
+
+    from agent.model import Classifier, parse_bundle
+
+    x_test = pre.transform(te.X)
+    float_pred = trained.model.predict(x_test, batch_size=4096, verbose=0).argmax(axis=1)
+    meta = bundle_metadata(tflite, name, pre, qp, tr.digest(), metrics={}, training=training)
+    clf = Classifier(parse_bundle(meta, tflite), runtime="auto")
+    start = time.perf_counter()
+    int8_pred, _ = clf.predict(te.X)
+    int8_seconds = time.perf_counter() - start
+    agreement = float((float_pred == int8_pred).mean())
+    meta["metrics"] = {
+        "test_rows": len(te),
+        "float_vs_int8_agreement": agreement,
+        "float": score(te.y, float_pred).as_dict(),
+        "int8": score(te.y, int8_pred).as_dict(),
+        "train_seconds": round(trained.seconds, 2),
+        "epochs": trained.epochs,
+        "int8_us_per_sample": round(1e6 * int8_seconds / max(len(te), 1), 3),
+    }
+    write_bundle(out_dir, name, tflite, meta)
+    log.info("wrote %s/%s.json: %s", out_dir, name, meta["metrics"])
+    return meta
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=str(DEFAULT_BUNDLE.parent), help="bundle directory (default: the agent's model folder)")
+    p.add_argument("--name", default="default", help="bundle name (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=7, help="training seed (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--nbaiot", type=Path, help="directory of N-BaIoT CSVs (N.benign.csv, N.mirai.udp.csv, ...)")
+    p.add_argument("--benign-pcap", type=Path, nargs="+", default=[], help="benign captures of your own network")
+    p.add_argument("--no-synthetic", action="store_true", help="train only on --nbaiot / --benign-pcap data")
+    p.add_argument("--workers", type=int, default=2, help="processes for synthesis and features")
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = None if args.no_synthetic else default_recipe()
+    if recipe is None and not args.nbaiot:
+        raise SystemExit("error: --no-synthetic needs --nbaiot (benign captures alone have no attacks to learn)")
+    splits = build_splits(recipe, args.nbaiot, args.benign_pcap, workers=args.workers)
+    training = {
+        "seed": args.seed,
+        "synthetic": None if recipe is None else {"scenarios": [list(s) for s in recipe.scenarios], "seeds": recipe.seeds},
+        "nbaiot": bool(args.nbaiot),
+        "benign_pcaps": [p.name for p in args.benign_pcap],
+        "rows": {s: len(d) for s, d in splits.items()},
+        "class_counts": splits["train"].class_counts(),
+    }
+    meta = train_bundle(splits, Path(args.out), args.name, args.seed, args.epochs, training)
+    m = meta["metrics"]
+    print(
+        f"bundle {meta['version']} ({meta['model_bytes']} bytes): int8 accuracy {m['int8']['accuracy']:.4f}, "
+        f"G-mean {m['int8']['g_mean']:.4f}, false alarm {m['int8']['false_alarm']:.4%}, "
+        f"float/int8 agreement {m['float_vs_int8_agreement']:.4%}"
+    )
+    return 0
