@@ -59,13 +59,13 @@ class Segments:
         return mask
 
 
-def segmented_accumulate(ufunc: np.ufunc, values: np.ndarray, seg: Segments) -> np.ndarray:
+def segmented_accumulate(ufunc: np.ufunc, values: np.ndarray, seg: Segments, in_place: bool = False) -> np.ndarray:
     """``ufunc.accumulate`` along axis 0 restarted at every segment, without mixing segments.
 
     Segments are grouped by length class (powers of two) and padded into a
     2-D block per class, so each class costs a handful of numpy calls.
     """
-    out = values.copy()
+    out = values if in_place else values.copy()
     if len(values) == 0:
         return out
     long_runs = seg.length > 1
@@ -146,8 +146,13 @@ def decayed_sums(
     sub_parent = seg.ids[sub.start]  # segment of each block
     t_block = t_ref[sub_parent] + block[sub.start] * (BLOCK_BITS / lam_max)
 
-    dt = (T - t_block[sub.ids])[:, None, None]
-    local = segmented_accumulate(np.add, terms * np.exp2(lam * dt), sub)
+    dt = (T - t_block[sub.ids])[:, None]
+    scale = np.exp2(lambdas[None, :] * dt)[:, :, None]  # (n, L, 1), between 1 and 2^BLOCK_BITS
+    scaled = terms * scale
+    if sub is seg:  # one block per stream (the usual case): the stored state is the first term
+        scaled[seg.start] += start_state
+        return segmented_accumulate(np.add, scaled, seg, in_place=True) / scale
+    local = segmented_accumulate(np.add, scaled, sub, in_place=True)
 
     # Carry into each block: everything before it, decayed to the block start.
     carry = np.zeros((len(sub), L, q))
@@ -165,4 +170,4 @@ def decayed_sums(
             # factor for the whole gap could underflow although the true value does not.
             at_last = (carry[prev] + local_total[prev]) * np.exp2(-lam * (t_last[prev] - t_block[prev])[:, None, None])
             carry[cur] = at_last * np.exp2(-lam * (t_block[cur] - t_last[prev])[:, None, None])
-    return np.exp2(-lam * dt) * (carry[sub.ids] + local)
+    return (carry[sub.ids] + local) / scale
