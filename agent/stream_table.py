@@ -56,12 +56,17 @@ class StreamTable:
 
     def _allocate(self, count: int, protected: np.ndarray) -> np.ndarray:
         """``count`` free slots, growing the arrays up to the budget, then evicting LRU entries."""
-        grow = min(count, self.budget - len(self.state))
-        if grow > 0:
+        short = count - len(self.free)
+        if short > 0 and len(self.state) < self.budget:
+            # Grow geometrically (up to the budget), so filling the table copies it O(log) times.
+            size = min(self.budget, max(len(self.state) + short, 2 * len(self.state), 1024))
             first = len(self.state)
-            self.state = np.concatenate([self.state, np.empty((grow, self.state.shape[1]))])
-            self.t_last = np.concatenate([self.t_last, np.empty(grow)])
-            self.free = np.concatenate([self.free, np.arange(first, first + grow)])
+            state = np.empty((size, self.state.shape[1]))
+            state[:first] = self.state
+            t_last = np.empty(size)
+            t_last[:first] = self.t_last
+            self.state, self.t_last = state, t_last
+            self.free = np.concatenate([self.free, np.arange(first, size)])
         short = count - len(self.free)
         if short > 0:
             self._evict(short, protected)

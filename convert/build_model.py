@@ -40,9 +40,19 @@ class Recipe:
         return [SynthJob(name, seed, seconds) for seed in self.seeds[split] for name, seconds in self.scenarios]
 
 
-def default_recipe() -> Recipe:
-    from .synth import training_scenarios
+def training_scenarios(attack_seconds: float = 30.0, benign_seconds: float = 600.0) -> list[tuple[str, float]]:
+    """Every registered scenario except the all-in-one "mixed" (kept for demos and benchmarks).
 
+    Benign-only scenarios run longer: some devices send a few packets a minute.
+    """
+    from .synth import SCENARIOS
+
+    return [
+        (name, attack_seconds if name.startswith("mirai_") else benign_seconds) for name in SCENARIOS if name != "mixed"
+    ]
+
+
+def default_recipe() -> Recipe:
     return Recipe(
         scenarios=tuple(training_scenarios()),
         seeds={"train": tuple(range(1, 9)), "val": (101, 102), "test": (201, 202, 203)},
