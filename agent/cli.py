@@ -111,6 +111,12 @@ def cmd_classify_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import SAMPLE, run_demo
+
+    return run_demo(Path(args.capture) if args.capture else SAMPLE, args.model, args.runtime)
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     from .model import DEFAULT_BUNDLE, RUNTIMES
 
@@ -144,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="-", help="output CSV row,label,confidence (default: standard output)")
     _add_model_options(p)
     p.set_defaults(func=cmd_classify_features)
+
+    p = sub.add_parser("demo", help="detect Mirai in the capture bundled with the agent")
+    p.add_argument("--capture", help="another capture (with OUT.labels.csv beside it for the comparison)")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

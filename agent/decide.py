@@ -37,7 +37,7 @@ class DecisionConfig:
     release: float = 0.3  # below this the verdict ends
     min_packets: int = 10
     max_sources: int = 65536  # bounded table of tracked sources (LRU eviction)
-    max_targets: int = 4096
+    max_targets: int = 65536
     spoofed_share: float = 0.6  # share of a target's hostile packets from never-seen sources
 
 
@@ -185,10 +185,17 @@ class DecisionLayer:
         self.verdicts: list[Verdict] = []
 
     def update(self, packets: PacketBatch, scores: np.ndarray) -> list[Verdict]:
-        n = len(packets)
-        if n == 0:
-            return []
+        """Verdicts raised by this batch (processed in chunks no table budget can overflow)."""
+        step = max(1, min(self.cfg.max_sources, self.cfg.max_targets))
         scores = np.asarray(scores, dtype=np.float64)
+        out: list[Verdict] = []
+        for lo in range(0, len(packets), step):
+            sl = slice(lo, lo + step)
+            out += self._update_chunk(packets.take(sl), scores[sl])
+        return out
+
+    def _update_chunk(self, packets: PacketBatch, scores: np.ndarray) -> list[Verdict]:
+        n = len(packets)
         t = packets.ts
         src_key = hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64))
         srcs = self.sources.update(src_key, t, scores, np.zeros(n))
@@ -201,8 +208,8 @@ class DecisionLayer:
         fresh_sorted[seg.start[state[:, _COUNT] == 0]] = 1.0  # first packet of a never-seen source
         new_src = np.empty(n)
         new_src[srcs["order"]] = fresh_sorted
-        port = np.where(packets.port_kind == PORT_NUMBER, packets.dport, -1).astype(np.uint64)
-        tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64), port)
+        # Targets are (victim, protocol): Mirai's floods randomise the destination port per packet.
+        tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64))
         tgts = self.targets.update(tgt_key, t, scores, new_src)
         spoofed = tgts["new_share"] >= self.cfg.spoofed_share
         turned_t, at_t = _decide(tgts, self.cfg, allowed=spoofed)
@@ -240,10 +247,14 @@ class DecisionLayer:
 
     def _target_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int) -> Verdict:
         i = int(r["order"][pos])
+        # A port only when the flood hit one port (in this batch): then a rule can name it.
+        seg = r["seg"]
+        members = r["order"][seg.start[seg_id] : seg.start[seg_id] + seg.length[seg_id]]
+        ports = np.unique(np.where(packets.port_kind[members] == PORT_NUMBER, packets.dport[members], -1))
         return Verdict(
             kind="spoofed",
             victim_ip=format_ip(packets.dst_ip_hi[i], packets.dst_ip_lo[i]),
-            victim_port=int(packets.dport[i]) if packets.port_kind[i] == PORT_NUMBER else None,
+            victim_port=int(ports[0]) if len(ports) == 1 and ports[0] >= 0 else None,
             proto=int(packets.proto[i]),
             **self._common(r, seg_id, pos),
         )
