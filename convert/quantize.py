@@ -30,6 +30,9 @@ def to_int8_tflite(model, representative: np.ndarray) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
+    # tflite-runtime 2.14 (the armv7 runtime) crashes in gemmlowp on per-channel Dense layers with
+    # batches above 1 (seen under QEMU for aarch64 and armv7); per-tensor Dense runs everywhere.
+    converter._experimental_disable_per_channel_quantization_for_dense_layers = True
     return converter.convert()
 
 

@@ -1,0 +1,146 @@
+"""The agent's configuration file (TOML): where state lives, what is never blocked, MQTT.
+
+Every key is declared once in ``KEYS`` / ``MQTT_KEYS`` with its type and
+default; an unknown key, a wrong type or an impossible value is an error that
+names the file, the key and the problem.
+
+    state_dir = "/var/lib/iotguard"
+    allowlist = ["192.168.1.1", "192.168.1.53"]   # gateway, DNS, ... never blocked
+    block_seconds = 600
+    threshold = 0.7
+    min_packets = 10
+
+    [mqtt]                                        # optional: without it the agent runs alone
+    host = "broker.lan"
+    port = 8883
+    fleet = "home"
+    device = "pi-kitchen"
+    controller_public_key = "/etc/iotguard/controller.pub"
+    tls_ca = "/etc/iotguard/ca.pem"
+    tls_cert = "/etc/iotguard/device.pem"
+    tls_key = "/etc/iotguard/device.key"
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REQUIRED = object()
+
+KEYS: dict[str, tuple[type | tuple, Any]] = {
+    "state_dir": (str, "/var/lib/iotguard"),
+    "allowlist": (list, []),
+    "block_seconds": ((int, float), 600.0),
+    "threshold": ((int, float), 0.7),
+    "min_packets": (int, 10),
+    "max_local_rules": (int, 1024),
+    "model": (str, ""),  # a bundle JSON; empty: the bundled default
+    "mqtt": (dict, None),
+}
+MQTT_KEYS: dict[str, tuple[type | tuple, Any]] = {
+    "host": (str, REQUIRED),
+    "port": (int, 1883),
+    "fleet": (str, REQUIRED),
+    "device": (str, REQUIRED),
+    "controller_public_key": (str, REQUIRED),
+    "prefix": (str, "iotguard/v1"),
+    "tls_ca": (str, ""),
+    "tls_cert": (str, ""),
+    "tls_key": (str, ""),
+    "status_interval_s": ((int, float), 30.0),
+}
+
+
+class ConfigError(ValueError):
+    """The configuration file is unusable; the message names file, key and problem."""
+
+
+@dataclass
+class MqttSettings:
+    host: str
+    port: int
+    fleet: str
+    device: str
+    controller_public_key: str
+    prefix: str = "iotguard/v1"
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    status_interval_s: float = 30.0
+
+
+@dataclass
+class AgentConfig:
+    state_dir: Path = Path("/var/lib/iotguard")
+    allowlist: list[str] = field(default_factory=list)
+    block_seconds: float = 600.0
+    threshold: float = 0.7
+    min_packets: int = 10
+    max_local_rules: int = 1024
+    model: str = ""
+    mqtt: MqttSettings | None = None
+    path: Path | None = None
+
+
+def _check(path: Path, table: dict, keys: dict, where: str = "") -> dict:
+    unknown = sorted(set(table) - set(keys))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {where}{unknown[0]!r} (known: {', '.join(sorted(keys))})")
+    out = {}
+    for key, (kind, default) in keys.items():
+        if key not in table:
+            if default is REQUIRED:
+                raise ConfigError(f"{path}: missing key {where}{key!r}")
+            out[key] = default
+            continue
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            want = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise ConfigError(f"{path}: key {where}{key!r} must be {want}, got {type(value).__name__} {value!r}")
+        out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None) -> AgentConfig:
+    if path is None:
+        return AgentConfig()
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    v = _check(path, raw, KEYS)
+    for i, item in enumerate(v["allowlist"]):
+        try:
+            ipaddress.ip_network(str(item), strict=False)
+        except ValueError:
+            raise ConfigError(f"{path}: key 'allowlist' entry {i} is not an address or CIDR: {item!r}") from None
+    if v["block_seconds"] <= 0:
+        raise ConfigError(f"{path}: key 'block_seconds' must be positive, got {v['block_seconds']}")
+    if not 0 < v["threshold"] <= 1:
+        raise ConfigError(f"{path}: key 'threshold' must be in (0, 1], got {v['threshold']}")
+    if v["min_packets"] < 1 or v["max_local_rules"] < 1:
+        raise ConfigError(f"{path}: keys 'min_packets' and 'max_local_rules' must be at least 1")
+    mqtt = None
+    if v["mqtt"] is not None:
+        m = _check(path, v["mqtt"], MQTT_KEYS, "mqtt.")
+        if not 0 < m["port"] < 65536:
+            raise ConfigError(f"{path}: key 'mqtt.port' must be 1..65535, got {m['port']}")
+        mqtt = MqttSettings(**m)
+    return AgentConfig(
+        state_dir=Path(v["state_dir"]),
+        allowlist=[str(a) for a in v["allowlist"]],
+        block_seconds=float(v["block_seconds"]),
+        threshold=float(v["threshold"]),
+        min_packets=v["min_packets"],
+        max_local_rules=v["max_local_rules"],
+        model=v["model"],
+        mqtt=mqtt,
+        path=path,
+    )

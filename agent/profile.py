@@ -1,0 +1,245 @@
+"""Firmware profiles: what the agent may use on one board (DESIGN 8).
+
+A profile is a TOML file in ``firmware_profiles/`` (one per board).  The schema
+below is declared once as data (key, type, default, meaning); ``load_profile``
+checks a file against it and raises ``ProfileError`` naming the file, the key
+and the problem, so that a typo in a profile stops the agent at start-up
+instead of misbehaving on the board.
+
+    profile = load_profile("rpi-zero-2w")        # firmware_profiles/rpi-zero-2w.toml
+    profile = load_profile("/etc/iotguard/board.toml")
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Where bare profile names are looked up (override: IOTGUARD_PROFILE_DIR).
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "firmware_profiles"
+
+REQUIRED = object()  # marks a key without default
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of the profile schema."""
+
+    name: str
+    type: type  # int, str or dict (a sub-table)
+    default: Any = REQUIRED
+    meaning: str = ""
+
+
+SCHEMA: tuple[Key, ...] = (
+    Key("name", str, meaning="profile name, equal to the file name without .toml"),
+    Key("description", str, "", "the board and the OS it runs"),
+    Key("arch", str, meaning="CPU architecture as platform.machine() reports it: aarch64, armv7l, x86_64"),
+    Key("cores", int, meaning="CPU cores"),
+    Key("memory_mb", int, meaning="RAM of the board"),
+    Key("runtime", str, meaning="TFLite runtime: ai-edge-litert, tflite-runtime, tensorflow or auto"),
+    Key("threads", int, 1, "TFLite interpreter threads"),
+    Key("interface", str, meaning="capture interface, e.g. eth0"),
+    Key("batch_size", int, meaning="packets per pipeline batch"),
+    Key("budgets", dict, meaning="entries per stream table (a [budgets] table)"),
+    Key("memory_budget_mb", int, meaning="resident memory the agent may use"),
+    Key("enforcement", str, meaning="filter backend: nftables or none"),
+    Key("qemu", str, meaning="QEMU user-mode binary for the board's tests, or none (native)"),
+    Key("qemu_cpu", str, "", "QEMU CPU model closest to the board (qemu -cpu)"),
+)
+
+# Stream tables of the feature engine (DESIGN 4), in column order, and a rough
+# cost per entry: 5 decay rates x (w, LS, SS, t_last) float64 plus key and
+# index overhead; paired tables also hold the pair state (CF3, w3, t3, r_A, r_B).
+STREAM_TABLES: dict[str, int] = {"mi_dir": 256, "h": 256, "hh": 512, "hh_jit": 256, "hphp": 512}
+BASELINE_MB = 60  # Python + numpy + a TFLite runtime + the model, measured 40-60 MB
+MAX_BATCH = 1 << 20
+
+# What each architecture can run: TFLite runtimes with wheels for it and the QEMU binaries that emulate it.
+ARCH_RUNTIMES: dict[str, tuple[str, ...]] = {
+    "aarch64": ("ai-edge-litert", "tflite-runtime", "tensorflow"),
+    "armv7l": ("tflite-runtime",),  # neither ai-edge-litert nor tensorflow ships armv7 wheels
+    "x86_64": ("ai-edge-litert", "tflite-runtime", "tensorflow"),
+}
+ARCH_QEMU: dict[str, tuple[str, ...]] = {
+    "aarch64": ("qemu-aarch64-static", "qemu-aarch64"),
+    "armv7l": ("qemu-arm-static", "qemu-arm"),
+    "x86_64": ("none",),
+}
+ENFORCEMENT = ("nftables", "none")
+
+
+class ProfileError(Exception):
+    """A profile file is missing or invalid: ``path``, ``key`` and ``problem`` say where and why."""
+
+    def __init__(self, path: Path | str, key: str, problem: str) -> None:
+        self.path, self.key, self.problem = Path(path), key, problem
+        where = f"key '{key}'" if key else "file"
+        super().__init__(f"{path}: {where}: {problem}")
+
+
+@dataclass(frozen=True)
+class StreamBudgets:
+    """Maximum entries per stream table; the feature engine evicts beyond these."""
+
+    mi_dir: int
+    h: int
+    hh: int
+    hh_jit: int
+    hphp: int
+
+    def estimated_mb(self) -> float:
+        return sum(getattr(self, t) * cost for t, cost in STREAM_TABLES.items()) / 2**20
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    arch: str
+    cores: int
+    memory_mb: int
+    runtime: str
+    threads: int
+    interface: str
+    batch_size: int
+    budgets: StreamBudgets
+    memory_budget_mb: int
+    enforcement: str
+    qemu: str | None  # None: runs natively, no emulation
+    qemu_cpu: str
+    path: Path
+
+    def runtime_preference(self) -> tuple[str, ...]:
+        """Runtimes to try, best first ("auto" means every runtime this architecture has)."""
+        return ARCH_RUNTIMES[self.arch] if self.runtime == "auto" else (self.runtime,)
+
+    def estimated_memory_mb(self) -> float:
+        """Rough resident size with full stream tables: baseline + tables + a batch of features."""
+        batch_mb = self.batch_size * 115 * 8 * 4 / 2**20  # float64 features and a few temporaries
+        return BASELINE_MB + self.budgets.estimated_mb() + batch_mb
+
+
+def profile_path(path_or_name: str | os.PathLike) -> Path:
+    """A bare name (no slash, no .toml) means firmware_profiles/NAME.toml."""
+    text = os.fspath(path_or_name)
+    if "/" not in text and not text.endswith(".toml"):
+        base = Path(os.environ.get("IOTGUARD_PROFILE_DIR") or PROFILE_DIR)
+        return base / f"{text}.toml"
+    return Path(text)
+
+
+def shipped_profiles() -> list[str]:
+    """Names of the profiles in firmware_profiles/."""
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def load_profile(path_or_name: str | os.PathLike) -> Profile:
+    path = profile_path(path_or_name)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        known = ", ".join(shipped_profiles()) or "none"
+        raise ProfileError(path, "", f"no such profile (shipped profiles: {known})") from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ProfileError(path, "", f"cannot read TOML: {exc}") from None
+    values = _check_schema(path, data)
+    budgets = _check_budgets(path, values.pop("budgets"))
+    qemu = values.pop("qemu")
+    profile = Profile(**values, budgets=budgets, qemu=None if qemu == "none" else qemu, path=path)
+    _check_values(profile)
+    return profile
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "float", str: "string", dict: "table", list: "array"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _check_type(path: Path, key: str, value: Any, expected: type) -> None:
+    # TOML booleans are Python bools, which are ints too: reject them explicitly.
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        want = {int: "an integer", str: "a string", dict: "a table"}[expected]
+        raise ProfileError(path, key, f"must be {want}, got {_type_name(value)} {value!r}")
+
+
+def _check_schema(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    known = {k.name for k in SCHEMA}
+    for key in data:
+        if key not in known:
+            raise ProfileError(path, key, f"unknown key (known keys: {', '.join(sorted(known))})")
+    values: dict[str, Any] = {}
+    for k in SCHEMA:
+        if k.name not in data:
+            if k.default is REQUIRED:
+                raise ProfileError(path, k.name, f"missing ({k.meaning})")
+            values[k.name] = k.default
+            continue
+        _check_type(path, k.name, data[k.name], k.type)
+        values[k.name] = data[k.name]
+    return values
+
+
+def _check_budgets(path: Path, table: dict[str, Any]) -> StreamBudgets:
+    for key in table:
+        if key not in STREAM_TABLES:
+            raise ProfileError(path, f"budgets.{key}", f"unknown stream table (known: {', '.join(STREAM_TABLES)})")
+    for key in STREAM_TABLES:
+        name = f"budgets.{key}"
+        if key not in table:
+            raise ProfileError(path, name, "missing (entries for this stream table)")
+        _check_type(path, name, table[key], int)
+        if table[key] < 1:
+            raise ProfileError(path, name, f"must be at least 1 entry, got {table[key]}")
+    return StreamBudgets(**{k: table[k] for k in STREAM_TABLES})
+
+
+def _check_values(p: Profile) -> None:
+    """Values that are well-typed but impossible, or inconsistent with each other."""
+
+    def fail(key: str, problem: str) -> None:
+        raise ProfileError(p.path, key, problem)
+
+    if p.name != p.path.stem:
+        fail("name", f"{p.name!r} differs from the file name {p.path.stem!r}")
+    if p.arch not in ARCH_RUNTIMES:
+        fail("arch", f"unknown architecture {p.arch!r} (known: {', '.join(ARCH_RUNTIMES)})")
+    if p.cores < 1:
+        fail("cores", f"must be at least 1, got {p.cores}")
+    if p.memory_mb < 64:
+        fail("memory_mb", f"must be at least 64 MB, got {p.memory_mb}")
+    allowed = ARCH_RUNTIMES[p.arch]
+    if p.runtime != "auto" and p.runtime not in allowed:
+        if p.runtime in ARCH_RUNTIMES["x86_64"]:
+            fail("runtime", f"{p.runtime!r} is not available for {p.arch} (available: {', '.join(allowed)}, auto)")
+        fail("runtime", f"unknown runtime {p.runtime!r} (choose from ai-edge-litert, tflite-runtime, tensorflow, auto)")
+    if not 1 <= p.threads <= p.cores:
+        fail("threads", f"must be between 1 and cores ({p.cores}), got {p.threads}")
+    if not p.interface:
+        fail("interface", "must not be empty")
+    if not 1 <= p.batch_size <= MAX_BATCH:
+        fail("batch_size", f"must be between 1 and {MAX_BATCH}, got {p.batch_size}")
+    if p.memory_budget_mb < 1:
+        fail("memory_budget_mb", f"must be positive, got {p.memory_budget_mb}")
+    if p.memory_budget_mb > p.memory_mb:
+        fail("memory_budget_mb", f"{p.memory_budget_mb} MB is more than the board's memory_mb ({p.memory_mb} MB)")
+    need = p.estimated_memory_mb()
+    if need > p.memory_budget_mb:
+        fail(
+            "memory_budget_mb",
+            f"{p.memory_budget_mb} MB is too small for these budgets and batch size "
+            f"(about {need:.0f} MB: {BASELINE_MB} MB baseline + {p.budgets.estimated_mb():.0f} MB stream tables); "
+            "raise it or lower the [budgets]",
+        )
+    if p.enforcement not in ENFORCEMENT:
+        fail("enforcement", f"unknown backend {p.enforcement!r} (choose from {', '.join(ENFORCEMENT)})")
+    qemu = p.qemu or "none"
+    if qemu not in ARCH_QEMU[p.arch]:
+        fail("qemu", f"{qemu!r} does not run {p.arch} (use {' or '.join(ARCH_QEMU[p.arch])})")
+    if p.qemu is None and p.qemu_cpu:
+        fail("qemu_cpu", "set, but qemu is none")
