@@ -379,18 +379,15 @@ class _PcapngParser:
 
     def _find_block(self, data: bytes, pos: int, at_eof: bool) -> int | None:
         """First position from ``pos`` (in 4-byte steps) where a plausible block starts."""
-        count = (len(data) - pos - 12) // 4 + 1
+        count = (len(data) - pos - 12) // 4 + 1  # positions with room for type, length, magic
         if count <= 0:
             return None
-        words = np.frombuffer(data, dtype=self.endian + "u4", count=count * 3 + 2, offset=pos)[::1]
-        types = np.frombuffer(data, dtype=self.endian + "u4", count=count, offset=pos) if False else None
-        # View every 4-byte-aligned word from pos; candidates are known block types.
-        aligned = np.frombuffer(data, dtype=self.endian + "u4", count=(len(data) - pos) // 4, offset=pos)
-        del words, types
-        candidates = np.flatnonzero(np.isin(aligned[:count], list(BT_KNOWN)))
+        # Every 4-byte word from pos, at once; a candidate is a word holding a known block type.
+        words = np.frombuffer(data, dtype=self.endian + "u4", count=count, offset=pos)
+        candidates = np.flatnonzero(np.isin(words, list(BT_KNOWN)))
         for k in candidates.tolist():
             start = pos + 4 * k
-            block_type = int(aligned[k])
+            block_type = int(words[k])
             endian = _section_byte_order(data, start) if block_type == BT_SHB else self.endian
             if endian is None:
                 continue

@@ -16,7 +16,11 @@ import numpy as np
 from .capture_file import CaptureFormatError
 from .feature_columns import COLUMNS
 from .feature_csv import FeatureCSVError
+from .capture_live import CaptureError
+from .config import ConfigError
+from .enforce import EnforcementError
 from .model import BundleError
+from .profile import ProfileError
 from .packets import DecodeStats
 
 log = logging.getLogger("agent")
@@ -117,6 +121,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.capture) if args.capture else SAMPLE, args.model, args.runtime)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .config import load_config
+    from .live import LiveAgent
+    from .profile import load_profile
+
+    profile = load_profile(args.profile)
+    config = load_config(args.config)
+    LiveAgent.check_privileges(args.enforcement or profile.enforcement)
+    agent = LiveAgent(profile, config, interface=args.interface, enforcement=args.enforcement)
+    stop, reload_request = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload_request.set())
+    agent.start()
+    try:
+        agent.run(stop, reload_request, reload_config=lambda: load_config(args.config))
+    finally:
+        agent.stop()
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     from .model import DEFAULT_BUNDLE, RUNTIMES
 
@@ -151,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(func=cmd_classify_features)
 
+    p = sub.add_parser("run", help="run the live agent on an interface until SIGTERM/SIGINT (SIGHUP reloads)")
+    p.add_argument("--profile", required=True, help="firmware profile: a name in firmware_profiles/ or a TOML path")
+    p.add_argument("--interface", help="capture interface (default: the profile's)")
+    p.add_argument("--config", help="agent configuration TOML (state_dir, allowlist, mqtt, ...)")
+    p.add_argument("--enforcement", choices=("nftables", "none"), help="override the profile's enforcement backend")
+    p.set_defaults(func=cmd_run)
+
     p = sub.add_parser("demo", help="detect Mirai in the capture bundled with the agent")
     p.add_argument("--capture", help="another capture (with OUT.labels.csv beside it for the comparison)")
     _add_model_options(p)
@@ -166,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     except CaptureFormatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, IsADirectoryError, PermissionError, FeatureCSVError, BundleError) as exc:
+    except (FileNotFoundError, IsADirectoryError, PermissionError, FeatureCSVError, BundleError, ConfigError,
+            ProfileError, EnforcementError, CaptureError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

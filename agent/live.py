@@ -66,10 +66,14 @@ class LiveAgent:
 
     # --- life cycle --------------------------------------------------------------
 
-    def check(self) -> None:
-        """Fail early, naming what is missing: capabilities, then nft."""
-        caps = ["CAP_NET_RAW"] + (["CAP_NET_ADMIN"] if self.enforcement == "nftables" else [])
+    @staticmethod
+    def check_privileges(enforcement: str) -> None:
+        """Fail early, naming the missing capability (CAP_NET_RAW; CAP_NET_ADMIN for nftables)."""
+        caps = ["CAP_NET_RAW"] + (["CAP_NET_ADMIN"] if enforcement == "nftables" else [])
         require(caps, "to capture traffic and install kernel drop rules")
+
+    def check(self) -> None:
+        self.check_privileges(self.enforcement)
         self.enforcer.check()
 
     def start(self) -> None:

@@ -1,17 +1,30 @@
-"""Vectorised decoding of Ethernet frames into PacketBatch columns.
+"""Decode a FrameBatch of Ethernet frames into PacketBatch columns, vectorised over the batch.
 
-Each header is declared once as a table of (field, byte offset, width); one
-numpy gather per field reads it for every frame of the batch at that frame's
-header offset.  Frames that cannot be decoded (truncated or inconsistent
-headers) are dropped and counted per reason in ``DecodeStats``.
+Each header is declared once below as a table of fields (name, byte offset,
+format, default).  ``Header.read`` gathers the whole header of every frame
+that has one with a single numpy fancy-index (frame offset + header position
++ 0..size-1) and slices the fields out of that block; frames without the
+header get the field's default.  There is no per-packet Python loop: the only
+loops are over VLAN tags (2 rounds) and IPv6 extension headers (a few
+rounds), each vectorised over the batch.
 
-Decoded: Ethernet II with up to two 802.1Q/802.1ad tags, IPv4 (any header
-length), IPv6 (hop-by-hop, routing, fragment, destination-options and AH
-extension headers), ARP, TCP, UDP, ICMP.  Anything else on Ethernet is kept
-as an ``L3_OTHER`` frame whose addresses are its MACs (DESIGN 4).
+Decoded: Ethernet II with up to two 802.1Q/802.1ad tags; IPv4 (any header
+length 20..60); IPv6 with hop-by-hop, routing, fragment, destination-options
+and AH extension headers; ARP for IPv4 over Ethernet; TCP, UDP, ICMP.  Any
+other Ethernet frame (LLDP, EAPOL, 802.3/LLC, ...) is kept as ``L3_OTHER``
+with its MACs as addresses (DESIGN 4).
+
+A frame whose headers are cut short or inconsistent is dropped and counted in
+``DecodeStats`` under one reason: truncated_ethernet, truncated_ip,
+bad_ip_version, bad_ip_header_length, truncated_arp, truncated_l4 (the
+captured bytes, or the IP length, do not hold the fixed TCP/UDP header the IP
+header announces), unsupported_linktype:N, bad_frame_bounds (a FrameBatch
+whose offsets point outside its buffer).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,6 +34,7 @@ from .packets import (
     L3_IPV4,
     L3_IPV6,
     L3_OTHER,
+    LINKTYPE_ETHERNET,
     PORT_ARP,
     PORT_ICMP,
     PORT_NONE,
@@ -30,206 +44,336 @@ from .packets import (
     PacketBatch,
 )
 
-# Header layouts: field -> (offset from the header start, width in bytes).
-ETHERNET = {"dst": (0, 6), "src": (6, 6), "type": (12, 2)}
-VLAN_TAG = {"tci": (0, 2), "type": (2, 2)}  # after the 0x8100 or 0x88a8 tag type
-IPV4 = {
-    "ver_ihl": (0, 1),
-    "total_len": (2, 2),
-    "ident": (4, 2),
-    "flags_frag": (6, 2),
-    "ttl": (8, 1),
-    "proto": (9, 1),
-    "src": (12, 4),
-    "dst": (16, 4),
-}
-IPV6 = {"ver": (0, 1), "payload_len": (4, 2), "next": (6, 1), "hop_limit": (7, 1), "src_hi": (8, 8), "src_lo": (16, 8), "dst_hi": (24, 8), "dst_lo": (32, 8)}
-ARP = {"htype": (0, 2), "ptype": (2, 2), "hlen": (4, 1), "plen": (5, 1), "spa": (14, 4), "tpa": (24, 4)}
-TCP = {"sport": (0, 2), "dport": (2, 2), "seq": (4, 4), "ack": (8, 4), "off": (12, 1), "flags": (13, 1), "win": (14, 2)}
-UDP = {"sport": (0, 2), "dport": (2, 2)}
-MIN_LEN = {"ethernet": 14, "ipv4": 20, "ipv6": 40, "arp": 28, "tcp": 20, "udp": 8}
+# --- Header layouts ---------------------------------------------------------------------------
 
-ETH_IPV4, ETH_IPV6, ETH_ARP, ETH_VLAN, ETH_QINQ = 0x0800, 0x86DD, 0x0806, 0x8100, 0x88A8
-IPV6_EXTENSIONS = (0, 43, 44, 51, 60)  # hop-by-hop, routing, fragment, AH, destination options
-MAX_EXTENSIONS = 8
-PAD = 64  # zero bytes after the buffer, so gathers past a short frame stay in bounds
+# Formats: big-endian unsigned integers of 1, 2, 4 or 8 bytes, and "6s" for a MAC address.
+FORMAT_WIDTH = {"B": 1, "H": 2, "I": 4, "Q": 8, "6s": 6}
 
 
-class _Reader:
-    """Big-endian field gathers from every frame at per-frame positions."""
+@dataclass(frozen=True)
+class Field:
+    name: str
+    offset: int  # bytes from the start of the header
+    fmt: str  # a key of FORMAT_WIDTH
+    default: int = 0  # the value for frames that do not carry this header
 
-    def __init__(self, frames: FrameBatch) -> None:
-        self.buf = np.concatenate([frames.buf, np.zeros(PAD, dtype=np.uint8)])
-        self.limit = len(frames.buf) + PAD - 8
 
-    def field(self, pos: np.ndarray, spec: tuple[int, int]) -> np.ndarray:
-        offset, width = spec
-        at = np.minimum(pos + offset, self.limit)  # positions of invalid frames are masked later
-        value = self.buf[at].astype(np.uint64)
-        for k in range(1, width):
-            value = (value << np.uint64(8)) | self.buf[at + k]
-        return value
+@dataclass(frozen=True)
+class Header:
+    name: str
+    fields: tuple[Field, ...]
+
+    @property
+    def size(self) -> int:
+        """Bytes that must be present to read every field."""
+        return max(f.offset + FORMAT_WIDTH[f.fmt] for f in self.fields)
+
+    def read(self, buf: np.ndarray, start: np.ndarray, present: np.ndarray) -> dict[str, np.ndarray]:
+        """Every field for all frames: read at ``buf[start]`` where ``present``, the default elsewhere.
+
+        The caller guarantees ``start + size`` bytes are captured wherever ``present`` is set.
+        Integer fields come back as int64, 8-byte fields and MACs as uint64.
+        """
+        rows = np.flatnonzero(present)
+        block = buf[start[rows, None] + np.arange(self.size)]  # (rows, size) uint8: one gather
+        out = {}
+        for f in self.fields:
+            width = FORMAT_WIDTH[f.fmt]
+            dtype = np.uint64 if width > 4 else np.int64
+            column = np.full(len(start), f.default, dtype=dtype)
+            column[rows] = _big_endian(block[:, f.offset : f.offset + width])
+            out[f.name] = column
+        return out
+
+
+def _big_endian(columns: np.ndarray) -> np.ndarray:
+    """Big-endian unsigned value of each row of a (n, width) uint8 array."""
+    n, width = columns.shape
+    if width not in (1, 2, 4, 8):  # a MAC: left-pad to 8 bytes
+        padded = np.zeros((n, 8), dtype=np.uint8)
+        padded[:, 8 - width :] = columns
+        columns, width = padded, 8
+    return np.ascontiguousarray(columns).view(f">u{width}")[:, 0]
+
+
+ETHERNET = Header("ethernet", (
+    Field("dst", 0, "6s"),
+    Field("src", 6, "6s"),
+    Field("type", 12, "H"),
+))
+# An 802.1Q/802.1ad tag sits where the EtherType was; its own "type" is the next EtherType.
+VLAN_TAG = Header("vlan", (
+    Field("tci", 0, "H"),
+    Field("type", 2, "H"),
+))
+IPV4 = Header("ipv4", (
+    Field("version_ihl", 0, "B"),
+    Field("total_len", 2, "H"),
+    Field("ident", 4, "H"),
+    Field("flags_fragment", 6, "H"),
+    Field("ttl", 8, "B"),
+    Field("proto", 9, "B"),
+    Field("src", 12, "I"),
+    Field("dst", 16, "I"),
+))
+IPV6 = Header("ipv6", (
+    Field("version_class_flow", 0, "I"),
+    Field("payload_len", 4, "H"),
+    Field("next_header", 6, "B"),
+    Field("hop_limit", 7, "B"),
+    Field("src_hi", 8, "Q"),
+    Field("src_lo", 16, "Q"),
+    Field("dst_hi", 24, "Q"),
+    Field("dst_lo", 32, "Q"),
+))
+# The first 8 bytes of every IPv6 extension header we follow.
+IPV6_EXTENSION = Header("ipv6_extension", (
+    Field("next_header", 0, "B"),
+    Field("len", 1, "B"),  # units depend on the header type (see _extension_size)
+    Field("fragment", 2, "H"),  # fragment header only: offset << 3 | flags
+))
+ARP = Header("arp", (
+    Field("htype", 0, "H"),
+    Field("ptype", 2, "H"),
+    Field("hlen", 4, "B"),
+    Field("plen", 5, "B"),
+))
+ARP_ETHERNET_IPV4 = Header("arp_ethernet_ipv4", (
+    Field("sender_ip", 14, "I"),
+    Field("target_ip", 24, "I"),
+))
+# Only the fixed 20 bytes: options are not needed for any column.
+TCP = Header("tcp", (
+    Field("sport", 0, "H", -1),
+    Field("dport", 2, "H", -1),
+    Field("seq", 4, "I"),
+    Field("ack", 8, "I"),
+    Field("data_offset", 12, "B"),  # header length in 32-bit words, high nibble
+    Field("flags", 13, "B"),
+    Field("window", 14, "H"),
+    Field("checksum", 16, "H"),
+    Field("urgent", 18, "H"),
+))
+UDP = Header("udp", (
+    Field("sport", 0, "H", -1),
+    Field("dport", 2, "H", -1),
+    Field("len", 4, "H"),
+    Field("checksum", 6, "H"),
+))
+
+ETHERTYPE_IPV4, ETHERTYPE_ARP, ETHERTYPE_IPV6 = 0x0800, 0x0806, 0x86DD
+VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)  # 802.1Q, 802.1ad, the older QinQ value
+MAX_VLAN_TAGS = 2
+IP_PROTO_ICMP, IP_PROTO_TCP, IP_PROTO_UDP = 1, 6, 17
+EXT_HOP_BY_HOP, EXT_ROUTING, EXT_FRAGMENT, EXT_AH, EXT_DEST_OPTS = 0, 43, 44, 51, 60
+IPV6_EXTENSIONS = (EXT_HOP_BY_HOP, EXT_ROUTING, EXT_FRAGMENT, EXT_AH, EXT_DEST_OPTS)
+MAX_IPV6_EXTENSIONS = 8  # a longer chain is decoded at L3 only (proto = the last header type)
+
+
+def _extension_size(kind: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Bytes taken by an IPv6 extension header: fixed 8 for fragment, 4-byte units for AH, else 8-byte units."""
+    return np.where(kind == EXT_FRAGMENT, 8, np.where(kind == EXT_AH, (length + 2) * 4, (length + 1) * 8))
+
+
+# --- The decoder ----------------------------------------------------------------------------------
+
+
+class _Drops:
+    """The frames still alive, and per-reason counts of those dropped."""
+
+    def __init__(self, n: int, stats: DecodeStats) -> None:
+        self.alive = np.ones(n, dtype=bool)
+        self.stats = stats
+
+    def drop(self, mask: np.ndarray, reason: str) -> None:
+        mask = mask & self.alive
+        self.stats.add(reason, int(mask.sum()))
+        self.alive &= ~mask
 
 
 def parse_frames(frames: FrameBatch, stats: DecodeStats | None = None) -> PacketBatch:
+    """Decode every frame of the batch; frames that cannot be decoded are counted in ``stats`` and left out."""
     stats = stats if stats is not None else DecodeStats()
     n = len(frames)
-    rd = _Reader(frames)
+    buf = frames.buf
     start = frames.offset.astype(np.int64)
-    end = start + frames.cap_len.astype(np.int64)  # one past each frame's last captured byte
-    ok = frames.linktype == 1
-    stats.add("unsupported_linktype", int((~ok).sum()))
-    bad = np.zeros(n, dtype=bool)
+    end = start + frames.cap_len.astype(np.int64)  # one past the last captured byte
+    drops = _Drops(n, stats)
+    drops.drop((start < 0) | (end < start) | (end > len(buf)), "bad_frame_bounds")
+    linktype = frames.linktype.astype(np.int64)
+    for value in np.unique(linktype[linktype != LINKTYPE_ETHERNET]).tolist():
+        drops.drop(linktype == value, f"unsupported_linktype:{value}")
 
-    def reject(mask: np.ndarray, reason: str) -> None:
-        mask = mask & ok & ~bad
-        stats.add(reason, int(mask.sum()))
-        bad[mask] = True
-
-    # --- Ethernet and VLAN tags -----------------------------------------------
-    reject(end - start < MIN_LEN["ethernet"], "truncated_ethernet")
-    dst_mac = rd.field(start, ETHERNET["dst"])
-    src_mac = rd.field(start, ETHERNET["src"])
-    etype = rd.field(start, ETHERNET["type"]).astype(np.int64)
-    l3 = start + 14
-    vlan = np.full(n, -1, dtype=np.int32)
-    for _ in range(2):
-        tagged = (etype == ETH_VLAN) | (etype == ETH_QINQ)
+    # Ethernet, then up to two VLAN tags.
+    drops.drop(end - start < ETHERNET.size, "truncated_ethernet")
+    eth = ETHERNET.read(buf, start, drops.alive)
+    ethertype = eth["type"]
+    l3 = start + ETHERNET.size
+    vlan = np.full(n, -1, dtype=np.int64)
+    for _ in range(MAX_VLAN_TAGS):
+        tagged = drops.alive & np.isin(ethertype, VLAN_TPIDS)
         if not tagged.any():
             break
-        reject(tagged & (l3 + 4 > end), "truncated_ethernet")
-        tci = rd.field(l3, VLAN_TAG["tci"]).astype(np.int32) & 0x0FFF
-        vlan = np.where(tagged & (vlan < 0), tci, vlan)
-        etype = np.where(tagged, rd.field(l3, VLAN_TAG["type"]).astype(np.int64), etype)
-        l3 = np.where(tagged, l3 + 4, l3)
+        drops.drop(tagged & (l3 + VLAN_TAG.size > end), "truncated_ethernet")
+        tagged &= drops.alive
+        tag = VLAN_TAG.read(buf, l3, tagged)
+        vlan = np.where(tagged & (vlan < 0), tag["tci"] & 0x0FFF, vlan)  # the outermost tag's id
+        ethertype = np.where(tagged, tag["type"], ethertype)
+        l3 = l3 + VLAN_TAG.size * tagged
 
-    is4, is6, isarp = etype == ETH_IPV4, etype == ETH_IPV6, etype == ETH_ARP
-    kind = np.full(n, L3_OTHER, dtype=np.uint8)
-    kind[is4], kind[is6], kind[isarp] = L3_IPV4, L3_IPV6, L3_ARP
-    zeros64 = np.zeros(n, dtype=np.uint64)
-    src_hi, src_lo, dst_hi, dst_lo = zeros64.copy(), src_mac.copy(), zeros64.copy(), dst_mac.copy()
-    proto = np.zeros(n, dtype=np.uint8)
-    ttl = np.zeros(n, dtype=np.uint8)
-    ip_id = np.zeros(n, dtype=np.uint16)
-    df = np.zeros(n, dtype=bool)
-    frag = np.zeros(n, dtype=bool)
-    ip_len = np.zeros(n, dtype=np.int32)
-    l4 = np.zeros(n, dtype=np.int64)
-    l4_end = end.copy()  # where the L4 payload ends by the IP length fields
+    ip4 = _decode_ipv4(buf, l3, end, drops.alive & (ethertype == ETHERTYPE_IPV4), drops)
+    ip6 = _decode_ipv6(buf, l3, end, drops.alive & (ethertype == ETHERTYPE_IPV6), drops)
+    arp = _decode_arp(buf, l3, end, drops.alive & (ethertype == ETHERTYPE_ARP), drops)
+    is4, is6 = ip4["is"] & drops.alive, ip6["is"] & drops.alive
 
-    # --- IPv4 -----------------------------------------------------------------
-    reject(is4 & (l3 + MIN_LEN["ipv4"] > end), "truncated_ip")
-    ver_ihl = rd.field(l3, IPV4["ver_ihl"]).astype(np.int64)
-    reject(is4 & (ver_ihl >> 4 != 4), "bad_ip_version")
-    ihl = (ver_ihl & 0x0F) * 4
-    total = rd.field(l3, IPV4["total_len"]).astype(np.int64)
-    reject(is4 & ((ihl < 20) | (l3 + ihl > end) | (total < ihl)), "bad_ip_header_length")
-    flags_frag = rd.field(l3, IPV4["flags_frag"]).astype(np.int64)
-    v4 = is4 & ~bad
-    src_lo = np.where(v4, IPV4_MAPPED_LO_PREFIX | rd.field(l3, IPV4["src"]), src_lo)
-    dst_lo = np.where(v4, IPV4_MAPPED_LO_PREFIX | rd.field(l3, IPV4["dst"]), dst_lo)
-    proto = np.where(v4, rd.field(l3, IPV4["proto"]), proto).astype(np.uint8)
-    ttl = np.where(v4, rd.field(l3, IPV4["ttl"]), ttl).astype(np.uint8)
-    ip_id = np.where(v4, rd.field(l3, IPV4["ident"]), ip_id).astype(np.uint16)
-    df = np.where(v4, (flags_frag & 0x4000) != 0, df)
-    frag = np.where(v4, (flags_frag & 0x1FFF) != 0, frag)
-    ip_len = np.where(v4, total, ip_len).astype(np.int32)
-    l4 = np.where(v4, l3 + ihl, l4)
-    l4_end = np.where(v4, np.minimum(end, l3 + total), l4_end)
+    # Columns shared by both IP versions: exactly one of ip4/ip6 holds a non-default value per row.
+    is_ip = is4 | is6
+    proto = np.where(is4, ip4["proto"], ip6["proto"])
+    l4 = np.where(is4, ip4["l4"], ip6["l4"])
+    ip_end = np.where(is4, ip4["end"], ip6["end"])  # end of the IP packet by its length field
+    frag = np.where(is4, ip4["frag"], ip6["frag"])
+    l4_room = np.minimum(ip_end, end) - l4  # L4 bytes both declared and captured
 
-    # --- IPv6 and its extension headers ---------------------------------------
-    reject(is6 & (l3 + MIN_LEN["ipv6"] > end), "truncated_ip")
-    reject(is6 & (rd.field(l3, IPV6["ver"]).astype(np.int64) >> 4 != 6), "bad_ip_version")
-    v6 = is6 & ~bad
-    if v6.any():
-        src_hi = np.where(v6, rd.field(l3, IPV6["src_hi"]), src_hi)
-        src_lo = np.where(v6, rd.field(l3, IPV6["src_lo"]), src_lo)
-        dst_hi = np.where(v6, rd.field(l3, IPV6["dst_hi"]), dst_hi)
-        dst_lo = np.where(v6, rd.field(l3, IPV6["dst_lo"]), dst_lo)
-        ttl = np.where(v6, rd.field(l3, IPV6["hop_limit"]), ttl).astype(np.uint8)
-        payload = rd.field(l3, IPV6["payload_len"]).astype(np.int64)
-        ip_len = np.where(v6, 40 + payload, ip_len).astype(np.int32)
-        l4_end = np.where(v6, np.minimum(end, l3 + 40 + payload), l4_end)
-        nxt = rd.field(l3, IPV6["next"]).astype(np.int64)
-        pos = l3 + 40
-        for _ in range(MAX_EXTENSIONS):
-            ext = v6 & ~bad & ~frag & np.isin(nxt, IPV6_EXTENSIONS)
-            if not ext.any():
-                break
-            reject(ext & (pos + 8 > end), "truncated_ip")
-            ext &= ~bad
-            hdr_len = rd.field(pos, (1, 1)).astype(np.int64)
-            size = np.where(nxt == 44, 8, np.where(nxt == 51, (hdr_len + 2) * 4, (hdr_len + 1) * 8))
-            frag_off = rd.field(pos, (2, 2)).astype(np.int64) >> 3
-            frag = np.where(ext & (nxt == 44) & (frag_off != 0), True, frag)
-            new_nxt = rd.field(pos, (0, 1)).astype(np.int64)
-            nxt = np.where(ext, new_nxt, nxt)
-            pos = np.where(ext, pos + size, pos)
-        reject(v6 & np.isin(nxt, IPV6_EXTENSIONS) & ~frag, "ipv6_extension_chain_too_long")
-        proto = np.where(v6, nxt, proto).astype(np.uint8)
-        l4 = np.where(v6, pos, l4)
+    has_l4 = is_ip & ~frag
+    is_tcp = has_l4 & (proto == IP_PROTO_TCP)
+    is_udp = has_l4 & (proto == IP_PROTO_UDP)
+    drops.drop((is_tcp & (l4_room < TCP.size)) | (is_udp & (l4_room < UDP.size)), "truncated_l4")
+    is_tcp &= drops.alive
+    is_udp &= drops.alive
+    tcp = TCP.read(buf, l4, is_tcp)
+    udp = UDP.read(buf, l4, is_udp)
+    tcp_hdr_len = (tcp["data_offset"] >> 4) * 4
+    l4_header = np.where(is_tcp, tcp_hdr_len, np.where(is_udp, UDP.size, 0))
+    payload_len = np.where(is_ip, np.maximum(ip_end - l4 - l4_header, 0), 0)
 
-    # --- ARP --------------------------------------------------------------------
-    reject(isarp & (l3 + MIN_LEN["arp"] > end), "truncated_arp")
-    arp_ip = isarp & ~bad & (rd.field(l3, ARP["ptype"]) == ETH_IPV4) & (rd.field(l3, ARP["plen"]) == 4) & (rd.field(l3, ARP["hlen"]) == 6)
-    src_lo = np.where(arp_ip, IPV4_MAPPED_LO_PREFIX | rd.field(l3, ARP["spa"]), src_lo)
-    dst_lo = np.where(arp_ip, IPV4_MAPPED_LO_PREFIX | rd.field(l3, ARP["tpa"]), dst_lo)
-    kind = np.where(isarp & ~arp_ip, L3_OTHER, kind).astype(np.uint8)  # ARP for other protocols: MACs only
+    is_arp = arp["is"] & drops.alive
+    l3_kind = np.select([is4, is6, is_arp], [L3_IPV4, L3_IPV6, L3_ARP], L3_OTHER)
+    port_kind = np.select(
+        [is_tcp | is_udp, is_arp, has_l4 & is4 & (proto == IP_PROTO_ICMP)],
+        [PORT_NUMBER, PORT_ARP, PORT_ICMP],
+        PORT_NONE,
+    )
+    ipv4_like = is4 | is_arp  # addresses stored IPv4-mapped
+    src_v4 = np.where(is4, ip4["src"], arp["src"]).astype(np.uint64)
+    dst_v4 = np.where(is4, ip4["dst"], arp["dst"]).astype(np.uint64)
+    # Frames with neither IP nor ARP are keyed by their MACs (DESIGN 4).
+    src_lo = np.select([ipv4_like, is6], [IPV4_MAPPED_LO_PREFIX | src_v4, ip6["src_lo"]], eth["src"])
+    dst_lo = np.select([ipv4_like, is6], [IPV4_MAPPED_LO_PREFIX | dst_v4, ip6["dst_lo"]], eth["dst"])
 
-    # --- TCP, UDP, ICMP ---------------------------------------------------------
-    is_ip = (kind == L3_IPV4) | (kind == L3_IPV6)
-    has_l4 = is_ip & ~frag & ~bad
-    is_tcp = has_l4 & (proto == 6)
-    is_udp = has_l4 & (proto == 17)
-    reject(is_tcp & (l4 + MIN_LEN["tcp"] > end), "truncated_l4")
-    reject(is_udp & (l4 + MIN_LEN["udp"] > end), "truncated_l4")
-    tcp_off = (rd.field(l4, TCP["off"]).astype(np.int64) >> 4) * 4
-    reject(is_tcp & ((tcp_off < 20) | (l4 + tcp_off > end)), "bad_tcp_header_length")
-    is_tcp &= ~bad
-    is_udp &= ~bad
-    ported = is_tcp | is_udp
-    port_kind = np.full(n, PORT_NONE, dtype=np.uint8)
-    port_kind[ported] = PORT_NUMBER
-    port_kind[has_l4 & ~bad & (kind == L3_IPV4) & (proto == 1)] = PORT_ICMP
-    port_kind[kind == L3_ARP] = PORT_ARP
-    sport = np.where(ported, rd.field(l4, TCP["sport"]).astype(np.int64), -1).astype(np.int32)
-    dport = np.where(ported, rd.field(l4, TCP["dport"]).astype(np.int64), -1).astype(np.int32)
-    l4_hdr = np.where(is_tcp, tcp_off, np.where(is_udp, 8, 0))
-    payload_len = np.where(ported, np.maximum(l4_end - l4 - l4_hdr, 0), 0).astype(np.int32)
+    keep = np.flatnonzero(drops.alive)
+    stats.decoded += len(keep)
 
-    keep = ok & ~bad
-    stats.decoded += int(keep.sum())
-    take = np.flatnonzero(keep)
-
-    def col(a, dtype=None):
-        a = a[take]
-        return a.astype(dtype) if dtype is not None else a
+    def column(values: np.ndarray, dtype: type) -> np.ndarray:
+        return np.asarray(values)[keep].astype(dtype)
 
     return PacketBatch(
-        index=col(frames.index, np.int64),
-        ts=col(frames.ts, np.float64),
-        wire_len=col(frames.wire_len, np.int64),
-        src_mac=col(src_mac),
-        dst_mac=col(dst_mac),
-        vlan=col(vlan),
-        l3=col(kind),
-        src_ip_hi=col(src_hi, np.uint64),
-        src_ip_lo=col(src_lo, np.uint64),
-        dst_ip_hi=col(dst_hi, np.uint64),
-        dst_ip_lo=col(dst_lo, np.uint64),
-        proto=col(proto),
-        port_kind=col(port_kind),
-        sport=col(sport),
-        dport=col(dport),
-        ttl=col(ttl),
-        ip_id=col(ip_id),
-        df=col(df),
-        frag=col(frag),
-        ip_len=col(ip_len),
-        tcp_flags=col(np.where(is_tcp, rd.field(l4, TCP["flags"]), 0), np.uint8),
-        tcp_seq=col(np.where(is_tcp, rd.field(l4, TCP["seq"]), 0), np.uint32),
-        tcp_ack=col(np.where(is_tcp, rd.field(l4, TCP["ack"]), 0), np.uint32),
-        tcp_win=col(np.where(is_tcp, rd.field(l4, TCP["win"]), 0), np.uint16),
-        tcp_hdr_len=col(np.where(is_tcp, tcp_off, 0), np.uint8),
-        payload_len=col(payload_len),
+        index=column(frames.index, np.int64),
+        ts=column(frames.ts, np.float64),
+        wire_len=column(frames.wire_len, np.int64),
+        src_mac=column(eth["src"], np.uint64),
+        dst_mac=column(eth["dst"], np.uint64),
+        vlan=column(vlan, np.int32),
+        l3=column(l3_kind, np.uint8),
+        src_ip_hi=column(np.where(is6, ip6["src_hi"], 0), np.uint64),
+        src_ip_lo=column(src_lo, np.uint64),
+        dst_ip_hi=column(np.where(is6, ip6["dst_hi"], 0), np.uint64),
+        dst_ip_lo=column(dst_lo, np.uint64),
+        proto=column(np.where(is_ip, proto, 0), np.uint8),
+        port_kind=column(port_kind, np.uint8),
+        sport=column(np.where(is_tcp, tcp["sport"], udp["sport"]), np.int32),
+        dport=column(np.where(is_tcp, tcp["dport"], udp["dport"]), np.int32),
+        ttl=column(np.where(is4, ip4["ttl"], ip6["ttl"]), np.uint8),
+        ip_id=column(ip4["ident"], np.uint16),
+        df=column(is4 & ip4["df"], bool),
+        frag=column(is_ip & frag, bool),
+        ip_len=column(np.where(is4, ip4["ip_len"], ip6["ip_len"]), np.int32),
+        tcp_flags=column(tcp["flags"], np.uint8),
+        tcp_seq=column(tcp["seq"], np.uint32),
+        tcp_ack=column(tcp["ack"], np.uint32),
+        tcp_win=column(tcp["window"], np.uint16),
+        tcp_hdr_len=column(tcp_hdr_len, np.uint8),
+        payload_len=column(payload_len, np.int32),
     )
+
+
+# --- Layer 3 -----------------------------------------------------------------------------------------
+# Each returns full-length columns (defaults where the frame is not of that kind) and drops what it
+# cannot decode.  "is" marks the frames of that kind; callers AND it with drops.alive.
+
+
+def _decode_ipv4(buf: np.ndarray, l3: np.ndarray, end: np.ndarray, is4: np.ndarray, drops: _Drops) -> dict:
+    drops.drop(is4 & (l3 + IPV4.size > end), "truncated_ip")
+    is4 = is4 & drops.alive
+    ip = IPV4.read(buf, l3, is4)
+    version, ihl = ip["version_ihl"] >> 4, (ip["version_ihl"] & 0x0F) * 4
+    drops.drop(is4 & (version != 4), "bad_ip_version")
+    # A header shorter than 20 bytes, or longer than the packet it is in, is corrupt ...
+    drops.drop(is4 & ((ihl < IPV4.size) | (ip["total_len"] < ihl)), "bad_ip_header_length")
+    # ... one longer than what was captured (options cut by the snapshot length) is truncated.
+    drops.drop(is4 & (l3 + ihl > end), "truncated_ip")
+    is4 = is4 & drops.alive
+    flags_fragment = ip["flags_fragment"]
+    return {
+        "is": is4,
+        "src": ip["src"],
+        "dst": ip["dst"],
+        "proto": ip["proto"],
+        "ttl": ip["ttl"],
+        "ident": ip["ident"],
+        "df": (flags_fragment & 0x4000) != 0,
+        "frag": is4 & ((flags_fragment & 0x1FFF) != 0),  # non-first fragment: no L4 header
+        "ip_len": ip["total_len"],
+        "l4": l3 + ihl,
+        "end": l3 + ip["total_len"],
+    }
+
+
+def _decode_ipv6(buf: np.ndarray, l3: np.ndarray, end: np.ndarray, is6: np.ndarray, drops: _Drops) -> dict:
+    drops.drop(is6 & (l3 + IPV6.size > end), "truncated_ip")
+    is6 = is6 & drops.alive
+    ip = IPV6.read(buf, l3, is6)
+    drops.drop(is6 & ((ip["version_class_flow"] >> 28) != 6), "bad_ip_version")
+    is6 = is6 & drops.alive
+    payload = ip["payload_len"]
+    # Payload length 0 with data behind it is a jumbogram: the captured bytes are all we know.
+    ip_end = np.where(payload > 0, l3 + IPV6.size + payload, end)
+    next_header = ip["next_header"]
+    pos = l3 + IPV6.size
+    frag = np.zeros(len(l3), dtype=bool)
+    for _ in range(MAX_IPV6_EXTENSIONS):
+        chain = is6 & drops.alive & ~frag & np.isin(next_header, IPV6_EXTENSIONS)
+        if not chain.any():
+            break
+        drops.drop(chain & (pos + IPV6_EXTENSION.size > np.minimum(end, ip_end)), "truncated_ip")
+        chain &= drops.alive
+        ext = IPV6_EXTENSION.read(buf, pos, chain)
+        is_fragment = chain & (next_header == EXT_FRAGMENT)
+        frag |= is_fragment & ((ext["fragment"] >> 3) != 0)  # non-first fragment: stop, no L4 header
+        pos = np.where(chain, pos + _extension_size(next_header, ext["len"]), pos)
+        next_header = np.where(chain, ext["next_header"], next_header)
+    drops.drop(is6 & (pos > np.minimum(end, ip_end)), "truncated_ip")  # a header running past the data
+    return {
+        "is": is6 & drops.alive,
+        "src_hi": ip["src_hi"],
+        "src_lo": ip["src_lo"],
+        "dst_hi": ip["dst_hi"],
+        "dst_lo": ip["dst_lo"],
+        "proto": next_header,
+        "ttl": ip["hop_limit"],
+        "frag": frag,
+        "ip_len": np.where(is6, IPV6.size + payload, 0),
+        "l4": pos,
+        "end": ip_end,
+    }
+
+
+def _decode_arp(buf: np.ndarray, l3: np.ndarray, end: np.ndarray, is_arp: np.ndarray, drops: _Drops) -> dict:
+    drops.drop(is_arp & (l3 + ARP.size > end), "truncated_arp")
+    is_arp = is_arp & drops.alive
+    arp = ARP.read(buf, l3, is_arp)
+    # Only ARP for IPv4 over Ethernet carries the addresses we key on; other ARP stays L3_OTHER.
+    ether_ipv4 = is_arp & (arp["htype"] == 1) & (arp["ptype"] == ETHERTYPE_IPV4) & (arp["hlen"] == 6) & (arp["plen"] == 4)
+    drops.drop(ether_ipv4 & (l3 + ARP_ETHERNET_IPV4.size > end), "truncated_arp")
+    ether_ipv4 &= drops.alive
+    addresses = ARP_ETHERNET_IPV4.read(buf, l3, ether_ipv4)
+    return {"is": ether_ipv4, "src": addresses["sender_ip"], "dst": addresses["target_ip"]}
