@@ -1,12 +1,19 @@
 """Feature preprocessing shared by training (convert/) and the board (DESIGN 6).
 
-The raw N-BaIoT features span twenty orders of magnitude (weights near 1,
-variances near 1e10, jitter means that are absolute timestamps), so each
-value goes through a signed log1p and is then standardised with the training
-set's mean and spread.  The columns are also rearranged from the N-BaIoT
-order (group-major) into a (5 decay rates x 23 statistics) grid, so the CNN
-can convolve across the decay rates.  All parameters travel in the model
-bundle; nothing here is fitted on the board.
+The model's input is int8, so every column gets only 256 levels.  A plain
+log-and-standardise transform spends them badly: Mirai's UDP (554-byte) and
+ACK (566-byte) floods then fall on the same level.  Instead each column goes
+through its training distribution's quantiles (a monotone, piecewise linear
+map onto [-1, 1]), which spends the levels where traffic actually is.
+
+Two columns carry an artefact of the definition rather than behaviour: a new
+jitter stream's first value is the absolute timestamp (DESIGN 4), so the
+jitter mean and variance would tell the capture's date.  They are capped
+(1e6 s, 1e12 s^2) first: "older than 11 days" all looks alike.
+
+The columns are also rearranged from the N-BaIoT order (group-major) into a
+(5 decay rates x 23 statistics) grid so the CNN can convolve across rates.
+All parameters travel in the model bundle; nothing is fitted on the board.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .feature_columns import COLUMNS, GROUPS, LAMBDAS, N_FEATURES
+
+KNOTS = 257
+CAPS = {"HH_jit": {"mean": 1e6, "variance": 1e12}}
 
 
 def grid_order() -> list[int]:
@@ -31,52 +41,77 @@ def grid_order() -> list[int]:
 GRID_SHAPE = (len(LAMBDAS), N_FEATURES // len(LAMBDAS))
 
 
-def signed_log1p(x: np.ndarray) -> np.ndarray:
-    return np.sign(x) * np.log1p(np.abs(x))
+def column_caps() -> np.ndarray:
+    """Upper cap per column in N-BaIoT order (inf: none)."""
+    caps = np.full(N_FEATURES, np.inf)
+    for i, name in enumerate(COLUMNS):
+        group, rest = name.split("_L", 1)
+        stat = rest.split("_", 1)[1]
+        caps[i] = CAPS.get(group, {}).get(stat, np.inf)
+    return caps
+
+
+def _knots(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct quantile values of a column and the position in [-1, 1] each maps to."""
+    q = np.quantile(column, np.linspace(0, 1, KNOTS))
+    y = np.linspace(-1.0, 1.0, KNOTS)
+    xs, inverse = np.unique(q, return_inverse=True)
+    ys = np.bincount(inverse, weights=y) / np.bincount(inverse)  # a value many rows share: its middle
+    return xs, ys
 
 
 @dataclass
 class Preprocessor:
-    """``transform`` maps (n, 115) raw features to (n, 5, 23) float32 model inputs."""
+    """``transform`` maps (n, 115) raw features to (n, 5, 23) float32 model inputs in [-1, 1]."""
 
-    mean: np.ndarray  # (115,) in grid order
-    scale: np.ndarray  # (115,)
-    order: np.ndarray  # (115,) int
+    order: np.ndarray  # (115,) int: grid position -> N-BaIoT column
+    caps: np.ndarray  # (115,) upper caps, N-BaIoT order
+    knots_x: list[np.ndarray]  # per grid position: increasing raw values
+    knots_y: list[np.ndarray]  # per grid position: where they map in [-1, 1]
 
     @classmethod
-    def fit(cls, features: np.ndarray) -> "Preprocessor":
+    def fit(cls, features: np.ndarray, max_rows: int = 200_000, seed: int = 0) -> "Preprocessor":
+        X = np.asarray(features, dtype=np.float64)
+        if len(X) > max_rows:
+            X = X[np.sort(np.random.default_rng(seed).choice(len(X), max_rows, replace=False))]
         order = np.asarray(grid_order())
-        z = signed_log1p(np.asarray(features, dtype=np.float64)[:, order])
-        scale = z.std(axis=0)
-        scale[scale < 1e-6] = 1.0  # constant columns stay centred, not blown up
-        return cls(mean=z.mean(axis=0), scale=scale, order=order)
+        caps = column_caps()
+        X = np.minimum(X, caps)[:, order]
+        pairs = [_knots(X[:, j]) for j in range(N_FEATURES)]
+        return cls(order=order, caps=caps, knots_x=[p[0] for p in pairs], knots_y=[p[1] for p in pairs])
 
     def transform(self, features: np.ndarray) -> np.ndarray:
-        z = signed_log1p(np.asarray(features, dtype=np.float64)[:, self.order])
-        z = (z - self.mean) / self.scale
-        z = np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)  # a broken value must not poison the batch
-        return z.astype(np.float32).reshape(-1, *GRID_SHAPE)
+        X = np.minimum(np.asarray(features, dtype=np.float64), self.caps)[:, self.order]
+        X = np.nan_to_num(X, nan=0.0, posinf=np.finfo(np.float64).max, neginf=-np.finfo(np.float64).max)
+        out = np.empty(X.shape, dtype=np.float32)
+        for j in range(N_FEATURES):
+            xs, ys = self.knots_x[j], self.knots_y[j]
+            out[:, j] = np.interp(X[:, j], xs, ys) if len(xs) > 1 else 0.0
+        return out.reshape(-1, *GRID_SHAPE)
 
     def to_json(self) -> dict:
         return {
-            "kind": "signed_log1p_standardise",
+            "kind": "capped_quantile",
             "order": self.order.tolist(),
-            "mean": self.mean.tolist(),
-            "scale": self.scale.tolist(),
+            "caps": [None if np.isinf(c) else float(c) for c in self.caps],
+            "knots_x": [x.tolist() for x in self.knots_x],
+            "knots_y": [y.tolist() for y in self.knots_y],
             "grid_shape": list(GRID_SHAPE),
         }
 
     @classmethod
     def from_json(cls, data: dict) -> "Preprocessor":
-        if data.get("kind") != "signed_log1p_standardise":
+        if data.get("kind") != "capped_quantile":
             raise ValueError(f"unknown preprocessing kind {data.get('kind')!r}")
-        p = cls(
-            mean=np.asarray(data["mean"], dtype=np.float64),
-            scale=np.asarray(data["scale"], dtype=np.float64),
-            order=np.asarray(data["order"], dtype=np.int64),
-        )
-        if not (p.mean.shape == p.scale.shape == p.order.shape == (N_FEATURES,)):
+        order = np.asarray(data["order"], dtype=np.int64)
+        caps = np.array([np.inf if c is None else float(c) for c in data["caps"]])
+        kx = [np.asarray(x, dtype=np.float64) for x in data["knots_x"]]
+        ky = [np.asarray(y, dtype=np.float64) for y in data["knots_y"]]
+        if not (len(order) == len(caps) == len(kx) == len(ky) == N_FEATURES):
             raise ValueError("preprocessing parameters must have 115 entries each")
-        if sorted(p.order.tolist()) != list(range(N_FEATURES)):
+        if sorted(order.tolist()) != list(range(N_FEATURES)):
             raise ValueError("preprocessing order must be a permutation of the 115 columns")
-        return p
+        for j, (x, y) in enumerate(zip(kx, ky)):
+            if len(x) != len(y) or len(x) == 0 or np.any(np.diff(x) <= 0) or not np.all(np.abs(y) <= 1):
+                raise ValueError(f"preprocessing knots of grid column {j} are malformed")
+        return cls(order=order, caps=caps, knots_x=kx, knots_y=ky)
