@@ -93,6 +93,41 @@ def build_splits(
     return splits
 
 
+def cached_splits(recipe: Recipe, workers: int = 2) -> dict[str, Dataset]:
+    """``build_splits(recipe)``, kept under the cache folder: the synthetic data depends only on the recipe
+    and the code that makes it, so the cache key covers the recipe and the synthesiser and feature sources."""
+    import hashlib
+    import json
+    import os
+
+    import agent
+    from . import synth
+
+    h = hashlib.sha256(json.dumps([recipe.scenarios, recipe.seeds, recipe.cap_per_class, recipe.seed], sort_keys=True).encode())
+    for folder in (Path(synth.__file__).parent, Path(agent.__file__).parent):
+        for src in sorted(folder.glob("*.py")):
+            h.update(src.read_bytes())
+    cache = Path(os.environ.get("IOTGUARD_CACHE", Path.home() / ".cache" / "iotguard")) / "datasets"
+    path = cache / f"{h.hexdigest()[:16]}.npz"
+    if path.exists():
+        data = np.load(path, allow_pickle=False)
+        splits = {}
+        for s in SPLITS:
+            captures = [str(c) for c in data[f"{s}_captures"]]
+            splits[s] = Dataset(data[f"{s}_X"], data[f"{s}_y"], data[f"{s}_capture"], captures)
+        log.info("datasets from cache %s", path)
+        return splits
+    splits = build_splits(recipe, workers=workers)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    arrays = {}
+    for s, d in splits.items():
+        arrays.update({f"{s}_X": d.X, f"{s}_y": d.y, f"{s}_capture": d.capture, f"{s}_captures": np.array(d.captures)})
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return splits
+
+
 def train_bundle(splits: dict[str, Dataset], out_dir: Path, name: str, seed: int, epochs: int, training: dict) -> dict:
     from .bundle import bundle_metadata, write_bundle
     from .quantize import quant_params, representative_sample, to_int8_tflite
@@ -144,7 +179,10 @@ def run(args: argparse.Namespace) -> int:
     recipe = None if args.no_synthetic else default_recipe()
     if recipe is None and not args.nbaiot:
         raise SystemExit("error: --no-synthetic needs --nbaiot (benign captures alone have no attacks to learn)")
-    splits = build_splits(recipe, args.nbaiot, args.benign_pcap, workers=args.workers)
+    if recipe is not None and not args.nbaiot and not args.benign_pcap:
+        splits = cached_splits(recipe, workers=args.workers)
+    else:
+        splits = build_splits(recipe, args.nbaiot, args.benign_pcap, workers=args.workers)
     training = {
         "seed": args.seed,
         "synthetic": None if recipe is None else {"scenarios": [list(s) for s in recipe.scenarios], "seeds": recipe.seeds},

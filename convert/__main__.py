@@ -1,0 +1,111 @@
+"""Command line of the build-time converter: ``python -m convert SUBCOMMAND ...``.
+
+Subcommands:
+  synth         generate a labelled capture (pcap + labels.csv + meta.json) from a named scenario
+  train         train the CNN, quantise it to int8, write a model bundle (default: the agent's own)
+  evaluate      baselines vs the CNN: docs/evaluation.md and plots
+  real-check    the model on the real captures and N-BaIoT rows in ../shared/data
+  demo-capture  rebuild the capture the agent's demo runs on
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("convert")
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from .synth import SCENARIOS, synthesise, write
+
+    if args.list:
+        width = max(len(name) for name in SCENARIOS)
+        for name, scenario in SCENARIOS.items():
+            print(f"{name:<{width}}  {scenario.description}")
+        return 0
+    if not args.scenario or not args.output:
+        print("synth: --scenario and -o/--output are required (or --list)", file=sys.stderr)
+        return 2
+    if args.scenario not in SCENARIOS:
+        print(f"synth: unknown scenario {args.scenario!r}; see --list", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    synth = synthesise(args.scenario, args.seconds, args.seed)
+    built = time.perf_counter()
+    pcap, labels, meta = write(synth, args.output)
+    done = time.perf_counter()
+    counts = ", ".join(f"{k} {v}" for k, v in synth.meta["packets_per_label"].items() if v)
+    log.info(
+        "%s: %d packets (%s) in %.2f s (+%.2f s writing): %s, %s, %s",
+        args.scenario,
+        len(synth),
+        counts or "none",
+        built - started,
+        done - built,
+        pcap,
+        labels,
+        meta,
+    )
+    return 0
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="generate a labelled capture from a scenario")
+    p.add_argument("--scenario", help="scenario name (see --list)")
+    p.add_argument("--seconds", type=float, default=60.0, help="capture duration in seconds (default 60)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same arguments give identical files")
+    p.add_argument("-o", "--output", help="OUT.pcap; OUT.labels.csv and OUT.meta.json are written beside it")
+    p.add_argument("--list", action="store_true", help="list scenarios with a one-line description")
+    p.set_defaults(func=_synth)
+
+
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    from . import build_model, evaluate
+
+    p = sub.add_parser("train", help="train the CNN, quantise it to int8 and write a model bundle")
+    build_model.add_arguments(p)
+    p.set_defaults(func=build_model.run)
+    p = sub.add_parser("evaluate", help="baselines vs the CNN (float and int8): docs/evaluation.md and plots")
+    evaluate.add_arguments(p)
+    p.set_defaults(func=evaluate.run)
+    p = sub.add_parser("real-check", help="score a model bundle on the real captures and N-BaIoT rows of ../shared/data")
+    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    p.add_argument("--model", help="bundle JSON (default: the agent's bundled model)")
+    p.set_defaults(func=_real_check)
+    p = sub.add_parser("demo-capture", help="rebuild agent/samples/mirai_demo.pcap (the agent demo's capture)")
+    p.set_defaults(func=_demo_capture)
+
+
+def _real_check(args: argparse.Namespace) -> int:
+    from agent.model import Classifier, load_bundle
+
+    from .real_check import markdown, run
+
+    clf = Classifier(load_bundle(args.model) if args.model else load_bundle())
+    print(markdown(run(args.data, clf)))
+    return 0
+
+
+def _demo_capture(args: argparse.Namespace) -> int:
+    from .demo_capture import make_demo_capture
+
+    print("wrote", make_demo_capture())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_synth(sub)
+    _add_build(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

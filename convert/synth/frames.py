@@ -1,0 +1,355 @@
+"""Header layouts and vectorised frame building: many packets of one shape at once.
+
+Every header is declared once as data, a tuple of (field, struct format, default)
+in the spirit of dpkt's ``__hdr__`` tables.  ``Layout.pack`` turns n sets of field
+values (scalars or length-n arrays) into an (n, size) uint8 array through a numpy
+structured dtype, so building a million headers is a handful of array writes.
+
+``tcp_frames``/``udp_frames``/``icmp_frames``/``arp_frames`` stack Ethernet, IPv4 and
+the L4 header over a payload matrix and fill in the IPv4 and TCP/UDP/ICMP checksums,
+all rows at once.  Frames captured on a host other than the sender carry the
+Ethernet padding to 60 bytes (``pad=True``); the sender's own capture does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Field = tuple[str, str, object]  # (name, struct format, default)
+
+ETH_MIN_FRAME = 60  # minimum Ethernet frame without FCS: shorter frames are padded on the wire
+ETH_HEADER = 14
+IPV4_HEADER = 20
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_ARP = 0x0806
+PROTO_ICMP, PROTO_TCP, PROTO_UDP = 1, 6, 17
+IP_DF = 0x4000
+
+# TCP flag bits
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+
+BROADCAST_MAC = 0xFFFF_FFFF_FFFF
+
+_NUMPY_FORMAT = {"B": "u1", "H": ">u2", "I": ">u4", "Q": ">u8"}
+_MASK = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFF_FFFF, "Q": None}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A fixed-size header: (field, format, default) triples, network byte order.
+
+    Formats: B, H, I, Q (unsigned big-endian integers) and Ns (N raw bytes; a
+    6s field also accepts integers, for MAC addresses held as uint64).
+    """
+
+    name: str
+    fields: tuple[Field, ...]
+    dtype: np.dtype = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = []
+        for name, fmt, _ in self.fields:
+            if fmt.endswith("s"):
+                parts.append((name, "u1", (int(fmt[:-1]),)))
+            else:
+                parts.append((name, _NUMPY_FORMAT[fmt]))
+        object.__setattr__(self, "dtype", np.dtype(parts))
+
+    @property
+    def size(self) -> int:
+        return self.dtype.itemsize
+
+    def pack(self, n: int, **values: object) -> np.ndarray:
+        """n headers as an (n, size) uint8 array; fields not given take their default."""
+        unknown = set(values) - {name for name, _, _ in self.fields}
+        if unknown:
+            raise TypeError(f"{self.name} has no field(s) {sorted(unknown)}")
+        rec = np.zeros(n, dtype=self.dtype)
+        for name, fmt, default in self.fields:
+            value = values.get(name, default)
+            if fmt.endswith("s"):
+                rec[name] = _bytes_field(value, int(fmt[:-1]), n)
+            elif _MASK[fmt] is None:
+                rec[name] = np.asarray(value, dtype=np.uint64)
+            else:
+                # Sequence numbers and counters arrive as int64 sums: wrap them like the wire does.
+                rec[name] = np.asarray(value, dtype=np.int64) & _MASK[fmt]
+        return rec.view(np.uint8).reshape(n, self.size)
+
+
+def _bytes_field(value: object, width: int, n: int) -> np.ndarray:
+    if isinstance(value, (bytes, bytearray)):
+        raw = np.frombuffer(bytes(value).ljust(width, b"\0")[:width], dtype=np.uint8)
+        return np.broadcast_to(raw, (n, width))
+    arr = np.asarray(value)
+    if arr.dtype == np.uint8 and arr.shape[-1:] == (width,):
+        return arr
+    # integers (MAC addresses): big-endian bytes of the low `width` bytes
+    shifts = np.arange(8 * (width - 1), -8, -8, dtype=np.uint64)
+    return ((arr.astype(np.uint64)[..., None] >> shifts) & np.uint64(0xFF)).astype(np.uint8)
+
+
+ETHERNET = Layout("ethernet", (("dst", "6s", 0), ("src", "6s", 0), ("type", "H", ETHERTYPE_IPV4)))
+
+IPV4 = Layout(
+    "ipv4",
+    (
+        ("v_hl", "B", 0x45),
+        ("tos", "B", 0),
+        ("len", "H", IPV4_HEADER),
+        ("id", "H", 0),
+        ("off", "H", 0),  # flags (DF = 0x4000) and fragment offset
+        ("ttl", "B", 64),
+        ("p", "B", PROTO_TCP),
+        ("sum", "H", 0),
+        ("src", "I", 0),
+        ("dst", "I", 0),
+    ),
+)
+
+TCP = Layout(
+    "tcp",
+    (
+        ("sport", "H", 0),
+        ("dport", "H", 0),
+        ("seq", "I", 0),
+        ("ack", "I", 0),
+        ("off_x2", "B", 5 << 4),  # data offset in 32-bit words, high nibble
+        ("flags", "B", SYN),
+        ("win", "H", 0),
+        ("sum", "H", 0),
+        ("urp", "H", 0),
+    ),
+)
+
+UDP = Layout("udp", (("sport", "H", 0), ("dport", "H", 0), ("ulen", "H", 8), ("sum", "H", 0)))
+
+ICMP = Layout("icmp", (("type", "B", 3), ("code", "B", 3), ("sum", "H", 0), ("rest", "I", 0)))
+
+ARP = Layout(
+    "arp",
+    (
+        ("hrd", "H", 1),
+        ("pro", "H", ETHERTYPE_IPV4),
+        ("hln", "B", 6),
+        ("pln", "B", 4),
+        ("op", "H", 1),  # 1 request, 2 reply
+        ("sha", "6s", 0),
+        ("spa", "I", 0),
+        ("tha", "6s", 0),
+        ("tpa", "I", 0),
+    ),
+)
+
+# TCP options of a Linux SYN / SYN-ACK, in Linux's order (Mirai's SYN flood copies it).
+TCP_SYN_OPTIONS = Layout(
+    "tcp_syn_options",
+    (
+        ("mss_kind", "B", 2),
+        ("mss_len", "B", 4),
+        ("mss", "H", 1460),
+        ("sackok_kind", "B", 4),
+        ("sackok_len", "B", 2),
+        ("ts_kind", "B", 8),
+        ("ts_len", "B", 10),
+        ("tsval", "I", 0),
+        ("tsecr", "I", 0),
+        ("nop", "B", 1),
+        ("ws_kind", "B", 3),
+        ("ws_len", "B", 3),
+        ("ws", "B", 7),
+    ),
+)
+
+# Every later segment of a connection that negotiated timestamps.
+TCP_TS_OPTIONS = Layout(
+    "tcp_ts_options",
+    (
+        ("nop1", "B", 1),
+        ("nop2", "B", 1),
+        ("ts_kind", "B", 8),
+        ("ts_len", "B", 10),
+        ("tsval", "I", 0),
+        ("tsecr", "I", 0),
+    ),
+)
+
+# Small embedded stacks (lwIP and friends): MSS only, no timestamps.
+TCP_MSS_OPTION = Layout("tcp_mss_option", (("mss_kind", "B", 2), ("mss_len", "B", 4), ("mss", "H", 1460)))
+
+
+@dataclass
+class Frames:
+    """n frames of one kind: rows zero-filled past each frame's end, plus each frame's length."""
+
+    rows: np.ndarray  # uint8 (n, width)
+    length: np.ndarray  # int64 (n,): captured length = wire length
+
+    def __len__(self) -> int:
+        return len(self.length)
+
+    @classmethod
+    def empty(cls) -> Frames:
+        return cls(np.zeros((0, ETH_MIN_FRAME), dtype=np.uint8), np.zeros(0, dtype=np.int64))
+
+    def take(self, sel: np.ndarray) -> Frames:
+        return Frames(self.rows[sel], self.length[sel])
+
+
+# ---------------------------------------------------------------- payloads
+
+
+def payload_matrix(items: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Byte strings of different lengths as a zero-filled (n, longest) matrix and their lengths."""
+    lengths = np.fromiter((len(p) for p in items), dtype=np.int64, count=len(items))
+    width = int(lengths.max()) if len(items) else 0
+    joined = np.frombuffer(b"".join(p.ljust(width, b"\0") for p in items), dtype=np.uint8)
+    return joined.reshape(len(items), width), lengths
+
+
+def random_payload(rng: np.random.Generator, lengths: np.ndarray | int, n: int | None = None) -> np.ndarray:
+    """Random bytes, one row per packet, zero past each row's length (encrypted or compressed data)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.ndim == 0:
+        lengths = np.full(n if n is not None else 1, int(lengths), dtype=np.int64)
+    width = int(lengths.max()) if len(lengths) else 0
+    rows = np.frombuffer(rng.bytes(len(lengths) * width), dtype=np.uint8).reshape(len(lengths), width).copy()
+    if len(lengths) and lengths.min() < width:
+        rows[np.arange(width) >= lengths[:, None]] = 0
+    return rows
+
+
+# ---------------------------------------------------------------- checksums
+
+
+def ones_complement_sum(rows: np.ndarray) -> np.ndarray:
+    """16-bit one's complement sum of each row of a uint8 matrix (odd widths padded with a zero byte)."""
+    if rows.shape[1] % 2:
+        rows = np.concatenate([rows, np.zeros((rows.shape[0], 1), dtype=np.uint8)], axis=1)
+    words = np.ascontiguousarray(rows).view(">u2")
+    total = words.sum(axis=1, dtype=np.uint64)
+    return _fold(total)
+
+
+def _fold(total: np.ndarray) -> np.ndarray:
+    total = total.astype(np.uint64)
+    for _ in range(3):  # enough for any sum below 2**48
+        total = (total & np.uint64(0xFFFF)) + (total >> np.uint64(16))
+    return total
+
+
+def _put16(rows: np.ndarray, col: int, value: np.ndarray) -> None:
+    rows[:, col] = (value >> 8) & 0xFF
+    rows[:, col + 1] = value & 0xFF
+
+
+# ---------------------------------------------------------------- frame builders
+
+
+def _ipv4_frames(
+    *,
+    proto: int,
+    l4: np.ndarray,
+    payload: np.ndarray | None,
+    payload_len: np.ndarray | int | None,
+    checksum_at: int | None,
+    pseudo_header: bool,
+    src_mac,
+    dst_mac,
+    src_ip,
+    dst_ip,
+    ttl=64,
+    ip_id=0,
+    df=False,
+    tos=0,
+    pad: bool = False,
+) -> Frames:
+    """Ethernet + IPv4 + an already packed L4 header + payload, with every checksum filled in."""
+    n = l4.shape[0]
+    if payload is None:
+        payload = np.zeros((n, 0), dtype=np.uint8)
+    if payload_len is None:
+        payload_len = payload.shape[1]
+    payload_len = np.broadcast_to(np.asarray(payload_len, dtype=np.int64), (n,))
+    l4_len = l4.shape[1] + payload_len
+    ip_len = IPV4_HEADER + l4_len
+    eth = ETHERNET.pack(n, dst=dst_mac, src=src_mac, type=ETHERTYPE_IPV4)
+    off = np.where(np.broadcast_to(np.asarray(df, dtype=bool), (n,)), IP_DF, 0)
+    ip = IPV4.pack(n, tos=tos, len=ip_len, id=ip_id, off=off, ttl=ttl, p=proto, src=src_ip, dst=dst_ip)
+    _put16(ip, 10, ~ones_complement_sum(ip) & np.uint64(0xFFFF))
+    rows = np.concatenate([eth, ip, l4, payload], axis=1)
+    if checksum_at is not None:
+        start = ETH_HEADER + IPV4_HEADER
+        total = ones_complement_sum(rows[:, start:])  # zeros past the datagram's end add nothing
+        if pseudo_header:
+            src = np.broadcast_to(np.asarray(src_ip, dtype=np.uint64), (n,))
+            dst = np.broadcast_to(np.asarray(dst_ip, dtype=np.uint64), (n,))
+            m = np.uint64(0xFFFF)
+            total = total + (src >> np.uint64(16)) + (src & m) + (dst >> np.uint64(16)) + (dst & m)
+            total = total + np.uint64(proto) + l4_len.astype(np.uint64)
+        check = ~_fold(total) & np.uint64(0xFFFF)
+        if proto == PROTO_UDP:
+            check[check == 0] = 0xFFFF  # UDP: a computed zero is sent as all ones
+        _put16(rows, start + checksum_at, check)
+    length = ETH_HEADER + ip_len
+    return _padded(rows, length, pad)
+
+
+def _padded(rows: np.ndarray, length: np.ndarray, pad: bool) -> Frames:
+    length = np.asarray(length, dtype=np.int64)
+    if pad:
+        length = np.maximum(length, ETH_MIN_FRAME)
+        if rows.shape[1] < ETH_MIN_FRAME:
+            rows = np.concatenate([rows, np.zeros((rows.shape[0], ETH_MIN_FRAME - rows.shape[1]), np.uint8)], axis=1)
+    return Frames(np.ascontiguousarray(rows), length.copy())
+
+
+def tcp_frames(
+    n: int,
+    *,
+    tcp: dict,
+    options: np.ndarray | None = None,
+    payload: np.ndarray | None = None,
+    payload_len: np.ndarray | int | None = None,
+    **ip: object,
+) -> Frames:
+    """n TCP segments: ``tcp`` holds TCP field values, ``ip`` the Ethernet/IPv4 ones (see _ipv4_frames)."""
+    opt_len = 0 if options is None else options.shape[1]
+    if opt_len % 4:
+        raise ValueError(f"TCP options must fill whole 32-bit words, got {opt_len} bytes")
+    header = TCP.pack(n, off_x2=((20 + opt_len) // 4) << 4, **tcp)
+    if options is not None:
+        header = np.concatenate([header, np.broadcast_to(options, (n, opt_len))], axis=1)
+    return _ipv4_frames(
+        proto=PROTO_TCP, l4=header, payload=payload, payload_len=payload_len, checksum_at=16, pseudo_header=True, **ip
+    )
+
+
+def udp_frames(n: int, *, sport, dport, payload: np.ndarray | None = None, payload_len=None, **ip: object) -> Frames:
+    if payload is None:
+        payload = np.zeros((n, 0), dtype=np.uint8)
+    plen = payload.shape[1] if payload_len is None else payload_len
+    header = UDP.pack(n, sport=sport, dport=dport, ulen=8 + np.asarray(plen, dtype=np.int64))
+    return _ipv4_frames(
+        proto=PROTO_UDP, l4=header, payload=payload, payload_len=plen, checksum_at=6, pseudo_header=True, **ip
+    )
+
+
+def icmp_frames(n: int, *, icmp: dict, payload: np.ndarray, payload_len=None, **ip: object) -> Frames:
+    header = ICMP.pack(n, **icmp)
+    return _ipv4_frames(
+        proto=PROTO_ICMP, l4=header, payload=payload, payload_len=payload_len, checksum_at=2, pseudo_header=False, **ip
+    )
+
+
+def arp_frames(n: int, *, src_mac, dst_mac, pad: bool = False, **arp: object) -> Frames:
+    """ARP over Ethernet (42 bytes, 60 once padded by a sender's NIC)."""
+    rows = np.concatenate([ETHERNET.pack(n, dst=dst_mac, src=src_mac, type=ETHERTYPE_ARP), ARP.pack(n, **arp)], axis=1)
+    return _padded(rows, np.full(n, rows.shape[1]), pad)
+
+
+def multicast_mac(group_ip: int) -> int:
+    """The Ethernet address of an IPv4 multicast group (01:00:5e + low 23 bits)."""
+    return 0x01005E000000 | (int(group_ip) & 0x7FFFFF)

@@ -1,0 +1,689 @@
+"""Mirai's five traffic classes, packet for packet as the public source builds them (DESIGN 5).
+
+``mirai/bot/attack_tcp.c`` (syn, ack), ``attack_udp.c`` (udp generic, udpplain)
+and ``scanner.c`` (telnet scanner and brute force) fix each header field; the
+functions here reproduce those fields, vectorised per bot:
+
+* syn: DF, random ports/seq/IP ID per packet, ack 0, window 0, options MSS
+  1400-1415 and TSval chosen once per target, TSecr 0, WS 6; IP 60 bytes.
+* ack: no DF, random ports/seq/ack per packet, window random once per target,
+  512 random payload bytes; IP 552 bytes.
+* udp: no DF, random ports per packet, 512 random bytes; IP 540 bytes.
+* udpplain: a connected UDP socket: the kernel sets DF and counts the IP ID up,
+  one source port per attack, one destination port per target.
+* scan: 40-byte SYNs, seq = destination address, fixed source port and window,
+  port 23 except every tenth packet (2323), 160 per second in one burst.
+
+Netmask targets spread destinations over the prefix (``addr + (rand >> netmask)``),
+spoofing draws a random source per packet (raw-socket attacks only).
+
+Two vantage points: ``view="bot"``, the board is infected and captures what it
+sends (no Ethernet padding: a scan SYN stays 54 bytes); ``view="victim"``, the
+attack arrives at the board or its LAN (for the scanner: an infected neighbour
+seen through a mirror port), and frames under 60 bytes carry the Ethernet
+padding a receiver sees.  Remote bots' packets arrive with TTL 64 minus their
+hop count; packets the router cannot deliver (absent victims) never reach the
+LAN, only its ARP requests for them do.
+
+Labels say who sends what: packets a bot sends for an attack (including its
+kernel's RSTs to scan answers, its telnet brute force and its report to the
+loader) carry the attack's class; packets innocent hosts send in reaction
+(victims' RSTs and ICMP errors, scanned hosts' SYN-ACKs and telnet output, the
+router's ARP for absent victims) are benign with role ``reply:<class>``, so
+they can be relabelled by role.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .frames import (
+    ACK,
+    BROADCAST_MAC,
+    ETH_HEADER,
+    RST,
+    SYN,
+    TCP_MSS_OPTION,
+    TCP_SYN_OPTIONS,
+    arp_frames,
+    icmp_frames,
+    random_payload,
+    tcp_frames,
+    udp_frames,
+)
+from .network import Host, ip_text, random_public_ips
+from .payloads import MIRAI_CREDENTIALS, TELNETD_IACS, dns_query, dns_response, mirai_iac_answers
+from .scene import Scene
+from .tcp import CLIENT, SERVER, TcpConversation, TcpStack
+from .timeline import BENIGN, flood_times
+
+log = logging.getLogger(__name__)
+
+ATTACK_CLASSES = ("mirai_ack", "mirai_scan", "mirai_syn", "mirai_udp", "mirai_udpplain")
+FLOOD_PAYLOAD = 512  # ATK_OPT_PAYLOAD_SIZE default
+SCANNER_RAW_PPS = 160  # SYNs per burst, one burst per second
+CHUNK = 200_000  # packets built at once (bounds memory for long floods)
+WIRE_OVERHEAD = 24  # preamble, inter-frame gap and FCS around every frame on the wire
+
+# IP total length of each flood class at Mirai's defaults (DESIGN 5).
+IP_LENGTH = {
+    "mirai_syn": 60,
+    "mirai_ack": 40 + FLOOD_PAYLOAD,
+    "mirai_udp": 28 + FLOOD_PAYLOAD,
+    "mirai_udpplain": 28 + FLOOD_PAYLOAD,
+    "mirai_scan": 40,
+}
+
+
+@dataclass
+class Bot:
+    name: str
+    host: Host  # as captured: the gateway's MAC and a reduced TTL when it is remote
+    rate: float  # packets per second it manages to send
+    spoof: bool = False
+
+
+@dataclass
+class Target:
+    ip: int  # network address when prefix < 32
+    prefix: int = 32
+
+    @property
+    def text(self) -> str:
+        return f"{ip_text(self.ip)}/{self.prefix}"
+
+
+@dataclass
+class AttackPlan:
+    kind: str
+    view: str  # "bot" (the board is infected) or "victim" (the board is attacked or on the victims' LAN)
+    start: float
+    stop: float
+    bots: list[Bot]
+    targets: list[Target]
+    reply_fraction: float = 0.0  # bot view: share of victims that answer the flood
+    open_fraction: float = 0.0  # scan: share of scanned addresses that answer SYN-ACK (telnet open)
+    refuse_fraction: float = 0.0  # scan: share that answer RST (port closed); the rest stay silent
+    vulnerable_fraction: float = 0.25  # scan: share of open devices whose login is in Mirai's table
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def meta(self) -> dict:
+        return {
+            "class": self.kind,
+            "view": self.view,
+            "start_s": round(self.start, 6),
+            "stop_s": round(self.stop, 6),
+            "bots": [
+                {
+                    "name": b.name,
+                    "ip": "spoofed" if b.spoof else b.host.ip_text,
+                    "real_ip": b.host.ip_text,
+                    "mac": b.host.mac_text,
+                    "ttl_seen": b.host.ttl,
+                    "rate_pps": round(b.rate, 1),
+                }
+                for b in self.bots
+            ],
+            "targets": [t.text for t in self.targets] if self.kind != "mirai_scan" else "random public IPv4",
+            "packets": dict(self.counts),
+            **(
+                {"answer_fractions": {"open": round(self.open_fraction, 4), "refused": round(self.refuse_fraction, 4)}}
+                if self.kind == "mirai_scan"
+                else {}
+            ),
+        }
+
+
+# ---------------------------------------------------------------- planning
+
+
+def link_rate_cap(kind: str, link_bps: float) -> float:
+    """Most frames of this class per second a link carries."""
+    return link_bps / ((ETH_HEADER + max(IP_LENGTH[kind], 46) + WIRE_OVERHEAD) * 8)
+
+
+def plan_attack(
+    scene: Scene, kind: str, view: str, start: float, stop: float, bot_hosts: list[Host] | None = None
+) -> AttackPlan:
+    """Random but plausible parameters: bots, rates (a few hundred to tens of thousands pps), spoofing, targets."""
+    rng, lan = scene.rng, scene.lan
+    cap = link_rate_cap(kind, scene.link_bps)
+    if kind == "mirai_scan":
+        # The scanner: one bot (the board, or an infected neighbour seen through a mirror port).
+        host = lan.board if view == "bot" else (bot_hosts or [lan.board])[0]
+        return AttackPlan(
+            kind,
+            view,
+            start,
+            stop,
+            [Bot("bot1", host, float(SCANNER_RAW_PPS))],
+            [],
+            open_fraction=float(rng.uniform(0.002, 0.012)),
+            refuse_fraction=float(rng.uniform(0.02, 0.08)),
+        )
+    if view == "bot":
+        bots = [Bot("bot1", lan.board, _bot_rate(rng, cap), spoof=kind != "mirai_udpplain" and rng.random() < 0.3)]
+        count = int(rng.choice([1, 1, 1, 2, 3]))
+        targets = [
+            Target(int(ip) & _mask(p), p)
+            for ip, p in zip(random_public_ips(rng, count), rng.choice([32, 32, 32, 28, 24], count))
+        ]
+        return AttackPlan(kind, view, start, stop, bots, targets, reply_fraction=float(rng.choice([0.0, 0.3, 1.0])))
+    # Victim view: the board, another device, or the whole /24 is the target.
+    choice = rng.random()
+    if choice < 0.5:
+        targets = [Target(lan.board.ip)]
+    elif lan.devices and (choice < 0.75 or kind == "mirai_udpplain"):  # udpplain hits one address anyway
+        dev = list(lan.devices.values())[int(rng.integers(len(lan.devices)))]
+        targets = [Target(dev.ip)]
+    else:
+        targets = [Target(lan.network, 24)]
+    bots = []
+    # Through the Internet a public LAN meets any number of bots; a private one only its own infected devices.
+    n_bots = int(rng.choice([1, 1, 2, 3, 5, 8] if lan.public else [1, 1, 2, 3]))
+    spoof = kind != "mirai_udpplain" and rng.random() < 0.35
+    for i in range(n_bots):
+        local = bot_hosts[i] if bot_hosts and i < len(bot_hosts) else None
+        if local is None and not lan.public:
+            local = lan.add_device(rng, f"infected{i + 1}")  # a private LAN is only reachable from inside
+        host = local if local is not None else scene.remote_host(f"bot{i + 1}", int(random_public_ips(rng, 1)[0]))
+        bots.append(Bot(f"bot{i + 1}", host, _bot_rate(rng, cap), spoof=spoof))
+    total = sum(b.rate for b in bots)
+    if total > cap:  # the victim's link carries no more: the rest is dropped upstream
+        for b in bots:
+            b.rate *= cap / total
+    return AttackPlan(kind, view, start, stop, bots, targets)
+
+
+def _bot_rate(rng: np.random.Generator, cap: float) -> float:
+    return float(min(np.exp(rng.uniform(np.log(300), np.log(30000))), cap))
+
+
+def _mask(prefix: int) -> int:
+    return (0xFFFFFFFF << (32 - int(prefix))) & 0xFFFFFFFF
+
+
+def run_attack(scene: Scene, plan: AttackPlan) -> AttackPlan:
+    if plan.kind == "mirai_scan":
+        for bot in plan.bots:
+            _scan(scene, plan, bot)
+        return plan
+    absent_t, absent_dst = [], []
+    for bot in plan.bots:
+        t, dst = _flood(scene, plan, bot)
+        absent_t.append(t)
+        absent_dst.append(dst)
+    _router_arp(scene, plan, np.concatenate(absent_t), np.concatenate(absent_dst))
+    return plan
+
+
+# ---------------------------------------------------------------- floods
+
+
+def _count(plan: AttackPlan, key: str, n: int) -> None:
+    plan.counts[key] = plan.counts.get(key, 0) + int(n)
+
+
+def _flood(scene: Scene, plan: AttackPlan, bot: Bot) -> tuple[np.ndarray, np.ndarray]:
+    """Add one bot's flood; returns (time, destination) of packets the router drops (victim absent)."""
+    rng, lan = scene.rng, scene.lan
+    kind = plan.kind
+    # The command reaches bots at slightly different times; the duration is the same for all.
+    lag = float(rng.uniform(0, min(1.5, 0.2 * (plan.stop - plan.start)))) if plan.view == "victim" else 0.0
+    times = flood_times(rng, plan.start + lag, plan.stop + lag, bot.rate)
+    if plan.view == "victim" and not bot.host.local:
+        # Path delay plus queueing; queues are FIFO, so a bot's packets stay in order.
+        times = np.maximum.accumulate(times + float(rng.uniform(0.01, 0.15)) + rng.exponential(0.0002, len(times)))
+    n_targets = len(plan.targets)
+    target_ip = np.array([t.ip for t in plan.targets], dtype=np.int64)
+    target_prefix = np.array([t.prefix for t in plan.targets], dtype=np.int64)
+    # Fixed once per target (attack setup): MSS and TSval for syn, window for ack, dport for udpplain.
+    mss = 1400 + rng.integers(0, 16, n_targets)
+    tsval = rng.integers(0, 1 << 32, n_targets)
+    window = rng.integers(0, 1 << 16, n_targets)
+    plain_sport = int(rng.integers(1024, 1 << 16))
+    plain_dport = rng.integers(0, 1 << 16, n_targets)
+    plain_dst = target_ip + np.where(target_prefix < 32, rng.integers(0, 1 << 32, n_targets) >> target_prefix, 0)
+    plain_id = rng.integers(0, 1 << 16, n_targets)
+    lan_ips = {h.ip: h for h in lan.hosts()}
+    role = f"{kind}:{bot.name}"
+
+    sent_so_far = np.zeros(n_targets, dtype=np.int64)
+    absent_t, absent_dst = [np.zeros(0)], [np.zeros(0, dtype=np.int64)]
+    for lo in range(0, len(times), CHUNK):
+        t = times[lo : lo + CHUNK]
+        n = len(t)
+        which = (lo + np.arange(n)) % n_targets  # one packet per target per pass of the send loop
+        if kind == "mirai_udpplain":
+            dst = plain_dst[which]
+        else:
+            spread = rng.integers(0, 1 << 32, n) >> target_prefix[which]
+            dst = target_ip[which] + np.where(target_prefix[which] < 32, spread, 0)
+        src = rng.integers(0, 1 << 32, n) if bot.spoof else np.full(n, bot.host.ip, dtype=np.int64)
+        keep = np.ones(n, dtype=bool)
+        if plan.view == "victim":
+            keep = np.isin(dst, list(lan_ips))
+            absent_t.append(t[~keep])
+            absent_dst.append(dst[~keep])
+        t, dst, src, which = t[keep], dst[keep], src[keep], which[keep]
+        n = len(t)
+        if not n:
+            continue
+        dst_mac = _macs_for(scene, dst) if plan.view == "victim" else lan.gateway.mac
+        ip = {
+            "src_mac": bot.host.mac,
+            "dst_mac": dst_mac,
+            "src_ip": src,
+            "dst_ip": dst,
+            "ttl": bot.host.ttl,
+            "pad": not bot.host.is_board,
+        }
+        sport = rng.integers(0, 1 << 16, n)
+        dport = rng.integers(0, 1 << 16, n)
+        seq = rng.integers(0, 1 << 32, n)
+        ack = rng.integers(0, 1 << 32, n)
+        ip_id = rng.integers(0, 1 << 16, n)
+        if kind == "mirai_syn":
+            options = TCP_SYN_OPTIONS.pack(n, mss=mss[which], tsval=tsval[which], tsecr=0, ws=6)
+            tcp = {"sport": sport, "dport": dport, "seq": seq, "ack": 0, "flags": SYN, "win": 0}
+            frames = tcp_frames(n, tcp=tcp, options=options, ip_id=ip_id, df=True, **ip)
+        elif kind == "mirai_ack":
+            tcp = {"sport": sport, "dport": dport, "seq": seq, "ack": ack, "flags": ACK, "win": window[which]}
+            frames = tcp_frames(n, tcp=tcp, payload=random_payload(rng, FLOOD_PAYLOAD, n), ip_id=ip_id, df=False, **ip)
+        elif kind == "mirai_udp":
+            frames = udp_frames(
+                n, sport=sport, dport=dport, payload=random_payload(rng, FLOOD_PAYLOAD, n), ip_id=ip_id, df=False, **ip
+            )
+        elif kind == "mirai_udpplain":
+            # IP ID: the socket's counter, one step per datagram it sends to that target.
+            counter = sent_so_far[which] + _rank_within(which, n_targets)
+            sent_so_far += np.bincount(which, minlength=n_targets)
+            sport = np.full(n, plain_sport)
+            dport = plain_dport[which]
+            ip_id = plain_id[which] + counter
+            frames = udp_frames(
+                n, sport=sport, dport=dport, payload=random_payload(rng, FLOOD_PAYLOAD, n), ip_id=ip_id, df=True, **ip
+            )
+        else:
+            raise ValueError(f"not a flood: {kind}")
+        scene.timeline.add(t, frames, kind, role)
+        _count(plan, kind, n)
+        _flood_replies(scene, plan, bot, t, frames, src, dst, sport, dport, seq, ack)
+    return np.concatenate(absent_t), np.concatenate(absent_dst)
+
+
+def _rank_within(which: np.ndarray, groups: int) -> np.ndarray:
+    """For each element, how many earlier elements share its group (0, 1, 2, ... per group)."""
+    order = np.argsort(which, kind="stable")
+    counts = np.bincount(which, minlength=groups)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(len(which), dtype=np.int64)
+    rank[order] = np.arange(len(which)) - starts[which[order]]
+    return rank
+
+
+def _macs_for(scene: Scene, ips: np.ndarray) -> np.ndarray:
+    """The MAC each address has on the captured link: its own for LAN hosts, else the gateway's."""
+    table = {h.ip: h.mac for h in scene.lan.hosts()}
+    keys = np.array(sorted(table), dtype=np.int64)
+    vals = np.array([table[k] for k in sorted(table)], dtype=np.uint64)
+    pos = np.clip(np.searchsorted(keys, ips), 0, len(keys) - 1)
+    return np.where(keys[pos] == ips, vals[pos], np.uint64(scene.lan.gateway.mac))
+
+
+def _router_arp(scene: Scene, plan: AttackPlan, t: np.ndarray, dst: np.ndarray) -> None:
+    """The router asks, once a second per address, for victims in its subnet that do not exist."""
+    if not len(t):
+        return
+    gw = scene.lan.gateway
+    dst = dst.astype(np.int64)
+    idx = _first_per_second(t, dst)
+    n = len(idx)
+    frames = arp_frames(
+        n, src_mac=gw.mac, dst_mac=BROADCAST_MAC, op=1, sha=gw.mac, spa=gw.ip, tha=0, tpa=dst[idx], pad=True
+    )
+    scene.timeline.add(t[idx] + 0.00005, frames, BENIGN, f"reply:{plan.kind}")
+    _count(plan, "reply", n)
+
+
+def _first_per_second(t: np.ndarray, key: np.ndarray, per_second: float = 1.0) -> np.ndarray:
+    """Indices of the first packet for each key in each 1/per_second interval (a token bucket, roughly)."""
+    slot = np.floor(t * per_second).astype(np.int64)
+    combined = (np.asarray(key, dtype=np.int64) << 24) + slot
+    _, first = np.unique(combined, return_index=True)
+    return np.sort(first)
+
+
+def _flood_replies(scene, plan, bot, t, frames, src, dst, sport, dport, seq, ack) -> None:
+    """What the victims send back: RST for TCP to closed ports, rate-limited ICMP port unreachable for UDP."""
+    rng, lan = scene.rng, scene.lan
+    if plan.view == "bot":
+        if bot.spoof or plan.reply_fraction <= 0:
+            return  # answers go to the spoofed addresses, not to the board
+        answered = np.isin(dst, np.unique(dst)[rng.random(len(np.unique(dst))) < plan.reply_fraction])
+        sel = np.flatnonzero(answered)
+        if not len(sel):
+            return
+        # Each victim's TTL: its OS's initial value minus the hops back to the board (fixed per address).
+        victim_ttl = np.array([64, 128, 255])[dst[sel] % 3] - (6 + (dst[sel] >> 8) % 14)
+        victim = {"src_mac": lan.gateway.mac, "dst_mac": bot.host.mac, "ttl": victim_ttl, "pad": True}
+        delay = float(rng.uniform(0.015, 0.2))
+        _emit_replies(scene, plan, sel, t + delay, frames, src, dst, sport, dport, seq, ack, victim, spoofed=False)
+        return
+    # Victim view: the board answers unpadded, other LAN hosts are captured padded.
+    react = t + rng.gamma(2.0, 0.00004, len(t))
+    to_board = dst == lan.board.ip
+    for group, board in ((to_board, True), (~to_board, False)):
+        sel = np.flatnonzero(group)
+        if len(sel):
+            victim = {
+                "src_mac": _macs_for(scene, dst[sel]),
+                "dst_mac": _macs_for(scene, src[sel]),
+                "ttl": 64,
+                "pad": not board,
+            }
+            _emit_replies(scene, plan, sel, react, frames, src, dst, sport, dport, seq, ack, victim, spoofed=bot.spoof)
+
+
+def _emit_replies(scene, plan, sel, t_reply, frames, src, dst, sport, dport, seq, ack, victim, spoofed) -> None:
+    rng = scene.rng
+    kind = plan.kind
+    role = f"reply:{kind}"
+    if kind in ("mirai_udp", "mirai_udpplain"):
+        # Linux rate-limits ICMP errors: ~1/s per peer, and 1000/s overall.
+        keep = (
+            _first_per_second(t_reply[sel], np.zeros(len(sel)), 1000.0)
+            if spoofed
+            else _first_per_second(t_reply[sel], dst[sel] ^ (src[sel] << 1))
+        )
+        sel = sel[keep]
+        victim = _subset(victim, keep)
+        quoted = frames.rows[sel, ETH_HEADER : ETH_HEADER + 548]  # the offending datagram, up to 576 bytes in all
+        quoted_len = np.minimum(frames.length[sel] - ETH_HEADER, 548)
+        out = icmp_frames(
+            len(sel),
+            icmp={"type": 3, "code": 3},
+            payload=quoted,
+            payload_len=quoted_len,
+            src_ip=dst[sel],
+            dst_ip=src[sel],
+            tos=0xC0,
+            ip_id=rng.integers(0, 1 << 16, len(sel)),
+            df=False,
+            **victim,
+        )
+    elif kind == "mirai_syn":
+        tcp = {"sport": dport[sel], "dport": sport[sel], "seq": 0, "ack": seq[sel] + 1, "flags": RST | ACK, "win": 0}
+        out = tcp_frames(len(sel), tcp=tcp, src_ip=dst[sel], dst_ip=src[sel], ip_id=0, df=True, **victim)
+    else:  # ACK to a closed port: RST carrying the ACK's acknowledgement number as its sequence number
+        tcp = {"sport": dport[sel], "dport": sport[sel], "seq": ack[sel], "ack": 0, "flags": RST, "win": 0}
+        out = tcp_frames(len(sel), tcp=tcp, src_ip=dst[sel], dst_ip=src[sel], ip_id=0, df=True, **victim)
+    scene.timeline.add(t_reply[sel], out, BENIGN, role)
+    _count(plan, "reply", len(sel))
+
+
+def _subset(fields: dict, keep: np.ndarray) -> dict:
+    """Per-packet arrays of header values follow the packets kept; scalars stay."""
+    return {k: (v[keep] if isinstance(v, np.ndarray) and v.ndim == 1 else v) for k, v in fields.items()}
+
+
+# ---------------------------------------------------------------- scanner and brute force
+
+# Stacks of scanned telnet devices (DVRs, routers, cameras on old embedded Linux).
+TARGET_STACKS = (
+    TcpStack("linux-2.6-embedded", syn_window=5792, window=1460, window_growth=200, window_scale=2),
+    TcpStack("linux-3.x-embedded", syn_window=14480, window=227, window_growth=400, window_scale=6),
+    TcpStack("embedded-nots", timestamps=False, window_scale=0, syn_window=5840, window=5840, window_growth=0, df=True),
+)
+BOT_STACK = TcpStack("bot-linux", syn_window=14600, window=229, window_growth=300, window_scale=5)
+
+
+def _scan(scene: Scene, plan: AttackPlan, bot: Bot) -> None:
+    rng = scene.rng
+    role = f"mirai_scan:{bot.name}"
+    sport = int(rng.integers(1024, 1 << 16))
+    window = int(rng.integers(0, 1 << 16))
+    # One burst of 160 SYNs each time the select() loop sees a new second.
+    bursts = []
+    t = plan.start + float(rng.uniform(0, min(1.0, plan.stop - plan.start)))
+    while t < plan.stop:
+        bursts.append(t)
+        t += 1.0 + float(rng.gamma(2.0, 0.004))
+    if not bursts:
+        return
+    per = SCANNER_RAW_PPS
+    gaps = rng.gamma(2.0, float(rng.uniform(5e-6, 25e-6)), (len(bursts), per))
+    times = (np.asarray(bursts)[:, None] + np.cumsum(gaps, axis=1)).ravel()
+    i = np.tile(np.arange(per), len(bursts))
+    n = len(times)
+    dst = random_public_ips(rng, n).astype(np.int64)
+    dport = np.where(i % 10 == 0, 2323, 23)
+    frames = tcp_frames(
+        n,
+        tcp={"sport": sport, "dport": dport, "seq": dst, "ack": 0, "flags": SYN, "win": window},
+        src_mac=bot.host.mac,
+        dst_mac=scene.lan.gateway.mac,
+        src_ip=bot.host.ip,
+        dst_ip=dst,
+        ttl=bot.host.ttl,
+        ip_id=rng.integers(0, 1 << 16, n),
+        df=False,
+        pad=not bot.host.is_board,
+    )
+    scene.timeline.add(times, frames, "mirai_scan", role)
+    _count(plan, "mirai_scan", n)
+
+    # Answers: a few targets run telnet (SYN-ACK), more refuse (RST), most stay silent.
+    p_open, p_closed = plan.open_fraction, plan.refuse_fraction
+    draw = rng.random(n)
+    opened = np.flatnonzero(draw < p_open)
+    refused = np.flatnonzero((draw >= p_open) & (draw < p_open + p_closed))
+    rtt = rng.uniform(0.015, 0.3, n)
+    ttl = (np.asarray(rng.choice([64, 64, 128, 255], n)) - rng.integers(5, 22, n)).astype(np.int64)
+    from_net = {"src_mac": scene.lan.gateway.mac, "dst_mac": bot.host.mac, "dst_ip": bot.host.ip, "pad": True}
+    if len(refused):
+        r = refused
+        out = tcp_frames(
+            len(r),
+            tcp={"sport": dport[r], "dport": sport, "seq": 0, "ack": dst[r] + 1, "flags": RST | ACK, "win": 0},
+            src_ip=dst[r],
+            ttl=ttl[r],
+            ip_id=0,
+            df=True,
+            **from_net,
+        )
+        scene.timeline.add(times[r] + rtt[r], out, BENIGN, "reply:mirai_scan")
+        _count(plan, "reply", len(r))
+    if not len(opened):
+        return
+    o = opened
+    synack_seq = rng.integers(0, 1 << 32, len(o))
+    out = tcp_frames(
+        len(o),
+        tcp={
+            "sport": dport[o],
+            "dport": sport,
+            "seq": synack_seq,
+            "ack": dst[o] + 1,
+            "flags": SYN | ACK,
+            "win": rng.choice([5840, 14600, 29200, 5792], len(o)),
+        },
+        options=TCP_MSS_OPTION.pack(len(o), mss=rng.choice([1460, 1452, 1400, 1360], len(o))),
+        src_ip=dst[o],
+        ttl=ttl[o],
+        ip_id=0,
+        df=True,
+        **from_net,
+    )
+    t_synack = times[o] + rtt[o]
+    scene.timeline.add(t_synack, out, BENIGN, "reply:mirai_scan")
+    _count(plan, "reply", len(o))
+    # The bot's kernel owns no socket on the raw scanner's port: it resets the half-open connection.
+    out = tcp_frames(
+        len(o),
+        tcp={"sport": sport, "dport": dport[o], "seq": dst[o] + 1, "ack": 0, "flags": RST, "win": 0},
+        src_mac=bot.host.mac,
+        dst_mac=scene.lan.gateway.mac,
+        src_ip=bot.host.ip,
+        dst_ip=dst[o],
+        ttl=bot.host.ttl,
+        ip_id=0,
+        df=True,
+        pad=not bot.host.is_board,
+    )
+    scene.timeline.add(t_synack + rng.gamma(2.0, 0.00003, len(o)), out, "mirai_scan", role)
+    _count(plan, "mirai_scan", len(o))
+    for k in range(len(o)):
+        victim = Host(f"telnet{k}", scene.lan.gateway.mac, int(dst[o[k]]), local=False, ttl=int(ttl[o[k]]))
+        _brute_force(
+            scene,
+            plan,
+            bot,
+            victim,
+            int(dport[o[k]]),
+            float(t_synack[k]) + float(rng.uniform(0.001, 0.05)),
+            float(rtt[o[k]]),
+        )
+
+
+def _weighted_credential(rng: np.random.Generator) -> tuple[str, str]:
+    weights = np.array([w for _, _, w in MIRAI_CREDENTIALS], dtype=np.float64)
+    user, password, _ = MIRAI_CREDENTIALS[int(rng.choice(len(weights), p=weights / weights.sum()))]
+    return user, password
+
+
+def _brute_force(scene: Scene, plan: AttackPlan, bot: Bot, victim: Host, port: int, t: float, rtt: float) -> None:
+    """Mirai's telnet login attempts on one device: up to 10 connections, one credential each."""
+    rng = scene.rng
+    vulnerable = rng.random() < plan.vulnerable_fraction
+    secret = _weighted_credential(rng) if vulnerable else ("", "\0")
+    stack = TARGET_STACKS[int(rng.integers(len(TARGET_STACKS)))]
+    hostname = str(rng.choice(["dvr", "ipcam", "router", "(none)", "localhost", "HG8245", "hi3518"]))
+    role = f"mirai_scan:{bot.name}"
+    for _attempt in range(10):
+        if t >= scene.seconds:
+            return
+        cred = _weighted_credential(rng)
+        conv = TcpConversation(
+            rng,
+            bot.host,
+            victim,
+            scene.ephemeral_port(),
+            port,
+            rtt=rtt,
+            near=CLIENT,
+            client_stack=BOT_STACK,
+            server_stack=stack,
+            link_bps=scene.link_bps,
+        )
+        success = cred == secret
+        t = _telnet_login(scene, conv, t, cred, success, hostname)
+        _count(plan, "bruteforce", conv.add_to(scene.timeline, ("mirai_scan", role), (BENIGN, "reply:mirai_scan")))
+        if success:
+            _report(scene, plan, bot, victim, port, cred, t + 0.01)
+            return
+        t += float(rng.uniform(0.0, 1.0))  # the select() loop notices the closed socket and reconnects
+
+
+def _telnet_login(
+    scene: Scene, conv: TcpConversation, t: float, cred: tuple[str, str], success: bool, hostname: str
+) -> float:
+    """One connection of the state machine in scanner.c: IACs, username, password, enable/system/shell/sh, token."""
+    rng = scene.rng
+    t = conv.handshake(t)
+    t = conv.send(t + float(rng.uniform(0.001, 0.02)), SERVER, TELNETD_IACS, ack=False)
+    answers = mirai_iac_answers(TELNETD_IACS)
+    t = conv.send(t + conv.delay(CLIENT), CLIENT, answers[0], ack=False)  # Nagle: the rest waits for the ACK
+    t = conv.send(t + conv.delay(SERVER), SERVER, b"\r\n" + f"{hostname} login: ".encode(), ack=False)
+    t = conv.send(t + conv.delay(CLIENT), CLIENT, b"".join(answers[1:]), ack=False)
+
+    def exchange(t: float, line: str, reply: bytes, wait: float = 0.0) -> float:
+        t = conv.send(t + conv.delay(CLIENT), CLIENT, line.encode(), ack=False)
+        t = conv.send(t + conv.delay(SERVER), SERVER, line.encode() if reply != b"" else b"", ack=False)
+        t = conv.send(t + conv.delay(CLIENT), CLIENT, b"\r\n", ack=False)
+        return conv.send(t + conv.delay(SERVER) + wait, SERVER, reply, ack=False)
+
+    user, password = cred
+    t = exchange(t, user, b"\r\nPassword: ")
+    if success:
+        t = conv.send(t + conv.delay(CLIENT), CLIENT, password.encode() or b"\r\n", ack=False)
+        t = conv.send(
+            t + conv.delay(SERVER) + 0.2, SERVER, b"\r\n\r\nBusyBox v1.19.4 built-in shell (ash)\r\n\r\n# ", ack=False
+        )
+        for command, output in (
+            ("enable", b"-sh: enable: not found\r\n# "),
+            ("system", b"-sh: system: not found\r\n# "),
+            ("shell", b"-sh: shell: not found\r\n# "),
+            ("sh", b"\r\n\r\nBusyBox v1.19.4 built-in shell (ash)\r\n# "),
+            ("/bin/busybox MIRAI", b"MIRAI: applet not found\r\n# "),
+        ):
+            t = conv.send(t + conv.delay(CLIENT), CLIENT, command.encode(), ack=False)
+            t = conv.send(t + conv.delay(CLIENT) + 0.0003, CLIENT, b"\r\n", ack=False)
+            t = conv.send(t + conv.delay(SERVER), SERVER, command.encode() + b"\r\n" + output, ack=False)
+        return conv.close(t + conv.delay(CLIENT), CLIENT)
+    # Wrong password: busybox login waits 3 s per failure and gives up after three.
+    failed = b"\r\nLogin incorrect\r\n" + f"{hostname} login: ".encode()
+    t = conv.send(t + conv.delay(CLIENT), CLIENT, password.encode() or b"\r\n", ack=False)
+    if password:
+        t = conv.send(t + conv.delay(CLIENT) + 0.0003, CLIENT, b"\r\n", ack=False)
+    t = conv.send(t + conv.delay(SERVER) + 3.0, SERVER, failed, ack=False)
+    t = exchange(t, "enable", b"\r\nPassword: ")
+    t = conv.send(t + conv.delay(CLIENT), CLIENT, b"system", ack=False)
+    t = conv.send(t + conv.delay(CLIENT) + 0.0003, CLIENT, b"\r\n", ack=False)
+    t = conv.send(t + conv.delay(SERVER) + 3.0, SERVER, failed, ack=False)
+    t = exchange(t, "shell", b"\r\nPassword: ")
+    t = conv.send(t + conv.delay(CLIENT), CLIENT, b"sh", ack=False)
+    t = conv.send(t + conv.delay(CLIENT) + 0.0003, CLIENT, b"\r\n", ack=False)
+    t = conv.send(t + conv.delay(SERVER) + 3.0, SERVER, b"\r\nLogin incorrect\r\n", ack=False)
+    return conv.close(t + 0.001, SERVER)
+
+
+def _report(scene: Scene, plan: AttackPlan, bot: Bot, victim: Host, port: int, cred: tuple[str, str], t: float) -> None:
+    """report_working(): resolve the report server through 8.8.8.8, send (0, ip, port, user, password)."""
+    rng = scene.rng
+    role = f"mirai_scan:{bot.name}"
+    resolver = scene.remote_host("dns.google", (8 << 24) | (8 << 16) | (8 << 8) | 8)
+    name = f"report.{rng.choice(['santasbigcandycane', 'mirai-c2', 'iotnet'])}.{rng.choice(['cx', 'xyz', 'top'])}"
+    loader_ip = int(random_public_ips(rng, 1)[0])
+    txid, sport = int(rng.integers(0, 1 << 16)), scene.ephemeral_port()
+    reply_t = t + scene.rtt(bot.host, resolver)
+    scene.udp([t], bot.host, resolver, sport, 53, [dns_query(txid, name)], role, label="mirai_scan", ip_id=None)
+    scene.udp(
+        [reply_t],
+        resolver,
+        bot.host,
+        53,
+        sport,
+        [dns_response(txid, name, 1, [loader_ip.to_bytes(4, "big")], 300)],
+        "reply:mirai_scan",
+        ip_id=None,
+        df=False,
+    )
+    loader = scene.remote_host("loader", loader_ip)
+    conv = TcpConversation(
+        rng,
+        bot.host,
+        loader,
+        scene.ephemeral_port(),
+        48101,
+        rtt=scene.rtt(bot.host, loader),
+        client_stack=BOT_STACK,
+        link_bps=scene.link_bps,
+    )
+    t = conv.handshake(reply_t + 0.001)
+    user, password = cred
+    t = conv.send(t + 0.0002, CLIENT, b"\0", ack=False)
+    record = (
+        victim.ip.to_bytes(4, "big")
+        + port.to_bytes(2, "big")
+        + bytes([len(user)])
+        + user.encode()
+        + bytes([len(password)])
+        + password.encode()
+    )
+    t = conv.send(t + conv.delay(SERVER), CLIENT, record)
+    conv.close(t + 0.001, CLIENT)
+    conv.add_to(scene.timeline, ("mirai_scan", role), (BENIGN, "reply:mirai_scan"))

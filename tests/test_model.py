@@ -1,0 +1,104 @@
+"""The model stage: bundle checks, runtimes, and the detect / classify-features commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.model import DEFAULT_BUNDLE, BundleError, Classifier, installed_runtimes, load_bundle, parse_bundle
+from agent.packets import LABELS
+from packet_factory import random_batch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_agent(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle()
+
+
+def test_bundled_model_is_small_and_complete(bundle):
+    assert len(bundle.tflite) < 64 * 1024
+    assert bundle.meta["labels"] == list(LABELS)
+    assert bundle.meta["metrics"]["float_vs_int8_agreement"] >= 0.995
+
+
+def test_bundle_with_wrong_digest_or_schema_is_refused(bundle, tmp_path):
+    tampered = bytearray(bundle.tflite)
+    tampered[len(tampered) // 2] ^= 0xFF
+    with pytest.raises(BundleError, match="sha256"):
+        parse_bundle(bundle.meta, bytes(tampered))
+    for key, value, message in (("schema", "iotguard.model-bundle/0", "schema"), ("feature_schema", "kitsune-100/1", "features"),
+                                ("labels", ["benign", "attack"], "labels")):  # fmt: skip
+        with pytest.raises(BundleError, match=message):
+            parse_bundle({**bundle.meta, key: value}, bundle.tflite)
+    (tmp_path / "b.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(tmp_path / "b.json")
+    # The command line says so too, and exits non-zero.
+    meta = dict(bundle.meta, model_sha256="0" * 64)
+    (tmp_path / "bad.json").write_text(json.dumps(meta))
+    (tmp_path / meta["model_file"]).write_bytes(bundle.tflite)
+    res = run_agent("detect", str(REPO / "agent" / "samples" / "mirai_demo.pcap"), "--model", str(tmp_path / "bad.json"))
+    assert res.returncode == 2 and "sha256" in res.stderr
+
+
+def test_runtimes_agree(bundle):
+    runtimes = installed_runtimes()
+    if len(runtimes) < 2:
+        pytest.skip(f"only {runtimes} installed; nothing to compare")
+    features = np.abs(random_batch(1, 0).ts[:1, None] * 0 + np.random.default_rng(0).lognormal(3, 3, (3000, 115)))
+    outputs = {rt: Classifier(bundle, runtime=rt, batch_size=256).predict_int8(features) for rt in runtimes}
+    base = outputs[runtimes[0]].astype(int)
+    for rt, out in outputs.items():
+        # Runtimes may round one int8 step differently (tflite-runtime vs LiteRT kernels); never more.
+        assert np.abs(out.astype(int) - base).max() <= 1, rt
+
+
+def test_detect_command_finds_the_demo_attacks(tmp_path):
+    sample = REPO / "agent" / "samples" / "mirai_demo.pcap"
+    res = run_agent("detect", str(sample), "--jsonl", "--per-packet", str(tmp_path / "pp.csv"))
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    verdicts = [x for x in lines if x["type"] == "verdict"]
+    summary = lines[-1]
+    assert summary["type"] == "summary" and summary["packets"] > 0
+    found = {v["label"] for v in verdicts}
+    assert {"mirai_ack", "mirai_syn", "mirai_udp", "mirai_udpplain"} <= found, found
+    with open(tmp_path / "pp.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == summary["packets"]
+    assert {r["label"] for r in rows} <= set(LABELS)
+    truth = {}
+    with open(sample.with_name("mirai_demo.labels.csv"), newline="") as fh:
+        for r in csv.DictReader(fh):
+            truth[int(r["index"])] = r["label"]
+    agree = np.mean([truth[int(r["index"])] == r["label"] for r in rows])
+    assert agree > 0.95, agree
+
+
+def test_classify_features_on_real_nbaiot_rows(shared_data, tmp_path):
+    out = tmp_path / "labels.csv"
+    res = run_agent("classify-features", str(shared_data / "nbaiot" / "prabeen_thermostat_udp.csv"), "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 299 and list(rows[0]) == ["row", "label", "confidence"]
+    assert np.mean([r["label"] == "mirai_udp" for r in rows]) > 0.9
+
+
+def test_classify_features_rejects_a_csv_without_the_columns(tmp_path):
+    bad = tmp_path / "x.csv"
+    bad.write_text("a,b\n1,2\n")
+    res = run_agent("classify-features", str(bad))
+    assert res.returncode == 2 and "N-BaIoT columns missing" in res.stderr
