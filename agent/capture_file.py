@@ -310,6 +310,7 @@ class _PcapngParser:
         self.next_index = 0
         self.last_ts = 0.0  # simple packet blocks carry no timestamp: they reuse the previous one
         self.resyncing = False  # after a corrupt block: looking for the next plausible block
+        self.corrupt_blocks = 0
         self.frames: dict[str, list] = {}
         self._reset_frames()
 
@@ -328,11 +329,13 @@ class _PcapngParser:
         """Handle complete blocks from data[pos:]; return (stop position, bytes needed to go on)."""
         while True:
             if self.resyncing:
-                found = self._find_block(data, pos, at_eof)
+                found, need = self._find_block(data, pos, at_eof)
                 if found is None:
                     # Keep the unscanned tail (a block header may straddle the read boundary).
                     scanned = max(0, (len(data) - pos - 12) // 4 + 1)
                     return pos + 4 * scanned, 12
+                if need:
+                    return found, need  # check this candidate again with more data
                 pos = found
                 self.resyncing = False
             if len(data) - pos < 12:
@@ -341,20 +344,20 @@ class _PcapngParser:
             if block_type == BT_SHB:
                 endian = _section_byte_order(data, pos)
                 if endian is None:
-                    pos = self._corrupt(pos)
+                    pos = self._corrupt(pos, block_type)
                     continue
                 self.endian = endian
             block_len = struct.unpack_from(self.endian + "I", data, pos + 4)[0]
             if not self._plausible_length(block_type, block_len):
-                pos = self._corrupt(pos)
+                pos = self._corrupt(pos, block_type)
                 continue
             if pos + block_len > len(data):
                 if not at_eof:
                     return pos, block_len
                 # The block runs past the end of the file: a truncated last block, or a
                 # corrupt length in the middle; a valid block further on tells which.
-                if self._find_block(data, pos + 4, at_eof=True) is not None:
-                    pos = self._corrupt(pos)
+                if self._find_block(data, pos + 4, at_eof=True)[0] is not None:
+                    pos = self._corrupt(pos, block_type)
                     continue
                 truncated_packet = block_type in BT_PACKETS
                 self.stats.add("truncated_record" if truncated_packet else "truncated_block")
@@ -363,7 +366,7 @@ class _PcapngParser:
                 return len(data), 0
             trailer = struct.unpack_from(self.endian + "I", data, pos + block_len - 4)[0]
             if trailer != block_len:
-                pos = self._corrupt(pos)
+                pos = self._corrupt(pos, block_type)
                 continue
             self._handle_block(block_type, data, pos, block_len)
             pos += block_len
@@ -371,17 +374,24 @@ class _PcapngParser:
     def _plausible_length(self, block_type: int, block_len: int) -> bool:
         return block_len % 4 == 0 and MIN_BLOCK_LEN.get(block_type, 12) <= block_len <= MAX_BLOCK_LEN
 
-    def _corrupt(self, pos: int) -> int:
+    def _corrupt(self, pos: int, block_type: int) -> int:
+        """Count a block whose length cannot be trusted; return where to start looking for the next one."""
         self.stats.add("corrupt_block")
-        log.warning("%s: corrupt pcapng block at file position after record %d", self.path, self.next_index - 1)
+        self.corrupt_blocks += 1
+        self.next_index += block_type in BT_PACKETS  # it still held a record, as far as its type says
+        log.debug("%s: corrupt pcapng block after record %d", self.path, self.next_index - 1)
         self.resyncing = True
         return pos + 4
 
-    def _find_block(self, data: bytes, pos: int, at_eof: bool) -> int | None:
-        """First position from ``pos`` (in 4-byte steps) where a plausible block starts."""
+    def _find_block(self, data: bytes, pos: int, at_eof: bool) -> tuple[int | None, int]:
+        """First position from ``pos`` (in 4-byte steps) where a valid block starts.
+
+        Returns (position, 0) for a block whose trailer confirms its length, (position, length)
+        for a candidate that runs past the data read so far, or (None, 0).
+        """
         count = (len(data) - pos - 12) // 4 + 1  # positions with room for type, length, magic
         if count <= 0:
-            return None
+            return None, 0
         # Every 4-byte word from pos, at once; a candidate is a word holding a known block type.
         words = np.frombuffer(data, dtype=self.endian + "u4", count=count, offset=pos)
         candidates = np.flatnonzero(np.isin(words, list(BT_KNOWN)))
@@ -397,10 +407,10 @@ class _PcapngParser:
             if start + block_len > len(data):
                 if at_eof:
                     continue
-                return start  # cannot check the trailer yet: take it; a mismatch resyncs again
+                return start, block_len
             if struct.unpack_from(endian + "I", data, start + block_len - 4)[0] == block_len:
-                return start
-        return None
+                return start, 0
+        return None, 0
 
     # -- blocks --
 
@@ -490,6 +500,8 @@ def _read_pcapng(path: Path, batch_size: int, stats: DecodeStats) -> Iterator[Fr
                 if pos < len(data) and not parser.resyncing:
                     stats.add("truncated_block")
                     log.warning("%s: %d stray bytes at the end", path, len(data) - pos)
+                if parser.corrupt_blocks:
+                    log.warning("%s: %d corrupt pcapng blocks skipped", path, parser.corrupt_blocks)
                 return
 
 
@@ -517,6 +529,8 @@ def write_pcap(
     with open(path, "wb") as f:
         f.write(layout_pack(PCAP_FILE_HEADER, endian, magic=magic, snaplen=snaplen, linktype=linktype))
         for batch in _as_batches(frames):
+            if len(batch) and int(batch.cap_len.max()) > snaplen:
+                raise ValueError(f"a frame of {int(batch.cap_len.max())} bytes exceeds snaplen {snaplen}")
             f.write(_pcap_records(batch, endian, units))
             written += len(batch)
     return written

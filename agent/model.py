@@ -27,10 +27,10 @@ log = logging.getLogger(__name__)
 BUNDLE_SCHEMA = "iotguard.model-bundle/1"
 DEFAULT_BUNDLE = Path(__file__).with_name("model") / "default.json"
 RUNTIMES = ("ai-edge-litert", "tflite-runtime", "tensorflow")
-_RUNTIME_MODULES = {
-    "ai-edge-litert": "ai_edge_litert.interpreter",
-    "tflite-runtime": "tflite_runtime.interpreter",
-    "tensorflow": "tensorflow.lite",
+_RUNTIME_MODULES = {  # runtime -> (module, attribute path of its Interpreter class)
+    "ai-edge-litert": ("ai_edge_litert.interpreter", "Interpreter"),
+    "tflite-runtime": ("tflite_runtime.interpreter", "Interpreter"),
+    "tensorflow": ("tensorflow", "lite.Interpreter"),
 }
 
 
@@ -45,9 +45,12 @@ def load_interpreter_class(runtime: str = "auto"):
     for name in names:
         if name not in _RUNTIME_MODULES:
             raise BundleError(f"unknown TFLite runtime {name!r} (choose from {', '.join(RUNTIMES)} or auto)")
+        module_name, attribute = _RUNTIME_MODULES[name]
         try:
-            module = importlib.import_module(_RUNTIME_MODULES[name])
-            return name, module.Interpreter
+            found = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                found = getattr(found, part)
+            return name, found
         except Exception as exc:  # ImportError, or numpy ABI errors inside the wheel
             errors.append(f"{name}: {exc}")
     raise BundleError("no TFLite runtime could be loaded (" + "; ".join(errors) + "); install ai-edge-litert or tflite-runtime")

@@ -372,7 +372,8 @@ def _decode_arp(buf: np.ndarray, l3: np.ndarray, end: np.ndarray, is_arp: np.nda
     is_arp = is_arp & drops.alive
     arp = ARP.read(buf, l3, is_arp)
     # Only ARP for IPv4 over Ethernet carries the addresses we key on; other ARP stays L3_OTHER.
-    ether_ipv4 = is_arp & (arp["htype"] == 1) & (arp["ptype"] == ETHERTYPE_IPV4) & (arp["hlen"] == 6) & (arp["plen"] == 4)
+    ether_ipv4 = is_arp & (arp["htype"] == 1) & (arp["ptype"] == ETHERTYPE_IPV4)
+    ether_ipv4 &= (arp["hlen"] == 6) & (arp["plen"] == 4)
     drops.drop(ether_ipv4 & (l3 + ARP_ETHERNET_IPV4.size > end), "truncated_arp")
     ether_ipv4 &= drops.alive
     addresses = ARP_ETHERNET_IPV4.read(buf, l3, ether_ipv4)

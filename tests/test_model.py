@@ -54,15 +54,22 @@ def test_bundle_with_wrong_digest_or_schema_is_refused(bundle, tmp_path):
 
 
 def test_runtimes_agree(bundle):
+    from agent.pipeline import features_from_capture
+    from agent.packets import DecodeStats
+
     runtimes = installed_runtimes()
     if len(runtimes) < 2:
         pytest.skip(f"only {runtimes} installed; nothing to compare")
-    features = np.abs(random_batch(1, 0).ts[:1, None] * 0 + np.random.default_rng(0).lognormal(3, 3, (3000, 115)))
-    outputs = {rt: Classifier(bundle, runtime=rt, batch_size=256).predict_int8(features) for rt in runtimes}
-    base = outputs[runtimes[0]].astype(int)
+    sample = REPO / "agent" / "samples" / "mirai_demo.pcap"
+    features = np.concatenate([fb.features for fb in features_from_capture(sample, DecodeStats())])
+    outputs = {rt: Classifier(bundle, runtime=rt, batch_size=256).predict_int8(features).astype(int) for rt in runtimes}
+    base = outputs[runtimes[0]]
     for rt, out in outputs.items():
-        # Runtimes may round one int8 step differently (tflite-runtime vs LiteRT kernels); never more.
-        assert np.abs(out.astype(int) - base).max() <= 1, rt
+        # Same labels everywhere.  The int8 bytes may differ in a few cells: LiteRT runs XNNPACK kernels,
+        # tflite-runtime and TensorFlow the reference ones, which round intermediate requantisation
+        # differently; softmax can stretch that near a tie.  Bound: under 0.1% of cells.
+        np.testing.assert_array_equal(out.argmax(axis=1), base.argmax(axis=1), err_msg=rt)
+        assert (out != base).mean() < 1e-3, rt
 
 
 def test_detect_command_finds_the_demo_attacks(tmp_path):
