@@ -145,6 +145,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .doctor import run_doctor
+    from .profile import load_profile
+
+    return run_doctor(load_profile(args.profile), load_config(args.config), args.interface)
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     from .model import DEFAULT_BUNDLE, RUNTIMES
 
@@ -185,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="agent configuration TOML (state_dir, allowlist, mqtt, ...)")
     p.add_argument("--enforcement", choices=("nftables", "none"), help="override the profile's enforcement backend")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("doctor", help="check this board: runtime, model, interface, capabilities, nftables, broker, certificates")
+    p.add_argument("--profile", required=True, help="firmware profile: a name in firmware_profiles/ or a TOML path")
+    p.add_argument("--interface", help="capture interface (default: the profile's)")
+    p.add_argument("--config", help="agent configuration TOML")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("demo", help="detect Mirai in the capture bundled with the agent")
     p.add_argument("--capture", help="another capture (with OUT.labels.csv beside it for the comparison)")

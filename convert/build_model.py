@@ -159,6 +159,12 @@ def train_bundle(splits: dict[str, Dataset], out_dir: Path, name: str, seed: int
         "epochs": trained.epochs,
         "int8_us_per_sample": round(1e6 * int8_seconds / max(len(te), 1), 3),
     }
+    # A few test rows with their expected int8 output, for `python -m agent doctor` on the board.
+    picks = [int(np.flatnonzero(te.y == c)[0]) for c in range(len(LABELS)) if (te.y == c).any()]
+    meta["self_test"] = {
+        "features": te.X[picks].tolist(),
+        "int8": clf.predict_int8(te.X[picks]).astype(int).tolist(),
+    }
     write_bundle(out_dir, name, tflite, meta)
     log.info("wrote %s/%s.json: %s", out_dir, name, meta["metrics"])
     return meta
