@@ -442,3 +442,84 @@ def test_cli_list_and_synth(tmp_path):
         check=False,
     )
     assert bad.returncode == 2 and "unknown scenario" in bad.stderr
+
+
+# ---------------------------------------------------------------- discovery beacons and first contacts
+
+
+def beacon_streams(records, roles) -> dict[tuple, list[dict]]:
+    """Beacons to broadcast/multicast addresses, grouped by (source, ports, destination)."""
+    streams: dict[tuple, list[dict]] = defaultdict(list)
+    for (ts, buf, wire), role in zip(records, roles):
+        if role != "benign:beacon":
+            continue
+        f = dict(fields(buf), ts=ts, wire=wire, buf=buf)
+        dst = f["dst"]
+        if dst == b"\xff" * 4 or dst[3] == 255 or 224 <= dst[0] < 240:
+            streams[(f["src"], f["sport"], f["dport"], dst)].append(f)
+    return streams
+
+
+def beacon_starts(stream: list[dict]) -> np.ndarray:
+    """First packet of each beacon (burst families send a few NOTIFYs back to back)."""
+    ts = np.array([p["ts"] for p in stream])
+    return ts[np.concatenate([[True], np.diff(ts) > 0.5])]
+
+
+def test_beacons_keep_each_devices_period_size_and_broadcast_address(tmp_path):
+    from convert.synth.beacons import FAMILIES, discovery_beacons
+
+    seconds = 600.0
+    rng = np.random.default_rng(3)
+    lan = make_lan(rng, "board")
+    scene = Scene(rng, lan, Timeline(seconds), seconds, BASE_US / 1e6)
+    plan = ["kasa", "kasa", "kasa", "tuya", "tuya", "hue"]
+    devices = [(lan.add_device(rng, f"{name}{i}"), name) for i, name in enumerate(plan)]
+    phone = lan.add_device(rng, "phone1", private_mac=True)
+    beaconers = discovery_beacons(scene, devices, 0.0, seconds, [phone])
+    merged = scene.timeline.merge(BASE_US)
+    path = tmp_path / "beacons.pcap"
+    write_pcap(path, merged.frames)
+    records = read_pcap(path)
+    roles = [merged.roles[i] for i in merged.role_index]
+    assert {LABELS[i] for i in merged.labels} == {"benign"}
+    streams = beacon_streams(records, roles)
+    by_src = {s[0]: v for s, v in streams.items()}
+    for b in beaconers:
+        stream = by_src[b.host.ip.to_bytes(4, "big")]
+        assert all(checksum_ok(p["buf"]) for p in stream)
+        gaps = np.diff(beacon_starts(stream))
+        assert abs(np.median(gaps) / b.period - 1) < 0.005  # a steady timer
+        assert np.mean(np.abs(gaps / b.period - 1) < 0.02) > 0.9  # small jitter, rare late wake-ups
+        assert 1.0 <= b.period <= 125.0
+        assert len({p["wire"] for p in stream}) <= FAMILIES[b.family.name].variants
+        if b.family.name == "kasa":  # the real plugs' habit: 71-byte frames to 255.255.255.255:9999
+            assert {p["wire"] for p in stream} == {71}
+            assert {(p["sport"], p["dport"], p["dst"], p["eth_dst"]) for p in stream} == {
+                (9999, 9999, b"\xff" * 4, b"\xff" * 6)
+            }
+    # Each device on its own phase: no two kasa plugs beacon in the same second.
+    firsts = [beacon_starts(by_src[b.host.ip.to_bytes(4, "big")])[0] for b in beaconers if b.family.name == "kasa"]
+    assert len({round(t) for t in firsts}) == len(firsts)
+
+
+def test_smart_home_has_beacons_and_many_first_contacts(tmp_path):
+    synth = synthesise("smart_home", 300.0, seed=1)
+    pcap, _, _ = write(synth, tmp_path / "home.pcap")
+    records = read_pcap(pcap)
+    roles = list(synth.roles)
+    is_beacon = np.array(roles) == "benign:beacon"
+    assert is_beacon.sum() > 50 and set(synth.labels[is_beacon]) == {LABELS.index("benign")}
+    regular = {k: s for k, s in beacon_streams(records, roles).items() if len(beacon_starts(s)) >= 4}
+    assert len({k[0] for k in regular}) >= 3  # several devices
+    for stream in regular.values():
+        gaps = np.diff(beacon_starts(stream))
+        assert 1.0 <= np.median(gaps) <= 125.0
+        assert np.mean(np.abs(gaps / np.median(gaps) - 1) < 0.02) > 0.85
+    # First contacts: local hosts open TCP or QUIC streams to many distinct Internet addresses.
+    new_peers = set()
+    for (ts, buf, wire), role in zip(records, roles):
+        f = fields(buf)
+        if f.get("p") == 6 and f["flags"] == dpkt.tcp.TH_SYN or role == "benign:quic" and f.get("dport") == 443:
+            new_peers.add(f["dst"])
+    assert len(new_peers) >= 20

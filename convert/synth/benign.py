@@ -637,3 +637,74 @@ def lan_background(scene: Scene, hosts: list[Host], start: float, stop: float) -
             services[svc] = (h, int(rng.choice([80, 554, 8008, 8080, 51826])))
     if services:
         mdns_activity(scene, [h for h in others if rng.random() < 0.4][:3] or others[:1], services, start, stop)
+
+
+# ---------------------------------------------------------------- first contacts
+
+
+def quic_fetch(scene: Scene, client: Host, name: str, t: float) -> float:
+    """A QUIC (HTTP/3) fetch: a padded ~1250-byte Initial, the server's flight, a short exchange, no handshake."""
+    rng = scene.rng
+    t, server = scene.resolve(t, client, name)
+    rtt = scene.rtt(client, server)
+    sport = scene.ephemeral_port()
+    initial = int(rng.choice([1200, 1250, 1252, 1292, 1357]))
+    up = [initial] + [int(rng.integers(30, 90)) for _ in range(int(rng.integers(1, 5)))]
+    down = [int(rng.integers(1200, 1253)) for _ in range(int(rng.integers(1, 4)))]
+    down += [int(rng.integers(40, 1253)) for _ in range(int(rng.integers(0, 12)))]
+    t_up = t + np.concatenate([[0], rtt + np.cumsum(rng.exponential(0.01, len(up) - 1))])
+    t_down = t + rtt + np.cumsum(rng.exponential(0.0015, len(down)))
+    scene.udp(t_up, client, server, sport, 443, [rng.bytes(n) for n in up], "benign:quic", ip_id=0)
+    scene.udp(t_down, server, client, 443, sport, [rng.bytes(n) for n in down], "benign:quic", ip_id=0)
+    return float(max(t_up[-1], t_down[-1]))
+
+
+def page_loads(scene: Scene, client: Host, start: float, stop: float, rate: float) -> None:
+    """Someone browsing or opening apps: each load fetches from several CDN and tracker hosts at once.
+
+    Every host name is new, so every load opens streams to many never-seen addresses:
+    a first SYN (or QUIC Initial) to a new destination is everyday benign traffic.
+    """
+    rng = scene.rng
+    for t in poisson(rng, start, stop, rate):
+        for _ in range(int(rng.integers(2, 12))):
+            name = f"{rng.choice(['cdn', 'img', 'static', 'api', 'ads', 'e', 'r'])}{int(rng.integers(1, 999))}."
+            name += str(rng.choice(["fastedge.net", "cloudcache.com", "akam-media.net", "gstatic-cdn.com", "apps.io"]))
+            at = t + float(rng.exponential(0.3))
+            if rng.random() < 0.3:
+                quic_fetch(scene, client, name, at)
+            else:
+                https_session(scene, client, name, at)
+
+
+def visitor_joins(scene: Scene, start: float, stop: float) -> list[Host]:
+    """Phones and laptops appearing on the Wi-Fi: DHCP, ARP probes, mDNS, then DNS, TLS and page loads."""
+    rng, lan = scene.rng, scene.lan
+    visitors = []
+    for k in range(int(rng.choice([0, 1, 1, 2, 3]))):
+        if stop - start < 2:
+            break
+        host = lan.add_device(rng, f"visitor{k + 1}", private_mac=True)
+        visitors.append(host)
+        t = dhcp_join(
+            scene, host, float(rng.uniform(start, stop - 1)), str(rng.choice(["iPhone", "Galaxy-S23", "Pixel-8"]))
+        )
+        group = Host("mdns", multicast_mac(MDNS_GROUP), MDNS_GROUP)
+        src = Host(host.name, host.mac, host.ip, ttl=255)
+        asks = t + np.cumsum(rng.uniform(0.2, 1.5, int(rng.integers(1, 4))))
+        services = ["_airplay._tcp.local", "_googlecast._tcp.local", "_companion-link._tcp.local", "_raop._tcp.local"]
+        scene.udp(
+            asks,
+            src,
+            group,
+            5353,
+            5353,
+            [mdns_query(services[: int(rng.integers(1, 5))])] * len(asks),
+            "benign:mdns",
+            ip_id=0,
+        )
+        # Captive-portal and push checks right after joining, then the person's own use.
+        for name in ("connectivitycheck.gstatic-cdn.com", "push.apple-cloud.net", "time.phone-vendor.com"):
+            https_session(scene, host, name, float(asks[-1]) + float(rng.uniform(0, 1.5)))
+        page_loads(scene, host, float(asks[-1]), stop, float(rng.uniform(1 / 120, 1 / 20)))
+    return visitors

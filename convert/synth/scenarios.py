@@ -21,6 +21,7 @@ import numpy as np
 
 from agent.packets import LABELS, FrameBatch
 
+from .beacons import FAMILIES, add_beacon_devices, discovery_beacons, draw_family_mix
 from .benign import (
     device_profile,
     dhcp_join,
@@ -28,6 +29,8 @@ from .benign import (
     lan_background,
     mqtt_session,
     ntp_client,
+    page_loads,
+    visitor_joins,
 )
 from .mirai import ATTACK_CLASSES, AttackPlan, plan_attack, run_attack
 from .network import ESP_OUIS, Host, make_lan
@@ -36,7 +39,7 @@ from .timeline import Timeline
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: discovery beacons, visitors joining, page loads to many CDN hosts
 BASE_TIME_RANGE = (
     int(dt.datetime(2016, 1, 1, tzinfo=dt.UTC).timestamp()),
     int(dt.datetime(2030, 1, 1, tzinfo=dt.UTC).timestamp()),
@@ -128,6 +131,34 @@ def _board_profile(scene: Scene, kind: str, peers: dict[str, Host]) -> None:
     device_profile(scene, kind, scene.lan.board, 0.0, scene.seconds, peers)
 
 
+def _beacons(scene: Scene, setting: Setting) -> None:
+    """0-12 extra devices of the home's vendor mix (and some of its plugs) broadcasting discovery beacons.
+
+    Call before ``lan_background`` so the extra devices also ARP and renew their leases.
+    """
+    rng, lan = scene.rng, scene.lan
+    mix = draw_family_mix(rng)
+    devices = add_beacon_devices(scene, int(rng.integers(0, 13)), mix)
+    plug_families = [f for f in mix if FAMILIES[f].kind == "plug"] or ["kasa", "tuya"]
+    for name, kind in list(setting.devices.items()):
+        if kind == "plug" and rng.random() < 0.5:
+            devices.append((lan.devices[name], str(rng.choice(plug_families))))
+    for host, family in devices:
+        setting.devices.setdefault(host.name, f"{FAMILIES[family].kind}/{family}")
+    phones = [lan.devices[n] for n, k in setting.devices.items() if k == "phone"]
+    discovery_beacons(scene, devices, 0.0, scene.seconds, phones)
+
+
+def _first_contacts(scene: Scene, setting: Setting) -> None:
+    """Visitors joining the Wi-Fi, and the household's phones loading pages from many CDN hosts."""
+    rng = scene.rng
+    for host in visitor_joins(scene, 0.0, scene.seconds):
+        setting.devices[host.name] = "visitor"
+    for name, kind in list(setting.devices.items()):
+        if kind == "phone":
+            page_loads(scene, scene.lan.devices[name], 0.0, scene.seconds, float(rng.uniform(1 / 300, 1 / 60)))
+
+
 # ---------------------------------------------------------------- benign scenarios
 
 
@@ -144,8 +175,11 @@ def _single_device(kind: str, extra: Callable[[Scene], None] | None = None):
         _board_profile(scene, kind, peers)
         if extra:
             extra(scene)
+        setting = Setting("own", devices, board_kind=kind)
+        _beacons(scene, setting)
         lan_background(scene, scene.lan.hosts(), 0.0, seconds)
-        return scene, Setting("own", devices, board_kind=kind)
+        _first_contacts(scene, setting)
+        return scene, setting
 
     return build
 
@@ -184,9 +218,12 @@ def _lan_services(rng: np.random.Generator, seconds: float, base_unix: float) ->
     board = scene.lan.board
     up = dhcp_join(scene, board, float(rng.uniform(0, 0.1 * seconds)), "iotguard")
     ntp_client(scene, board, up, seconds)
+    setting = Setting("own", devices, board_kind="idle")
+    _beacons(scene, setting)
     lan_background(scene, [h for h in scene.lan.hosts() if h is not board], 0.0, seconds)
     lan_background(scene, [scene.lan.gateway, board], up, seconds)  # the board talks once it has an address
-    return scene, Setting("own", devices, board_kind="idle")
+    _first_contacts(scene, setting)
+    return scene, setting
 
 
 def _smart_home_devices(rng: np.random.Generator) -> list[str]:
@@ -228,7 +265,9 @@ def _smart_home(rng: np.random.Generator, seconds: float, base_unix: float) -> t
     scene, setting = _smart_home_scene(rng, seconds, base_unix)
     _monitor_board(scene)
     _run_devices(scene, setting.devices, 0.0, seconds)
+    _beacons(scene, setting)
     lan_background(scene, scene.lan.hosts(), 0.0, seconds)
+    _first_contacts(scene, setting)
     return scene, setting
 
 
@@ -251,9 +290,12 @@ def _mirai_bot(kind: str):
         plan = plan_attack(scene, kind, "bot", start, stop)
         peers = {k: scene.lan.devices[n] for n, k in devices.items() if k == "nvr"}
         _board_profile(scene, board_kind, peers)
+        setting = Setting("own", devices, [plan], board_kind)
+        _beacons(scene, setting)
         lan_background(scene, scene.lan.hosts(), 0.0, seconds)
+        _first_contacts(scene, setting)
         run_attack(scene, plan)
-        return scene, Setting("own", devices, [plan], board_kind)
+        return scene, setting
 
     return build
 
@@ -283,7 +325,9 @@ def _mirai_victim(kind: str):
         for name, kind_ in setting.devices.items():
             if kind_ == "infected":
                 device_profile(scene, "camera", scene.lan.devices[name], 0.0, seconds, {})
+        _beacons(scene, setting)
         lan_background(scene, scene.lan.hosts(), 0.0, seconds)
+        _first_contacts(scene, setting)
         run_attack(scene, plan)
         setting.attacks.append(plan)
         return scene, setting
@@ -330,7 +374,9 @@ def _mixed(rng: np.random.Generator, seconds: float, base_unix: float) -> tuple[
     for name, kind_ in setting.devices.items():
         if kind_ == "infected":
             device_profile(scene, "sensor", scene.lan.devices[name], 0.0, seconds, {})
+    _beacons(scene, setting)
     lan_background(scene, scene.lan.hosts(), 0.0, seconds)
+    _first_contacts(scene, setting)
     for plan in setting.attacks:
         run_attack(scene, plan)
     return scene, setting
