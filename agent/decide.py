@@ -166,12 +166,17 @@ def _decide(r: dict, cfg: DecisionConfig, allowed: np.ndarray | None = None) -> 
     turned = np.flatnonzero(first_hot >= 0)
     state[turned, _HOSTILE] = attack[first_hot[turned]]
     state[turned, _DECIDED] = r["t"][first_hot[turned]]
-    # Release keys that cooled down by the end of the batch.
     last = seg.last
-    cooled = (state[:, _HOSTILE] >= 0) & (conf[last] < cfg.release)
+    # A hostile key whose evidence now points clearly at another class is reported again with it
+    # (a flood's first packets from a host with history can look like another variant).
+    hostile = state[:, _HOSTILE] >= 0
+    changed = np.flatnonzero(hostile & hot[last] & (attack[last] != state[:, _HOSTILE]))
+    state[changed, _HOSTILE] = attack[last[changed]]
+    # Release keys that cooled down by the end of the batch.
+    cooled = hostile & (conf[last] < cfg.release)
     state[cooled, _HOSTILE] = -1
     r["attack"], r["conf"] = attack, conf
-    return turned, first_hot[turned]
+    return np.concatenate([turned, changed]), np.concatenate([first_hot[turned], last[changed]])
 
 
 class DecisionLayer:

@@ -72,3 +72,12 @@ def test_spoofed_flood_is_reported_per_target_and_sources_stay_bounded():
         verdicts += d.update(b.take(slice(lo, lo + 4096)), scores_for(np.full(min(4096, n - lo), SYN)))
     assert [(v.kind, v.victim_ip, v.victim_port, v.label) for v in verdicts] == [("spoofed", "10.0.0.5", 80, "mirai_syn")]
     assert len(d.sources.table) <= 1000
+
+
+def test_verdict_is_reissued_when_the_evidence_changes_class():
+    b = one_source(600)
+    labels = np.full(600, SYN)
+    labels[:40] = LABELS.index("mirai_scan")  # the first packets look like another variant
+    d = DecisionLayer(DecisionConfig(min_packets=10))
+    verdicts = d.update(b.take(slice(0, 100)), scores_for(labels[:100])) + d.update(b.take(slice(100, 600)), scores_for(labels[100:]))
+    assert [v.label for v in verdicts] == ["mirai_scan", "mirai_syn"]

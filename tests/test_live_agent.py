@@ -50,6 +50,10 @@ def _skip_reason() -> str | None:
 def lab():
     """device (bridge br0 with the device address), attacker and peer namespaces, veths into the bridge."""
     with netns.namespace("dev") as dev, netns.namespace("atk") as atk, netns.namespace("peer") as peer:
+        # With br_netfilter loaded (Docker hosts), IP hooks would run on frames inside the bridge, before
+        # br0's packet taps; a board capturing on its own NIC sees frames before netfilter, so keep that order.
+        for proto in ("iptables", "ip6tables"):
+            dev.run("sysctl", "-qw", f"net.bridge.bridge-nf-call-{proto}=0", check=False)
         dev.run("ip", "link", "add", "br0", "address", DEVICE_MAC, "type", "bridge")
         dev.run("ip", "addr", "add", f"{DEVICE_IP}/24", "dev", "br0")
         dev.run("ip", "link", "set", "br0", "up")
