@@ -83,8 +83,8 @@ class Verdict:
 # State columns of a tracked key.
 _W = 0
 _S = slice(1, 1 + N_CLASSES)
-_COUNT, _FIRST, _HOSTILE, _DECIDED, _NEW_SRC = range(1 + N_CLASSES, 6 + N_CLASSES)
-_WIDTH = 6 + N_CLASSES
+_COUNT, _FIRST, _HOSTILE, _DECIDED, _NEW_SRC, _REPORTED = range(1 + N_CLASSES, 7 + N_CLASSES)
+_WIDTH = 7 + N_CLASSES
 
 
 def _init_row() -> np.ndarray:
@@ -145,7 +145,12 @@ class _Tracked:
 
 
 def _decide(r: dict, cfg: DecisionConfig, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Update the hostile flags of ``r``; returns (segment ids that turned hostile, packet position of the decision)."""
+    """Find the verdicts in ``r``: for each key, the first packet at which each attack class becomes
+    hot (at least ``min_packets`` and an average score over ``threshold``), once per class until the
+    key cools down.  So a host that floods with UDP and later scans is reported for both.
+
+    Returns (segment ids, packet positions) of the verdicts, in time order per key.
+    """
     avg = r["avg"]
     attack = 1 + avg[:, 1:].argmax(axis=1)
     conf = avg[np.arange(len(avg)), attack]
@@ -153,30 +158,30 @@ def _decide(r: dict, cfg: DecisionConfig, allowed: np.ndarray | None = None) -> 
     if allowed is not None:
         hot &= allowed
     seg, state = r["seg"], r["state"]
-    was_hostile = state[seg.ids, _HOSTILE] >= 0
+    reported = state[:, _REPORTED].astype(np.int64)  # bit c: class c already reported for this key
     pos = np.arange(len(avg))
-    # First hot packet of each key not already hostile.
-    first_hot = np.full(len(seg), -1)
-    cand = hot & ~was_hostile
-    if cand.any():
-        idx = pos[cand]
-        sid = seg.ids[cand]
-        uniq, first = np.unique(sid, return_index=True)
-        first_hot[uniq] = idx[first]
-    turned = np.flatnonzero(first_hot >= 0)
-    state[turned, _HOSTILE] = attack[first_hot[turned]]
-    state[turned, _DECIDED] = r["t"][first_hot[turned]]
-    last = seg.last
-    # A hostile key whose evidence now points clearly at another class is reported again with it
-    # (a flood's first packets from a host with history can look like another variant).
-    hostile = state[:, _HOSTILE] >= 0
-    changed = np.flatnonzero(hostile & hot[last] & (attack[last] != state[:, _HOSTILE]))
-    state[changed, _HOSTILE] = attack[last[changed]]
-    # Release keys that cooled down by the end of the batch.
-    cooled = hostile & (conf[last] < cfg.release)
+    seg_ids, positions = [], []
+    for c in range(1, N_CLASSES):
+        cand = hot & (attack == c) & ((reported[seg.ids] >> c) & 1 == 0)
+        if cand.any():
+            sid, first = np.unique(seg.ids[cand], return_index=True)
+            seg_ids.append(sid)
+            positions.append(pos[cand][first])
+            reported[sid] |= 1 << c
+    sids = np.concatenate(seg_ids) if seg_ids else np.zeros(0, np.int64)
+    at = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    by_time = np.argsort(at, kind="stable")
+    sids, at = sids[by_time], at[by_time]
+    first_seen = state[:, _HOSTILE] < 0
+    state[sids[first_seen[sids]], _DECIDED] = r["t"][at[first_seen[sids]]]
+    state[sids, _HOSTILE] = attack[at]  # the latest class reported
+    # Release keys that cooled down by the end of the batch: they may be reported afresh later.
+    cooled = (reported != 0) & (conf[seg.last] < cfg.release)
+    reported[cooled] = 0
     state[cooled, _HOSTILE] = -1
+    state[:, _REPORTED] = reported
     r["attack"], r["conf"] = attack, conf
-    return np.concatenate([turned, changed]), np.concatenate([first_hot[turned], last[changed]])
+    return sids, at
 
 
 class DecisionLayer:

@@ -35,6 +35,11 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import paho.mqtt.client as mqtt
+
+try:
+    import psutil
+except ImportError:  # an agent dependency; without it the status simply lacks CPU and RSS
+    psutil = None
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from agent import ruleset as rs
@@ -195,6 +200,7 @@ class AgentMqtt:
         self._applied: dict[str, _Applied] = {}
         self.model_version = 0
         self._metrics: dict[str, Any] = {}
+        self._process = psutil.Process() if psutil is not None else None  # cpu_percent() measures between calls
 
         c = config
         self.topic_alerts = topic(c.prefix, c.fleet, c.device, "alerts")
@@ -208,6 +214,7 @@ class AgentMqtt:
         }
 
         self._connected = threading.Event()
+        self._subscribed = threading.Event()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._sender: threading.Thread | None = None
@@ -227,6 +234,7 @@ class AgentMqtt:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda client, userdata, mid, codes, properties: self._subscribed.set()
 
     # --- life cycle ----------------------------------------------------------
 
@@ -256,6 +264,11 @@ class AgentMqtt:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def ready(self) -> bool:
+        """Connected and subscribed: rule sets and models published from now on will reach us."""
+        return self._connected.is_set() and self._subscribed.is_set()
 
     # --- alerts --------------------------------------------------------------
 
@@ -348,13 +361,8 @@ class AgentMqtt:
             alerts_queued=len(self.queue),
             alerts_dropped=self.queue.dropped,
         )
-        try:
-            import psutil
-
-            process = psutil.Process()
-            doc.update(cpu_percent=process.cpu_percent(None), rss_bytes=process.memory_info().rss)
-        except ImportError:  # psutil is an agent dependency; the status still goes out without it
-            pass
+        if self._process is not None:
+            doc.update(cpu_percent=self._process.cpu_percent(None), rss_bytes=self._process.memory_info().rss)
         doc.update(self._metrics)
         doc["sent_at"] = time.time()
         return doc
@@ -380,6 +388,7 @@ class AgentMqtt:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._connected.clear()
+        self._subscribed.clear()
         if not self._stopping.is_set():
             log.warning("%s: disconnected (%s); paho reconnects with backoff", self.config.device, reason_code)
 
