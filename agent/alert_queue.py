@@ -111,7 +111,7 @@ class AlertQueue:
 
     @staticmethod
     def _seq_of(path: Path) -> int | None:
-        stem, dot, ext = path.name.partition(".")
+        stem, _, ext = path.name.partition(".")
         return int(stem) if ext == "json" and len(stem) == SEQ_DIGITS and stem.isdigit() else None
 
     @staticmethod

@@ -30,21 +30,22 @@ import logging
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
-
-try:
-    import psutil
-except ImportError:  # an agent dependency; without it the status simply lacks CPU and RSS
-    psutil = None
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from agent import ruleset as rs
 from agent.alert_queue import AlertQueue, write_atomically
 from agent.signing import SignatureError, TrustedKeys, canonical_json, load_json, open_envelope
+
+try:
+    import psutil
+except ImportError:  # an agent dependency; without it the status simply lacks CPU and RSS
+    psutil = None
 
 log = logging.getLogger(__name__)
 

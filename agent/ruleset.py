@@ -20,8 +20,9 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from agent.signing import canonical_json, json_depth, load_json
 
