@@ -253,6 +253,7 @@ class FeatureExtractor:
     """The agent's feature stage: ``update(batch)`` returns (n, 115) float64 features in N-BaIoT order."""
 
     budgets: Budgets = field(default_factory=Budgets)
+    max_batch: int = 8192  # packets per internal step: bounds temporary memory, and stays cache-friendly
 
     def __post_init__(self) -> None:
         b = self.budgets
@@ -266,7 +267,7 @@ class FeatureExtractor:
         n = len(batch)
         out = np.empty((n, N_FEATURES))
         # A chunk never holds more streams than the smallest table can take at once.
-        step = max(1, self.budgets.smallest)
+        step = max(1, min(self.budgets.smallest, self.max_batch))
         for lo in range(0, n, step):
             hi = min(n, lo + step)
             out[lo:hi] = self._update_chunk(batch.take(slice(lo, hi)))

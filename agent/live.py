@@ -52,7 +52,7 @@ class LiveAgent:
         self.counters = Counters()
         self.decode = DecodeStats()
         b = profile.budgets
-        self.features = FeatureExtractor(Budgets(b.mi_dir, b.h, b.hh, b.hh_jit, b.hphp))
+        self.features = FeatureExtractor(Budgets(b.mi_dir, b.h, b.hh, b.hh_jit, b.hphp), max_batch=profile.batch_size)
         bundle = load_bundle(config.model) if config.model else load_bundle()
         self.classifier = Classifier(bundle, runtime=profile.runtime, batch_size=min(1024, profile.batch_size * 4))
         self.decision = DecisionLayer(DecisionConfig(threshold=config.threshold, min_packets=config.min_packets))
