@@ -39,6 +39,9 @@ class DecisionConfig:
     max_sources: int = 65536  # bounded table of tracked sources (LRU eviction)
     max_targets: int = 65536
     spoofed_share: float = 0.6  # share of a target's hostile packets from never-seen sources
+    flood_rate: float = 200.0  # packets/s at a target that can make a header-judged flood ...
+    flood_new_share: float = 0.9  # ... when this share comes from never-seen sources ...
+    flood_shape_share: float = 0.9  # ... and this share has one shape (SYN only, ACK only or UDP)
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Verdict:
     victim_ip: str | None = None
     victim_port: int | None = None
     proto: int | None = None
+    basis: str = "model"  # "model": per-packet scores; "headers": a spoofed flood's volume and shape
 
     @property
     def latency(self) -> float:
@@ -71,7 +75,7 @@ class Verdict:
     def describe(self) -> str:
         if self.kind == "spoofed":
             port = f"/{self.victim_port}" if self.victim_port is not None else ""
-            who = f"spoofed flood at {self.victim_ip} proto {self.proto}{port}"
+            who = f"spoofed flood at {self.victim_ip} proto {self.proto}{port}" + (" [headers]" if self.basis == "headers" else "")
         else:
             who = f"{self.src_ip} ({self.src_mac})"
         return (
@@ -80,11 +84,17 @@ class Verdict:
         )
 
 
-# State columns of a tracked key.
+# What each packet adds to its key besides its class scores: whether its source was never seen
+# before, and its header shape (for floods the model cannot judge packet by packet).
+EXTRAS = ("new_source", "syn_only", "ack_only", "udp")
+N_EXTRA = len(EXTRAS)
+
+# State columns of a tracked key: decayed sums first (weight, class scores, extras), then bookkeeping.
 _W = 0
 _S = slice(1, 1 + N_CLASSES)
-_COUNT, _FIRST, _HOSTILE, _DECIDED, _NEW_SRC, _REPORTED = range(1 + N_CLASSES, 7 + N_CLASSES)
-_WIDTH = 7 + N_CLASSES
+_SUMS = slice(0, 1 + N_CLASSES + N_EXTRA)
+_COUNT, _FIRST, _HOSTILE, _DECIDED, _REPORTED = range(_SUMS.stop, _SUMS.stop + 5)
+_WIDTH = _SUMS.stop + 5
 
 
 def _init_row() -> np.ndarray:
@@ -116,9 +126,8 @@ class _Tracked:
         t_init = self.table.t_last[slots]
         T = running_time(ts, t_init, seg)
         lam = np.array([self.lam])
-        terms = np.concatenate([np.ones((len(ts), 1)), scores[order], extra[order, None]], axis=1)[:, None, :]
-        init = np.concatenate([state[:, [_W]], state[:, _S], state[:, [_NEW_SRC]]], axis=1)[:, None, :]
-        sums = decayed_sums(seg, T, lam, terms, init, t_init)[:, 0, :]
+        terms = np.concatenate([np.ones((len(ts), 1)), scores[order], extra[order]], axis=1)[:, None, :]
+        sums = decayed_sums(seg, T, lam, terms, state[:, None, _SUMS], t_init)[:, 0, :]
         count = np.cumsum(np.ones(len(ts))) - np.repeat(seg.start, seg.length) + state[seg.ids, _COUNT]
         return {
             "order": order,
@@ -127,8 +136,9 @@ class _Tracked:
             "state": state,
             "t": ts,
             "T": T,
-            "avg": sums[:, 1 : 1 + N_CLASSES] / sums[:, :1],
-            "new_share": sums[:, -1] / sums[:, 0],
+            "avg": sums[:, _S] / sums[:, :1],
+            "shares": sums[:, _S.stop :] / sums[:, :1],  # EXTRAS, as decayed shares of the key's packets
+            "weight": sums[:, 0],
             "count": count,
             "sums": sums,
         }
@@ -138,13 +148,37 @@ class _Tracked:
         last = seg.last
         state[:, _W] = sums[last, 0]
         state[:, _S] = sums[last, 1 : 1 + N_CLASSES]
-        state[:, _NEW_SRC] = sums[last, -1]
+        state[:, _S.stop : _SUMS.stop] = sums[last, _S.stop :]
         state[:, _COUNT] = r["count"][last]
         self.table.state[r["slots"]] = state
         self.table.t_last[r["slots"]] = r["T"][last]
 
 
-def _decide(r: dict, cfg: DecisionConfig, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _header_floods(r: dict, cfg: DecisionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spoofed floods judged by volume and header shape: (hot, class, share) per packet of ``r``.
+
+    The N-BaIoT features are all keyed by source, so a packet from a never-seen source looks the
+    same whether it is a stranger's first contact or one of a million spoofed SYNs.  A target that
+    receives a high rate of packets, nearly all from never-seen sources and nearly all of one
+    shape (SYN only, ACK only, UDP), is flooded whatever the model says of each packet.
+    """
+    shares = r["shares"]
+    shape = 1 + shares[:, 1:].argmax(axis=1)  # column of EXTRAS: 1 syn, 2 ack, 3 udp
+    share = shares[np.arange(len(shares)), shape]
+    rate_weight = cfg.flood_rate * cfg.half_life_s / np.log(2)  # decayed weight of a steady flood at that rate
+    hot = (
+        (r["count"] >= cfg.min_packets)
+        & (shares[:, 0] >= cfg.flood_new_share)
+        & (share >= cfg.flood_shape_share)
+        & (r["weight"] >= rate_weight)
+    )
+    label = np.array([0, LABELS.index("mirai_syn"), LABELS.index("mirai_ack"), LABELS.index("mirai_udp")])[shape]
+    return hot, label, share
+
+
+def _decide(
+    r: dict, cfg: DecisionConfig, allowed: np.ndarray | None = None, alternative: tuple | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Find the verdicts in ``r``: for each key, the first packet at which each attack class becomes
     hot (at least ``min_packets`` and an average score over ``threshold``), once per class until the
     key cools down.  So a host that floods with UDP and later scans is reported for both.
@@ -157,6 +191,14 @@ def _decide(r: dict, cfg: DecisionConfig, allowed: np.ndarray | None = None) -> 
     hot = (r["count"] >= cfg.min_packets) & (conf >= cfg.threshold)
     if allowed is not None:
         hot &= allowed
+    basis = np.zeros(len(avg), dtype=bool)  # True: decided on headers, not on the model's scores
+    if alternative is not None:
+        alt_hot, alt_attack, alt_conf = alternative
+        basis = alt_hot & ~hot
+        attack = np.where(basis, alt_attack, attack)
+        conf = np.where(basis, alt_conf, conf)
+        hot = hot | alt_hot
+    r["basis"] = basis
     seg, state = r["seg"], r["state"]
     reported = state[:, _REPORTED].astype(np.int64)  # bit c: class c already reported for this key
     pos = np.arange(len(avg))
@@ -207,8 +249,13 @@ class DecisionLayer:
     def _update_chunk(self, packets: PacketBatch, scores: np.ndarray) -> list[Verdict]:
         n = len(packets)
         t = packets.ts
+        flags = packets.tcp_flags & 0x17  # SYN, RST, ACK, FIN
+        is_tcp = packets.proto == 6
+        extra = np.stack(
+            [np.zeros(n), is_tcp & (flags == 0x02), is_tcp & (flags == 0x10), packets.proto == 17], axis=1
+        ).astype(np.float64)
         src_key = hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64))
-        srcs = self.sources.update(src_key, t, scores, np.zeros(n))
+        srcs = self.sources.update(src_key, t, scores, extra)
         turned, at = _decide(srcs, self.cfg)
         new_verdicts = [self._source_verdict(packets, srcs, s, p) for s, p in zip(turned, at)]
 
@@ -216,13 +263,12 @@ class DecisionLayer:
         seg, state = srcs["seg"], srcs["state"]
         fresh_sorted = np.zeros(n)
         fresh_sorted[seg.start[state[:, _COUNT] == 0]] = 1.0  # first packet of a never-seen source
-        new_src = np.empty(n)
-        new_src[srcs["order"]] = fresh_sorted
+        extra[srcs["order"], 0] = fresh_sorted
         # Targets are (victim, protocol): Mirai's floods randomise the destination port per packet.
         tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64))
-        tgts = self.targets.update(tgt_key, t, scores, new_src)
-        spoofed = tgts["new_share"] >= self.cfg.spoofed_share
-        turned_t, at_t = _decide(tgts, self.cfg, allowed=spoofed)
+        tgts = self.targets.update(tgt_key, t, scores, extra)
+        spoofed = tgts["shares"][:, 0] >= self.cfg.spoofed_share
+        turned_t, at_t = _decide(tgts, self.cfg, allowed=spoofed, alternative=_header_floods(tgts, self.cfg))
         new_verdicts += [self._target_verdict(packets, tgts, s, p) for s, p in zip(turned_t, at_t)]
 
         self.sources.store(srcs)
@@ -240,6 +286,7 @@ class DecisionLayer:
             first_seen=float(state[seg_id, _FIRST]),
             last_seen=float(r["t"][end]),
             decided_at=float(r["t"][pos]),
+            basis="headers" if r["basis"][pos] else "model",
         )
 
     def _source_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int) -> Verdict:

@@ -81,3 +81,31 @@ def test_verdict_is_reissued_when_the_evidence_changes_class():
     d = DecisionLayer(DecisionConfig(min_packets=10))
     verdicts = d.update(b.take(slice(0, 100)), scores_for(labels[:100])) + d.update(b.take(slice(100, 600)), scores_for(labels[100:]))
     assert [v.label for v in verdicts] == ["mirai_scan", "mirai_syn"]
+
+
+def _spoofed(n, syn_share=1.0, rate=5000.0, seed=2):
+    rng = np.random.default_rng(seed)
+    b = random_batch(n, seed, long_gaps=False)
+    b.l3[:] = 1
+    b.src_ip_hi[:] = 0
+    b.src_ip_lo = np.uint64(0xFFFF_0000_0000) | rng.integers(1, 2**32, n, dtype=np.uint64)
+    b.dst_ip_hi[:] = 0
+    b.dst_ip_lo[:] = 0xFFFF_0A00_0005
+    b.proto[:] = 6
+    b.port_kind[:] = 1
+    b.dport[:] = 25565
+    b.tcp_flags[:] = np.where(rng.random(n) < syn_share, 0x02, 0x18)
+    b.ts = 1.6e9 + np.arange(n) / rate
+    return b
+
+
+def test_spoofed_syn_flood_is_caught_on_headers_when_the_model_sees_nothing():
+    d = DecisionLayer()
+    verdicts = d.update(_spoofed(3000), scores_for(np.zeros(3000, dtype=int), 0.99))
+    assert [(v.kind, v.label, v.basis, v.victim_port) for v in verdicts] == [("spoofed", "mirai_syn", "headers", 25565)]
+
+
+def test_new_sources_of_mixed_shapes_or_low_rate_are_no_flood():
+    benign = scores_for(np.zeros(3000, dtype=int), 0.99)
+    assert DecisionLayer().update(_spoofed(3000, syn_share=0.5), benign) == []  # a busy server's clients
+    assert DecisionLayer().update(_spoofed(3000, rate=20.0), benign) == []  # 20 new clients per second
