@@ -318,7 +318,8 @@ def test_udp_flood_icmp_replies_are_rate_limited(tmp_path):
     _plan, _scene, records, labels, roles = attack_capture(tmp_path, "mirai_udp", "victim", seconds=3.0)
     icmp = [fields(buf) for (_, buf, _), role in zip(records, roles) if role == "reply:mirai_udp"]
     floods = sent_by_bots(records, labels, roles, "mirai_udp")
-    assert icmp and len(icmp) <= 2 * 3 * 2 + 2  # about one per second per bot, not one per packet
+    # Linux: per peer a burst of 6, then one a second (2 bots, 3 s), never one per packet.
+    assert 2 * 6 <= len(icmp) <= 2 * (6 + 3 + 1)
     for r in icmp:
         assert r["p"] == 1 and r["ip"].data.type == 3 and r["ip"].data.code == 3 and r["frame"] == 14 + 20 + 8 + 540
     assert len(floods) > 50 * len(icmp)

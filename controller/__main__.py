@@ -1,0 +1,307 @@
+"""Command line of the fleet controller: ``python -m controller COMMAND``.
+
+    keygen      make the Ed25519 key that signs rule sets and models
+    certs       make a CA, broker/device/controller certificates, mosquitto.conf and ACL
+    run         run a controller replica (starts its own broker when --broker is not given)
+    devices     list devices, online/offline
+    alerts      list recent alerts
+    rules       list rule set versions and how many devices applied them
+    block       block an address or CIDR fleet-wide (signed, published retained)
+    unblock     lift a block
+    push-model  sign and send a model bundle to devices
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.mqtt_client import DEFAULT_PREFIX
+from agent.signing import generate_key, key_id, load_private_key, save_keypair
+from controller.broker import AmqttBroker, BrokerError, start_embedded_broker
+from controller.certs import write_pki
+from controller.policy import PolicyConfig
+from controller.service import (
+    BrokerSettings,
+    ControllerConfig,
+    ControllerService,
+    FleetRules,
+    publish_once,
+)
+from controller.store import Store
+
+log = logging.getLogger("controller")
+
+DEFAULT_DB = "iotguard-controller.sqlite"
+DEFAULT_KEY = "signing.key"
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"want HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _names(text: str) -> list[str]:
+    return [n for n in (part.strip() for part in text.split(",")) if n]
+
+
+def _add_broker_args(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("broker")
+    g.add_argument("--broker", type=_host_port, required=required, help="HOST:PORT of the MQTT broker")
+    g.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
+    g.add_argument("--tls-ca", type=Path, help="CA certificate (turns TLS on)")
+    g.add_argument("--tls-cert", type=Path, help="this controller's client certificate")
+    g.add_argument("--tls-key", type=Path)
+    g.add_argument("--username")
+    g.add_argument("--password")
+
+
+def _broker_settings(args: argparse.Namespace) -> BrokerSettings:
+    host, port = args.broker
+    return BrokerSettings(host, port, args.protocol, args.tls_ca, args.tls_cert, args.tls_key, args.username, args.password)
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        print("(none)")
+        return
+    text = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in text)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for t in text:
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
+
+
+def _when(ts: float | None) -> str | None:
+    return None if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+# --- commands ----------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    args.out.mkdir(parents=True, exist_ok=True)
+    private, public = args.out / "signing.key", args.out / "signing.pub"
+    if private.exists() and not args.force:
+        print(f"{private} exists; use --force to replace it (agents trusting the old key will refuse new rules)")
+        return 1
+    key = generate_key()
+    save_keypair(key, private, public)
+    print(f"wrote {private} (keep secret) and {public} (install on every agent); key id {key_id(key.public_key())}")
+    return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    host, port = args.listen
+    issued = write_pki(
+        args.out, _names(args.devices), _names(args.controllers), fleet=args.fleet, prefix=args.prefix,
+        listen_host=host, port=port, hosts=tuple(_names(args.hosts)),
+    )
+    print(f"wrote CA, broker, {len(issued) - 2} client certificates, mosquitto.conf and acl to {args.out}")
+    print(f"start the broker with: mosquitto -c {args.out / 'mosquitto.conf'}  (keep {issued['ca'].key} offline)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    broker = None
+    if args.broker is None:
+        try:
+            broker = start_embedded_broker(Path(args.db).resolve().parent / "broker")
+        except BrokerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        args.broker = (broker.host, broker.port)
+        print(f"no --broker given: started an embedded broker on {broker.host}:{broker.port}", flush=True)
+        if isinstance(broker, AmqttBroker):  # MQTT 3.1.1 only: no shared subscriptions
+            args.protocol, args.share_group = "3.1.1", ""
+    config = ControllerConfig(
+        db=args.db, signing_key=args.key, broker=_broker_settings(args), name=args.name, prefix=args.prefix,
+        share_group=args.share_group,
+        policy=PolicyConfig(k_devices=args.k, window_s=args.window, block_ttl_s=args.ttl or None,
+                            min_confidence=args.min_confidence, never_block=tuple(_names(args.never_block))),
+    )
+    service = ControllerService(config)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    service.start()
+    if not service.ready.wait(10):
+        print(f"broker {args.broker[0]}:{args.broker[1]} not reachable yet; retrying in the background", flush=True)
+    print(f"controller replica {args.name!r} running (database {args.db}); Ctrl-C to stop", flush=True)
+    stop.wait()
+    service.stop()
+    if broker is not None:
+        broker.stop()
+    print(f"stopped: {service.stats}")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    rows = Store(args.db).devices(args.fleet)
+    for r in rows:
+        status = r.pop("status") or {}
+        r["last_seen"] = _when(r["last_seen"])
+        for k in ("packets_per_s", "drops", "model_version", "ruleset_version", "alerts_queued", "alerts_dropped"):
+            r[k] = status.get(k)
+    _print_rows(rows, ["fleet", "device", "state", "last_seen", "packets_per_s", "drops", "model_version",
+                       "ruleset_version", "alerts_queued", "alerts_dropped"], args.json)
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    rows = Store(args.db).recent_alerts(args.limit, args.fleet)
+    for r in rows:
+        r["received"] = _when(r["received_at"])
+    _print_rows(rows, ["received", "fleet", "device", "seq", "class", "confidence", "source_ip", "victim_ip",
+                       "packets", "action"], args.json)
+    return 0
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    store = Store(args.db)
+    rows = store.rulesets(args.fleet, args.limit)
+    for r in rows:
+        r["issued"] = _when(r["issued_at"])
+    _print_rows(rows, ["fleet", "target", "version", "issued", "rules", "applied", "rejected"], args.json)
+    if args.blocks and args.fleet:
+        blocks = [vars(b) | {"expires": _when(b.expires)} for b in store.blocks(args.fleet, time.time())]
+        print()
+        _print_rows(blocks, ["source", "origin", "reason", "expires"], args.json)
+    return 0
+
+
+def _fleet_rules(args: argparse.Namespace, outbox: list) -> FleetRules:
+    return FleetRules(Store(args.db), load_private_key(args.key), args.prefix, lambda t, p, r: outbox.append((t, p, r)))
+
+
+def cmd_block(args: argparse.Namespace) -> int:
+    outbox: list = []
+    ruleset = _fleet_rules(args, outbox).block(args.fleet, args.source, args.reason, args.ttl)
+    publish_once(_broker_settings(args), f"iotguard-cli-{time.time_ns()}", outbox)
+    print(f"blocked {args.source} in fleet {args.fleet}: rule set v{ruleset.version} ({len(ruleset.rules)} rules) published")
+    return 0
+
+
+def cmd_unblock(args: argparse.Namespace) -> int:
+    outbox: list = []
+    ruleset = _fleet_rules(args, outbox).unblock(args.fleet, args.source)
+    if ruleset is None:
+        print(f"{args.source} is not blocked in fleet {args.fleet}")
+        return 1
+    publish_once(_broker_settings(args), f"iotguard-cli-{time.time_ns()}", outbox)
+    print(f"unblocked {args.source} in fleet {args.fleet}: rule set v{ruleset.version} ({len(ruleset.rules)} rules) published")
+    return 0
+
+
+def cmd_push_model(args: argparse.Namespace) -> int:
+    outbox: list = []
+    rules = _fleet_rules(args, outbox)
+    devices = _names(args.devices) if args.devices else [d["device"] for d in rules.store.devices(args.fleet)]
+    if not devices:
+        print(f"no devices known in fleet {args.fleet}; name them with --devices")
+        return 1
+    meta = json.loads(args.meta.read_text())
+    version = rules.push_model(args.fleet, devices, meta, args.tflite.read_bytes(), args.version)
+    publish_once(_broker_settings(args), f"iotguard-cli-{time.time_ns()}", outbox)
+    print(f"model v{version} sent to {len(devices)} devices of fleet {args.fleet}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m controller", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("keygen", help="make the signing key pair")
+    p.add_argument("--out", type=Path, default=Path("."))
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("certs", help="make CA, certificates, mosquitto.conf and ACL")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--devices", required=True, help="comma-separated device names (certificate CNs)")
+    p.add_argument("--controllers", default="controller", help="comma-separated controller names")
+    p.add_argument("--fleet", default="default")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX)
+    p.add_argument("--listen", type=_host_port, default=("0.0.0.0", 8883), help="broker listener HOST:PORT")
+    p.add_argument("--hosts", default="localhost,127.0.0.1", help="names/addresses in the broker certificate")
+    p.set_defaults(func=cmd_certs)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--db", type=Path, default=Path(DEFAULT_DB))
+        p.add_argument("--prefix", default=DEFAULT_PREFIX)
+
+    p = sub.add_parser("run", help="run a controller replica")
+    common(p)
+    _add_broker_args(p, required=False)
+    p.add_argument("--key", type=Path, default=Path(DEFAULT_KEY), help="Ed25519 signing key (from keygen)")
+    p.add_argument("--name", default="controller", help="replica name (unique per replica)")
+    p.add_argument("--share-group", default="controllers", help='MQTT 5 shared subscription group ("": none)')
+    p.add_argument("--k", type=int, default=3, help="devices that must report a source before it is blocked")
+    p.add_argument("--window", type=float, default=300.0, help="seconds in which those reports count")
+    p.add_argument("--ttl", type=float, default=3600.0, help="seconds a policy block lasts (0: until unblocked)")
+    p.add_argument("--min-confidence", type=float, default=0.5)
+    p.add_argument("--never-block", default="", help="comma-separated CIDRs never blocked by policy")
+    p.set_defaults(func=cmd_run)
+
+    for name, func, helptext in (("devices", cmd_devices, "list devices"), ("alerts", cmd_alerts, "recent alerts"),
+                                 ("rules", cmd_rules, "rule set versions")):
+        p = sub.add_parser(name, help=helptext)
+        common(p)
+        p.add_argument("--fleet")
+        p.add_argument("--limit", type=int, default=20)
+        p.add_argument("--json", action="store_true")
+        if name == "rules":
+            p.add_argument("--blocks", action="store_true", help="also list the active blocks of --fleet")
+        p.set_defaults(func=func)
+
+    for name, func in (("block", cmd_block), ("unblock", cmd_unblock)):
+        p = sub.add_parser(name, help=f"{name} a source fleet-wide")
+        common(p)
+        _add_broker_args(p, required=True)
+        p.add_argument("source", help="address or CIDR")
+        p.add_argument("--fleet", required=True)
+        p.add_argument("--key", type=Path, default=Path(DEFAULT_KEY))
+        if name == "block":
+            p.add_argument("--reason", default="manual block")
+            p.add_argument("--ttl", type=float, default=None, help="seconds until the block expires (default: never)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("push-model", help="send a signed model bundle")
+    common(p)
+    _add_broker_args(p, required=True)
+    p.add_argument("--fleet", required=True)
+    p.add_argument("--devices", help="comma-separated; default: every known device of the fleet")
+    p.add_argument("--tflite", type=Path, required=True)
+    p.add_argument("--meta", type=Path, required=True, help="the bundle's metadata JSON")
+    p.add_argument("--version", type=int, help="default: one more than the last pushed")
+    p.add_argument("--key", type=Path, default=Path(DEFAULT_KEY))
+    p.set_defaults(func=cmd_push_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

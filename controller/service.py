@@ -1,0 +1,322 @@
+"""The running controller: ingest alerts, status and acks; decide blocks; sign and push rules and models.
+
+Threads: paho's network thread only queues incoming messages; one worker
+thread stores them in SQLite (a batch per transaction), acknowledges them to
+the broker *after* the commit (paho ``manual_ack``), then runs the policy on
+the sources the batch touched.  The controller keeps a persistent MQTT session
+(fixed client id, clean start off), so alerts that arrive while it is away
+wait at the broker.
+
+Replicas: start several with different ``name``s and the same database file;
+alerts and acks come through the shared subscription
+``$share/{share_group}/...`` so each message reaches one replica.  Status is
+subscribed normally, because retained messages are not sent to shared
+subscriptions.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.mqtt_client import (
+    DEFAULT_PREFIX,
+    MODEL_SCHEMA,
+    make_client,
+    parse_topic,
+    topic,
+)
+from agent.ruleset import ALL_DEVICES, RuleSet
+from agent.signing import canonical_json, load_private_key, sign
+from controller.messages import MessageError, parse_ack, parse_alert, parse_status
+from controller.policy import Policy, PolicyConfig, fleet_ruleset
+from controller.store import Block, Store
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 1000  # messages per SQLite transaction
+Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
+
+
+@dataclass
+class BrokerSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    protocol: str = "5"
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    username: str | None = None
+    password: str | None = None
+
+
+@dataclass
+class ControllerConfig:
+    db: Path
+    signing_key: Path
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    name: str = "controller"  # replica name: the MQTT client id is derived from it
+    prefix: str = DEFAULT_PREFIX
+    share_group: str = "controllers"  # "": plain subscriptions (one replica; brokers without MQTT 5)
+    session_expiry_s: int = 86400
+    tick_s: float = 5.0  # how often expired blocks are swept
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+
+@dataclass
+class ControllerStats:
+    alerts_new: int = 0
+    alerts_duplicate: int = 0
+    statuses: int = 0
+    acks: int = 0
+    rulesets_published: int = 0
+    rejected: Counter = field(default_factory=Counter)  # reason -> count
+
+
+class FleetRules:
+    """Signs and publishes rule sets and models; shared by the service and the one-shot CLI commands."""
+
+    def __init__(self, store: Store, key: Ed25519PrivateKey, prefix: str, publish: Publish) -> None:
+        self.store = store
+        self.key = key
+        self.prefix = prefix
+        self.publish = publish
+
+    def publish_fleet_rules(self, fleet: str, now: float | None = None) -> RuleSet:
+        """A new version of the fleet's ``all`` rule set from the active blocks, published retained."""
+        now = time.time() if now is None else now
+        with self.store.transaction():  # version allocation and publish order follow the database
+            # Versions are at least the unix time: a controller that lost its database still issues
+            # versions newer than the ones the agents applied (they refuse anything not newer).
+            version = self.store.next_ruleset_version(fleet, ALL_DEVICES, floor=int(now))
+            ruleset = fleet_ruleset(fleet, version, self.store.blocks(fleet, now), now)
+            envelope = canonical_json(sign(ruleset.to_json(), self.key))
+            self.store.add_ruleset(fleet, ALL_DEVICES, version, now, len(ruleset.rules), envelope.decode())
+            self.publish(topic(self.prefix, fleet, ALL_DEVICES, "rules"), envelope, True)
+        log.info("fleet %s: published rule set v%d with %d rules", fleet, version, len(ruleset.rules))
+        return ruleset
+
+    def block(self, fleet: str, source: str, reason: str, ttl_s: float | None, origin: str = "manual") -> RuleSet:
+        """Block an address or CIDR fleet-wide (manual block from the CLI)."""
+        network = str(ipaddress.ip_network(source, strict=False))
+        now = time.time()
+        with self.store.transaction():
+            self.store.put_block(Block(fleet, network, origin, reason, now, None if ttl_s is None else now + ttl_s))
+            return self.publish_fleet_rules(fleet, now)
+
+    def unblock(self, fleet: str, source: str) -> RuleSet | None:
+        """Lift a block; None if there was none."""
+        network = str(ipaddress.ip_network(source, strict=False))
+        with self.store.transaction():
+            if not self.store.remove_block(fleet, network):
+                return None
+            return self.publish_fleet_rules(fleet)
+
+    def push_model(self, fleet: str, devices: list[str], meta: dict[str, Any], tflite: bytes, version: int | None = None) -> int:
+        """Sign a model bundle and publish it to each device's model topic; returns the version."""
+        version = self.store.next_model_version(floor=int(time.time())) if version is None else version
+        digest = hashlib.sha256(tflite).hexdigest()
+        payload = {
+            "schema": MODEL_SCHEMA,
+            "version": version,
+            "bundle": meta,
+            "tflite_b64": base64.b64encode(tflite).decode("ascii"),
+            "sha256": digest,
+        }
+        envelope = canonical_json(sign(payload, self.key))
+        for device in devices:
+            self.publish(topic(self.prefix, fleet, device, "model"), envelope, False)
+        self.store.add_model(version, digest, len(tflite), meta, time.time(), [f"{fleet}/{d}" for d in devices])
+        log.info("model v%d (%d bytes) pushed to %d devices of fleet %s", version, len(tflite), len(devices), fleet)
+        return version
+
+
+class ControllerService:
+    def __init__(self, config: ControllerConfig, store: Store | None = None) -> None:
+        self.config = config
+        self.store = store or Store(config.db)
+        self.policy = Policy(config.policy)
+        self.stats = ControllerStats()
+        self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self._stopping = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.ready = threading.Event()  # connected and subscribed
+        b = config.broker
+        self.client = make_client(
+            f"iotguard-controller-{config.name}", b.protocol, b.tls_ca, b.tls_cert, b.tls_key, b.username, b.password,
+            manual_ack=True, persistent_session=True,
+        )
+        self.client.reconnect_delay_set(1, 30)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = lambda client, userdata, message: self._inbox.put(message)
+        self.rules = FleetRules(self.store, load_private_key(config.signing_key), config.prefix, self._publish)
+
+    # --- life cycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        b = self.config.broker
+        properties = None
+        kwargs: dict[str, Any] = {}
+        if b.protocol == "5":
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self.config.session_expiry_s
+            kwargs = {"clean_start": False, "properties": properties}
+        self._worker = threading.Thread(target=self._work, name=f"controller-{self.config.name}", daemon=True)
+        self._worker.start()
+        self.client.connect_async(b.host, b.port, keepalive=30, **kwargs)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._worker is not None:
+            self._worker.join(10)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _publish(self, name: str, payload: bytes, retain: bool) -> None:
+        info = self.client.publish(name, payload, qos=1, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: paho sends it after reconnecting
+            raise RuntimeError(f"publish to {name} failed: {mqtt.error_string(info.rc)}")
+        if retain:
+            self.stats.rulesets_published += 1
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.error("controller %s: broker refused connection: %s", self.config.name, reason_code)
+            return
+        p, g = self.config.prefix, self.config.share_group
+        share = f"$share/{g}/" if g else ""
+        client.subscribe([
+            (f"{share}{p}/+/+/alerts", 1),
+            (f"{share}{p}/+/+/rules/ack", 1),
+            (f"{p}/+/+/status", 1),  # not shared: retained status must reach every replica
+        ])
+        log.info("controller %s: connected (session present: %s)", self.config.name, flags.session_present)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: list, properties: Any) -> None:
+        refused = [str(c) for c in codes if c.is_failure]
+        if refused:
+            log.error("controller %s: subscriptions refused: %s", self.config.name, ", ".join(refused))
+        log.info("controller %s: subscribed", self.config.name)
+        self.ready.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        self.ready.clear()
+        if not self._stopping.is_set():
+            log.warning("controller %s: disconnected (%s)", self.config.name, reason_code)
+
+    # --- the worker ----------------------------------------------------------
+
+    def _work(self) -> None:
+        next_sweep = time.monotonic() + self.config.tick_s
+        while not self._stopping.is_set():
+            batch = []
+            try:
+                batch.append(self._inbox.get(timeout=min(1.0, self.config.tick_s)))
+                while len(batch) < BATCH_MAX:
+                    batch.append(self._inbox.get_nowait())
+            except queue.Empty:
+                pass
+            if batch:
+                self._process(batch)
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + self.config.tick_s
+                self._sweep()
+
+    def _process(self, batch: list[mqtt.MQTTMessage]) -> None:
+        now = time.time()
+        touched: dict[str, set[str]] = {}
+        try:
+            with self.store.transaction():
+                for message in batch:
+                    self._handle(message, now, touched)
+        except Exception:
+            # Nothing acknowledged: the broker redelivers this batch when the session resumes.
+            log.exception("controller %s: storing a batch of %d messages failed", self.config.name, len(batch))
+            return
+        for message in batch:
+            if message.qos > 0:
+                self.client.ack(message.mid, message.qos)
+        for fleet, sources in touched.items():
+            try:
+                with self.store.transaction():
+                    blocks = self.policy.new_blocks(self.store, fleet, sources, now)
+                    for block in blocks:
+                        self.store.put_block(block)
+                    if blocks:
+                        self.rules.publish_fleet_rules(fleet, now)
+            except Exception:
+                log.exception("controller %s: policy for fleet %s failed", self.config.name, fleet)
+
+    def _handle(self, message: mqtt.MQTTMessage, now: float, touched: dict[str, set[str]]) -> None:
+        parts = parse_topic(self.config.prefix, message.topic)
+        try:
+            if parts is None or parts.device == ALL_DEVICES:
+                raise MessageError("not an agent topic of ours")
+            if parts.kind == "alerts":
+                alert = parse_alert(message.payload, parts.fleet, parts.device)
+                if self.store.add_alert(alert, now):
+                    self.stats.alerts_new += 1
+                    touched.setdefault(parts.fleet, set()).add(alert["source"]["ip"])
+                else:
+                    self.stats.alerts_duplicate += 1
+            elif parts.kind == "status":
+                if not message.payload:
+                    return  # a cleared retained status
+                self.store.set_status(parts.fleet, parts.device, parse_status(message.payload, parts.fleet, parts.device), now)
+                self.stats.statuses += 1
+            elif parts.kind == "rules/ack":
+                self.store.add_ack(parts.fleet, parts.device, parse_ack(message.payload, parts.fleet, parts.device), now)
+                self.stats.acks += 1
+            else:
+                raise MessageError(f"controller does not take {parts.kind!r} messages")
+        except MessageError as exc:
+            self.stats.rejected[exc.reason.split(":")[0]] += 1
+            log.warning("controller %s: refused message on %s: %s", self.config.name, message.topic, exc.reason)
+            self.store.add_rejected(message.topic, exc.reason, message.payload, now)
+
+    def _sweep(self) -> None:
+        """Publish a new fleet rule set wherever a block expired."""
+        try:
+            for fleet in self.store.expire_blocks(time.time()):
+                self.rules.publish_fleet_rules(fleet)
+        except Exception:
+            log.exception("controller %s: expiry sweep failed", self.config.name)
+
+    # --- for tests and the CLI -----------------------------------------------
+
+    def idle(self) -> bool:
+        return self._inbox.empty()
+
+
+def publish_once(broker: BrokerSettings, client_id: str, messages: list[tuple[str, bytes, bool]], timeout: float = 10.0) -> None:
+    """Connect, publish ``(topic, payload, retain)`` at QoS 1, wait for every PUBACK, disconnect."""
+    client = make_client(client_id, broker.protocol, broker.tls_ca, broker.tls_cert, broker.tls_key, broker.username, broker.password)
+    client.connect(broker.host, broker.port, keepalive=30)
+    client.loop_start()
+    try:
+        infos = [client.publish(t, p, qos=1, retain=r) for t, p, r in messages]
+        for info in infos:
+            info.wait_for_publish(timeout)
+            if not info.is_published():
+                raise RuntimeError(f"broker {broker.host}:{broker.port} did not acknowledge within {timeout} s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
