@@ -118,7 +118,7 @@ def cmd_classify_features(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import SAMPLE, run_demo
 
-    return run_demo(Path(args.capture) if args.capture else SAMPLE, args.model, args.runtime)
+    return run_demo(Path(args.capture) if args.capture else SAMPLE, args.model, args.runtime, fleet=not args.no_fleet)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -202,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="detect Mirai in the capture bundled with the agent")
     p.add_argument("--capture", help="another capture (with OUT.labels.csv beside it for the comparison)")
+    p.add_argument("--no-fleet", action="store_true", help="skip the MQTT round trip with the controller")
     _add_model_options(p)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -61,8 +61,30 @@ class LiveAgent:
         self.enforcer: Enforcer = make_enforcer(self.enforcement)
         self.responder = Responder(self.rules, self.enforcer, ResponseConfig(block_seconds=config.block_seconds))
         self.capture: LiveCapture | None = None
-        self.reporter = None  # set by attach_reporter (MQTT)
+        self.lock = threading.Lock()  # the MQTT thread changes rules and model while capture runs
+        self.reporter = None
+        if config.mqtt is not None:
+            self.reporter = self._fleet_link(config)
         self._last_housekeeping = 0.0
+        self._last_status = 0.0
+        self._renewed_hits: dict[str, int] = {}
+
+    def _fleet_link(self, config: AgentConfig):
+        from .mqtt_client import MqttConfig
+        from .report import FleetLink
+
+        m = config.mqtt
+        mqtt_config = MqttConfig(
+            host=m.host, port=m.port, fleet=m.fleet, device=m.device, prefix=m.prefix,
+            state_dir=Path(config.state_dir) / "mqtt",
+            tls_ca=Path(m.tls_ca) if m.tls_ca else None, tls_cert=Path(m.tls_cert) if m.tls_cert else None,
+            tls_key=Path(m.tls_key) if m.tls_key else None,
+        )  # fmt: skip
+        return FleetLink(mqtt_config, Path(m.controller_public_key), self.rules, self.enforcer, self.lock,
+                         swap_model=self._swap_model, runtime=self.profile.runtime)  # fmt: skip
+
+    def _swap_model(self, classifier: Classifier) -> None:
+        self.classifier = classifier
 
     # --- life cycle --------------------------------------------------------------
 
@@ -85,6 +107,8 @@ class LiveAgent:
         self.enforcer.sync([block_entry(r, now) for r in self.rules.rules()])
         log.info("agent on %s: %d saved rules re-applied, enforcement %s", self.interface, loaded, self.enforcement)
         self.capture = LiveCapture(self.interface, snaplen=256).open()
+        if self.reporter is not None:
+            self.reporter.start()
 
     def reload(self, config: AgentConfig) -> None:
         """SIGHUP: new allowlist and thresholds, rules re-read from disk and re-applied."""
@@ -96,6 +120,8 @@ class LiveAgent:
         log.info("reloaded configuration and %d rules", self.rules.count())
 
     def stop(self) -> None:
+        if self.reporter is not None:
+            self.reporter.stop()
         self.rules.save()
         try:
             self.enforcer.stop()
@@ -122,24 +148,28 @@ class LiveAgent:
         c.frames += len(frames)
         packets = parse_frames(frames, self.decode)
         c.decoded += len(packets)
-        filtered = self.rules.apply(packets)
+        with self.lock:
+            filtered = self.rules.apply(packets)
+            classifier = self.classifier
         c.filtered += filtered.dropped
         packets = packets.take(filtered.keep)
         if not len(packets):
             return []
         feats = self.features.update(packets)
-        scores = self.classifier.dequantize(self.classifier.predict_int8(feats))
+        scores = classifier.dequantize(classifier.predict_int8(feats))
         labels = scores.argmax(axis=1)
         c.classified += len(packets)
         for k, n in enumerate(np.bincount(labels, minlength=6).tolist()):
             c.per_class[k] += n
         verdicts = self.decision.update(packets, scores)
         c.verdicts += len(verdicts)
-        alerts = self.responder.act(verdicts)
-        if alerts:
-            self.rules.save()
-            if self.reporter is not None:
-                for a in alerts:
+        with self.lock:
+            alerts = self.responder.act(verdicts)
+            if alerts:
+                self.rules.save()
+        if self.reporter is not None:
+            for a in alerts:
+                if a["source"]["ip"] != "spoofed":  # the fleet policy acts on addresses only
                     self.reporter.send_alert(a)
         return alerts
 
@@ -148,13 +178,29 @@ class LiveAgent:
         if not force and now - self._last_housekeeping < 1.0:
             return
         self._last_housekeeping = now
-        gone = self.rules.expire(now)
-        if gone:
-            self.rules.save()
-        # Renew the rules of sources that are still hostile.
-        active = [rid for rid, e in self.rules.entries.items() if e.origin == "local" and e.hits and e.rule.expires]
-        if active:
-            self.responder.renew([rid for rid in active if self.rules.entries[rid].rule.expires - now < 0.5 * self.config.block_seconds])
+        if self.reporter is not None and now - self._last_status >= self.config.mqtt.status_interval_s:
+            self._last_status = now
+            stats = self.capture.stats() if self.capture is not None else None
+            elapsed = max(now - self.counters.started, 1e-9)
+            self.reporter.client.publish_status(
+                packets_per_s=round(self.counters.frames / elapsed, 1),
+                drops=getattr(stats, "kernel_drops", 0),
+                model_version=self.classifier.bundle.version,
+            )
+        with self.lock:
+            if self.rules.expire(now):
+                self.rules.save()
+            # Renew local rules that still drop traffic (the attack goes on) once half their time is up.
+            due = [
+                rid
+                for rid, e in self.rules.entries.items()
+                if e.origin == "local" and e.rule.expires and e.hits > self._renewed_hits.get(rid, 0)
+                and e.rule.expires - now < 0.5 * self.config.block_seconds
+            ]  # fmt: skip
+            for rid in due:
+                self._renewed_hits[rid] = self.rules.entries[rid].hits
+            if due:
+                self.responder.renew(due, now)
 
     def summary(self) -> dict:
         c = self.counters
