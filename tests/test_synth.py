@@ -325,6 +325,52 @@ def test_udp_flood_icmp_replies_are_rate_limited(tmp_path):
     assert len(floods) > 50 * len(icmp)
 
 
+def _history_and_replies(synth) -> tuple[int, int, int]:
+    """For a UDP-flood victim capture: (benign packets a bot sent its victim before its first flood packet,
+    582-byte ICMP port unreachables quoting that bot's flood, flood packets of that bot), best bot."""
+    ip = synth.frames.buf
+    labels, roles = synth.labels, synth.roles
+    best = (0, 0, 0)
+    for contact in synth.meta["attacks"][0].get("prior_contacts", []):
+        bot = bytes(int(x) for x in contact["bot"].split("."))
+        victim = bytes(int(x) for x in contact["victim"].split("."))
+        src = [ip[o + 26 : o + 30].tobytes() for o in synth.frames.offset]
+        dst = [ip[o + 30 : o + 34].tobytes() for o in synth.frames.offset]
+        flood = [i for i in range(len(synth)) if src[i] == bot and LABELS[labels[i]] == "mirai_udp"]
+        if not flood:
+            continue
+        before = [
+            i
+            for i in range(flood[0])
+            if src[i] == bot and dst[i] == victim and LABELS[labels[i]] == "benign" and roles[i].startswith("benign:")
+        ]
+        icmp = [
+            i
+            for i in range(len(synth))
+            if roles[i] == "reply:mirai_udp"
+            and dst[i] == bot
+            and synth.frames.wire_len[i] == 14 + 20 + 8 + 540
+            and ip[synth.frames.offset[i] + 23] == 1  # ICMP
+            and ip[synth.frames.offset[i] + 34] == 3  # destination unreachable
+            and ip[synth.frames.offset[i] + 42 + 12 : synth.frames.offset[i] + 42 + 16].tobytes() == bot  # quoted src
+        ]
+        best = max(best, (len(before), len(icmp), len(flood)))
+    return best
+
+
+def test_udp_flood_victims_see_bots_with_history_and_linux_replies():
+    """Some bots talked to their victim before flooding it; the victim answers the flood as Linux does."""
+    found = []
+    for seed in range(12):
+        synth = synthesise("mirai_udp_victim", 30.0, seed)
+        before, icmp, flood = _history_and_replies(synth)
+        assert all(LABELS[x] == "benign" for x in synth.labels[synth.roles == "reply:mirai_udp"])
+        if before and icmp:
+            found.append(seed)
+            assert flood > 20 * icmp  # rate-limited: a burst, then about one a second, not one per packet
+    assert found, "no bot with benign traffic to its victim before the flood and 582-byte ICMP replies"
+
+
 # ---------------------------------------------------------------- scenarios, sidecars, reproducibility
 
 
@@ -377,7 +423,9 @@ def test_mixed_benign_tcp_looks_real(mixed):
             key = tuple(sorted([(f["src"], f["sport"]), (f["dst"], f["dport"])]))
             conns[key].append(f)
     assert len(sizes) > 50  # many size clusters, not one
-    complete = [c for c in conns.values() if c[0]["flags"] == dpkt.tcp.TH_SYN]
+    complete = [c for c in conns.values() if c[0]["flags"] == dpkt.tcp.TH_SYN and len(c) > 1]  # not cut off
+    refused = [c for c in complete if len(c) == 2 and c[1]["flags"] == dpkt.tcp.TH_RST | dpkt.tcp.TH_ACK]
+    complete = [c for c in complete if c not in refused]  # connections to closed ports: SYN, RST-ACK
     assert len(complete) >= 5
     for c in complete:
         assert c[1]["flags"] == dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK and c[1]["ack"] == c[0]["seq"] + 1

@@ -31,12 +31,19 @@ loader) carry the attack's class; packets innocent hosts send in reaction
 (victims' RSTs and ICMP errors, scanned hosts' SYN-ACKs and telnet output, the
 router's ARP for absent victims) are benign with role ``reply:<class>``, so
 they can be relabelled by role.
+
+Victims answer as their stack does (``ReplyStack``): Linux sends ICMP port
+unreachable quoting up to 576 bytes of IP, limited per peer (a token bucket:
+a burst of 6, then one per ``icmp_ratelimit``, 1 s by default) and overall
+(1000/s, burst 50); lwIP quotes only the IP header and 8 bytes and never
+limits.  SYNs to open ports get SYN-ACKs (SYN cookies), to closed ports RST-ACK;
+ACKs get RST; some hosts limit their RSTs.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -78,6 +85,64 @@ IP_LENGTH = {
 }
 
 
+@dataclass(frozen=True)
+class ReplyStack:
+    """How a victim host answers unsolicited packets."""
+
+    name: str
+    icmp_per_peer: float = 1.0  # ICMP errors per second to one peer (inf: no per-peer limit)
+    icmp_peer_burst: int = 6  # Linux: XRLIM_BURST_FACTOR tokens of icmp_ratelimit each
+    icmp_global: float = 1000.0  # icmp_msgs_per_sec (inf: no limit)
+    icmp_global_burst: int = 50  # icmp_msgs_burst
+    quote: int = 548  # bytes of the offending datagram an ICMP error quotes (576 bytes of IP in all)
+    ttl: int = 64
+    rst_per_second: float = float("inf")
+    open_ports: tuple[int, ...] = ()  # TCP ports that answer a SYN with SYN-ACK
+
+
+LINUX_REPLIES = ReplyStack("linux")
+REPLY_STACKS = (
+    LINUX_REPLIES,
+    ReplyStack("linux-icmp-100ms", icmp_per_peer=10.0),
+    ReplyStack("linux-icmp-unlimited-peer", icmp_per_peer=float("inf")),  # icmp_ratelimit=0: 1000/s overall
+    ReplyStack("bsd", icmp_per_peer=float("inf"), icmp_global=200.0, icmp_global_burst=200, rst_per_second=200.0),
+)
+LWIP_REPLIES = ReplyStack(
+    "lwip", icmp_per_peer=float("inf"), icmp_global=float("inf"), quote=28, ttl=255
+)  # ICMP_DEST_UNREACH_DATASIZE: IP header + 8 bytes
+COMMON_PORTS = (22, 23, 53, 80, 443, 554, 1883, 8080, 8883)
+
+
+class TokenBuckets:
+    """Which packets a token bucket per key lets through: full at a key's first packet, ``burst`` at once,
+    then one per 1/``rate`` s.  Vectorised approximation (one per time slot after the burst), exact for
+    floods much faster than ``rate``; keeps across calls which keys have spent their burst."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = float(rate), int(burst)
+        self.spent: set[int] = set()
+
+    def allow(self, t: np.ndarray, key: np.ndarray) -> np.ndarray:
+        n = len(t)
+        if not n or not np.isfinite(self.rate):
+            return np.ones(n, dtype=bool)
+        key = np.broadcast_to(np.asarray(key, dtype=np.int64), (n,))
+        order = np.lexsort((t, key))
+        k, tt = key[order], t[order]
+        new = np.concatenate([[True], k[1:] != k[:-1]])
+        first = np.maximum.accumulate(np.where(new, np.arange(n), 0))
+        rank = np.arange(n) - first
+        spent = np.isin(k, np.fromiter(self.spent, dtype=np.int64, count=len(self.spent)))
+        # A fresh key's slots count from its first packet (slot 0 holds the burst); a spent key's are absolute.
+        slot = np.floor(np.where(spent, tt, tt - tt[first]) * self.rate).astype(np.int64)
+        slot_start = np.concatenate([[True], new[1:] | (slot[1:] != slot[:-1])])
+        ok = np.where(spent, slot_start, (rank < self.burst) | (slot_start & (slot >= 1)))
+        self.spent.update(np.unique(k[~spent & (rank >= self.burst - 1)]).tolist())
+        mask = np.empty(n, dtype=bool)
+        mask[order] = ok
+        return mask
+
+
 @dataclass
 class Bot:
     name: str
@@ -108,7 +173,17 @@ class AttackPlan:
     open_fraction: float = 0.0  # scan: share of scanned addresses that answer SYN-ACK (telnet open)
     refuse_fraction: float = 0.0  # scan: share that answer RST (port closed); the rest stay silent
     vulnerable_fraction: float = 0.25  # scan: share of open devices whose login is in Mirai's table
+    dport: int | None = None  # syn/ack/udp: ATK_OPT_DPORT (None: random per packet, Mirai's default)
+    replies: ReplyStack = LINUX_REPLIES  # how the victims answer
     counts: dict[str, int] = field(default_factory=dict)
+    prior_contacts: list[dict] = field(default_factory=list)  # benign bot-victim traffic around the attack
+    _buckets: dict[str, TokenBuckets] = field(default_factory=dict, repr=False)
+
+    def buckets(self, name: str, rate: float, burst: int) -> TokenBuckets:
+        """The victims' rate limiter ``name`` (state kept across the chunks of a flood)."""
+        if name not in self._buckets:
+            self._buckets[name] = TokenBuckets(rate, burst)
+        return self._buckets[name]
 
     def meta(self) -> dict:
         return {
@@ -129,6 +204,12 @@ class AttackPlan:
             ],
             "targets": [t.text for t in self.targets] if self.kind != "mirai_scan" else "random public IPv4",
             "packets": dict(self.counts),
+            **(
+                {"dport": self.dport if self.dport is not None else "random", "replies": self.replies.name}
+                if self.kind != "mirai_scan"
+                else {}
+            ),
+            **({"prior_contacts": list(self.prior_contacts)} if self.prior_contacts else {}),
             **(
                 {"answer_fractions": {"open": round(self.open_fraction, 4), "refused": round(self.refuse_fraction, 4)}}
                 if self.kind == "mirai_scan"
@@ -171,7 +252,17 @@ def plan_attack(
             Target(int(ip) & _mask(p), p)
             for ip, p in zip(random_public_ips(rng, count), rng.choice([32, 32, 32, 28, 24], count))
         ]
-        return AttackPlan(kind, view, start, stop, bots, targets, reply_fraction=float(rng.choice([0.0, 0.3, 1.0])))
+        return AttackPlan(
+            kind,
+            view,
+            start,
+            stop,
+            bots,
+            targets,
+            reply_fraction=float(rng.choice([0.0, 0.3, 1.0])),
+            dport=_flood_dport(rng, kind),
+            replies=_reply_stack(rng, lwip_possible=True),
+        )
     # Victim view: the board, another device, or the whole /24 is the target.
     choice = rng.random()
     if choice < 0.5:
@@ -195,7 +286,26 @@ def plan_attack(
     if total > cap:  # the victim's link carries no more: the rest is dropped upstream
         for b in bots:
             b.rate *= cap / total
-    return AttackPlan(kind, view, start, stop, bots, targets)
+    # The board is a Linux host; other LAN devices may run lwIP (ESP plugs and sensors).
+    lwip = any(t.prefix == 32 and t.ip != lan.board.ip for t in targets)
+    dport = _flood_dport(rng, kind)
+    return AttackPlan(kind, view, start, stop, bots, targets, dport=dport, replies=_reply_stack(rng, lwip))
+
+
+def _flood_dport(rng: np.random.Generator, kind: str) -> int | None:
+    """Most floods use Mirai's random ports; some commands fix the destination port (dport=...)."""
+    if kind not in ("mirai_syn", "mirai_ack", "mirai_udp") or rng.random() >= 0.2:
+        return None
+    return int(rng.choice(COMMON_PORTS)) if rng.random() < 0.8 else int(rng.integers(1024, 1 << 16))
+
+
+def _reply_stack(rng: np.random.Generator, lwip_possible: bool) -> ReplyStack:
+    """A victim's stack: mostly stock Linux, sometimes tuned limits, lwIP, or a BSD-like limiter."""
+    if lwip_possible and rng.random() < 0.25:
+        stack = LWIP_REPLIES
+    else:
+        stack = REPLY_STACKS[int(rng.choice(len(REPLY_STACKS), p=[0.6, 0.15, 0.15, 0.1]))]
+    return replace(stack, open_ports=tuple(int(p) for p in COMMON_PORTS if rng.random() < 0.3))
 
 
 def _bot_rate(rng: np.random.Generator, cap: float) -> float:
@@ -282,7 +392,7 @@ def _flood(scene: Scene, plan: AttackPlan, bot: Bot) -> tuple[np.ndarray, np.nda
             "pad": not bot.host.is_board,
         }
         sport = rng.integers(0, 1 << 16, n)
-        dport = rng.integers(0, 1 << 16, n)
+        dport = rng.integers(0, 1 << 16, n) if plan.dport is None else np.full(n, plan.dport, dtype=np.int64)
         seq = rng.integers(0, 1 << 32, n)
         ack = rng.integers(0, 1 << 32, n)
         ip_id = rng.integers(0, 1 << 16, n)
@@ -358,7 +468,7 @@ def _first_per_second(t: np.ndarray, key: np.ndarray, per_second: float = 1.0) -
 
 
 def _flood_replies(scene, plan, bot, t, frames, src, dst, sport, dport, seq, ack) -> None:
-    """What the victims send back: RST for TCP to closed ports, rate-limited ICMP port unreachable for UDP."""
+    """What the victims send back: SYN-ACK or RST-ACK to SYNs, RST to ACKs, rate-limited ICMP for UDP."""
     rng, lan = scene.rng, scene.lan
     if plan.view == "bot":
         if bot.spoof or plan.reply_fraction <= 0:
@@ -371,7 +481,7 @@ def _flood_replies(scene, plan, bot, t, frames, src, dst, sport, dport, seq, ack
         victim_ttl = np.array([64, 128, 255])[dst[sel] % 3] - (6 + (dst[sel] >> 8) % 14)
         victim = {"src_mac": lan.gateway.mac, "dst_mac": bot.host.mac, "ttl": victim_ttl, "pad": True}
         delay = float(rng.uniform(0.015, 0.2))
-        _emit_replies(scene, plan, sel, t + delay, frames, src, dst, sport, dport, seq, ack, victim, spoofed=False)
+        _emit_replies(scene, plan, sel, t + delay, frames, src, dst, sport, dport, seq, ack, victim)
         return
     # Victim view: the board answers unpadded, other LAN hosts are captured padded.
     react = t + rng.gamma(2.0, 0.00004, len(t))
@@ -382,47 +492,75 @@ def _flood_replies(scene, plan, bot, t, frames, src, dst, sport, dport, seq, ack
             victim = {
                 "src_mac": _macs_for(scene, dst[sel]),
                 "dst_mac": _macs_for(scene, src[sel]),
-                "ttl": 64,
+                "ttl": plan.replies.ttl,
                 "pad": not board,
             }
-            _emit_replies(scene, plan, sel, react, frames, src, dst, sport, dport, seq, ack, victim, spoofed=bot.spoof)
+            _emit_replies(scene, plan, sel, react, frames, src, dst, sport, dport, seq, ack, victim)
 
 
-def _emit_replies(scene, plan, sel, t_reply, frames, src, dst, sport, dport, seq, ack, victim, spoofed) -> None:
-    rng = scene.rng
-    kind = plan.kind
+def _emit_replies(scene, plan, sel, t_reply, frames, src, dst, sport, dport, seq, ack, victim) -> None:
+    rng, stack, kind = scene.rng, plan.replies, plan.kind
     role = f"reply:{kind}"
+
+    def keep_only(keep: np.ndarray) -> None:
+        nonlocal sel, victim
+        sel, victim = sel[keep], _subset(victim, keep)
+
+    def add(out, idx) -> None:
+        scene.timeline.add(t_reply[idx], out, BENIGN, role)
+        _count(plan, "reply", len(idx))
+
+    opened = np.isin(dport[sel], stack.open_ports)
     if kind in ("mirai_udp", "mirai_udpplain"):
-        # Linux rate-limits ICMP errors: ~1/s per peer, and 1000/s overall.
-        keep = (
-            _first_per_second(t_reply[sel], np.zeros(len(sel)), 1000.0)
-            if spoofed
-            else _first_per_second(t_reply[sel], dst[sel] ^ (src[sel] << 1))
-        )
-        sel = sel[keep]
-        victim = _subset(victim, keep)
-        quoted = frames.rows[sel, ETH_HEADER : ETH_HEADER + 548]  # the offending datagram, up to 576 bytes in all
-        quoted_len = np.minimum(frames.length[sel] - ETH_HEADER, 548)
+        keep_only(~opened)  # a listening socket takes the datagram silently
+        peer = (dst[sel] & 0xFFFFFF) << 32 | src[sel]
+        keep_only(plan.buckets("icmp-peer", stack.icmp_per_peer, stack.icmp_peer_burst).allow(t_reply[sel], peer))
+        keep_only(plan.buckets("icmp", stack.icmp_global, stack.icmp_global_burst).allow(t_reply[sel], dst[sel]))
+        if not len(sel):
+            return
+        rows = frames.rows[sel]
+        ip_len = rows[:, ETH_HEADER + 2].astype(np.int64) << 8 | rows[:, ETH_HEADER + 3]
         out = icmp_frames(
             len(sel),
             icmp={"type": 3, "code": 3},
-            payload=quoted,
-            payload_len=quoted_len,
+            payload=rows[:, ETH_HEADER : ETH_HEADER + stack.quote],  # the offending datagram, quoted
+            payload_len=np.minimum(ip_len, stack.quote),
             src_ip=dst[sel],
             dst_ip=src[sel],
-            tos=0xC0,
+            tos=0 if stack.ttl == 255 else 0xC0,
             ip_id=rng.integers(0, 1 << 16, len(sel)),
             df=False,
             **victim,
         )
-    elif kind == "mirai_syn":
-        tcp = {"sport": dport[sel], "dport": sport[sel], "seq": 0, "ack": seq[sel] + 1, "flags": RST | ACK, "win": 0}
-        out = tcp_frames(len(sel), tcp=tcp, src_ip=dst[sel], dst_ip=src[sel], ip_id=0, df=True, **victim)
-    else:  # ACK to a closed port: RST carrying the ACK's acknowledgement number as its sequence number
+        add(out, sel)
+        return
+    if kind == "mirai_syn" and opened.any():
+        # A listening port answers every SYN (SYN cookies once the backlog is full), echoing the TSval.
+        o, ov = sel[opened], _subset(victim, opened)
+        tsval = frames.rows[o, 62:66].astype(np.int64) @ np.array([1 << 24, 1 << 16, 1 << 8, 1])
+        m = len(o)
+        options = TCP_SYN_OPTIONS.pack(m, mss=1460, tsval=rng.integers(0, 1 << 32, m), tsecr=tsval, ws=7)
+        tcp = {
+            "sport": dport[o],
+            "dport": sport[o],
+            "seq": rng.integers(0, 1 << 32, m),
+            "ack": (seq[o] + 1) & 0xFFFFFFFF,
+            "flags": SYN | ACK,
+            "win": 65160,
+        }
+        add(tcp_frames(m, tcp=tcp, options=options, src_ip=dst[o], dst_ip=src[o], ip_id=0, df=True, **ov), o)
+        keep_only(~opened)
+    keep_only(plan.buckets("rst", stack.rst_per_second, max(1, int(min(stack.rst_per_second, 1e6)))).allow(
+        t_reply[sel], dst[sel]
+    ))
+    if not len(sel):
+        return
+    if kind == "mirai_syn":  # closed port: RST-ACK
+        tcp = {"sport": dport[sel], "dport": sport[sel], "seq": 0, "ack": (seq[sel] + 1) & 0xFFFFFFFF}
+        tcp |= {"flags": RST | ACK, "win": 0}
+    else:  # ACK without a connection: RST carrying the ACK's acknowledgement number as its sequence number
         tcp = {"sport": dport[sel], "dport": sport[sel], "seq": ack[sel], "ack": 0, "flags": RST, "win": 0}
-        out = tcp_frames(len(sel), tcp=tcp, src_ip=dst[sel], dst_ip=src[sel], ip_id=0, df=True, **victim)
-    scene.timeline.add(t_reply[sel], out, BENIGN, role)
-    _count(plan, "reply", len(sel))
+    add(tcp_frames(len(sel), tcp=tcp, src_ip=dst[sel], dst_ip=src[sel], ip_id=0, df=True, **victim), sel)
 
 
 def _subset(fields: dict, keep: np.ndarray) -> dict:

@@ -32,14 +32,15 @@ from .benign import (
     page_loads,
     visitor_joins,
 )
-from .mirai import ATTACK_CLASSES, AttackPlan, plan_attack, run_attack
+from .mirai import ATTACK_CLASSES, AttackPlan, Target, plan_attack, run_attack
 from .network import ESP_OUIS, Host, make_lan
+from .prior_contact import prior_contact
 from .scene import Scene
 from .timeline import Timeline
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2  # 2: discovery beacons, visitors joining, page loads to many CDN hosts
+GENERATOR_VERSION = 3  # 2: discovery beacons, visitors, page loads; 3: bots' prior contact, victims' reply stacks
 BASE_TIME_RANGE = (
     int(dt.datetime(2016, 1, 1, tzinfo=dt.UTC).timestamp()),
     int(dt.datetime(2030, 1, 1, tzinfo=dt.UTC).timestamp()),
@@ -281,6 +282,35 @@ def _attack_window(rng: np.random.Generator, start: float, stop: float) -> tuple
     return a, a + span * float(rng.uniform(0.4, 0.65))
 
 
+PRIOR_CONTACT_SHARE = 0.45  # floods whose bots talked to their victim before
+
+
+def _attack_with_history(scene: Scene, plan: AttackPlan) -> None:
+    """Run the attack; for a share of floods, the bots first exchange ordinary traffic with the victim."""
+    rng, lan = scene.rng, scene.lan
+    if plan.kind != "mirai_scan" and plan.targets and rng.random() < PRIOR_CONTACT_SHARE:
+        for i, bot in enumerate(plan.bots):
+            if i and rng.random() < 0.5:
+                continue
+            victim = _victim_host(scene, plan.targets[int(rng.integers(len(plan.targets)))])
+            if victim is not None and victim.ip != bot.host.ip:
+                contact = prior_contact(scene, bot.host, victim, plan.start, plan.stop, plan.replies)
+                plan.prior_contacts.append({"bot_name": bot.name, **contact})
+    run_attack(scene, plan)
+
+
+def _victim_host(scene: Scene, target: Target) -> Host | None:
+    """One host the target covers: a LAN host (the board more often), else a remote one."""
+    rng, lan = scene.rng, scene.lan
+    local = [h for h in lan.hosts() if h.ip >> (32 - target.prefix) == target.ip >> (32 - target.prefix)]
+    if target.prefix < 32 and local:
+        return lan.board if lan.board in local and rng.random() < 0.6 else local[int(rng.integers(len(local)))]
+    if local:
+        return local[0]
+    spread = int(rng.integers(0, 1 << (32 - target.prefix))) if target.prefix < 32 else 0
+    return scene.remote_host("victim", target.ip + spread)
+
+
 def _mirai_bot(kind: str):
     def build(rng: np.random.Generator, seconds: float, base_unix: float) -> tuple[Scene, Setting]:
         board_kind = str(rng.choice(["camera", "sensor", "hub"]))
@@ -294,7 +324,7 @@ def _mirai_bot(kind: str):
         _beacons(scene, setting)
         lan_background(scene, scene.lan.hosts(), 0.0, seconds)
         _first_contacts(scene, setting)
-        run_attack(scene, plan)
+        _attack_with_history(scene, plan)
         return scene, setting
 
     return build
@@ -328,7 +358,7 @@ def _mirai_victim(kind: str):
         _beacons(scene, setting)
         lan_background(scene, scene.lan.hosts(), 0.0, seconds)
         _first_contacts(scene, setting)
-        run_attack(scene, plan)
+        _attack_with_history(scene, plan)
         setting.attacks.append(plan)
         return scene, setting
 
@@ -378,7 +408,7 @@ def _mixed(rng: np.random.Generator, seconds: float, base_unix: float) -> tuple[
     lan_background(scene, scene.lan.hosts(), 0.0, seconds)
     _first_contacts(scene, setting)
     for plan in setting.attacks:
-        run_attack(scene, plan)
+        _attack_with_history(scene, plan)
     return scene, setting
 
 
