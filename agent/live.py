@@ -55,7 +55,10 @@ class LiveAgent:
         self.features = FeatureExtractor(Budgets(b.mi_dir, b.h, b.hh, b.hh_jit, b.hphp), max_batch=profile.batch_size)
         bundle = load_bundle(config.model) if config.model else load_bundle()
         self.classifier = Classifier(bundle, runtime=profile.runtime, batch_size=min(1024, profile.batch_size * 4))
-        self.decision = DecisionLayer(DecisionConfig(threshold=config.threshold, min_packets=config.min_packets))
+        # As many tracked sources and targets as the profile allows source streams.
+        self.decision = DecisionLayer(
+            DecisionConfig(threshold=config.threshold, min_packets=config.min_packets, max_sources=b.h, max_targets=b.h)
+        )
         state = Path(config.state_dir)
         self.rules = RuleTable(config.allowlist, config.max_local_rules, path=state / "rules.json")
         self.enforcer: Enforcer = make_enforcer(self.enforcement)

@@ -17,11 +17,13 @@ class StreamTable:
             raise ValueError("a stream table needs a budget of at least one entry")
         self.budget = int(budget)
         self.init_row = np.asarray(init_row, dtype=np.float64)
-        self.state = np.empty((0, len(self.init_row)))  # grows up to budget rows
-        self.t_last = np.empty(0)
+        # Reserved at full size once: the pages are only touched (and counted in RSS) as slots are
+        # used, and the table never holds two copies of itself while growing.
+        self.state = np.empty((self.budget, len(self.init_row)))
+        self.t_last = np.empty(self.budget)
         self.keys = np.empty(0, dtype=np.uint64)  # sorted keys in use
         self.slots = np.empty(0, dtype=np.int64)  # slot of each key in ``keys``
-        self.free = np.empty(0, dtype=np.int64)
+        self.free = np.arange(self.budget, dtype=np.int64)
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -55,18 +57,7 @@ class StreamTable:
         return slots, ~found
 
     def _allocate(self, count: int, protected: np.ndarray) -> np.ndarray:
-        """``count`` free slots, growing the arrays up to the budget, then evicting LRU entries."""
-        short = count - len(self.free)
-        if short > 0 and len(self.state) < self.budget:
-            # Grow geometrically (up to the budget), so filling the table copies it O(log) times.
-            size = min(self.budget, max(len(self.state) + short, 2 * len(self.state), 1024))
-            first = len(self.state)
-            state = np.empty((size, self.state.shape[1]))
-            state[:first] = self.state
-            t_last = np.empty(size)
-            t_last[:first] = self.t_last
-            self.state, self.t_last = state, t_last
-            self.free = np.concatenate([self.free, np.arange(first, size)])
+        """``count`` free slots, evicting least recently updated entries when none are left."""
         short = count - len(self.free)
         if short > 0:
             self._evict(short, protected)

@@ -38,7 +38,8 @@ bundle = load_bundle()
 clf = Classifier(bundle, runtime="auto", batch_size=min(1024, 4 * p.batch_size))
 arena = sum(int(np.prod(t["shape"])) * np.dtype(t["dtype"]).itemsize for t in clf.interpreter.get_tensor_details())
 fe = FeatureExtractor(Budgets(b.mi_dir, b.h, b.hh, b.hh_jit, b.hphp), max_batch=p.batch_size)
-dec, stats, n = DecisionLayer(), DecodeStats(), 0
+from agent.decide import DecisionConfig
+dec, stats, n = DecisionLayer(DecisionConfig(max_sources=b.h, max_targets=b.h)), DecodeStats(), 0
 start = time.perf_counter()
 for frames in read_capture(sys.argv[2], batch_size=max(p.batch_size, 4096), stats=stats):
     packets = parse_frames(frames, stats)
