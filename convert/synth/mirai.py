@@ -115,12 +115,14 @@ COMMON_PORTS = (22, 23, 53, 80, 443, 554, 1883, 8080, 8883)
 
 class TokenBuckets:
     """Which packets a token bucket per key lets through: full at a key's first packet, ``burst`` at once,
-    then one per 1/``rate`` s.  Vectorised approximation (one per time slot after the burst), exact for
-    floods much faster than ``rate``; keeps across calls which keys have spent their burst."""
+    then one per 1/``rate`` s.  A vectorised approximation (after the burst, the first packet of each
+    1/rate-long slot), exact enough for floods much faster than ``rate``.  It remembers across calls which
+    keys spent their burst and which slots are taken, so several bots' floods share one victim's limit."""
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate, self.burst = float(rate), int(burst)
-        self.spent: set[int] = set()
+        self.spent = np.zeros(0, dtype=np.int64)  # keys whose burst is used up (sorted)
+        self.taken = np.zeros(0, dtype=np.int64)  # (key hash, slot) codes already sent in (sorted)
 
     def allow(self, t: np.ndarray, key: np.ndarray) -> np.ndarray:
         n = len(t)
@@ -128,18 +130,25 @@ class TokenBuckets:
             return np.ones(n, dtype=bool)
         key = np.broadcast_to(np.asarray(key, dtype=np.int64), (n,))
         order = np.lexsort((t, key))
-        k, tt = key[order], t[order]
+        k, tt = key[order], np.asarray(t, dtype=np.float64)[order]
         new = np.concatenate([[True], k[1:] != k[:-1]])
-        first = np.maximum.accumulate(np.where(new, np.arange(n), 0))
-        rank = np.arange(n) - first
-        spent = np.isin(k, np.fromiter(self.spent, dtype=np.int64, count=len(self.spent)))
-        # A fresh key's slots count from its first packet (slot 0 holds the burst); a spent key's are absolute.
-        slot = np.floor(np.where(spent, tt, tt - tt[first]) * self.rate).astype(np.int64)
-        slot_start = np.concatenate([[True], new[1:] | (slot[1:] != slot[:-1])])
-        ok = np.where(spent, slot_start, (rank < self.burst) | (slot_start & (slot >= 1)))
-        self.spent.update(np.unique(k[~spent & (rank >= self.burst - 1)]).tolist())
+        group = np.cumsum(new) - 1
+        first = np.flatnonzero(new)
+        rank = np.arange(n) - first[group]
+        fresh = ~np.isin(k, self.spent)
+        in_burst = fresh & (rank < self.burst)
+        slot = np.floor(tt * self.rate).astype(np.int64)
+        # A fresh key's next token comes the slot after its burst ended; a spent key's any free slot.
+        burst_len = np.minimum(np.bincount(group), self.burst)
+        last_burst_slot = np.where(fresh[first], slot[first + burst_len - 1], -1)[group]
+        first_in_slot = new | np.concatenate([[True], slot[1:] != slot[:-1]])
+        khash = (k.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)
+        code = (khash.astype(np.int64) << 30) | (slot & ((1 << 30) - 1))
+        later = ~in_burst & first_in_slot & (slot > last_burst_slot) & ~np.isin(code, self.taken)
+        self.taken = np.union1d(self.taken, code[later])
+        self.spent = np.union1d(self.spent, k[fresh & (rank >= self.burst - 1)])
         mask = np.empty(n, dtype=bool)
-        mask[order] = ok
+        mask[order] = in_burst | later
         return mask
 
 
@@ -550,9 +559,11 @@ def _emit_replies(scene, plan, sel, t_reply, frames, src, dst, sport, dport, seq
         }
         add(tcp_frames(m, tcp=tcp, options=options, src_ip=dst[o], dst_ip=src[o], ip_id=0, df=True, **ov), o)
         keep_only(~opened)
-    keep_only(plan.buckets("rst", stack.rst_per_second, max(1, int(min(stack.rst_per_second, 1e6)))).allow(
-        t_reply[sel], dst[sel]
-    ))
+    keep_only(
+        plan.buckets("rst", stack.rst_per_second, max(1, int(min(stack.rst_per_second, 1e6)))).allow(
+            t_reply[sel], dst[sel]
+        )
+    )
     if not len(sel):
         return
     if kind == "mirai_syn":  # closed port: RST-ACK

@@ -287,7 +287,7 @@ PRIOR_CONTACT_SHARE = 0.45  # floods whose bots talked to their victim before
 
 def _attack_with_history(scene: Scene, plan: AttackPlan) -> None:
     """Run the attack; for a share of floods, the bots first exchange ordinary traffic with the victim."""
-    rng, lan = scene.rng, scene.lan
+    rng = scene.rng
     if plan.kind != "mirai_scan" and plan.targets and rng.random() < PRIOR_CONTACT_SHARE:
         for i, bot in enumerate(plan.bots):
             if i and rng.random() < 0.5:
