@@ -22,6 +22,7 @@ from .decide import DecisionConfig, DecisionLayer
 from .enforce import Enforcer, make_enforcer
 from .features import Budgets, FeatureExtractor
 from .filter import RuleTable
+from .memory import release_free_memory
 from .model import Classifier, load_bundle
 from .packets import DecodeStats, FrameBatch
 from .parse import parse_frames
@@ -181,6 +182,7 @@ class LiveAgent:
         if not force and now - self._last_housekeeping < 1.0:
             return
         self._last_housekeeping = now
+        release_free_memory()
         if self.reporter is not None and now - self._last_status >= self.config.mqtt.status_interval_s:
             self._last_status = now
             stats = self.capture.stats() if self.capture is not None else None

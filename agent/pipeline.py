@@ -16,6 +16,7 @@ import numpy as np
 
 from .capture_file import read_capture
 from .features import Budgets, FeatureExtractor
+from .memory import release_free_memory
 from .packets import DecodeStats, PacketBatch
 from .parse import parse_frames
 
@@ -75,12 +76,15 @@ def detect_capture(
     decision = decision or DecisionLayer()
     stats = DecodeStats()
     parts: dict[str, list] = {"index": [], "labels": [], "confidence": [], "int8": []}
-    total = 0
+    total = batches = 0
     for fb in features_from_capture(path, stats, budgets, batch_size):
         q = classifier.predict_int8(fb.features)
         scores = classifier.dequantize(q)
         decision.update(fb.packets, scores)
         total += len(fb.packets)
+        batches += 1
+        if batches % 16 == 0:
+            release_free_memory()
         if keep_per_packet:
             parts["index"].append(fb.packets.index)
             parts["labels"].append(scores.argmax(axis=1))

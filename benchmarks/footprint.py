@@ -28,6 +28,7 @@ import numpy as np
 from agent.capture_file import read_capture
 from agent.decide import DecisionLayer
 from agent.features import Budgets, FeatureExtractor
+from agent.memory import release_free_memory
 from agent.model import Classifier, load_bundle
 from agent.packets import DecodeStats
 from agent.parse import parse_frames
@@ -39,12 +40,15 @@ clf = Classifier(bundle, runtime="auto", batch_size=min(1024, 4 * p.batch_size))
 arena = sum(int(np.prod(t["shape"])) * np.dtype(t["dtype"]).itemsize for t in clf.interpreter.get_tensor_details())
 fe = FeatureExtractor(Budgets(b.mi_dir, b.h, b.hh, b.hh_jit, b.hphp), max_batch=p.batch_size)
 from agent.decide import DecisionConfig
-dec, stats, n = DecisionLayer(DecisionConfig(max_sources=b.h, max_targets=b.h)), DecodeStats(), 0
+dec, stats, n, batches = DecisionLayer(DecisionConfig(max_sources=b.h, max_targets=b.h)), DecodeStats(), 0, 0
 start = time.perf_counter()
 for frames in read_capture(sys.argv[2], batch_size=max(p.batch_size, 4096), stats=stats):
     packets = parse_frames(frames, stats)
     dec.update(packets, clf.dequantize(clf.predict_int8(fe.update(packets))))
     n += len(packets)
+    batches += 1
+    if batches % 32 == 0:
+        release_free_memory()  # as the live agent does once a second
 seconds = time.perf_counter() - start
 print(json.dumps({"profile": p.name, "packets": n, "pps": n / seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "model_bytes": len(bundle.tflite), "arena_bytes": arena, "memory_budget_mb": p.memory_budget_mb,
