@@ -69,6 +69,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
             names = np.asarray(LABELS)[result.labels]
             for i, name, conf in zip(result.index.tolist(), names.tolist(), result.confidence.tolist()):
                 fh.write(f"{i},{name},{conf:.4f}\n")
+    if args.int8_out:
+        np.save(args.int8_out, result.int8_scores)
     counts = {name: int((result.labels == k).sum()) for k, name in enumerate(LABELS)}
     summary = {
         "capture": str(args.capture),
@@ -176,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("capture", help="pcap or pcapng file")
     p.add_argument("--jsonl", action="store_true", help="print verdicts and the summary as JSON lines")
     p.add_argument("--per-packet", metavar="OUT.csv", help="write index,label,confidence for every decoded packet")
+    p.add_argument("--int8-out", metavar="OUT.npy", help="save the model's raw int8 outputs (packets x classes) as .npy")
     p.add_argument("--threshold", type=float, default=0.7, help="average attack score that makes a source hostile")
     p.add_argument("--min-packets", type=int, default=10, help="packets a source must send before a verdict")
     _add_model_options(p)

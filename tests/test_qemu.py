@@ -7,8 +7,12 @@ same features as x86_64.  The first run builds the sysroots (about half a
 minute, cached afterwards).  Without QEMU or network and cache, these tests
 skip and say why.
 
-To compare something else (the trained model, say), run the same command on
-both sides:
+The agent's whole pcap detection (``python -m agent detect``, bundled model,
+the ~49k-packet bundled Mirai capture) runs on each target too and is compared
+with x86_64 running the SAME runtime: the model stage alone is bit-exact; the
+end-to-end run is not yet (see test_detect_per_packet_output_is_bit_exact).
+
+To compare something else, run the same command on both sides:
 
     host = run_native(["-m", "agent", ...]); arm = run_python(target, ["-m", "agent", ...])
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +162,148 @@ def test_each_board_runs_the_tiny_model_on_its_own_cpu(name: str) -> None:
     got = _json_line(proc, f"{name} ({target} on {profile.qemu_cpu})")
     assert got["machine"] == profile.arch
     assert (got["batch1"], got["batch16"]) == (want["batch1"], want["batch16"])
+
+
+# ---------------------------------------------------------------- the agent's detection on a real capture
+
+DETECT_CAPTURE = REPO / "agent" / "samples" / "mirai_demo.pcap"  # 48,922 packets: benign IoT + six Mirai attacks
+
+# Runs on both sides: the bundled model's raw int8 outputs for the given features (.npy in, .npy out).
+RUN_BUNDLED_MODEL = r"""
+import sys
+import numpy as np
+from agent.model import Classifier, load_bundle
+features, runtime, out = sys.argv[1:4]
+np.save(out, Classifier(load_bundle(), runtime=runtime).predict_int8(np.load(features)))
+"""
+
+# Writes the capture's features as .npy (host only: the ARM side gets these exact values).
+SAVE_FEATURES = r"""
+import sys
+import numpy as np
+from agent.packets import DecodeStats
+from agent.pipeline import features_from_capture
+np.save(sys.argv[2], np.concatenate([fb.features for fb in features_from_capture(sys.argv[1], DecodeStats())]))
+"""
+
+
+@dataclass
+class DetectRun:
+    index: np.ndarray  # record position of each decoded packet
+    labels: np.ndarray  # label name per packet
+    int8: np.ndarray  # (n, 6) raw interpreter output
+    verdicts: list[tuple]  # who was judged hostile, as what
+    summary: dict
+
+
+def _detect(run, runtime: str, out: Path, what: str) -> DetectRun:
+    per_packet, int8 = out / "per_packet.csv", out / "int8.npy"
+    proc = run(["-m", "agent", "detect", str(DETECT_CAPTURE), "--jsonl", "--runtime", runtime,
+                "--per-packet", str(per_packet), "--int8-out", str(int8)])
+    assert proc.returncode == 0, f"{what}: `python -m agent detect` exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    table = np.loadtxt(per_packet, delimiter=",", skiprows=1, dtype=str, ndmin=2)
+    who = ("kind", "label", "src_ip", "src_mac", "src_port", "victim_ip", "victim_port", "proto")
+    return DetectRun(
+        index=table[:, 0].astype(np.int64),
+        labels=table[:, 1],
+        int8=np.load(int8),
+        verdicts=sorted(tuple(v.get(k) for k in who) for v in lines if v["type"] == "verdict"),
+        summary=lines[-1],
+    )
+
+
+@pytest.fixture(scope="module")
+def host_detect(tmp_path_factory):
+    """x86_64 detection per runtime, run once for the module."""
+    runs: dict[str, DetectRun] = {}
+
+    def get(runtime: str) -> DetectRun:
+        if runtime not in runs:
+            out = tmp_path_factory.mktemp(f"x86_64-{runtime}")
+            host = run_native(["-c", f"import {RUNTIME_MODULES[runtime]}"])
+            if host.returncode != 0:
+                pytest.skip(f"the host has no {runtime} to compare with ({sys.executable})")
+            runs[runtime] = _detect(run_native, runtime, out, f"x86_64 {runtime}")
+        return runs[runtime]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def arm_detect(tmp_path_factory):
+    """Detection on each emulated target, run once for the module."""
+    runs: dict[str, DetectRun] = {}
+
+    def get(target: str) -> DetectRun:
+        if target not in runs:
+            out = tmp_path_factory.mktemp(target)
+            runs[target] = _detect(lambda argv: run_python(target, argv), TARGETS[target].runtime, out, target)
+        return runs[target]
+
+    return get
+
+
+def test_detect_model_stage_is_bit_exact(target: str, tmp_path: Path) -> None:
+    """Given the same features of a real capture, the bundled int8 model gives the same bytes as x86_64.
+
+    This isolates the runtime's kernels (and the preprocessing arithmetic) from feature rounding.
+    """
+    runtime = TARGETS[target].runtime
+    features, want, got = tmp_path / "features.npy", tmp_path / "x86_64.npy", tmp_path / "arm.npy"
+    proc = run_native(["-c", SAVE_FEATURES, str(DETECT_CAPTURE), str(features)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    host = run_native(["-c", RUN_BUNDLED_MODEL, str(features), runtime, str(want)])
+    if host.returncode != 0 and "BundleError" in host.stderr and "no TFLite runtime" in host.stderr:
+        pytest.skip(f"the host has no {runtime} to compare with ({sys.executable})")
+    assert host.returncode == 0, f"x86_64 {runtime}:\n{host.stderr[-3000:]}"
+    arm = run_python(target, ["-c", RUN_BUNDLED_MODEL, str(features), runtime, str(got)])
+    assert arm.returncode == 0, f"{target}:\n{arm.stderr[-3000:]}"
+    want_q, got_q = np.load(want), np.load(got)
+    assert got_q.shape == want_q.shape and len(want_q) > 40000
+    assert len(np.unique(want_q.argmax(axis=1))) == 6, "every class should be exercised"
+    differ = np.flatnonzero((got_q != want_q).any(axis=1))
+    assert len(differ) == 0, f"{len(differ)} of {len(want_q)} rows differ, first at row {differ[0]}: {got_q[differ[0]]} vs {want_q[differ[0]]}"
+
+
+# Measured on mirai_demo.pcap (all three targets): int8 outputs differ in 400 of 48,922 packets
+# (0.8 %) and the label in 160 (0.33 %); the verdicts are the same.  The cause is not the runtime
+# (the test above is bit-exact) but the features: numpy's exp/sum differ from x86_64 in the last
+# bits (within DESIGN 4's tolerances), and the quantile preprocessing maps values such as
+# 554.0 vs 554.0000000000001 or a variance of 0 vs 5e-13 onto int8 levels up to 170 steps apart,
+# because its training distribution put many knots inside that rounding noise.  The bounds
+# leave about 2.5x room over what was measured, so a regression that spreads further still fails.
+MAX_INT8_ROWS_DIFFERING = 0.02
+MAX_LABELS_DIFFERING = 0.01
+
+
+def test_detect_on_a_real_capture_matches_x86_64(target: str, host_detect, arm_detect) -> None:
+    """``python -m agent detect`` on the bundled Mirai capture: same packets, same verdicts, labels within bounds."""
+    want, got = host_detect(TARGETS[target].runtime), arm_detect(target)
+    assert got.summary["runtime"] == want.summary["runtime"] == TARGETS[target].runtime
+    assert got.summary["packets"] == want.summary["packets"] > 40000
+    assert got.summary["skipped"] == want.summary["skipped"]
+    assert np.array_equal(got.index, want.index), "the same packets decoded"
+    assert len(want.verdicts) >= 10 and {v[0] for v in want.verdicts} == {"source", "spoofed"}
+    assert got.verdicts == want.verdicts, "the same hostile sources and spoofed floods, as the same attacks"
+    n = len(want.index)
+    rows = int((got.int8 != want.int8).any(axis=1).sum())
+    labels = int((got.labels != want.labels).sum())
+    assert rows <= MAX_INT8_ROWS_DIFFERING * n, f"int8 outputs differ in {rows} of {n} packets"
+    assert labels <= MAX_LABELS_DIFFERING * n, f"labels differ in {labels} of {n} packets"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,  # a crash is still a failure; only the known mismatch is expected
+    reason="features differ from x86_64 in the last bits and the quantile preprocessing amplifies that "
+    "into different int8 inputs for ~0.8 % of packets (see MAX_INT8_ROWS_DIFFERING); "
+    "remove this mark once agent/preprocess.py is insensitive to rounding noise",
+)
+def test_detect_per_packet_output_is_bit_exact(target: str, host_detect, arm_detect) -> None:
+    """The issue's goal: every packet's label and int8 output bytes as on x86_64."""
+    want, got = host_detect(TARGETS[target].runtime), arm_detect(target)
+    labels = np.flatnonzero(got.labels != want.labels)
+    rows = np.flatnonzero((got.int8 != want.int8).any(axis=1))
+    assert len(labels) == 0, f"labels differ in {len(labels)} packets, first at record {got.index[labels[0]]}"
+    assert len(rows) == 0, f"int8 outputs differ in {len(rows)} packets, first at record {got.index[rows[0]]}"
