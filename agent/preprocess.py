@@ -6,7 +6,9 @@ ACK (566-byte) floods then fall on the same level.  Instead each column goes
 through its training distribution's quantiles (a monotone, piecewise linear
 map onto [-1, 1]), which spends the levels where traffic actually is.
 
-Two columns carry an artefact of the definition rather than behaviour: a new
+Values first lose what only rounding decides (``denoise``): x86 and ARM
+compute the features with different rounding, and the quantile map must not
+magnify that.  Two columns carry an artefact of the definition rather than behaviour: a new
 jitter stream's first value is the absolute timestamp (DESIGN 4), so the
 jitter mean and variance would tell the capture's date.  They are capped
 (1e6 s, 1e12 s^2) first: "older than 11 days" all looks alike.
@@ -26,6 +28,7 @@ from .feature_columns import COLUMNS, GROUPS, LAMBDAS, N_FEATURES
 
 KNOTS = 257
 CAPS = {"HH_jit": {"mean": 1e6, "variance": 1e12}}
+SIGNIFICANT_DIGITS = 6  # DESIGN 4 promises weights and means to 1e-6 relative: nothing finer is signal
 
 
 def grid_order() -> list[int]:
@@ -49,6 +52,41 @@ def column_caps() -> np.ndarray:
         stat = rest.split("_", 1)[1]
         caps[i] = CAPS.get(group, {}).get(stat, np.inf)
     return caps
+
+
+def _noise_floors() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column (N-BaIoT order): the column holding its group's mean (or -1), and how the floor
+    below which its values are rounding noise scales with that mean (DESIGN 4's tolerances):
+    variance-like columns 1e-6 * (1 + mu^2), std 1e-3 * (1 + |mu|), covariance and pcc likewise."""
+    mean_of = np.full(N_FEATURES, -1)
+    quad = np.zeros(N_FEATURES)  # floor = quad * (1 + mu^2) + lin * (1 + |mu|)
+    lin = np.zeros(N_FEATURES)
+    for i, name in enumerate(COLUMNS):
+        prefix, stat = name.rsplit("_", 1)
+        if stat in ("variance", "radius", "covariance"):
+            mean_of[i], quad[i] = COLUMNS.index(f"{prefix}_mean"), 1e-6
+        elif stat in ("std", "pcc"):
+            mean_of[i], lin[i] = COLUMNS.index(f"{prefix}_mean"), 1e-3
+    return mean_of, quad, lin
+
+
+_MEAN_OF, _QUAD, _LIN = _noise_floors()
+
+
+def denoise(features: np.ndarray) -> np.ndarray:
+    """Drop what only floating-point rounding decides, so that equal traffic gives equal model inputs
+    on every machine: values below their noise floor become 0 (a std of 1e-5 next to a mean of 554
+    is a rounding residue of a constant stream), and everything keeps 6 significant digits.
+    Without this, the quantile map puts knots inside the noise and x86 and ARM disagree."""
+    X = np.array(features, dtype=np.float64)
+    has = _MEAN_OF >= 0
+    mu = np.abs(X[:, np.where(has, _MEAN_OF, 0)])
+    floor = _QUAD * (1 + mu * mu) + _LIN * (1 + mu)
+    X[(np.abs(X) < floor) & has] = 0.0
+    nonzero = X != 0
+    exponent = np.floor(np.log10(np.abs(np.where(nonzero, X, 1.0))))
+    scale = 10.0 ** (SIGNIFICANT_DIGITS - 1 - exponent)
+    return np.where(nonzero, np.round(X * scale) / scale, 0.0)
 
 
 def _knots(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,12 +114,12 @@ class Preprocessor:
             X = X[np.sort(np.random.default_rng(seed).choice(len(X), max_rows, replace=False))]
         order = np.asarray(grid_order())
         caps = column_caps()
-        X = np.minimum(X, caps)[:, order]
+        X = denoise(np.minimum(X, caps))[:, order]
         pairs = [_knots(X[:, j]) for j in range(N_FEATURES)]
         return cls(order=order, caps=caps, knots_x=[p[0] for p in pairs], knots_y=[p[1] for p in pairs])
 
     def transform(self, features: np.ndarray) -> np.ndarray:
-        X = np.minimum(np.asarray(features, dtype=np.float64), self.caps)[:, self.order]
+        X = denoise(np.minimum(np.asarray(features, dtype=np.float64), self.caps))[:, self.order]
         X = np.nan_to_num(X, nan=0.0, posinf=np.finfo(np.float64).max, neginf=-np.finfo(np.float64).max)
         out = np.empty(X.shape, dtype=np.float32)
         for j in range(N_FEATURES):

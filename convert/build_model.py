@@ -93,6 +93,10 @@ def build_splits(
     return splits
 
 
+# The agent modules the dataset's features depend on (a change to any of them rebuilds the cache).
+FEATURE_MODULES = ("packets", "capture_file", "parse", "key_hash", "feature_columns", "decayed_sums", "stream_table", "features")
+
+
 def cached_splits(recipe: Recipe, workers: int = 2) -> dict[str, Dataset]:
     """``build_splits(recipe)``, kept under the cache folder: the synthetic data depends only on the recipe
     and the code that makes it, so the cache key covers the recipe and the synthesiser and feature sources."""
@@ -104,9 +108,10 @@ def cached_splits(recipe: Recipe, workers: int = 2) -> dict[str, Dataset]:
     from . import synth
 
     h = hashlib.sha256(json.dumps([recipe.scenarios, recipe.seeds, recipe.cap_per_class, recipe.seed], sort_keys=True).encode())
-    for folder in (Path(synth.__file__).parent, Path(agent.__file__).parent):
-        for src in sorted(folder.glob("*.py")):
-            h.update(src.read_bytes())
+    agent_dir = Path(agent.__file__).parent
+    feature_path = [agent_dir / f"{m}.py" for m in FEATURE_MODULES]
+    for src in sorted(Path(synth.__file__).parent.glob("*.py")) + feature_path:
+        h.update(src.read_bytes())
     cache = Path(os.environ.get("IOTGUARD_CACHE", Path.home() / ".cache" / "iotguard")) / "datasets"
     path = cache / f"{h.hexdigest()[:16]}.npz"
     if path.exists():
