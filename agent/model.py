@@ -155,12 +155,12 @@ class Classifier:
 
     def predict_int8(self, features: np.ndarray) -> np.ndarray:
         """Raw int8 output scores (n, 6), exactly as the interpreter returns them."""
-        xq = self.quantize(features)
-        n = len(xq)
+        n = len(features)
         out = np.empty((n, len(LABELS)), dtype=np.int8)
         full = np.zeros((self.batch_size, *GRID_SHAPE), dtype=np.int8)
         for lo in range(0, n, self.batch_size):
-            chunk = xq[lo : lo + self.batch_size]
+            # Preprocess one inference batch at a time: bounded temporaries however large the input.
+            chunk = self.quantize(features[lo : lo + self.batch_size])
             full[: len(chunk)] = chunk
             full[len(chunk) :] = 0
             self.interpreter.set_tensor(self._in, full)
