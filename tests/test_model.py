@@ -53,21 +53,23 @@ def test_bundle_with_wrong_digest_or_schema_is_refused(bundle, tmp_path):
     assert res.returncode == 2 and "sha256" in res.stderr
 
 
-def test_runtimes_agree(bundle):
-    from agent.pipeline import features_from_capture
-    from agent.packets import DecodeStats
-
+def test_runtimes_agree(tmp_path):
+    # One process per runtime, as on a board: TensorFlow and tflite-runtime loaded in one process
+    # (as pytest may have done by now) break each other's interpreters.
     runtimes = installed_runtimes()
     if len(runtimes) < 2:
         pytest.skip(f"only {runtimes} installed; nothing to compare")
     sample = REPO / "agent" / "samples" / "mirai_demo.pcap"
-    features = np.concatenate([fb.features for fb in features_from_capture(sample, DecodeStats())])
-    outputs = {rt: Classifier(bundle, runtime=rt, batch_size=256).predict_int8(features).astype(int) for rt in runtimes}
+    outputs = {}
+    for rt in runtimes:
+        res = run_agent("detect", str(sample), "--runtime", rt, "--int8-out", str(tmp_path / f"{rt}.npy"))
+        assert res.returncode == 0, res.stderr
+        outputs[rt] = np.load(tmp_path / f"{rt}.npy").astype(int)
     base = outputs[runtimes[0]]
     for rt, out in outputs.items():
-        # Labels agree (a near-tie may flip in 1 of 10,000 rows).  The int8 bytes may differ in a few cells: LiteRT runs XNNPACK kernels,
-        # tflite-runtime and TensorFlow the reference ones, which round intermediate requantisation
-        # differently; softmax can stretch that near a tie.  Bound: under 0.1% of cells.
+        # Labels agree (a near-tie may flip in 1 of 10,000 rows).  The int8 bytes may differ in a few cells:
+        # LiteRT runs XNNPACK kernels, tflite-runtime and TensorFlow the reference ones, which round
+        # intermediate requantisation differently; softmax can stretch that near a tie.  Bound: under 0.1% of cells.
         assert (out.argmax(axis=1) != base.argmax(axis=1)).mean() < 1e-4, rt
         assert (out != base).mean() < 1e-3, rt
 
