@@ -58,3 +58,13 @@ def test_nbaiot_csvs_in_their_own_naming(shared_data, tmp_path):
     assert set(splits["train"].y.tolist()) == {0, LABELS.index("mirai_udp")}
     # Consecutive blocks per file: no row of one split appears in another.
     assert len(splits["test"]) > 0 and len(splits["val"]) > 0
+
+
+def test_benign_pcaps_of_ones_own_network(shared_data):
+    from convert.dataset import SPLITS, Dataset, add_benign_pcaps
+
+    splits = {s: Dataset.empty() for s in SPLITS}
+    add_benign_pcaps(splits, [shared_data / "real" / "ndpi_coap_mqtt.pcap"], cap=100_000, seed=0)
+    assert sum(len(d) for d in splits.values()) == 1082  # every decoded packet, in consecutive blocks
+    assert all((d.y == 0).all() for d in splits.values())
+    assert len(splits["train"]) > len(splits["test"]) > 0
