@@ -17,6 +17,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -138,3 +139,12 @@ def veth_pair() -> Iterator[VethLink]:
             b.run("ip", "neigh", "replace", addr4, "lladdr", link.mac_a, "dev", link.if_b)
             b.run("ip", "neigh", "replace", addr6, "lladdr", link.mac_a, "dev", link.if_b)
         yield link
+
+
+def wait_until(predicate, what: str, deadline_s: float = 20.0) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` after ``deadline_s`` seconds."""
+    end = time.monotonic() + deadline_s
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"gave up waiting for: {what}")
+        time.sleep(0.02)

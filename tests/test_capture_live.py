@@ -100,12 +100,6 @@ def collect(cap: LiveCapture, want: int, deadline_s: float = 20.0) -> list:
     return batches
 
 
-def wait_until(predicate, what: str, deadline_s: float = 20.0) -> None:
-    end = time.monotonic() + deadline_s
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"gave up waiting for: {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -322,7 +316,7 @@ def test_full_ring_counts_kernel_drops(link):
             stats = cap.stats()
             return stats.delivered + stats.kernel_drops == stats.packets and stats.packets >= n
 
-        wait_until(drained, "every frame either delivered or counted as dropped")
+        netns.wait_until(drained, "every frame either delivered or counted as dropped")
         stats = cap.stats()
     assert 0 < delivered < n
     assert stats.kernel_drops >= n - delivered and stats.freeze_count >= 1
@@ -348,16 +342,16 @@ def test_interface_down_then_removed(link, caplog):
     try:
         with raw_sender(link.a, link.if_a) as tx:
             link.b.run("ip", "link", "set", link.if_b, "down")
-            wait_until(lambda: "went down" in caplog.text, "the capture noticing the interface went down")
+            netns.wait_until(lambda: "went down" in caplog.text, "the capture noticing the interface went down")
             link.b.run("ip", "link", "set", link.if_b, "up")
 
             def one_frame_through() -> bool:
                 tx.send(udp_frame(link, link.mac_b, 8000, 9, b"back"))
                 return result["frames"] > 0
 
-            wait_until(one_frame_through, "capture resuming after the interface came back up")
+            netns.wait_until(one_frame_through, "capture resuming after the interface came back up")
         link.b.run("ip", "link", "del", link.if_b)
-        wait_until(lambda: result["error"] is not None, "an error once the interface is gone")
+        netns.wait_until(lambda: result["error"] is not None, "an error once the interface is gone")
         assert "was removed" in str(result["error"]) and link.if_b in str(result["error"])
     finally:
         stop.set()

@@ -29,12 +29,6 @@ needs_nft = pytest.mark.skipif(_reason is not None, reason=str(_reason))
 # -- helpers -------------------------------------------------------------------
 
 
-def wait_until(predicate, what: str, deadline_s: float = 20.0) -> None:
-    end = time.monotonic() + deadline_s
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"gave up waiting for: {what}")
-        time.sleep(0.02)
 
 
 class Traffic:
@@ -80,7 +74,7 @@ class Traffic:
         token = os.urandom(8)
         self.send(src, dst, port, token)
         seen: list = []
-        wait_until(
+        netns.wait_until(
             lambda: seen.extend(self.received(dst, port)) or any(p == token for _, p in seen),
             f"{src} -> {dst}:{port}",
             10,
@@ -102,7 +96,7 @@ def assert_dropped(
     """Send one datagram that must be dropped: the set's counter grows and nothing arrives."""
     before = drops(enforcer, set_name)
     traffic.send(src, dst, port, b"must not arrive")
-    wait_until(lambda: drops(enforcer, set_name) == before + 1, f"the {set_name} drop counter counting {src}")
+    netns.wait_until(lambda: drops(enforcer, set_name) == before + 1, f"the {set_name} drop counter counting {src}")
     assert [p for _, p in traffic.received(dst, port) if p == b"must not arrive"] == []
 
 
@@ -254,7 +248,7 @@ def test_timeout_expires(link, traffic, enforcer):
         traffic.send(link.ip4_a, link.ip4_b, PORT, token)
         return any(p == token for _, p in traffic.received(link.ip4_b))
 
-    wait_until(through, "the block to expire")
+    netns.wait_until(through, "the block to expire")
     assert enforcer.counters()["blocked4"]["elements"] == 0
     enforcer.block([BlockEntry(link.ip4_a, timeout=60)])  # blocking again after expiry works
     assert_dropped(traffic, enforcer, "blocked4", link.ip4_a, link.ip4_b)
@@ -281,7 +275,7 @@ def test_protocol_and_port_rules(link, traffic, enforcer):
         tcp.bind((link.ip4_a2, 0))
         tcp.setblocking(False)
         tcp.connect_ex((link.ip4_b, PORT))  # its SYN must be dropped
-        wait_until(lambda: drops(enforcer, "blocked4_port") > before, "the TCP SYN from a2 being dropped")
+        netns.wait_until(lambda: drops(enforcer, "blocked4_port") > before, "the TCP SYN from a2 being dropped")
     finally:
         tcp.close()
 

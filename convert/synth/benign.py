@@ -15,7 +15,7 @@ import logging
 
 import numpy as np
 
-from .frames import BROADCAST_MAC, arp_frames, multicast_mac, random_payload, udp_frames
+from .frames import BROADCAST_MAC, Frames, arp_frames, multicast_mac, random_payload, udp_frames
 from .network import Host
 from .payloads import (
     DHCPACK,
@@ -111,6 +111,14 @@ def tls_handshake(scene: Scene, conv: TcpConversation, t: float) -> float:
 # ---------------------------------------------------------------- LAN chatter
 
 
+def arp_replies(n: int, target: Host, asker: Host) -> Frames:
+    """``n`` ARP replies from ``target`` to ``asker`` (padded unless the board itself sends them)."""
+    return arp_frames(
+        n, src_mac=target.mac, dst_mac=asker.mac, op=2, sha=target.mac, spa=target.ip, tha=asker.mac, tpa=asker.ip,
+        pad=not target.is_board,
+    )  # fmt: skip
+
+
 def arp_activity(scene: Scene, hosts: list[Host], start: float, stop: float) -> None:
     """Hosts refreshing their neighbour entry of the gateway (and the gateway theirs).
 
@@ -137,17 +145,7 @@ def arp_activity(scene: Scene, hosts: list[Host], start: float, stop: float) -> 
         )
         scene.timeline.add(times, frames, BENIGN, "benign:arp")
         replies = times + rng.gamma(2.0, 0.0002, len(times))
-        frames = arp_frames(
-            len(times),
-            src_mac=target.mac,
-            dst_mac=asker.mac,
-            op=2,
-            sha=target.mac,
-            spa=target.ip,
-            tha=asker.mac,
-            tpa=asker.ip,
-            pad=not target.is_board,
-        )
+        frames = arp_replies(len(times), target, asker)
         scene.timeline.add(replies, frames, BENIGN, "benign:arp")
 
 

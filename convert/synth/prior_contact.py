@@ -16,7 +16,7 @@ import logging
 
 import numpy as np
 
-from .benign import conversation, mqtt_session
+from .benign import arp_replies, conversation, mqtt_session
 from .frames import BROADCAST_MAC, ETH_HEADER, arp_frames, icmp_frames, payload_matrix, udp_frames
 from .mirai import LINUX_REPLIES, ReplyStack, TokenBuckets
 from .network import Host
@@ -102,17 +102,7 @@ def _arp(scene: Scene, asker: Host, target: Host, t: float) -> None:
         tpa=target.ip,
         pad=not asker.is_board,
     )
-    reply = arp_frames(
-        1,
-        src_mac=target.mac,
-        dst_mac=asker.mac,
-        op=2,
-        sha=target.mac,
-        spa=target.ip,
-        tha=asker.mac,
-        tpa=asker.ip,
-        pad=not target.is_board,
-    )
+    reply = arp_replies(1, target, asker)
     scene.timeline.add(np.array([t]), request, BENIGN, "benign:prior-arp")
     scene.timeline.add(np.array([t + float(scene.rng.gamma(2.0, 0.0001))]), reply, BENIGN, "benign:prior-arp")
 
