@@ -12,7 +12,7 @@ import numpy as np
 
 from agent.feature_csv import read_feature_csv
 from agent.model import Classifier
-from agent.packets import LABELS, DecodeStats, PacketBatch
+from agent.packets import LABELS, DecodeStats
 from agent.pipeline import features_from_capture
 
 BENIGN_CAPTURES = (

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.model import DEFAULT_BUNDLE, BundleError, Classifier, installed_runtimes, load_bundle, parse_bundle
+from agent.model import BundleError, installed_runtimes, load_bundle, parse_bundle
 from agent.packets import LABELS
-from packet_factory import random_batch
 
 REPO = Path(__file__).resolve().parents[1]
 
