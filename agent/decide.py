@@ -227,14 +227,14 @@ def _decide(
 
 
 class DecisionLayer:
-    """``update(packets, scores)`` -> verdicts raised by this batch; ``active`` -> current hostile keys."""
+    """``update(packets, scores)`` -> the verdicts this batch raised (the layer keeps no history: a
+    long-running agent must not grow with every verdict)."""
 
     def __init__(self, config: DecisionConfig | None = None) -> None:
         self.cfg = config or DecisionConfig()
         lam = 1.0 / self.cfg.half_life_s
         self.sources = _Tracked(self.cfg.max_sources, lam)
         self.targets = _Tracked(self.cfg.max_targets, lam)
-        self.verdicts: list[Verdict] = []
 
     def update(self, packets: PacketBatch, scores: np.ndarray) -> list[Verdict]:
         """Verdicts raised by this batch (processed in chunks no table budget can overflow)."""
@@ -273,7 +273,6 @@ class DecisionLayer:
 
         self.sources.store(srcs)
         self.targets.store(tgts)
-        self.verdicts += new_verdicts
         return new_verdicts
 
     def _common(self, r: dict, seg_id: int, pos: int) -> dict:

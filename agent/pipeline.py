@@ -77,10 +77,11 @@ def detect_capture(
     stats = DecodeStats()
     parts: dict[str, list] = {"index": [], "labels": [], "confidence": [], "int8": []}
     total = batches = 0
+    verdicts: list = []
     for fb in features_from_capture(path, stats, budgets, batch_size):
         q = classifier.predict_int8(fb.features)
         scores = classifier.dequantize(q)
-        decision.update(fb.packets, scores)
+        verdicts += decision.update(fb.packets, scores)
         total += len(fb.packets)
         batches += 1
         if batches % 16 == 0:
@@ -99,7 +100,7 @@ def detect_capture(
         labels=cat("labels", np.zeros(0, np.int64)),
         confidence=cat("confidence", np.zeros(0, np.float32)),
         int8_scores=cat("int8", np.zeros((0, 6), np.int8)),
-        verdicts=decision.verdicts,
+        verdicts=verdicts,
         stats=stats,
         packets=total,
     )

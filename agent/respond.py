@@ -63,7 +63,6 @@ class Responder:
     rules: RuleTable
     enforcer: Enforcer
     config: ResponseConfig = field(default_factory=ResponseConfig)
-    alerts: list = field(default_factory=list)  # alert documents waiting for the reporter
 
     def act(self, verdicts: list[Verdict], now: float | None = None) -> list[dict]:
         now = time.time() if now is None else now
@@ -74,9 +73,7 @@ class Responder:
             if rule is not None and self.rules.add(rule, origin="local"):
                 action, rule_id = "drop", rule.id
                 new_entries.append(block_entry(rule, now))
-            alert = alert_document(v, action, rule_id)
-            self.alerts.append(alert)
-            sent.append(alert)
+            sent.append(alert_document(v, action, rule_id))
             log.warning("hostile: %s -> %s", v.describe(), action)
         if new_entries:
             self.enforcer.block(new_entries)
