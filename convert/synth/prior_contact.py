@@ -195,34 +195,15 @@ def _ping(scene: Scene, bot: Host, victim: Host, t0: float, stop: float) -> None
     rest = (ident << 16) | np.arange(1, n + 1)
     stamp = [int(scene.unix(x) * 1e6).to_bytes(8, "little") + PING_DATA for x in times]
     matrix, lengths = payload_matrix(stamp)
-    req = icmp_frames(
-        n,
-        icmp={"type": 8, "code": 0, "rest": rest},
-        payload=matrix,
-        payload_len=lengths,
-        src_mac=bot.mac,
-        dst_mac=victim.mac,
-        src_ip=bot.ip,
-        dst_ip=victim.ip,
-        ttl=bot.ttl,
-        ip_id=rng.integers(0, 1 << 16, n),
-        df=True,
-        pad=not bot.is_board,
-    )
-    rep = icmp_frames(
-        n,
-        icmp={"type": 0, "code": 0, "rest": rest},
-        payload=matrix,
-        payload_len=lengths,
-        src_mac=victim.mac,
-        dst_mac=bot.mac,
-        src_ip=victim.ip,
-        dst_ip=bot.ip,
-        ttl=victim.ttl,
-        ip_id=rng.integers(0, 1 << 16, n),
-        df=False,
-        pad=not victim.is_board,
-    )
+    def echo(kind: int, src: Host, dst: Host, df: bool):
+        return icmp_frames(
+            n, icmp={"type": kind, "code": 0, "rest": rest}, payload=matrix, payload_len=lengths,
+            src_mac=src.mac, dst_mac=dst.mac, src_ip=src.ip, dst_ip=dst.ip, ttl=src.ttl,
+            ip_id=rng.integers(0, 1 << 16, n), df=df, pad=not src.is_board,
+        )  # fmt: skip
+
+    req = echo(8, bot, victim, df=True)  # iputils ping sets DF; the reply is the kernel's own
+    rep = echo(0, victim, bot, df=False)
     scene.timeline.add(times, req, BENIGN, "benign:prior-ping")
     scene.timeline.add(times + scene.rtt(bot, victim), rep, BENIGN, "benign:prior-ping")
 

@@ -259,16 +259,25 @@ def _monitor_board(scene: Scene) -> None:
     )
 
 
+def _household(scene: Scene, setting: Setting, seconds: float, infected_as: str = "sensor") -> None:
+    """The benign life of the LAN, in a fixed order (so seeds stay reproducible): the monitoring board,
+    every device, infected ones still doing what they were bought for, beacons, LAN chatter, newcomers."""
+    _monitor_board(scene)
+    _run_devices(scene, {n: k for n, k in setting.devices.items() if k != "infected"}, 0.0, seconds)
+    for name, kind in setting.devices.items():
+        if kind == "infected":
+            device_profile(scene, infected_as, scene.lan.devices[name], 0.0, seconds, {})
+    _beacons(scene, setting)
+    lan_background(scene, scene.lan.hosts(), 0.0, seconds)
+    _first_contacts(scene, setting)
+
+
 @_register(
     "smart_home", "a household seen from a monitoring board on a mirror port: cameras, plugs, sensors, hub, phones"
 )
 def _smart_home(rng: np.random.Generator, seconds: float, base_unix: float) -> tuple[Scene, Setting]:
     scene, setting = _smart_home_scene(rng, seconds, base_unix)
-    _monitor_board(scene)
-    _run_devices(scene, setting.devices, 0.0, seconds)
-    _beacons(scene, setting)
-    lan_background(scene, scene.lan.hosts(), 0.0, seconds)
-    _first_contacts(scene, setting)
+    _household(scene, setting, seconds)
     return scene, setting
 
 
@@ -350,14 +359,7 @@ def _mirai_victim(kind: str):
         ):
             scene.timeline.only_mac = scene.lan.board.mac
             setting.capture = "own"
-        _monitor_board(scene)
-        _run_devices(scene, {n: k for n, k in setting.devices.items() if k != "infected"}, 0.0, seconds)
-        for name, kind_ in setting.devices.items():
-            if kind_ == "infected":
-                device_profile(scene, "camera", scene.lan.devices[name], 0.0, seconds, {})
-        _beacons(scene, setting)
-        lan_background(scene, scene.lan.hosts(), 0.0, seconds)
-        _first_contacts(scene, setting)
+        _household(scene, setting, seconds, infected_as="camera")
         _attack_with_history(scene, plan)
         setting.attacks.append(plan)
         return scene, setting
@@ -399,14 +401,7 @@ def _mixed(rng: np.random.Generator, seconds: float, base_unix: float) -> tuple[
         for bot in plan.bots:
             if bot.host.local and not bot.host.is_board and bot.host.name not in setting.devices:
                 setting.devices[bot.host.name] = "infected"
-    _monitor_board(scene)
-    _run_devices(scene, {n: k for n, k in setting.devices.items() if k != "infected"}, 0.0, seconds)
-    for name, kind_ in setting.devices.items():
-        if kind_ == "infected":
-            device_profile(scene, "sensor", scene.lan.devices[name], 0.0, seconds, {})
-    _beacons(scene, setting)
-    lan_background(scene, scene.lan.hosts(), 0.0, seconds)
-    _first_contacts(scene, setting)
+    _household(scene, setting, seconds, infected_as="sensor")
     for plan in setting.attacks:
         _attack_with_history(scene, plan)
     return scene, setting
