@@ -24,7 +24,7 @@ from .features import Budgets, FeatureExtractor
 from .filter import RuleTable
 from .memory import release_free_memory
 from .model import Classifier, load_bundle
-from .packets import DecodeStats, FrameBatch
+from .packets import LABELS, DecodeStats, FrameBatch
 from .parse import parse_frames
 from .privileges import require
 from .profile import Profile
@@ -216,6 +216,7 @@ class LiveAgent:
             "filtered": c.filtered,
             "classified": c.classified,
             "verdicts": c.verdicts,
+            "per_class": dict(zip(LABELS, c.per_class)),
             "rules": self.rules.count(),
             "kernel_drops": getattr(stats, "kernel_drops", None),
             "skipped": dict(self.decode.skipped),
