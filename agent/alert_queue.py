@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.signing import canonical_json
+from agent.jsonio import canonical_json
 
 log = logging.getLogger(__name__)
 

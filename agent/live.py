@@ -23,11 +23,11 @@ from .enforce import Enforcer, make_enforcer
 from .features import Budgets, FeatureExtractor
 from .filter import RuleTable
 from .memory import release_free_memory
-from .model import Classifier, load_bundle
+from .model import Bundle, Classifier, load_bundle
 from .packets import LABELS, DecodeStats, FrameBatch
 from .parse import parse_frames
 from .privileges import require
-from .profile import Profile
+from .profile import RING_BLOCK_KB, Profile
 from .respond import Responder, ResponseConfig, block_entry
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,7 @@ class LiveAgent:
         self.decode = DecodeStats()
         b = profile.budgets
         self.features = FeatureExtractor(Budgets(b.mi_dir, b.h, b.hh, b.hh_jit, b.hphp), max_batch=profile.batch_size)
-        bundle = load_bundle(config.model) if config.model else load_bundle()
-        self.classifier = Classifier(bundle, runtime=profile.runtime, batch_size=min(1024, profile.batch_size * 4))
+        self.classifier = self._make_classifier(load_bundle(config.model) if config.model else load_bundle())
         # As many tracked sources and targets as the profile allows source streams.
         self.decision = DecisionLayer(
             DecisionConfig(threshold=config.threshold, min_packets=config.min_packets, max_sources=b.h, max_targets=b.h)
@@ -85,7 +84,13 @@ class LiveAgent:
             tls_key=Path(m.tls_key) if m.tls_key else None,
         )  # fmt: skip
         return FleetLink(mqtt_config, Path(m.controller_public_key), self.rules, self.enforcer, self.lock,
-                         swap_model=self._swap_model, runtime=self.profile.runtime)  # fmt: skip
+                         swap_model=self._swap_model, make_classifier=self._make_classifier)  # fmt: skip
+
+    def _make_classifier(self, bundle: Bundle) -> Classifier:
+        # One inference batch per pipeline batch: the interpreter's tensors and the preprocessing
+        # temporaries scale with it, and small boards have small batches.
+        p = self.profile
+        return Classifier(bundle, runtime=p.runtime, batch_size=min(1024, p.batch_size), num_threads=p.threads)
 
     def _swap_model(self, classifier: Classifier) -> None:
         self.classifier = classifier
@@ -110,7 +115,8 @@ class LiveAgent:
         now = time.time()
         self.enforcer.sync([block_entry(r, now) for r in self.rules.rules()])
         log.info("agent on %s: %d saved rules re-applied, enforcement %s", self.interface, loaded, self.enforcement)
-        self.capture = LiveCapture(self.interface, snaplen=256).open()
+        blocks = self.profile.capture_ring_kb // RING_BLOCK_KB
+        self.capture = LiveCapture(self.interface, block_size=RING_BLOCK_KB * 1024, block_count=blocks, snaplen=256).open()
         if self.reporter is not None:
             self.reporter.start()
 

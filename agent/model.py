@@ -71,7 +71,7 @@ class QuantParams:
 
 @dataclass
 class Bundle:
-    meta: dict
+    meta: dict  # the bundle's JSON without its preprocessing table, which lives in ``preprocessor``
     tflite: bytes
     preprocessor: Preprocessor
     input_q: QuantParams
@@ -81,6 +81,10 @@ class Bundle:
     @property
     def version(self) -> str:
         return str(self.meta.get("version", "unknown"))
+
+    def full_meta(self) -> dict:
+        """The metadata as written to disk, preprocessing table included."""
+        return {**self.meta, "preprocessing": self.preprocessor.to_json()}
 
 
 def parse_bundle(meta: dict, tflite: bytes, path: Path | None = None) -> Bundle:
@@ -106,6 +110,8 @@ def parse_bundle(meta: dict, tflite: bytes, path: Path | None = None) -> Bundle:
         output_q = QuantParams(float(q["output"]["scale"]), int(q["output"]["zero_point"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"bundle metadata is incomplete or malformed: {exc}{where}") from exc
+    # Thirty thousand knot values as Python floats would cost the board a megabyte: keep the arrays only.
+    meta = {k: v for k, v in meta.items() if k != "preprocessing"}
     return Bundle(meta=meta, tflite=tflite, preprocessor=pre, input_q=input_q, output_q=output_q, path=path)
 
 

@@ -40,7 +40,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from agent import ruleset as rs
 from agent.alert_queue import AlertQueue, write_atomically
-from agent.signing import SignatureError, TrustedKeys, canonical_json, load_json, open_envelope
+from agent.jsonio import canonical_json, load_json
+from agent.signing import SignatureError, TrustedKeys, open_envelope
 
 try:
     import psutil

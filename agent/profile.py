@@ -46,6 +46,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("batch_size", int, meaning="packets per pipeline batch"),
     Key("budgets", dict, meaning="entries per stream table (a [budgets] table)"),
     Key("memory_budget_mb", int, meaning="resident memory the agent may use"),
+    Key("capture_ring_kb", int, 4096, "AF_PACKET ring size in KiB, a multiple of 256 (the block size)"),
     Key("enforcement", str, meaning="filter backend: nftables or none"),
     Key("qemu", str, meaning="QEMU user-mode binary for the board's tests, or none (native)"),
     Key("qemu_cpu", str, "", "QEMU CPU model closest to the board (qemu -cpu)"),
@@ -57,6 +58,7 @@ SCHEMA: tuple[Key, ...] = (
 STREAM_TABLES: dict[str, int] = {"mi_dir": 256, "h": 256, "hh": 512, "hh_jit": 256, "hphp": 512}
 BASELINE_MB = 60  # Python + numpy + a TFLite runtime + the model, measured 40-60 MB
 MAX_BATCH = 1 << 20
+RING_BLOCK_KB = 256  # AF_PACKET ring block: the ring is a whole number of these
 
 # What each architecture can run: TFLite runtimes with wheels for it and the QEMU binaries that emulate it.
 ARCH_RUNTIMES: dict[str, tuple[str, ...]] = {
@@ -108,6 +110,7 @@ class Profile:
     batch_size: int
     budgets: StreamBudgets
     memory_budget_mb: int
+    capture_ring_kb: int
     enforcement: str
     qemu: str | None  # None: runs natively, no emulation
     qemu_cpu: str
@@ -236,6 +239,8 @@ def _check_values(p: Profile) -> None:
             f"(about {need:.0f} MB: {BASELINE_MB} MB baseline + {p.budgets.estimated_mb():.0f} MB stream tables); "
             "raise it or lower the [budgets]",
         )
+    if p.capture_ring_kb < RING_BLOCK_KB or p.capture_ring_kb % RING_BLOCK_KB:
+        fail("capture_ring_kb", f"must be a positive multiple of {RING_BLOCK_KB}, got {p.capture_ring_kb}")
     if p.enforcement not in ENFORCEMENT:
         fail("enforcement", f"unknown backend {p.enforcement!r} (choose from {', '.join(ENFORCEMENT)})")
     qemu = p.qemu or "none"

@@ -44,10 +44,10 @@ class FleetLink:
         enforcer: Enforcer,
         lock: threading.Lock,
         swap_model: Callable[[Classifier], None] | None = None,
-        runtime: str = "auto",
+        make_classifier: Callable[[Bundle], Classifier] = Classifier,
     ) -> None:
         self.rules, self.enforcer, self.lock = rules, enforcer, lock
-        self.swap_model, self.runtime = swap_model, runtime
+        self.swap_model, self.make_classifier = swap_model, make_classifier
         keys = trusted_keys([load_public_key(Path(controller_public_key))])
         self.client = AgentMqtt(config, keys, self.apply_rules, self.on_model if swap_model else None)
 
@@ -73,7 +73,7 @@ class FleetLink:
     def on_model(self, meta: dict, tflite: bytes) -> None:
         """A verified model push: load it, check its self-test rows, then swap (raise to keep the old model)."""
         bundle: Bundle = parse_bundle(meta, tflite)
-        classifier = Classifier(bundle, runtime=self.runtime)
+        classifier = self.make_classifier(bundle)
         test = bundle.meta.get("self_test")
         if not test:
             raise ValueError("model bundle has no self-test rows to check it with")

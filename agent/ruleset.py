@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.signing import canonical_json, json_depth, load_json
+from agent.jsonio import canonical_json, json_depth, load_json
 
 SCHEMA = "iotguard.ruleset/1"
 MAX_RULES = 4096

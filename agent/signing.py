@@ -1,4 +1,4 @@
-"""Ed25519 keys, canonical JSON and signed envelopes.
+"""Ed25519 keys and signed envelopes.
 
 Everything the controller pushes to a board (rule sets, models) travels inside
 an envelope::
@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -29,12 +28,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .jsonio import DEFAULT_MAX_BYTES, DEFAULT_MAX_DEPTH, canonical_json, load_json
+
 log = logging.getLogger(__name__)
 
 ENVELOPE_SCHEMA = "iotguard.signed/1"
 ENVELOPE_FIELDS = ("schema", "key_id", "payload", "signature")
-DEFAULT_MAX_BYTES = 8 * 1024 * 1024  # a model bundle is tens of KB; rule sets at most 1 MiB
-DEFAULT_MAX_DEPTH = 16  # our documents nest 4 levels; anything far deeper is hostile
 
 TrustedKeys = Mapping[str, Ed25519PublicKey]
 
@@ -45,51 +44,6 @@ class SignatureError(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-# --- JSON --------------------------------------------------------------------
-
-
-def canonical_json(obj: Any) -> bytes:
-    """One byte string per value: sorted keys, no spaces, UTF-8, no NaN."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-
-
-def json_depth(obj: Any) -> int:
-    """Nesting depth of parsed JSON, iteratively (a hostile document must not recurse us)."""
-    deepest = 0
-    stack = [(obj, 1)]
-    while stack:
-        value, level = stack.pop()
-        if isinstance(value, dict):
-            deepest = max(deepest, level)
-            stack.extend((v, level + 1) for v in value.values())
-        elif isinstance(value, list):
-            deepest = max(deepest, level)
-            stack.extend((v, level + 1) for v in value)
-    return deepest
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def load_json(data: bytes | str, max_bytes: int = DEFAULT_MAX_BYTES, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
-    """Parse untrusted JSON with bounds on size and nesting; ValueError with the reason otherwise."""
-    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    if len(raw) > max_bytes:
-        raise ValueError(f"document too large: {len(raw)} bytes > limit {max_bytes}")
-    try:
-        obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except RecursionError:
-        raise ValueError(f"nesting too deep (limit {max_depth})") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    if json_depth(obj) > max_depth:
-        raise ValueError(f"nesting too deep (limit {max_depth})")
-    return obj
 
 
 # --- keys --------------------------------------------------------------------

@@ -23,7 +23,8 @@ class StreamTable:
         self.t_last = np.empty(self.budget)
         self.keys = np.empty(0, dtype=np.uint64)  # sorted keys in use
         self.slots = np.empty(0, dtype=np.int64)  # slot of each key in ``keys``
-        self.free = np.arange(self.budget, dtype=np.int64)
+        self.free = np.empty(0, dtype=np.int64)  # slots given back by eviction
+        self.fresh = 0  # slots fresh..budget-1 were never used (not even counted in RSS yet)
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -58,11 +59,13 @@ class StreamTable:
 
     def _allocate(self, count: int, protected: np.ndarray) -> np.ndarray:
         """``count`` free slots, evicting least recently updated entries when none are left."""
-        short = count - len(self.free)
+        short = count - len(self.free) - (self.budget - self.fresh)
         if short > 0:
             self._evict(short, protected)
-        taken, self.free = self.free[:count], self.free[count:]
-        return taken
+        reused, self.free = self.free[:count], self.free[count:]
+        new = np.arange(self.fresh, self.fresh + count - len(reused), dtype=np.int64)
+        self.fresh += len(new)
+        return np.concatenate([reused, new])
 
     def _evict(self, count: int, protected: np.ndarray) -> None:
         """Drop the ``count`` least recently updated keys, sparing the ``protected`` key positions."""

@@ -259,7 +259,7 @@ class AgentRun:
 
 @contextlib.contextmanager
 def agent(
-    dev, workdir: Path, profile: str, interface: str, enforcement: str, defended: bool = True
+    dev, workdir: Path, profile: str, interface: str, enforcement: str, defended: bool = True, extra_config: str = ""
 ) -> Iterator[AgentRun]:
     """Start the agent with a fresh state directory, wait until it captures, stop it with SIGTERM afterwards.
 
@@ -269,7 +269,7 @@ def agent(
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "agent.toml"
     min_packets = 10 if defended else NEVER
-    config.write_text(f'state_dir = "{workdir / "state"}"\nmin_packets = {min_packets}\n')
+    config.write_text(f'state_dir = "{workdir / "state"}"\nmin_packets = {min_packets}\n{extra_config}')
     log_path = workdir / "agent.log"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
@@ -321,7 +321,8 @@ def quiet_victim(dev) -> Iterator[None]:
     Without it the agent would also capture one outgoing RST per flood frame
     and see twice the offered load.
     """
-    chain = "type filter hook input priority -10\n meta l4proto tcp drop"
+    # Only what arrives over the bridge: loopback TCP (the agent's MQTT link, paho's wake-up socket) must pass.
+    chain = 'type filter hook input priority -10\n iifname "br0" meta l4proto tcp drop'
     script = f"table inet {BENCH_TABLE} {{\n chain input {{\n {chain}\n }}\n}}\n"
     dev.run("nft", "-f", "-", input=script)
     try:
@@ -481,28 +482,77 @@ def part_latency(dev, atk, work: Path, runs: int, kind: str, rate: float, profil
     }
 
 
+@contextlib.contextmanager
+def sampler(run: AgentRun, every: float = 0.1) -> Iterator[list]:
+    """RSS of the agent every ``every`` seconds while the block runs: [(s, RSS MB, anonymous MB), ...]."""
+    samples: list = []
+    done = threading.Event()
+    t0 = time.monotonic()
+
+    def sample() -> None:
+        while not done.wait(every):
+            with contextlib.suppress(OSError):
+                m = run.memory_kb()
+                samples.append((round(time.monotonic() - t0, 1), round(m["VmRSS"] / 1024, 1),
+                                round(m.get("RssAnon", 0) / 1024, 1)))  # fmt: skip
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def fleet_broker(dev, workdir: Path) -> Iterator[str]:
+    """A mosquitto on the device namespace's loopback and a controller key: the agent's [mqtt] section."""
+    from agent.signing import generate_key, save_keypair
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_keypair(generate_key(), workdir / "controller.key", workdir / "controller.pub")
+    broker = subprocess.Popen(["ip", "netns", "exec", dev.name, "mosquitto", "-p", "1883"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(0.5)
+        yield (f'[mqtt]\nhost = "127.0.0.1"\nport = 1883\nfleet = "bench"\ndevice = "dev"\n'
+               f'controller_public_key = "{workdir / "controller.pub"}"\nstatus_interval_s = 5\n')  # fmt: skip
+    finally:
+        broker.terminate()
+        broker.wait()
+
+
 def part_memory(dev, atk, work: Path, profiles: list[str], sources: int, rate: float) -> list[dict]:
+    """Per profile: defended alone, defended with the fleet link (MQTT), and undefended (no verdicts)."""
     from agent.features import Budgets, FeatureExtractor
     from agent.profile import load_profile
 
     ips = _lab_addresses()
     rows = []
+    variants = ((True, False), (True, True), (False, False))  # (defended, fleet link)
     with quiet_victim(dev):
-        for profile, defended in ((p, d) for p in profiles for d in (True, False)):
+        for k, (profile, (defended, fleet)) in enumerate((p, v) for p in profiles for v in variants):
             b = load_profile(profile).budgets
             tables = FeatureExtractor(Budgets(b.mi_dir, b.h, b.hh, b.hh_jit, b.hphp)).tables
+            name = f"memory-{k}-{Path(profile).stem}"  # a fresh state directory: no saved rules
             with (
+                fleet_broker(dev, work / name) if fleet else contextlib.nullcontext("") as mqtt,
                 flood_sender(atk, ips, rate, 0, True, sources, total=sources, seed=3) as sender,
-                agent(dev, work / f"memory-{profile}-{defended}", profile, "br0", "none", defended) as run,
+                agent(dev, work / name, profile, "br0", "none", defended, mqtt) as run,
+                sampler(run) as timeline,
             ):
                     start_mem = run.memory_kb()
                     report = finish_sender(sender)
                     run.wait_idle()
                     end_mem = run.memory_kb()
+            if run.summary is None:
+                print("  the agent gave no summary; its log ends:\n" + "".join(line for _, line in run.lines[-15:]))
             s = run.summary or {}
             row = {
                 "profile": profile,
                 "defended": defended,  # False: no verdicts, every frame through features and model
+                "fleet_link": fleet,  # True: connected to an MQTT broker, signed updates enabled
                 "sources": sources,
                 "rate_pps": rate,
                 "offered_pps": round(report["sent"] / report["seconds"]),
@@ -518,12 +568,14 @@ def part_memory(dev, atk, work: Path, profiles: list[str], sources: int, rate: f
                 "peak_rss_mb": round(end_mem["VmHWM"] / 1024, 1),
                 "end_rss_mb": round(end_mem["VmRSS"] / 1024, 1),
                 "end_anon_mb": round(end_mem.get("RssAnon", 0) / 1024, 1),
+                # (seconds since start, RSS MB, anonymous MB) every half second while the flood ran
+                "rss_timeline": timeline[::5],
                 "stream_tables_full_mb": round(sum(t.nbytes for t in tables.values()) / 2**20, 1),
                 "stream_tables_full_mb_each": {k: round(t.nbytes / 2**20, 1) for k, t in tables.items()},
             }
             rows.append(row)
-            mode = "defended" if defended else "no verdicts"
-            print(f"  {profile:15s} {mode:11s}: start {row['start_rss_mb']} MB, peak {row['peak_rss_mb']} MB "
+            mode = ("defended" if defended else "no verdicts") + (" + MQTT" if fleet else "")
+            print(f"  {profile:15s} {mode:18s}: start {row['start_rss_mb']} MB, peak {row['peak_rss_mb']} MB "
                   f"(stream tables when full {row['stream_tables_full_mb']} MB), {row['agent_frames']} frames seen, "
                   f"{row['classified']} classified, {row['kernel_drops']} dropped", flush=True)  # fmt: skip
     return rows

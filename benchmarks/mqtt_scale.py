@@ -48,9 +48,9 @@ from agent.mqtt_client import (
     topic,
 )
 from agent.ruleset import RuleSetError, parse_ruleset
+from agent.jsonio import canonical_json
 from agent.signing import (
     SignatureError,
-    canonical_json,
     generate_key,
     load_private_key,
     load_public_key,

@@ -16,7 +16,7 @@ from typing import Any
 
 from agent.mqtt_client import ACK_SCHEMA, ALERT_SCHEMA, STATUS_SCHEMA
 from agent.packets import LABELS
-from agent.signing import load_json
+from agent.jsonio import load_json
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_DEPTH = 6

@@ -42,7 +42,8 @@ from agent.mqtt_client import (
     topic,
 )
 from agent.ruleset import ALL_DEVICES, RuleSet
-from agent.signing import canonical_json, load_private_key, sign
+from agent.jsonio import canonical_json
+from agent.signing import load_private_key, sign
 from controller.messages import MessageError, parse_ack, parse_alert, parse_status
 from controller.policy import Policy, PolicyConfig, fleet_ruleset
 from controller.store import Block, Store

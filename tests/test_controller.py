@@ -17,7 +17,8 @@ pytest_plugins = ("mqtt_helpers",)  # the broker and keys fixtures
 from mqtt_helpers import FLEET, Listener, alert, make_agent, make_controller, needs_mosquitto, wait_until
 
 from agent.mqtt_client import topic
-from agent.signing import canonical_json, load_private_key
+from agent.jsonio import canonical_json
+from agent.signing import load_private_key
 from controller.broker import start_embedded_broker
 from controller.messages import parse_alert
 from controller.policy import Policy, PolicyConfig

@@ -36,16 +36,16 @@ def test_bundle_with_wrong_digest_or_schema_is_refused(bundle, tmp_path):
     tampered = bytearray(bundle.tflite)
     tampered[len(tampered) // 2] ^= 0xFF
     with pytest.raises(BundleError, match="sha256"):
-        parse_bundle(bundle.meta, bytes(tampered))
+        parse_bundle(bundle.full_meta(), bytes(tampered))
     for key, value, message in (("schema", "iotguard.model-bundle/0", "schema"), ("feature_schema", "kitsune-100/1", "features"),
                                 ("labels", ["benign", "attack"], "labels")):  # fmt: skip
         with pytest.raises(BundleError, match=message):
-            parse_bundle({**bundle.meta, key: value}, bundle.tflite)
+            parse_bundle({**bundle.full_meta(), key: value}, bundle.tflite)
     (tmp_path / "b.json").write_text("{not json")
     with pytest.raises(BundleError, match="not valid JSON"):
         load_bundle(tmp_path / "b.json")
     # The command line says so too, and exits non-zero.
-    meta = dict(bundle.meta, model_sha256="0" * 64)
+    meta = dict(bundle.full_meta(), model_sha256="0" * 64)
     (tmp_path / "bad.json").write_text(json.dumps(meta))
     (tmp_path / meta["model_file"]).write_bytes(bundle.tflite)
     res = run_agent("detect", str(REPO / "agent" / "samples" / "mirai_demo.pcap"), "--model", str(tmp_path / "bad.json"))

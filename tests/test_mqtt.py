@@ -20,7 +20,8 @@ from mqtt_helpers import FLEET, Listener, alert, make_agent, wait_until
 
 from agent.mqtt_client import MODEL_SCHEMA, parse_topic, topic
 from agent.ruleset import SCHEMA as RULESET_SCHEMA
-from agent.signing import canonical_json, generate_key, sign, trusted_keys
+from agent.jsonio import canonical_json
+from agent.signing import generate_key, sign, trusted_keys
 
 PREFIX = "iotguard/v1"
 REPO = Path(__file__).resolve().parents[1]

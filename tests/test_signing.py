@@ -11,13 +11,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from agent.jsonio import canonical_json, load_json
 from agent.signing import (
     ENVELOPE_SCHEMA,
     SignatureError,
-    canonical_json,
     generate_key,
     key_id,
-    load_json,
     load_private_key,
     load_public_key,
     open_envelope,
