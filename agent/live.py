@@ -32,6 +32,8 @@ from .respond import Responder, ResponseConfig, block_entry
 
 log = logging.getLogger(__name__)
 
+STATUS_LOG_S = 60.0  # a summary line in the log this often: what an operator (or the soak run) reads
+
 
 @dataclass
 class Counters:
@@ -70,6 +72,7 @@ class LiveAgent:
             self.reporter = self._fleet_link(config)
         self._last_housekeeping = 0.0
         self._last_status = 0.0
+        self._last_status_log = time.time()
         self._renewed_hits: dict[str, int] = {}
 
     def _fleet_link(self, config: AgentConfig):
@@ -189,6 +192,9 @@ class LiveAgent:
             return
         self._last_housekeeping = now
         release_free_memory()
+        if now - self._last_status_log >= STATUS_LOG_S:
+            self._last_status_log = now
+            log.info("status: %s", self.summary())
         if self.reporter is not None and now - self._last_status >= self.config.mqtt.status_interval_s:
             self._last_status = now
             stats = self.capture.stats() if self.capture is not None else None
@@ -226,4 +232,5 @@ class LiveAgent:
             "rules": self.rules.count(),
             "kernel_drops": getattr(stats, "kernel_drops", None),
             "skipped": dict(self.decode.skipped),
+            **({"fleet": self.reporter.summary()} if self.reporter is not None else {}),
         }

@@ -60,6 +60,20 @@ class FleetLink:
     def send_alert(self, alert: dict) -> int:
         return self.client.send_alert(alert)
 
+    def summary(self) -> dict:
+        """Alert accounting and update counts: queued alerts were either sent, are pending, or were dropped."""
+        c = self.client
+        return {
+            "connected": c.connected,
+            "connects": c.stats.connects,
+            "alerts_queued": c.queue.next_seq - 1,
+            "alerts_sent": c.stats.alerts_sent,
+            "alerts_pending": len(c.queue),
+            "alerts_dropped": c.queue.dropped,
+            "rules_applied": c.stats.rules_applied,
+            "rules_rejected": c.stats.rules_rejected,
+        }
+
     def apply_rules(self, ruleset: RuleSet) -> None:
         """A verified rule set: swap the rules of its origin, save, and re-sync the kernel (raise to reject)."""
         origin = "all" if ruleset.target == ALL_DEVICES else "device"

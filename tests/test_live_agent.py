@@ -83,8 +83,8 @@ def _ip_checksum(header: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def attack_frames(kind: str, count: int, seed: int = 5) -> list[bytes]:
-    """Synthesised frames of one Mirai class, re-addressed from the attacker to the device."""
+def attack_frames(kind: str, count: int, seed: int = 5, src_ip: str = ATTACKER_IP) -> list[bytes]:
+    """Synthesised frames of one Mirai class, re-addressed from the attacker (``src_ip``) to the device."""
     from agent.parse import parse_frames
     from convert.synth import synthesise
 
@@ -97,7 +97,7 @@ def attack_frames(kind: str, count: int, seed: int = 5) -> list[bytes]:
         f = bytearray(synth.frames.frame(i))
         f[0:6], f[6:12] = _mac(DEVICE_MAC), _mac(ATTACKER_MAC)
         ihl = (f[14] & 0x0F) * 4
-        f[26:30] = socket.inet_aton(ATTACKER_IP)
+        f[26:30] = socket.inet_aton(src_ip)
         if kind != "mirai_scan":  # the scanner's targets are random addresses; floods hit the device
             f[30:34] = socket.inet_aton(DEVICE_IP)
         f[24:26] = b"\0\0"
