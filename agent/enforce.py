@@ -10,8 +10,10 @@ decide stage hands over ``BlockEntry`` items and a backend applies them.
         set blocked4_net  { type ipv4_addr; flags interval, timeout; }   CIDR ranges
         set blocked4_port { type ipv4_addr . inet_proto . inet_service; flags interval, timeout; }
         (and the same three for IPv6)
+        set allow4 { type ipv4_addr; flags interval; auto-merge; }        the allowlist (and allow6)
         chain prerouting {
             type filter hook prerouting priority raw; policy accept;
+            ip saddr @allow4 accept                                      never blocked, whatever the rules
             ip saddr @blocked4 counter drop comment "blocked4"
             ...
         }
@@ -40,6 +42,7 @@ import math
 import shutil
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -110,6 +113,7 @@ class BlockEntry:
 class Enforcer(Protocol):
     def check(self) -> None: ...
     def start(self) -> None: ...
+    def set_allowlist(self, allow: Iterable[str]) -> None: ...
     def block(self, entries: list[BlockEntry]) -> None: ...
     def unblock(self, entries: list[BlockEntry]) -> None: ...
     def sync(self, entries: list[BlockEntry]) -> None: ...
@@ -123,9 +127,13 @@ class NoneEnforcer:
 
     active: dict = field(default_factory=dict)  # key -> BlockEntry
     calls: list = field(default_factory=list)  # (method, entries) in call order
+    allow: Iterable[str] = ()
 
     def check(self) -> None:
         pass
+
+    def set_allowlist(self, allow: Iterable[str]) -> None:
+        self.allow = list(allow)
 
     def start(self) -> None:
         self.calls.append(("start", []))
@@ -181,6 +189,11 @@ SETS = (
 )  # fmt: skip
 
 
+# The allowlist: sources accepted before any drop rule (a spoofed-flood rule on "any source" included),
+# so the gateway, DNS, the MQTT broker and the management hosts stay reachable.
+ALLOW_SETS = (("allow4", 4, "ipv4_addr", "ip saddr"), ("allow6", 6, "ipv6_addr", "ip6 saddr"))
+
+
 def set_for(entry: BlockEntry) -> NftSet:
     net = entry.network
     kind = "port" if entry.proto is not None else "host" if net.prefixlen == net.max_prefixlen else "net"
@@ -221,8 +234,10 @@ class NftablesEnforcer:
         netns: str | None = None,
         max_entries: int = 65536,
         command_timeout: float = 30.0,
+        allow: Iterable[str] = (),
     ) -> None:
         self.table = table
+        self.allow = [ipaddress.ip_network(a, strict=False) for a in allow]
         self.nft = nft
         self.netns = netns
         self.max_entries = max_entries
@@ -280,15 +295,32 @@ class NftablesEnforcer:
         self.check()
         lines = [f"add table inet {self.table}", f"delete table inet {self.table}", f"table inet {self.table} {{"]
         lines += [f"    {s.declaration()}" for s in SETS]
+        lines += [f"    set {name} {{ type {kind}; flags interval; auto-merge; }}" for name, _, kind, _ in ALLOW_SETS]
         lines += ["    chain prerouting {", "        type filter hook prerouting priority raw; policy accept;"]
+        lines += [f'        {match} @{name} accept comment "{name}"' for name, _, _, match in ALLOW_SETS]
         lines += [f"        {s.rule()}" for s in SETS]
         lines += ["    }", "}"]
-        self._apply("\n".join(lines) + "\n")
+        self._apply("\n".join(lines + self._allow_lines()) + "\n")
         self._installed.clear()
         self._started = True
         log.info(
             "nftables enforcement ready: table inet %s%s", self.table, f" in netns {self.netns}" if self.netns else ""
         )
+
+    def _allow_lines(self) -> list[str]:
+        lines = []
+        for name, version, _, _ in ALLOW_SETS:
+            lines.append(f"flush set inet {self.table} {name}")
+            nets = [str(n) for n in self.allow if n.version == version]
+            if nets:
+                lines.append(f"add element inet {self.table} {name} {{ {', '.join(nets)} }}")
+        return lines
+
+    def set_allowlist(self, allow: Iterable[str]) -> None:
+        """Replace the allowlist (SIGHUP with a new configuration), in one transaction."""
+        self.allow = [ipaddress.ip_network(a, strict=False) for a in allow]
+        if self._started:
+            self._apply("\n".join(self._allow_lines()) + "\n")
 
     def block(self, entries: list[BlockEntry]) -> None:
         self._require_started()

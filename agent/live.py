@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .allowlist import effective_allowlist
 from .capture_live import LiveCapture
 from .config import AgentConfig
 from .decide import DecisionConfig, DecisionLayer
@@ -62,8 +63,9 @@ class LiveAgent:
             DecisionConfig(threshold=config.threshold, min_packets=config.min_packets, max_sources=b.h, max_targets=b.h)
         )
         state = Path(config.state_dir)
-        self.rules = RuleTable(config.allowlist, config.max_local_rules, path=state / "rules.json")
-        self.enforcer: Enforcer = make_enforcer(self.enforcement)
+        allow = self._allowlist(config)
+        self.rules = RuleTable(allow, config.max_local_rules, path=state / "rules.json")
+        self.enforcer: Enforcer = make_enforcer(self.enforcement, allow=allow)
         self.responder = Responder(self.rules, self.enforcer, ResponseConfig(block_seconds=config.block_seconds))
         self.capture: LiveCapture | None = None
         self.lock = threading.Lock()  # the MQTT thread changes rules and model while capture runs
@@ -74,6 +76,10 @@ class LiveAgent:
         self._last_status = 0.0
         self._last_status_log = time.time()
         self._renewed_hits: dict[str, int] = {}
+
+    @staticmethod
+    def _allowlist(config: AgentConfig) -> list[str]:
+        return effective_allowlist(config.allowlist, config.mqtt.host if config.mqtt else None)
 
     def _fleet_link(self, config: AgentConfig):
         from .mqtt_client import MqttConfig
@@ -126,7 +132,9 @@ class LiveAgent:
     def reload(self, config: AgentConfig) -> None:
         """SIGHUP: new allowlist and thresholds, rules re-read from disk and re-applied."""
         self.config = config
-        self.rules.allow = RuleTable(config.allowlist).allow
+        allow = self._allowlist(config)
+        self.rules.allow = RuleTable(allow).allow
+        self.enforcer.set_allowlist(allow)
         self.rules.entries.clear()
         self.rules.load()
         self.enforcer.sync([block_entry(r, time.time()) for r in self.rules.rules()])

@@ -189,11 +189,12 @@ def test_start_creates_the_table_and_stop_removes_it(link):
         sets = {i["set"]["name"] for i in items if "set" in i}
         chains = [i["chain"] for i in items if "chain" in i]
         rules = [i["rule"]["comment"] for i in items if "rule" in i]
-        assert sets == {"blocked4", "blocked4_net", "blocked4_port", "blocked6", "blocked6_net", "blocked6_port"}
+        assert sets == {"allow4", "allow6", "blocked4", "blocked4_net", "blocked4_port", "blocked6", "blocked6_net",
+                        "blocked6_port"}  # fmt: skip
         assert [(c["hook"], c["prio"], c["policy"]) for c in chains] == [("prerouting", -300, "accept")]
         assert sorted(rules) == sorted(sets)
         e.start()  # again: replaces, does not fail or duplicate
-        assert len([i for i in table_json(link.b, e.table) if "rule" in i]) == 6
+        assert len([i for i in table_json(link.b, e.table) if "rule" in i]) == 8
     finally:
         e.stop()
     assert e.table not in link.b.run("nft", "list", "tables").stdout
@@ -321,3 +322,18 @@ def test_missing_cap_net_admin_is_explained(link):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "EnforcementError" in proc.stderr and "CAP_NET_ADMIN" in proc.stderr
+
+
+@needs_nft
+def test_allowlisted_sources_pass_even_a_rule_on_any_source(link, traffic):
+    """A spoofed-flood rule blocks every source; the allowlist (gateway, DNS, broker...) still gets through."""
+    e = NftablesEnforcer(table=f"iotguard_{netns.unique_token()}", netns=link.b.name, allow=[link.ip4_a2])
+    e.start()
+    try:
+        e.block([BlockEntry("0.0.0.0/0", "udp")])
+        assert_dropped(traffic, e, "blocked4_port", link.ip4_a, link.ip4_b)
+        assert traffic.delivered(link.ip4_a2, link.ip4_b)
+        e.set_allowlist([])  # SIGHUP with a configuration that no longer lists it
+        assert_dropped(traffic, e, "blocked4_port", link.ip4_a2, link.ip4_b)
+    finally:
+        e.stop()
