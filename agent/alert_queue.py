@@ -14,7 +14,8 @@ The queue also owns the per-device sequence number: ``state.json`` is written
 *before* the alert file, so a seq is never handed out twice, even across
 crashes (a crash in between leaves a gap, which is harmless).  When the queue
 is full the oldest alert is dropped and counted; the count is persisted too,
-so the agent can report it in its status.
+so the agent can report it in its status.  An alert the disk refuses (full) is
+counted as dropped as well, rather than raised: detection must go on.
 """
 
 from __future__ import annotations
@@ -43,10 +44,15 @@ def write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{threading.get_ident()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:  # on an almost full disk write() stores only part: a single call would commit a torn file
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        tmp.unlink(missing_ok=True)  # e.g. ENOSPC: leave the old file and no debris
+        raise
+    os.close(fd)
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -75,6 +81,7 @@ class AlertQueue:
         self.next_seq = 1
         self.dropped = 0  # alerts dropped because the queue was full (persisted)
         self.corrupt = 0  # unreadable files found and removed at load (this process only)
+        self.write_errors = 0  # alerts the disk refused (full, failing): counted in dropped too (this process only)
         self._seqs: dict[int, None] = {}  # pending seqs, oldest first (dict keeps insertion order)
         self._load()
 
@@ -125,27 +132,58 @@ class AlertQueue:
     def _path(self, seq: int) -> Path:
         return self._pending_dir / f"{seq:0{SEQ_DIGITS}d}.json"
 
-    def _save_state(self) -> None:
-        write_atomically(self.directory / STATE_FILE, canonical_json({"next_seq": self.next_seq, "dropped": self.dropped}))
+    def _save_state(self, dropped: int | None = None) -> None:
+        doc = {"next_seq": self.next_seq, "dropped": self.dropped if dropped is None else dropped}
+        write_atomically(self.directory / STATE_FILE, canonical_json(doc))
 
     # --- the queue -----------------------------------------------------------
 
     def put(self, alert: dict[str, Any]) -> int:
-        """Assign the next seq, store the alert (with ``seq`` set) durably, return the seq."""
+        """Assign the next seq, store the alert (with ``seq`` set) durably, return the seq.
+
+        When the disk refuses (full, failing) the alert is logged and counted as dropped
+        instead of raising: the agent must keep detecting and blocking.
+        """
         with self._lock:
             seq = self.next_seq
             overflow = max(0, len(self._seqs) + 1 - self.max_items)
             oldest = list(itertools.islice(self._seqs, overflow))
-            self.next_seq = seq + 1
+            self.next_seq = seq + 1  # in memory even if the disk refuses: this process never reuses a seq
+            try:
+                self._save_state(dropped=self.dropped + len(oldest))  # first: no seq reused, no drop uncounted
+            except OSError as exc:
+                return self._refused(seq, exc)  # nothing changed on disk; the oldest stay queued
             self.dropped += len(oldest)
-            self._save_state()  # first: a seq is never reused and a drop never uncounted
             for old in oldest:
                 log.warning("alert queue full (%d): dropping oldest alert seq %d", self.max_items, old)
                 self._path(old).unlink(missing_ok=True)
                 del self._seqs[old]
-            write_atomically(self._path(seq), canonical_json({**alert, "seq": seq}))
+            try:
+                write_atomically(self._path(seq), canonical_json({**alert, "seq": seq}))
+            except OSError as exc:
+                return self._refused(seq, exc)
             self._seqs[seq] = None
             return seq
+
+    def _refused(self, seq: int, exc: OSError) -> int:
+        """The disk refused alert ``seq``: count it as dropped (persisted with the next state write)."""
+        self.dropped += 1
+        self.write_errors += 1
+        log.error("alert queue: cannot store alert seq %d (%s); counted as dropped", seq, exc)
+        return seq
+
+    def uncount_drop(self) -> None:
+        """An alert dropped while the sender had it in flight reached the broker after all: one drop less.
+
+        Keeps delivered + pending + dropped == queued; without it, the alerts in flight when the
+        queue overflowed were reported as dropped *and* arrived at the controller.
+        """
+        with self._lock:
+            self.dropped = max(0, self.dropped - 1)
+            try:
+                self._save_state()
+            except OSError as exc:  # the next put writes the state again
+                log.error("alert queue: cannot save state (%s)", exc)
 
     def peek(self, limit: int, skip: set[int] | frozenset[int] = frozenset()) -> list[QueuedAlert]:
         """Up to ``limit`` oldest pending alerts whose seq is not in ``skip``."""

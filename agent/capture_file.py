@@ -346,7 +346,11 @@ class _PcapngParser:
                 if endian is None:
                     pos = self._corrupt(pos, block_type)
                     continue
+                # Type and byte-order magic mark a new section even if its length turns out corrupt:
+                # the old section's interface ids must go with its byte order, or the new section's
+                # packets would be read with the old link types and timestamp units.
                 self.endian = endian
+                self.interfaces = []
             block_len = struct.unpack_from(self.endian + "I", data, pos + 4)[0]
             if not self._plausible_length(block_type, block_len):
                 pos = self._corrupt(pos, block_type)
@@ -416,7 +420,7 @@ class _PcapngParser:
 
     def _handle_block(self, block_type: int, data: bytes, pos: int, block_len: int) -> None:
         if block_type == BT_SHB:
-            self.interfaces = []  # interface ids are per section
+            pass  # interface ids are per section: feed() already dropped the old ones
         elif block_type == BT_IDB:
             self.interfaces.append(self._interface(data, pos, block_len))
         elif block_type == BT_EPB:

@@ -24,10 +24,13 @@ names the file, the key and the problem.
 from __future__ import annotations
 
 import ipaddress
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .ruleset import ALL_DEVICES, NAME_RE
 
 REQUIRED = object()
 
@@ -105,6 +108,42 @@ def _check(path: Path, table: dict, keys: dict, where: str = "") -> dict:
     return out
 
 
+def _seconds(value: float) -> bool:
+    """A positive, finite number of seconds.  TOML also has nan (which slips past "<= 0"), inf (a permanent
+    block) and integers of any length (float() of 10**400 raises OverflowError)."""
+    try:
+        return 0 < float(value) < math.inf
+    except OverflowError:
+        return False
+
+
+def _is_network(item: Any) -> bool:
+    # Strings only (1 would be read as 0.0.0.1), and no IPv6 scope id (nft cannot parse "fe80::1%eth0").
+    if not isinstance(item, str) or "%" in item:
+        return False
+    try:
+        ipaddress.ip_network(item, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_mqtt_values(path: Path, m: dict) -> None:
+    """What the MQTT client would refuse later, with a less helpful message: say it now, naming the key."""
+    for key in ("host", "controller_public_key"):
+        if not m[key]:
+            raise ConfigError(f"{path}: key 'mqtt.{key}' must not be empty")
+    for key in ("fleet", "device"):  # they become topic levels
+        if not NAME_RE.match(m[key]):
+            raise ConfigError(f"{path}: key 'mqtt.{key}' must match {NAME_RE.pattern}, got {m[key]!r}")
+    if m["device"] == ALL_DEVICES:
+        raise ConfigError(f"{path}: key 'mqtt.device' cannot be {ALL_DEVICES!r}: that names the fleet-wide rule set")
+    if not m["prefix"] or any(c in m["prefix"] for c in "+#\0"):
+        raise ConfigError(f"{path}: key 'mqtt.prefix' must be a topic prefix without wildcards, got {m['prefix']!r}")
+    if not _seconds(m["status_interval_s"]):
+        raise ConfigError(f"{path}: key 'mqtt.status_interval_s' must be a positive number, got {m['status_interval_s']}")
+
+
 def load_config(path: str | Path | None) -> AgentConfig:
     if path is None:
         return AgentConfig()
@@ -117,12 +156,10 @@ def load_config(path: str | Path | None) -> AgentConfig:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     v = _check(path, raw, KEYS)
     for i, item in enumerate(v["allowlist"]):
-        try:
-            ipaddress.ip_network(str(item), strict=False)
-        except ValueError:
-            raise ConfigError(f"{path}: key 'allowlist' entry {i} is not an address or CIDR: {item!r}") from None
-    if v["block_seconds"] <= 0:
-        raise ConfigError(f"{path}: key 'block_seconds' must be positive, got {v['block_seconds']}")
+        if not _is_network(item):
+            raise ConfigError(f"{path}: key 'allowlist' entry {i} is not an address or CIDR: {item!r}")
+    if not _seconds(v["block_seconds"]):
+        raise ConfigError(f"{path}: key 'block_seconds' must be a positive number of seconds, got {v['block_seconds']}")
     if not 0 < v["threshold"] <= 1:
         raise ConfigError(f"{path}: key 'threshold' must be in (0, 1], got {v['threshold']}")
     if v["min_packets"] < 1 or v["max_local_rules"] < 1:
@@ -132,6 +169,7 @@ def load_config(path: str | Path | None) -> AgentConfig:
         m = _check(path, v["mqtt"], MQTT_KEYS, "mqtt.")
         if not 0 < m["port"] < 65536:
             raise ConfigError(f"{path}: key 'mqtt.port' must be 1..65535, got {m['port']}")
+        _check_mqtt_values(path, m)
         mqtt = MqttSettings(**m)
     return AgentConfig(
         state_dir=Path(v["state_dir"]),

@@ -267,7 +267,11 @@ class DecisionLayer:
         # Targets are (victim, protocol): Mirai's floods randomise the destination port per packet.
         tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64))
         tgts = self.targets.update(tgt_key, t, scores, extra)
-        spoofed = tgts["shares"][:, 0] >= self.cfg.spoofed_share
+        # "Spoofed" needs many never-seen sources recently, not just a high share: after a quiet spell a
+        # target's decayed window holds only the newest packets, and one new attacker's first packet would
+        # make the share 1 (the packet count, kept for ever, says nothing about the window).
+        fresh = tgts["shares"][:, 0]
+        spoofed = (fresh >= self.cfg.spoofed_share) & (fresh * tgts["weight"] >= self.cfg.min_packets)
         turned_t, at_t = _decide(tgts, self.cfg, allowed=spoofed, alternative=_header_floods(tgts, self.cfg))
         new_verdicts += [self._target_verdict(packets, tgts, s, p) for s, p in zip(turned_t, at_t)]
 

@@ -57,6 +57,7 @@ PROTOCOLS = {
 }  # fmt: skip
 PORT_PROTOCOLS = {6, 17, 33, 132, 136}  # protocols with a destination port
 ANY_PORT = "0-65535"
+NFT_MAX_TIMEOUT_S = 99_999_999  # the largest number nft parses in a duration ("value too large" beyond)
 
 
 class EnforcementError(RuntimeError):
@@ -457,8 +458,10 @@ class NftablesEnforcer:
         """One ``add``/``delete element`` line; with ``now``, carrying the remaining timeout."""
         text = element_text(installed.entry)
         if now is not None and installed.expires is not None:
-            remaining_ms = math.ceil((installed.expires - now) * 1000)
-            text += f" timeout {max(remaining_ms, 1)}ms"
+            # nft refuses any one number above 99999999 ("100000000ms" is "value too large", so a plain ms
+            # count fails beyond 27.7 hours): write seconds and milliseconds, at most 99999999 s (3.2 years).
+            remaining_ms = min(max(math.ceil((installed.expires - now) * 1000), 1), NFT_MAX_TIMEOUT_S * 1000)
+            text += f" timeout {remaining_ms // 1000}s{remaining_ms % 1000}ms"
         return f"{verb} element inet {self.table} {set_for(installed.entry).name} {{ {text} }}"
 
 

@@ -88,6 +88,8 @@ class RuleTable:
         self.path = Path(path) if path else None
         self.entries: dict[str, TableEntry] = {}
         self._compiled = None
+        self.save_failed = False  # the last save did not reach the disk: the agent retries it
+        self.save_errors = 0
 
     # --- changes -------------------------------------------------------------
 
@@ -208,22 +210,35 @@ class RuleTable:
 
     # --- persistence ---------------------------------------------------------
 
-    def save(self) -> None:
-        """Write the table atomically (temp file, fsync, rename) so a crash leaves the old or the new file."""
+    def save(self) -> bool:
+        """Write the table atomically (temp file, fsync, rename) so a crash leaves the old or the new file.
+
+        A disk that refuses (full, read-only) is logged and reported as False, not raised: the
+        rules still work from memory, and the agent retries (``save_failed``).
+        """
         if not self.path:
-            return
+            return True
         doc = {
             "schema": "iotguard.rule-table/1",
             "saved_at": time.time(),
             "rules": [{"origin": e.origin, "hits": e.hits, **e.rule.to_json()} for e in self.entries.values()],
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(doc, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w") as fh:
+                json.dump(doc, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            self.save_failed = True
+            self.save_errors += 1
+            log.error("rule table not saved to %s (%s); the previous file stays, retrying later", self.path, exc)
+            return False
+        self.save_failed = False
+        return True
 
     def load(self, now: float | None = None) -> int:
         """Read the saved table; expired rules are dropped, a corrupt file is reported and ignored."""

@@ -29,7 +29,7 @@ from .packets import LABELS, DecodeStats, FrameBatch
 from .parse import parse_frames
 from .privileges import require
 from .profile import RING_BLOCK_KB, Profile
-from .respond import Responder, ResponseConfig, block_entry
+from .respond import FLOOD_RULE_PREFIX, Responder, ResponseConfig, block_entry
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class LiveAgent:
         self._last_housekeeping = 0.0
         self._last_status = 0.0
         self._last_status_log = time.time()
-        self._renewed_hits: dict[str, int] = {}
+        self._renewed: dict[str, tuple[int, float]] = {}  # rule id -> (hits, time) at its last renewal
 
     @staticmethod
     def _allowlist(config: AgentConfig) -> list[str]:
@@ -154,7 +154,10 @@ class LiveAgent:
     def run(self, stop: threading.Event, reload_request: threading.Event | None = None, reload_config=None) -> None:
         assert self.capture is not None, "start() first"
         for frames in self.capture.batches(stop):
-            self.process(frames)
+            # The ring hands over every ready block at once (thousands of frames after a burst);
+            # pipeline batches of the profile's size keep the temporaries small.
+            for batch in frames.split(self.profile.batch_size):
+                self.process(batch)
             self.housekeeping()
             if reload_request is not None and reload_request.is_set():
                 reload_request.clear()
@@ -213,19 +216,29 @@ class LiveAgent:
                 model_version=self.classifier.bundle.version,
             )
         with self.lock:
-            if self.rules.expire(now):
+            # Also retry a save the disk refused (full), and a kernel update nft refused.
+            if self.rules.expire(now) or self.rules.save_failed:
                 self.rules.save()
+            self.responder.resync(now)
             # Renew local rules that still drop traffic (the attack goes on) once half their time is up.
             due = [
                 rid
                 for rid, e in self.rules.entries.items()
-                if e.origin == "local" and e.rule.expires and e.hits > self._renewed_hits.get(rid, 0)
-                and e.rule.expires - now < 0.5 * self.config.block_seconds
+                if e.origin == "local" and e.rule.expires and e.rule.expires - now < 0.5 * self.config.block_seconds
+                and self._attack_goes_on(rid, e.hits, e.rule.expires, now)
             ]  # fmt: skip
             for rid in due:
-                self._renewed_hits[rid] = self.rules.entries[rid].hits
+                self._renewed[rid] = (self.rules.entries[rid].hits, now)
             if due:
                 self.responder.renew(due, now)
+
+    def _attack_goes_on(self, rule_id: str, hits: int, expires: float, now: float) -> bool:
+        """Whether a local rule still catches its attack: any hit for a source rule; for a flood rule
+        (one protocol from any source) a flood's rate, or ordinary traffic would keep it for ever."""
+        hits0, since = self._renewed.get(rule_id, (0, expires - self.config.block_seconds))
+        if rule_id.startswith(FLOOD_RULE_PREFIX):
+            return hits - hits0 >= self.decision.cfg.flood_rate * max(now - since, 1.0)
+        return hits > hits0
 
     def summary(self) -> dict:
         c = self.counters

@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +99,8 @@ def parse_bundle(meta: dict, tflite: bytes, path: Path | None = None) -> Bundle:
         raise BundleError(
             f"bundle was trained on features {meta.get('feature_schema')!r}, this agent computes {FEATURE_SCHEMA!r}{where}"
         )
-    if tuple(meta.get("labels", ())) != LABELS:
+    labels = meta.get("labels")
+    if not isinstance(labels, list) or tuple(labels) != LABELS:
         raise BundleError(f"bundle labels {meta.get('labels')!r} differ from {list(LABELS)!r}{where}")
     digest = hashlib.sha256(tflite).hexdigest()
     if meta.get("model_sha256") != digest:
@@ -106,13 +108,26 @@ def parse_bundle(meta: dict, tflite: bytes, path: Path | None = None) -> Bundle:
     try:
         pre = Preprocessor.from_json(meta["preprocessing"])
         q = meta["quantization"]
-        input_q = QuantParams(float(q["input"]["scale"]), int(q["input"]["zero_point"]))
-        output_q = QuantParams(float(q["output"]["scale"]), int(q["output"]["zero_point"]))
-    except (KeyError, TypeError, ValueError) as exc:
+        input_q, output_q = _quant_params(q["input"], "input"), _quant_params(q["output"], "output")
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:  # whatever malformed JSON raises
         raise BundleError(f"bundle metadata is incomplete or malformed: {exc}{where}") from exc
     # Thirty thousand knot values as Python floats would cost the board a megabyte: keep the arrays only.
     meta = {k: v for k, v in meta.items() if k != "preprocessing"}
     return Bundle(meta=meta, tflite=tflite, preprocessor=pre, input_q=input_q, output_q=output_q, path=path)
+
+
+def _quant_params(q: dict, which: str) -> QuantParams:
+    """int8 quantisation parameters: a finite positive scale and a zero point in -128..127.
+
+    Checked here because the self-test cannot: it compares raw int8 outputs, so an
+    output scale of 0 or -1 passes it and then zeroes or inverts every confidence.
+    """
+    scale, zero_point = q["scale"], q["zero_point"]
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"{which} scale must be a finite positive number, got {scale!r}")
+    if isinstance(zero_point, bool) or not isinstance(zero_point, int) or not -128 <= zero_point <= 127:
+        raise ValueError(f"{which} zero point must be an integer in -128..127, got {zero_point!r}")
+    return QuantParams(float(scale), zero_point)
 
 
 def load_bundle(path: str | Path = DEFAULT_BUNDLE) -> Bundle:

@@ -57,6 +57,9 @@ ACK_SCHEMA = "iotguard.rules-ack/1"
 MODEL_SCHEMA = "iotguard.model-push/1"
 MODEL_MAX_BYTES = 16 * 1024 * 1024  # envelope of a model push (base64 inflates the .tflite by 4/3)
 RULES_MAX_BYTES = rs.MAX_BYTES * 4 // 3 + 4096  # envelope around a rule set of at most MAX_BYTES
+MODEL_FIELDS = ("schema", "version", "bundle", "tflite_b64", "sha256")
+MODEL_MAX_VERSION = 2**53  # as for rule sets: exact in every JSON reader, and far above unix seconds
+REASON_MAX_CHARS = 512  # a rejection reason travels in acks and in every status: enough to act on, never a payload
 
 # What the agent's detector must fill in; the client adds schema, device, fleet, seq, sent_at.
 ALERT_FIELDS = ("class", "confidence", "source", "victim", "packets", "first_seen", "last_seen", "action", "rule_id")
@@ -77,6 +80,12 @@ def topic(prefix: str, fleet: str, device: str, kind: str) -> str:
     if kind not in KINDS:
         raise ValueError(f"unknown topic kind {kind!r}")
     return f"{prefix}/{fleet}/{device}/{kind}"
+
+
+def short_reason(reason: str) -> str:
+    """A rejection reason fit to publish: bounded, and UTF-8 (a JSON "\\ud800" escape decodes to a lone surrogate)."""
+    reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
+    return reason if len(reason) <= REASON_MAX_CHARS else reason[: REASON_MAX_CHARS - 1] + "\u2026"
 
 
 def parse_topic(prefix: str, name: str) -> TopicParts | None:
@@ -334,7 +343,10 @@ class AgentMqtt:
                 log.error("%s: broker refused alert seq %d: %s", self.config.device, seq, reason_code)
 
     def _delivered(self, seq: int, ok: bool) -> None:
-        self.queue.ack(seq)
+        if not self.queue.ack(seq):
+            # Each seq is published once per process, so it was not pending because the full queue
+            # dropped it while paho held it in flight (paho re-sends those after a reconnect).
+            self.queue.uncount_drop()
         with self._mid_lock:
             self._inflight.discard(seq)
         if ok:
@@ -396,14 +408,20 @@ class AgentMqtt:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
-            if message.topic in self.rules_topics:
-                self._handle_rules(self.rules_topics[message.topic], message.payload)
-            elif message.topic == self.topic_model:
+            name = message.topic
+        except UnicodeDecodeError as exc:
+            # paho raises on a topic that is not UTF-8; raising from here would end its network thread.
+            log.warning("%s: message on a topic that is not UTF-8 ignored: %r", self.config.device, exc.object[:200])
+            return
+        try:
+            if name in self.rules_topics:
+                self._handle_rules(self.rules_topics[name], message.payload)
+            elif name == self.topic_model:
                 self._handle_model(message.payload)
             else:
-                log.warning("%s: message on unexpected topic %s ignored", self.config.device, message.topic)
+                log.warning("%s: message on unexpected topic %s ignored", self.config.device, name)
         except Exception:  # a bug here must not kill paho's network thread
-            log.exception("%s: failed to handle message on %s", self.config.device, message.topic)
+            log.exception("%s: failed to handle message on %s", self.config.device, name)
 
     # --- rule sets -----------------------------------------------------------
 
@@ -435,10 +453,11 @@ class AgentMqtt:
             except Exception as exc:
                 raise rs.RuleSetError(f"apply failed: {exc}") from None
         except (SignatureError, rs.RuleSetError) as exc:
+            reason = short_reason(exc.reason)
             self.stats.rules_rejected += 1
-            self.stats.last_rules_error = exc.reason
-            log.error("%s: rule set for %s rejected: %s", self.config.device, target, exc.reason)
-            self._ack(target, version, "rejected", exc.reason)
+            self.stats.last_rules_error = reason
+            log.error("%s: rule set for %s rejected: %s", self.config.device, target, reason)
+            self._ack(target, version, "rejected", reason)
             self._publish(self.topic_status, canonical_json(self.status()), retain=True)  # carries rules_error
             return
         write_atomically(self._rules_dir / f"{target}.json", envelope)
@@ -496,8 +515,8 @@ class AgentMqtt:
                 raise ValueError(f"model not installed, old model kept: {exc}") from None
         except (SignatureError, ValueError) as exc:
             self.stats.models_rejected += 1
-            self.stats.model_error = str(exc)
-            log.error("%s: model update rejected: %s", self.config.device, exc)
+            self.stats.model_error = short_reason(str(exc))
+            log.error("%s: model update rejected: %s", self.config.device, self.stats.model_error)
         else:
             write_atomically(self._model_state, canonical_json({"version": version}))
             self.model_version = version
@@ -510,9 +529,13 @@ class AgentMqtt:
     def _check_model(self, doc: dict[str, Any]) -> tuple[dict[str, Any], bytes, int]:
         if doc.get("schema") != MODEL_SCHEMA:
             raise ValueError(f"model push schema {doc.get('schema')!r}, want {MODEL_SCHEMA!r}")
+        unknown = sorted(set(doc) - set(MODEL_FIELDS))
+        if unknown:  # as strict as rule sets and envelopes: a field we do not know is not silently dropped
+            raise ValueError(f"unknown model push field(s): {', '.join(map(repr, unknown))}")
         version = doc.get("version")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ValueError(f"model push version must be an integer >= 1, got {version!r}")
+        # Bounded: a signed push of version 10**400 would otherwise be installed and lock out every later one.
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MODEL_MAX_VERSION:
+            raise ValueError(f"model push version must be an integer in 1..{MODEL_MAX_VERSION}, got {version!r}")
         if version <= self.model_version:
             raise ValueError(f"model version {version} is not newer than installed version {self.model_version}")
         meta, b64, digest = doc.get("bundle"), doc.get("tflite_b64"), doc.get("sha256")
@@ -524,5 +547,5 @@ class AgentMqtt:
             raise ValueError("tflite_b64 is not valid base64") from None
         actual = hashlib.sha256(tflite).hexdigest()
         if actual != digest.lower():
-            raise ValueError(f"model sha256 mismatch: got {actual}, message says {digest}")
+            raise ValueError(f"model sha256 mismatch: got {actual}, message says {digest!r}")
         return meta, tflite, version

@@ -16,6 +16,7 @@ marked by ``l3 == L3_OTHER``.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -56,6 +57,14 @@ class FrameBatch:
 
     def __len__(self) -> int:
         return len(self.ts)
+
+    def split(self, size: int) -> "Iterator[FrameBatch]":
+        """Consecutive batches of at most ``size`` frames, sharing this batch's buffer (no copy)."""
+        for lo in range(0, len(self), max(1, size)):
+            hi = lo + size
+            yield FrameBatch(index=self.index[lo:hi], ts=self.ts[lo:hi], wire_len=self.wire_len[lo:hi],
+                             cap_len=self.cap_len[lo:hi], offset=self.offset[lo:hi], linktype=self.linktype[lo:hi],
+                             buf=self.buf)  # fmt: skip
 
     def frame(self, i: int) -> bytes:
         start = int(self.offset[i])

@@ -58,6 +58,7 @@ SCHEMA: tuple[Key, ...] = (
 STREAM_TABLES: dict[str, int] = {"mi_dir": 256, "h": 256, "hh": 512, "hh_jit": 256, "hphp": 512}
 BASELINE_MB = 60  # Python + numpy + a TFLite runtime + the model, measured 40-60 MB
 MAX_BATCH = 1 << 20
+MAX_BUDGET = 1 << 32  # entries per stream table: a terabyte; beyond it the memory estimate overflows a float
 RING_BLOCK_KB = 256  # AF_PACKET ring block: the ring is a whole number of these
 
 # What each architecture can run: TFLite runtimes with wheels for it and the QEMU binaries that emulate it.
@@ -199,6 +200,8 @@ def _check_budgets(path: Path, table: dict[str, Any]) -> StreamBudgets:
         _check_type(path, name, table[key], int)
         if table[key] < 1:
             raise ProfileError(path, name, f"must be at least 1 entry, got {table[key]}")
+        if table[key] > MAX_BUDGET:
+            raise ProfileError(path, name, f"must be at most {MAX_BUDGET} entries, got {table[key]}")
     return StreamBudgets(**{k: table[k] for k in STREAM_TABLES})
 
 

@@ -79,9 +79,15 @@ class FleetLink:
         origin = "all" if ruleset.target == ALL_DEVICES else "device"
         now = time.time()
         with self.lock:
+            previous = [e.rule for e in self.rules.entries.values() if e.origin == origin]
             self.rules.replace_origin(origin, list(ruleset.active_rules(now)))
+            try:
+                sync_kernel(self.rules, self.enforcer, now)
+            except Exception:
+                # The rule set is refused: leave the table (and its file) as the kernel still has it.
+                self.rules.replace_origin(origin, previous)
+                raise
             self.rules.save()
-            sync_kernel(self.rules, self.enforcer, now)
         log.info("applied %s rule set v%d: %d rules", ruleset.target, ruleset.version, len(ruleset.rules))
 
     def on_model(self, meta: dict, tflite: bytes) -> None:

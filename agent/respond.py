@@ -15,13 +15,14 @@ import time
 from dataclasses import dataclass, field
 
 from .decide import Verdict
-from .enforce import BlockEntry, Enforcer
+from .enforce import BlockEntry, EnforcementError, Enforcer
 from .filter import RuleTable
 from .ruleset import Rule
 
 log = logging.getLogger(__name__)
 
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp"}
+FLOOD_RULE_PREFIX = "flood:"  # ids of the rules on what a spoofed flood has in common
 
 
 @dataclass
@@ -29,6 +30,7 @@ class ResponseConfig:
     block_seconds: float = 600.0  # rule lifetime, renewed while the source stays hostile
     block_sources: bool = True
     block_floods: bool = True
+    resync_s: float = 10.0  # after a failed kernel update, retry (whole table) at most this often
 
 
 def rule_for(verdict: Verdict, now: float, cfg: ResponseConfig) -> Rule | None:
@@ -44,7 +46,7 @@ def rule_for(verdict: Verdict, now: float, cfg: ResponseConfig) -> Rule | None:
         family = ipaddress.ip_address(verdict.victim_ip).version
         anywhere = ipaddress.ip_network("0.0.0.0/0" if family == 4 else "::/0")
         port = verdict.victim_port if proto in ("tcp", "udp") else None
-        rid = f"flood:{verdict.victim_ip}:{proto}:{port}"
+        rid = f"{FLOOD_RULE_PREFIX}{verdict.victim_ip}:{proto}:{port}"
         return Rule(rid, anywhere, proto, port, "drop", expires, reason + " (spoofed sources)")
     return None
 
@@ -63,6 +65,9 @@ class Responder:
     rules: RuleTable
     enforcer: Enforcer
     config: ResponseConfig = field(default_factory=ResponseConfig)
+    kernel_stale: bool = field(default=False, init=False)  # a kernel update failed: it lacks rules the table has
+    enforcement_errors: int = field(default=0, init=False)
+    _last_resync: float = field(default=0.0, init=False, repr=False)
 
     def act(self, verdicts: list[Verdict], now: float | None = None) -> list[dict]:
         now = time.time() if now is None else now
@@ -76,7 +81,7 @@ class Responder:
             sent.append(alert_document(v, action, rule_id))
             log.warning("hostile: %s -> %s", v.describe(), action)
         if new_entries:
-            self.enforcer.block(new_entries)
+            self._block(new_entries, now)
         return sent
 
     def renew(self, active_rule_ids: list[str], now: float | None = None) -> None:
@@ -88,7 +93,34 @@ class Responder:
                 self.rules.renew(rid, now + self.config.block_seconds)
                 entries.append(block_entry(self.rules.entries[rid].rule, now))
         if entries:
+            self._block(entries, now)
+
+    def _block(self, entries: list[BlockEntry], now: float) -> None:
+        # A failing or hanging nft must not stop detection (nor lose the alert or the saved rule):
+        # the rule stays in the filter table, and resync() puts the kernel right later.
+        try:
             self.enforcer.block(entries)
+        except EnforcementError as exc:
+            self.enforcement_errors += 1
+            self.kernel_stale = True
+            self._last_resync = now
+            log.error("kernel enforcement failed, rules kept in the filter table and retried: %s", exc)
+
+    def resync(self, now: float | None = None) -> None:
+        """After a failed kernel update: rebuild the kernel table from the rule table (housekeeping calls this)."""
+        now = time.time() if now is None else now
+        if not self.kernel_stale or now - self._last_resync < self.config.resync_s:
+            return
+        self._last_resync = now
+        try:
+            self.enforcer.start()  # recreates the table too, should someone have flushed the ruleset
+            self.enforcer.sync([block_entry(r, now) for r in self.rules.rules() if r.active(now)])
+        except EnforcementError as exc:
+            self.enforcement_errors += 1
+            log.error("kernel enforcement still failing, retrying in %.0f s: %s", self.config.resync_s, exc)
+            return
+        self.kernel_stale = False
+        log.info("kernel enforcement back: %d rules re-applied", self.rules.count())
 
 
 def alert_document(v: Verdict, action: str, rule_id: str | None) -> dict:

@@ -132,9 +132,15 @@ def _int(value: Any, low: int, high: int) -> int:
 
 
 def _time(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be a non-negative unix time, got {type(value).__name__}")
+    try:
+        seconds = float(value)
+    except OverflowError:  # JSON integers have no size limit; math.isfinite() would raise OverflowError on them
+        raise ValueError(f"must be a non-negative unix time, got an integer of {len(str(value))} digits") from None
+    if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"must be a non-negative unix time, got {value!r}")
-    return float(value)
+    return seconds
 
 
 def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -153,6 +159,10 @@ def _one_of(*allowed: str) -> Callable[[Any], str]:
 def _network(value: Any) -> Network:
     if not isinstance(value, str):
         raise ValueError(f"must be an address or CIDR string, got {type(value).__name__}")
+    if "%" in value:
+        # ipaddress takes "fe80::1%<anything>" (newlines and quotes included) as a /128 with a scope id;
+        # nft cannot parse it, so such a rule would break every later kernel sync.
+        raise ValueError("an IPv6 scope id (%...) has no place in a rule")
     try:
         return ipaddress.ip_network(value, strict=True)
     except ValueError as exc:

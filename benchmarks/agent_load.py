@@ -482,6 +482,49 @@ def part_latency(dev, atk, work: Path, runs: int, kind: str, rate: float, profil
     }
 
 
+class BenignPeer:
+    """UDP datagrams from the peer to an application socket on the device; counts what arrives."""
+
+    def __init__(self, dev, peer, rate: float = 50.0) -> None:
+        import test_live_agent as lab
+
+        self.device_ip, self.peer_ip, self.port = lab.DEVICE_IP, lab.PEER_IP, lab.PROBE_PORT
+        self.peer, self.rate = peer, rate
+        with netns.entered(dev):
+            self.sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sink.bind((self.device_ip, self.port))
+        self.sink.settimeout(0.2)
+        self.sent = self.received = 0
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=f, daemon=True) for f in (self._send, self._receive)]
+
+    def _send(self) -> None:
+        with netns.entered(self.peer):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((self.peer_ip, 0))
+        while not self.stop.wait(1.0 / self.rate):
+            s.sendto(f"reading {self.sent}".encode(), (self.device_ip, self.port))
+            self.sent += 1
+        s.close()
+
+    def _receive(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                _, (addr, _) = self.sink.recvfrom(2048)
+                self.received += addr == self.peer_ip
+
+    def __enter__(self) -> "BenignPeer":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+        self.sink.close()
+
+
 @contextlib.contextmanager
 def sampler(run: AgentRun, every: float = 0.1) -> Iterator[list]:
     """RSS of the agent every ``every`` seconds while the block runs: [(s, RSS MB, anonymous MB), ...]."""

@@ -33,13 +33,11 @@ import ast
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,7 +47,15 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import netns  # noqa: E402  (tests/netns.py)
 import test_live_agent as lab_  # noqa: E402
-from benchmarks.agent_load import AgentRun, _lab_addresses, agent, finish_sender, flood_sender, sampler  # noqa: E402
+from benchmarks.agent_load import (  # noqa: E402
+    AgentRun,
+    BenignPeer,
+    _lab_addresses,
+    agent,
+    finish_sender,
+    flood_sender,
+    sampler,
+)
 from benchmarks.common import save  # noqa: E402
 
 PYTHON = sys.executable
@@ -100,46 +106,6 @@ def controller(dev, workdir: Path, key: Path) -> Iterator[subprocess.Popen]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-
-
-class BenignPeer:
-    """UDP datagrams from the peer to an application socket on the device; counts what arrives."""
-
-    def __init__(self, dev, peer, rate: float = 50.0) -> None:
-        self.peer, self.rate = peer, rate
-        with netns.entered(dev):
-            self.sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sink.bind((lab_.DEVICE_IP, lab_.PROBE_PORT))
-        self.sink.settimeout(0.2)
-        self.sent = self.received = 0
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=f, daemon=True) for f in (self._send, self._receive)]
-
-    def _send(self) -> None:
-        with netns.entered(self.peer):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind((lab_.PEER_IP, 0))
-        while not self.stop.wait(1.0 / self.rate):
-            s.sendto(f"reading {self.sent}".encode(), (lab_.DEVICE_IP, lab_.PROBE_PORT))
-            self.sent += 1
-        s.close()
-
-    def _receive(self) -> None:
-        while not self.stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                _, (addr, _) = self.sink.recvfrom(2048)
-                self.received += addr == lab_.PEER_IP
-
-    def __enter__(self) -> "BenignPeer":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join()
-        self.sink.close()
 
 
 def statuses(run: AgentRun) -> list[tuple[float, dict]]:
@@ -205,7 +171,7 @@ def episode(k: int, atk, ips: dict, run: AgentRun, at: float) -> dict:
     kind = KINDS[k % len(KINDS)]
     src = f"10.77.0.{100 + k % 100}"
     lines_before = len(run.lines)
-    lab_.send_raw(atk, lab_.attack_frames(kind, 1500, seed=k, src_ip=src), rate=1000)
+    lab_.send_raw(atk, lab_.attack_frames(kind, 1500, src_ip=src), rate=1000)
     spoofed = k % 5 == 4
     if spoofed:
         with flood_sender(atk, ips, 20000, 0, True, 200_000, total=200_000, seed=k) as sender:
@@ -267,7 +233,9 @@ def main() -> None:
     ap.add_argument("--episode-s", type=float, default=60.0, help="seconds between attack episodes")
     ap.add_argument("--broker-restart-s", type=float, default=300.0, help="seconds between broker restarts")
     ap.add_argument("--broker-down-s", type=float, default=10.0)
-    ap.add_argument("--block-s", type=float, default=120.0, help="agent's local rule lifetime")
+    # Shorter than the gap between episodes: a spoofed TCP flood's rule (any source) lapses before the next
+    # TCP attack, which then meets the detector instead of that rule.
+    ap.add_argument("--block-s", type=float, default=45.0, help="agent's local rule lifetime")
     ap.add_argument("--out", help="results JSON (default benchmarks/results/soak.json)")
     ap.add_argument("--workdir", type=Path, help="keep logs, databases and state here (default: a temporary folder)")
     args = ap.parse_args()

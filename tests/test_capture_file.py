@@ -443,3 +443,15 @@ def test_mutated_captures_never_crash(tmp_path_factory, base, mutations, cut):
         assert (frames.offset + frames.cap_len <= len(frames.buf)).all()
         packets = parse_frames(frames, stats)
         assert len(packets) <= len(frames)
+
+
+def test_frame_batches_split_into_views_of_one_buffer():
+    from agent.packets import FrameBatch
+
+    frames = [bytes([k]) * (60 + k) for k in range(10)]
+    batch = FrameBatch.from_frames(frames, ts=np.arange(10.0))
+    parts = list(batch.split(4))
+    assert [len(p) for p in parts] == [4, 4, 2]
+    assert all(p.buf is batch.buf for p in parts)
+    assert [p.frame(i) for p in parts for i in range(len(p))] == frames
+    assert np.concatenate([p.index for p in parts]).tolist() == list(range(10))

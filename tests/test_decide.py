@@ -109,3 +109,24 @@ def test_new_sources_of_mixed_shapes_or_low_rate_are_no_flood():
     benign = scores_for(np.zeros(3000, dtype=int), 0.99)
     assert DecisionLayer().update(_spoofed(3000, syn_share=0.5), benign) == []  # a busy server's clients
     assert DecisionLayer().update(_spoofed(3000, rate=20.0), benign) == []  # 20 new clients per second
+
+
+def test_one_new_attacker_at_a_target_quiet_for_a_while_is_a_source_not_a_spoofed_flood():
+    """Found in the soak run: a busy target, quiet for two minutes, then one attacker whose first packet
+    the model calls hostile and the rest benign (the victim's replies change its features)."""
+    d = DecisionLayer(DecisionConfig(min_packets=10))
+    history = random_batch(3000, 7, long_gaps=False)
+    history.l3[:] = 1
+    history.dst_ip_hi[:] = 0
+    history.dst_ip_lo[:] = 0xFFFF_0A00_0005
+    history.proto[:] = 6
+    history.ts = 1.6e9 + np.arange(3000) / 100.0
+    assert d.update(history, scores_for(np.zeros(3000, dtype=int), 0.99)) == []
+    attack = one_source(60, t0=history.ts[-1] + 120.0, rate=1000.0)
+    attack.dst_ip_hi[:] = 0
+    attack.dst_ip_lo[:] = 0xFFFF_0A00_0005
+    attack.proto[:] = 6
+    labels = np.zeros(60, dtype=int)
+    labels[:12] = SYN
+    verdicts = d.update(attack, scores_for(labels, 0.99))
+    assert [v.kind for v in verdicts if v.kind == "spoofed"] == []
