@@ -32,7 +32,6 @@ import argparse
 import ast
 import contextlib
 import os
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -55,6 +54,7 @@ from benchmarks.agent_load import (  # noqa: E402
     finish_sender,
     flood_sender,
     sampler,
+    stop_process,
 )
 from benchmarks.common import save  # noqa: E402
 
@@ -100,11 +100,7 @@ def controller(dev, workdir: Path, key: Path) -> Iterator[subprocess.Popen]:
     try:
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 20)
         log.close()
 
 
