@@ -105,6 +105,14 @@ def make_controller(broker_host: str, broker_port: int, tmp_path: Path, key_path
     return ControllerService(config)
 
 
+def plain_controller(host: str, port: int, tmp_path: Path, key: Path) -> ControllerService:
+    """A controller on a plain subscription: mosquitto 2.0.11 restores those across a restart, but not
+    shared ones (see test_faults.test_controller_offline_across_a_broker_restart_still_gets_alerts)."""
+    controller = make_controller(host, port, tmp_path, key, k_devices=99)  # k_devices: no fleet rule pushes
+    controller.config.share_group = ""
+    return controller
+
+
 def alert(source_ip: str, cls: str = "mirai_syn", confidence: float = 0.97) -> dict[str, Any]:
     """An alert as the agent's detector would hand it over."""
     now = time.time()

@@ -40,7 +40,7 @@ import netns
 
 pytest.register_assert_rewrite("mqtt_helpers")
 pytest_plugins = ("mqtt_helpers",)  # the broker and keys fixtures
-from mqtt_helpers import FLEET, WAIT_S, alert, make_agent, make_controller, wait_until  # noqa: E402
+from mqtt_helpers import FLEET, WAIT_S, alert, make_agent, make_controller, plain_controller, wait_until  # noqa: E402
 from test_live_agent import attack_frames  # noqa: E402  (Mirai frames from a chosen source address)
 
 from agent.alert_queue import AlertQueue  # noqa: E402
@@ -134,14 +134,6 @@ def assert_every_alert_accounted_for(agent: AgentMqtt, controller: ControllerSer
 
 
 # --- 1. broker restart under load ------------------------------------------------------
-
-
-def plain_controller(host: str, port: int, tmp_path: Path, key: Path) -> ControllerService:
-    """A controller on a plain subscription: mosquitto 2.0.11 restores those across a restart, but not
-    shared ones (see test_controller_offline_across_a_broker_restart_still_gets_alerts)."""
-    controller = make_controller(host, port, tmp_path, key, k_devices=99)  # k_devices: no fleet rule pushes
-    controller.config.share_group = ""
-    return controller
 
 
 def test_broker_outage_overflowing_a_small_queue_loses_only_counted_alerts(broker, keys, tmp_path):

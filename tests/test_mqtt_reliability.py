@@ -14,7 +14,7 @@ import pytest
 
 pytest.register_assert_rewrite("mqtt_helpers")
 pytest_plugins = ("mqtt_helpers",)  # the broker and keys fixtures
-from mqtt_helpers import FLEET, alert, make_agent, make_controller, wait_until
+from mqtt_helpers import FLEET, alert, make_agent, make_controller, plain_controller, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 STREAM = 400
@@ -37,7 +37,7 @@ def _stream(agent, count: int, restart_at: int, restart) -> list[int]:
 
 
 def test_broker_restart_mid_stream_every_seq_stored_exactly_once(broker, keys, tmp_path):
-    controller = make_controller(broker.host, broker.port, tmp_path, keys.private, k_devices=99)
+    controller = plain_controller(broker.host, broker.port, tmp_path, keys.private)
     controller.start()
     agent, _ = make_agent(broker.host, broker.port, tmp_path / "dev1", "dev1", keys.trusted)
     agent.start()
