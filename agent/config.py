@@ -5,7 +5,7 @@ default; an unknown key, a wrong type or an impossible value is an error that
 names the file, the key and the problem.
 
     state_dir = "/var/lib/iotguard"
-    allowlist = ["192.168.1.1", "192.168.1.53"]   # gateway, DNS, ... never blocked
+    allowlist = ["192.168.1.10", "10.0.0.0/24"]   # never blocked; gateways, DNS and the broker are added by themselves
     block_seconds = 600
     threshold = 0.7
     min_packets = 10
