@@ -83,7 +83,7 @@ class RuleTable:
     """Rules by id, with origin and hit counters; ``apply(batch)`` -> which packets survive."""
 
     def __init__(self, allowlist: list[str] | None = None, max_local_rules: int = 1024, path: Path | None = None) -> None:
-        self.allow = [ipaddress.ip_network(a, strict=False) for a in (allowlist or [])]
+        self.set_allowlist(allowlist or [])
         self.max_local_rules = max_local_rules
         self.path = Path(path) if path else None
         self.entries: dict[str, TableEntry] = {}
@@ -92,6 +92,9 @@ class RuleTable:
         self.save_errors = 0
 
     # --- changes -------------------------------------------------------------
+
+    def set_allowlist(self, allowlist: list[str]) -> None:
+        self.allow = [ipaddress.ip_network(a, strict=False) for a in allowlist]
 
     def allowed(self, network) -> bool:
         """True when a rule on ``network`` would touch an allowlisted address."""

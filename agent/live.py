@@ -29,7 +29,7 @@ from .packets import LABELS, DecodeStats, FrameBatch
 from .parse import parse_frames
 from .privileges import require
 from .profile import RING_BLOCK_KB, Profile
-from .respond import FLOOD_RULE_PREFIX, Responder, ResponseConfig, block_entry
+from .respond import FLOOD_RULE_PREFIX, Responder, ResponseConfig, sync_kernel
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,7 @@ class LiveAgent:
         Path(self.config.state_dir).mkdir(parents=True, exist_ok=True)
         loaded = self.rules.load()
         self.enforcer.start()
-        now = time.time()
-        self.enforcer.sync([block_entry(r, now) for r in self.rules.rules()])
+        sync_kernel(self.rules, self.enforcer)
         log.info("agent on %s: %d saved rules re-applied, enforcement %s", self.interface, loaded, self.enforcement)
         blocks = self.profile.capture_ring_kb // RING_BLOCK_KB
         self.capture = LiveCapture(self.interface, block_size=RING_BLOCK_KB * 1024, block_count=blocks, snaplen=256).open()
@@ -133,11 +132,11 @@ class LiveAgent:
         """SIGHUP: new allowlist and thresholds, rules re-read from disk and re-applied."""
         self.config = config
         allow = self._allowlist(config)
-        self.rules.allow = RuleTable(allow).allow
+        self.rules.set_allowlist(allow)
         self.enforcer.set_allowlist(allow)
         self.rules.entries.clear()
         self.rules.load()
-        self.enforcer.sync([block_entry(r, time.time()) for r in self.rules.rules()])
+        sync_kernel(self.rules, self.enforcer)
         log.info("reloaded configuration and %d rules", self.rules.count())
 
     def stop(self) -> None:

@@ -23,16 +23,11 @@ from .enforce import Enforcer
 from .filter import RuleTable
 from .model import Bundle, Classifier, parse_bundle
 from .mqtt_client import AgentMqtt, MqttConfig
-from .respond import block_entry
+from .respond import sync_kernel
 from .ruleset import ALL_DEVICES, RuleSet
 from .signing import load_public_key, trusted_keys
 
 log = logging.getLogger(__name__)
-
-
-def sync_kernel(rules: RuleTable, enforcer: Enforcer, now: float | None = None) -> None:
-    now = time.time() if now is None else now
-    enforcer.sync([block_entry(r, now) for r in rules.rules() if r.active(now)])
 
 
 class FleetLink:

@@ -58,6 +58,12 @@ def block_entry(rule: Rule, now: float) -> BlockEntry:
     return BlockEntry(address=address, proto=rule.proto, dport=rule.dport, timeout=timeout)
 
 
+def sync_kernel(rules: RuleTable, enforcer: Enforcer, now: float | None = None) -> None:
+    """Make the kernel hold exactly the table's active rules (start, SIGHUP, rule sets, recovery)."""
+    now = time.time() if now is None else now
+    enforcer.sync([block_entry(r, now) for r in rules.rules() if r.active(now)])
+
+
 @dataclass
 class Responder:
     """Turns verdicts into rules (and kernel blocks) and alerts; keeps them fresh."""
@@ -114,7 +120,7 @@ class Responder:
         self._last_resync = now
         try:
             self.enforcer.start()  # recreates the table too, should someone have flushed the ruleset
-            self.enforcer.sync([block_entry(r, now) for r in self.rules.rules() if r.active(now)])
+            sync_kernel(self.rules, self.enforcer, now)
         except EnforcementError as exc:
             self.enforcement_errors += 1
             log.error("kernel enforcement still failing, retrying in %.0f s: %s", self.config.resync_s, exc)
