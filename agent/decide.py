@@ -1,17 +1,24 @@
-"""The decision stage: per-packet class scores -> per-source verdicts.
+"""The decision stage: per-packet class scores and header evidence -> per-source verdicts.
 
-A single odd packet must not raise an alert, so every source keeps a decayed
-average of its packets' class scores (half-life ``half_life_s``) and a packet
-count; a source becomes hostile when it has sent at least ``min_packets``
-packets and one attack class's average reaches ``threshold``.  It is released
-when that average falls below ``release`` (hysteresis).
+Every verdict says what decided it (``basis``):
 
-A spoofed flood shows a new source for nearly every packet, which no per-source
-count can judge.  So the same statistics are kept per target as well (victim
-address, protocol, destination port for floods at one port, or victim address
-alone), together with how many of the target's hostile packets came from
-sources never seen before; when that share is high, the verdict names the
-target ("spoofed flood at 10.0.0.5 tcp/80") instead of a source.
+* ``model``: a source's recent packets score as one attack class.  A single odd packet must not
+  raise an alert, and neither must a few odd packets spread over hours: every source keeps decayed
+  sums (half-life ``half_life_s``) of its packets and of their class scores, and becomes hostile when
+  its *recent* packets (the decayed count, the same window the scores are averaged over) number at
+  least ``min_packets`` and one attack class's average reaches ``threshold``.  It is released when
+  that average falls below ``release`` (hysteresis).
+* ``headers``: what the headers show whatever the model says (``agent.evidence``): a flood from one
+  source (a high rate of one shape, SYN only, ACK only or UDP, with fresh ports per packet), a scan
+  (SYNs to new socket pairs, mostly unanswered), Mirai's scanner fingerprint (one packet suffices),
+  and floods at one target from many sources (spoofed or rotating), which no per-source count can
+  judge.  Each gets the closest Mirai class.
+* ``anomaly``: most of a source's recent packets are far from the traffic the anomaly detector
+  learned (``agent.anomaly``); label ``anomaly``.
+
+A flood at one target from sources that are each too light to convict (a spoofed flood shows a new
+source for nearly every packet) is named by its target ("spoofed flood at 10.0.0.5 tcp/80"), so the
+responder can drop what it has in common instead of filling the rule table with addresses.
 
 The statistics use the same exact, vectorised decayed sums as the features.
 """
@@ -23,11 +30,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .decayed_sums import Segments, decayed_sums, running_time
+from .evidence import Evidence, packet_evidence
 from .key_hash import hash_words
-from .packets import LABELS, PORT_NUMBER, PacketBatch, format_ip, format_mac
+from .packets import LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch, format_ip, format_mac
 from .stream_table import StreamTable
 
 N_CLASSES = len(LABELS)
+_SCAN, _SYN, _ACK, _UDP = (LABELS.index(c) for c in ("mirai_scan", "mirai_syn", "mirai_ack", "mirai_udp"))
+_ANOMALY = len(LABELS)
 
 
 @dataclass
@@ -35,21 +45,32 @@ class DecisionConfig:
     half_life_s: float = 2.0
     threshold: float = 0.7  # average score of one attack class to call a source hostile
     release: float = 0.3  # below this the verdict ends
-    min_packets: int = 10
+    min_packets: int = 10  # recent packets (decayed count over half_life_s) behind a model verdict
     max_sources: int = 65536  # bounded table of tracked sources (LRU eviction)
     max_targets: int = 65536
     spoofed_share: float = 0.6  # share of a target's hostile packets from never-seen sources
-    flood_rate: float = 200.0  # packets/s at a target that can make a header-judged flood ...
-    flood_new_share: float = 0.9  # ... when this share comes from never-seen sources ...
-    flood_shape_share: float = 0.9  # ... and this share has one shape (SYN only, ACK only or UDP)
+    # Header floods, from one source or at one target: a sustained rate of one shape with fresh sockets.
+    flood_rate: float = 200.0  # packets/s
+    flood_min_packets: int = 100  # recent packets behind a header flood verdict
+    flood_shape_share: float = 0.9  # share of one shape (SYN only, ACK only, UDP)
+    flood_new_socket_share: float = 0.8  # share opening a new socket pair (random ports); not for one source's SYNs
+    # Scans: SYNs to new socket pairs, mostly unanswered, over a longer window.
+    scan_half_life_s: float = 10.0
+    scan_min_probes: int = 20  # recent probes (decayed count over scan_half_life_s)
+    scan_answered_max: float = 0.2  # at most this share of the probes answered by a SYN-ACK
+    scan_settle_s: float = 0.5  # answers to the first probes of an episode have had time to come back
+    fingerprint_min_packets: int = 1  # Mirai scanner SYNs (seq = destination address)
+    # Anomaly verdicts: most recent packets anomalous (only when an anomaly detector runs).
+    anomaly_share: float = 0.8
+    anomaly_min_packets: int = 20
 
 
 @dataclass
 class Verdict:
-    """One hostile source (or one target of a spoofed flood)."""
+    """One hostile source (or one target of a flood from many sources)."""
 
     kind: str  # "source" or "spoofed"
-    label: str
+    label: str  # one of VERDICT_LABELS
     confidence: float
     packets: int
     first_seen: float
@@ -61,7 +82,7 @@ class Verdict:
     victim_ip: str | None = None
     victim_port: int | None = None
     proto: int | None = None
-    basis: str = "model"  # "model": per-packet scores; "headers": a spoofed flood's volume and shape
+    basis: str = "model"  # "model", "headers" or "anomaly" (see the module's docstring)
 
     @property
     def latency(self) -> float:
@@ -75,60 +96,61 @@ class Verdict:
     def describe(self) -> str:
         if self.kind == "spoofed":
             port = f"/{self.victim_port}" if self.victim_port is not None else ""
-            who = f"spoofed flood at {self.victim_ip} proto {self.proto}{port}" + (" [headers]" if self.basis == "headers" else "")
+            who = f"spoofed flood at {self.victim_ip} proto {self.proto}{port}"
         else:
             who = f"{self.src_ip} ({self.src_mac})"
         return (
-            f"{self.label:15s} {who:45s} conf {self.confidence:.3f} packets {self.packets:8d} "
+            f"{self.label:15s} {who:45s} [{self.basis}] conf {self.confidence:.3f} packets {self.packets:8d} "
             f"first {self.first_seen:.6f} last {self.last_seen:.6f} after {self.latency * 1000:.1f} ms"
         )
 
 
-# What each packet adds to its key besides its class scores: whether its source was never seen
-# before, and its header shape (for floods the model cannot judge packet by packet).
-EXTRAS = ("new_source", "syn_only", "ack_only", "udp")
-N_EXTRA = len(EXTRAS)
-
-# State columns of a tracked key: decayed sums first (weight, class scores, extras), then bookkeeping.
+# --- Tracked keys -------------------------------------------------------------------------------
+# State columns: decayed sums first (weight, class scores, the table's evidence columns), then
+# bookkeeping: lifetime packet count, first seen, start of the current episode (the first packet
+# after a quiet spell), class reported last (-1: none), time decided, bit set of reported classes.
 _W = 0
 _S = slice(1, 1 + N_CLASSES)
-_SUMS = slice(0, 1 + N_CLASSES + N_EXTRA)
-_COUNT, _FIRST, _HOSTILE, _DECIDED, _REPORTED = range(_SUMS.stop, _SUMS.stop + 5)
-_WIDTH = _SUMS.stop + 5
-
-
-def _init_row() -> np.ndarray:
-    row = np.zeros(_WIDTH)
-    row[_W] = 1e-20
-    row[_HOSTILE] = -1
-    return row
+_BOOK = ("count", "first", "episode", "hostile", "decided", "reported")
 
 
 @dataclass
 class _Tracked:
-    """Decayed score averages for a set of keys (sources, or targets)."""
+    """Decayed sums of packets, their class scores and ``extras`` evidence columns for a set of keys."""
 
     budget: int
-    lam: float
+    half_life_s: float
+    extras: tuple[str, ...]
     table: StreamTable = field(init=False)
 
     def __post_init__(self) -> None:
-        self.table = StreamTable(self.budget, _init_row())
+        self.n_sums = 1 + N_CLASSES + len(self.extras)
+        self.col = {name: self.n_sums + i for i, name in enumerate(_BOOK)}
+        init = np.zeros(self.n_sums + len(_BOOK))
+        init[_W] = 1e-20
+        init[self.col["hostile"]] = -1
+        self.table = StreamTable(self.budget, init)
+        self.lam = 1.0 / self.half_life_s
 
     def update(self, keys: np.ndarray, t: np.ndarray, scores: np.ndarray, extra: np.ndarray) -> dict:
-        """Per packet (in key order): averages, counts and new-source shares; plus the bookkeeping."""
+        """Per packet (in key order): decayed weight, score averages, evidence shares, counts."""
         order = np.argsort(keys, kind="stable")
         seg = Segments.from_sorted(keys[order])
         ts = t[order]
         slots, is_new = self.table.lookup(keys[order][seg.start], ts[seg.start])
         state = self.table.state[slots]
-        state[is_new, _FIRST] = ts[seg.start][is_new]
+        state[is_new, self.col["first"]] = ts[seg.start][is_new]
         t_init = self.table.t_last[slots]
         T = running_time(ts, t_init, seg)
-        lam = np.array([self.lam])
         terms = np.concatenate([np.ones((len(ts), 1)), scores[order], extra[order]], axis=1)[:, None, :]
-        sums = decayed_sums(seg, T, lam, terms, state[:, None, _SUMS], t_init)[:, 0, :]
-        count = np.cumsum(np.ones(len(ts))) - np.repeat(seg.start, seg.length) + state[seg.ids, _COUNT]
+        sums = decayed_sums(seg, T, np.array([self.lam]), terms, state[:, None, : self.n_sums], t_init)[:, 0, :]
+        weight = sums[:, _W]
+        count = np.arange(1, len(ts) + 1) - np.repeat(seg.start, seg.length) + state[seg.ids, self.col["count"]]
+        # An episode starts at a packet that finds less than half a packet of recent weight.
+        starts = (weight - 1.0) < 0.5
+        marked = starts | seg.first_mask(len(ts))
+        last_mark = np.maximum.accumulate(np.where(marked, np.arange(len(ts)), 0))
+        episode = np.where(starts[last_mark], ts[last_mark], state[seg.ids, self.col["episode"]])
         return {
             "order": order,
             "seg": seg,
@@ -136,74 +158,129 @@ class _Tracked:
             "state": state,
             "t": ts,
             "T": T,
-            "avg": sums[:, _S] / sums[:, :1],
-            "shares": sums[:, _S.stop :] / sums[:, :1],  # EXTRAS, as decayed shares of the key's packets
-            "weight": sums[:, 0],
+            "weight": weight,
+            "avg": sums[:, _S] / weight[:, None],
+            "shares": sums[:, _S.stop :] / weight[:, None],  # extras, as decayed shares of the key's packets
+            "extra_weight": sums[:, _S.stop :],  # extras as decayed counts
             "count": count,
+            "episode": episode,
             "sums": sums,
+            "first_seen": state[:, self.col["first"]],
         }
 
+    def per_packet(self, r: dict, values: np.ndarray) -> np.ndarray:
+        """``values`` given in the key order of ``r`` back in packet order."""
+        out = np.empty_like(values)
+        out[r["order"]] = values
+        return out
+
     def store(self, r: dict) -> None:
-        seg, state, sums = r["seg"], r["state"], r["sums"]
-        last = seg.last
-        state[:, _W] = sums[last, 0]
-        state[:, _S] = sums[last, 1 : 1 + N_CLASSES]
-        state[:, _S.stop : _SUMS.stop] = sums[last, _S.stop :]
-        state[:, _COUNT] = r["count"][last]
+        seg, state, last = r["seg"], r["state"], r["seg"].last
+        state[:, : self.n_sums] = r["sums"][last]
+        state[:, self.col["count"]] = r["count"][last]
+        state[:, self.col["episode"]] = r["episode"][last]
         self.table.state[r["slots"]] = state
         self.table.t_last[r["slots"]] = r["T"][last]
 
 
-def _header_floods(r: dict, cfg: DecisionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Spoofed floods judged by volume and header shape: (hot, class, share) per packet of ``r``.
+# --- Rules ---------------------------------------------------------------------------------------
+# Each rule gives, per packet of a table update: (hot, class index, confidence).
 
-    The N-BaIoT features are all keyed by source, so a packet from a never-seen source looks the
-    same whether it is a stranger's first contact or one of a million spoofed SYNs.  A target that
-    receives a high rate of packets, nearly all from never-seen sources and nearly all of one
-    shape (SYN only, ACK only, UDP), is flooded whatever the model says of each packet.
-    """
-    shares = r["shares"]
-    shape = 1 + shares[:, 1:].argmax(axis=1)  # column of EXTRAS: 1 syn, 2 ack, 3 udp
-    share = shares[np.arange(len(shares)), shape]
-    rate_weight = cfg.flood_rate * cfg.half_life_s / np.log(2)  # decayed weight of a steady flood at that rate
-    hot = (
-        (r["count"] >= cfg.min_packets)
-        & (shares[:, 0] >= cfg.flood_new_share)
-        & (share >= cfg.flood_shape_share)
-        & (r["weight"] >= rate_weight)
-    )
-    label = np.array([0, LABELS.index("mirai_syn"), LABELS.index("mirai_ack"), LABELS.index("mirai_udp")])[shape]
-    return hot, label, share
+Rule = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def _decide(
-    r: dict, cfg: DecisionConfig, allowed: np.ndarray | None = None, alternative: tuple | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Find the verdicts in ``r``: for each key, the first packet at which each attack class becomes
-    hot (at least ``min_packets`` and an average score over ``threshold``), once per class until the
-    key cools down.  So a host that floods with UDP and later scans is reported for both.
-
-    Returns (segment ids, packet positions) of the verdicts, in time order per key.
-    """
+def _model_rule(r: dict, cfg: DecisionConfig) -> Rule:
     avg = r["avg"]
     attack = 1 + avg[:, 1:].argmax(axis=1)
     conf = avg[np.arange(len(avg)), attack]
-    hot = (r["count"] >= cfg.min_packets) & (conf >= cfg.threshold)
-    if allowed is not None:
-        hot &= allowed
-    basis = np.zeros(len(avg), dtype=bool)  # True: decided on headers, not on the model's scores
-    if alternative is not None:
-        alt_hot, alt_attack, alt_conf = alternative
-        basis = alt_hot & ~hot
-        attack = np.where(basis, alt_attack, attack)
-        conf = np.where(basis, alt_conf, conf)
-        hot = hot | alt_hot
-    r["basis"] = basis
-    seg, state = r["seg"], r["state"]
-    reported = state[:, _REPORTED].astype(np.int64)  # bit c: class c already reported for this key
-    pos = np.arange(len(avg))
+    return (r["weight"] >= cfg.min_packets) & (conf >= cfg.threshold), attack, conf
+
+
+def _rate(r: dict, half_life_s: float) -> np.ndarray:
+    """Packets/s of each key, from its decayed weight, corrected for episodes shorter than the window."""
+    elapsed = np.maximum(r["t"] - r["episode"], 0.05 * half_life_s)
+    filled = 1.0 - np.exp2(-elapsed / half_life_s)
+    return r["weight"] * np.log(2) / half_life_s / filled
+
+
+def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -> Rule:
+    """A sustained rate of one shape (SYN only, ACK only, UDP) with fresh sockets, from one source or at
+    one target.  One source's SYNs need no fresh sockets: nothing benign sends SYNs at that rate.  From one
+    source, SYNs mostly to new hosts, or short SYNs mostly to ports not tried before, are a scan."""
+    shares = r["shares"]
+    shape_share = shares[:, : 3]
+    shape = shape_share.argmax(axis=1)
+    share = shape_share[np.arange(len(shape)), shape]
+    fresh = shares[:, t.extras.index("new_socket")]
+    if "new_source" in t.extras:  # a never-seen source's packet opens a new socket pair too
+        fresh = np.maximum(fresh, shares[:, t.extras.index("new_source")])
+    fresh_enough = fresh >= cfg.flood_new_socket_share
+    if one_source:
+        fresh_enough |= shape == 0
+    hot = (
+        (r["weight"] >= cfg.flood_min_packets)
+        & (_rate(r, t.half_life_s) >= cfg.flood_rate)
+        & (share >= cfg.flood_shape_share)
+        & fresh_enough
+    )
+    label = np.array([_SYN, _ACK, _UDP])[shape]
+    if one_source:
+        sweep = np.maximum(shares[:, t.extras.index("new_host")], shares[:, t.extras.index("scan_like")])
+        label = np.where((shape == 0) & (sweep >= 0.5), _SCAN, label)
+    return hot, label, share
+
+
+def _scan_rule(r: dict, cfg: DecisionConfig) -> Rule:
+    """Probes (SYNs opening new socket pairs) from an initiator, few of them answered by a SYN-ACK, after
+    the first answers have had time to come back."""
+    probes, answered = r["extra_weight"][:, 0], r["extra_weight"][:, 1]
+    unanswered = 1.0 - answered / np.maximum(probes, 1e-9)
+    hot = (
+        (probes >= cfg.scan_min_probes)
+        & (answered <= cfg.scan_answered_max * probes)
+        & (r["t"] - r["episode"] >= cfg.scan_settle_s)
+    )
+    return hot, np.full(len(hot), _SCAN), np.clip(unanswered, 0.0, 1.0)
+
+
+def _fingerprint_rule(r: dict, t: "_Tracked", cfg: DecisionConfig) -> Rule:
+    fp = r["extra_weight"][:, t.extras.index("mirai_scan")]
+    return fp >= cfg.fingerprint_min_packets - 1e-9, np.full(len(fp), _SCAN), np.ones(len(fp))
+
+
+def _anomaly_rule(r: dict, t: "_Tracked", cfg: DecisionConfig) -> Rule:
+    share = r["shares"][:, t.extras.index("anomalous")]
+    hot = (r["weight"] >= cfg.anomaly_min_packets) & (share >= cfg.anomaly_share)
+    return hot, np.full(len(share), _ANOMALY), share
+
+
+def _combine(rules: list[tuple[Rule, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The first rule that is hot at a packet decides it (rules in order of precedence)."""
+    n = len(rules[0][0][0])
+    hot = np.zeros(n, dtype=bool)
+    label = np.zeros(n, dtype=np.int64)
+    conf = np.zeros(n)
+    basis = np.full(n, "", dtype=object)
+    for (h, lab, c), name in rules:
+        take = h & ~hot
+        label[take], conf[take], basis[take] = lab[take], c[take], name
+        hot |= take
+    return hot, label, conf, basis
+
+
+def _decide(t: _Tracked, r: dict, cfg: DecisionConfig, rules: list[tuple[Rule, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Find the verdicts in ``r``: for each key, the first packet at which each class becomes hot, once per
+    class until the key cools down.  So a host that floods with UDP and later scans is reported for both.
+
+    Returns (segment ids, packet positions) of the verdicts, in time order per key.
+    """
+    hot, attack, conf, basis = _combine(rules)
+    r["attack"], r["conf"], r["basis"] = attack, conf, basis
+    seg, state, col = r["seg"], r["state"], t.col
+    reported = state[:, col["reported"]].astype(np.int64)  # bit c: class c already reported for this key
+    pos = np.arange(len(hot))
     seg_ids, positions = [], []
-    for c in range(1, N_CLASSES):
+    for c in range(1, len(VERDICT_LABELS)):
         cand = hot & (attack == c) & ((reported[seg.ids] >> c) & 1 == 0)
         if cand.any():
             sid, first = np.unique(seg.ids[cand], return_index=True)
@@ -214,82 +291,193 @@ def _decide(
     at = np.concatenate(positions) if positions else np.zeros(0, np.int64)
     by_time = np.argsort(at, kind="stable")
     sids, at = sids[by_time], at[by_time]
-    first_seen = state[:, _HOSTILE] < 0
-    state[sids[first_seen[sids]], _DECIDED] = r["t"][at[first_seen[sids]]]
-    state[sids, _HOSTILE] = attack[at]  # the latest class reported
+    hostile_before = state[:, col["hostile"]].copy()
+    first_time = hostile_before[sids] < 0
+    state[sids[first_time], col["decided"]] = r["t"][at[first_time]]
+    state[sids, col["hostile"]] = attack[at]  # the latest class reported
+    # Per packet: the class its key stands convicted of at that packet (-1: none).
+    since = np.full(len(seg), len(hot))
+    np.minimum.at(since, sids, at)
+    convicted = np.where(hostile_before[seg.ids] >= 0, hostile_before[seg.ids], -1)
+    convicted = np.where(pos >= since[seg.ids], state[seg.ids, col["hostile"]], convicted)
+    r["convicted"] = convicted.astype(np.int64)
     # Release keys that cooled down by the end of the batch: they may be reported afresh later.
-    cooled = (reported != 0) & (conf[seg.last] < cfg.release)
+    cooled = (reported != 0) & (~hot[seg.last]) & (conf[seg.last] < cfg.release)
     reported[cooled] = 0
-    state[cooled, _HOSTILE] = -1
-    state[:, _REPORTED] = reported
-    r["attack"], r["conf"] = attack, conf
+    state[cooled, col["hostile"]] = -1
+    state[:, col["reported"]] = reported
     return sids, at
 
 
+def _matching(labels: np.ndarray, ev: Evidence, anomalous: np.ndarray) -> np.ndarray:
+    """Keep a packet's verdict label only where the packet has the attack's shape: a convicted host's other
+    traffic (an infected camera still streams video) stays the model's to label."""
+    fits = np.zeros((len(VERDICT_LABELS), len(labels)), dtype=bool)
+    fits[_SYN] = fits[_SCAN] = ev.syn_only
+    fits[_SCAN] |= ev.mirai_scan
+    fits[_ACK] = ev.ack_only
+    fits[_UDP] = fits[LABELS.index("mirai_udpplain")] = ev.udp
+    fits[_ANOMALY] = anomalous
+    ok = (labels >= 0) & fits[np.maximum(labels, 0), np.arange(len(labels))]
+    return np.where(ok, labels, -1)
+
+
 class DecisionLayer:
-    """``update(packets, scores)`` -> the verdicts this batch raised (the layer keeps no history: a
-    long-running agent must not grow with every verdict)."""
+    """``update(packets, scores, features, anomaly)`` -> the verdicts this batch raised (the layer keeps no
+    history: a long-running agent must not grow with every verdict).  After each update,
+    ``packet_labels`` holds, per packet, the index into VERDICT_LABELS of the verdict its source (or
+    its flood's target) stands convicted of at that packet, or -1."""
+
+    SOURCE_EXTRAS = ("syn_only", "ack_only", "udp", "new_socket", "new_host", "scan_like", "mirai_scan", "anomalous")
+    TARGET_EXTRAS = ("syn_only", "ack_only", "udp", "new_socket", "new_source", "light_source")
 
     def __init__(self, config: DecisionConfig | None = None) -> None:
-        self.cfg = config or DecisionConfig()
-        lam = 1.0 / self.cfg.half_life_s
-        self.sources = _Tracked(self.cfg.max_sources, lam)
-        self.targets = _Tracked(self.cfg.max_targets, lam)
+        self.cfg = cfg = config or DecisionConfig()
+        self.sources = _Tracked(cfg.max_sources, cfg.half_life_s, self.SOURCE_EXTRAS)
+        self.targets = _Tracked(cfg.max_targets, cfg.half_life_s, self.TARGET_EXTRAS)
+        self.initiators = _Tracked(cfg.max_sources, cfg.scan_half_life_s, ("probe", "answered"))
+        self.attempts = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, port) tried
+        self.packet_labels = np.zeros(0, dtype=np.int64)
+        self.anomaly_enabled = False  # set once an anomaly score has been given
 
-    def update(self, packets: PacketBatch, scores: np.ndarray) -> list[Verdict]:
-        """Verdicts raised by this batch (processed in chunks no table budget can overflow)."""
+    def update(
+        self,
+        packets: PacketBatch,
+        scores: np.ndarray,
+        features: np.ndarray | None = None,
+        anomaly: np.ndarray | None = None,
+    ) -> list[Verdict]:
+        """Verdicts raised by this batch (processed in chunks no table budget can overflow).
+
+        ``features``: the packets' 115 features (new sockets and hosts are read off them);
+        ``anomaly``: the anomaly detector's per-packet score (> 1: anomalous), if one runs.
+        """
         step = max(1, min(self.cfg.max_sources, self.cfg.max_targets))
         scores = np.asarray(scores, dtype=np.float64)
         out: list[Verdict] = []
+        labels = []
         for lo in range(0, len(packets), step):
             sl = slice(lo, lo + step)
-            out += self._update_chunk(packets.take(sl), scores[sl])
+            chunk = packets.take(sl) if len(packets) > step else packets
+            out += self._update_chunk(
+                chunk,
+                scores[sl],
+                None if features is None else features[sl],
+                None if anomaly is None else np.asarray(anomaly)[sl],
+            )
+            labels.append(self._chunk_labels)
+        self.packet_labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
         return out
 
-    def _update_chunk(self, packets: PacketBatch, scores: np.ndarray) -> list[Verdict]:
-        n = len(packets)
-        t = packets.ts
-        flags = packets.tcp_flags & 0x17  # SYN, RST, ACK, FIN
-        is_tcp = packets.proto == 6
-        extra = np.stack(
-            [np.zeros(n), is_tcp & (flags == 0x02), is_tcp & (flags == 0x10), packets.proto == 17], axis=1
-        ).astype(np.float64)
-        src_key = hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64))
-        srcs = self.sources.update(src_key, t, scores, extra)
-        turned, at = _decide(srcs, self.cfg)
-        new_verdicts = [self._source_verdict(packets, srcs, s, p) for s, p in zip(turned, at)]
+    def _update_chunk(
+        self, packets: PacketBatch, scores: np.ndarray, features: np.ndarray | None, anomaly: np.ndarray | None
+    ) -> list[Verdict]:
+        n, t, cfg = len(packets), packets.ts, self.cfg
+        ev = packet_evidence(packets, features)
+        if anomaly is not None:
+            self.anomaly_enabled = True
+        anomalous = np.zeros(n) if anomaly is None else (anomaly > 1.0).astype(np.float64)
+        shape = ev.shape()
 
-        # Targets: a packet from a source seen for the first time counts towards "spoofed".
+        # Probes: SYNs to a destination host and port their sender had not tried.  Mirai's SYN flood at random
+        # ports tries new ports too, but with its 20-byte option block; scanners send short SYNs.
+        probe = ev.syn_only & self._first_attempt(packets, ev.syn_only)
+        scan_like = probe & (packets.tcp_hdr_len < 32)
+
+        # Sources.
+        src_key = hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64))
+        extra = np.column_stack([shape, ev.new_socket, ev.new_host, scan_like, ev.mirai_scan, anomalous])
+        srcs = self.sources.update(src_key, t, scores, extra)
+        rules = [
+            (_model_rule(srcs, cfg), "model"),
+            (_fingerprint_rule(srcs, self.sources, cfg), "headers"),
+            (_flood_rule(srcs, self.sources, cfg, one_source=True), "headers"),
+        ]
+        if self.anomaly_enabled:
+            rules.append((_anomaly_rule(srcs, self.sources, cfg), "anomaly"))
+        turned, at = _decide(self.sources, srcs, cfg, rules)
+        verdicts = [self._source_verdict(packets, srcs, s, p) for s, p in zip(turned, at)]
+        labels = self.sources.per_packet(srcs, srcs["convicted"])
+
+        # Initiators of connection attempts: probes count for their sender, SYN-ACKs for their receiver.
+        involved = probe | ev.synack
+        if involved.any():
+            init_key = np.where(
+                probe,
+                hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64)),
+                hash_words(11, packets.dst_ip_hi, packets.dst_ip_lo, packets.l3.astype(np.uint64)),
+            )[involved]
+            sub = packets.take(involved)
+            inits = self.initiators.update(
+                init_key, sub.ts, scores[involved], np.column_stack([probe[involved], ev.synack[involved]]).astype(float)
+            )
+            turned_i, at_i = _decide(self.initiators, inits, cfg, [(_scan_rule(inits, cfg), "headers")])
+            # Only probes carry the scanner's address (answers are keyed by their receiver).
+            is_probe = probe[involved][inits["order"]]  # in key order
+            # A source already convicted (a SYN flood at random ports is also a sweep of ports) is not re-reported.
+            keep = is_probe[at_i] & (labels[np.flatnonzero(involved)[inits["order"][at_i]]] < 0)
+            verdicts += [self._source_verdict(sub, inits, s, p) for s, p in zip(turned_i[keep], at_i[keep])]
+            scan_labels = self.initiators.per_packet(inits, np.where(is_probe, inits["convicted"], -1))
+            labels[involved] = np.where(labels[involved] >= 0, labels[involved], scan_labels)
+            self.initiators.store(inits)
+
+        # Targets (victim, protocol: Mirai's floods randomise the destination port per packet).  A packet
+        # from a source seen for the first time counts towards "spoofed"; one from a source too light to
+        # be convicted as a flood on its own counts towards a flood from many sources.
         seg, state = srcs["seg"], srcs["state"]
-        fresh_sorted = np.zeros(n)
-        fresh_sorted[seg.start[state[:, _COUNT] == 0]] = 1.0  # first packet of a never-seen source
-        extra[srcs["order"], 0] = fresh_sorted
-        # Targets are (victim, protocol): Mirai's floods randomise the destination port per packet.
+        fresh = np.zeros(n)
+        fresh[seg.start[state[:, self.sources.col["count"]] == 0]] = 1.0  # in key order
+        heavy = _rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
+        textra = np.column_stack(
+            [shape, ev.new_socket, self.sources.per_packet(srcs, fresh), ~self.sources.per_packet(srcs, heavy)]
+        ).astype(np.float64)
         tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64))
-        tgts = self.targets.update(tgt_key, t, scores, extra)
+        tgts = self.targets.update(tgt_key, t, scores, textra)
+        tx = self.TARGET_EXTRAS
         # "Spoofed" needs many never-seen sources recently, not just a high share: after a quiet spell a
         # target's decayed window holds only the newest packets, and one new attacker's first packet would
-        # make the share 1 (the packet count, kept for ever, says nothing about the window).
-        fresh = tgts["shares"][:, 0]
-        spoofed = (fresh >= self.cfg.spoofed_share) & (fresh * tgts["weight"] >= self.cfg.min_packets)
-        turned_t, at_t = _decide(tgts, self.cfg, allowed=spoofed, alternative=_header_floods(tgts, self.cfg))
-        new_verdicts += [self._target_verdict(packets, tgts, s, p) for s, p in zip(turned_t, at_t)]
+        # make the share 1.
+        fresh_share = tgts["shares"][:, tx.index("new_source")]
+        spoofed = (fresh_share >= cfg.spoofed_share) & (fresh_share * tgts["weight"] >= cfg.min_packets)
+        hot_m, lab_m, conf_m = _model_rule(tgts, cfg)
+        hot_f, lab_f, conf_f = _flood_rule(tgts, self.targets, cfg, one_source=False)
+        many = tgts["shares"][:, tx.index("light_source")] >= 0.5
+        rules_t = [((hot_m & spoofed, lab_m, conf_m), "model"), ((hot_f & many, lab_f, conf_f), "headers")]
+        turned_t, at_t = _decide(self.targets, tgts, cfg, rules_t)
+        verdicts += [self._target_verdict(packets, tgts, s, p) for s, p in zip(turned_t, at_t)]
+        # Packets of a flood at a convicted target: the flood's shape from a light source.
+        flood_class = self.targets.per_packet(tgts, tgts["convicted"])
+        from_flood = (flood_class >= 0) & ~self.sources.per_packet(srcs, heavy) & (shape.sum(axis=1) > 0)
+        labels = np.where((labels < 0) & from_flood, flood_class, labels)
 
         self.sources.store(srcs)
         self.targets.store(tgts)
-        return new_verdicts
+        self._chunk_labels = _matching(labels, ev, anomalous > 0)
+        return sorted(verdicts, key=lambda v: v.decided_at)
+
+    def _first_attempt(self, packets: PacketBatch, syn: np.ndarray) -> np.ndarray:
+        """Per packet: a SYN to a (source, destination, destination port) not seen before (bounded memory)."""
+        out = np.zeros(len(packets), dtype=bool)
+        idx = np.flatnonzero(syn)
+        if not len(idx):
+            return out
+        key = hash_words(13, packets.src_ip_lo[idx], packets.dst_ip_hi[idx] ^ packets.src_ip_hi[idx],
+                         packets.dst_ip_lo[idx], packets.dport[idx].astype(np.uint64))
+        uniq, first = np.unique(key, return_index=True)
+        _, is_new = self.attempts.lookup(uniq, packets.ts[idx][first])
+        out[idx[first[is_new]]] = True
+        return out
 
     def _common(self, r: dict, seg_id: int, pos: int) -> dict:
-        state = r["state"]
         end = r["seg"].last[seg_id]
         return dict(
-            label=LABELS[int(r["attack"][pos])],
+            label=VERDICT_LABELS[int(r["attack"][pos])],
             confidence=float(r["conf"][pos]),
             packets=int(r["count"][end]),
-            first_seen=float(state[seg_id, _FIRST]),
+            first_seen=float(r["episode"][pos]),  # the start of this episode of the key's traffic
             last_seen=float(r["t"][end]),
             decided_at=float(r["t"][pos]),
-            basis="headers" if r["basis"][pos] else "model",
+            basis=str(r["basis"][pos]),
         )
 
     def _source_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int) -> Verdict:

@@ -184,7 +184,7 @@ class LiveAgent:
         c.classified += len(packets)
         for k, n in enumerate(np.bincount(labels, minlength=6).tolist()):
             c.per_class[k] += n
-        verdicts = self.decision.update(packets, scores)
+        verdicts = self.decision.update(packets, scores, feats)
         c.verdicts += len(verdicts)
         with self.lock:
             alerts = self.responder.act(verdicts)

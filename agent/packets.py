@@ -41,6 +41,8 @@ IPV4_MAPPED_LO_PREFIX = np.uint64(0xFFFF_0000_0000)
 
 # Class names, in the model's output order (DESIGN 1).
 LABELS = ("benign", "mirai_ack", "mirai_scan", "mirai_syn", "mirai_udp", "mirai_udpplain")
+ANOMALY = "anomaly"  # the anomaly detector's verdict label, beside the model's classes
+VERDICT_LABELS = LABELS + (ANOMALY,)
 
 
 @dataclass

@@ -54,12 +54,20 @@ class Detection:
     """Per-packet results of a whole capture and the verdicts they led to."""
 
     index: np.ndarray  # record positions of the decoded packets
-    labels: np.ndarray  # label index per packet
+    labels: np.ndarray  # the model's label index per packet (into LABELS)
     confidence: np.ndarray
     int8_scores: np.ndarray  # raw interpreter output (n, 6)
     verdicts: list
     stats: DecodeStats
     packets: int = 0
+    # Per packet, the verdict its source (or its flood's target) stood convicted of at that packet, as an
+    # index into VERDICT_LABELS, or -1: what the whole pipeline says of the packet, beside the model.
+    decided: np.ndarray | None = None
+    anomaly: np.ndarray | None = None  # the anomaly detector's score per packet (> 1: anomalous), if it ran
+
+    def final_labels(self) -> np.ndarray:
+        """Index into VERDICT_LABELS per packet: the verdict's class where one applies, else the model's."""
+        return np.where(self.decided >= 0, self.decided, self.labels)
 
 
 def detect_capture(
@@ -69,19 +77,21 @@ def detect_capture(
     budgets: Budgets | None = None,
     batch_size: int = DEFAULT_BATCH,
     keep_per_packet: bool = True,
+    anomaly=None,
 ) -> Detection:
-    """Run capture -> parse -> features -> model -> decide over a capture file."""
+    """Run capture -> parse -> features -> model (and anomaly detector) -> decide over a capture file."""
     from .decide import DecisionLayer
 
     decision = decision or DecisionLayer()
     stats = DecodeStats()
-    parts: dict[str, list] = {"index": [], "labels": [], "confidence": [], "int8": []}
+    parts: dict[str, list] = {"index": [], "labels": [], "confidence": [], "int8": [], "decided": [], "anomaly": []}
     total = batches = 0
     verdicts: list = []
     for fb in features_from_capture(path, stats, budgets, batch_size):
         q = classifier.predict_int8(fb.features)
         scores = classifier.dequantize(q)
-        verdicts += decision.update(fb.packets, scores)
+        odd = anomaly.score(fb.features) if anomaly is not None else None
+        verdicts += decision.update(fb.packets, scores, fb.features, odd)
         total += len(fb.packets)
         batches += 1
         if batches % 16 == 0:
@@ -91,6 +101,9 @@ def detect_capture(
             parts["labels"].append(scores.argmax(axis=1))
             parts["confidence"].append(scores.max(axis=1))
             parts["int8"].append(q)
+            parts["decided"].append(decision.packet_labels)
+            if odd is not None:
+                parts["anomaly"].append(odd)
 
     def cat(name, empty):
         return np.concatenate(parts[name]) if parts[name] else empty
@@ -103,4 +116,6 @@ def detect_capture(
         verdicts=verdicts,
         stats=stats,
         packets=total,
+        decided=cat("decided", np.zeros(0, np.int64)),
+        anomaly=cat("anomaly", np.zeros(0)) if parts["anomaly"] else None,
     )

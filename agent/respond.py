@@ -30,10 +30,13 @@ class ResponseConfig:
     block_seconds: float = 600.0  # rule lifetime, renewed while the source stays hostile
     block_sources: bool = True
     block_floods: bool = True
+    block_anomalies: bool = False  # anomaly verdicts are reported; blocked only when the configuration says so
     resync_s: float = 10.0  # after a failed kernel update, retry (whole table) at most this often
 
 
 def rule_for(verdict: Verdict, now: float, cfg: ResponseConfig) -> Rule | None:
+    if verdict.basis == "anomaly" and not cfg.block_anomalies:
+        return None
     expires = now + cfg.block_seconds
     reason = f"{verdict.label} conf {verdict.confidence:.2f} after {verdict.packets} packets"
     if verdict.kind == "source" and cfg.block_sources and verdict.src_ip:
@@ -133,6 +136,7 @@ def alert_document(v: Verdict, action: str, rule_id: str | None) -> dict:
     """The alert fields of DESIGN 7 (the reporter adds schema, device, fleet, seq and sent_at)."""
     return {
         "class": v.label,
+        "basis": v.basis,
         "confidence": round(v.confidence, 4),
         "source": {"ip": v.src_ip if v.kind == "source" else "spoofed", "mac": v.src_mac, "port": v.src_port},
         "victim": {"ip": v.victim_ip, "port": v.victim_port},

@@ -61,7 +61,7 @@ def main() -> None:
             now = time.perf_counter(); spent["features"] += now - t; t = now  # noqa: E702
             scores = clf.dequantize(clf.predict_int8(feats))
             now = time.perf_counter(); spent["inference"] += now - t; t = now  # noqa: E702
-            dec.update(packets, scores)
+            dec.update(packets, scores, feats)
             now = time.perf_counter(); spent["decide"] += now - t; t = now  # noqa: E702
             n += len(packets)
         runs.append(spent)

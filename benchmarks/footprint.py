@@ -44,7 +44,8 @@ dec, stats, n, batches = DecisionLayer(DecisionConfig(max_sources=b.h, max_targe
 start = time.perf_counter()
 for frames in read_capture(sys.argv[2], batch_size=max(p.batch_size, 4096), stats=stats):
     packets = parse_frames(frames, stats)
-    dec.update(packets, clf.dequantize(clf.predict_int8(fe.update(packets))))
+    feats = fe.update(packets)
+    dec.update(packets, clf.dequantize(clf.predict_int8(feats)), feats)
     n += len(packets)
     batches += 1
     if batches % 32 == 0:

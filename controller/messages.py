@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.mqtt_client import ACK_SCHEMA, ALERT_SCHEMA, STATUS_SCHEMA
-from agent.packets import LABELS
+from agent.packets import VERDICT_LABELS
 from agent.jsonio import load_json
 
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -116,7 +116,8 @@ VICTIM_FIELDS = (("ip", _optional(_ip), False), ("port", PORT, False))
 ALERT_FIELDS = (
     ("schema", _one_of(ALERT_SCHEMA), True),
     ("seq", _integer(1, 2**63 - 1), True),
-    ("class", _one_of(*LABELS), True),
+    ("class", _one_of(*VERDICT_LABELS), True),  # the model's classes, or "anomaly"
+    ("basis", _optional(_one_of("model", "headers", "anomaly")), False),
     ("confidence", _number(0.0, 1.0), True),
     ("source", _object(ENDPOINT_FIELDS), True),
     ("victim", _optional(_object(VICTIM_FIELDS)), True),

@@ -155,7 +155,9 @@ class Store:
     def reporters(self, fleet: str, source_ip: str, since: float, min_confidence: float) -> int:
         """How many distinct devices reported ``source_ip`` since ``since``."""
         (row,) = self._query(
-            "SELECT COUNT(DISTINCT device) FROM alerts WHERE fleet=? AND source_ip=? AND received_at>=? AND confidence>=?",
+            # Anomaly alerts say "unusual", not "hostile": they are kept and listed but block nothing fleet-wide.
+            "SELECT COUNT(DISTINCT device) FROM alerts WHERE fleet=? AND source_ip=? AND received_at>=? AND confidence>=?"
+            " AND class != 'anomaly'",
             (fleet, source_ip, since, min_confidence),
         )
         return int(row[0])
