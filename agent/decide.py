@@ -110,21 +110,23 @@ class Verdict:
 # bookkeeping: lifetime packet count, first seen, start of the current episode (the first packet
 # after a quiet spell), class reported last (-1: none), time decided, bit set of reported classes.
 _W = 0
-_S = slice(1, 1 + N_CLASSES)
 _BOOK = ("count", "first", "episode", "hostile", "decided", "reported")
 
 
 @dataclass
 class _Tracked:
-    """Decayed sums of packets, their class scores and ``extras`` evidence columns for a set of keys."""
+    """Decayed sums of packets, their class scores (unless ``with_scores`` is off) and ``extras`` evidence
+    columns for a set of keys."""
 
     budget: int
     half_life_s: float
     extras: tuple[str, ...]
+    with_scores: bool = True
     table: StreamTable = field(init=False)
 
     def __post_init__(self) -> None:
-        self.n_sums = 1 + N_CLASSES + len(self.extras)
+        self.scores = slice(1, 1 + (N_CLASSES if self.with_scores else 0))
+        self.n_sums = self.scores.stop + len(self.extras)
         self.col = {name: self.n_sums + i for i, name in enumerate(_BOOK)}
         init = np.zeros(self.n_sums + len(_BOOK))
         init[_W] = 1e-20
@@ -132,7 +134,7 @@ class _Tracked:
         self.table = StreamTable(self.budget, init)
         self.lam = 1.0 / self.half_life_s
 
-    def update(self, keys: np.ndarray, t: np.ndarray, scores: np.ndarray, extra: np.ndarray) -> dict:
+    def update(self, keys: np.ndarray, t: np.ndarray, scores: np.ndarray | None, extra: np.ndarray) -> dict:
         """Per packet (in key order): decayed weight, score averages, evidence shares, counts."""
         order = np.argsort(keys, kind="stable")
         seg = Segments.from_sorted(keys[order])
@@ -142,7 +144,11 @@ class _Tracked:
         state[is_new, self.col["first"]] = ts[seg.start][is_new]
         t_init = self.table.t_last[slots]
         T = running_time(ts, t_init, seg)
-        terms = np.concatenate([np.ones((len(ts), 1)), scores[order], extra[order]], axis=1)[:, None, :]
+        terms = np.empty((len(ts), 1, self.n_sums))
+        terms[:, 0, _W] = 1.0
+        if self.with_scores:
+            terms[:, 0, self.scores] = scores[order]
+        terms[:, 0, self.scores.stop :] = extra[order]
         sums = decayed_sums(seg, T, np.array([self.lam]), terms, state[:, None, : self.n_sums], t_init)[:, 0, :]
         weight = sums[:, _W]
         count = np.arange(1, len(ts) + 1) - np.repeat(seg.start, seg.length) + state[seg.ids, self.col["count"]]
@@ -159,9 +165,9 @@ class _Tracked:
             "t": ts,
             "T": T,
             "weight": weight,
-            "avg": sums[:, _S] / weight[:, None],
-            "shares": sums[:, _S.stop :] / weight[:, None],  # extras, as decayed shares of the key's packets
-            "extra_weight": sums[:, _S.stop :],  # extras as decayed counts
+            "avg": sums[:, self.scores] / weight[:, None],
+            "shares": sums[:, self.scores.stop :] / weight[:, None],  # extras, as decayed shares of the key's packets
+            "extra_weight": sums[:, self.scores.stop :],  # extras as decayed counts
             "count": count,
             "episode": episode,
             "sums": sums,
@@ -225,8 +231,7 @@ def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -
     )
     label = np.array([_SYN, _ACK, _UDP])[shape]
     if one_source:
-        sweep = np.maximum(shares[:, t.extras.index("new_host")], shares[:, t.extras.index("scan_like")])
-        label = np.where((shape == 0) & (sweep >= 0.5), _SCAN, label)
+        label = np.where((shape == 0) & (shares[:, t.extras.index("sweep")] >= 0.5), _SCAN, label)
     return hot, label, share
 
 
@@ -328,14 +333,14 @@ class DecisionLayer:
     ``packet_labels`` holds, per packet, the index into VERDICT_LABELS of the verdict its source (or
     its flood's target) stands convicted of at that packet, or -1."""
 
-    SOURCE_EXTRAS = ("syn_only", "ack_only", "udp", "new_socket", "new_host", "scan_like", "mirai_scan", "anomalous")
+    SOURCE_EXTRAS = ("syn_only", "ack_only", "udp", "new_socket", "sweep", "mirai_scan", "anomalous")
     TARGET_EXTRAS = ("syn_only", "ack_only", "udp", "new_socket", "new_source", "light_source")
 
     def __init__(self, config: DecisionConfig | None = None) -> None:
         self.cfg = cfg = config or DecisionConfig()
         self.sources = _Tracked(cfg.max_sources, cfg.half_life_s, self.SOURCE_EXTRAS)
         self.targets = _Tracked(cfg.max_targets, cfg.half_life_s, self.TARGET_EXTRAS)
-        self.initiators = _Tracked(cfg.max_sources, cfg.scan_half_life_s, ("probe", "answered"))
+        self.initiators = _Tracked(cfg.max_sources, cfg.scan_half_life_s, ("probe", "answered"), with_scores=False)
         self.attempts = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, port) tried
         self.packet_labels = np.zeros(0, dtype=np.int64)
         self.anomaly_enabled = False  # set once an anomaly score has been given
@@ -386,7 +391,8 @@ class DecisionLayer:
 
         # Sources.
         src_key = hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64))
-        extra = np.column_stack([shape, ev.new_socket, ev.new_host, scan_like, ev.mirai_scan, anomalous])
+        sweep = ev.syn_only & ev.new_host | scan_like  # SYNs to a new host, or short SYNs to a new port
+        extra = np.column_stack([shape, ev.new_socket, sweep, ev.mirai_scan, anomalous])
         srcs = self.sources.update(src_key, t, scores, extra)
         rules = [
             (_model_rule(srcs, cfg), "model"),
@@ -409,7 +415,7 @@ class DecisionLayer:
             )[involved]
             sub = packets.take(involved)
             inits = self.initiators.update(
-                init_key, sub.ts, scores[involved], np.column_stack([probe[involved], ev.synack[involved]]).astype(float)
+                init_key, sub.ts, None, np.column_stack([probe[involved], ev.synack[involved]]).astype(float)
             )
             turned_i, at_i = _decide(self.initiators, inits, cfg, [(_scan_rule(inits, cfg), "headers")])
             # Only probes carry the scanner's address (answers are keyed by their receiver).
