@@ -69,7 +69,7 @@ class DecisionConfig:
 class Verdict:
     """One hostile source (or one target of a flood from many sources)."""
 
-    kind: str  # "source" or "spoofed"
+    kind: str  # "source", or "spoofed": a flood from many sources at one target (or, victim None, at many)
     label: str  # one of VERDICT_LABELS
     confidence: float
     packets: int
@@ -94,7 +94,9 @@ class Verdict:
         return d
 
     def describe(self) -> str:
-        if self.kind == "spoofed":
+        if self.kind == "spoofed" and self.victim_ip is None:
+            who = f"spoofed flood from {self.src_mac} at many hosts, proto {self.proto}"
+        elif self.kind == "spoofed":
             port = f"/{self.victim_port}" if self.victim_port is not None else ""
             who = f"spoofed flood at {self.victim_ip} proto {self.proto}{port}"
         else:
@@ -342,6 +344,7 @@ class DecisionLayer:
         self.targets = _Tracked(cfg.max_targets, cfg.half_life_s, self.TARGET_EXTRAS)
         self.initiators = _Tracked(cfg.max_sources, cfg.scan_half_life_s, ("probe", "answered"), with_scores=False)
         self.attempts = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, port) tried
+        self.links = _Tracked(4096, cfg.half_life_s, ("syn_only", "ack_only", "udp"), with_scores=False)  # per MAC
         self.packet_labels = np.zeros(0, dtype=np.int64)
         self.anomaly_enabled = False  # set once an anomaly score has been given
 
@@ -434,9 +437,8 @@ class DecisionLayer:
         fresh = np.zeros(n)
         fresh[seg.start[state[:, self.sources.col["count"]] == 0]] = 1.0  # in key order
         heavy = _rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
-        textra = np.column_stack(
-            [shape, ev.new_socket, self.sources.per_packet(srcs, fresh), ~self.sources.per_packet(srcs, heavy)]
-        ).astype(np.float64)
+        new_source = self.sources.per_packet(srcs, fresh).astype(bool)
+        textra = np.column_stack([shape, ev.new_socket, new_source, ~self.sources.per_packet(srcs, heavy)]).astype(np.float64)
         tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64))
         tgts = self.targets.update(tgt_key, t, scores, textra)
         tx = self.TARGET_EXTRAS
@@ -453,8 +455,28 @@ class DecisionLayer:
         verdicts += [self._target_verdict(packets, tgts, s, p) for s, p in zip(turned_t, at_t)]
         # Packets of a flood at a convicted target: the flood's shape from a light source.
         flood_class = self.targets.per_packet(tgts, tgts["convicted"])
-        from_flood = (flood_class >= 0) & ~self.sources.per_packet(srcs, heavy) & (shape.sum(axis=1) > 0)
+        light_src = ~self.sources.per_packet(srcs, heavy)
+        from_flood = (flood_class >= 0) & light_src & (shape.sum(axis=1) > 0)
         labels = np.where((labels < 0) & from_flood, flood_class, labels)
+
+        # Links: a flood from light sources to light targets (spoofed sources at a whole subnet or at random
+        # addresses) shows only in what one Ethernet sender puts on the wire.
+        light_tgt = ~self.targets.per_packet(tgts, _rate(tgts, cfg.half_life_s) >= cfg.flood_rate)
+        scattered = light_src & light_tgt & (shape.sum(axis=1) > 0) & (ev.new_socket | new_source)
+        if scattered.any():
+            sub = packets.take(scattered)
+            links = self.links.update(sub.src_mac, sub.ts, None, shape[scattered])
+            hot = (
+                (links["weight"] >= cfg.flood_min_packets)
+                & (_rate(links, cfg.half_life_s) >= cfg.flood_rate)
+                & (links["shares"].max(axis=1) >= cfg.flood_shape_share)
+            )
+            label = np.array([_SYN, _ACK, _UDP])[links["shares"].argmax(axis=1)]
+            turned_l, at_l = _decide(self.links, links, cfg, [((hot, label, links["shares"].max(axis=1)), "headers")])
+            verdicts += [self._link_verdict(sub, links, s, p) for s, p in zip(turned_l, at_l)]
+            link_class = self.links.per_packet(links, links["convicted"])
+            labels[scattered] = np.where(labels[scattered] < 0, link_class, labels[scattered])
+            self.links.store(links)
 
         self.sources.store(srcs)
         self.targets.store(tgts)
@@ -498,6 +520,11 @@ class DecisionLayer:
             proto=int(packets.proto[i]),
             **self._common(r, seg_id, pos),
         )
+
+    def _link_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int) -> Verdict:
+        i = int(r["order"][pos])
+        return Verdict(kind="spoofed", src_mac=format_mac(packets.src_mac[i]), proto=int(packets.proto[i]),
+                       **self._common(r, seg_id, pos))
 
     def _target_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int) -> Verdict:
         i = int(r["order"][pos])

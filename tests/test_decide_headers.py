@@ -192,3 +192,19 @@ def test_anomaly_verdicts_are_reported_and_blocked_only_when_configured():
     doc = {**alert_document(v, "none", None), "schema": ALERT_SCHEMA, "seq": 1, "device": "d1", "fleet": "f"}
     parsed = parse_alert(json.dumps(doc).encode(), "f", "d1")
     assert (parsed["class"], parsed["basis"]) == (ANOMALY, "anomaly")
+
+
+def test_spoofed_flood_at_a_whole_subnet_is_reported_per_sender():
+    """Mirai with a /24 target and spoofed sources: every source and every target is light."""
+    rng = np.random.default_rng(8)
+    n = 8000
+    ts = T0 + np.arange(n) / 5000.0
+    src = rng.integers(1, 1 << 32, n)
+    dst = ip(10, 0, 0, 0) + rng.integers(0, 256, n)
+    b = batch(ts, src, dst, proto=17, sport=rng_ports(rng, n), dport=rng_ports(rng, n), size=554)
+    b.src_mac[:] = 0x0200_0000_0042
+    verdicts, labels = run(b)
+    assert [(v.kind, v.label, v.basis, v.src_mac, v.victim_ip) for v in verdicts] == [
+        ("spoofed", "mirai_udp", "headers", "02:00:00:00:00:42", None)
+    ]
+    assert verdicts[0].latency < 1.0 and (labels == LABELS.index("mirai_udp")).mean() > 0.95
