@@ -206,9 +206,11 @@ def _model_rule(r: dict, cfg: DecisionConfig) -> Rule:
 
 def _rate(r: dict, half_life_s: float) -> np.ndarray:
     """Packets/s of each key, from its decayed weight, corrected for episodes shorter than the window."""
-    elapsed = np.maximum(r["t"] - r["episode"], 0.05 * half_life_s)
-    filled = 1.0 - np.exp2(-elapsed / half_life_s)
-    return r["weight"] * np.log(2) / half_life_s / filled
+    if "rate" not in r:
+        elapsed = np.maximum(r["t"] - r["episode"], 0.05 * half_life_s)
+        filled = 1.0 - np.exp2(-elapsed / half_life_s)
+        r["rate"] = r["weight"] * np.log(2) / half_life_s / filled
+    return r["rate"]
 
 
 def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -> Rule:
@@ -267,10 +269,10 @@ def _combine(rules: list[tuple[Rule, str]]) -> tuple[np.ndarray, np.ndarray, np.
     hot = np.zeros(n, dtype=bool)
     label = np.zeros(n, dtype=np.int64)
     conf = np.zeros(n)
-    basis = np.full(n, "", dtype=object)
-    for (h, lab, c), name in rules:
+    basis = np.zeros(n, dtype=np.int8)  # index into the rules' names
+    for k, ((h, lab, c), _name) in enumerate(rules):
         take = h & ~hot
-        label[take], conf[take], basis[take] = lab[take], c[take], name
+        label[take], conf[take], basis[take] = lab[take], c[take], k
         hot |= take
     return hot, label, conf, basis
 
@@ -282,7 +284,7 @@ def _decide(t: _Tracked, r: dict, cfg: DecisionConfig, rules: list[tuple[Rule, s
     Returns (segment ids, packet positions) of the verdicts, in time order per key.
     """
     hot, attack, conf, basis = _combine(rules)
-    r["attack"], r["conf"], r["basis"] = attack, conf, basis
+    r["attack"], r["conf"], r["basis"], r["basis_names"] = attack, conf, basis, [name for _, name in rules]
     seg, state, col = r["seg"], r["state"], t.col
     reported = state[:, col["reported"]].astype(np.int64)  # bit c: class c already reported for this key
     pos = np.arange(len(hot))
@@ -505,7 +507,7 @@ class DecisionLayer:
             first_seen=float(r["episode"][pos]),  # the start of this episode of the key's traffic
             last_seen=float(r["t"][end]),
             decided_at=float(r["t"][pos]),
-            basis=str(r["basis"][pos]),
+            basis=r["basis_names"][int(r["basis"][pos])],
         )
 
     def _source_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int) -> Verdict:
