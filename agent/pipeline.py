@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -80,14 +80,36 @@ def detect_capture(
     anomaly=None,
 ) -> Detection:
     """Run capture -> parse -> features -> model (and anomaly detector) -> decide over a capture file."""
+    stats = DecodeStats()
+    batches = packets_from_capture(path, stats, batch_size)
+    return detect_packets(batches, stats, classifier, decision, budgets, keep_per_packet, anomaly)
+
+
+def split_packets(packets: PacketBatch, batch_size: int = DEFAULT_BATCH) -> Iterator[PacketBatch]:
+    """Parsed packets held in memory (a synthesised capture), in pipeline-sized batches."""
+    for lo in range(0, len(packets), batch_size):
+        yield packets.take(slice(lo, lo + batch_size))
+
+
+def detect_packets(
+    packet_batches: Iterable[PacketBatch],
+    stats: DecodeStats,
+    classifier,
+    decision=None,
+    budgets: Budgets | None = None,
+    keep_per_packet: bool = True,
+    anomaly=None,
+) -> Detection:
+    """features -> model (and anomaly detector) -> decide over parsed packets, batch by batch."""
     from .decide import DecisionLayer
 
     decision = decision or DecisionLayer()
-    stats = DecodeStats()
+    extractor = FeatureExtractor(budgets or Budgets())
     parts: dict[str, list] = {"index": [], "labels": [], "confidence": [], "int8": [], "decided": [], "anomaly": []}
     total = batches = 0
     verdicts: list = []
-    for fb in features_from_capture(path, stats, budgets, batch_size):
+    for packets in packet_batches:
+        fb = FeatureBatch(packets, extractor.update(packets))
         q = classifier.predict_int8(fb.features)
         scores = classifier.dequantize(q)
         odd = anomaly.score(fb.features) if anomaly is not None else None
