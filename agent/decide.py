@@ -59,7 +59,6 @@ class DecisionConfig:
     scan_min_probes: int = 20  # recent probes (decayed count over scan_half_life_s)
     scan_answered_max: float = 0.2  # at most this share of the probes answered by a SYN-ACK
     scan_settle_s: float = 0.5  # answers to the first probes of an episode have had time to come back
-    fingerprint_min_packets: int = 1  # Mirai scanner SYNs (seq = destination address)
     # Anomaly verdicts: most recent packets anomalous (only when an anomaly detector runs).
     anomaly_share: float = 0.8
     anomaly_min_packets: int = 20
@@ -127,7 +126,8 @@ class _Tracked:
     table: StreamTable = field(init=False)
 
     def __post_init__(self) -> None:
-        self.scores = slice(1, 1 + (N_CLASSES if self.with_scores else 0))
+        # The attack classes' scores only: a benign average is never asked for.
+        self.scores = slice(1, 1 + (N_CLASSES - 1 if self.with_scores else 0))
         self.n_sums = self.scores.stop + len(self.extras)
         self.col = {name: self.n_sums + i for i, name in enumerate(_BOOK)}
         init = np.zeros(self.n_sums + len(_BOOK))
@@ -149,7 +149,7 @@ class _Tracked:
         terms = np.empty((len(ts), 1, self.n_sums))
         terms[:, 0, _W] = 1.0
         if self.with_scores:
-            terms[:, 0, self.scores] = scores[order]
+            terms[:, 0, self.scores] = scores[order, 1:]
         terms[:, 0, self.scores.stop :] = extra[order]
         sums = decayed_sums(seg, T, np.array([self.lam]), terms, state[:, None, : self.n_sums], t_init)[:, 0, :]
         weight = sums[:, _W]
@@ -167,7 +167,7 @@ class _Tracked:
             "t": ts,
             "T": T,
             "weight": weight,
-            "avg": sums[:, self.scores] / weight[:, None],
+            "avg": sums[:, self.scores] / weight[:, None],  # attack classes 1.. of LABELS
             "shares": sums[:, self.scores.stop :] / weight[:, None],  # extras, as decayed shares of the key's packets
             "extra_weight": sums[:, self.scores.stop :],  # extras as decayed counts
             "count": count,
@@ -199,8 +199,8 @@ Rule = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def _model_rule(r: dict, cfg: DecisionConfig) -> Rule:
     avg = r["avg"]
-    attack = 1 + avg[:, 1:].argmax(axis=1)
-    conf = avg[np.arange(len(avg)), attack]
+    best = avg.argmax(axis=1)
+    attack, conf = 1 + best, avg[np.arange(len(avg)), best]
     return (r["weight"] >= cfg.min_packets) & (conf >= cfg.threshold), attack, conf
 
 
@@ -252,9 +252,9 @@ def _scan_rule(r: dict, cfg: DecisionConfig) -> Rule:
     return hot, np.full(len(hot), _SCAN), np.clip(unanswered, 0.0, 1.0)
 
 
-def _fingerprint_rule(r: dict, t: "_Tracked", cfg: DecisionConfig) -> Rule:
-    fp = r["extra_weight"][:, t.extras.index("mirai_scan")]
-    return fp >= cfg.fingerprint_min_packets - 1e-9, np.full(len(fp), _SCAN), np.ones(len(fp))
+def _fingerprint_rule(fingerprint: np.ndarray) -> Rule:
+    """One packet with Mirai's scanner fingerprint convicts its sender (a chance match: once in 2^32)."""
+    return fingerprint, np.full(len(fingerprint), _SCAN), np.ones(len(fingerprint))
 
 
 def _anomaly_rule(r: dict, t: "_Tracked", cfg: DecisionConfig) -> Rule:
@@ -337,7 +337,7 @@ class DecisionLayer:
     ``packet_labels`` holds, per packet, the index into VERDICT_LABELS of the verdict its source (or
     its flood's target) stands convicted of at that packet, or -1."""
 
-    SOURCE_EXTRAS = ("syn_only", "ack_only", "udp", "new_socket", "sweep", "mirai_scan", "anomalous")
+    SOURCE_EXTRAS = ("syn_only", "ack_only", "udp", "new_socket", "sweep", "anomalous")
     TARGET_EXTRAS = ("syn_only", "ack_only", "udp", "new_socket", "new_source", "light_source")
 
     def __init__(self, config: DecisionConfig | None = None) -> None:
@@ -397,11 +397,11 @@ class DecisionLayer:
         # Sources.
         src_key = hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64))
         sweep = ev.syn_only & ev.new_host | scan_like  # SYNs to a new host, or short SYNs to a new port
-        extra = np.column_stack([shape, ev.new_socket, sweep, ev.mirai_scan, anomalous])
+        extra = np.column_stack([shape, ev.new_socket, sweep, anomalous])
         srcs = self.sources.update(src_key, t, scores, extra)
         rules = [
             (_model_rule(srcs, cfg), "model"),
-            (_fingerprint_rule(srcs, self.sources, cfg), "headers"),
+            (_fingerprint_rule(ev.mirai_scan[srcs["order"]]), "headers"),
             (_flood_rule(srcs, self.sources, cfg, one_source=True), "headers"),
         ]
         if self.anomaly_enabled:
@@ -411,25 +411,22 @@ class DecisionLayer:
         labels = self.sources.per_packet(srcs, srcs["convicted"])
 
         # Initiators of connection attempts: probes count for their sender, SYN-ACKs for their receiver.
-        involved = probe | ev.synack
-        if involved.any():
-            init_key = np.where(
-                probe,
-                hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64)),
-                hash_words(11, packets.dst_ip_hi, packets.dst_ip_lo, packets.l3.astype(np.uint64)),
-            )[involved]
-            sub = packets.take(involved)
-            inits = self.initiators.update(
-                init_key, sub.ts, None, np.column_stack([probe[involved], ev.synack[involved]]).astype(float)
-            )
+        rows = np.flatnonzero(probe | ev.synack)
+        if len(rows):
+            p_probe = probe[rows]
+            answer = rows[~p_probe]
+            init_key = src_key[rows]
+            init_key[~p_probe] = hash_words(11, packets.dst_ip_hi[answer], packets.dst_ip_lo[answer],
+                                            packets.l3[answer].astype(np.uint64))  # fmt: skip
+            inits = self.initiators.update(init_key, t[rows], None, np.column_stack([p_probe, ~p_probe]).astype(float))
             turned_i, at_i = _decide(self.initiators, inits, cfg, [(_scan_rule(inits, cfg), "headers")])
             # Only probes carry the scanner's address (answers are keyed by their receiver).
-            is_probe = probe[involved][inits["order"]]  # in key order
+            is_probe = p_probe[inits["order"]]  # in key order
             # A source already convicted (a SYN flood at random ports is also a sweep of ports) is not re-reported.
-            keep = is_probe[at_i] & (labels[np.flatnonzero(involved)[inits["order"][at_i]]] < 0)
-            verdicts += [self._source_verdict(sub, inits, s, p) for s, p in zip(turned_i[keep], at_i[keep])]
+            keep = is_probe[at_i] & (labels[rows[inits["order"][at_i]]] < 0)
+            verdicts += [self._source_verdict(packets, inits, s, p, rows) for s, p in zip(turned_i[keep], at_i[keep])]
             scan_labels = self.initiators.per_packet(inits, np.where(is_probe, inits["convicted"], -1))
-            labels[involved] = np.where(labels[involved] >= 0, labels[involved], scan_labels)
+            labels[rows] = np.where(labels[rows] >= 0, labels[rows], scan_labels)
             self.initiators.store(inits)
 
         # Targets (victim, protocol: Mirai's floods randomise the destination port per packet).  A packet
@@ -465,9 +462,9 @@ class DecisionLayer:
         # addresses) shows only in what one Ethernet sender puts on the wire.
         light_tgt = ~self.targets.per_packet(tgts, _rate(tgts, cfg.half_life_s) >= cfg.flood_rate)
         scattered = light_src & light_tgt & (shape.sum(axis=1) > 0) & (ev.new_socket | new_source)
-        if scattered.any():
-            sub = packets.take(scattered)
-            links = self.links.update(sub.src_mac, sub.ts, None, shape[scattered])
+        rows = np.flatnonzero(scattered)
+        if len(rows):
+            links = self.links.update(packets.src_mac[rows], t[rows], None, shape[rows])
             hot = (
                 (links["weight"] >= cfg.flood_min_packets)
                 & (_rate(links, cfg.half_life_s) >= cfg.flood_rate)
@@ -475,9 +472,9 @@ class DecisionLayer:
             )
             label = np.array([_SYN, _ACK, _UDP])[links["shares"].argmax(axis=1)]
             turned_l, at_l = _decide(self.links, links, cfg, [((hot, label, links["shares"].max(axis=1)), "headers")])
-            verdicts += [self._link_verdict(sub, links, s, p) for s, p in zip(turned_l, at_l)]
+            verdicts += [self._link_verdict(packets, links, s, p, rows) for s, p in zip(turned_l, at_l)]
             link_class = self.links.per_packet(links, links["convicted"])
-            labels[scattered] = np.where(labels[scattered] < 0, link_class, labels[scattered])
+            labels[rows] = np.where(labels[rows] < 0, link_class, labels[rows])
             self.links.store(links)
 
         self.sources.store(srcs)
@@ -510,8 +507,9 @@ class DecisionLayer:
             basis=r["basis_names"][int(r["basis"][pos])],
         )
 
-    def _source_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int) -> Verdict:
-        i = int(r["order"][pos])
+    def _source_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int, rows=None) -> Verdict:
+        """``rows``: where the packets ``r`` was updated with sit in ``packets`` (None: all of them)."""
+        i = int(r["order"][pos]) if rows is None else int(rows[r["order"][pos]])
         return Verdict(
             kind="source",
             src_ip=format_ip(packets.src_ip_hi[i], packets.src_ip_lo[i]),
@@ -523,8 +521,8 @@ class DecisionLayer:
             **self._common(r, seg_id, pos),
         )
 
-    def _link_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int) -> Verdict:
-        i = int(r["order"][pos])
+    def _link_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int, rows: np.ndarray) -> Verdict:
+        i = int(rows[r["order"][pos]])
         return Verdict(kind="spoofed", src_mac=format_mac(packets.src_mac[i]), proto=int(packets.proto[i]),
                        **self._common(r, seg_id, pos))
 
