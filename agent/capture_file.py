@@ -3,9 +3,11 @@
 Pure Python + numpy.  ``read_capture`` checks the file header at call time (a
 file that is not a capture raises ``CaptureFormatError`` before anything is
 yielded) and returns an iterator of ``FrameBatch``.  Everything wrong *inside*
-a capture (truncated or corrupt records, unknown blocks, link types other than
-Ethernet) is counted in ``DecodeStats`` under a reason and skipped; reading
-goes on wherever the file structure still allows it.
+a capture (truncated or corrupt records, unknown blocks, link types the
+parser does not read) is counted in ``DecodeStats`` under a reason and
+skipped; reading goes on wherever the file structure still allows it.  Every
+frame carries its record's link type (pcap: the file's; pcapng: its
+interface's), which the parser decodes (``agent.parse.LINK_LAYERS``).
 
 Both formats are read in large chunks.  A batch's ``buf`` is a zero-copy view
 of the chunk it came from (record headers included); ``offset`` points at each
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .packets import LINKTYPE_ETHERNET, DecodeStats, FrameBatch
+from .packets import LINKTYPE_ETHERNET, SUPPORTED_LINKTYPES, DecodeStats, FrameBatch
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ OPT_END, OPT_IF_TSRESOL, OPT_IF_TSOFFSET = 0, 9, 14
 def read_capture(
     path: str | Path, batch_size: int = 65536, stats: DecodeStats | None = None
 ) -> Iterator[FrameBatch]:
-    """Iterate over the Ethernet frames of a pcap or pcapng file in batches of up to ``batch_size``.
+    """Iterate over the frames of a pcap or pcapng file in batches of up to ``batch_size``.
 
     Raises CaptureFormatError here, before iteration, when the file is not a capture.
     ``FrameBatch.index`` counts every packet record of the file, skipped ones included.
@@ -187,9 +189,11 @@ def _batches(
     wire_len: np.ndarray,
     cap_len: np.ndarray,
     offset: np.ndarray,
+    linktype: np.ndarray,
     batch_size: int,
 ) -> Iterator[FrameBatch]:
     """Cut the (already filtered) frames of one chunk into FrameBatch objects sharing ``buf``."""
+    linktype = linktype.astype(np.uint16)
     for lo in range(0, len(index), batch_size):
         hi = lo + batch_size
         yield FrameBatch(
@@ -198,7 +202,7 @@ def _batches(
             wire_len=wire_len[lo:hi],
             cap_len=cap_len[lo:hi],
             offset=offset[lo:hi],
-            linktype=np.full(len(index[lo:hi]), LINKTYPE_ETHERNET, dtype=np.uint16),
+            linktype=linktype[lo:hi],
             buf=buf,
         )
 
@@ -237,7 +241,7 @@ def _read_pcap(path: Path, header: _PcapHeader, batch_size: int, stats: DecodeSt
     header_bytes = np.arange(PCAP_RECORD_HEADER_LEN)
     cap_len_at = struct.Struct(header.endian + "I").unpack_from
     snap_limit = _snap_limit(header.snaplen)
-    supported = header.linktype == LINKTYPE_ETHERNET
+    supported = header.linktype in SUPPORTED_LINKTYPES
     next_index = 0
     with open(path, "rb") as f:
         f.seek(PCAP_FILE_HEADER_LEN)
@@ -268,9 +272,10 @@ def _read_pcap(path: Path, header: _PcapHeader, batch_size: int, stats: DecodeSt
                 keep[:] = False
             if keep.any():
                 ts = hdr["ts_sec"].astype(np.float64) + hdr["ts_frac"] / header.units_per_second
+                kept = int(keep.sum())
                 yield from _batches(
                     buf, index[keep], ts[keep], wire[keep], cap[keep],
-                    starts[keep] + PCAP_RECORD_HEADER_LEN, batch_size,
+                    starts[keep] + PCAP_RECORD_HEADER_LEN, np.full(kept, header.linktype), batch_size,
                 )
             if corrupt:
                 stats.add("corrupt_record")
@@ -315,7 +320,7 @@ class _PcapngParser:
         self._reset_frames()
 
     def _reset_frames(self) -> None:
-        self.frames = {"index": [], "ts": [], "wire_len": [], "cap_len": [], "offset": []}
+        self.frames = {"index": [], "ts": [], "wire_len": [], "cap_len": [], "offset": [], "linktype": []}
 
     def take_frames(self) -> dict[str, np.ndarray]:
         dtypes = {"ts": np.float64}
@@ -473,7 +478,7 @@ class _PcapngParser:
         if cap > _snap_limit(iface.snaplen) or cap > wire:
             self.stats.add("bad_record_length")
             return
-        if iface.linktype != LINKTYPE_ETHERNET:
+        if iface.linktype not in SUPPORTED_LINKTYPES:
             self.stats.add(f"unsupported_linktype:{iface.linktype}")
             return
         frames = self.frames
@@ -482,6 +487,7 @@ class _PcapngParser:
         frames["wire_len"].append(wire)
         frames["cap_len"].append(cap)
         frames["offset"].append(data_at)
+        frames["linktype"].append(iface.linktype)
 
 
 def _read_pcapng(path: Path, batch_size: int, stats: DecodeStats) -> Iterator[FrameBatch]:
@@ -498,7 +504,7 @@ def _read_pcapng(path: Path, batch_size: int, stats: DecodeStats) -> Iterator[Fr
                 buf = np.frombuffer(data, dtype=np.uint8)
                 yield from _batches(
                     buf, frames["index"], frames["ts"], frames["wire_len"], frames["cap_len"],
-                    frames["offset"], batch_size,
+                    frames["offset"], frames["linktype"], batch_size,
                 )
             if at_eof:
                 if pos < len(data) and not parser.resyncing:

@@ -11,6 +11,10 @@ address: IPv6 as is, IPv4 (and ARP protocol addresses) as IPv4-mapped IPv6
 (``::ffff:a.b.c.d``), so one code path serves both families.  For frames with
 neither IP nor ARP, ``src_ip``/``dst_ip`` are the MAC addresses (DESIGN 4),
 marked by ``l3 == L3_OTHER``.
+
+Frames of every supported link type come out as if they had been captured on
+Ethernet (parse.py): ``wire_len`` is the length of the Ethernet frame, and the
+MACs are what the link header tells (0 where it has none).
 """
 
 from __future__ import annotations
@@ -21,8 +25,20 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-# Link types we decode (pcap LINKTYPE_*).
+# Link types we decode (pcap LINKTYPE_*, https://www.tcpdump.org/linktypes.html); parse.py declares their
+# headers and how each maps onto what an Ethernet header would have said.
+LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family in the capturing host's byte order
 LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101  # raw IP, version from the first nibble
+LINKTYPE_LOOP = 108  # OpenBSD loopback: 4-byte address family in network byte order
+LINKTYPE_LINUX_SLL = 113  # Linux cooked capture v1 (tcpdump -i any)
+LINKTYPE_IPV4 = 228  # raw IPv4
+LINKTYPE_IPV6 = 229  # raw IPv6
+LINKTYPE_LINUX_SLL2 = 276  # Linux cooked capture v2
+SUPPORTED_LINKTYPES = frozenset({
+    LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP, LINKTYPE_LINUX_SLL, LINKTYPE_IPV4,
+    LINKTYPE_IPV6, LINKTYPE_LINUX_SLL2,
+})
 
 # Values of PacketBatch.l3
 L3_OTHER = 0  # Ethernet frame with neither IP nor ARP: addresses are the MACs
@@ -104,8 +120,8 @@ class PacketBatch:
 
     index: np.ndarray  # int64, as FrameBatch.index
     ts: np.ndarray  # float64
-    wire_len: np.ndarray  # int64
-    src_mac: np.ndarray  # uint64 (48 bits used)
+    wire_len: np.ndarray  # int64: the frame's length on Ethernet (the record's, for Ethernet captures)
+    src_mac: np.ndarray  # uint64 (48 bits used); 0 where the link header carries no MAC
     dst_mac: np.ndarray  # uint64
     vlan: np.ndarray  # int32: outermost 802.1Q VLAN id, -1 when untagged
     l3: np.ndarray  # uint8: L3_*
@@ -170,10 +186,12 @@ class DecodeStats:
         return sum(self.skipped.values())
 
     def summary(self) -> str:
+        """One line for the user: e.g. "0 packets decoded, 568 records skipped: unsupported_linktype:113 568"."""
         if not self.skipped:
             return f"{self.decoded} packets decoded, none skipped"
-        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items()))
-        return f"{self.decoded} packets decoded, {self.total_skipped} skipped ({reasons})"
+        by_count = sorted(self.skipped.items(), key=lambda item: (-item[1], item[0]))
+        reasons = ", ".join(f"{reason} {n}" for reason, n in by_count)
+        return f"{self.decoded} packets decoded, {self.total_skipped} records skipped: {reasons}"
 
 
 def format_ip(hi: int, lo: int) -> str:

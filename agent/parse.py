@@ -1,4 +1,4 @@
-"""Decode a FrameBatch of Ethernet frames into PacketBatch columns, vectorised over the batch.
+"""Decode a FrameBatch of captured frames into PacketBatch columns, vectorised over the batch.
 
 Each header is declared once below as a table of fields (name, byte offset,
 format, default).  ``Header.read`` gathers the whole header of every frame
@@ -8,18 +8,48 @@ header get the field's default.  There is no per-packet Python loop: the only
 loops are over VLAN tags (2 rounds) and IPv6 extension headers (a few
 rounds), each vectorised over the batch.
 
-Decoded: Ethernet II with up to two 802.1Q/802.1ad tags; IPv4 (any header
-length 20..60); IPv6 with hop-by-hop, routing, fragment, destination-options
-and AH extension headers; ARP for IPv4 over Ethernet; TCP, UDP, ICMP.  Any
-other Ethernet frame (LLDP, EAPOL, 802.3/LLC, ...) is kept as ``L3_OTHER``
-with its MACs as addresses (DESIGN 4).
+Link layers (``LINK_LAYERS``): Ethernet, Linux cooked v1/v2 (SLL, SLL2:
+``tcpdump -i any``), raw IP (101, 228, 229), BSD null and OpenBSD loopback.
+Each is one table entry saying where its payload starts, where the payload's
+EtherType and the MACs come from, and how long the frame would have been on
+Ethernet; ``_decode_link`` turns every frame into those four things, and from
+there on every link type goes through the same code.  The model was trained
+on Ethernet, so the same packet must give the same row whatever it was
+captured with:
+
+* ``wire_len`` = record's original length - link header + 14.  A VLAN tag
+  inside a cooked payload is part of the payload, so it is already counted.
+  Ethernet pads frames to 60 bytes: a cooked packet that an Ethernet
+  interface (ARPHRD 1) received (packet type 0-3: to us, broadcast,
+  multicast, to another host) counts at least 60, one it sent (type 4) is not
+  padded, as in a sender's Ethernet capture.  Linux keeps the padding of
+  received frames, so for real Ethernet NICs the minimum changes nothing; it
+  matters for Wi-Fi, where there is none.  Loopback (ARPHRD 772), raw IP and
+  null/loopback captures have no direction or no Ethernet behind them: not
+  padded.
+* MACs: SLL/SLL2 carry the sender's address, used as the source MAC when it
+  is 6 bytes long; the destination MAC is the broadcast address for packet
+  type 1 (broadcast) and 0 otherwise (unknown).  Raw IP and null/loopback
+  have no MACs (0).  MAC-keyed features (MI_dir, ARP's HpHp, frames with
+  neither IP nor ARP) use what the header gives.
+
+Decoded above the link layer: up to two 802.1Q/802.1ad tags; IPv4 (any
+header length 20..60); IPv6 with hop-by-hop, routing, fragment,
+destination-options and AH extension headers; ARP for IPv4 over Ethernet;
+TCP, UDP, ICMP.  Any other EtherType (LLDP, EAPOL, 802.3/LLC on Ethernet, ...)
+is kept as ``L3_OTHER`` with its MACs as addresses (DESIGN 4).
 
 A frame whose headers are cut short or inconsistent is dropped and counted in
-``DecodeStats`` under one reason: truncated_ethernet, truncated_ip,
-bad_ip_version, bad_ip_header_length, truncated_arp, truncated_l4 (the
-captured bytes, or the IP length, do not hold the fixed TCP/UDP header the IP
-header announces), unsupported_linktype:N, bad_frame_bounds (a FrameBatch
-whose offsets point outside its buffer).
+``DecodeStats`` under one reason: truncated_ethernet / truncated_sll /
+truncated_sll2 / truncated_null / truncated_loop (shorter than its link
+header), unsupported_linktype:N, unsupported_arphrd:N (a cooked packet from
+a device other than Ethernet or loopback), unsupported_sll_protocol:0xNNNN (a
+cooked protocol below 0x0600, which is not an EtherType: 802.2 LLC, CAN, ...),
+unsupported_address_family:N (null/loopback other than IPv4/IPv6),
+truncated_ip, bad_ip_version (also raw IP whose first nibble is not 4 or 6),
+bad_ip_header_length, truncated_arp, truncated_l4 (the captured bytes, or the
+IP length, do not hold the fixed TCP/UDP header the IP header announces),
+bad_frame_bounds (a FrameBatch whose offsets point outside its buffer).
 """
 
 from __future__ import annotations
@@ -35,6 +65,13 @@ from .packets import (
     L3_IPV6,
     L3_OTHER,
     LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
     PORT_ARP,
     PORT_ICMP,
     PORT_NONE,
@@ -101,6 +138,32 @@ ETHERNET = Header("ethernet", (
     Field("src", 6, "6s"),
     Field("type", 12, "H"),
 ))
+# Linux cooked capture v1 (LINKTYPE_LINUX_SLL), 16 bytes.
+SLL = Header("sll", (
+    Field("packet_type", 0, "H"),  # PACKET_HOST, ... (see SLL_RECEIVED)
+    Field("arphrd", 2, "H"),  # the device type: ARPHRD_*
+    Field("addr_len", 4, "H"),
+    Field("addr", 6, "6s"),  # the sender's link-layer address: the first 6 of 8 bytes ...
+    Field("addr_rest", 12, "H"),  # ... and the last 2 (unused by a MAC)
+    Field("protocol", 14, "H"),  # an EtherType, or a Linux pseudo-protocol below 0x0600
+))
+# Linux cooked capture v2 (LINKTYPE_LINUX_SLL2), 20 bytes: the same fields, protocol first.
+SLL2 = Header("sll2", (
+    Field("protocol", 0, "H"),
+    Field("reserved", 2, "H"),
+    Field("ifindex", 4, "I"),
+    Field("arphrd", 8, "H"),
+    Field("packet_type", 10, "B"),
+    Field("addr_len", 11, "B"),
+    Field("addr", 12, "6s"),
+    Field("addr_rest", 18, "H"),
+))
+# BSD null (LINKTYPE_NULL: the capturing host's byte order) and OpenBSD loopback (LINKTYPE_LOOP: network
+# byte order): a 4-byte address family.  Read big-endian; _decode_link swaps it where the order is open.
+NULL = Header("null", (Field("family", 0, "I"),))
+LOOP = Header("loop", (Field("family", 0, "I"),))
+# Raw IP (LINKTYPE_RAW) has no header; its first byte, the IP version nibble, says IPv4 or IPv6.
+RAW_IP = Header("ip", (Field("version_ihl", 0, "B"),))
 # An 802.1Q/802.1ad tag sits where the EtherType was; its own "type" is the next EtherType.
 VLAN_TAG = Header("vlan", (
     Field("tci", 0, "H"),
@@ -170,6 +233,43 @@ IPV6_EXTENSIONS = (EXT_HOP_BY_HOP, EXT_ROUTING, EXT_FRAGMENT, EXT_AH, EXT_DEST_O
 MAX_IPV6_EXTENSIONS = 8  # a longer chain is decoded at L3 only (proto = the last header type)
 
 
+# How each link type maps onto an Ethernet header (see the module docstring).
+
+
+@dataclass(frozen=True)
+class LinkLayer:
+    name: str  # frames shorter than the header are counted as truncated_<name>
+    header: Header | None  # what is read at the start of the frame (None: nothing)
+    length: int  # bytes before the payload (raw IP: 0, its first byte is only peeked at)
+    # Where the payload's EtherType comes from: a fixed value, or the header field holding it: "type" and
+    # "protocol" hold an EtherType, "version_ihl" an IP version nibble, "family" a BSD address family.
+    ethertype: str | int
+    cooked: bool = False  # Linux SLL/SLL2: ARPHRD, packet type and sender address fields
+    family_either_order: bool = False  # BSD null: the family is in the capturing host's byte order
+
+
+LINK_LAYERS: dict[int, LinkLayer] = {
+    LINKTYPE_ETHERNET: LinkLayer("ethernet", ETHERNET, 14, "type"),
+    LINKTYPE_LINUX_SLL: LinkLayer("sll", SLL, 16, "protocol", cooked=True),
+    LINKTYPE_LINUX_SLL2: LinkLayer("sll2", SLL2, 20, "protocol", cooked=True),
+    LINKTYPE_RAW: LinkLayer("ip", RAW_IP, 0, "version_ihl"),  # an empty packet: truncated_ip
+    LINKTYPE_IPV4: LinkLayer("ip", None, 0, ETHERTYPE_IPV4),
+    LINKTYPE_IPV6: LinkLayer("ip", None, 0, ETHERTYPE_IPV6),
+    LINKTYPE_NULL: LinkLayer("null", NULL, 4, "family", family_either_order=True),
+    LINKTYPE_LOOP: LinkLayer("loop", LOOP, 4, "family"),
+}
+ETHERNET_HEADER_LEN = 14
+ETHERNET_MIN_FRAME = 60  # without the frame check sequence, as captures record it
+BROADCAST_MAC = 0xFFFF_FFFF_FFFF
+ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772
+COOKED_ARPHRDS = (ARPHRD_ETHER, ARPHRD_LOOPBACK)  # others (tunnels, PPP, CAN, Wi-Fi monitor, ...): skipped
+SLL_BROADCAST = 1  # packet type: broadcast by somebody else
+SLL_RECEIVED = (0, 1, 2, 3)  # to us, broadcast, multicast, to another host (4: sent by us)
+MIN_ETHERTYPE = 0x0600  # smaller SLL protocols are Linux pseudo-protocols (802.3, 802.2 LLC, CAN, ...)
+FAMILY_ETHERTYPE = {2: ETHERTYPE_IPV4, 24: ETHERTYPE_IPV6, 28: ETHERTYPE_IPV6, 30: ETHERTYPE_IPV6}  # AF_INET,
+# AF_INET6 on NetBSD/OpenBSD, FreeBSD, macOS
+
+
 def _extension_size(kind: np.ndarray, length: np.ndarray) -> np.ndarray:
     """Bytes taken by an IPv6 extension header: fixed 8 for fragment, 4-byte units for AH, else 8-byte units."""
     return np.where(kind == EXT_FRAGMENT, 8, np.where(kind == EXT_AH, (length + 2) * 4, (length + 1) * 8))
@@ -190,6 +290,13 @@ class _Drops:
         self.stats.add(reason, int(mask.sum()))
         self.alive &= ~mask
 
+    def drop_each(self, mask: np.ndarray, values: np.ndarray, reason: str) -> None:
+        """Drop ``mask``, counted per distinct value: ``reason`` is a format string, e.g. "unsupported_linktype:{}"."""
+        mask = mask & self.alive
+        if mask.any():
+            for value in np.unique(values[mask]).tolist():
+                self.drop(mask & (values == value), reason.format(value))
+
 
 def parse_frames(frames: FrameBatch, stats: DecodeStats | None = None) -> PacketBatch:
     """Decode every frame of the batch; frames that cannot be decoded are counted in ``stats`` and left out."""
@@ -200,15 +307,11 @@ def parse_frames(frames: FrameBatch, stats: DecodeStats | None = None) -> Packet
     end = start + frames.cap_len.astype(np.int64)  # one past the last captured byte
     drops = _Drops(n, stats)
     drops.drop((start < 0) | (end < start) | (end > len(buf)), "bad_frame_bounds")
-    linktype = frames.linktype.astype(np.int64)
-    for value in np.unique(linktype[linktype != LINKTYPE_ETHERNET]).tolist():
-        drops.drop(linktype == value, f"unsupported_linktype:{value}")
 
-    # Ethernet, then up to two VLAN tags.
-    drops.drop(end - start < ETHERNET.size, "truncated_ethernet")
-    eth = ETHERNET.read(buf, start, drops.alive)
-    ethertype = eth["type"]
-    l3 = start + ETHERNET.size
+    # The link layer, as Ethernet would have said it; then up to two VLAN tags.
+    link = _decode_links(frames, buf, start, end, drops)
+    ethertype = link["ethertype"]
+    l3 = link["l3"]
     vlan = np.full(n, -1, dtype=np.int64)
     for _ in range(MAX_VLAN_TAGS):
         tagged = drops.alive & np.isin(ethertype, VLAN_TPIDS)
@@ -257,8 +360,8 @@ def parse_frames(frames: FrameBatch, stats: DecodeStats | None = None) -> Packet
     src_v4 = np.where(is4, ip4["src"], arp["src"]).astype(np.uint64)
     dst_v4 = np.where(is4, ip4["dst"], arp["dst"]).astype(np.uint64)
     # Frames with neither IP nor ARP are keyed by their MACs (DESIGN 4).
-    src_lo = np.select([ipv4_like, is6], [IPV4_MAPPED_LO_PREFIX | src_v4, ip6["src_lo"]], eth["src"])
-    dst_lo = np.select([ipv4_like, is6], [IPV4_MAPPED_LO_PREFIX | dst_v4, ip6["dst_lo"]], eth["dst"])
+    src_lo = np.select([ipv4_like, is6], [IPV4_MAPPED_LO_PREFIX | src_v4, ip6["src_lo"]], link["src_mac"])
+    dst_lo = np.select([ipv4_like, is6], [IPV4_MAPPED_LO_PREFIX | dst_v4, ip6["dst_lo"]], link["dst_mac"])
 
     keep = np.flatnonzero(drops.alive)
     stats.decoded += len(keep)
@@ -269,9 +372,9 @@ def parse_frames(frames: FrameBatch, stats: DecodeStats | None = None) -> Packet
     return PacketBatch(
         index=column(frames.index, np.int64),
         ts=column(frames.ts, np.float64),
-        wire_len=column(frames.wire_len, np.int64),
-        src_mac=column(eth["src"], np.uint64),
-        dst_mac=column(eth["dst"], np.uint64),
+        wire_len=column(link["wire_len"], np.int64),
+        src_mac=column(link["src_mac"], np.uint64),
+        dst_mac=column(link["dst_mac"], np.uint64),
         vlan=column(vlan, np.int32),
         l3=column(l3_kind, np.uint8),
         src_ip_hi=column(np.where(is6, ip6["src_hi"], 0), np.uint64),
@@ -294,6 +397,83 @@ def parse_frames(frames: FrameBatch, stats: DecodeStats | None = None) -> Packet
         tcp_hdr_len=column(tcp_hdr_len, np.uint8),
         payload_len=column(payload_len, np.int32),
     )
+
+
+# --- Link layer -----------------------------------------------------------------------------------
+
+
+def _decode_links(frames: FrameBatch, buf: np.ndarray, start: np.ndarray, end: np.ndarray, drops: _Drops) -> dict:
+    """Per frame: the payload's EtherType, where the payload starts, the MACs and the Ethernet wire length.
+
+    A batch is nearly always of one link type (a pcap file has one; pcapng one per interface), which
+    is decoded for the whole batch at once; a mixed batch is decoded once per link type present.
+    """
+    linktype = frames.linktype
+    mixed = len(linktype) > 0 and not (linktype == linktype[0]).all()
+    present = np.unique(linktype).tolist() if mixed else linktype[:1].tolist()
+    out = None
+    for value in present:
+        rows = drops.alive & (linktype == value) if mixed else drops.alive
+        layer = LINK_LAYERS.get(value)
+        if layer is None:
+            drops.drop(rows, f"unsupported_linktype:{value}")
+            continue
+        part = _decode_link(layer, buf, start, end, np.asarray(frames.wire_len, dtype=np.int64), rows, drops)
+        if out is None:
+            out = part
+        else:
+            out = {name: np.where(linktype == value, part[name], out[name]) for name in out}
+    if out is None:  # an empty batch, or nothing of a link type we read
+        zeros = np.zeros(len(linktype), dtype=np.int64)
+        return {"ethertype": zeros, "l3": start, "src_mac": zeros.astype(np.uint64),
+                "dst_mac": zeros.astype(np.uint64), "wire_len": zeros}
+    return out
+
+
+def _decode_link(
+    layer: LinkLayer, buf: np.ndarray, start: np.ndarray, end: np.ndarray, wire: np.ndarray, rows: np.ndarray,
+    drops: _Drops,
+) -> dict:
+    """One link type's frames (``rows``) normalised to Ethernet; full-length columns, meaningful in ``rows``."""
+    n = len(start)
+    head: dict[str, np.ndarray] = {}
+    if layer.header is not None:
+        drops.drop(rows & (end - start < layer.header.size), f"truncated_{layer.name}")
+        rows = rows & drops.alive
+        head = layer.header.read(buf, start, rows)
+    no_mac = np.zeros(n, dtype=np.uint64)
+    src_mac, dst_mac = head.get("src", no_mac), head.get("dst", no_mac)
+
+    if isinstance(layer.ethertype, int):
+        ethertype = np.full(n, layer.ethertype, dtype=np.int64)
+    elif layer.ethertype == "version_ihl":
+        version = head["version_ihl"] >> 4
+        drops.drop(rows & (version != 4) & (version != 6), "bad_ip_version")
+        ethertype = np.where(version == 6, ETHERTYPE_IPV6, ETHERTYPE_IPV4)
+    elif layer.ethertype == "family":
+        family = head["family"]
+        if layer.family_either_order:  # written by a little-endian host: swap where that gives a known family
+            swapped = family.astype(">u4").view("<u4").astype(np.int64)
+            family = np.where(np.isin(family, list(FAMILY_ETHERTYPE)), family, np.minimum(family, swapped))
+        known = np.isin(family, list(FAMILY_ETHERTYPE))
+        drops.drop_each(rows & ~known, family, "unsupported_address_family:{}")
+        ethertype = np.where(family == 2, ETHERTYPE_IPV4, ETHERTYPE_IPV6)
+    else:
+        ethertype = head[layer.ethertype]
+
+    if layer.length != ETHERNET_HEADER_LEN:
+        wire = wire - layer.length + ETHERNET_HEADER_LEN
+    if layer.cooked:
+        arphrd, packet_type, protocol = head["arphrd"], head["packet_type"], head["protocol"]
+        drops.drop_each(rows & ~np.isin(arphrd, COOKED_ARPHRDS), arphrd, "unsupported_arphrd:{}")
+        drops.drop_each(rows & (protocol < MIN_ETHERTYPE), protocol, "unsupported_sll_protocol:0x{:04x}")
+        src_mac = np.where(head["addr_len"] == 6, head["addr"], no_mac)  # the sender's MAC
+        dst_mac = np.where(packet_type == SLL_BROADCAST, np.uint64(BROADCAST_MAC), no_mac)
+        # Received by an Ethernet interface: the frame on the wire was padded to the minimum.
+        padded = (arphrd == ARPHRD_ETHER) & np.isin(packet_type, SLL_RECEIVED)
+        wire = np.where(padded, np.maximum(wire, ETHERNET_MIN_FRAME), wire)
+    return {"ethertype": ethertype, "l3": start + layer.length, "src_mac": src_mac, "dst_mac": dst_mac,
+            "wire_len": wire}
 
 
 # --- Layer 3 -----------------------------------------------------------------------------------------
