@@ -27,6 +27,7 @@ log = logging.getLogger("agent")
 
 
 def _report_skipped(stats: DecodeStats) -> None:
+    """`features` and `detect` end with this line on stderr: how many records were skipped, and why."""
     print(stats.summary(), file=sys.stderr)
 
 
@@ -71,6 +72,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
                 fh.write(f"{i},{name},{conf:.4f}\n")
     if args.int8_out:
         np.save(args.int8_out, result.int8_scores)
+    _report_skipped(result.stats)
     counts = {name: int((result.labels == k).sum()) for k, name in enumerate(LABELS)}
     summary = {
         "capture": str(args.capture),
