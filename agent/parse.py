@@ -46,6 +46,7 @@ header), unsupported_linktype:N, unsupported_arphrd:N (a cooked packet from
 a device other than Ethernet or loopback), unsupported_sll_protocol:0xNNNN (a
 cooked protocol below 0x0600, which is not an EtherType: 802.2 LLC, CAN, ...),
 unsupported_address_family:N (null/loopback other than IPv4/IPv6),
+bad_address_family (a family above 65535: garbage, not counted per value),
 truncated_ip, bad_ip_version (also raw IP whose first nibble is not 4 or 6),
 bad_ip_header_length, truncated_arp, truncated_l4 (the captured bytes, or the
 IP length, do not hold the fixed TCP/UDP header the IP header announces),
@@ -456,6 +457,7 @@ def _decode_link(
             swapped = family.astype(">u4").view("<u4").astype(np.int64)
             family = np.where(np.isin(family, list(FAMILY_ETHERTYPE)), family, np.minimum(family, swapped))
         known = np.isin(family, list(FAMILY_ETHERTYPE))
+        drops.drop(rows & ~known & (family > 0xFFFF), "bad_address_family")  # one reason, not 2**32
         drops.drop_each(rows & ~known, family, "unsupported_address_family:{}")
         ethertype = np.where(family == 2, ETHERTYPE_IPV4, ETHERTYPE_IPV6)
     else:

@@ -130,7 +130,7 @@ def as_ethernet(linktype: int, record: bytes, wire: int) -> tuple[bytes, int] | 
         ipv6 = (AF_INET6_BSD, AF_INET6_FREEBSD, AF_INET6_DARWIN)
         known = [f for f in families if f == AF_INET or f in ipv6]
         if not known:
-            return f"unsupported_address_family:{min(families)}"
+            return "bad_address_family" if min(families) > 0xFFFF else f"unsupported_address_family:{min(families)}"
         ethertype = ETHERTYPE_IPV4 if known[0] == AF_INET else ETHERTYPE_IPV6
         return bytes(12) + struct.pack(">H", ethertype) + record[4:], wire - 4 + eth
     return f"unsupported_linktype:{linktype}"
@@ -158,7 +158,7 @@ def _block(block_type: int, body: bytes) -> bytes:
 
 
 def pcapng_bytes(linktypes: list[int], records: Iterable[tuple[int, float, bytes, int]]) -> bytes:
-    """Little-endian pcapng with one interface per link type (microseconds) and (interface, ts, bytes, length) records."""
+    """Little-endian pcapng: one interface per link type (microseconds), (interface, ts, bytes, length) records."""
     out = [_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))]
     out += [_block(1, struct.pack("<HHI", linktype, 0, 0)) for linktype in linktypes]
     for iface, ts, data, wire in records:

@@ -257,7 +257,8 @@ def test_same_labels_and_verdicts(pairs, classifier, variant):
     assert {"mirai_syn", "mirai_udp", "mirai_ack"} <= {v.label for v in b.verdicts}
 
     def who(v):  # without MACs, no verdict on what one Ethernet sender puts on the wire (decide's "links")
-        return (v.kind, v.label, v.src_ip, v.victim_ip, v.packets, v.decided_at) + ((v.src_mac,) if variant == "sll" else ())
+        mac = (v.src_mac,) if variant == "sll" else ()
+        return (v.kind, v.label, v.src_ip, v.victim_ip, v.packets, v.decided_at) + mac
 
     want = [who(v) for v in a.verdicts if variant == "sll" or not (v.kind == "spoofed" and v.victim_ip is None)]
     assert [who(v) for v in b.verdicts] == want
@@ -361,50 +362,47 @@ def test_ipv6_on_every_link_type(linktype, header):
     assert stats.decoded == 1 and p.l3.tolist() == [2] and p.wire_len.tolist() == [14 + len(packet)]
 
 
-def test_records_that_cannot_be_read_are_counted_by_reason(tmp_path):
-    good = ipv4("10.0.0.1", "10.0.0.2", 17, udp(1000, 53, b"q" * 30))
+def read_records(tmp_path: Path, linktype: int, records: list[bytes]) -> tuple[int, dict]:
+    """(packets decoded, skip counts) of a pcap of these records."""
+    from agent.pipeline import packets_from_capture
+
+    path = write(tmp_path, f"linktype{linktype}", linktype, [(1.0 + i, r, len(r)) for i, r in enumerate(records)])
+    stats = DecodeStats()
+    return sum(len(p) for p in packets_from_capture(path, stats)), dict(stats.skipped)
+
+
+GOOD = ipv4("10.0.0.1", "10.0.0.2", 17, udp(1000, 53, b"q" * 30))
+
+
+def test_cooked_records_that_cannot_be_read_are_counted_by_reason(tmp_path):
     cooked = [
-        sll_header(PACKET_HOST, 0x0800, SRC) + good,
-        sll_header(PACKET_HOST, 0x0800, b"", arphrd=65534) + good,  # ARPHRD_NONE: a tun device
-        sll_header(PACKET_HOST, 0x0800, b"", arphrd=65534) + good,
+        sll_header(PACKET_HOST, 0x0800, SRC) + GOOD,
+        sll_header(PACKET_HOST, 0x0800, b"", arphrd=65534) + GOOD,  # ARPHRD_NONE: a tun device
+        sll_header(PACKET_HOST, 0x0800, b"", arphrd=65534) + GOOD,
         sll_header(PACKET_HOST, 0x000C, b"", arphrd=280) + b"\0" * 16,  # ARPHRD_CAN
         sll_header(PACKET_HOST, 0x0004, SRC) + b"\x42\x42\x03" + b"\0" * 40,  # an 802.2 LLC frame (STP)
         sll_header(PACKET_HOST, 0x0800, SRC)[:9],  # cut inside the header
-        sll_header(PACKET_HOST, 0x0800, SRC) + good[:12],  # cut inside the IP header
+        sll_header(PACKET_HOST, 0x0800, SRC) + GOOD[:12],  # cut inside the IP header
     ]
-    path = write(tmp_path, "cooked", LINKTYPE_LINUX_SLL, [(1.0 + i, r, len(r)) for i, r in enumerate(cooked)])
-    stats = DecodeStats()
-    assert sum(len(p) for p in _packets(path, stats)) == 1
-    assert dict(stats.skipped) == {"unsupported_arphrd:65534": 2, "unsupported_arphrd:280": 1,
-                                   "unsupported_sll_protocol:0x0004": 1, "truncated_sll": 1, "truncated_ip": 1}
-
-    null = [struct.pack("<I", AF_INET) + good, struct.pack("<I", 10) + good,  # Linux's AF_INET6: not a BSD value
-            struct.pack("<I", 7) + good, b"\2\0"]
-    path = write(tmp_path, "null", LINKTYPE_NULL, [(1.0 + i, r, len(r)) for i, r in enumerate(null)])
-    stats = DecodeStats()
-    assert sum(len(p) for p in _packets(path, stats)) == 1
-    assert dict(stats.skipped) == {"unsupported_address_family:10": 1, "unsupported_address_family:7": 1,
-                                   "truncated_null": 1}
-
-    loop = [struct.pack(">I", AF_INET) + good, struct.pack("<I", AF_INET) + good]  # LOOP is big-endian only
-    stats = DecodeStats()
-    assert sum(len(p) for p in _packets(write(tmp_path, "loop", LINKTYPE_LOOP, [(1.0, r, len(r)) for r in loop]), stats)) == 1
-    assert dict(stats.skipped) == {"unsupported_address_family:33554432": 1}
-
-    raw = [good, b"\x55" + good[1:], b""]  # IP version 5; an empty packet
-    stats = DecodeStats()
-    assert sum(len(p) for p in _packets(write(tmp_path, "raw", LINKTYPE_RAW, [(1.0, r, len(r)) for r in raw]), stats)) == 1
-    assert dict(stats.skipped) == {"bad_ip_version": 1, "truncated_ip": 1}
-
-    stats = DecodeStats()
-    assert not list(_packets(write(tmp_path, "wifi", 105, [(1.0, good, len(good))] * 3), stats))
-    assert dict(stats.skipped) == {"unsupported_linktype:105": 3}
+    assert read_records(tmp_path, LINKTYPE_LINUX_SLL, cooked) == (1, {
+        "unsupported_arphrd:65534": 2, "unsupported_arphrd:280": 1, "unsupported_sll_protocol:0x0004": 1,
+        "truncated_sll": 1, "truncated_ip": 1})
+    assert read_records(tmp_path, LINKTYPE_LINUX_SLL2, [sll2_header(PACKET_HOST, 0x0800, SRC)[:19]]) == (
+        0, {"truncated_sll2": 1})
 
 
-def _packets(path: Path, stats: DecodeStats):
-    from agent.pipeline import packets_from_capture
-
-    return packets_from_capture(path, stats)
+def test_other_records_that_cannot_be_read_are_counted_by_reason(tmp_path):
+    null = [struct.pack("<I", AF_INET) + GOOD, struct.pack("<I", 10) + GOOD,  # Linux's AF_INET6: not a BSD value
+            struct.pack("<I", 7) + GOOD, b"\2\0", b"\xde\xad\xbe\xef" + GOOD]
+    assert read_records(tmp_path, LINKTYPE_NULL, null) == (1, {
+        "unsupported_address_family:10": 1, "unsupported_address_family:7": 1, "truncated_null": 1,
+        "bad_address_family": 1})
+    loop = [struct.pack(">I", AF_INET) + GOOD, struct.pack("<I", AF_INET) + GOOD]  # LOOP is big-endian only
+    assert read_records(tmp_path, LINKTYPE_LOOP, loop) == (1, {"bad_address_family": 1})
+    raw = [GOOD, b"\x55" + GOOD[1:], b""]  # IP version 5; an empty packet
+    assert read_records(tmp_path, LINKTYPE_RAW, raw) == (1, {"bad_ip_version": 1, "truncated_ip": 1})
+    assert read_records(tmp_path, LINKTYPE_IPV6, [GOOD]) == (0, {"bad_ip_version": 1})  # IPv4 on link type 229
+    assert read_records(tmp_path, 105, [GOOD] * 3) == (0, {"unsupported_linktype:105": 3})  # IEEE 802.11
 
 
 def test_written_headers_read_back_with_dpkt():
