@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from link_layers import as_ethernet
 from test_capture_file import block, option, pad4, pcap_bytes, shb, spb
 from test_parse import (
     arp,
@@ -69,6 +70,7 @@ from agent.packets import (
     PORT_ICMP,
     PORT_NONE,
     PORT_NUMBER,
+    SUPPORTED_LINKTYPES,
     DecodeStats,
     FrameBatch,
     PacketBatch,
@@ -90,15 +92,22 @@ def expect(condition: object, check: str, detail: object = "") -> None:
         raise InvariantError(check, detail() if callable(detail) else str(detail))
 
 
-# Skip reasons the reader and the parser document (plus unsupported_linktype:N from both).
+# Skip reasons the reader and the parser document (plus unsupported_linktype:N from both, and the parser's
+# reasons for cooked and null headers it cannot read).
 READER_REASONS = {"bad_record_length", "corrupt_record", "truncated_record", "corrupt_block", "truncated_block",
                   "unknown_block", "unknown_interface"}
 PARSER_REASONS = {"truncated_ethernet", "truncated_ip", "bad_ip_version", "bad_ip_header_length", "truncated_arp",
-                  "truncated_l4", "bad_frame_bounds"}
+                  "truncated_l4", "bad_frame_bounds", "truncated_sll", "truncated_sll2", "truncated_null",
+                  "truncated_loop", "bad_address_family", "unsupported_arphrd:", "unsupported_sll_protocol:",
+                  "unsupported_address_family:"}
 
 
 def is_named_reason(reason: str, names: set[str]) -> bool:
-    return reason in names or (reason.startswith("unsupported_linktype:") and reason.split(":")[1].isdigit())
+    name, _, value = reason.partition(":")
+    if not value:
+        return reason in names
+    number = value[2:] if value.startswith("0x") else value
+    return (name == "unsupported_linktype" or f"{name}:" in names) and number.isalnum()
 
 
 # --- Frames ---------------------------------------------------------------------------------------------
@@ -314,7 +323,7 @@ def frame_batch(rng: random.Random, n: int) -> tuple[FrameBatch, list[str]]:
             batch.cap_len[i] = rng.choice((-1, -60, len(batch.buf) + 1))
             labels.append("bounds:cap_len")
         elif roll < 0.009:
-            batch.linktype[i] = rng.choice((0, 101, 113, 65535))
+            batch.linktype[i] = rng.choice((0, 101, 113, 276, 105, 65535))  # an Ethernet frame read as another
             labels.append("linktype")
     return batch, labels
 
@@ -426,16 +435,21 @@ def reference_decode(frame: bytes) -> str | dict:
 
 
 def reference_batch(frames: FrameBatch) -> list[str | dict]:
-    """reference_decode for every row of a batch, bounds and link type first, as parse_frames checks them."""
+    """reference_decode for every row of a batch, bounds and link type first, as parse_frames checks them.
+
+    Other link types are first turned into the Ethernet frame the parser must treat them as
+    (link_layers.as_ethernet); rows carry the wire length the parser must report.
+    """
     buf = frames.buf.tobytes()
     out: list[str | dict] = []
-    for offset, cap, linktype in zip(frames.offset.tolist(), frames.cap_len.tolist(), frames.linktype.tolist()):
+    rows = zip(frames.offset.tolist(), frames.cap_len.tolist(), frames.linktype.tolist(), frames.wire_len.tolist())
+    for offset, cap, linktype, wire in rows:
         if offset < 0 or cap < 0 or offset + cap > len(buf):
             out.append("bad_frame_bounds")
-        elif linktype != 1:
-            out.append(f"unsupported_linktype:{linktype}")
-        else:
-            out.append(reference_decode(buf[offset : offset + cap]))
+            continue
+        converted = as_ethernet(linktype, buf[offset : offset + cap], wire)
+        row = converted if isinstance(converted, str) else reference_decode(converted[0])
+        out.append(row if isinstance(row, str) else row | {"wire_len": converted[1]})
     return out
 
 
@@ -454,7 +468,7 @@ def check_parsed(frames: FrameBatch, packets: PacketBatch, stats: DecodeStats) -
     rows = [i for i, r in enumerate(reference) if not isinstance(r, str)]
     expect(packets.index.tolist() == frames.index[rows].tolist(), "parser: decoded rows differ from the reference")
     expect(packets.ts.tolist() == frames.ts[rows].tolist(), "parser: ts not carried over from the frame")
-    expect(packets.wire_len.tolist() == frames.wire_len[rows].tolist(), "parser: wire_len not carried over")
+    expect(packets.wire_len.tolist() == [reference[i]["wire_len"] for i in rows], "parser: wire_len differs")
     for name in PACKET_COLUMNS:
         got = getattr(packets, name).tolist()
         want = [reference[i][name] for i in rows]
@@ -553,7 +567,7 @@ def random_pcap(rng: random.Random, records: int) -> Capture:
     endian, nano = rng.choice("<>"), rng.random() < 0.3
     units = 10**9 if nano else 10**6
     snaplen = rng.choice((65535, 65535, 262144, 0, 64, 96, 1518, 2**32 - 1, rng.randrange(1, 2000)))
-    linktype = 1 if rng.random() < 0.9 else rng.choice((0, 101, 113, 0x0001_0001))  # FCS bits + Ethernet
+    linktype = 1 if rng.random() < 0.9 else rng.choice((0, 101, 113, 105, 0x0001_0001))  # FCS bits + Ethernet
     version = (2, 4) if rng.random() < 0.95 else rng.choice(((1, 0), (3, 0), (0, 0)))
     labels = ["pcap", f"pcap:{'be' if endian == '>' else 'le'}", f"pcap:{'nsec' if nano else 'usec'}",
               f"pcap:snaplen:{snaplen if snaplen in (0, 65535, 262144, 2**32 - 1) else 'other'}",
@@ -596,7 +610,7 @@ def random_pcap(rng: random.Random, records: int) -> Capture:
             if cap > snap_limit(snaplen):
                 labels.append("record:cap_over_snaplen")
             outcomes.append(Outcome(pos, "bad_record_length"))
-        elif (linktype & 0xFFFF) != 1:  # the upper bits carry FCS information
+        elif (linktype & 0xFFFF) not in SUPPORTED_LINKTYPES:  # the upper bits carry FCS information
             outcomes.append(Outcome(pos, f"unsupported_linktype:{linktype & 0xFFFF}"))
         else:
             outcomes.append(Outcome(pos, None, ts=sec + frac / units, wire=wire, frame=data))
@@ -632,7 +646,7 @@ MIN_LENGTH = {kind: MIN_BLOCK_LEN[t] for kind, t in BLOCK_TYPES.items()}
 
 
 def _random_idb(rng: random.Random, endian: str) -> _Block:
-    linktype = 1 if rng.random() < 0.85 else rng.choice((0, 101, 113, 228))
+    linktype = 1 if rng.random() < 0.85 else rng.choice((0, 101, 113, 228, 105))
     snaplen = rng.choice((0, 0, 65535, 262144, 64, 2**32 - 1, rng.randrange(1, 3000)))
     units, offset, opts = 1e6, 0, b""
     for _ in range(rng.choice((0, 0, 1, 2, 3))):
@@ -864,7 +878,7 @@ def _model_pcapng(data: bytes, blocks: list[_Block], truncated: bool) -> Capture
                 out.append(Outcome(end, "corrupt_block"))
             elif cap > snap_limit(iface.snaplen) or cap > wire:
                 out.append(Outcome(end, "bad_record_length"))
-            elif iface.linktype != 1:
+            elif iface.linktype not in SUPPORTED_LINKTYPES:
                 out.append(Outcome(end, f"unsupported_linktype:{iface.linktype}"))
             else:
                 out.append(Outcome(end, None, ts=last_ts, wire=wire, frame=data[data_at : data_at + cap]))
@@ -945,7 +959,8 @@ def read_file(path: Path, batch_size: int = 65536, chunk: int | None = None) -> 
         expect(len(b) > 0, "reader: an empty batch was yielded")
         expect(len(b.index) == len(b.ts) == len(b.wire_len) == len(b.cap_len) == len(b.offset) == len(b.linktype),
                "reader: batch columns of different lengths")
-        expect(len(b) <= batch_size and (b.linktype == 1).all(), "reader: batch too large or not Ethernet")
+        expect(len(b) <= batch_size and np.isin(b.linktype, list(SUPPORTED_LINKTYPES)).all(),
+               "reader: batch too large or of a link type the parser does not read")
         inside = (b.offset >= 0) & (b.cap_len >= 0) & (b.offset + b.cap_len <= len(b.buf))
         expect(inside.all(), "reader: frame outside buf")
         expect((b.cap_len <= b.wire_len).all() and (b.cap_len <= MAX_FRAME_LEN).all(), "reader: cap_len too large")

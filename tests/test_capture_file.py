@@ -181,7 +181,7 @@ def multi_interface_pcapng() -> tuple[bytes, list[tuple[int, float, bytes, int]]
     data = b"".join([
         shb(le),
         idb(le, linktype=1, snaplen=0),  # 0: Ethernet, microseconds by default
-        idb(le, linktype=101, snaplen=0, tsresol=9),  # 1: raw IP (unsupported), nanoseconds
+        idb(le, linktype=105, snaplen=0, tsresol=9),  # 1: IEEE 802.11 (unsupported), nanoseconds
         idb(le, linktype=1, snaplen=64, tsresol=0x80 | 20, tsoffset=100),  # 2: Ethernet, 2**-20 s, +100 s
         epb(le, 0, 1_600_000_000_250_000, f[0]),  # record 0
         epb(le, 1, 1_600_000_001_000_000_000, f[1]),  # record 1: unsupported link type
@@ -218,7 +218,7 @@ def test_pcapng_interfaces_sections_and_blocks(tmp_path, monkeypatch, chunk):
     assert got["ts"] == [e[1] for e in expected]
     assert got["frame"] == [e[2] for e in expected]
     assert got["wire_len"] == [e[3] for e in expected]
-    assert dict(stats.skipped) == {"unsupported_linktype:101": 1, "unknown_block": 1, "unknown_interface": 1}
+    assert dict(stats.skipped) == {"unsupported_linktype:105": 1, "unknown_block": 1, "unknown_interface": 1}
 
 
 def test_pcapng_simple_packet_block_uses_interface_snaplen(tmp_path):
@@ -323,12 +323,12 @@ def test_record_longer_than_snaplen_or_wire_is_skipped(tmp_path):
     assert dict(stats.skipped) == {"bad_record_length": 2}
 
 
-def test_non_ethernet_linktype_is_counted(tmp_path):
-    path = tmp_path / "raw.pcap"
-    path.write_bytes(pcap_bytes(five_records(), linktype=101))
+def test_unsupported_linktype_is_counted(tmp_path):
+    path = tmp_path / "wifi.pcap"
+    path.write_bytes(pcap_bytes(five_records(), linktype=105))  # IEEE 802.11
     batches, stats = read_all(path)
     assert batches == []
-    assert dict(stats.skipped) == {"unsupported_linktype:101": 5}
+    assert dict(stats.skipped) == {"unsupported_linktype:105": 5}
 
 
 def test_unusual_pcap_version_is_still_read(tmp_path, caplog):

@@ -35,21 +35,22 @@ CORPUS_FILES = sorted(p for p in CORPUS.iterdir() if p.suffix in (".pcap", ".pca
 # Found by the fuzzer (seed search over small generated files): a pcapng section header whose type and
 # byte-order magic are intact but whose block length is corrupt.  The reader switched to the new byte
 # order but kept the previous section's interfaces, so the new section's packets were read with the old
-# link types and timestamp units.  (index, ts, wire_len) of the delivered frames, and the skip counts, as
-# the generator's model predicted them and as checked by hand against a dump of each file's blocks:
+# link types and timestamp units.  (index, ts, wire_len, link type) of the delivered frames, and the skip
+# counts, as the generator's model predicted them and as checked by hand against a dump of each file's blocks:
 EXPECTED = {
     # New section: IDB 0 raw IP (101), IDB 1 Ethernet (tsresol 0: seconds), IDB 2 Ethernet (microseconds).
     # A packet block on interface 2 is delivered in microseconds; a simple packet block (interface 0) is raw IP.
-    # Before the fix both were delivered, the first with a timestamp a million times too large.
+    # Before the fix both were delivered as Ethernet, the first with a timestamp a million times too large.
     "pcapng-damaged-section-header-keeps-old-interfaces-1.pcapng": (
-        [(0, 427486391295423095 / 1e6, 1360)], {"corrupt_block": 1, "unsupported_linktype:101": 1}),
+        [(0, 427486391295423095 / 1e6, 1360, 1), (1, 427486391295423095 / 1e6, 42, 101)], {"corrupt_block": 1}),
     # New section: one IDB of link type 0; its packet was delivered as Ethernet through the old interface 0.
     "pcapng-damaged-section-header-keeps-old-interfaces-2.pcapng": (
-        [(0, 0.0, 17)],
-        {"unknown_interface": 1, "unsupported_linktype:101": 1, "corrupt_block": 1, "unsupported_linktype:0": 1}),
+        [(0, 0.0, 17, 1), (2, 311397492.252997, 58, 101), (3, 8780749367310796800.0, 66, 0)],
+        {"unknown_interface": 1, "corrupt_block": 1}),
     # New section: IDB 0 link type 228, IDB 1 Ethernet; the Ethernet packet was dropped as link type 0.
     "pcapng-damaged-section-header-keeps-old-interfaces-3.pcapng": (
-        [(2, 952027839941858925 / 1e6, 73)], {"corrupt_block": 1, "unsupported_linktype:228": 2}),
+        [(0, -8.258203318996458e+17, 142, 228), (1, -8.258203318996458e+17, 170, 228),
+         (2, 952027839941858925 / 1e6, 73, 1)], {"corrupt_block": 1}),
 }
 
 
@@ -68,7 +69,8 @@ def test_corpus_replays(path):
     result = check_capture(path, None, random.Random(0))
     if path.name in EXPECTED:
         delivered, skipped = EXPECTED[path.name]
-        assert [d[:3] for d in result.reading.delivered] == delivered
+        linktypes = [int(lt) for b in result.reading.batches for lt in b.linktype]
+        assert [(*d[:3], lt) for d, lt in zip(result.reading.delivered, linktypes)] == delivered
         assert dict(result.reading.stats.skipped) == skipped
 
 
@@ -78,13 +80,13 @@ def test_damaged_section_header_still_starts_a_new_section(tmp_path):
     frame = ethernet(0x0800, ipv4("10.0.0.1", "10.0.0.2", 17, udp(1000, 53, b"x" * 18)))
     second = bytearray(shb(">"))
     struct.pack_into(">I", second, 4, len(second) + 2)  # not a multiple of 4: the block is corrupt
-    data = (shb("<") + idb("<", linktype=101, tsresol=9) + epb("<", 0, 5 * 10**9, frame)  # raw IP, nanoseconds
+    data = (shb("<") + idb("<", linktype=105, tsresol=9) + epb("<", 0, 5 * 10**9, frame)  # 802.11, nanoseconds
             + bytes(second) + idb(">", linktype=1) + epb(">", 0, 1_600_000_000_250_000, frame))  # Ethernet, us
     path = tmp_path / "two_sections.pcapng"
     path.write_bytes(data)
     reading = read_file(path)
     assert [d[:3] for d in reading.delivered] == [(1, 1_600_000_000.25, len(frame))]
-    assert dict(reading.stats.skipped) == {"unsupported_linktype:101": 1, "corrupt_block": 1}
+    assert dict(reading.stats.skipped) == {"unsupported_linktype:105": 1, "corrupt_block": 1}
 
 
 # Seeds rather than st.randoms(): the generators draw thousands of values per input, which makes

@@ -294,12 +294,12 @@ def test_malformed_frames_counted_per_reason_and_rest_decoded():
 def test_bad_link_type_and_bounds():
     good = ethernet(0x0800, ipv4("10.0.0.1", "10.0.0.2", 17, udp(7, 9)))
     batch = FrameBatch.from_frames([good, good, good], [1.0, 2.0, 3.0])
-    batch.linktype[1] = 101
+    batch.linktype[1] = 105  # IEEE 802.11: not read
     batch.offset[2] = len(batch.buf) - 5  # runs past the buffer
     stats = DecodeStats()
     p = parse_frames(batch, stats)
     assert p.index.tolist() == [0]
-    assert dict(stats.skipped) == {"unsupported_linktype:101": 1, "bad_frame_bounds": 1}
+    assert dict(stats.skipped) == {"unsupported_linktype:105": 1, "bad_frame_bounds": 1}
 
 
 def test_empty_batch():
