@@ -58,18 +58,22 @@ def cmd_detect(args: argparse.Namespace) -> int:
     import json
 
     from .decide import DecisionConfig, DecisionLayer
-    from .packets import LABELS
+    from .packets import LABELS, VERDICT_LABELS
     from .pipeline import detect_capture
 
     classifier = _classifier(args)
     decision = DecisionLayer(DecisionConfig(threshold=args.threshold, min_packets=args.min_packets))
     result = detect_capture(args.capture, classifier, decision, keep_per_packet=True)
     if args.per_packet:
+        # label: what the pipeline says of the packet (its source's verdict where one applies, else the
+        # model's label); model_label: the model's own.
         with open(args.per_packet, "w") as fh:
-            fh.write("index,label,confidence\n")
-            names = np.asarray(LABELS)[result.labels]
-            for i, name, conf in zip(result.index.tolist(), names.tolist(), result.confidence.tolist()):
-                fh.write(f"{i},{name},{conf:.4f}\n")
+            fh.write("index,label,confidence,model_label\n")
+            names = np.asarray(VERDICT_LABELS)[result.final_labels()]
+            model_names = np.asarray(LABELS)[result.labels]
+            rows = zip(result.index.tolist(), names.tolist(), result.confidence.tolist(), model_names.tolist())
+            for i, name, conf, model_name in rows:
+                fh.write(f"{i},{name},{conf:.4f},{model_name}\n")
     if args.int8_out:
         np.save(args.int8_out, result.int8_scores)
     _report_skipped(result.stats)
@@ -176,13 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=65536, help="packets per batch (default: %(default)s)")
     p.set_defaults(func=cmd_features)
 
+    from .decide import DecisionConfig
+
     p = sub.add_parser("detect", help="detect Mirai in a capture: one line per hostile source and a summary")
     p.add_argument("capture", help="pcap or pcapng file")
     p.add_argument("--jsonl", action="store_true", help="print verdicts and the summary as JSON lines")
-    p.add_argument("--per-packet", metavar="OUT.csv", help="write index,label,confidence for every decoded packet")
+    p.add_argument("--per-packet", metavar="OUT.csv", help="write index,label,confidence,model_label for every decoded packet")
     p.add_argument("--int8-out", metavar="OUT.npy", help="save the model's raw int8 outputs (packets x classes) as .npy")
-    p.add_argument("--threshold", type=float, default=0.7, help="average attack score that makes a source hostile")
-    p.add_argument("--min-packets", type=int, default=10, help="packets a source must send before a verdict")
+    p.add_argument("--threshold", type=float, default=DecisionConfig.threshold,
+                   help="average attack score of a source's recent packets that makes it hostile (default %(default)s)")
+    p.add_argument("--min-packets", type=int, default=DecisionConfig.min_packets,
+                   help="recent packets (a count decaying with a 2 s half-life) behind a model verdict (default %(default)s)")
     _add_model_options(p)
     p.set_defaults(func=cmd_detect)
 

@@ -15,6 +15,7 @@ signed rule set; the agent verifies and applies it and acknowledges.
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,8 @@ def run_demo(capture: Path = SAMPLE, model: str | None = None, runtime: str = "a
     classifier = Classifier(bundle, runtime=runtime)
     result = detect_capture(capture, classifier, DecisionLayer())
     print(f"capture {capture.name}: {result.packets} packets, model {bundle.version} on {classifier.runtime}")
+    if result.stats.total_skipped:
+        print(result.stats.summary(), file=sys.stderr)
     print(f"\n{len(result.verdicts)} verdicts:")
     for v in result.verdicts:
         print("  " + v.describe())
