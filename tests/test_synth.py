@@ -19,12 +19,27 @@ import pytest
 dpkt = pytest.importorskip("dpkt")
 
 import itertools
+from dataclasses import replace
 
 from agent.capture_file import read_capture, write_pcap
 from agent.packets import LABELS, DecodeStats
 from agent.parse import parse_frames
-from convert.synth import SCENARIOS, sidecar_paths, synthesise, write
-from convert.synth.mirai import AttackPlan, Bot, Target, run_attack
+from convert.synth import SCENARIOS, OptionSpace, sidecar_paths, synthesise, write
+from convert.synth.mirai import AttackPlan, Bot, Target, plan_attack, run_attack
+from convert.synth.options import (
+    ACK,
+    APPLIES,
+    DOMAINS,
+    FIN,
+    PSH,
+    RST,
+    SCANNER_VARIANTS,
+    SYN,
+    URG,
+    AttackOptions,
+    default_options,
+    sample_options,
+)
 from convert.synth.network import make_lan
 from convert.synth.payloads import MIRAI_CREDENTIALS
 from convert.synth.scene import Scene
@@ -75,6 +90,7 @@ def fields(buf: bytes) -> dict:
             win=l4.win,
             opts=dpkt.tcp.parse_opts(l4.opts),
             off=l4.off,
+            urp=l4.urp,
             payload=bytes(l4.data),
         )
     elif isinstance(l4, dpkt.udp.UDP):
@@ -117,9 +133,22 @@ def read_labels(path: Path) -> list[dict]:
 
 
 def attack_capture(
-    tmp_path: Path, kind: str, view: str, *, spoof=False, targets=None, seconds=2.0, seed=5, **plan_args
+    tmp_path: Path,
+    kind: str,
+    view: str,
+    *,
+    spoof=False,
+    targets=None,
+    seconds=2.0,
+    seed=5,
+    options: dict | None = None,
+    **plan_args,
 ):
-    """A capture of one attack with chosen bots and targets, written to pcap and read back."""
+    """A capture of one attack with chosen bots and targets, written to pcap and read back.
+
+    ``options``: attack options changed from Mirai's defaults (AttackOptions fields)."""
+    opts = replace(default_options(kind), **(options or {}))
+    spoof = spoof or opts.source != "real"
     rng = np.random.default_rng(seed)
     lan = make_lan(rng, "board", public=True)
     lan.add_device(rng, "camera1")
@@ -136,8 +165,8 @@ def attack_capture(
         targets = targets or [Target(lan.board.ip)]
     if kind == "mirai_scan":
         bots = bots[-1:] if view == "victim" else bots
-        bots[0].rate, targets = 160.0, []
-    plan = AttackPlan(kind, view, 0.05, seconds - 0.05, bots, targets, **plan_args)
+        bots[0].rate, bots[0].variant, targets = 160.0, opts.scan_variant, []
+    plan = AttackPlan(kind, view, 0.05, seconds - 0.05, bots, targets, options=opts, **plan_args)
     run_attack(scene, plan)
     merged = scene.timeline.merge(BASE_US)
     path = tmp_path / f"{kind}_{view}{'_spoof' if spoof else ''}.pcap"
@@ -361,8 +390,10 @@ def _history_and_replies(synth) -> tuple[int, int, int]:
 def test_udp_flood_victims_see_bots_with_history_and_linux_replies():
     """Some bots talked to their victim before flooding it; the victim answers the flood as Linux does."""
     found = []
+    # Mirai's default 512-byte payload (582-byte ICMP errors) and a flood far faster than the ICMP limit.
+    space = OptionSpace(force={"payload_len": 512, "rate_pps": 2000.0, "duration_s": None})
     for seed in range(8):
-        synth = synthesise("mirai_udp_victim", 30.0, seed)
+        synth = synthesise("mirai_udp_victim", 30.0, seed, options=space)
         before, icmp, flood = _history_and_replies(synth)
         assert all(LABELS[x] == "benign" for x in synth.labels[synth.roles == "reply:mirai_udp"])
         attack = synth.meta["attacks"][0]
@@ -574,3 +605,451 @@ def test_smart_home_has_beacons_and_many_first_contacts(tmp_path):
         if f.get("p") == 6 and f["flags"] == dpkt.tcp.TH_SYN or role == "benign:quic" and f.get("dport") == 443:
             new_peers.add(f["dst"])
     assert len(new_peers) >= 20
+
+
+
+# ---------------------------------------------------------------- attack options honoured on the wire
+
+IP_OVERHEAD = {"mirai_ack": 40, "mirai_udp": 28, "mirai_udpplain": 28}
+
+
+@pytest.mark.parametrize("kind", ["mirai_ack", "mirai_udp", "mirai_udpplain"])
+@pytest.mark.parametrize("length", [0, 1, 64, 1460])
+def test_payload_length_and_random_payload(tmp_path, kind, length):
+    _plan, _, records, labels, roles = attack_capture(
+        tmp_path, kind, "bot", seconds=0.4, options={"payload_len": length}
+    )
+    pkts = sent_by_bots(records, labels, roles, kind)
+    assert len(pkts) > 100
+    for p in pkts:
+        assert len(p["payload"]) == length and p["ip_len"] == IP_OVERHEAD[kind] + length
+        assert p["wire"] == p["frame"] == 14 + IP_OVERHEAD[kind] + length  # the bot's own capture: no padding
+    if length >= 8:
+        assert len({p["payload"] for p in pkts}) == len(pkts)  # fresh random bytes per packet
+
+
+@pytest.mark.parametrize("view", ["bot", "victim"])
+@pytest.mark.parametrize("kind", ["mirai_ack", "mirai_udp", "mirai_udpplain"])
+def test_rand_0_payload_is_never_refreshed(tmp_path, kind, view):
+    """rand=0: udp and udpplain send their calloc'd buffer (zeros); ack repeats the bytes drawn once per target."""
+    plan, _, records, labels, roles = attack_capture(
+        tmp_path, kind, view, seconds=0.5, options={"payload_len": 200, "payload_random": False}
+    )
+    pkts = sent_by_bots(records, labels, roles, kind)
+    assert len(pkts) > 100
+    by_target = defaultdict(set)
+    for p in pkts:
+        assert len(p["payload"]) == 200
+        key = (p["role"], p["dst"] if kind == "mirai_udpplain" else target_of(plan, p["dst"]).text)
+        by_target[key].add(p["payload"])
+    if kind == "mirai_ack":
+        assert all(len(v) == 1 for v in by_target.values())
+        payloads = set().union(*by_target.values())
+        assert len(payloads) == len(by_target) and b"\0" * 200 not in payloads  # random, once per bot and target
+    else:
+        assert set().union(*by_target.values()) == {b"\0" * 200}
+
+
+RAW_HEADERS = {"tos": 0x28, "ttl": 200, "ident": 1337, "sport": 4444, "dport": 53}
+
+
+@pytest.mark.parametrize("view", ["bot", "victim"])
+@pytest.mark.parametrize("kind", ["mirai_syn", "mirai_ack", "mirai_udp"])
+def test_raw_socket_header_options(tmp_path, kind, view):
+    """tos, ttl, ident, df, sport and dport fixed by the command are on every packet."""
+    df = not default_options(kind).df
+    plan, _, records, labels, roles = attack_capture(
+        tmp_path, kind, view, seconds=0.5, options={**RAW_HEADERS, "df": df}
+    )
+    pkts = sent_by_bots(records, labels, roles, kind)
+    assert len(pkts) > 100
+    for p in pkts:
+        assert (p["tos"], p["id"], p["df"], p["sport"], p["dport"]) == (0x28, 1337, df, 4444, 53)
+    seen_ttl = defaultdict(set)
+    for p in pkts:
+        seen_ttl[p["role"]].add(p["ttl"])
+    for bot in plan.bots:
+        ttls = seen_ttl[f"{kind}:{bot.name}"]
+        # TTL 200 as sent; a remote bot's packets arrive with 200 less its hop count, the same for all.
+        assert ttls == {200} if bot.host.local else (len(ttls) == 1 and min(ttls) == 200 - (64 - bot.host.ttl))
+
+
+@pytest.mark.parametrize("kind", ["mirai_syn", "mirai_ack", "mirai_udp"])
+def test_random_per_packet_options(tmp_path, kind):
+    """The 0xffff defaults: ident and ports random per packet."""
+    _plan, _, records, labels, roles = attack_capture(tmp_path, kind, "bot", seconds=0.5)
+    pkts = sent_by_bots(records, labels, roles, kind)
+    for key in ("id", "sport", "dport"):
+        assert len({p[key] for p in pkts}) > 0.9 * len(pkts)
+
+
+def test_syn_flood_flags_seqnum_acknum(tmp_path):
+    flags = SYN | PSH | URG
+    _plan, _, records, labels, roles = attack_capture(
+        tmp_path, "mirai_syn", "bot", seconds=0.5, options={"tcp_flags": flags, "seqnum": 0x05390000, "acknum": None}
+    )
+    pkts = sent_by_bots(records, labels, roles, "mirai_syn")
+    assert len(pkts) > 100
+    assert {p["flags"] for p in pkts} == {flags} and {p["seq"] for p in pkts} == {0x05390000}
+    assert all(p["ip_len"] == 60 and len(p["opts"]) == 5 for p in pkts)  # the options stay with any flags
+    assert len({p["ack"] for p in pkts}) > 0.9 * len(pkts)  # acknum=0xffff: random per packet
+    assert len({p["urp"] for p in pkts}) > 0.5 * len(pkts)  # URG: a random urgent pointer per packet
+
+
+def test_ack_flood_flags_seqnum_acknum(tmp_path):
+    flags = ACK | PSH | FIN
+    _plan, _, records, labels, roles = attack_capture(
+        tmp_path, "mirai_ack", "bot", seconds=0.5, options={"tcp_flags": flags, "seqnum": 7, "acknum": 0}
+    )
+    pkts = sent_by_bots(records, labels, roles, "mirai_ack")
+    assert len(pkts) > 100
+    assert {(p["flags"], p["seq"], p["ack"], p["urp"]) for p in pkts} == {(flags, 7, 0, 0)}
+
+
+@pytest.mark.parametrize("kind", ["mirai_syn", "mirai_ack", "mirai_udp"])
+def test_spoofed_fixed_source(tmp_path, kind):
+    spoofed = 0xC6336407  # 198.51.100.7
+    _plan, scene, records, labels, roles = attack_capture(
+        tmp_path, kind, "victim", seconds=0.5, options={"source": "fixed", "source_ip": spoofed}
+    )
+    pkts = sent_by_bots(records, labels, roles, kind)
+    assert len(pkts) > 100 and {p["src"] for p in pkts} == {spoofed.to_bytes(4, "big")}
+    # The victim answers the spoofed address (through the gateway), never the bots.
+    answers = [fields(buf) for (_, buf, _), role in zip(records, roles) if role == f"reply:{kind}"]
+    assert answers and {a["dst"] for a in answers} == {spoofed.to_bytes(4, "big")}
+
+
+def test_udpplain_fixed_ports_and_connected_sockets(tmp_path):
+    """udpplain: sport binds the first socket (the second socket's bind fails: an ephemeral port), dport is
+    every socket's port; the kernel's headers: DF, TTL 64, TOS 0, an IP ID counting up per socket."""
+    targets = [Target(0x5DB8D822), Target(0x2D21F000, 24)]
+    _plan, _, records, labels, roles = attack_capture(
+        tmp_path, "mirai_udpplain", "bot", seconds=0.5, targets=targets, options={"sport": 5000, "dport": 53}
+    )
+    pkts = sent_by_bots(records, labels, roles, "mirai_udpplain")
+    flows = defaultdict(list)
+    for p in pkts:
+        assert p["df"] and p["ttl"] == 64 and p["tos"] == 0 and p["dport"] == 53
+        flows[(p["dst"], p["sport"])].append(p)
+    assert len(flows) == 2
+    (first, ports_a), (second, ports_b) = sorted(flows.items(), key=lambda kv: kv[1][0]["ts"])
+    assert first[1] == 5000 and 32768 <= second[1] < 61000
+    for flow in (ports_a, ports_b):
+        assert all((b["id"] - a["id"]) % 65536 == 1 for a, b in itertools.pairwise(flow))
+
+
+@pytest.mark.parametrize(
+    "kind, flags, answer",
+    [
+        ("mirai_syn", SYN | ACK, dpkt.tcp.TH_RST),  # anything with ACK: RST, seq = its ack
+        ("mirai_syn", SYN | RST, None),  # nobody answers a reset
+        ("mirai_syn", SYN | FIN, dpkt.tcp.TH_RST | dpkt.tcp.TH_ACK),  # closed port: RST-ACK
+        ("mirai_ack", ACK | PSH, dpkt.tcp.TH_RST),
+        ("mirai_ack", PSH, dpkt.tcp.TH_RST | dpkt.tcp.TH_ACK),  # no ACK: RST-ACK acknowledging the payload
+    ],
+)
+def test_victim_answers_follow_the_flags(tmp_path, kind, flags, answer):
+    _plan, _, records, labels, roles = attack_capture(
+        tmp_path, kind, "victim", seconds=0.5, options={"tcp_flags": flags, "dport": 9}  # a closed port
+    )
+    pkts = defaultdict(list)  # by (source, source port): random per packet, so nearly always one packet
+    for p in sent_by_bots(records, labels, roles, kind):
+        pkts[(p["src"], p["sport"])].append(p)
+    answers = [fields(buf) for (_, buf, _), role in zip(records, roles) if role == f"reply:{kind}"]
+    if answer is None:
+        assert not answers
+        return
+    assert len(answers) > 100 and {a["flags"] for a in answers} == {answer}
+    for a in answers:
+        if len(pkts[(a["dst"], a["dport"])]) != 1:
+            continue
+        (sent,) = pkts[(a["dst"], a["dport"])]
+        if answer == dpkt.tcp.TH_RST:
+            assert a["seq"] == sent["ack"]
+        else:
+            occupied = len(sent["payload"]) + bool(flags & SYN) + bool(flags & FIN)
+            assert a["ack"] == (sent["seq"] + occupied) % (1 << 32)
+
+
+@pytest.mark.parametrize("variant", ["mirai", "satori", "ssh-noseq"])
+def test_scanner_variants(tmp_path, variant):
+    _plan, _, records, labels, roles = attack_capture(
+        tmp_path, "mirai_scan", "bot", seconds=2.5, options={"scan_variant": variant}
+    )
+    v = SCANNER_VARIANTS[variant]
+    syns = [p for p in sent_by_bots(records, labels, roles, "mirai_scan") if p.get("flags") == dpkt.tcp.TH_SYN]
+    syns = [p for p in syns if p["off"] == 5]  # the raw scanner's, not the brute force's connect()
+    assert len(syns) >= 2 * v.burst
+    ports = Counter(p["dport"] for p in syns)
+    assert set(ports) == set(v.ports)
+    for port, weight in zip(v.ports, v.port_probabilities()):
+        assert abs(ports[port] / len(syns) - weight) < 0.02
+    fingerprint = np.mean([p["seq"] == int.from_bytes(p["dst"], "big") for p in syns])
+    assert fingerprint == (1.0 if v.seq_is_dst else 0.0)
+
+
+# ---------------------------------------------------------------- the sampler and OptionSpace
+
+
+@pytest.fixture(scope="module")
+def drawn():
+    rng = np.random.default_rng(7)
+    return {kind: [sample_options(rng, kind) for _ in range(2000)] for kind in APPLIES}
+
+
+def test_sampler_covers_each_options_range(drawn):
+    flood = drawn["mirai_udp"] + drawn["mirai_ack"]
+    lengths = np.array([o.payload_len for o in flood])
+    assert lengths.min() == 0 and lengths.max() == 1460
+    assert np.all(np.histogram(lengths, bins=15, range=(0, 1461))[0] > 20)  # spread over 0..1460
+    assert 0.25 < np.mean(lengths == 512) < 0.5  # Mirai's default stays common
+    assert len(set(lengths.tolist())) > 300
+    raw = drawn["mirai_syn"] + flood
+    ttls = Counter(o.ttl for o in raw)
+    assert ttls.most_common(1)[0][0] == 64 and 0.6 < ttls[64] / len(raw) < 0.8 and len(ttls) > 100
+    assert {o.df for o in drawn["mirai_syn"]} == {o.df for o in drawn["mirai_udp"]} == {False, True}
+    assert 0.75 < np.mean([o.tos == 0 for o in raw]) < 0.95 and len({o.tos for o in raw}) > 50
+    for name in ("ident", "sport", "dport"):
+        values = [getattr(o, name) for o in raw]
+        fixed = [v for v in values if v is not None]
+        assert 0.05 < len(fixed) / len(values) < 0.7 and len(set(fixed)) > 50
+    dports = Counter(o.dport for o in raw)
+    assert all(dports[p] > 0 for p in (53, 80, 443, 123, 1900, 23, 22, 8080, 3074, 27015))
+    assert {o.source for o in raw} == {"real", "random", "fixed"}
+    assert all(o.source_ip is not None for o in raw if o.source == "fixed")
+    rates = np.array([o.rate_pps for o in raw])
+    assert rates.min() < 30 and rates.max() > 20_000 and 0.1 < np.mean(rates < 300) < 0.5  # log-uniform
+    durations = [o.duration_s for o in raw]
+    assert None in durations and all(1 <= d <= 5 for d in durations if d is not None)
+    assert {o.payload_random for o in flood} == {False, True}
+    assert {o.seqnum is None for o in drawn["mirai_syn"] + drawn["mirai_ack"]} == {False, True}
+    assert {o.acknum for o in drawn["mirai_ack"]} == {0, None} == {o.acknum for o in drawn["mirai_syn"]}
+
+
+def test_sampler_flags_and_per_attack_options(drawn):
+    syn_flags = Counter(o.tcp_flags for o in drawn["mirai_syn"])
+    ack_flags = Counter(o.tcp_flags for o in drawn["mirai_ack"])
+    assert all(f & SYN for f in syn_flags) and all(f & ACK for f in ack_flags)
+    assert 0.65 < syn_flags[SYN] / 2000 < 0.85 and 0.65 < ack_flags[ACK] / 2000 < 0.85
+    assert syn_flags[SYN | ACK] > 0 and ack_flags[ACK | PSH] > 0 and len(syn_flags) > 8 and len(ack_flags) > 8
+    # Options an attack does not have keep Mirai's defaults (udpplain: the kernel's headers).
+    plain = drawn["mirai_udpplain"]
+    assert {(o.tos, o.ttl, o.ident, o.df, o.source) for o in plain} == {(0, 64, None, True, "real")}
+    assert {o.payload_len for o in drawn["mirai_syn"]} == {0}
+    variants = Counter(o.scan_variant for o in drawn["mirai_scan"])
+    assert set(variants) == set(SCANNER_VARIANTS) and variants.most_common(1)[0][0] == "mirai"
+
+
+def test_option_space_exclusions_are_never_drawn_and_forced_values_always_are():
+    rng = np.random.default_rng(3)
+    held_out = OptionSpace(
+        exclude={
+            "payload_len": [(900, 1100), (20, 40), 512],
+            "dport": [53, 8080, None],
+            "ttl": [(100, 160), 64],
+            "rate_pps": [(1500.0, 4000.0)],
+            "source": ["fixed"],
+            "scan_variant": ["mirai"],
+        }
+    )
+    for kind in APPLIES:
+        for _ in range(500):
+            o = sample_options(rng, kind, held_out)
+            for name in APPLIES[kind]:
+                assert held_out.allows(name, getattr(o, name)), (kind, name, getattr(o, name))
+    forced = OptionSpace(force={"payload_len": 1400, "dport": 53, "df": True, "ident": None, "rate_pps": 3000.0})
+    for kind in APPLIES:
+        for _ in range(100):
+            o = sample_options(rng, kind, forced)
+            assert all(getattr(o, k) == v for k, v in forced.force.items() if k in APPLIES[kind])
+    # An option a kind does not have is left alone: syn has no payload.
+    assert sample_options(rng, "mirai_syn", forced).payload_len == 0
+
+
+def test_option_space_can_keep_mirais_defaults():
+    """defaults=True: the command's options stay Mirai's (forced ones aside); rate and duration are still drawn."""
+    rng = np.random.default_rng(5)
+    space = OptionSpace(defaults=True, force={"payload_len": 1400})
+    for kind in APPLIES:
+        drawn = [sample_options(rng, kind, space) for _ in range(50)]
+        expected = replace(default_options(kind), payload_len=1400 if "payload_len" in APPLIES[kind] else 0)
+        run = {"rate_pps": 0.0, "duration_s": None, "scanners_per_s": 0.0}
+        assert {replace(o, **run) for o in drawn} == {replace(expected, **run)}
+        if kind != "mirai_scan":
+            assert len({o.rate_pps for o in drawn}) == 50
+    with pytest.raises(ValueError, match="excludes mirai_udp's default payload_len"):
+        sample_options(rng, "mirai_udp", OptionSpace(defaults=True, exclude={"payload_len": [512]}))
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"exclude": {"payload_size": [1]}}, "unknown option"),
+        ({"exclude": {"dport": 53}}, "must be a list"),
+        ({"exclude": {"ttl": [(160, 100)]}}, "bad range"),
+        ({"exclude": {"ttl": [0]}}, "not a value of ttl"),
+        ({"force": {"payload_len": 2000}}, "outside"),
+        ({"force": {"dport": 53}, "exclude": {"dport": [(50, 60)]}}, "also excluded"),
+        ({"exclude": {"df": [True, False]}}, None),  # valid, but nothing left to draw
+    ],
+)
+def test_option_space_rejects_bad_input_clearly(bad, message):
+    if message is not None:
+        with pytest.raises(ValueError, match=message):
+            OptionSpace(**bad)
+        return
+    with pytest.raises(ValueError, match="excludes every value of df"):
+        sample_options(np.random.default_rng(0), "mirai_udp", OptionSpace(**bad))
+
+
+def test_synthesise_honours_a_forced_space_in_every_view():
+    space = OptionSpace(force={"payload_len": 1400, "dport": 53, "rate_pps": 3000.0, "ttl": 128})
+    for name in ("mirai_udp_bot", "mirai_udp_victim", "mirai_udpplain_victim"):
+        synth = synthesise(name, 6.0, seed=4, options=space)
+        kind = name.rsplit("_", 1)[0]
+        attack = synth.meta["attacks"][0]
+        assert attack["options"]["payload_len"] == 1400 and attack["options"]["dport"] == 53
+        assert all(b["rate_pps"] == 3000.0 for b in attack["bots"])
+        mine = np.flatnonzero(synth.labels == LABELS.index(kind))
+        assert len(mine) > 1000
+        buf, off = synth.frames.buf, synth.frames.offset[mine]
+        ip_len = buf[off + 16].astype(int) << 8 | buf[off + 17]
+        dport = buf[off + 36].astype(int) << 8 | buf[off + 37]
+        assert set(ip_len.tolist()) == {1428} and set(dport.tolist()) == {53}
+        if kind == "mirai_udp" and name.endswith("bot"):
+            assert set(buf[off + 22].tolist()) == {128}
+        assert synth.meta["option_space"] == repr(space)
+    with pytest.raises(ValueError, match="OptionSpace"):
+        synthesise("mirai_udp_bot", 2.0, seed=1, options={"force": {"payload_len": 1}})
+
+
+def test_held_out_rates_stay_out_after_the_link_shares_them():
+    """Bots too fast for the link are slowed in proportion, unless that lands on a held-out rate: then fewer
+    bots send at their own rates."""
+    from convert.synth.mirai import _bot_rates
+
+    space = OptionSpace(exclude={"rate_pps": [(1500.0, 4000.0)]})
+    assert _bot_rates("mirai_udp", [5000.0] * 3, 9000.0, None) == [3000.0] * 3
+    assert _bot_rates("mirai_udp", [5000.0] * 3, 9000.0, space) == [5000.0]
+    assert _bot_rates("mirai_udp", [900.0, 800.0], 9000.0, space) == [900.0, 800.0]
+    for seed in range(6):
+        synth = synthesise("mirai_ack_victim", 2.0, seed, options=space)
+        for bot in synth.meta["attacks"][0]["bots"]:
+            assert not 1500 <= bot["rate_pps"] <= 4000
+
+
+# ---------------------------------------------------------------- the scanned board
+
+
+def scanned_capture(tmp_path, seconds=20.0, seed=3, public=True, **plan_changes):
+    """The board probed by scanning bots, planned with forced options, written to pcap and read back."""
+    rng = np.random.default_rng(seed)
+    lan = make_lan(rng, "board", public=public)
+    scene = Scene(rng, lan, Timeline(seconds), seconds, BASE_US / 1e6)
+    space = OptionSpace(force={"scanners_per_s": 5.0, "scan_variant": "mirai"})
+    plan = plan_attack(scene, "mirai_scan", "scanned", 0.0, seconds, space=space)
+    for key, value in plan_changes.items():
+        setattr(plan, key, value)
+    run_attack(scene, plan)
+    merged = scene.timeline.merge(BASE_US)
+    path = tmp_path / "scanned.pcap"
+    write_pcap(path, merged.frames)
+    roles = [merged.roles[i] for i in merged.role_index]
+    return plan, scene, read_pcap(path), [LABELS[i] for i in merged.labels], roles
+
+
+def test_scanned_board_meets_many_scanners_with_one_to_three_syns(tmp_path):
+    plan, scene, records, labels, roles = scanned_capture(tmp_path, refuse_fraction=1.0)
+    board = scene.lan.board
+    decoded = [dict(fields(buf), ts=ts, wire=wire, label=label, role=role)
+               for (ts, buf, wire), label, role in zip(records, labels, roles)]  # fmt: skip
+    syns = [p for p in decoded if p["label"] == "mirai_scan" and p.get("flags") == dpkt.tcp.TH_SYN]
+    per_source = defaultdict(list)
+    for p in syns:
+        assert p["dst"] == board.ip.to_bytes(4, "big") and p["seq"] == board.ip  # Mirai's fingerprint
+        assert p["ip_len"] == 40 and p["opts"] == [] and not p["df"] and p["wire"] == 60 and p["ttl"] < 64
+        assert p["dport"] in (23, 2323)
+        per_source[p["src"]].append(p)
+    assert len(per_source) >= 50 and len(per_source) == len(plan.bots)
+    assert {len(v) for v in per_source.values()} == {1, 2, 3}
+    for bot_syns in per_source.values():
+        assert len({(p["sport"], p["win"], p["ttl"]) for p in bot_syns}) == 1  # fixed per scanner process
+    # The board answers each SYN, unpadded, benign: RST-ACK from a closed port, SYN-ACK from an open one.
+    answers = [p for p in decoded if p["src"] == board.ip.to_bytes(4, "big") and p["role"] == "reply:mirai_scan"]
+    first = [p for p in answers if p["flags"] in (dpkt.tcp.TH_RST | dpkt.tcp.TH_ACK, dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK)
+             and p["ack"] == board.ip + 1]  # fmt: skip
+    assert len(first) == len(syns) and all(p["label"] == "benign" and p["ttl"] == 64 for p in first)
+    for p in first:
+        opened = p["sport"] in plan.replies.open_ports
+        assert p["flags"] == (dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK if opened else dpkt.tcp.TH_RST | dpkt.tcp.TH_ACK)
+
+
+def test_scanned_board_with_telnet_open_gets_brute_forced(tmp_path):
+    from convert.synth.mirai import LINUX_REPLIES
+
+    plan, scene, records, labels, roles = scanned_capture(
+        tmp_path, seconds=12.0, replies=replace(LINUX_REPLIES, open_ports=(23, 2323)), bruteforce_share=1.0,
+        refuse_fraction=1.0,
+    )  # fmt: skip
+    board = scene.lan.board.ip.to_bytes(4, "big")
+    decoded = [dict(fields(buf), label=label, role=role) for (_, buf, _), label, role in zip(records, labels, roles)]
+    synacks = [p for p in decoded if p["src"] == board and p.get("flags") == dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK]
+    resets = [p for p in decoded if p["dst"] == board and p.get("flags") == dpkt.tcp.TH_RST]
+    assert synacks and all(p["label"] == "benign" and p["role"] == "reply:mirai_scan" for p in synacks)
+    assert resets and all(p["label"] == "mirai_scan" for p in resets)  # the scanner's kernel
+    # The bots log in: their typing is mirai_scan, the board's telnet output benign.
+    typed = b"".join(p["payload"] for p in decoded if p["dst"] == board and p["label"] == "mirai_scan")
+    assert any(u.encode() in typed for u, _, _ in MIRAI_CREDENTIALS)
+    shown = b"".join(p["payload"] for p in decoded if p["src"] == board and p["role"] == "reply:mirai_scan")
+    assert b"login: " in shown and b"Login incorrect" in shown
+
+
+def test_scanned_board_behind_a_port_forward(tmp_path):
+    """Scanners probe the router's address: the sequence number is that address, and only forwarded ports arrive."""
+    plan, scene, records, labels, roles = scanned_capture(tmp_path, seed=4, public=False, reach="port-forward",
+                                                          forwarded_ports=(23,), scanned_ip=0xCB007107)  # fmt: skip
+    syns = [fields(buf) for (_, buf, _), label in zip(records, labels) if label == "mirai_scan"]
+    syns = [p for p in syns if p.get("flags") == dpkt.tcp.TH_SYN]
+    assert len(syns) > 20
+    assert {(p["dst"], p["seq"], p["dport"]) for p in syns} == {(scene.lan.board.ip.to_bytes(4, "big"), 0xCB007107, 23)}
+
+
+def test_scanned_scenario_and_public_victims_meet_scanners():
+    reaches = set()
+    for seed in range(6):
+        synth = synthesise("mirai_scan_scanned", 20.0, seed)
+        meta = synth.meta
+        attack = meta["attacks"][0]
+        reaches.add(attack["reach"])
+        assert attack["view"] == "scanned" and attack["scanners"] >= 2 and meta["packets_per_label"]["mirai_scan"] > 0
+        replies = synth.labels[synth.roles == "reply:mirai_scan"]
+        assert len(replies) and set(replies.tolist()) == {LABELS.index("benign")}
+    assert len(reaches) >= 2
+    # A victim's public LAN also shows the Internet's scanners probing the board.
+    found = False
+    for seed in range(12):
+        synth = synthesise("mirai_syn_victim", 10.0, seed)
+        scanned = [a for a in synth.meta["attacks"] if a["view"] == "scanned"]
+        if scanned:
+            assert synth.meta["lan"]["public"] and scanned[0]["targets"] == [synth.meta["board"]["ip"]]
+            found = True
+    assert found
+
+
+def test_options_and_scanned_board_are_reproducible(tmp_path):
+    space = OptionSpace(exclude={"payload_len": [(900, 1100)]}, force={"dport": 53})
+    for name, options in (("mirai_scan_scanned", None), ("mirai_ack_victim", space)):
+        a = synthesise(name, 5.0, 9, options=options)
+        b = synthesise(name, 5.0, 9, options=options)
+        assert a.frames.buf.tobytes() == b.frames.buf.tobytes() and np.array_equal(a.labels, b.labels)
+        assert a.meta == b.meta
+
+
+def test_option_domains_cover_every_field():
+    assert set(DOMAINS) == {f for f in AttackOptions.__dataclass_fields__}
+    for kind, names in APPLIES.items():
+        base = default_options(kind)
+        assert all(DOMAINS[n].contains(getattr(base, n)) for n in names)
+    assert default_options("mirai_syn").df and not default_options("mirai_ack").df
+    assert default_options("mirai_ack").acknum is None and default_options("mirai_syn").acknum == 0
+    assert RST not in (default_options(k).tcp_flags for k in APPLIES)

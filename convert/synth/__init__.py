@@ -6,9 +6,23 @@
 
 Or ``python -m convert synth --scenario mixed --seconds 120 --seed 7 -o out/mixed.pcap``;
 ``python -m convert synth --list`` lists the scenarios.
+
+Every attack draws its command's options (payload size, ports, TTL, flags, spoofing, rate...) over
+Mirai's whole range; ``synthesise(..., options=OptionSpace(exclude=..., force=...))`` holds values out
+of a capture or forces them (see convert/synth/options.py).
 """
 
+from .options import AttackOptions, OptionSpace, sample_options
 from .output import sidecar_paths, write
 from .scenarios import SCENARIOS, Synthesised, synthesise
 
-__all__ = ["SCENARIOS", "Synthesised", "sidecar_paths", "synthesise", "write"]
+__all__ = [
+    "SCENARIOS",
+    "AttackOptions",
+    "OptionSpace",
+    "Synthesised",
+    "sample_options",
+    "sidecar_paths",
+    "synthesise",
+    "write",
+]

@@ -2,28 +2,37 @@
 
 ``mirai/bot/attack_tcp.c`` (syn, ack), ``attack_udp.c`` (udp generic, udpplain)
 and ``scanner.c`` (telnet scanner and brute force) fix each header field; the
-functions here reproduce those fields, vectorised per bot:
+functions here reproduce those fields, vectorised per bot.  Every attack runs
+with the options of its command (``options.AttackOptions``, drawn by
+``sample_options`` over their real range; Mirai's defaults below):
 
 * syn: DF, random ports/seq/IP ID per packet, ack 0, window 0, options MSS
   1400-1415 and TSval chosen once per target, TSecr 0, WS 6; IP 60 bytes.
+  Flags, TOS, TTL, DF, ident, ports, seqnum, acknum and source may be set.
 * ack: no DF, random ports/seq/ack per packet, window random once per target,
-  512 random payload bytes; IP 552 bytes.
-* udp: no DF, random ports per packet, 512 random bytes; IP 540 bytes.
+  512 random payload bytes (IP 552); also len and rand (rand=0: the bytes drawn
+  once per target at setup are sent again and again).
+* udp: no DF, random ports per packet, 512 random bytes (IP 540); rand=0
+  sends zeros (the buffer is never filled).
 * udpplain: a connected UDP socket: the kernel sets DF and counts the IP ID up,
-  one source port per attack, one destination port per target.
+  one bound source port (a second socket cannot bind it: the kernel gives it an
+  ephemeral port), one destination port per target; only len, rand, sport, dport.
 * scan: 40-byte SYNs, seq = destination address, fixed source port and window,
-  port 23 except every tenth packet (2323), 160 per second in one burst.
+  port 23 except every tenth packet (2323), 160 per second in one burst; the
+  descendants' ports and fingerprint come from ``SCANNER_VARIANTS``.
 
-Netmask targets spread destinations over the prefix (``addr + (rand >> netmask)``),
-spoofing draws a random source per packet (raw-socket attacks only).
+Netmask targets spread destinations over the prefix (``addr + (rand >> netmask)``);
+a spoofed source is random per packet or one fixed address (raw-socket attacks only).
 
-Two vantage points: ``view="bot"``, the board is infected and captures what it
+Three vantage points: ``view="bot"``, the board is infected and captures what it
 sends (no Ethernet padding: a scan SYN stays 54 bytes); ``view="victim"``, the
 attack arrives at the board or its LAN (for the scanner: an infected neighbour
 seen through a mirror port), and frames under 60 bytes carry the Ethernet
-padding a receiver sees.  Remote bots' packets arrive with TTL 64 minus their
-hop count; packets the router cannot deliver (absent victims) never reach the
-LAN, only its ARP requests for them do.
+padding a receiver sees; ``view="scanned"`` (scanner only), the board has a
+reachable address and many scanning bots on the Internet probe it, one to three
+SYNs each.  Remote bots' packets arrive with their TTL minus their hop count;
+packets the router cannot deliver (absent victims) never reach the LAN, only its
+ARP requests for them do.
 
 Labels say who sends what: packets a bot sends for an attack (including its
 kernel's RSTs to scan answers, its telnet brute force and its report to the
@@ -36,8 +45,10 @@ Victims answer as their stack does (``ReplyStack``): Linux sends ICMP port
 unreachable quoting up to 576 bytes of IP, limited per peer (a token bucket:
 a burst of 6, then one per ``icmp_ratelimit``, 1 s by default) and overall
 (1000/s, burst 50); lwIP quotes only the IP header and 8 bytes and never
-limits.  SYNs to open ports get SYN-ACKs (SYN cookies), to closed ports RST-ACK;
-ACKs get RST; some hosts limit their RSTs.
+limits.  TCP as RFC 793 and Linux answer a segment without a connection:
+nothing to a RST; RST (seq = its ack) to anything with ACK; to a SYN, SYN-ACK
+from a listening port (SYN cookies), else RST-ACK; a listening port drops
+segments with neither SYN nor ACK; some hosts limit their RSTs.
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ from .frames import (
     ACK,
     BROADCAST_MAC,
     ETH_HEADER,
+    FIN,
     RST,
     SYN,
     TCP_MSS_OPTION,
@@ -62,27 +74,49 @@ from .frames import (
     udp_frames,
 )
 from .network import Host, ip_text, random_public_ips
+from .options import (
+    SCANNER_VARIANTS,
+    URG,
+    AttackOptions,
+    OptionSpace,
+    default_options,
+    draw_option,
+    sample_options,
+)
 from .payloads import MIRAI_CREDENTIALS, TELNETD_IACS, dns_query, dns_response, mirai_iac_answers
 from .scene import Scene
-from .tcp import CLIENT, SERVER, TcpConversation, TcpStack
+from .tcp import CLIENT, LINUX, SERVER, TcpConversation, TcpStack
 from .timeline import BENIGN, flood_times
 
 log = logging.getLogger(__name__)
 
 ATTACK_CLASSES = ("mirai_ack", "mirai_scan", "mirai_syn", "mirai_udp", "mirai_udpplain")
-FLOOD_PAYLOAD = 512  # ATK_OPT_PAYLOAD_SIZE default
-SCANNER_RAW_PPS = 160  # SYNs per burst, one burst per second
-CHUNK = 200_000  # packets built at once (bounds memory for long floods)
+VIEWS = {k: ("bot", "victim", "scanned") if k == "mirai_scan" else ("bot", "victim") for k in ATTACK_CLASSES}
+CHUNK_BYTES = 48 << 20  # frame bytes built at once (bounds memory for long floods)
+# One attack's frames at most; a bigger one stops early (its rates are kept): memory and training time.
+MAX_FLOOD_BYTES = 200 << 20
+MAX_FLOOD_PACKETS = 800_000
 WIRE_OVERHEAD = 24  # preamble, inter-frame gap and FCS around every frame on the wire
+TELNET_PORTS = (23, 2323)
 
-# IP total length of each flood class at Mirai's defaults (DESIGN 5).
-IP_LENGTH = {
-    "mirai_syn": 60,
-    "mirai_ack": 40 + FLOOD_PAYLOAD,
-    "mirai_udp": 28 + FLOOD_PAYLOAD,
-    "mirai_udpplain": 28 + FLOOD_PAYLOAD,
-    "mirai_scan": 40,
-}
+
+def ip_length(kind: str, options: AttackOptions) -> int:
+    """IP total length of one attack packet with these options."""
+    if kind == "mirai_syn":
+        return 60  # 20 bytes of options, no payload
+    if kind == "mirai_scan":
+        return 40
+    return (40 if kind == "mirai_ack" else 28) + options.payload_len
+
+
+def frame_length(kind: str, options: AttackOptions) -> int:
+    """Ethernet frame length on the wire (without FCS; at least 60)."""
+    return ETH_HEADER + max(ip_length(kind, options), 46)
+
+
+def link_rate_cap(kind: str, options: AttackOptions, link_bps: float) -> float:
+    """Most frames of this attack per second a link carries."""
+    return link_bps / ((frame_length(kind, options) + WIRE_OVERHEAD) * 8)
 
 
 @dataclass(frozen=True)
@@ -152,12 +186,14 @@ class TokenBuckets:
         return mask
 
 
+
 @dataclass
 class Bot:
     name: str
     host: Host  # as captured: the gateway's MAC and a reduced TTL when it is remote
     rate: float  # packets per second it manages to send
-    spoof: bool = False
+    spoof: bool = False  # a spoofed source: the options' fixed source_ip, else random per packet
+    variant: str = "mirai"  # scanners: which SCANNER_VARIANTS entry it runs
 
 
 @dataclass
@@ -173,7 +209,7 @@ class Target:
 @dataclass
 class AttackPlan:
     kind: str
-    view: str  # "bot" (the board is infected) or "victim" (the board is attacked or on the victims' LAN)
+    view: str  # "bot" (the board is infected), "victim" (the board or its LAN is attacked), "scanned"
     start: float
     stop: float
     bots: list[Bot]
@@ -182,11 +218,20 @@ class AttackPlan:
     open_fraction: float = 0.0  # scan: share of scanned addresses that answer SYN-ACK (telnet open)
     refuse_fraction: float = 0.0  # scan: share that answer RST (port closed); the rest stay silent
     vulnerable_fraction: float = 0.25  # scan: share of open devices whose login is in Mirai's table
-    dport: int | None = None  # syn/ack/udp: ATK_OPT_DPORT (None: random per packet, Mirai's default)
-    replies: ReplyStack = LINUX_REPLIES  # how the victims answer
+    options: AttackOptions | None = None  # the command's options (None: Mirai's defaults)
+    replies: ReplyStack = LINUX_REPLIES  # how the victims answer (scanned view: the board)
+    reach: str = ""  # scanned view: "public" (the board's own address), "dmz" or "port-forward" (the router's)
+    scanned_ip: int = 0  # scanned view: the address the scanners probe (their sequence number)
+    forwarded_ports: tuple[int, ...] | None = None  # scanned view: ports that reach the board (None: all)
+    bruteforce_share: float = 0.8  # scanned view: bots that log in after an open telnet port answers
+    arrivals: np.ndarray | None = None  # scanned view: when each bot's first SYN reaches the board
     counts: dict[str, int] = field(default_factory=dict)
     prior_contacts: list[dict] = field(default_factory=list)  # benign bot-victim traffic around the attack
     _buckets: dict[str, TokenBuckets] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.options is None:
+            self.options = default_options(self.kind)
 
     def buckets(self, name: str, rate: float, burst: int) -> TokenBuckets:
         """The victims' rate limiter ``name`` (state kept across the chunks of a flood)."""
@@ -195,83 +240,110 @@ class AttackPlan:
         return self._buckets[name]
 
     def meta(self) -> dict:
-        return {
+        out = {
             "class": self.kind,
             "view": self.view,
             "start_s": round(self.start, 6),
             "stop_s": round(self.stop, 6),
-            "bots": [
-                {
-                    "name": b.name,
-                    "ip": "spoofed" if b.spoof else b.host.ip_text,
-                    "real_ip": b.host.ip_text,
-                    "mac": b.host.mac_text,
-                    "ttl_seen": b.host.ttl,
-                    "rate_pps": round(b.rate, 1),
-                }
-                for b in self.bots
-            ],
-            "targets": [t.text for t in self.targets] if self.kind != "mirai_scan" else "random public IPv4",
+            "options": {k: v for k, v in self.options.meta(self.kind).items()
+                        if not (self.view == "scanned" and k == "scan_variant")},  # each scanner has its own
             "packets": dict(self.counts),
-            **(
-                {"dport": self.dport if self.dport is not None else "random", "replies": self.replies.name}
-                if self.kind != "mirai_scan"
-                else {}
-            ),
-            **({"prior_contacts": list(self.prior_contacts)} if self.prior_contacts else {}),
-            **(
-                {"answer_fractions": {"open": round(self.open_fraction, 4), "refused": round(self.refuse_fraction, 4)}}
-                if self.kind == "mirai_scan"
-                else {}
-            ),
         }
+        bots = self.bots[:MAX_META_BOTS]
+        out["bots"] = [
+            {
+                "name": b.name,
+                "ip": "spoofed" if b.spoof else b.host.ip_text,
+                "real_ip": b.host.ip_text,
+                "mac": b.host.mac_text,
+                "ttl_seen": b.host.ttl,
+                "rate_pps": round(b.rate, 1),
+                **({"variant": b.variant} if self.kind == "mirai_scan" else {}),
+            }
+            for b in bots
+        ]
+        if len(self.bots) > len(bots):
+            out["bots_listed"] = f"{len(bots)} of {len(self.bots)}"
+        if self.kind != "mirai_scan":
+            out |= {"targets": [t.text for t in self.targets], "replies": self.replies.name}
+        elif self.view == "scanned":
+            out |= {
+                "targets": [ip_text(self.scanned_ip)],
+                "scanners": len(self.bots),
+                "reach": self.reach,
+                "forwarded_ports": "all" if self.forwarded_ports is None else list(self.forwarded_ports),
+                "open_ports": list(self.replies.open_ports),
+                "closed_ports_answer": self.refuse_fraction > 0,
+                "variants": {v: sum(b.variant == v for b in self.bots) for v in sorted({b.variant for b in self.bots})},
+            }
+        else:
+            out |= {
+                "targets": "random public IPv4",
+                "answer_fractions": {"open": round(self.open_fraction, 4), "refused": round(self.refuse_fraction, 4)},
+            }
+        if self.prior_contacts:
+            out["prior_contacts"] = list(self.prior_contacts)
+        return out
+
+
+MAX_META_BOTS = 100  # bots listed in the metadata (a scanned board meets thousands)
 
 
 # ---------------------------------------------------------------- planning
 
 
-def link_rate_cap(kind: str, link_bps: float) -> float:
-    """Most frames of this class per second a link carries."""
-    return link_bps / ((ETH_HEADER + max(IP_LENGTH[kind], 46) + WIRE_OVERHEAD) * 8)
-
-
 def plan_attack(
-    scene: Scene, kind: str, view: str, start: float, stop: float, bot_hosts: list[Host] | None = None
+    scene: Scene,
+    kind: str,
+    view: str,
+    start: float,
+    stop: float,
+    bot_hosts: list[Host] | None = None,
+    space: OptionSpace | None = None,
 ) -> AttackPlan:
-    """Random but plausible parameters: bots, rates (a few hundred to tens of thousands pps), spoofing, targets."""
+    """Random but plausible parameters: the command's options (within ``space``), bots, rates, targets."""
+    if kind not in VIEWS or view not in VIEWS[kind]:
+        raise ValueError(f"no {view!r} view of {kind!r}; views: {VIEWS.get(kind, ())}")
     rng, lan = scene.rng, scene.lan
-    cap = link_rate_cap(kind, scene.link_bps)
+    options = sample_options(rng, kind, space)
+    if options.duration_s is not None:
+        stop = min(stop, start + options.duration_s)
     if kind == "mirai_scan":
+        if view == "scanned":
+            return _plan_scanned(scene, start, stop, options, space)
         # The scanner: one bot (the board, or an infected neighbour seen through a mirror port).
         host = lan.board if view == "bot" else (bot_hosts or [lan.board])[0]
+        burst = SCANNER_VARIANTS[options.scan_variant].burst
         return AttackPlan(
             kind,
             view,
             start,
             stop,
-            [Bot("bot1", host, float(SCANNER_RAW_PPS))],
+            [Bot("bot1", host, float(burst), variant=options.scan_variant)],
             [],
             open_fraction=float(rng.uniform(0.002, 0.012)),
             refuse_fraction=float(rng.uniform(0.02, 0.08)),
+            options=options,
         )
+    cap = link_rate_cap(kind, options, scene.link_bps)
+    spoof = options.source != "real"
     if view == "bot":
-        bots = [Bot("bot1", lan.board, _bot_rate(rng, cap), spoof=kind != "mirai_udpplain" and rng.random() < 0.3)]
         count = int(rng.choice([1, 1, 1, 2, 3]))
-        targets = [
-            Target(int(ip) & _mask(p), p)
-            for ip, p in zip(random_public_ips(rng, count), rng.choice([32, 32, 32, 28, 24], count))
-        ]
-        return AttackPlan(
+        prefixes = rng.choice([32, 32, 32, 32, 30, 28, 24, 20, 16], count)
+        targets = [Target(int(ip) & _mask(p), int(p)) for ip, p in zip(random_public_ips(rng, count), prefixes)]
+        rate = _bot_rates(kind, [options.rate_pps], cap, space)[0]
+        plan = AttackPlan(
             kind,
             view,
             start,
             stop,
-            bots,
+            [Bot("bot1", lan.board, rate, spoof=spoof)],
             targets,
             reply_fraction=float(rng.choice([0.0, 0.3, 1.0])),
-            dport=_flood_dport(rng, kind),
+            options=options,
             replies=_reply_stack(rng, lwip_possible=True),
         )
+        return _fit_budget(plan)
     # Victim view: the board, another device, or the whole /24 is the target.
     choice = rng.random()
     if choice < 0.5:
@@ -281,31 +353,56 @@ def plan_attack(
         targets = [Target(dev.ip)]
     else:
         targets = [Target(lan.network, 24)]
-    bots = []
     # Through the Internet a public LAN meets any number of bots; a private one only its own infected devices.
-    n_bots = int(rng.choice([1, 1, 2, 3, 5, 8] if lan.public else [1, 1, 2, 3]))
-    spoof = kind != "mirai_udpplain" and rng.random() < 0.35
-    for i in range(n_bots):
+    n_bots = int(rng.choice([1, 1, 2, 3, 5, 8, 20, 50] if lan.public else [1, 1, 2, 3]))
+    rates = [options.rate_pps] + [draw_option(rng, kind, "rate_pps", space) for _ in range(n_bots - 1)]
+    rates = _bot_rates(kind, rates, cap, space)
+    bots = []
+    for i, rate in enumerate(rates):
         local = bot_hosts[i] if bot_hosts and i < len(bot_hosts) else None
         if local is None and not lan.public:
             local = lan.add_device(rng, f"infected{i + 1}")  # a private LAN is only reachable from inside
         host = local if local is not None else scene.remote_host(f"bot{i + 1}", int(random_public_ips(rng, 1)[0]))
-        bots.append(Bot(f"bot{i + 1}", host, _bot_rate(rng, cap), spoof=spoof))
-    total = sum(b.rate for b in bots)
-    if total > cap:  # the victim's link carries no more: the rest is dropped upstream
-        for b in bots:
-            b.rate *= cap / total
+        bots.append(Bot(f"bot{i + 1}", host, rate, spoof=spoof))
     # The board is a Linux host; other LAN devices may run lwIP (ESP plugs and sensors).
     lwip = any(t.prefix == 32 and t.ip != lan.board.ip for t in targets)
-    dport = _flood_dport(rng, kind)
-    return AttackPlan(kind, view, start, stop, bots, targets, dport=dport, replies=_reply_stack(rng, lwip))
+    plan = AttackPlan(kind, view, start, stop, bots, targets, options=options, replies=_reply_stack(rng, lwip))
+    return _fit_budget(plan)
 
 
-def _flood_dport(rng: np.random.Generator, kind: str) -> int | None:
-    """Most floods use Mirai's random ports; some commands fix the destination port (dport=...)."""
-    if kind not in ("mirai_syn", "mirai_ack", "mirai_udp") or rng.random() >= 0.2:
-        return None
-    return int(rng.choice(COMMON_PORTS)) if rng.random() < 0.8 else int(rng.integers(1024, 1 << 16))
+def _bot_rates(kind: str, rates: list[float], cap: float, space: OptionSpace | None) -> list[float]:
+    """Each bot's rate as the victim's (or the board's) link carries it.
+
+    Bots together faster than the link: each is slowed in proportion (the rest is dropped upstream),
+    unless that lands a rate on a value ``space`` holds out or differs from a forced one: then fewer
+    bots send, each at its own rate, so the traffic keeps the rates the space allows.
+    """
+    total = sum(rates)
+    if total <= cap:
+        return rates
+    space = space or OptionSpace()
+    scaled = [r * cap / total for r in rates]
+    if all(space.allows("rate_pps", r) for r in scaled):
+        return scaled
+    kept: list[float] = []
+    for r in rates:
+        if sum(kept) + r <= cap:
+            kept.append(r)
+    if not kept:
+        log.warning("%s: %.0f packets/s exceed the link (%.0f/s): one bot at the link's rate", kind, rates[0], cap)
+        kept = [cap]
+    return kept
+
+
+def _fit_budget(plan: AttackPlan) -> AttackPlan:
+    """Stop an attack early when it would pass MAX_FLOOD_PACKETS or MAX_FLOOD_BYTES (rates stay as drawn)."""
+    pps = sum(b.rate for b in plan.bots)
+    longest = min(MAX_FLOOD_PACKETS / pps, MAX_FLOOD_BYTES / (pps * frame_length(plan.kind, plan.options)))
+    if plan.stop - plan.start > longest:
+        log.debug("%s: %.0f packets/s, stopped after %.1f s instead of %.1f s", plan.kind, pps, longest,
+                  plan.stop - plan.start)  # fmt: skip
+        plan.stop = plan.start + longest
+    return plan
 
 
 def _reply_stack(rng: np.random.Generator, lwip_possible: bool) -> ReplyStack:
@@ -317,16 +414,69 @@ def _reply_stack(rng: np.random.Generator, lwip_possible: bool) -> ReplyStack:
     return replace(stack, open_ports=tuple(int(p) for p in COMMON_PORTS if rng.random() < 0.3))
 
 
-def _bot_rate(rng: np.random.Generator, cap: float) -> float:
-    return float(min(np.exp(rng.uniform(np.log(300), np.log(30000))), cap))
-
-
 def _mask(prefix: int) -> int:
     return (0xFFFFFFFF << (32 - int(prefix))) & 0xFFFFFFFF
 
 
+MIN_SCANNERS = 8  # scanning bots that find a reachable board in any capture
+
+# Ports a reachable board may listen on, with how often: telnet open is what Mirai looks for.
+BOARD_PORTS = ((23, 0.35), (2323, 0.05), (22, 0.25), (80, 0.45), (443, 0.2), (554, 0.2), (8080, 0.2), (81, 0.05))
+
+
+def _plan_scanned(
+    scene: Scene, start: float, stop: float, options: AttackOptions, space: OptionSpace | None
+) -> AttackPlan:
+    """The board reachable from the Internet (its own public address, or the router's with a DMZ or a port
+    forward) and the scanning bots that find it: a Poisson process of arrivals, each bot running its variant."""
+    rng, lan = scene.rng, scene.lan
+    open_ports = tuple(p for p, share in BOARD_PORTS if rng.random() < share)
+    if lan.public:
+        reach, scanned_ip, forwarded = "public", lan.board.ip, None
+    elif rng.random() < 0.5:
+        reach, scanned_ip, forwarded = "dmz", int(random_public_ips(rng, 1)[0]), None
+    else:
+        # A forward for the board's services (its web and RTSP ports) and telnet, the forward Mirai lives on.
+        forwarded = tuple(sorted({p for p in open_ports if rng.random() < 0.7} | {23}))
+        reach, scanned_ip = "port-forward", int(random_public_ips(rng, 1)[0])
+    # At least a few scanners: a short capture at a few per minute would otherwise hold none to learn from.
+    n = max(MIN_SCANNERS, int(rng.poisson(options.scanners_per_s * (stop - start))))
+    names = tuple(SCANNER_VARIANTS)
+    shares = np.array([v.share for v in SCANNER_VARIANTS.values()])
+    if space is not None and (space.defaults or "scan_variant" in space.force):
+        variants = [space.force.get("scan_variant", "mirai")] * n
+    else:
+        weights = (space or OptionSpace()).choice_weights("scan_variant", names, shares)
+        variants = [names[i] for i in rng.choice(len(names), n, p=weights)]
+    ips = random_public_ips(rng, n)
+    hops = rng.integers(4, 26, n)
+    hosts = [Host(f"scanner{i + 1}", lan.gateway.mac, int(ip), local=False, ttl=64 - int(h))
+             for i, (ip, h) in enumerate(zip(ips, hops))]  # fmt: skip
+    bots = [Bot(h.name, h, float(SCANNER_VARIANTS[v].burst), variant=v) for h, v in zip(hosts, variants)]
+    return AttackPlan(
+        "mirai_scan",
+        "scanned",
+        start,
+        stop,
+        bots,
+        [],
+        refuse_fraction=0.0 if rng.random() < 0.15 else 1.0,  # a firewall that drops instead of refusing
+        vulnerable_fraction=0.0,  # the board's password is not in Mirai's table
+        options=options,
+        replies=replace(LINUX_REPLIES, open_ports=open_ports),
+        reach=reach,
+        scanned_ip=scanned_ip,
+        forwarded_ports=forwarded,
+        bruteforce_share=float(rng.uniform(0.5, 1.0)),
+        arrivals=np.sort(rng.uniform(start, stop, n)),
+    )
+
+
 def run_attack(scene: Scene, plan: AttackPlan) -> AttackPlan:
     if plan.kind == "mirai_scan":
+        if plan.view == "scanned":
+            _scanned(scene, plan)
+            return plan
         for bot in plan.bots:
             _scan(scene, plan, bot)
         return plan
@@ -346,10 +496,26 @@ def _count(plan: AttackPlan, key: str, n: int) -> None:
     plan.counts[key] = plan.counts.get(key, 0) + int(n)
 
 
+def _seen_ttl(bot: Bot, ttl: int) -> int:
+    """The TTL a bot's packet carries where it is captured: as set on the LAN, less the hops from a remote bot.
+
+    (A remote bot's host TTL is 64 minus its hops.)  A TTL too small for the path would never arrive; such a
+    bot is taken to be that many hops away at most, so forced small TTLs still reach the capture."""
+    hops = 0 if bot.host.local else 64 - bot.host.ttl
+    return max(1, int(ttl) - min(hops, int(ttl) - 1))
+
+
+def _payload(rng: np.random.Generator, o: AttackOptions, n: int, fixed: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """Flood payloads: fresh random bytes (rand=1), or what the buffer holds when never refreshed (rand=0)."""
+    if o.payload_random:
+        return random_payload(rng, o.payload_len, n)
+    return fixed[which]
+
+
 def _flood(scene: Scene, plan: AttackPlan, bot: Bot) -> tuple[np.ndarray, np.ndarray]:
     """Add one bot's flood; returns (time, destination) of packets the router drops (victim absent)."""
     rng, lan = scene.rng, scene.lan
-    kind = plan.kind
+    kind, o = plan.kind, plan.options
     # The command reaches bots at slightly different times; the duration is the same for all.
     lag = float(rng.uniform(0, min(1.5, 0.2 * (plan.stop - plan.start)))) if plan.view == "victim" else 0.0
     times = flood_times(rng, plan.start + lag, plan.stop + lag, bot.rate)
@@ -359,21 +525,32 @@ def _flood(scene: Scene, plan: AttackPlan, bot: Bot) -> tuple[np.ndarray, np.nda
     n_targets = len(plan.targets)
     target_ip = np.array([t.ip for t in plan.targets], dtype=np.int64)
     target_prefix = np.array([t.prefix for t in plan.targets], dtype=np.int64)
-    # Fixed once per target (attack setup): MSS and TSval for syn, window for ack, dport for udpplain.
+    # Fixed once per target (attack setup): MSS and TSval for syn, window and the rand=0 payload for ack,
+    # ports, address and IP ID counter of udpplain's connected sockets.
     mss = 1400 + rng.integers(0, 16, n_targets)
     tsval = rng.integers(0, 1 << 32, n_targets)
     window = rng.integers(0, 1 << 16, n_targets)
-    plain_sport = int(rng.integers(1024, 1 << 16))
-    plain_dport = rng.integers(0, 1 << 16, n_targets)
+    if kind == "mirai_ack":
+        fixed_payload = random_payload(rng, o.payload_len, n_targets)  # rand_str() once at setup
+    else:
+        fixed_payload = np.zeros((n_targets, o.payload_len), dtype=np.uint8)  # calloc'd, never filled
+    # udpplain binds every socket to one port; only the first bind succeeds, the others get ephemeral ports.
+    plain_sport = np.concatenate(
+        [[o.sport if o.sport is not None else int(rng.integers(0, 1 << 16))], rng.integers(32768, 61000, n_targets - 1)]
+    )
+    plain_dport = rng.integers(0, 1 << 16, n_targets) if o.dport is None else np.full(n_targets, o.dport)
     plain_dst = target_ip + np.where(target_prefix < 32, rng.integers(0, 1 << 32, n_targets) >> target_prefix, 0)
     plain_id = rng.integers(0, 1 << 16, n_targets)
     lan_ips = {h.ip: h for h in lan.hosts()}
     role = f"{kind}:{bot.name}"
+    ttl = _seen_ttl(bot, 64 if kind == "mirai_udpplain" else o.ttl)
+    source_ip = o.source_ip if o.source == "fixed" and o.source_ip is not None else None
 
     sent_so_far = np.zeros(n_targets, dtype=np.int64)
     absent_t, absent_dst = [np.zeros(0)], [np.zeros(0, dtype=np.int64)]
-    for lo in range(0, len(times), CHUNK):
-        t = times[lo : lo + CHUNK]
+    chunk = max(1024, CHUNK_BYTES // frame_length(kind, o))
+    for lo in range(0, len(times), chunk):
+        t = times[lo : lo + chunk]
         n = len(t)
         which = (lo + np.arange(n)) % n_targets  # one packet per target per pass of the send loop
         if kind == "mirai_udpplain":
@@ -381,7 +558,12 @@ def _flood(scene: Scene, plan: AttackPlan, bot: Bot) -> tuple[np.ndarray, np.nda
         else:
             spread = rng.integers(0, 1 << 32, n) >> target_prefix[which]
             dst = target_ip[which] + np.where(target_prefix[which] < 32, spread, 0)
-        src = rng.integers(0, 1 << 32, n) if bot.spoof else np.full(n, bot.host.ip, dtype=np.int64)
+        if not bot.spoof:
+            src = np.full(n, bot.host.ip, dtype=np.int64)
+        elif source_ip is not None:
+            src = np.full(n, source_ip, dtype=np.int64)
+        else:
+            src = rng.integers(0, 1 << 32, n)
         keep = np.ones(n, dtype=bool)
         if plan.view == "victim":
             keep = np.isin(dst, list(lan_ips))
@@ -392,39 +574,33 @@ def _flood(scene: Scene, plan: AttackPlan, bot: Bot) -> tuple[np.ndarray, np.nda
         if not n:
             continue
         dst_mac = _macs_for(scene, dst) if plan.view == "victim" else lan.gateway.mac
-        ip = {
-            "src_mac": bot.host.mac,
-            "dst_mac": dst_mac,
-            "src_ip": src,
-            "dst_ip": dst,
-            "ttl": bot.host.ttl,
-            "pad": not bot.host.is_board,
-        }
-        sport = rng.integers(0, 1 << 16, n)
-        dport = rng.integers(0, 1 << 16, n) if plan.dport is None else np.full(n, plan.dport, dtype=np.int64)
-        seq = rng.integers(0, 1 << 32, n)
-        ack = rng.integers(0, 1 << 32, n)
-        ip_id = rng.integers(0, 1 << 16, n)
+        ip = {"src_mac": bot.host.mac, "dst_mac": dst_mac, "src_ip": src, "dst_ip": dst, "ttl": ttl,
+              "pad": not bot.host.is_board}  # fmt: skip
+        sport = rng.integers(0, 1 << 16, n) if o.sport is None else np.full(n, o.sport, dtype=np.int64)
+        dport = rng.integers(0, 1 << 16, n) if o.dport is None else np.full(n, o.dport, dtype=np.int64)
+        seq = rng.integers(0, 1 << 32, n) if o.seqnum is None else np.full(n, o.seqnum, dtype=np.int64)
+        ack = rng.integers(0, 1 << 32, n) if o.acknum is None else np.full(n, o.acknum, dtype=np.int64)
+        ip_id = rng.integers(0, 1 << 16, n) if o.ident is None else o.ident
+        raw = {"ip_id": ip_id, "df": o.df, "tos": o.tos}
         if kind == "mirai_syn":
             options = TCP_SYN_OPTIONS.pack(n, mss=mss[which], tsval=tsval[which], tsecr=0, ws=6)
-            tcp = {"sport": sport, "dport": dport, "seq": seq, "ack": 0, "flags": SYN, "win": 0}
-            frames = tcp_frames(n, tcp=tcp, options=options, ip_id=ip_id, df=True, **ip)
+            urp = rng.integers(0, 1 << 16, n) if o.tcp_flags & URG else 0  # only the syn flood draws it
+            tcp = {"sport": sport, "dport": dport, "seq": seq, "ack": ack, "flags": o.tcp_flags, "win": 0, "urp": urp}
+            frames = tcp_frames(n, tcp=tcp, options=options, **raw, **ip)
         elif kind == "mirai_ack":
-            tcp = {"sport": sport, "dport": dport, "seq": seq, "ack": ack, "flags": ACK, "win": window[which]}
-            frames = tcp_frames(n, tcp=tcp, payload=random_payload(rng, FLOOD_PAYLOAD, n), ip_id=ip_id, df=False, **ip)
+            tcp = {"sport": sport, "dport": dport, "seq": seq, "ack": ack, "flags": o.tcp_flags, "win": window[which]}
+            frames = tcp_frames(n, tcp=tcp, payload=_payload(rng, o, n, fixed_payload, which), **raw, **ip)
         elif kind == "mirai_udp":
-            frames = udp_frames(
-                n, sport=sport, dport=dport, payload=random_payload(rng, FLOOD_PAYLOAD, n), ip_id=ip_id, df=False, **ip
-            )
+            payload = _payload(rng, o, n, fixed_payload, which)
+            frames = udp_frames(n, sport=sport, dport=dport, payload=payload, **raw, **ip)
         elif kind == "mirai_udpplain":
             # IP ID: the socket's counter, one step per datagram it sends to that target.
             counter = sent_so_far[which] + _rank_within(which, n_targets)
             sent_so_far += np.bincount(which, minlength=n_targets)
-            sport = np.full(n, plain_sport)
-            dport = plain_dport[which]
-            ip_id = plain_id[which] + counter
+            sport, dport = plain_sport[which], plain_dport[which]
+            payload = _payload(rng, o, n, fixed_payload, which)
             frames = udp_frames(
-                n, sport=sport, dport=dport, payload=random_payload(rng, FLOOD_PAYLOAD, n), ip_id=ip_id, df=True, **ip
+                n, sport=sport, dport=dport, payload=payload, ip_id=plain_id[which] + counter, df=True, **ip
             )
         else:
             raise ValueError(f"not a flood: {kind}")
@@ -507,6 +683,8 @@ def _flood_replies(scene, plan, bot, t, frames, src, dst, sport, dport, seq, ack
             _emit_replies(scene, plan, sel, react, frames, src, dst, sport, dport, seq, ack, victim)
 
 
+
+
 def _emit_replies(scene, plan, sel, t_reply, frames, src, dst, sport, dport, seq, ack, victim) -> None:
     rng, stack, kind = scene.rng, plan.replies, plan.kind
     role = f"reply:{kind}"
@@ -543,22 +721,28 @@ def _emit_replies(scene, plan, sel, t_reply, frames, src, dst, sport, dport, seq
         )
         add(out, sel)
         return
-    if kind == "mirai_syn" and opened.any():
-        # A listening port answers every SYN (SYN cookies once the backlog is full), echoing the TSval.
-        o, ov = sel[opened], _subset(victim, opened)
-        tsval = frames.rows[o, 62:66].astype(np.int64) @ np.array([1 << 24, 1 << 16, 1 << 8, 1])
-        m = len(o)
-        options = TCP_SYN_OPTIONS.pack(m, mss=1460, tsval=rng.integers(0, 1 << 32, m), tsecr=tsval, ws=7)
-        tcp = {
-            "sport": dport[o],
-            "dport": sport[o],
-            "seq": rng.integers(0, 1 << 32, m),
-            "ack": (seq[o] + 1) & 0xFFFFFFFF,
-            "flags": SYN | ACK,
-            "win": 65160,
-        }
-        add(tcp_frames(m, tcp=tcp, options=options, src_ip=dst[o], dst_ip=src[o], ip_id=0, df=True, **ov), o)
-        keep_only(~opened)
+    flags = plan.options.tcp_flags
+    if flags & RST:
+        return  # nobody answers a reset
+    if not flags & ACK:
+        if flags & SYN and not flags & FIN and opened.any():
+            # A listening port answers every SYN (SYN cookies once the backlog is full), echoing the TSval.
+            o, ov = sel[opened], _subset(victim, opened)
+            m = len(o)
+            tcp = {
+                "sport": dport[o],
+                "dport": sport[o],
+                "seq": rng.integers(0, 1 << 32, m),
+                "ack": (seq[o] + 1) & 0xFFFFFFFF,
+                "flags": SYN | ACK,
+                "win": 65160,
+            }
+            options = None
+            if kind == "mirai_syn":  # the flood's SYNs carry timestamps: the answer echoes them
+                tsval = frames.rows[o, 62:66].astype(np.int64) @ np.array([1 << 24, 1 << 16, 1 << 8, 1])
+                options = TCP_SYN_OPTIONS.pack(m, mss=1460, tsval=rng.integers(0, 1 << 32, m), tsecr=tsval, ws=7)
+            add(tcp_frames(m, tcp=tcp, options=options, src_ip=dst[o], dst_ip=src[o], ip_id=0, df=True, **ov), o)
+        keep_only(~opened)  # a listening port answered the SYN above, or drops what is neither SYN nor ACK
     keep_only(
         plan.buckets("rst", stack.rst_per_second, max(1, int(min(stack.rst_per_second, 1e6)))).allow(
             t_reply[sel], dst[sel]
@@ -566,11 +750,13 @@ def _emit_replies(scene, plan, sel, t_reply, frames, src, dst, sport, dport, seq
     )
     if not len(sel):
         return
-    if kind == "mirai_syn":  # closed port: RST-ACK
-        tcp = {"sport": dport[sel], "dport": sport[sel], "seq": 0, "ack": (seq[sel] + 1) & 0xFFFFFFFF}
-        tcp |= {"flags": RST | ACK, "win": 0}
-    else:  # ACK without a connection: RST carrying the ACK's acknowledgement number as its sequence number
+    if flags & ACK:  # no connection: RST carrying the segment's acknowledgement number as its sequence number
         tcp = {"sport": dport[sel], "dport": sport[sel], "seq": ack[sel], "ack": 0, "flags": RST, "win": 0}
+    else:  # closed port: RST-ACK acknowledging what the segment occupied
+        length = plan.options.payload_len if kind == "mirai_ack" else 0
+        occupied = length + bool(flags & SYN) + bool(flags & FIN)
+        tcp = {"sport": dport[sel], "dport": sport[sel], "seq": 0, "ack": (seq[sel] + occupied) & 0xFFFFFFFF}
+        tcp |= {"flags": RST | ACK, "win": 0}
     add(tcp_frames(len(sel), tcp=tcp, src_ip=dst[sel], dst_ip=src[sel], ip_id=0, df=True, **victim), sel)
 
 
@@ -590,12 +776,14 @@ TARGET_STACKS = (
 BOT_STACK = TcpStack("bot-linux", syn_window=14600, window=229, window_growth=300, window_scale=5)
 
 
+
 def _scan(scene: Scene, plan: AttackPlan, bot: Bot) -> None:
     rng = scene.rng
     role = f"mirai_scan:{bot.name}"
+    variant = SCANNER_VARIANTS[bot.variant]
     sport = int(rng.integers(1024, 1 << 16))
     window = int(rng.integers(0, 1 << 16))
-    # One burst of 160 SYNs each time the select() loop sees a new second.
+    # One burst of SYNs each time the select() loop sees a new second.
     bursts = []
     t = plan.start + float(rng.uniform(0, min(1.0, plan.stop - plan.start)))
     while t < plan.stop:
@@ -603,16 +791,18 @@ def _scan(scene: Scene, plan: AttackPlan, bot: Bot) -> None:
         t += 1.0 + float(rng.gamma(2.0, 0.004))
     if not bursts:
         return
-    per = SCANNER_RAW_PPS
+    per = variant.burst
     gaps = rng.gamma(2.0, float(rng.uniform(5e-6, 25e-6)), (len(bursts), per))
     times = (np.asarray(bursts)[:, None] + np.cumsum(gaps, axis=1)).ravel()
     i = np.tile(np.arange(per), len(bursts))
     n = len(times)
     dst = random_public_ips(rng, n).astype(np.int64)
-    dport = np.where(i % 10 == 0, 2323, 23)
+    cycle = variant.port_cycle()
+    dport = cycle[i % len(cycle)]
+    seq = dst if variant.seq_is_dst else rng.integers(0, 1 << 32, n)
     frames = tcp_frames(
         n,
-        tcp={"sport": sport, "dport": dport, "seq": dst, "ack": 0, "flags": SYN, "win": window},
+        tcp={"sport": sport, "dport": dport, "seq": seq, "ack": 0, "flags": SYN, "win": window},
         src_mac=bot.host.mac,
         dst_mac=scene.lan.gateway.mac,
         src_ip=bot.host.ip,
@@ -637,7 +827,7 @@ def _scan(scene: Scene, plan: AttackPlan, bot: Bot) -> None:
         r = refused
         out = tcp_frames(
             len(r),
-            tcp={"sport": dport[r], "dport": sport, "seq": 0, "ack": dst[r] + 1, "flags": RST | ACK, "win": 0},
+            tcp={"sport": dport[r], "dport": sport, "seq": 0, "ack": seq[r] + 1, "flags": RST | ACK, "win": 0},
             src_ip=dst[r],
             ttl=ttl[r],
             ip_id=0,
@@ -656,7 +846,7 @@ def _scan(scene: Scene, plan: AttackPlan, bot: Bot) -> None:
             "sport": dport[o],
             "dport": sport,
             "seq": synack_seq,
-            "ack": dst[o] + 1,
+            "ack": seq[o] + 1,
             "flags": SYN | ACK,
             "win": rng.choice([5840, 14600, 29200, 5792], len(o)),
         },
@@ -673,7 +863,7 @@ def _scan(scene: Scene, plan: AttackPlan, bot: Bot) -> None:
     # The bot's kernel owns no socket on the raw scanner's port: it resets the half-open connection.
     out = tcp_frames(
         len(o),
-        tcp={"sport": sport, "dport": dport[o], "seq": dst[o] + 1, "ack": 0, "flags": RST, "win": 0},
+        tcp={"sport": sport, "dport": dport[o], "seq": seq[o] + 1, "ack": 0, "flags": RST, "win": 0},
         src_mac=bot.host.mac,
         dst_mac=scene.lan.gateway.mac,
         src_ip=bot.host.ip,
@@ -686,6 +876,8 @@ def _scan(scene: Scene, plan: AttackPlan, bot: Bot) -> None:
     scene.timeline.add(t_synack + rng.gamma(2.0, 0.00003, len(o)), out, "mirai_scan", role)
     _count(plan, "mirai_scan", len(o))
     for k in range(len(o)):
+        if int(dport[o[k]]) not in TELNET_PORTS:
+            continue  # other variants' exploits (HTTP, TR-064, ADB) are not synthesised
         victim = Host(f"telnet{k}", scene.lan.gateway.mac, int(dst[o[k]]), local=False, ttl=int(ttl[o[k]]))
         _brute_force(
             scene,
@@ -698,20 +890,129 @@ def _scan(scene: Scene, plan: AttackPlan, bot: Bot) -> None:
         )
 
 
+# The board's own stack when a scanner reaches it (a Linux board: 64240 window, timestamps, WS 7).
+BOARD_STACK = LINUX
+
+
+def _scanned(scene: Scene, plan: AttackPlan) -> None:
+    """Scanning bots on the Internet probe the board: one to three SYNs each, then the board answers.
+
+    Each bot sends from its own fixed source port and window (fixed per scanner process), a random IP ID,
+    TTL 64 less its hops, to its variant's ports, sequence number = the address it probed (the board's, or
+    the router's when a DMZ or port forward brings the packets in).  The board answers RST-ACK from closed
+    ports (or nothing behind a dropping firewall) and SYN-ACK from open ones; the bot's kernel resets that
+    half-open connection, and for an open telnet port the bot logs in with Mirai's brute force."""
+    rng, lan = scene.rng, scene.lan
+    board, gw = lan.board, lan.gateway
+    role = "mirai_scan:scanners"
+    m = len(plan.bots)
+    if not m:
+        return
+    count = rng.choice([1, 2, 3], m, p=[0.6, 0.25, 0.15])
+    bot_of = np.repeat(np.arange(m), count)
+    first = np.concatenate([[True], bot_of[1:] != bot_of[:-1]])
+    # A bot's further SYNs: the same pass of its loop (another port) or a later one.
+    n = len(bot_of)
+    gaps = np.where(rng.random(n) < 0.5, rng.exponential(0.002, n), rng.uniform(0.5, 3.5, n))
+    gaps[first] = 0.0
+    offset = np.cumsum(gaps)
+    offset -= np.repeat(offset[first], count)
+    times = plan.arrivals[bot_of] + offset
+    sport = rng.integers(1024, 1 << 16, m)[bot_of]
+    window = rng.integers(0, 1 << 16, m)[bot_of]
+    dport = np.zeros(n, dtype=np.int64)
+    seq = np.full(n, plan.scanned_ip, dtype=np.int64)
+    variant_of = np.array([b.variant for b in plan.bots])[bot_of]
+    for name in np.unique(variant_of):
+        v = SCANNER_VARIANTS[str(name)]
+        mine = np.flatnonzero(variant_of == name)
+        dport[mine] = rng.choice(np.asarray(v.ports), len(mine), p=v.port_probabilities())
+        if not v.seq_is_dst:
+            seq[mine] = rng.integers(0, 1 << 32, len(mine))
+    # A port forward lets through only its ports; the router drops the rest out of the board's sight.
+    arrive = np.ones(n, dtype=bool) if plan.forwarded_ports is None else np.isin(dport, plan.forwarded_ports)
+    times, bot_of, sport, window, dport, seq = (a[arrive] for a in (times, bot_of, sport, window, dport, seq))
+    n = len(times)
+    if not n:
+        return
+    src = np.array([b.host.ip for b in plan.bots], dtype=np.int64)[bot_of]
+    ttl = np.array([b.host.ttl for b in plan.bots], dtype=np.int64)[bot_of]
+    syn = {"sport": sport, "dport": dport, "seq": seq, "ack": 0, "flags": SYN, "win": window}
+    frames = tcp_frames(n, tcp=syn, src_mac=gw.mac, dst_mac=board.mac, src_ip=src, dst_ip=board.ip, ttl=ttl,
+                        ip_id=rng.integers(0, 1 << 16, n), df=False, pad=True)  # fmt: skip
+    scene.timeline.add(times, frames, "mirai_scan", role)
+    _count(plan, "mirai_scan", n)
+
+    react = times + rng.gamma(2.0, 0.00004, n)
+    from_board = {"src_mac": board.mac, "dst_mac": gw.mac, "src_ip": board.ip, "ttl": 64, "ip_id": 0, "df": True}
+    opened = np.isin(dport, plan.replies.open_ports)
+    closed = np.flatnonzero(~opened & (rng.random(n) < plan.refuse_fraction))
+    if len(closed):
+        c = closed
+        tcp = {"sport": dport[c], "dport": sport[c], "seq": 0, "ack": seq[c] + 1, "flags": RST | ACK, "win": 0}
+        out = tcp_frames(len(c), tcp=tcp, dst_ip=src[c], **from_board)
+        scene.timeline.add(react[c], out, BENIGN, "reply:mirai_scan")
+        _count(plan, "reply", len(c))
+    o = np.flatnonzero(opened)
+    if not len(o):
+        return
+    k = len(o)
+    tsval = rng.integers(0, 1 << 32) + np.floor(react[o] * 1000).astype(np.int64)  # the board's millisecond clock
+    options = TCP_SYN_OPTIONS.pack(k, mss=BOARD_STACK.mss, tsval=tsval, tsecr=0, ws=BOARD_STACK.window_scale)
+    tcp = {"sport": dport[o], "dport": sport[o], "seq": rng.integers(0, 1 << 32, k), "ack": seq[o] + 1,
+           "flags": SYN | ACK, "win": BOARD_STACK.syn_window}  # fmt: skip
+    out = tcp_frames(k, tcp=tcp, options=options, dst_ip=src[o], **from_board)
+    scene.timeline.add(react[o], out, BENIGN, "reply:mirai_scan")
+    _count(plan, "reply", k)
+    # The bot's kernel resets the raw scanner's half-open connection, a round trip later.
+    rtt = rng.uniform(0.015, 0.3, m)[bot_of[o]]
+    t_rst = react[o] + rtt
+    tcp = {"sport": sport[o], "dport": dport[o], "seq": seq[o] + 1, "ack": 0, "flags": RST, "win": 0}
+    out = tcp_frames(k, tcp=tcp, src_mac=gw.mac, dst_mac=board.mac, src_ip=src[o], dst_ip=board.ip, ttl=ttl[o],
+                     ip_id=0, df=True, pad=True)  # fmt: skip
+    scene.timeline.add(t_rst, out, "mirai_scan", role)
+    _count(plan, "mirai_scan", k)
+    # Mirai connects for real to the telnet port that answered (once per bot) and tries its credentials.
+    done: set[int] = set()
+    for j in range(k):
+        b = int(bot_of[o[j]])
+        if int(dport[o[j]]) not in TELNET_PORTS or b in done or rng.random() >= plan.bruteforce_share:
+            continue
+        done.add(b)
+        bot = plan.bots[b]
+        start = float(t_rst[j]) + float(rng.uniform(0.001, 0.05))
+        _brute_force(scene, plan, bot, board, int(dport[o[j]]), start, float(rtt[j]), near=SERVER, role=role)
+
+
 def _weighted_credential(rng: np.random.Generator) -> tuple[str, str]:
     weights = np.array([w for _, _, w in MIRAI_CREDENTIALS], dtype=np.float64)
     user, password, _ = MIRAI_CREDENTIALS[int(rng.choice(len(weights), p=weights / weights.sum()))]
     return user, password
 
 
-def _brute_force(scene: Scene, plan: AttackPlan, bot: Bot, victim: Host, port: int, t: float, rtt: float) -> None:
-    """Mirai's telnet login attempts on one device: up to 10 connections, one credential each."""
+
+
+def _brute_force(
+    scene: Scene,
+    plan: AttackPlan,
+    bot: Bot,
+    victim: Host,
+    port: int,
+    t: float,
+    rtt: float,
+    near: int = CLIENT,
+    role: str | None = None,
+) -> None:
+    """Mirai's telnet login attempts on one device: up to 10 connections, one credential each.
+
+    ``near=CLIENT``: captured beside the bot (the board scans); ``near=SERVER``: beside the device (the board
+    is the one scanned, answering with its own stack)."""
     rng = scene.rng
     vulnerable = rng.random() < plan.vulnerable_fraction
     secret = _weighted_credential(rng) if vulnerable else ("", "\0")
-    stack = TARGET_STACKS[int(rng.integers(len(TARGET_STACKS)))]
+    stack = TARGET_STACKS[int(rng.integers(len(TARGET_STACKS)))] if near == CLIENT else BOARD_STACK
     hostname = str(rng.choice(["dvr", "ipcam", "router", "(none)", "localhost", "HG8245", "hi3518"]))
-    role = f"mirai_scan:{bot.name}"
+    role = role or f"mirai_scan:{bot.name}"
     for _attempt in range(10):
         if t >= scene.seconds:
             return
@@ -723,7 +1024,7 @@ def _brute_force(scene: Scene, plan: AttackPlan, bot: Bot, victim: Host, port: i
             scene.ephemeral_port(),
             port,
             rtt=rtt,
-            near=CLIENT,
+            near=near,
             client_stack=BOT_STACK,
             server_stack=stack,
             link_bps=scene.link_bps,
@@ -732,7 +1033,8 @@ def _brute_force(scene: Scene, plan: AttackPlan, bot: Bot, victim: Host, port: i
         t = _telnet_login(scene, conv, t, cred, success, hostname)
         _count(plan, "bruteforce", conv.add_to(scene.timeline, ("mirai_scan", role), (BENIGN, "reply:mirai_scan")))
         if success:
-            _report(scene, plan, bot, victim, port, cred, t + 0.01)
+            if near == CLIENT:  # the report leaves from the bot: seen only beside it
+                _report(scene, plan, bot, victim, port, cred, t + 0.01)
             return
         t += float(rng.uniform(0.0, 1.0))  # the select() loop notices the closed socket and reconnects
 

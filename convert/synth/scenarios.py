@@ -32,15 +32,18 @@ from .benign import (
     page_loads,
     visitor_joins,
 )
-from .mirai import ATTACK_CLASSES, AttackPlan, Target, plan_attack, run_attack
-from .network import ESP_OUIS, Host, make_lan
+from .mirai import ATTACK_CLASSES, MAX_META_BOTS, AttackPlan, Target, plan_attack, run_attack
+from .network import ESP_OUIS, Host, ip_text, make_lan
+from .options import OptionSpace
 from .prior_contact import prior_contact
 from .scene import Scene
 from .timeline import Timeline
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 3  # 2: discovery beacons, visitors, page loads; 3: bots' prior contact, victims' reply stacks
+# 2: discovery beacons, visitors, page loads; 3: bots' prior contact, victims' reply stacks;
+# 4: every attack option over its real range (OptionSpace), scanner variants, the scanned board
+GENERATOR_VERSION = 4
 BASE_TIME_RANGE = (
     int(dt.datetime(2016, 1, 1, tzinfo=dt.UTC).timestamp()),
     int(dt.datetime(2030, 1, 1, tzinfo=dt.UTC).timestamp()),
@@ -80,11 +83,15 @@ class Setting:
     board_kind: str = "monitor"
 
 
+# A builder gets (rng, seconds, base_unix, space): ``space`` bounds the options of every attack it plans.
+Builder = Callable[[np.random.Generator, float, float, OptionSpace | None], tuple[Scene, Setting]]
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
-    build: Callable[[np.random.Generator, float, float], tuple[Scene, Setting]]
+    build: Builder
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -164,7 +171,7 @@ def _first_contacts(scene: Scene, setting: Setting) -> None:
 
 
 def _single_device(kind: str, extra: Callable[[Scene], None] | None = None):
-    def build(rng: np.random.Generator, seconds: float, base_unix: float) -> tuple[Scene, Setting]:
+    def build(rng: np.random.Generator, seconds: float, base_unix: float, space=None) -> tuple[Scene, Setting]:
         scene = _scene(rng, seconds, base_unix, public=False, capture="own", board_kind=kind)
         others = (
             ["phone", "plug"]
@@ -213,7 +220,7 @@ _register(
 
 
 @_register("lan_services", "a quiet device booting: DHCP, ARP, DNS, NTP, SSDP and mDNS only, long idle periods")
-def _lan_services(rng: np.random.Generator, seconds: float, base_unix: float) -> tuple[Scene, Setting]:
+def _lan_services(rng: np.random.Generator, seconds: float, base_unix: float, space=None) -> tuple[Scene, Setting]:
     scene = _scene(rng, seconds, base_unix, public=False, capture="own", board_kind="idle")
     devices = _populate(scene, ["phone", "plug", "hub"])
     board = scene.lan.board
@@ -275,7 +282,7 @@ def _household(scene: Scene, setting: Setting, seconds: float, infected_as: str 
 @_register(
     "smart_home", "a household seen from a monitoring board on a mirror port: cameras, plugs, sensors, hub, phones"
 )
-def _smart_home(rng: np.random.Generator, seconds: float, base_unix: float) -> tuple[Scene, Setting]:
+def _smart_home(rng: np.random.Generator, seconds: float, base_unix: float, space=None) -> tuple[Scene, Setting]:
     scene, setting = _smart_home_scene(rng, seconds, base_unix)
     _household(scene, setting, seconds)
     return scene, setting
@@ -321,12 +328,12 @@ def _victim_host(scene: Scene, target: Target) -> Host | None:
 
 
 def _mirai_bot(kind: str):
-    def build(rng: np.random.Generator, seconds: float, base_unix: float) -> tuple[Scene, Setting]:
+    def build(rng: np.random.Generator, seconds: float, base_unix: float, space=None) -> tuple[Scene, Setting]:
         board_kind = str(rng.choice(["camera", "sensor", "hub"]))
         scene = _scene(rng, seconds, base_unix, public=rng.random() < 0.2, capture="own", board_kind=board_kind)
         devices = _populate(scene, ["phone", "plug"] + (["nvr"] if board_kind == "camera" else []))
         start, stop = _attack_window(rng, 0.0, seconds)
-        plan = plan_attack(scene, kind, "bot", start, stop)
+        plan = plan_attack(scene, kind, "bot", start, stop, space=space)
         peers = {k: scene.lan.devices[n] for n, k in devices.items() if k == "nvr"}
         _board_profile(scene, board_kind, peers)
         setting = Setting("own", devices, [plan], board_kind)
@@ -340,14 +347,13 @@ def _mirai_bot(kind: str):
 
 
 def _mirai_victim(kind: str):
-    def build(rng: np.random.Generator, seconds: float, base_unix: float) -> tuple[Scene, Setting]:
-        public = kind != "mirai_scan" and rng.random() < 0.5
+    def build(rng: np.random.Generator, seconds: float, base_unix: float, space=None) -> tuple[Scene, Setting]:
+        public = rng.random() < (0.3 if kind == "mirai_scan" else 0.5)
         scene, setting = _smart_home_scene(rng, seconds, base_unix, public=public)
         start, stop = _attack_window(rng, 0.0, seconds)
         neighbours = [scene.lan.devices[n] for n, k in setting.devices.items() if k in ("camera", "nvr")]
-        plan = plan_attack(
-            scene, kind, "victim", start, stop, bot_hosts=neighbours[:1] if kind == "mirai_scan" else None
-        )
+        bot_hosts = neighbours[:1] if kind == "mirai_scan" else None
+        plan = plan_attack(scene, kind, "victim", start, stop, bot_hosts=bot_hosts, space=space)
         for bot in plan.bots:  # infected LAN devices keep their normal traffic too
             if bot.host.local and bot.host.name not in setting.devices:
                 setting.devices[bot.host.name] = "infected"
@@ -362,15 +368,51 @@ def _mirai_victim(kind: str):
         _household(scene, setting, seconds, infected_as="camera")
         _attack_with_history(scene, plan)
         setting.attacks.append(plan)
+        _internet_scanners(scene, setting, space)
         return scene, setting
 
     return build
+
+
+INTERNET_SCANNING_SHARE = 0.5  # public LANs under attack that also show the Internet's scanners probing the board
+
+
+def _internet_scanners(scene: Scene, setting: Setting, space: OptionSpace | None) -> None:
+    """A board with a public address meets Mirai's scanners all day: sometimes add them to a victim's capture."""
+    if scene.lan.public and scene.rng.random() < INTERNET_SCANNING_SHARE:
+        plan = plan_attack(scene, "mirai_scan", "scanned", 0.0, scene.seconds, space=space)
+        run_attack(scene, plan)
+        setting.attacks.append(plan)
+
+
+def _mirai_scanned(rng: np.random.Generator, seconds: float, base_unix: float, space=None) -> tuple[Scene, Setting]:
+    """The board reachable from the Internet, probed by many scanning bots, over one of two backgrounds:
+    a device with its own traffic on its switch port, or the monitoring board of a household on a mirror port."""
+    public = rng.random() < 0.5  # else a private LAN whose router forwards ports to the board, or its DMZ
+    if rng.random() < 0.5:
+        board_kind = str(rng.choice(["camera", "sensor", "hub"]))
+        scene = _scene(rng, seconds, base_unix, public=public, capture="own", board_kind=board_kind)
+        devices = _populate(scene, ["phone", "plug"] + (["nvr"] if board_kind == "camera" else []))
+        plan = plan_attack(scene, "mirai_scan", "scanned", 0.0, seconds, space=space)
+        _board_profile(scene, board_kind, {k: scene.lan.devices[n] for n, k in devices.items() if k == "nvr"})
+        setting = Setting("own", devices, [plan], board_kind)
+        _beacons(scene, setting)
+        lan_background(scene, scene.lan.hosts(), 0.0, seconds)
+        _first_contacts(scene, setting)
+    else:
+        scene, setting = _smart_home_scene(rng, seconds, base_unix, public=public)
+        plan = plan_attack(scene, "mirai_scan", "scanned", 0.0, seconds, space=space)
+        setting.attacks.append(plan)
+        _household(scene, setting, seconds)
+    run_attack(scene, plan)
+    return scene, setting
 
 
 _VIEW_TEXT = {
     "bot": "the board is infected and sends it (sender capture, no Ethernet padding), over its own benign traffic",
     "victim": "the board or its LAN is attacked (receiver capture, padded frames), over a smart-home background",
 }
+_OPTIONS_TEXT = "; options drawn over Mirai's whole range"
 for _kind in ATTACK_CLASSES:
     for _view, _builder in (("bot", _mirai_bot), ("victim", _mirai_victim)):
         what = "telnet scan + brute force" if _kind == "mirai_scan" else _kind.replace("mirai_", "") + " flood"
@@ -381,11 +423,16 @@ for _kind in ATTACK_CLASSES:
                 "an infected LAN neighbour scans, seen through a mirror port (padded frames), over a smart-home background"
             )
         )
-        _register(f"{_kind}_{_view}", f"Mirai {what}: {text}")(_builder(_kind))
+        _register(f"{_kind}_{_view}", f"Mirai {what}: {text}{_OPTIONS_TEXT}")(_builder(_kind))
+_register(
+    "mirai_scan_scanned",
+    "Mirai scanners probe the board's reachable address (public, DMZ or port forward): many bots, 1-3 SYNs each, "
+    "the board's answers and some telnet brute force, over a device's or a household's traffic",
+)(_mirai_scanned)
 
 
 @_register("mixed", "smart-home background with each Mirai class in turn (bot or victim view), idle gaps between")
-def _mixed(rng: np.random.Generator, seconds: float, base_unix: float) -> tuple[Scene, Setting]:
+def _mixed(rng: np.random.Generator, seconds: float, base_unix: float, space=None) -> tuple[Scene, Setting]:
     scene, setting = _smart_home_scene(rng, seconds, base_unix)
     lead = seconds * 0.06
     slot = (seconds - lead) / len(ATTACK_CLASSES)
@@ -396,7 +443,7 @@ def _mixed(rng: np.random.Generator, seconds: float, base_unix: float) -> tuple[
         a = lead + i * slot + slot * float(rng.uniform(0.05, 0.2))
         b = a + slot * float(rng.uniform(0.55, 0.75))
         bots = neighbours[:1] if kind == "mirai_scan" else None
-        setting.attacks.append(plan_attack(scene, str(kind), view, a, b, bot_hosts=bots))
+        setting.attacks.append(plan_attack(scene, str(kind), view, a, b, bot_hosts=bots, space=space))
     for plan in setting.attacks:
         for bot in plan.bots:
             if bot.host.local and not bot.host.is_board and bot.host.name not in setting.devices:
@@ -410,19 +457,27 @@ def _mixed(rng: np.random.Generator, seconds: float, base_unix: float) -> tuple[
 # ---------------------------------------------------------------- entry point
 
 
-def synthesise(scenario: str, seconds: float, seed: int) -> Synthesised:
-    """Generate ``seconds`` of the named scenario; the same arguments always give the same capture."""
+def synthesise(scenario: str, seconds: float, seed: int, options: OptionSpace | None = None) -> Synthesised:
+    """Generate ``seconds`` of the named scenario; the same arguments always give the same capture.
+
+    ``options`` bounds the options of every attack in the scenario (values held out, values forced);
+    None draws them over Mirai's whole range.
+    """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; choose from: {', '.join(sorted(SCENARIOS))}")
     if not seconds > 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
+    if options is not None and not isinstance(options, OptionSpace):
+        raise ValueError(f"options must be a convert.synth.OptionSpace or None, got {type(options).__name__}")
     # The scenario's name joins the seed, so equal seeds in different scenarios draw different addresses.
     rng = np.random.default_rng([int(seed), zlib.crc32(scenario.encode())])
     base_us = int(rng.integers(BASE_TIME_RANGE[0], BASE_TIME_RANGE[1])) * 1_000_000 + int(rng.integers(0, 1_000_000))
-    scene, setting = SCENARIOS[scenario].build(rng, float(seconds), base_us / 1e6)
+    scene, setting = SCENARIOS[scenario].build(rng, float(seconds), base_us / 1e6, options)
     merged = scene.timeline.merge(base_us)
     ts_us = np.round(merged.frames.ts * 1e6).astype(np.int64)
     meta = _meta(scenario, seconds, seed, base_us, scene, setting, merged.labels, merged.role_index, merged.roles)
+    if options is not None:
+        meta["option_space"] = repr(options)
     return Synthesised(merged.frames, merged.labels, merged.role_index, merged.roles, meta, ts_us)
 
 
@@ -430,11 +485,16 @@ def _meta(scenario, seconds, seed, base_us, scene: Scene, setting: Setting, labe
     lan = scene.lan
     attackers, victims = [], []
     for plan in setting.attacks:
-        for bot in plan.bots:
+        for bot in plan.bots[:MAX_META_BOTS]:  # a scanned board meets thousands: the plan's meta has the count
             attackers.append(
                 {"class": plan.kind, "source": "spoofed" if bot.spoof else bot.host.ip_text, "bot": bot.name}
             )
-        victims += [t.text for t in plan.targets] if plan.kind != "mirai_scan" else ["random public IPv4 (scan)"]
+        if plan.kind != "mirai_scan":
+            victims += [t.text for t in plan.targets]
+        elif plan.view == "scanned":
+            victims.append(f"{ip_text(plan.scanned_ip)} (the board, scanned; reach: {plan.reach})")
+        else:
+            victims.append("random public IPv4 (scan)")
     per_label = (
         np.bincount(labels.astype(np.int64), minlength=len(LABELS)) if len(labels) else np.zeros(len(LABELS), int)
     )
