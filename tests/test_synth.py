@@ -626,6 +626,7 @@ def test_payload_length_and_random_payload(tmp_path, kind, length):
         assert p["wire"] == p["frame"] == 14 + IP_OVERHEAD[kind] + length  # the bot's own capture: no padding
     if length >= 8:
         assert len({p["payload"] for p in pkts}) == len(pkts)  # fresh random bytes per packet
+    assert all(checksum_ok(buf) for _, buf, _ in records)
 
 
 @pytest.mark.parametrize("view", ["bot", "victim"])
@@ -665,6 +666,7 @@ def test_raw_socket_header_options(tmp_path, kind, view):
     assert len(pkts) > 100
     for p in pkts:
         assert (p["tos"], p["id"], p["df"], p["sport"], p["dport"]) == (0x28, 1337, df, 4444, 53)
+    assert all(checksum_ok(buf) for _, buf, _ in records)  # the floods and the victims' answers
     seen_ttl = defaultdict(set)
     for p in pkts:
         seen_ttl[p["role"]].add(p["ttl"])

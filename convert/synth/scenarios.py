@@ -412,7 +412,7 @@ _VIEW_TEXT = {
     "bot": "the board is infected and sends it (sender capture, no Ethernet padding), over its own benign traffic",
     "victim": "the board or its LAN is attacked (receiver capture, padded frames), over a smart-home background",
 }
-_OPTIONS_TEXT = "; options drawn over Mirai's whole range"
+_OPTIONS_TEXT = {"flood": "; options drawn over Mirai's whole range", "scan": "; Mirai's scanner or a descendant's"}
 for _kind in ATTACK_CLASSES:
     for _view, _builder in (("bot", _mirai_bot), ("victim", _mirai_victim)):
         what = "telnet scan + brute force" if _kind == "mirai_scan" else _kind.replace("mirai_", "") + " flood"
@@ -423,7 +423,8 @@ for _kind in ATTACK_CLASSES:
                 "an infected LAN neighbour scans, seen through a mirror port (padded frames), over a smart-home background"
             )
         )
-        _register(f"{_kind}_{_view}", f"Mirai {what}: {text}{_OPTIONS_TEXT}")(_builder(_kind))
+        options_text = _OPTIONS_TEXT["scan" if _kind == "mirai_scan" else "flood"]
+        _register(f"{_kind}_{_view}", f"Mirai {what}: {text}{options_text}")(_builder(_kind))
 _register(
     "mirai_scan_scanned",
     "Mirai scanners probe the board's reachable address (public, DMZ or port forward): many bots, 1-3 SYNs each, "
