@@ -9,6 +9,7 @@ bit from the repository.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import multiprocessing
 import time
@@ -29,18 +30,35 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Recipe:
-    """What the default model is trained on: scenarios x seeds, split by seed."""
+    """What the default model is trained on: scenarios x seeds, split by seed.
+
+    Attack scenarios get seeds of their own (``attack_seeds``): every seed draws its own attack options
+    (payload size, ports, rate, TTL, ...), so more, shorter captures cover more of what Mirai can send.
+    ``options`` (a convert.synth OptionSpace) excludes or forces attack options in every capture.
+    """
 
     scenarios: tuple[tuple[str, float], ...]
     seeds: dict
+    attack_seeds: dict | None = None
     cap_per_class: int = 3000
     seed: int = 7
+    options: object = None
 
     def jobs(self, split: str) -> list[SynthJob]:
-        return [SynthJob(name, seed, seconds) for seed in self.seeds[split] for name, seconds in self.scenarios]
+        jobs = []
+        for name, seconds in self.scenarios:
+            attack = name.startswith("mirai_") and self.attack_seeds is not None
+            for seed in (self.attack_seeds if attack else self.seeds)[split]:
+                jobs.append(SynthJob(name, seed, seconds, self.options))
+        return jobs
+
+    def key(self) -> str:
+        """What identifies the data this recipe makes (with the code that makes it)."""
+        parts = [self.scenarios, self.seeds, self.attack_seeds, self.cap_per_class, self.seed, repr(self.options)]
+        return json.dumps(parts, sort_keys=True)
 
 
-def training_scenarios(attack_seconds: float = 30.0, benign_seconds: float = 600.0) -> list[tuple[str, float]]:
+def training_scenarios(attack_seconds: float = 20.0, benign_seconds: float = 600.0) -> list[tuple[str, float]]:
     """Every registered scenario except the all-in-one "mixed" (kept for demos and benchmarks).
 
     Benign-only scenarios run longer: some devices send a few packets a minute.
@@ -56,6 +74,7 @@ def default_recipe() -> Recipe:
     return Recipe(
         scenarios=tuple(training_scenarios()),
         seeds={"train": tuple(range(1, 9)), "val": (101, 102), "test": (201, 202, 203)},
+        attack_seeds={"train": tuple(range(1, 25)), "val": tuple(range(101, 105)), "test": tuple(range(201, 207))},
     )
 
 
@@ -101,13 +120,12 @@ def cached_splits(recipe: Recipe, workers: int = 2) -> dict[str, Dataset]:
     """``build_splits(recipe)``, kept under the cache folder: the synthetic data depends only on the recipe
     and the code that makes it, so the cache key covers the recipe and the synthesiser and feature sources."""
     import hashlib
-    import json
     import os
 
     import agent
     from . import synth
 
-    h = hashlib.sha256(json.dumps([recipe.scenarios, recipe.seeds, recipe.cap_per_class, recipe.seed], sort_keys=True).encode())
+    h = hashlib.sha256(recipe.key().encode())
     agent_dir = Path(agent.__file__).parent
     feature_path = [agent_dir / f"{m}.py" for m in FEATURE_MODULES]
     for src in sorted(Path(synth.__file__).parent.glob("*.py")) + feature_path:

@@ -84,6 +84,7 @@ class SynthJob:
     scenario: str
     seed: int
     seconds: float
+    options: object = None  # a convert.synth OptionSpace: attack options excluded or forced (None: all)
 
     @property
     def name(self) -> str:
@@ -94,7 +95,7 @@ def synth_features(job: SynthJob) -> tuple[np.ndarray, np.ndarray]:
     """Features and labels of every decoded packet of one synthesised capture."""
     from .synth import synthesise
 
-    synth = synthesise(job.scenario, job.seconds, job.seed)
+    synth = synthesise(job.scenario, job.seconds, job.seed, options=job.options)
     packets = parse_frames(synth.frames, DecodeStats())
     X = FeatureExtractor().update(packets)
     return X, np.asarray(synth.labels, dtype=np.int64)[packets.index]
