@@ -80,9 +80,9 @@ Records = list[tuple[float, bytes, int]]  # (ts, Ethernet frame, original length
 
 @pytest.fixture(scope="module")
 def synth_records() -> Records:
-    from convert.synth import synthesise
+    from convert.synth import OptionSpace, synthesise
 
-    frames = synthesise("mixed", 20, 1).frames
+    frames = synthesise("mixed", 20, 1, options=OptionSpace(defaults=True)).frames
     return [(float(frames.ts[i]), frames.frame(i), int(frames.wire_len[i])) for i in range(len(frames))]
 
 

@@ -86,9 +86,11 @@ def _ip_checksum(header: bytes) -> int:
 def attack_frames(kind: str, count: int, seed: int = 5, src_ip: str = ATTACKER_IP) -> list[bytes]:
     """Synthesised frames of one Mirai class, re-addressed from the attacker (``src_ip``) to the device."""
     from agent.parse import parse_frames
-    from convert.synth import synthesise
+    from convert.synth import OptionSpace, synthesise
 
-    synth = synthesise(f"{kind}_victim", 20.0, seed)
+    # Mirai's default options at a steady 3,000 packets/s for the whole capture: enough frames of every class.
+    defaults = OptionSpace(defaults=True, force={"rate_pps": 3000.0, "duration_s": None})
+    synth = synthesise(f"{kind}_victim", 20.0, seed, options=defaults)
     labels = np.asarray(synth.labels)
     packets = parse_frames(synth.frames)
     want = np.flatnonzero((labels[packets.index] == LABELS.index(kind)) & (packets.l3 == 1))[:count]
