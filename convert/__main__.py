@@ -33,8 +33,13 @@ def _synth(args: argparse.Namespace) -> int:
     if args.scenario not in SCENARIOS:
         print(f"synth: unknown scenario {args.scenario!r}; see --list", file=sys.stderr)
         return 2
+    try:
+        options = _option_space(args)
+    except ValueError as exc:
+        print(f"synth: {exc}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
-    synth = synthesise(args.scenario, args.seconds, args.seed)
+    synth = synthesise(args.scenario, args.seconds, args.seed, options=options)
     built = time.perf_counter()
     pcap, labels, meta = write(synth, args.output)
     done = time.perf_counter()
@@ -53,6 +58,42 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _option_value(name: str, text: str):
+    """An attack option's value from the command line: numbers, true/false, a choice, or random (None)."""
+    from .synth.options import DOMAINS
+
+    if name not in DOMAINS:
+        raise ValueError(f"unknown attack option {name!r}; known: {', '.join(DOMAINS)}")
+    domain = DOMAINS[name]
+    if text.lower() in ("random", "none") and domain.none_ok:
+        return None
+    for choice in domain.choices:
+        if text.lower() == str(choice).lower():
+            return choice
+    try:
+        return int(text, 0) if domain.integer else float(text)
+    except ValueError:
+        raise ValueError(f"{name}={text}: not a value of {name}") from None
+
+
+def _option_space(args: argparse.Namespace):
+    """--force NAME=VALUE, --exclude NAME=VALUE or NAME=LO:HI, --mirai-defaults -> an OptionSpace (or None)."""
+    from .synth import OptionSpace
+
+    if not (args.force or args.exclude or args.mirai_defaults):
+        return None
+    force, exclude = {}, {}
+    for item in args.force:
+        name, _, text = item.partition("=")
+        force[name] = _option_value(name, text)
+    for item in args.exclude:
+        name, _, text = item.partition("=")
+        lo, colon, hi = text.partition(":")
+        value = (_option_value(name, lo), _option_value(name, hi)) if colon else _option_value(name, text)
+        exclude.setdefault(name, []).append(value)
+    return OptionSpace(exclude=exclude, force=force, defaults=args.mirai_defaults)
+
+
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="generate a labelled capture from a scenario")
     p.add_argument("--scenario", help="scenario name (see --list)")
@@ -60,6 +101,13 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; same arguments give identical files")
     p.add_argument("-o", "--output", help="OUT.pcap; OUT.labels.csv and OUT.meta.json are written beside it")
     p.add_argument("--list", action="store_true", help="list scenarios with a one-line description")
+    p.add_argument("--force", action="append", default=[], metavar="NAME=VALUE",
+                   help="an attack option every attack uses, e.g. payload_len=1400, dport=53, ttl=128, "
+                        "rate_pps=3000 (random: per packet); repeatable")
+    p.add_argument("--exclude", action="append", default=[], metavar="NAME=VALUE|NAME=LO:HI",
+                   help="an attack option value or range never drawn, e.g. payload_len=900:1100; repeatable")
+    p.add_argument("--mirai-defaults", action="store_true",
+                   help="Mirai's default command options unless forced (rates and durations still vary)")
     p.set_defaults(func=_synth)
 
 
