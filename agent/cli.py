@@ -19,6 +19,7 @@ from .feature_csv import FeatureCSVError
 from .capture_live import CaptureError
 from .config import ConfigError
 from .enforce import EnforcementError
+from .anomaly import AnomalyModelError
 from .model import BundleError
 from .profile import ProfileError
 from .packets import DecodeStats
@@ -57,13 +58,15 @@ def _classifier(args: argparse.Namespace):
 def cmd_detect(args: argparse.Namespace) -> int:
     import json
 
+    from .anomaly import load_anomaly
     from .decide import DecisionConfig, DecisionLayer
     from .packets import LABELS, VERDICT_LABELS
     from .pipeline import detect_capture
 
     classifier = _classifier(args)
+    anomaly = load_anomaly("report" if args.anomaly == "on" else "off", args.anomaly_model)
     decision = DecisionLayer(DecisionConfig(threshold=args.threshold, min_packets=args.min_packets))
-    result = detect_capture(args.capture, classifier, decision, keep_per_packet=True)
+    result = detect_capture(args.capture, classifier, decision, keep_per_packet=True, anomaly=anomaly)
     if args.per_packet:
         # label: what the pipeline says of the packet (its source's verdict where one applies, else the
         # model's label); model_label: the model's own.
@@ -191,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average attack score of a source's recent packets that makes it hostile (default %(default)s)")
     p.add_argument("--min-packets", type=int, default=DecisionConfig.min_packets,
                    help="recent packets (a count decaying with a 2 s half-life) behind a model verdict (default %(default)s)")
+    p.add_argument("--anomaly", choices=("on", "off"), default="on",
+                   help="run the anomaly detector beside the model; its verdicts are labelled anomaly (default: on)")
+    p.add_argument("--anomaly-model", default="", help="anomaly model file (default: the bundled one)")
     _add_model_options(p)
     p.set_defaults(func=cmd_detect)
 
@@ -230,6 +236,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, IsADirectoryError, PermissionError, FeatureCSVError, BundleError, ConfigError,
-            ProfileError, EnforcementError, CaptureError) as exc:
+            ProfileError, EnforcementError, CaptureError, AnomalyModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

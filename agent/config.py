@@ -9,6 +9,8 @@ names the file, the key and the problem.
     block_seconds = 600
     threshold = 0.7
     min_packets = 10
+    anomaly = "report"                            # off | report | enforce: verdicts of the anomaly detector
+    anomaly_model = ""                            # its model file; empty: the bundled default
 
     [mqtt]                                        # optional: without it the agent runs alone
     host = "broker.lan"
@@ -33,6 +35,7 @@ from typing import Any
 from .ruleset import ALL_DEVICES, NAME_RE
 
 REQUIRED = object()
+ANOMALY_MODES = ("off", "report", "enforce")
 
 KEYS: dict[str, tuple[type | tuple, Any]] = {
     "state_dir": (str, "/var/lib/iotguard"),
@@ -42,6 +45,8 @@ KEYS: dict[str, tuple[type | tuple, Any]] = {
     "min_packets": (int, 10),
     "max_local_rules": (int, 1024),
     "model": (str, ""),  # a bundle JSON; empty: the bundled default
+    "anomaly": (str, "report"),  # off: not run; report: its verdicts are alerts; enforce: they block too
+    "anomaly_model": (str, ""),  # an anomaly model file; empty: the bundled default
     "mqtt": (dict, None),
 }
 MQTT_KEYS: dict[str, tuple[type | tuple, Any]] = {
@@ -85,6 +90,8 @@ class AgentConfig:
     min_packets: int = 10
     max_local_rules: int = 1024
     model: str = ""
+    anomaly: str = "report"
+    anomaly_model: str = ""
     mqtt: MqttSettings | None = None
     path: Path | None = None
 
@@ -162,6 +169,8 @@ def load_config(path: str | Path | None) -> AgentConfig:
         raise ConfigError(f"{path}: key 'block_seconds' must be a positive number of seconds, got {v['block_seconds']}")
     if not 0 < v["threshold"] <= 1:
         raise ConfigError(f"{path}: key 'threshold' must be in (0, 1], got {v['threshold']}")
+    if v["anomaly"] not in ANOMALY_MODES:
+        raise ConfigError(f"{path}: key 'anomaly' must be one of {', '.join(ANOMALY_MODES)}, got {v['anomaly']!r}")
     if v["min_packets"] < 1 or v["max_local_rules"] < 1:
         raise ConfigError(f"{path}: keys 'min_packets' and 'max_local_rules' must be at least 1")
     mqtt = None
@@ -179,6 +188,8 @@ def load_config(path: str | Path | None) -> AgentConfig:
         min_packets=v["min_packets"],
         max_local_rules=v["max_local_rules"],
         model=v["model"],
+        anomaly=v["anomaly"],
+        anomaly_model=v["anomaly_model"],
         mqtt=mqtt,
         path=path,
     )

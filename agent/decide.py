@@ -197,8 +197,12 @@ class _Tracked:
 Rule = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def _model_rule(r: dict, cfg: DecisionConfig) -> Rule:
+def _model_rule(r: dict, cfg: DecisionConfig, floods_only: bool = False) -> Rule:
+    """``floods_only``: a target is flooded, never "scanned" (scanners are judged by source)."""
     avg = r["avg"]
+    if floods_only:
+        avg = avg.copy()
+        avg[:, _SCAN - 1] = -1.0
     best = avg.argmax(axis=1)
     attack, conf = 1 + best, avg[np.arange(len(avg)), best]
     return (r["weight"] >= cfg.min_packets) & (conf >= cfg.threshold), attack, conf
@@ -446,7 +450,7 @@ class DecisionLayer:
         # make the share 1.
         fresh_share = tgts["shares"][:, tx.index("new_source")]
         spoofed = (fresh_share >= cfg.spoofed_share) & (fresh_share * tgts["weight"] >= cfg.min_packets)
-        hot_m, lab_m, conf_m = _model_rule(tgts, cfg)
+        hot_m, lab_m, conf_m = _model_rule(tgts, cfg, floods_only=True)
         hot_f, lab_f, conf_f = _flood_rule(tgts, self.targets, cfg, one_source=False)
         many = tgts["shares"][:, tx.index("light_source")] >= 0.5
         rules_t = [((hot_m & spoofed, lab_m, conf_m), "model"), ((hot_f & many, lab_f, conf_f), "headers")]

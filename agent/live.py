@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .allowlist import effective_allowlist
+from .anomaly import AnomalyModelError, load_anomaly
 from .capture_live import LiveCapture
 from .config import AgentConfig
 from .decide import DecisionConfig, DecisionLayer
@@ -29,6 +30,7 @@ from .packets import LABELS, DecodeStats, FrameBatch
 from .parse import parse_frames
 from .privileges import require
 from .profile import RING_BLOCK_KB, Profile
+from .protocol_classes import packet_classes, restrict_scores
 from .respond import FLOOD_RULE_PREFIX, Responder, ResponseConfig, sync_kernel
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class LiveAgent:
         b = profile.budgets
         self.features = FeatureExtractor(Budgets(b.mi_dir, b.h, b.hh, b.hh_jit, b.hphp), max_batch=profile.batch_size)
         self.classifier = self._make_classifier(load_bundle(config.model) if config.model else load_bundle())
+        self.anomaly = load_anomaly(config.anomaly, config.anomaly_model)
         # As many tracked sources and targets as the profile allows source streams.
         self.decision = DecisionLayer(
             DecisionConfig(threshold=config.threshold, min_packets=config.min_packets, max_sources=b.h, max_targets=b.h)
@@ -66,7 +69,11 @@ class LiveAgent:
         allow = self._allowlist(config)
         self.rules = RuleTable(allow, config.max_local_rules, path=state / "rules.json")
         self.enforcer: Enforcer = make_enforcer(self.enforcement, allow=allow)
-        self.responder = Responder(self.rules, self.enforcer, ResponseConfig(block_seconds=config.block_seconds))
+        self.responder = Responder(
+            self.rules,
+            self.enforcer,
+            ResponseConfig(block_seconds=config.block_seconds, block_anomalies=config.anomaly == "enforce"),
+        )
         self.capture: LiveCapture | None = None
         self.lock = threading.Lock()  # the MQTT thread changes rules and model while capture runs
         self.reporter = None
@@ -129,7 +136,14 @@ class LiveAgent:
             self.reporter.start()
 
     def reload(self, config: AgentConfig) -> None:
-        """SIGHUP: new allowlist and thresholds, rules re-read from disk and re-applied."""
+        """SIGHUP: new allowlist, thresholds and anomaly mode, rules re-read from disk and re-applied."""
+        if (config.anomaly, config.anomaly_model) != (self.config.anomaly, self.config.anomaly_model):
+            try:
+                self.anomaly = load_anomaly(config.anomaly, config.anomaly_model)
+            except AnomalyModelError as exc:
+                log.error("anomaly model not reloaded, the old one stays: %s", exc)
+        self.decision.cfg.threshold, self.decision.cfg.min_packets = config.threshold, config.min_packets
+        self.responder.config.block_anomalies = config.anomaly == "enforce"
         self.config = config
         allow = self._allowlist(config)
         self.rules.set_allowlist(allow)
@@ -179,12 +193,13 @@ class LiveAgent:
         if not len(packets):
             return []
         feats = self.features.update(packets)
-        scores = classifier.dequantize(classifier.predict_int8(feats))
+        scores = restrict_scores(classifier.dequantize(classifier.predict_int8(feats)), packet_classes(packets))
         labels = scores.argmax(axis=1)
         c.classified += len(packets)
         for k, n in enumerate(np.bincount(labels, minlength=6).tolist()):
             c.per_class[k] += n
-        verdicts = self.decision.update(packets, scores, feats)
+        odd = self.anomaly.score(feats) if self.anomaly is not None else None
+        verdicts = self.decision.update(packets, scores, feats, odd)
         c.verdicts += len(verdicts)
         with self.lock:
             alerts = self.responder.act(verdicts)

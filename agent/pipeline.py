@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .capture_file import read_capture
+from .protocol_classes import packet_classes, restrict_scores
 from .features import Budgets, FeatureExtractor
 from .memory import release_free_memory
 from .packets import DecodeStats, PacketBatch
@@ -111,7 +112,8 @@ def detect_packets(
     for packets in packet_batches:
         fb = FeatureBatch(packets, extractor.update(packets))
         q = classifier.predict_int8(fb.features)
-        scores = classifier.dequantize(q)
+        # The classes the packet's protocol allows: the features cannot tell a UDP flood from an ACK flood.
+        scores = restrict_scores(classifier.dequantize(q), packet_classes(packets))
         odd = anomaly.score(fb.features) if anomaly is not None else None
         verdicts += decision.update(fb.packets, scores, fb.features, odd)
         total += len(fb.packets)

@@ -27,6 +27,7 @@ import json, resource, sys, time
 import numpy as np
 from agent.capture_file import read_capture
 from agent.decide import DecisionLayer
+from agent.protocol_classes import packet_classes, restrict_scores
 from agent.features import Budgets, FeatureExtractor
 from agent.memory import release_free_memory
 from agent.model import Classifier, load_bundle
@@ -45,7 +46,7 @@ start = time.perf_counter()
 for frames in read_capture(sys.argv[2], batch_size=max(p.batch_size, 4096), stats=stats):
     packets = parse_frames(frames, stats)
     feats = fe.update(packets)
-    dec.update(packets, clf.dequantize(clf.predict_int8(feats)), feats)
+    dec.update(packets, restrict_scores(clf.dequantize(clf.predict_int8(feats)), packet_classes(packets)), feats)
     n += len(packets)
     batches += 1
     if batches % 32 == 0:

@@ -22,7 +22,7 @@ import numpy as np
 from agent.model import DEFAULT_BUNDLE
 from agent.packets import LABELS
 
-from .dataset import SPLITS, Dataset, SynthJob, add_benign_pcaps, add_nbaiot, cap_per_class, synth_features
+from .dataset import SPLITS, Dataset, SynthJob, add_benign_pcaps, add_nbaiot, cap_per_class, synth_rows
 from .metrics import score
 
 log = logging.getLogger(__name__)
@@ -80,10 +80,10 @@ def default_recipe() -> Recipe:
 
 def _job_rows(args: tuple[SynthJob, int, int]) -> tuple[str, np.ndarray, np.ndarray]:
     job, cap, seed = args
-    X, y = synth_features(job)
+    X, y, family = synth_rows(job)
     rng = np.random.default_rng([seed, job.seed, zlib.crc32(job.scenario.encode())])
-    X, y = cap_per_class(X, y, cap, rng)
-    return job.name, X, y
+    X, y, family = cap_per_class(X, y, cap, rng, family)
+    return job.name, X, y, family
 
 
 def build_splits(
@@ -101,8 +101,8 @@ def build_splits(
                     results = pool.map(_job_rows, tasks)
             else:
                 results = [_job_rows(t) for t in tasks]
-            for name, X, y in results:  # in job order, whatever the worker finished first
-                splits[split].add(X, y, name)
+            for name, X, y, family in results:  # in job order, whatever the worker finished first
+                splits[split].add(X, y, name, family)
     if nbaiot:
         add_nbaiot(splits, nbaiot, cap=recipe.cap_per_class if recipe else 10_000, seed=7)
     if benign_pcaps:
@@ -113,7 +113,8 @@ def build_splits(
 
 
 # The agent modules the dataset's features depend on (a change to any of them rebuilds the cache).
-FEATURE_MODULES = ("packets", "capture_file", "parse", "key_hash", "feature_columns", "decayed_sums", "stream_table", "features")
+FEATURE_MODULES = ("packets", "capture_file", "parse", "key_hash", "feature_columns", "decayed_sums", "stream_table", "features",
+                   "protocol_classes")  # fmt: skip
 
 
 def cached_splits(recipe: Recipe, workers: int = 2) -> dict[str, Dataset]:
@@ -128,7 +129,7 @@ def cached_splits(recipe: Recipe, workers: int = 2) -> dict[str, Dataset]:
     h = hashlib.sha256(recipe.key().encode())
     agent_dir = Path(agent.__file__).parent
     feature_path = [agent_dir / f"{m}.py" for m in FEATURE_MODULES]
-    for src in sorted(Path(synth.__file__).parent.glob("*.py")) + feature_path:
+    for src in sorted(Path(synth.__file__).parent.glob("*.py")) + feature_path + [Path(__file__).with_name("dataset.py")]:
         h.update(src.read_bytes())
     cache = Path(os.environ.get("IOTGUARD_CACHE", Path.home() / ".cache" / "iotguard")) / "datasets"
     path = cache / f"{h.hexdigest()[:16]}.npz"
@@ -137,7 +138,7 @@ def cached_splits(recipe: Recipe, workers: int = 2) -> dict[str, Dataset]:
         splits = {}
         for s in SPLITS:
             captures = [str(c) for c in data[f"{s}_captures"]]
-            splits[s] = Dataset(data[f"{s}_X"], data[f"{s}_y"], data[f"{s}_capture"], captures)
+            splits[s] = Dataset(data[f"{s}_X"], data[f"{s}_y"], data[f"{s}_capture"], captures, data[f"{s}_family"])
         log.info("datasets from cache %s", path)
         return splits
     splits = build_splits(recipe, workers=workers)
@@ -145,7 +146,8 @@ def cached_splits(recipe: Recipe, workers: int = 2) -> dict[str, Dataset]:
     tmp = path.with_name(path.stem + ".tmp.npz")
     arrays = {}
     for s, d in splits.items():
-        arrays.update({f"{s}_X": d.X, f"{s}_y": d.y, f"{s}_capture": d.capture, f"{s}_captures": np.array(d.captures)})
+        arrays.update({f"{s}_X": d.X, f"{s}_y": d.y, f"{s}_capture": d.capture, f"{s}_captures": np.array(d.captures),
+                       f"{s}_family": d.family})  # fmt: skip
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
     return splits
@@ -157,20 +159,22 @@ def train_bundle(splits: dict[str, Dataset], out_dir: Path, name: str, seed: int
     from .train import train_cnn
 
     tr, va, te = splits["train"], splits["val"], splits["test"]
-    trained = train_cnn(tr.X, tr.y, va.X, va.y, seed=seed, epochs=epochs)
+    trained = train_cnn(tr.X, tr.y, va.X, va.y, seed=seed, epochs=epochs, allowed_train=tr.allowed(), allowed_val=va.allowed())
     pre = trained.preprocessor
     rep = representative_sample(pre.transform(tr.X), tr.y, seed=seed)
     tflite = to_int8_tflite(trained.model, rep)
     qp = quant_params(tflite)
 
+    from agent.protocol_classes import allowed_classes, restrict_scores
     from agent.model import Classifier, parse_bundle
 
     x_test = pre.transform(te.X)
-    float_pred = trained.model.predict(x_test, batch_size=4096, verbose=0).argmax(axis=1)
+    # Scores restricted to the classes each row's protocol allows, as the agent does.
+    float_pred = (trained.model.predict(x_test, batch_size=4096, verbose=0) * te.allowed()).argmax(axis=1)
     meta = bundle_metadata(tflite, name, pre, qp, tr.digest(), metrics={}, training=training)
     clf = Classifier(parse_bundle(meta, tflite), runtime="auto")
     start = time.perf_counter()
-    int8_pred, _ = clf.predict(te.X)
+    int8_pred = restrict_scores(clf.dequantize(clf.predict_int8(te.X)), allowed_classes(te.family)).argmax(axis=1)
     int8_seconds = time.perf_counter() - start
     agreement = float((float_pred == int8_pred).mean())
     meta["metrics"] = {

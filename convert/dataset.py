@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.feature_columns import COLUMNS
+from agent.protocol_classes import FAMILY_ANY, allowed_classes, protocol_family
 from agent.feature_csv import read_feature_csv
 from agent.features import FeatureExtractor
 from agent.packets import LABELS, DecodeStats
@@ -41,6 +42,11 @@ class Dataset:
     y: np.ndarray  # (n,) int64 label index into LABELS
     capture: np.ndarray  # (n,) int64 index into ``captures``
     captures: list[str] = field(default_factory=list)
+    family: np.ndarray | None = None  # (n,) int8 protocol family (agent.evidence; -1: unknown, CSV rows)
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            self.family = np.full(len(self.y), FAMILY_ANY, dtype=np.int8)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -49,11 +55,17 @@ class Dataset:
     def empty(cls) -> "Dataset":
         return cls(np.zeros((0, len(COLUMNS))), np.zeros(0, np.int64), np.zeros(0, np.int64), [])
 
-    def add(self, X: np.ndarray, y: np.ndarray, name: str) -> None:
+    def add(self, X: np.ndarray, y: np.ndarray, name: str, family: np.ndarray | None = None) -> None:
         self.X = np.concatenate([self.X, X])
         self.y = np.concatenate([self.y, np.asarray(y, dtype=np.int64)])
         self.capture = np.concatenate([self.capture, np.full(len(y), len(self.captures), dtype=np.int64)])
+        fam = np.full(len(y), FAMILY_ANY, dtype=np.int8) if family is None else np.asarray(family, dtype=np.int8)
+        self.family = np.concatenate([self.family, fam])
         self.captures.append(name)
+
+    def allowed(self) -> np.ndarray:
+        """(n, 6) bool: the classes each row's protocol allows (the agent restricts the model's scores so)."""
+        return allowed_classes(self.family)
 
     def digest(self) -> str:
         """sha256 over features, labels and capture names: identifies the training data in the bundle."""
@@ -67,8 +79,9 @@ class Dataset:
         return {label: int((self.y == i).sum()) for i, label in enumerate(LABELS)}
 
 
-def cap_per_class(X: np.ndarray, y: np.ndarray, cap: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``cap`` rows per class from one capture (features were computed on the whole capture)."""
+def cap_per_class(X: np.ndarray, y: np.ndarray, cap: int, rng: np.random.Generator, *more: np.ndarray) -> tuple:
+    """At most ``cap`` rows per class from one capture (features were computed on the whole capture);
+    ``more``: further per-row arrays cut the same way."""
     keep = []
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
@@ -76,7 +89,7 @@ def cap_per_class(X: np.ndarray, y: np.ndarray, cap: int, rng: np.random.Generat
             idx = np.sort(rng.choice(idx, cap, replace=False))
         keep.append(idx)
     keep = np.sort(np.concatenate(keep))
-    return X[keep], y[keep]
+    return (X[keep], y[keep], *(m[keep] for m in more))
 
 
 @dataclass(frozen=True)
@@ -91,22 +104,28 @@ class SynthJob:
         return f"synth:{self.scenario}:seed{self.seed}:{self.seconds:g}s"
 
 
-def synth_features(job: SynthJob) -> tuple[np.ndarray, np.ndarray]:
-    """Features and labels of every decoded packet of one synthesised capture."""
+def synth_rows(job: SynthJob) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features, labels and protocol families of every decoded packet of one synthesised capture."""
     from .synth import synthesise
 
     synth = synthesise(job.scenario, job.seconds, job.seed, options=job.options)
     packets = parse_frames(synth.frames, DecodeStats())
     X = FeatureExtractor().update(packets)
-    return X, np.asarray(synth.labels, dtype=np.int64)[packets.index]
+    return X, np.asarray(synth.labels, dtype=np.int64)[packets.index], protocol_family(packets)
+
+
+def synth_features(job: SynthJob) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of every decoded packet of one synthesised capture."""
+    X, y, _ = synth_rows(job)
+    return X, y
 
 
 def add_synthetic(ds: Dataset, jobs: list[SynthJob], cap: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     for job in jobs:
-        X, y = synth_features(job)
-        X, y = cap_per_class(X, y, cap, rng)
-        ds.add(X, y, job.name)
+        X, y, family = synth_rows(job)
+        X, y, family = cap_per_class(X, y, cap, rng, family)
+        ds.add(X, y, job.name, family)
         log.info("%s: %d rows %s", job.name, len(y), np.bincount(y, minlength=len(LABELS)).tolist())
 
 
@@ -153,10 +172,13 @@ def add_benign_pcaps(splits: dict[str, Dataset], paths: list[Path], cap: int, se
     rng = np.random.default_rng(seed)
     for path in paths:
         stats = DecodeStats()
-        X = np.concatenate([fb.features for fb in features_from_capture(path, stats)] or [np.zeros((0, len(COLUMNS)))])
+        batches = list(features_from_capture(path, stats))
+        X = np.concatenate([fb.features for fb in batches] or [np.zeros((0, len(COLUMNS)))])
+        family = np.concatenate([protocol_family(fb.packets) for fb in batches] or [np.zeros(0, np.int8)])
         log.info("%s: %s", path, stats.summary())
         for split, sl in contiguous_split(len(X)).items():
-            part = X[sl]
+            part, fam = X[sl], family[sl]
             if len(part) > cap:
-                part = part[np.sort(rng.choice(len(part), cap, replace=False))]
-            splits[split].add(part, np.zeros(len(part), np.int64), f"pcap:{Path(path).name}:{split}")
+                pick = np.sort(rng.choice(len(part), cap, replace=False))
+                part, fam = part[pick], fam[pick]
+            splits[split].add(part, np.zeros(len(part), np.int64), f"pcap:{Path(path).name}:{split}", fam)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.protocol_classes import allowed_classes, restrict_scores
 from agent.packets import LABELS
 
 from .baselines import baselines, stratified_subsample
@@ -30,6 +31,10 @@ def _timed_predict(predict, X: np.ndarray) -> tuple[np.ndarray, float]:
     return y, (time.perf_counter() - start) * 10_000 / max(len(X), 1)
 
 
+def _one_hot_family(family: np.ndarray) -> np.ndarray:
+    return (np.asarray(family)[:, None] == np.arange(3)[None, :]).astype(np.float32)
+
+
 def evaluate(splits: dict, seed: int, epochs: int, test_rows: int) -> tuple[list[dict], np.ndarray]:
     from agent.model import Classifier, parse_bundle
 
@@ -40,12 +45,16 @@ def evaluate(splits: dict, seed: int, epochs: int, test_rows: int) -> tuple[list
     tr, va, te = splits["train"], splits["val"], splits["test"]
     test_idx = stratified_subsample(te.y, test_rows, seed)
     X_test, y_test = te.X[test_idx], te.y[test_idx]
+    allowed_test, family_test = te.allowed()[test_idx], te.family[test_idx]
     results = []
 
-    trained = train_cnn(tr.X, tr.y, va.X, va.y, seed=seed, epochs=epochs, verbose=0)
+    trained = train_cnn(tr.X, tr.y, va.X, va.y, seed=seed, epochs=epochs, verbose=0,
+                        allowed_train=tr.allowed(), allowed_val=va.allowed())  # fmt: skip
     pre = trained.preprocessor
     x_test = pre.transform(X_test)
-    pred, t10k = _timed_predict(lambda x: trained.model.predict(x, batch_size=1024, verbose=0).argmax(axis=1), x_test)
+    pred, t10k = _timed_predict(
+        lambda x: (trained.model.predict(x, batch_size=1024, verbose=0) * allowed_test).argmax(axis=1), x_test
+    )
     results.append({"model": "CNN (float)", "train_rows": len(tr), "train_s": trained.seconds, "infer_ms_10k": t10k * 1e3, **score(y_test, pred).as_dict()})
 
     start = time.perf_counter()
@@ -53,13 +62,16 @@ def evaluate(splits: dict, seed: int, epochs: int, test_rows: int) -> tuple[list
     quant_s = time.perf_counter() - start
     meta = bundle_metadata(tflite, "eval", pre, quant_params(tflite), tr.digest(), {}, {})
     clf = Classifier(parse_bundle(meta, tflite))
-    pred_int8, t10k = _timed_predict(lambda x: clf.predict(x)[0], X_test)  # raw features: preprocessing included
+    pred_int8, t10k = _timed_predict(  # raw features: preprocessing included
+        lambda x: restrict_scores(clf.dequantize(clf.predict_int8(x)), allowed_classes(family_test)).argmax(axis=1), X_test
+    )
     results.append({"model": f"CNN (int8, {len(tflite) / 1024:.1f} KB)", "train_rows": len(tr), "train_s": trained.seconds + quant_s,
                     "infer_ms_10k": t10k * 1e3, **score(y_test, pred_int8).as_dict()})  # fmt: skip
     cnn_confusion = confusion(y_test, pred_int8)
 
-    flat_train = pre.transform(tr.X).reshape(len(tr), -1)
-    flat_test = x_test.reshape(len(x_test), -1)
+    # The baselines get the protocol as three one-hot inputs: the same knowledge the CNN gets as a restriction.
+    flat_train = np.hstack([pre.transform(tr.X).reshape(len(tr), -1), _one_hot_family(tr.family)])
+    flat_test = np.hstack([x_test.reshape(len(x_test), -1), _one_hot_family(family_test)])
     for b in baselines():
         idx = stratified_subsample(tr.y, b.max_train, seed)
         model = b.make(seed)
@@ -136,11 +148,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--test-rows", type=int, default=30_000, help="stratified test rows scored by every model")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--only", choices=("all", "baselines", "generalisation"), default="all",
+                   help="baselines: the algorithms on the test scenarios (evaluation.md); generalisation: a model "
+                        "trained without whole option values and backgrounds, tested on them (generalisation.md)")
+    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
+                   help="the shared data folder, for the real benign captures (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
     from .build_model import cached_splits, default_recipe
 
+    if args.only in ("all", "generalisation"):
+        from .generalisation import evaluate_generalisation
+
+        print(evaluate_generalisation(args.out, args.seed, args.epochs, args.workers, args.data))
+        print("wrote", args.out / "generalisation.md", "and", args.out / "generalisation.png")
+        if args.only == "generalisation":
+            return 0
     splits = cached_splits(default_recipe(), workers=args.workers)
     results, cm = evaluate(splits, args.seed, args.epochs, args.test_rows)
     args.out.mkdir(parents=True, exist_ok=True)

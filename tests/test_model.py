@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from agent.model import BundleError, installed_runtimes, load_bundle, parse_bundle
-from agent.packets import LABELS
+from agent.packets import LABELS, VERDICT_LABELS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def test_detect_command_finds_the_demo_attacks(tmp_path):
     with open(tmp_path / "pp.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == summary["packets"]
-    assert {r["label"] for r in rows} <= set(LABELS)
+    assert {r["label"] for r in rows} <= set(VERDICT_LABELS) and {r["model_label"] for r in rows} <= set(LABELS)
     truth = {}
     with open(sample.with_name("mirai_demo.labels.csv"), newline="") as fh:
         for r in csv.DictReader(fh):

@@ -31,6 +31,6 @@ def test_no_verdict_on_real_benign_devices(shared_data, classifier, name):
 )
 def test_real_flood_and_scan_get_a_verdict_within_a_second(shared_data, classifier, name, label):
     result = detect_capture(shared_data / "real" / name, classifier)
-    assert [(v.label, v.basis) for v in result.verdicts] == [(label, "headers")]
+    assert [v.label for v in result.verdicts] == [label]  # by the model or on headers, whichever is first
     assert result.verdicts[0].latency < 1.0
     assert (result.final_labels() != 0).mean() > 0.9

@@ -1,0 +1,36 @@
+"""The model's scores restricted to the classes a packet's header allows."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.packets import LABELS
+from agent.protocol_classes import FAMILY_ANY, FAMILY_TCP, FAMILY_UDP, allowed_classes, packet_classes, restrict_scores
+from test_decide_headers import ACK, SYN, SYNACK, batch, ip
+
+L = {name: i for i, name in enumerate(LABELS)}
+
+
+def test_each_packet_keeps_only_the_classes_its_header_allows():
+    t = 1.7e9 + np.arange(6)
+    b = batch(t, ip(10, 0, 0, 1), ip(10, 0, 0, 2), proto=[17, 6, 6, 6, 1, 17], flags=[0, SYN, ACK, SYNACK, 0, 0])
+    b.frag[5] = True  # a non-first fragment: no L4 header to judge
+    allowed = packet_classes(b)
+    names = [{LABELS[j] for j in np.flatnonzero(row)} for row in allowed]
+    assert names == [
+        {"benign", "mirai_udp", "mirai_udpplain"},
+        {"benign", "mirai_scan", "mirai_syn"},  # a SYN without ACK is no ACK flood
+        {"benign", "mirai_ack", "mirai_scan"},  # an ACK without SYN is no SYN flood
+        {"benign", "mirai_ack", "mirai_scan", "mirai_syn"},
+        {"benign"},
+        {"benign"},
+    ]
+
+
+def test_restricted_scores_are_rescaled_and_fall_back_to_benign():
+    scores = np.array([[0.1, 0.6, 0.0, 0.0, 0.3, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
+    out = restrict_scores(scores, allowed_classes(np.array([FAMILY_UDP, FAMILY_UDP])))
+    assert np.allclose(out.sum(axis=1), 1.0)
+    assert out[0].argmax() == L["mirai_udp"] and out[0, L["mirai_ack"]] == 0  # an "ACK flood" of UDP packets
+    assert out[1].tolist() == [1.0, 0, 0, 0, 0, 0]  # nothing allowed scored: benign
+    assert (allowed_classes(np.array([FAMILY_ANY, FAMILY_TCP]))[0]).all()  # CSV rows: no protocol known
