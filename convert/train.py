@@ -70,6 +70,37 @@ def class_weights(y: np.ndarray) -> dict[int, float]:
     return {i: float(w[i]) for i in range(len(LABELS))}
 
 
+RAW_LOSS_WEIGHT = 0.3
+
+
+def restricted_training_model(base):
+    """``base`` with a second input, the classes each row's protocol allows: its scores restricted to those
+    and rescaled, as the agent does on the board.  The network then need not tell apart what the features
+    cannot (a UDP flood from an ACK flood of the same sizes) and the header tells for sure.  The raw
+    scores keep a smaller loss of their own: restricted alone, the network may park its mass on classes
+    the header rules out, and the int8 output (steps of 1/256) would round the allowed ones to nothing.
+    Only ``base`` (features in, six scores out) becomes the int8 model."""
+    tf = _tf()
+
+    class Restrict(tf.keras.layers.Layer):
+        def call(self, scores, allowed):
+            kept = scores * allowed
+            return kept / (tf.keras.ops.sum(kept, axis=1, keepdims=True) + 1e-7)
+
+    features = tf.keras.Input(shape=GRID_SHAPE, name="features")
+    allowed = tf.keras.Input(shape=(len(LABELS),), name="allowed")
+    raw = tf.keras.layers.Identity(name="raw")(base(features))
+    restricted = Restrict(name="restricted")(raw, allowed)
+    model = tf.keras.Model([features, allowed], {"restricted": restricted, "raw": raw})
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(learning_rate=2e-3),
+        loss={"restricted": "sparse_categorical_crossentropy", "raw": "sparse_categorical_crossentropy"},
+        loss_weights={"restricted": 1.0, "raw": RAW_LOSS_WEIGHT},
+        metrics={"restricted": ["accuracy"]},
+    )
+    return model
+
+
 def train_cnn(
     X_train: np.ndarray,
     y_train: np.ndarray,
@@ -79,21 +110,30 @@ def train_cnn(
     epochs: int = 40,
     batch_size: int = 512,
     verbose: int = 2,
+    allowed_train: np.ndarray | None = None,
+    allowed_val: np.ndarray | None = None,
 ) -> Trained:
+    """``allowed_*``: (n, 6) the classes each row's protocol allows (None: all)."""
     tf = _tf()
     set_determinism(seed)
     pre = Preprocessor.fit(X_train)
     xt, xv = pre.transform(X_train), pre.transform(X_val)
+    at = np.ones((len(xt), len(LABELS)), np.float32) if allowed_train is None else allowed_train.astype(np.float32)
+    av = np.ones((len(xv), len(LABELS)), np.float32) if allowed_val is None else allowed_val.astype(np.float32)
     model = build_model()
-    stop = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=5, restore_best_weights=True)
+    trainer = restricted_training_model(model)
+    # Stop on validation accuracy, not loss: validation captures draw attack options the training ones did not,
+    # and a few confidently wrong captures make the loss climb while the accuracy still improves.
+    stop = tf.keras.callbacks.EarlyStopping(monitor="val_restricted_accuracy", mode="max", patience=5, restore_best_weights=True)
     start = time.perf_counter()
-    history = model.fit(
-        xt,
-        y_train,
-        validation_data=(xv, y_val),
+    weights = class_weights(y_train)
+    history = trainer.fit(
+        [xt, at],
+        {"restricted": y_train, "raw": y_train},
+        validation_data=([xv, av], {"restricted": y_val, "raw": y_val}),
         epochs=epochs,
         batch_size=batch_size,
-        class_weight=class_weights(y_train),
+        sample_weight=np.array([weights[i] for i in range(len(LABELS))])[y_train],
         callbacks=[stop],
         shuffle=True,
         verbose=verbose,  # Keras' own progress display: one line per epoch
