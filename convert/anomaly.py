@@ -46,7 +46,7 @@ class AnomalyRecipe:
     threshold_seeds: tuple[int, ...] = (101, 102)
     rows_per_capture: int = 30_000  # uniform sample of each synthesised capture: busy scenarios do not drown quiet ones
     rows_per_pcap: int = 200_000
-    epochs: int = 8  # measured: validation RMSE still fell 2-4% per epoch up to 8 (README); 11 s an epoch here
+    epochs: int = 8  # held-out mean raw score 0.0153 after 1, 0.0099 after 4, 0.0085 after 7 and 8: stops there
     seed: int = 7
     quantile: float = 0.999
     margin: float = 1.5
