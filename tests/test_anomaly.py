@@ -10,7 +10,16 @@ import math
 import numpy as np
 import pytest
 
-from agent.anomaly import CLIP, DEFAULT_MODEL, MIN_SPAN, OUT_MIN_SPAN, AnomalyDetector, AnomalyModelError, _content_sha256
+from agent.anomaly import (
+    CLIP,
+    DEFAULT_MODEL,
+    MIN_SPAN,
+    OUT_MIN_SPAN,
+    AnomalyDetector,
+    AnomalyModelError,
+    _content_sha256,
+    load_anomaly,
+)
 from agent.feature_columns import N_FEATURES
 from convert.dataset import SynthJob, synth_features
 
@@ -189,6 +198,15 @@ def test_default_model_is_small_and_loads():
     assert DEFAULT_MODEL.stat().st_size < 64_000
     assert det.threshold > 0 and len(det.groups) >= 5
     assert det.info["sources"]["benign_pcaps"] == []  # trained on synthesised traffic only
+
+
+def test_load_anomaly_follows_the_agent_setting(trained, tmp_path):
+    assert load_anomaly("off") is None
+    assert load_anomaly("report").to_dict() == AnomalyDetector.load().to_dict()
+    path = trained.save(tmp_path / "mine.json")
+    assert load_anomaly("enforce", str(path)).threshold == trained.threshold
+    with pytest.raises(AnomalyModelError, match="no such"):
+        load_anomaly("report", str(tmp_path / "absent.json"))  # a configured file must exist
 
 
 def test_default_model_stays_quiet_on_real_benign_iot_traffic(shared_data):
