@@ -67,8 +67,9 @@ class Detection:
     anomaly: np.ndarray | None = None  # the anomaly detector's score per packet (> 1: anomalous), if it ran
 
     def final_labels(self) -> np.ndarray:
-        """Index into VERDICT_LABELS per packet: the verdict's class where one applies, else the model's."""
-        return np.where(self.decided >= 0, self.decided, self.labels)
+        """Index into VERDICT_LABELS per packet: the model's label where it names an attack; where it says
+        benign, the class of the verdict the packet's source or flood stands convicted of (if any)."""
+        return np.where((self.labels == 0) & (self.decided >= 0), self.decided, self.labels)
 
 
 def detect_capture(

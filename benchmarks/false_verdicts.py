@@ -3,8 +3,8 @@
     python benchmarks/false_verdicts.py [--hours 2] [--seeds 3] [--out FILE]
 
 Every benign scenario (the registered scenarios without an attack) is synthesised for ``--hours`` with
-several seeds and run through the whole pipeline (features, model, anomaly detector when installed,
-decisions).  Every verdict on this traffic is a false one.  Device-days count every host of the
+several seeds and run through the whole pipeline as the agent runs it by default (features, model, the
+bundled anomaly detector, decisions).  Every verdict on this traffic is a false one.  Device-days count every host of the
 scenario's LAN (devices + the board) over the synthesised time.  Hostile verdicts (model and header
 basis: the ones that block) and anomaly verdicts (reported only) are counted apart.
 """
@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
 
+    from agent.anomaly import load_anomaly
     from agent.decide import DecisionLayer
     from agent.model import Classifier, load_bundle
     from agent.packets import DecodeStats
@@ -41,6 +42,7 @@ def main() -> None:
     from convert.synth import synthesise
 
     clf = Classifier(load_bundle())
+    anomaly = load_anomaly("report")  # as the agent runs by default
     rows = []
     for name in benign_scenarios():
         for seed in range(1000, 1000 + args.seeds):
@@ -48,7 +50,8 @@ def main() -> None:
             devices = 1 + len(synth.meta["devices"])
             stats = DecodeStats()
             packets = parse_frames(synth.frames, stats)
-            result = detect_packets(split_packets(packets), stats, clf, DecisionLayer(), keep_per_packet=False)
+            result = detect_packets(split_packets(packets), stats, clf, DecisionLayer(), keep_per_packet=False,
+                                    anomaly=anomaly)  # fmt: skip
             hostile = [v for v in result.verdicts if v.basis != "anomaly"]
             odd = [v for v in result.verdicts if v.basis == "anomaly"]
             device_days = devices * args.hours / 24.0
