@@ -339,7 +339,8 @@ class DecisionLayer:
     """``update(packets, scores, features, anomaly)`` -> the verdicts this batch raised (the layer keeps no
     history: a long-running agent must not grow with every verdict).  After each update,
     ``packet_labels`` holds, per packet, the index into VERDICT_LABELS of the verdict its source (or
-    its flood's target) stands convicted of at that packet, or -1."""
+    its flood's target) stands convicted of at that packet, or -1; ``packet_flood_labels`` the same for
+    floods from many sources alone (judged on rate and shape at the target: no model opinion beats it)."""
 
     SOURCE_EXTRAS = ("syn_only", "ack_only", "udp", "new_socket", "sweep", "anomalous")
     TARGET_EXTRAS = ("syn_only", "ack_only", "udp", "new_socket", "new_source", "light_source")
@@ -352,6 +353,7 @@ class DecisionLayer:
         self.attempts = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, port) tried
         self.links = _Tracked(4096, cfg.half_life_s, ("syn_only", "ack_only", "udp"), with_scores=False)  # per MAC
         self.packet_labels = np.zeros(0, dtype=np.int64)
+        self.packet_flood_labels = np.zeros(0, dtype=np.int64)  # the part of packet_labels from floods at targets
         self.anomaly_enabled = False  # set once an anomaly score has been given
 
     def update(
@@ -380,7 +382,8 @@ class DecisionLayer:
                 None if anomaly is None else np.asarray(anomaly)[sl],
             )
             labels.append(self._chunk_labels)
-        self.packet_labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+        self.packet_labels = np.concatenate([a for a, _ in labels]) if labels else np.zeros(0, dtype=np.int64)
+        self.packet_flood_labels = np.concatenate([b for _, b in labels]) if labels else np.zeros(0, dtype=np.int64)
         return out
 
     def _update_chunk(
@@ -460,7 +463,8 @@ class DecisionLayer:
         flood_class = self.targets.per_packet(tgts, tgts["convicted"])
         light_src = ~self.sources.per_packet(srcs, heavy)
         from_flood = (flood_class >= 0) & light_src & (shape.sum(axis=1) > 0)
-        labels = np.where((labels < 0) & from_flood, flood_class, labels)
+        flood_labels = np.where(from_flood, flood_class, -1)
+        labels = np.where(labels < 0, flood_labels, labels)
 
         # Links: a flood from light sources to light targets (spoofed sources at a whole subnet or at random
         # addresses) shows only in what one Ethernet sender puts on the wire.
@@ -478,12 +482,13 @@ class DecisionLayer:
             turned_l, at_l = _decide(self.links, links, cfg, [((hot, label, links["shares"].max(axis=1)), "headers")])
             verdicts += [self._link_verdict(packets, links, s, p, rows) for s, p in zip(turned_l, at_l)]
             link_class = self.links.per_packet(links, links["convicted"])
+            flood_labels[rows] = np.where(flood_labels[rows] < 0, link_class, flood_labels[rows])
             labels[rows] = np.where(labels[rows] < 0, link_class, labels[rows])
             self.links.store(links)
 
         self.sources.store(srcs)
         self.targets.store(tgts)
-        self._chunk_labels = _matching(labels, ev, anomalous > 0)
+        self._chunk_labels = (_matching(labels, ev, anomalous > 0), _matching(flood_labels, ev, anomalous > 0))
         return sorted(verdicts, key=lambda v: v.decided_at)
 
     def _first_attempt(self, packets: PacketBatch, syn: np.ndarray) -> np.ndarray:

@@ -64,12 +64,16 @@ class Detection:
     # Per packet, the verdict its source (or its flood's target) stood convicted of at that packet, as an
     # index into VERDICT_LABELS, or -1: what the whole pipeline says of the packet, beside the model.
     decided: np.ndarray | None = None
+    flooded: np.ndarray | None = None  # the same for floods from many sources at a target (or many targets)
     anomaly: np.ndarray | None = None  # the anomaly detector's score per packet (> 1: anomalous), if it ran
 
     def final_labels(self) -> np.ndarray:
-        """Index into VERDICT_LABELS per packet: the model's label where it names an attack; where it says
-        benign, the class of the verdict the packet's source or flood stands convicted of (if any)."""
-        return np.where((self.labels == 0) & (self.decided >= 0), self.decided, self.labels)
+        """Index into VERDICT_LABELS per packet: the class of a flood from many sources the packet belongs to
+        (judged on rate and shape: each spoofed packet alone looks like a stranger's first); else the model's
+        label where it names an attack; where it says benign, the class of the verdict the packet's source
+        stands convicted of (if any)."""
+        filled = np.where((self.labels == 0) & (self.decided >= 0), self.decided, self.labels)
+        return np.where(self.flooded >= 0, self.flooded, filled)
 
 
 def detect_capture(
@@ -107,7 +111,8 @@ def detect_packets(
 
     decision = decision or DecisionLayer()
     extractor = FeatureExtractor(budgets or Budgets())
-    parts: dict[str, list] = {"index": [], "labels": [], "confidence": [], "int8": [], "decided": [], "anomaly": []}
+    parts: dict[str, list] = {"index": [], "labels": [], "confidence": [], "int8": [], "decided": [], "flooded": [],
+                              "anomaly": []}  # fmt: skip
     total = batches = 0
     verdicts: list = []
     for packets in packet_batches:
@@ -127,6 +132,7 @@ def detect_packets(
             parts["confidence"].append(scores.max(axis=1))
             parts["int8"].append(q)
             parts["decided"].append(decision.packet_labels)
+            parts["flooded"].append(decision.packet_flood_labels)
             if odd is not None:
                 parts["anomaly"].append(odd)
 
@@ -142,5 +148,6 @@ def detect_packets(
         stats=stats,
         packets=total,
         decided=cat("decided", np.zeros(0, np.int64)),
+        flooded=cat("flooded", np.zeros(0, np.int64)),
         anomaly=cat("anomaly", np.zeros(0)) if parts["anomaly"] else None,
     )
