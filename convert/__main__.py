@@ -3,7 +3,8 @@
 Subcommands:
   synth         generate a labelled capture (pcap + labels.csv + meta.json) from a named scenario
   train         train the CNN, quantise it to int8, write a model bundle (default: the agent's own)
-  evaluate      baselines vs the CNN: docs/evaluation.md and plots
+  evaluate      baselines vs the CNN, and generalisation to held-out options: docs/*.md and plots
+  anomaly       train the anomaly detector on benign traffic (default: agent/model/anomaly.json)
   real-check    the model on the real captures and N-BaIoT rows in ../shared/data
   demo-capture  rebuild the capture the agent's demo runs on
 """
@@ -112,7 +113,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_build(sub: argparse._SubParsersAction) -> None:
-    from . import build_model, evaluate
+    from . import anomaly, build_model, evaluate
 
     p = sub.add_parser("train", help="train the CNN, quantise it to int8 and write a model bundle")
     build_model.add_arguments(p)
@@ -120,6 +121,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="baselines vs the CNN (float and int8): docs/evaluation.md and plots")
     evaluate.add_arguments(p)
     p.set_defaults(func=evaluate.run)
+    p = sub.add_parser("anomaly", help="train the anomaly detector on benign traffic: agent/model/anomaly.json")
+    anomaly.add_arguments(p)
+    p.set_defaults(func=anomaly.run)
     p = sub.add_parser("real-check", help="score a model bundle on the real captures and N-BaIoT rows of ../shared/data")
     p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     p.add_argument("--model", help="bundle JSON (default: the agent's bundled model)")
