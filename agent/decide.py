@@ -183,7 +183,7 @@ class _Tracked:
         return out
 
     def store(self, r: dict) -> None:
-        seg, state, last = r["seg"], r["state"], r["seg"].last
+        state, last = r["state"], r["seg"].last
         state[:, : self.n_sums] = r["sums"][last]
         state[:, self.col["count"]] = r["count"][last]
         state[:, self.col["episode"]] = r["episode"][last]

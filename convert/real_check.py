@@ -15,7 +15,7 @@ import numpy as np
 
 from agent.feature_csv import read_feature_csv
 from agent.model import Classifier
-from agent.packets import LABELS, VERDICT_LABELS
+from agent.packets import VERDICT_LABELS
 from agent.pipeline import detect_capture
 
 BENIGN_CAPTURES = (
