@@ -10,7 +10,7 @@ Every verdict says what decided it (``basis``):
   that average falls below ``release`` (hysteresis).
 * ``headers``: what the headers show whatever the model says (``agent.evidence``): a flood from one
   source (a high rate of one shape, SYN only, ACK only or UDP, with fresh ports per packet), a scan
-  (SYNs to new socket pairs, mostly unanswered), Mirai's scanner fingerprint (one packet suffices),
+  (SYNs to hosts and ports not tried before, mostly unanswered), Mirai's scanner fingerprint (one packet suffices),
   and floods at one target from many sources (spoofed or rotating), which no per-source count can
   judge.  Each gets the closest Mirai class.
 * ``anomaly``: most of a source's recent packets are far from the traffic the anomaly detector
@@ -54,7 +54,7 @@ class DecisionConfig:
     flood_min_packets: int = 100  # recent packets behind a header flood verdict
     flood_shape_share: float = 0.9  # share of one shape (SYN only, ACK only, UDP)
     flood_new_socket_share: float = 0.8  # share opening a new socket pair (random ports); not for one source's SYNs
-    # Scans: SYNs to new socket pairs, mostly unanswered, over a longer window.
+    # Scans: SYNs to hosts and ports not tried before, mostly unanswered, over a longer window.
     scan_half_life_s: float = 10.0
     scan_min_probes: int = 20  # recent probes (decayed count over scan_half_life_s)
     scan_answered_max: float = 0.2  # at most this share of the probes answered by a SYN-ACK
@@ -108,10 +108,10 @@ class Verdict:
 
 # --- Tracked keys -------------------------------------------------------------------------------
 # State columns: decayed sums first (weight, class scores, the table's evidence columns), then
-# bookkeeping: lifetime packet count, first seen, start of the current episode (the first packet
-# after a quiet spell), class reported last (-1: none), time decided, bit set of reported classes.
+# bookkeeping: lifetime packet count, start of the current episode (the first packet after a quiet
+# spell), class reported last (-1: none), bit set of reported classes.
 _W = 0
-_BOOK = ("count", "first", "episode", "hostile", "decided", "reported")
+_BOOK = ("count", "episode", "hostile", "reported")
 
 
 @dataclass
@@ -143,7 +143,6 @@ class _Tracked:
         ts = t[order]
         slots, is_new = self.table.lookup(keys[order][seg.start], ts[seg.start])
         state = self.table.state[slots]
-        state[is_new, self.col["first"]] = ts[seg.start][is_new]
         t_init = self.table.t_last[slots]
         T = running_time(ts, t_init, seg)
         terms = np.empty((len(ts), 1, self.n_sums))
@@ -173,7 +172,6 @@ class _Tracked:
             "count": count,
             "episode": episode,
             "sums": sums,
-            "first_seen": state[:, self.col["first"]],
         }
 
     def per_packet(self, r: dict, values: np.ndarray) -> np.ndarray:
@@ -219,16 +217,20 @@ def _rate(r: dict, half_life_s: float) -> np.ndarray:
 
 def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -> Rule:
     """A sustained rate of one shape (SYN only, ACK only, UDP) with fresh sockets, from one source or at
-    one target.  One source's SYNs need no fresh sockets: nothing benign sends SYNs at that rate.  From one
-    source, SYNs mostly to new hosts, or short SYNs mostly to ports not tried before, are a scan."""
+    one target (or one Ethernet sender, whose table holds fresh packets only).  One source's SYNs need no
+    fresh sockets: nothing benign sends SYNs at that rate.  From one source, SYNs mostly to new hosts, or
+    short SYNs mostly to ports not tried before, are a scan."""
     shares = r["shares"]
     shape_share = shares[:, : 3]
     shape = shape_share.argmax(axis=1)
     share = shape_share[np.arange(len(shape)), shape]
-    fresh = shares[:, t.extras.index("new_socket")]
-    if "new_source" in t.extras:  # a never-seen source's packet opens a new socket pair too
-        fresh = np.maximum(fresh, shares[:, t.extras.index("new_source")])
-    fresh_enough = fresh >= cfg.flood_new_socket_share
+    if "new_socket" in t.extras:
+        fresh = shares[:, t.extras.index("new_socket")]
+        if "new_source" in t.extras:  # a never-seen source's packet opens a new socket pair too
+            fresh = np.maximum(fresh, shares[:, t.extras.index("new_source")])
+        fresh_enough = fresh >= cfg.flood_new_socket_share
+    else:
+        fresh_enough = np.ones(len(shape), dtype=bool)
     if one_source:
         fresh_enough |= shape == 0
     hot = (
@@ -244,8 +246,8 @@ def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -
 
 
 def _scan_rule(r: dict, cfg: DecisionConfig) -> Rule:
-    """Probes (SYNs opening new socket pairs) from an initiator, few of them answered by a SYN-ACK, after
-    the first answers have had time to come back."""
+    """Probes (SYNs to a host and port their sender had not tried) from an initiator, few of them answered
+    by a SYN-ACK, after the first answers have had time to come back."""
     probes, answered = r["extra_weight"][:, 0], r["extra_weight"][:, 1]
     unanswered = 1.0 - answered / np.maximum(probes, 1e-9)
     hot = (
@@ -305,8 +307,6 @@ def _decide(t: _Tracked, r: dict, cfg: DecisionConfig, rules: list[tuple[Rule, s
     by_time = np.argsort(at, kind="stable")
     sids, at = sids[by_time], at[by_time]
     hostile_before = state[:, col["hostile"]].copy()
-    first_time = hostile_before[sids] < 0
-    state[sids[first_time], col["decided"]] = r["t"][at[first_time]]
     state[sids, col["hostile"]] = attack[at]  # the latest class reported
     # Per packet: the class its key stands convicted of at that packet (-1: none).
     since = np.full(len(seg), len(hot))
@@ -443,8 +443,9 @@ class DecisionLayer:
         fresh = np.zeros(n)
         fresh[seg.start[state[:, self.sources.col["count"]] == 0]] = 1.0  # in key order
         heavy = _rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
+        light_src = ~self.sources.per_packet(srcs, heavy)
         new_source = self.sources.per_packet(srcs, fresh).astype(bool)
-        textra = np.column_stack([shape, ev.new_socket, new_source, ~self.sources.per_packet(srcs, heavy)]).astype(np.float64)
+        textra = np.column_stack([shape, ev.new_socket, new_source, light_src]).astype(np.float64)
         tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64))
         tgts = self.targets.update(tgt_key, t, scores, textra)
         tx = self.TARGET_EXTRAS
@@ -461,25 +462,20 @@ class DecisionLayer:
         verdicts += [self._target_verdict(packets, tgts, s, p) for s, p in zip(turned_t, at_t)]
         # Packets of a flood at a convicted target: the flood's shape from a light source.
         flood_class = self.targets.per_packet(tgts, tgts["convicted"])
-        light_src = ~self.sources.per_packet(srcs, heavy)
-        from_flood = (flood_class >= 0) & light_src & (shape.sum(axis=1) > 0)
+        shaped = shape.sum(axis=1) > 0  # SYN only, ACK only or UDP
+        from_flood = (flood_class >= 0) & light_src & shaped
         flood_labels = np.where(from_flood, flood_class, -1)
         labels = np.where(labels < 0, flood_labels, labels)
 
         # Links: a flood from light sources to light targets (spoofed sources at a whole subnet or at random
         # addresses) shows only in what one Ethernet sender puts on the wire.
         light_tgt = ~self.targets.per_packet(tgts, _rate(tgts, cfg.half_life_s) >= cfg.flood_rate)
-        scattered = light_src & light_tgt & (shape.sum(axis=1) > 0) & (ev.new_socket | new_source)
+        scattered = light_src & light_tgt & shaped & (ev.new_socket | new_source)
         rows = np.flatnonzero(scattered)
         if len(rows):
             links = self.links.update(packets.src_mac[rows], t[rows], None, shape[rows])
-            hot = (
-                (links["weight"] >= cfg.flood_min_packets)
-                & (_rate(links, cfg.half_life_s) >= cfg.flood_rate)
-                & (links["shares"].max(axis=1) >= cfg.flood_shape_share)
-            )
-            label = np.array([_SYN, _ACK, _UDP])[links["shares"].argmax(axis=1)]
-            turned_l, at_l = _decide(self.links, links, cfg, [((hot, label, links["shares"].max(axis=1)), "headers")])
+            rule = _flood_rule(links, self.links, cfg, one_source=False)
+            turned_l, at_l = _decide(self.links, links, cfg, [(rule, "headers")])
             verdicts += [self._link_verdict(packets, links, s, p, rows) for s, p in zip(turned_l, at_l)]
             link_class = self.links.per_packet(links, links["convicted"])
             flood_labels[rows] = np.where(flood_labels[rows] < 0, link_class, flood_labels[rows])
