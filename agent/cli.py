@@ -68,8 +68,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     decision = DecisionLayer(DecisionConfig(threshold=args.threshold, min_packets=args.min_packets))
     result = detect_capture(args.capture, classifier, decision, keep_per_packet=True, anomaly=anomaly)
     if args.per_packet:
-        # label: what the pipeline says of the packet (its source's verdict where one applies, else the
-        # model's label); model_label: the model's own.
+        # label: what the whole pipeline says of the packet (Detection.final_labels); model_label: the model's.
         with open(args.per_packet, "w") as fh:
             fh.write("index,label,confidence,model_label\n")
             names = np.asarray(VERDICT_LABELS)[result.final_labels()]

@@ -30,7 +30,7 @@ from .packets import LABELS, DecodeStats, FrameBatch
 from .parse import parse_frames
 from .privileges import require
 from .profile import RING_BLOCK_KB, Profile
-from .protocol_classes import packet_classes, restrict_scores
+from .protocol_classes import packet_classes
 from .respond import FLOOD_RULE_PREFIX, Responder, ResponseConfig, sync_kernel
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class LiveAgent:
         if not len(packets):
             return []
         feats = self.features.update(packets)
-        scores = restrict_scores(classifier.dequantize(classifier.predict_int8(feats)), packet_classes(packets))
+        scores = classifier.predict_scores(feats, packet_classes(packets))
         labels = scores.argmax(axis=1)
         c.classified += len(packets)
         for k, n in enumerate(np.bincount(labels, minlength=6).tolist()):

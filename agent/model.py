@@ -22,6 +22,7 @@ import numpy as np
 from .feature_columns import FEATURE_SCHEMA
 from .packets import LABELS
 from .preprocess import GRID_SHAPE, Preprocessor
+from .protocol_classes import restrict_scores
 
 log = logging.getLogger(__name__)
 
@@ -189,11 +190,13 @@ class Classifier:
         q = self.bundle.output_q
         return (int8_scores.astype(np.float32) - q.zero_point) * q.scale
 
-    def predict_scores(self, features: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, 6) dequantised from the int8 output."""
-        return self.dequantize(self.predict_int8(features))
+    def predict_scores(self, features: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
+        """Class probabilities (n, 6) dequantised from the int8 output; with ``allowed`` ((n, 6) bool, see
+        agent.protocol_classes) restricted to the classes each row's protocol allows."""
+        scores = self.dequantize(self.predict_int8(features))
+        return scores if allowed is None else restrict_scores(scores, allowed)
 
-    def predict(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, features: np.ndarray, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(label index, confidence) per row."""
-        scores = self.predict_scores(features)
+        scores = self.predict_scores(features, allowed)
         return scores.argmax(axis=1), scores.max(axis=1)

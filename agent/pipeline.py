@@ -15,11 +15,11 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .capture_file import read_capture
-from .protocol_classes import packet_classes, restrict_scores
 from .features import Budgets, FeatureExtractor
 from .memory import release_free_memory
 from .packets import DecodeStats, PacketBatch
 from .parse import parse_frames
+from .protocol_classes import packet_classes, restrict_scores
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ def main() -> None:
 
     from agent.capture_file import read_capture
     from agent.decide import DecisionLayer
-    from agent.protocol_classes import packet_classes, restrict_scores
+    from agent.protocol_classes import packet_classes
     from agent.features import FeatureExtractor
     from agent.model import Classifier, installed_runtimes, load_bundle
     from agent.packets import DecodeStats
@@ -60,7 +60,7 @@ def main() -> None:
             now = time.perf_counter(); spent["parse"] += now - t; t = now  # noqa: E702
             feats = fe.update(packets)
             now = time.perf_counter(); spent["features"] += now - t; t = now  # noqa: E702
-            scores = restrict_scores(clf.dequantize(clf.predict_int8(feats)), packet_classes(packets))
+            scores = clf.predict_scores(feats, packet_classes(packets))
             now = time.perf_counter(); spent["inference"] += now - t; t = now  # noqa: E702
             dec.update(packets, scores, feats)
             now = time.perf_counter(); spent["decide"] += now - t; t = now  # noqa: E702

@@ -27,7 +27,7 @@ import json, resource, sys, time
 import numpy as np
 from agent.capture_file import read_capture
 from agent.decide import DecisionLayer
-from agent.protocol_classes import packet_classes, restrict_scores
+from agent.protocol_classes import packet_classes
 from agent.features import Budgets, FeatureExtractor
 from agent.memory import release_free_memory
 from agent.model import Classifier, load_bundle
@@ -46,7 +46,7 @@ start = time.perf_counter()
 for frames in read_capture(sys.argv[2], batch_size=max(p.batch_size, 4096), stats=stats):
     packets = parse_frames(frames, stats)
     feats = fe.update(packets)
-    dec.update(packets, restrict_scores(clf.dequantize(clf.predict_int8(feats)), packet_classes(packets)), feats)
+    dec.update(packets, clf.predict_scores(feats, packet_classes(packets)), feats)
     n += len(packets)
     batches += 1
     if batches % 32 == 0:

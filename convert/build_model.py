@@ -165,7 +165,6 @@ def train_bundle(splits: dict[str, Dataset], out_dir: Path, name: str, seed: int
     tflite = to_int8_tflite(trained.model, rep)
     qp = quant_params(tflite)
 
-    from agent.protocol_classes import allowed_classes, restrict_scores
     from agent.model import Classifier, parse_bundle
 
     x_test = pre.transform(te.X)
@@ -174,7 +173,7 @@ def train_bundle(splits: dict[str, Dataset], out_dir: Path, name: str, seed: int
     meta = bundle_metadata(tflite, name, pre, qp, tr.digest(), metrics={}, training=training)
     clf = Classifier(parse_bundle(meta, tflite), runtime="auto")
     start = time.perf_counter()
-    int8_pred = restrict_scores(clf.dequantize(clf.predict_int8(te.X)), allowed_classes(te.family)).argmax(axis=1)
+    int8_pred, _ = clf.predict(te.X, te.allowed())
     int8_seconds = time.perf_counter() - start
     agreement = float((float_pred == int8_pred).mean())
     meta["metrics"] = {

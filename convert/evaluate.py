@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.protocol_classes import allowed_classes, restrict_scores
 from agent.packets import LABELS
 
 from .baselines import baselines, stratified_subsample
@@ -62,9 +61,7 @@ def evaluate(splits: dict, seed: int, epochs: int, test_rows: int) -> tuple[list
     quant_s = time.perf_counter() - start
     meta = bundle_metadata(tflite, "eval", pre, quant_params(tflite), tr.digest(), {}, {})
     clf = Classifier(parse_bundle(meta, tflite))
-    pred_int8, t10k = _timed_predict(  # raw features: preprocessing included
-        lambda x: restrict_scores(clf.dequantize(clf.predict_int8(x)), allowed_classes(family_test)).argmax(axis=1), X_test
-    )
+    pred_int8, t10k = _timed_predict(lambda x: clf.predict(x, allowed_test)[0], X_test)  # preprocessing included
     results.append({"model": f"CNN (int8, {len(tflite) / 1024:.1f} KB)", "train_rows": len(tr), "train_s": trained.seconds + quant_s,
                     "infer_ms_10k": t10k * 1e3, **score(y_test, pred_int8).as_dict()})  # fmt: skip
     cnn_confusion = confusion(y_test, pred_int8)
