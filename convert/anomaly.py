@@ -32,7 +32,7 @@ from agent.feature_columns import N_FEATURES
 from agent.packets import DecodeStats
 from agent.pipeline import features_from_capture
 
-from .dataset import SynthJob, synth_features
+from .dataset import SynthJob, cache_file, save_cache, synth_features
 
 log = logging.getLogger(__name__)
 
@@ -85,33 +85,17 @@ def synthetic_rows(recipe: AnomalyRecipe, seeds: tuple[int, ...], workers: int =
 def cached_synthetic_rows(recipe: AnomalyRecipe, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """(learning rows, threshold rows) of the recipe's synthesised traffic, kept under the cache folder.
 
-    They depend only on the recipe and the code that makes them, so the key covers both
-    (as ``convert.build_model.cached_splits`` does); a stale cache cannot be read.
+    They depend only on the recipe and the code that makes them: ``convert.dataset.cache_file`` names the
+    file after both, so a stale cache cannot be read.
     """
-    import hashlib
-    import os
-
-    import agent
-
-    from . import synth
-    from .build_model import FEATURE_MODULES
-
-    h = hashlib.sha256(repr((recipe, benign_scenarios())).encode())
-    sources = sorted(Path(synth.__file__).parent.glob("*.py")) + [Path(__file__).with_name("dataset.py")]
-    for src in sources + [Path(agent.__file__).parent / f"{m}.py" for m in FEATURE_MODULES]:
-        h.update(src.read_bytes())
-    cache = Path(os.environ.get("IOTGUARD_CACHE", Path.home() / ".cache" / "iotguard")) / "anomaly"
-    path = cache / f"{h.hexdigest()[:16]}.npz"
+    path = cache_file("anomaly", repr((recipe, benign_scenarios())))
     if path.exists():
         data = np.load(path, allow_pickle=False)
         log.info("benign rows from cache %s", path)
         return data["learn"], data["threshold"]
     learn, _ = synthetic_rows(recipe, recipe.learn_seeds, workers)
     threshold, _ = synthetic_rows(recipe, recipe.threshold_seeds, workers)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, learn=learn, threshold=threshold)
-    os.replace(tmp, path)
+    save_cache(path, {"learn": learn, "threshold": threshold})
     return learn, threshold
 
 

@@ -22,7 +22,8 @@ import numpy as np
 from agent.model import DEFAULT_BUNDLE
 from agent.packets import LABELS
 
-from .dataset import SPLITS, Dataset, SynthJob, add_benign_pcaps, add_nbaiot, cap_per_class, synth_rows
+from .dataset import (SPLITS, Dataset, SynthJob, add_benign_pcaps, add_nbaiot, cache_file, cap_per_class, save_cache,
+                      synth_rows)
 from .metrics import score
 
 log = logging.getLogger(__name__)
@@ -112,27 +113,10 @@ def build_splits(
     return splits
 
 
-# The agent modules the dataset's features depend on (a change to any of them rebuilds the cache).
-FEATURE_MODULES = ("packets", "capture_file", "parse", "key_hash", "feature_columns", "decayed_sums", "stream_table", "features",
-                   "protocol_classes")  # fmt: skip
-
-
 def cached_splits(recipe: Recipe, workers: int = 2) -> dict[str, Dataset]:
     """``build_splits(recipe)``, kept under the cache folder: the synthetic data depends only on the recipe
     and the code that makes it, so the cache key covers the recipe and the synthesiser and feature sources."""
-    import hashlib
-    import os
-
-    import agent
-    from . import synth
-
-    h = hashlib.sha256(recipe.key().encode())
-    agent_dir = Path(agent.__file__).parent
-    feature_path = [agent_dir / f"{m}.py" for m in FEATURE_MODULES]
-    for src in sorted(Path(synth.__file__).parent.glob("*.py")) + feature_path + [Path(__file__).with_name("dataset.py")]:
-        h.update(src.read_bytes())
-    cache = Path(os.environ.get("IOTGUARD_CACHE", Path.home() / ".cache" / "iotguard")) / "datasets"
-    path = cache / f"{h.hexdigest()[:16]}.npz"
+    path = cache_file("datasets", recipe.key())
     if path.exists():
         data = np.load(path, allow_pickle=False)
         splits = {}
@@ -142,14 +126,11 @@ def cached_splits(recipe: Recipe, workers: int = 2) -> dict[str, Dataset]:
         log.info("datasets from cache %s", path)
         return splits
     splits = build_splits(recipe, workers=workers)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
     arrays = {}
     for s, d in splits.items():
         arrays.update({f"{s}_X": d.X, f"{s}_y": d.y, f"{s}_capture": d.capture, f"{s}_captures": np.array(d.captures),
                        f"{s}_family": d.family})  # fmt: skip
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    save_cache(path, arrays)
     return splits
 
 

@@ -23,17 +23,47 @@ from pathlib import Path
 
 import numpy as np
 
+import agent
 from agent.feature_columns import COLUMNS
-from agent.protocol_classes import FAMILY_ANY, allowed_classes, protocol_family
 from agent.feature_csv import read_feature_csv
 from agent.features import FeatureExtractor
 from agent.packets import LABELS, DecodeStats
 from agent.parse import parse_frames
 from agent.pipeline import features_from_capture
+from agent.protocol_classes import FAMILY_ANY, allowed_classes, protocol_family
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+# The agent modules synthesised rows depend on (a change to any of them makes a new cache file).
+FEATURE_MODULES = ("packets", "capture_file", "parse", "key_hash", "feature_columns", "decayed_sums", "stream_table", "features",
+                   "protocol_classes")  # fmt: skip
+
+
+def cache_file(folder: str, recipe_key: str) -> Path:
+    """Where rows synthesised for a recipe are kept (under $IOTGUARD_CACHE or ~/.cache/iotguard).  The name
+    hashes the recipe and every source the rows depend on (the synthesiser, the agent's feature modules,
+    this module), so a stale cache is never read."""
+    import os
+
+    from . import synth
+
+    h = hashlib.sha256(recipe_key.encode())
+    features = [Path(agent.__file__).parent / f"{m}.py" for m in FEATURE_MODULES]
+    for src in sorted(Path(synth.__file__).parent.glob("*.py")) + features + [Path(__file__)]:
+        h.update(src.read_bytes())
+    cache = Path(os.environ.get("IOTGUARD_CACHE", Path.home() / ".cache" / "iotguard"))
+    return cache / folder / f"{h.hexdigest()[:16]}.npz"
+
+
+def save_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a cache file whole or not at all (a killed run leaves no half file to be read later)."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 @dataclass
