@@ -79,12 +79,16 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.int8_out:
         np.save(args.int8_out, result.int8_scores)
     _report_skipped(result.stats)
-    counts = {name: int((result.labels == k).sum()) for k, name in enumerate(LABELS)}
+    # Per packet: what the whole pipeline says (header rules and verdicts included), and the model alone.
+    final = result.final_labels()
+    counts = {name: int((final == k).sum()) for k, name in enumerate(VERDICT_LABELS)}
+    model_counts = {name: int((result.labels == k).sum()) for k, name in enumerate(LABELS)}
     summary = {
         "capture": str(args.capture),
         "packets": result.packets,
         "skipped": dict(result.stats.skipped),
         "per_class_packets": counts,
+        "model_per_class_packets": model_counts,
         "hostile_sources": sum(v.kind == "source" for v in result.verdicts),
         "spoofed_floods": sum(v.kind == "spoofed" for v in result.verdicts),
         "model": classifier.bundle.version,
@@ -101,6 +105,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             f"summary: {result.packets} packets ({result.stats.total_skipped} skipped), "
             f"{summary['hostile_sources']} hostile sources, {summary['spoofed_floods']} spoofed floods; "
             f"per packet: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+            + " (model alone: " + ", ".join(f"{k} {v}" for k, v in model_counts.items() if v) + ")"
             + f"; model {summary['model']} on {summary['runtime']}"
         )
     return 0

@@ -38,6 +38,9 @@ from .stream_table import StreamTable
 N_CLASSES = len(LABELS)
 _SCAN, _SYN, _ACK, _UDP = (LABELS.index(c) for c in ("mirai_scan", "mirai_syn", "mirai_ack", "mirai_udp"))
 _ANOMALY = len(LABELS)
+# The closest class of a flood of each shape (Evidence.SHAPES): a ping flood is connectionless, as a UDP flood.
+_SHAPE_LABELS = np.array([_SYN, _ACK, _UDP, _UDP])
+_ECHO_SHAPE = Evidence.SHAPES.index("echo")
 
 
 @dataclass
@@ -57,7 +60,7 @@ class DecisionConfig:
     # Scans: SYNs to hosts and ports not tried before, mostly unanswered, over a longer window.
     scan_half_life_s: float = 10.0
     scan_min_probes: int = 20  # recent probes (decayed count over scan_half_life_s)
-    scan_answered_max: float = 0.2  # at most this share of the probes answered by a SYN-ACK
+    scan_answered_max: float = 0.2  # at most this share of the probes answered (SYN-ACK, echo reply)
     scan_settle_s: float = 0.5  # answers to the first probes of an episode have had time to come back
     # Anomaly verdicts: most recent packets anomalous (only when an anomaly detector runs).
     anomaly_share: float = 0.8
@@ -221,7 +224,7 @@ def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -
     fresh sockets: nothing benign sends SYNs at that rate.  From one source, SYNs mostly to new hosts, or
     short SYNs mostly to ports not tried before, are a scan."""
     shares = r["shares"]
-    shape_share = shares[:, : 3]
+    shape_share = shares[:, : len(Evidence.SHAPES)]
     shape = shape_share.argmax(axis=1)
     share = shape_share[np.arange(len(shape)), shape]
     if "new_socket" in t.extras:
@@ -231,6 +234,8 @@ def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -
         fresh_enough = fresh >= cfg.flood_new_socket_share
     else:
         fresh_enough = np.ones(len(shape), dtype=bool)
+    # Nothing benign sends echo requests at a flood's rate, or one source's SYNs: no fresh sockets needed.
+    fresh_enough |= shape == _ECHO_SHAPE
     if one_source:
         fresh_enough |= shape == 0
     hot = (
@@ -239,15 +244,15 @@ def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -
         & (share >= cfg.flood_shape_share)
         & fresh_enough
     )
-    label = np.array([_SYN, _ACK, _UDP])[shape]
+    label = _SHAPE_LABELS[shape]
     if one_source:
         label = np.where((shape == 0) & (shares[:, t.extras.index("sweep")] >= 0.5), _SCAN, label)
     return hot, label, share
 
 
 def _scan_rule(r: dict, cfg: DecisionConfig) -> Rule:
-    """Probes (SYNs to a host and port their sender had not tried) from an initiator, few of them answered
-    by a SYN-ACK, after the first answers have had time to come back."""
+    """Probes (openers to a host and port their sender had not tried) from an initiator, few of them answered,
+    after the first answers have had time to come back."""
     probes, answered = r["extra_weight"][:, 0], r["extra_weight"][:, 1]
     unanswered = 1.0 - answered / np.maximum(probes, 1e-9)
     hot = (
@@ -328,8 +333,9 @@ def _matching(labels: np.ndarray, ev: Evidence, anomalous: np.ndarray) -> np.nda
     fits = np.zeros((len(VERDICT_LABELS), len(labels)), dtype=bool)
     fits[_SYN] = fits[_SCAN] = ev.syn_only
     fits[_SCAN] |= ev.mirai_scan
-    fits[_ACK] = ev.ack_only
-    fits[_UDP] = fits[LABELS.index("mirai_udpplain")] = ev.udp
+    fits[_ACK] = ev.ack
+    fits[_UDP] = ev.udp | ev.echo
+    fits[LABELS.index("mirai_udpplain")] = ev.udp
     fits[_ANOMALY] = anomalous
     ok = (labels >= 0) & fits[np.maximum(labels, 0), np.arange(len(labels))]
     return np.where(ok, labels, -1)
@@ -342,8 +348,8 @@ class DecisionLayer:
     its flood's target) stands convicted of at that packet, or -1; ``packet_flood_labels`` the same for
     floods from many sources alone (judged on rate and shape at the target: no model opinion beats it)."""
 
-    SOURCE_EXTRAS = ("syn_only", "ack_only", "udp", "new_socket", "sweep", "anomalous")
-    TARGET_EXTRAS = ("syn_only", "ack_only", "udp", "new_socket", "new_source", "light_source")
+    SOURCE_EXTRAS = (*Evidence.SHAPES, "new_socket", "sweep", "anomalous")
+    TARGET_EXTRAS = (*Evidence.SHAPES, "new_socket", "new_source", "light_source")
 
     def __init__(self, config: DecisionConfig | None = None) -> None:
         self.cfg = cfg = config or DecisionConfig()
@@ -351,7 +357,7 @@ class DecisionLayer:
         self.targets = _Tracked(cfg.max_targets, cfg.half_life_s, self.TARGET_EXTRAS)
         self.initiators = _Tracked(cfg.max_sources, cfg.scan_half_life_s, ("probe", "answered"), with_scores=False)
         self.attempts = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, port) tried
-        self.links = _Tracked(4096, cfg.half_life_s, ("syn_only", "ack_only", "udp"), with_scores=False)  # per MAC
+        self.links = _Tracked(4096, cfg.half_life_s, Evidence.SHAPES, with_scores=False)  # per Ethernet sender
         self.packet_labels = np.zeros(0, dtype=np.int64)
         self.packet_flood_labels = np.zeros(0, dtype=np.int64)  # the part of packet_labels from floods at targets
         self.anomaly_enabled = False  # set once an anomaly score has been given
@@ -396,9 +402,10 @@ class DecisionLayer:
         anomalous = np.zeros(n) if anomaly is None else (anomaly > 1.0).astype(np.float64)
         shape = ev.shape()
 
-        # Probes: SYNs to a destination host and port their sender had not tried.  Mirai's SYN flood at random
-        # ports tries new ports too, but with its 20-byte option block; scanners send short SYNs.
-        probe = ev.syn_only & self._first_attempt(packets, ev.syn_only)
+        # Probes: openers (SYNs, stealth scans' FIN/NULL/Xmas, echo requests) to a destination host and port their
+        # sender had not tried.  Mirai's SYN flood at random ports tries new ports too, but with its 20-byte option
+        # block; scanners send short SYNs.
+        probe = ev.opener & self._first_attempt(packets, ev.opener)
         scan_like = probe & (packets.tcp_hdr_len < 32)
 
         # Sources.
@@ -417,8 +424,9 @@ class DecisionLayer:
         verdicts = [self._source_verdict(packets, srcs, s, p) for s, p in zip(turned, at)]
         labels = self.sources.per_packet(srcs, srcs["convicted"])
 
-        # Initiators of connection attempts: probes count for their sender, SYN-ACKs for their receiver.
-        rows = np.flatnonzero(probe | ev.synack)
+        # Initiators of connection attempts: probes count for their sender, answers (SYN-ACK, echo reply) for
+        # their receiver.
+        rows = np.flatnonzero(probe | ev.answer)
         if len(rows):
             p_probe = probe[rows]
             answer = rows[~p_probe]
@@ -487,10 +495,10 @@ class DecisionLayer:
         self._chunk_labels = (_matching(labels, ev, anomalous > 0), _matching(flood_labels, ev, anomalous > 0))
         return sorted(verdicts, key=lambda v: v.decided_at)
 
-    def _first_attempt(self, packets: PacketBatch, syn: np.ndarray) -> np.ndarray:
-        """Per packet: a SYN to a (source, destination, destination port) not seen before (bounded memory)."""
+    def _first_attempt(self, packets: PacketBatch, opener: np.ndarray) -> np.ndarray:
+        """Per packet: an opener to a (source, destination, destination port) not seen before (bounded memory)."""
         out = np.zeros(len(packets), dtype=bool)
-        idx = np.flatnonzero(syn)
+        idx = np.flatnonzero(opener)
         if not len(idx):
             return out
         key = hash_words(13, packets.src_ip_lo[idx], packets.dst_ip_hi[idx] ^ packets.src_ip_hi[idx],

@@ -4,14 +4,19 @@ The model judges a packet by its source's statistics, so it knows the attacks in
 trained on.  A flood, a scan or Mirai's own scanner also show in plain header facts that hold whatever
 options the attacker chose (payload size, ports, TTL, ToS, ...):
 
-* the packet's shape: SYN only, ACK without SYN/RST/FIN (an ACK flood may set PSH or URG), UDP;
+* the packet's shape: SYN only; other TCP without SYN or RST ("ack": Mirai's ack flood sets ACK and maybe
+  PSH or URG, other tools flood with FIN, PSH, URG or no flag at all; SYN-ACKs and RSTs answer somebody,
+  so a victim's replies never count); UDP; ICMP echo requests (ping floods and sweeps, which no Mirai
+  class has: the closest is the connectionless UDP flood);
 * whether it opens a new socket pair or reaches a new host for its source: floods and scans draw
   fresh ports or addresses per packet, ordinary traffic reuses its connections.  The feature engine
   already tracks every socket pair and host pair, so this is read off the slowest-decay weights
   (half-life 100 s): a stream created by this very packet has weight 1;
 * Mirai's scanner fingerprint: a SYN whose sequence number is the destination address (scanner.c sets
   ``tcph->seq = iph->daddr``); a random sequence number matches by chance once in 2^32 packets;
-* SYN-ACKs, which answer a connection attempt (a scanner's probes mostly go unanswered).
+* probe openers: TCP without ACK or RST (SYN, and the FIN, NULL and Xmas probes of stealth scans) and ICMP
+  echo requests, which reach for a host or port;
+* answers to them: SYN-ACKs and echo replies (a scanner's probes mostly go unanswered).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from .feature_columns import COLUMNS
 from .packets import L3_IPV4, PacketBatch
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+ECHO_REQUESTS, ECHO_REPLIES = (8, 128), (0, 129)  # ICMP, ICMPv6
 # A stream whose slowest-decay weight is below this was created by the packet (weight 1) or has
 # been quiet for minutes (weights of older packets decay by half every 100 s).
 NEW_STREAM_WEIGHT = 1.5
@@ -36,30 +42,39 @@ class Evidence:
     """Per-packet booleans, aligned with the packet batch they were computed from."""
 
     syn_only: np.ndarray
-    ack_only: np.ndarray
+    ack: np.ndarray  # TCP without SYN or RST
     udp: np.ndarray
+    echo: np.ndarray  # ICMP echo request
     new_socket: np.ndarray
     new_host: np.ndarray
     mirai_scan: np.ndarray  # Mirai's scanner fingerprint
-    synack: np.ndarray
+    opener: np.ndarray  # TCP without ACK or RST, or an echo request: reaches for a host or port
+    answer: np.ndarray  # SYN-ACK or echo reply
+
+    SHAPES = ("syn_only", "ack", "udp", "echo")
 
     def shape(self) -> np.ndarray:
-        """(n, 3) float columns syn_only, ack_only, udp: the shapes a flood can have."""
-        return np.stack([self.syn_only, self.ack_only, self.udp], axis=1).astype(np.float64)
+        """(n, 4) float columns, one per SHAPES: the shapes a flood can have."""
+        return np.stack([getattr(self, name) for name in self.SHAPES], axis=1).astype(np.float64)
 
 
 def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) -> Evidence:
     """Header evidence of every packet; without features (tests of the header rules alone) no packet
     counts as opening a new socket or reaching a new host."""
-    tcp = packets.proto == 6
+    tcp = (packets.proto == 6) & ~packets.frag  # a later fragment has no TCP header (its flags read 0)
     flags = packets.tcp_flags
     syn_only = tcp & ((flags & (SYN | ACK | RST | FIN)) == SYN)
-    ack_only = tcp & ((flags & (SYN | ACK | RST | FIN)) == ACK)
+    ack = tcp & ((flags & (SYN | RST)) == 0)
+    opener = tcp & ((flags & (ACK | RST)) == 0)
     synack = tcp & ((flags & (SYN | ACK | RST)) == (SYN | ACK))
+    icmp = (packets.proto == 1) | (packets.proto == 58)
+    echo = icmp & np.isin(packets.icmp_type, ECHO_REQUESTS)
+    echo_reply = icmp & np.isin(packets.icmp_type, ECHO_REPLIES)
     fingerprint = syn_only & (packets.l3 == L3_IPV4) & (packets.tcp_seq.astype(np.uint32) == packets.dst_ipv4)
     if features is None:
         new_socket = new_host = np.zeros(len(packets), dtype=bool)
     else:
         new_socket = features[:, SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
         new_host = features[:, HOST_WEIGHT] < NEW_STREAM_WEIGHT
-    return Evidence(syn_only, ack_only, packets.proto == 17, new_socket, new_host, fingerprint, synack)
+    return Evidence(syn_only, ack, packets.proto == 17, echo, new_socket, new_host, fingerprint, opener | echo,
+                    synack | echo_reply)

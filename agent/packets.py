@@ -144,6 +144,7 @@ class PacketBatch:
     tcp_win: np.ndarray  # uint16
     tcp_hdr_len: np.ndarray  # uint8: TCP header length in bytes (0 when not TCP)
     payload_len: np.ndarray  # int32: L4 payload bytes by the headers' own lengths
+    icmp_type: np.ndarray  # int16: ICMP/ICMPv6 type, -1 when not ICMP (or its header is cut off)
 
     def __len__(self) -> int:
         return len(self.ts)

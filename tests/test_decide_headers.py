@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from agent.decide import DecisionConfig, DecisionLayer
 from agent.features import FeatureExtractor
 from agent.packets import ANOMALY, L3_IPV4, LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch
 
-SYN, ACK, SYNACK, RSTACK, PSHACK = 0x02, 0x10, 0x12, 0x14, 0x18
+FIN, SYN, ACK, SYNACK, RSTACK, PSHACK, XMAS = 0x01, 0x02, 0x10, 0x12, 0x14, 0x18, 0x29
+ECHO_REQUEST, ECHO_REPLY = 8, 0
 BOARD = 0x0A000005  # 10.0.0.5
 T0 = 1.7e9
 
@@ -24,7 +26,7 @@ def ip(a: int, b: int, c: int, d: int) -> int:
     return (a << 24) | (b << 16) | (c << 8) | d
 
 
-def batch(ts, src, dst, proto=6, sport=40000, dport=80, flags=SYN, seq=1, size=60) -> PacketBatch:
+def batch(ts, src, dst, proto=6, sport=40000, dport=80, flags=SYN, seq=1, size=60, icmp_type=-1) -> PacketBatch:
     ts = np.asarray(ts, dtype=np.float64)
     n = len(ts)
 
@@ -44,6 +46,7 @@ def batch(ts, src, dst, proto=6, sport=40000, dport=80, flags=SYN, seq=1, size=6
         ip_len=col(size, np.int32) - 14, tcp_flags=np.where(tcp, col(flags, np.uint8), 0).astype(np.uint8),
         tcp_seq=col(seq, np.uint32), tcp_ack=np.zeros(n, np.uint32), tcp_win=np.zeros(n, np.uint16),
         tcp_hdr_len=np.where(tcp, 20, 0).astype(np.uint8), payload_len=np.zeros(n, np.int32),
+        icmp_type=col(icmp_type, np.int16),
     )
     b = PacketBatch(**cols)
     return b.take(order)
@@ -107,6 +110,65 @@ def test_empty_ack_flood_and_fixed_port_syn_flood_are_caught():
     syn = batch(ts + 10, ip(198, 51, 100, 2), BOARD, sport=4444, dport=443, flags=SYN, size=74)  # one socket
     verdicts, _ = run(join(ack, syn))
     assert sorted((v.label, v.src_ip) for v in verdicts) == [("mirai_ack", "198.51.100.1"), ("mirai_syn", "198.51.100.2")]
+
+
+def test_floods_of_other_tools_ping_and_odd_tcp_flags_are_caught_and_the_victims_replies_never():
+    """hping3-style floods: echo requests at 1,000/s, and FIN, Xmas or flagless TCP at random ports.  The board
+    answers each (echo replies, RSTs) at the same rate: answers never make it a flooder."""
+    rng = np.random.default_rng(9)
+    n = 3000
+    ts = T0 + np.arange(n) / 1000.0
+    pinger, flooder = ip(203, 0, 113, 50), ip(203, 0, 113, 51)
+    ping = batch(ts, pinger, BOARD, proto=1, sport=-1, dport=-1, icmp_type=ECHO_REQUEST, size=98)
+    pong = batch(ts + 0.0002, BOARD, pinger, proto=1, sport=-1, dport=-1, icmp_type=ECHO_REPLY, size=98)
+    flags = rng.choice([FIN, XMAS, 0], n)
+    odd = batch(ts + 10, flooder, BOARD, sport=rng_ports(rng, n), dport=rng_ports(rng, n), flags=flags)
+    resets = batch(ts + 10.0002, BOARD, flooder, sport=odd.dport, dport=odd.sport, flags=RSTACK)
+    verdicts, labels = run(join(ping, pong, odd, resets))
+    assert [(v.label, v.basis, v.src_ip, v.proto) for v in verdicts] == [
+        ("mirai_udp", "headers", "203.0.113.50", 1), ("mirai_ack", "headers", "203.0.113.51", 6)
+    ]
+    assert all(v.latency < 1.0 for v in verdicts)
+
+
+def test_the_victim_of_a_syn_flood_answering_with_syn_acks_is_no_flooder():
+    rng = np.random.default_rng(10)
+    n = 4000
+    ts = T0 + np.arange(n) / 2000.0
+    attacker = ip(198, 51, 100, 77)
+    syn = batch(ts, attacker, BOARD, sport=rng_ports(rng, n), dport=80, flags=SYN, size=74)
+    synack = batch(ts + 0.0002, BOARD, attacker, sport=80, dport=syn.sport, flags=SYNACK, size=74)
+    verdicts, _ = run(join(syn, synack))
+    assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_syn", "198.51.100.77")]
+
+
+@pytest.mark.parametrize("flags", [FIN, XMAS, 0], ids=["fin", "xmas", "null"])
+def test_stealth_port_scans_are_scans(flags):
+    """nmap -sF/-sX/-sN: closed ports answer with RST, open ones not at all; no SYN-ACK ever."""
+    rng = np.random.default_rng(11)
+    scanner = ip(192, 168, 1, 99)
+    ports = rng.permutation(np.arange(1, 501))
+    ts = T0 + np.arange(500) / 100.0
+    probes = batch(ts, scanner, BOARD, sport=55555, dport=ports, flags=flags)
+    resets = batch(ts[ports > 30] + 0.0003, BOARD, scanner, sport=ports[ports > 30], dport=55555, flags=RSTACK)
+    verdicts, _ = run(join(probes, resets))
+    assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_scan", "headers", "192.168.1.99")]
+    assert verdicts[0].latency < 1.0
+
+
+def test_a_ping_sweep_of_absent_hosts_is_a_scan_and_pinging_live_hosts_is_not():
+    sweeper, monitor = ip(192, 168, 1, 98), ip(192, 168, 1, 2)
+    hosts = ip(10, 20, 0, 0) + np.arange(200)
+    ts = T0 + np.arange(200) / 50.0
+    sweep = batch(ts, sweeper, hosts, proto=1, sport=-1, dport=-1, icmp_type=ECHO_REQUEST, size=98)
+    # A monitor pinging 60 devices every few seconds, every one answering.
+    devices = ip(192, 168, 1, 100) + np.arange(60)
+    tm = T0 + np.arange(600) / 20.0
+    checks = batch(tm, monitor, devices[np.arange(600) % 60], proto=1, sport=-1, dport=-1, icmp_type=ECHO_REQUEST)
+    answers = batch(tm + 0.002, devices[np.arange(600) % 60], monitor, proto=1, sport=-1, dport=-1,
+                    icmp_type=ECHO_REPLY)
+    verdicts, _ = run(join(sweep, checks, answers))
+    assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_scan", "headers", "192.168.1.98")]
 
 
 def test_a_steady_udp_stream_or_a_download_is_no_flood():

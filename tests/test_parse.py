@@ -141,7 +141,7 @@ def test_ipv4_tcp_every_column():
         "dst_ip_hi": 0, "dst_ip_lo": mapped("198.51.100.7"), "proto": 6, "port_kind": PORT_NUMBER,
         "sport": 40000, "dport": 443, "ttl": 63, "ip_id": 0xBEEF, "df": True, "frag": False,
         "ip_len": 20 + 28 + 11, "tcp_flags": 0x12, "tcp_seq": 0x11223344, "tcp_ack": 0x55667788,
-        "tcp_win": 29200, "tcp_hdr_len": 28, "payload_len": 11,
+        "tcp_win": 29200, "tcp_hdr_len": 28, "payload_len": 11, "icmp_type": -1,
     }
     assert stats.decoded == 1 and stats.total_skipped == 0
     assert p.src_ip_lo.dtype == np.uint64 and p.sport.dtype == np.int32 and p.l3.dtype == np.uint8
@@ -166,6 +166,7 @@ def test_icmpv4_and_short_frame_padding():
     p, _ = parse([frame])
     r = row(p)
     assert (r["port_kind"], r["sport"], r["dport"], r["proto"], r["payload_len"]) == (PORT_ICMP, -1, -1, 1, 8)
+    assert r["icmp_type"] == 8
 
 
 def test_vlan_tags():
@@ -208,6 +209,7 @@ def test_ipv6_fragments_and_icmpv6():
     assert p.proto.tolist() == [17, 17, 58]
     assert p.payload_len.tolist() == [20, 16, 24]
     assert p.ttl.tolist() == [57, 57, 255]
+    assert p.icmp_type.tolist() == [-1, -1, 135]
     assert stats.total_skipped == 0
 
 
@@ -223,6 +225,7 @@ def test_ipv4_fragments():
     assert p.port_kind.tolist() == [PORT_NUMBER, PORT_NONE, PORT_NONE]
     assert p.sport.tolist() == [1111, -1, -1]
     assert p.payload_len.tolist() == [16, 24, 8]
+    assert p.icmp_type.tolist() == [-1, -1, -1]  # a later ICMP fragment starts with data, not a type
     assert p.df.tolist() == [False, False, False]
 
 
