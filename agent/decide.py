@@ -355,6 +355,9 @@ class DecisionLayer:
         self.cfg = cfg = config or DecisionConfig()
         self.sources = _Tracked(cfg.max_sources, cfg.half_life_s, self.SOURCE_EXTRAS)
         self.targets = _Tracked(cfg.max_targets, cfg.half_life_s, self.TARGET_EXTRAS)
+        # Source and destination: a flood at one victim from a bot whose other traffic outweighs it (a camera
+        # streaming video while it floods slowly) shows only in what the bot sends that victim.
+        self.pairs = _Tracked(cfg.max_sources, cfg.half_life_s, ())
         self.initiators = _Tracked(cfg.max_sources, cfg.scan_half_life_s, ("probe", "answered"), with_scores=False)
         self.attempts = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, port) tried
         self.links = _Tracked(4096, cfg.half_life_s, Evidence.SHAPES, with_scores=False)  # per Ethernet sender
@@ -423,6 +426,16 @@ class DecisionLayer:
         turned, at = _decide(self.sources, srcs, cfg, rules)
         verdicts = [self._source_verdict(packets, srcs, s, p) for s, p in zip(turned, at)]
         labels = self.sources.per_packet(srcs, srcs["convicted"])
+
+        # Pairs: the model's flood classes (scans are judged by source) for sources not convicted of the class
+        # already; a pair's verdict counts as its source's, so the source does not report the class again.
+        # Only sources whose recent attack-scored packets could convict a pair are followed (a pair holds at
+        # most its source's packets): benign sources and convicted ones cost nothing here.
+        attack_mass = (srcs["avg"] * srcs["weight"][:, None]).max(axis=1)
+        rows = np.flatnonzero((self.sources.per_packet(srcs, attack_mass) >= cfg.threshold * cfg.min_packets)
+                              & (labels < 0))  # fmt: skip
+        if len(rows):
+            self._judge_pairs(packets, scores, rows, srcs, turned, at, labels, verdicts)
 
         # Initiators of connection attempts: probes count for their sender, answers (SYN-ACK, echo reply) for
         # their receiver.
@@ -494,6 +507,27 @@ class DecisionLayer:
         self.targets.store(tgts)
         self._chunk_labels = (_matching(labels, ev, anomalous > 0), _matching(flood_labels, ev, anomalous > 0))
         return sorted(verdicts, key=lambda v: v.decided_at)
+
+    def _judge_pairs(self, packets: PacketBatch, scores: np.ndarray, rows: np.ndarray, srcs: dict,
+                     turned: np.ndarray, at: np.ndarray, labels: np.ndarray, verdicts: list) -> None:
+        """The pair table's model verdicts over ``rows`` of the batch: appended to ``verdicts``, marked as their
+        sources' in ``srcs``, and filled into ``labels`` (per packet) where the source is not convicted."""
+        cfg = self.cfg
+        key = hash_words(14, packets.src_ip_hi[rows], packets.src_ip_lo[rows], packets.dst_ip_hi[rows],
+                         packets.dst_ip_lo[rows])  # fmt: skip
+        prs = self.pairs.update(key, packets.ts[rows], scores[rows], np.zeros((len(rows), 0)))
+        turned_p, at_p = _decide(self.pairs, prs, cfg, [(_model_rule(prs, cfg, floods_only=True), "model")])
+        tipped = rows[prs["order"][at_p]]  # the packets that tipped the pairs
+        src_seg = self.sources.per_packet(srcs, srcs["seg"].ids)[tipped]
+        cls = prs["attack"][at_p]
+        by_source = set(zip(turned.tolist(), srcs["attack"][at].tolist()))  # reported by the source table
+        keep = np.array([(s, c) not in by_source for s, c in zip(src_seg.tolist(), cls.tolist())], dtype=bool)
+        verdicts += [self._source_verdict(packets, prs, s, p, rows) for s, p in zip(turned_p[keep], at_p[keep])]
+        bits = srcs["state"][:, self.sources.col["reported"]]  # a float column holding bit sets
+        for s, c in zip(src_seg[keep].tolist(), cls[keep].tolist()):
+            bits[s] = int(bits[s]) | 1 << c
+        labels[rows] = np.where(labels[rows] >= 0, labels[rows], self.pairs.per_packet(prs, prs["convicted"]))
+        self.pairs.store(prs)
 
     def _first_attempt(self, packets: PacketBatch, opener: np.ndarray) -> np.ndarray:
         """Per packet: an opener to a (source, destination, destination port) not seen before (bounded memory)."""

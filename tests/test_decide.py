@@ -130,3 +130,21 @@ def test_one_new_attacker_at_a_target_quiet_for_a_while_is_a_source_not_a_spoofe
     labels[:12] = SYN
     verdicts = d.update(attack, scores_for(labels, 0.99))
     assert [v.kind for v in verdicts if v.kind == "spoofed"] == []
+
+
+def test_a_slow_flood_from_a_busy_bot_is_judged_on_what_it_sends_its_victim():
+    """An infected camera streams 600 packets/s to its NVR and floods another host at 60 packets/s: over all its
+    traffic the flood is a tenth, too little to convict; what it sends the victim is all flood."""
+    stream_n, flood_n = 3000, 300
+    stream = one_source(stream_n, rate=600.0)
+    stream.dst_ip_lo[:] = 0xFFFF_C0A8_0164  # the NVR
+    flood = one_source(flood_n, t0=1.6e9 + 0.5, rate=60.0)
+    flood.dst_ip_lo[:] = 0xFFFF_C0A8_0142  # the victim
+    b = stream.concat([stream, flood])
+    b.dst_ip_hi[:] = 0
+    b = b.take(np.argsort(b.ts, kind="stable"))
+    udpplain = LABELS.index("mirai_udpplain")
+    truth = np.where(b.dst_ip_lo == 0xFFFF_C0A8_0142, udpplain, 0)
+    verdicts = DecisionLayer().update(b, scores_for(truth))
+    assert [(v.label, v.src_ip, v.victim_ip) for v in verdicts] == [("mirai_udpplain", "192.0.2.7", "192.168.1.66")]
+    assert verdicts[0].decided_at - 1.6e9 - 0.5 < 1.0
