@@ -36,11 +36,14 @@ from .packets import LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch, format_ip
 from .stream_table import StreamTable
 
 N_CLASSES = len(LABELS)
-_SCAN, _SYN, _ACK, _UDP = (LABELS.index(c) for c in ("mirai_scan", "mirai_syn", "mirai_ack", "mirai_udp"))
+_SCAN, _SYN, _ACK, _UDP, _UDPPLAIN = (
+    LABELS.index(c) for c in ("mirai_scan", "mirai_syn", "mirai_ack", "mirai_udp", "mirai_udpplain")
+)
 _ANOMALY = len(LABELS)
 # The closest class of a flood of each shape (Evidence.SHAPES): a ping flood is connectionless, as a UDP flood.
-_SHAPE_LABELS = np.array([_SYN, _ACK, _UDP, _UDP])
-_ECHO_SHAPE = Evidence.SHAPES.index("echo")
+_SHAPE_LABELS = np.array([_SYN, _ACK, _UDP, _UDP, _SYN])
+_ECHO_SHAPE, _SYN_ODD_SHAPE = Evidence.SHAPES.index("echo"), Evidence.SHAPES.index("syn_odd")
+_PROBE_SHAPES = [Evidence.SHAPES.index(name) for name in ("syn_only", "ack", "echo")]  # what scanners send
 
 
 @dataclass
@@ -62,6 +65,7 @@ class DecisionConfig:
     scan_min_probes: int = 20  # recent probes (decayed count over scan_half_life_s)
     scan_answered_max: float = 0.2  # at most this share of the probes answered (SYN-ACK, echo reply)
     scan_settle_s: float = 0.5  # answers to the first probes of an episode have had time to come back
+    scan_burst_probes: int = 100  # ...or so many probes came at once (nmap, masscan) that no settling is needed
     # Anomaly verdicts: most recent packets anomalous (only when an anomaly detector runs).
     anomaly_share: float = 0.8
     anomaly_min_packets: int = 20
@@ -198,15 +202,41 @@ class _Tracked:
 Rule = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def _model_rule(r: dict, cfg: DecisionConfig, floods_only: bool = False) -> Rule:
-    """``floods_only``: a target is flooded, never "scanned" (scanners are judged by source)."""
+def _model_rule(r: dict, cfg: DecisionConfig, t: "_Tracked | None" = None, floods_only: bool = False) -> Rule:
+    """The key's recent average score of its best attack class.  ``floods_only``: a target is flooded, never
+    "scanned" (scanners are judged by source).  With a table ``t`` that tracks the packets' shapes, the class
+    comes from the headers where one shape dominates (``_closest_by_shape``)."""
     avg = r["avg"]
     if floods_only:
         avg = avg.copy()
         avg[:, _SCAN - 1] = -1.0
     best = avg.argmax(axis=1)
     attack, conf = 1 + best, avg[np.arange(len(avg)), best]
+    if t is not None and "sweep" in t.extras:
+        attack = _closest_by_shape(r, t, attack, floods_only)
     return (r["weight"] >= cfg.min_packets) & (conf >= cfg.threshold), attack, conf
+
+
+def _closest_by_shape(r: dict, t: "_Tracked", attack: np.ndarray, floods_only: bool) -> np.ndarray:
+    """The model says *whether* a key's packets are an attack and of which protocol; where one shape makes up
+    most of them the headers say *which* attack, whatever options it was launched with (the features cannot:
+    a UDP flood of fresh sockets and a plain one through one socket look alike at equal sizes, and the model
+    learned scans and floods at the payload sizes it saw).  SYNs mostly sweeping (to new hosts, or short ones
+    to ports not tried) are a scan, other SYNs a SYN flood; TCP without SYN or RST through fresh socket pairs
+    an ACK flood (through few sockets it may be a telnet session, the scanner's brute force or not: the model's
+    class stands); UDP mostly through fresh socket pairs Mirai's udp flood, through few sockets (one per
+    target) its udpplain.  Only the
+    class changes: whether the key is hot stays the model's best class's average (summing a protocol's classes
+    would convict a phone's telnet session the model finds a little like a scan and a little like a flood)."""
+    shares, x = r["shares"], t.extras.index
+    syn, ack, udp, syn_odd = shares[:, x("syn_only")], shares[:, x("ack")], shares[:, x("udp")], shares[:, x("syn_odd")]
+    sweeping = (shares[:, x("sweep")] >= 0.5 * syn) & (not floods_only)
+    fresh = shares[:, x("new_socket")]
+    dominant = [syn >= 0.5, syn_odd >= 0.5, (ack >= 0.5) & (fresh >= 0.5 * ack), udp >= 0.5]
+    probing = (shares[:, x("sweep")] >= 0.5 * ack) & (not floods_only)  # FIN/NULL/Xmas probes
+    by_shape = np.select(dominant, [np.where(sweeping, _SCAN, _SYN), _SYN, np.where(probing, _SCAN, _ACK),
+                                    np.where(fresh >= 0.5 * udp, _UDP, _UDPPLAIN)], -1)  # fmt: skip
+    return np.where(by_shape >= 0, by_shape, attack)
 
 
 def _rate(r: dict, half_life_s: float) -> np.ndarray:
@@ -219,14 +249,18 @@ def _rate(r: dict, half_life_s: float) -> np.ndarray:
 
 
 def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -> Rule:
-    """A sustained rate of one shape (SYN only, ACK only, UDP) with fresh sockets, from one source or at
-    one target (or one Ethernet sender, whose table holds fresh packets only).  One source's SYNs need no
-    fresh sockets: nothing benign sends SYNs at that rate.  From one source, SYNs mostly to new hosts, or
-    short SYNs mostly to ports not tried before, are a scan."""
+    """A sustained rate of one shape (Evidence.SHAPES) with fresh sockets, from one source or at one target
+    (or one Ethernet sender, whose table holds fresh packets only).  One source's SYNs and anybody's echo
+    requests need no fresh sockets: nothing benign sends them at that rate.  A source's own RSTs do not
+    count against its shape (a SYN flooder's kernel refuses every SYN-ACK its flood draws).  From one source,
+    probes mostly (SYNs to new hosts, short SYNs, FIN/NULL/Xmas segments or echo requests to hosts and ports
+    not tried before) are a scan."""
     shares = r["shares"]
     shape_share = shares[:, : len(Evidence.SHAPES)]
     shape = shape_share.argmax(axis=1)
     share = shape_share[np.arange(len(shape)), shape]
+    if "rst" in t.extras:
+        share = np.minimum(share / np.maximum(1.0 - shares[:, t.extras.index("rst")], 1e-9), 1.0)
     if "new_socket" in t.extras:
         fresh = shares[:, t.extras.index("new_socket")]
         if "new_source" in t.extras:  # a never-seen source's packet opens a new socket pair too
@@ -237,7 +271,7 @@ def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -
     # Nothing benign sends echo requests at a flood's rate, or one source's SYNs: no fresh sockets needed.
     fresh_enough |= shape == _ECHO_SHAPE
     if one_source:
-        fresh_enough |= shape == 0
+        fresh_enough |= (shape == 0) | (shape == _SYN_ODD_SHAPE)
     hot = (
         (r["weight"] >= cfg.flood_min_packets)
         & (_rate(r, t.half_life_s) >= cfg.flood_rate)
@@ -246,7 +280,8 @@ def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -
     )
     label = _SHAPE_LABELS[shape]
     if one_source:
-        label = np.where((shape == 0) & (shares[:, t.extras.index("sweep")] >= 0.5), _SCAN, label)
+        probing = np.isin(shape, _PROBE_SHAPES) & (shares[:, t.extras.index("sweep")] >= 0.5 * share)
+        label = np.where(probing, _SCAN, label)
     return hot, label, share
 
 
@@ -255,11 +290,8 @@ def _scan_rule(r: dict, cfg: DecisionConfig) -> Rule:
     after the first answers have had time to come back."""
     probes, answered = r["extra_weight"][:, 0], r["extra_weight"][:, 1]
     unanswered = 1.0 - answered / np.maximum(probes, 1e-9)
-    hot = (
-        (probes >= cfg.scan_min_probes)
-        & (answered <= cfg.scan_answered_max * probes)
-        & (r["t"] - r["episode"] >= cfg.scan_settle_s)
-    )
+    settled = (r["t"] - r["episode"] >= cfg.scan_settle_s) | (probes >= cfg.scan_burst_probes)
+    hot = (probes >= cfg.scan_min_probes) & (answered <= cfg.scan_answered_max * probes) & settled
     return hot, np.full(len(hot), _SCAN), np.clip(unanswered, 0.0, 1.0)
 
 
@@ -331,8 +363,8 @@ def _matching(labels: np.ndarray, ev: Evidence, anomalous: np.ndarray) -> np.nda
     """Keep a packet's verdict label only where the packet has the attack's shape: a convicted host's other
     traffic (an infected camera still streams video) stays the model's to label."""
     fits = np.zeros((len(VERDICT_LABELS), len(labels)), dtype=bool)
-    fits[_SYN] = fits[_SCAN] = ev.syn_only
-    fits[_SCAN] |= ev.mirai_scan
+    fits[_SYN] = ev.syn_only | ev.syn_odd
+    fits[_SCAN] = ev.syn_only | ev.mirai_scan
     fits[_ACK] = ev.ack
     fits[_UDP] = ev.udp | ev.echo
     fits[LABELS.index("mirai_udpplain")] = ev.udp
@@ -348,8 +380,9 @@ class DecisionLayer:
     its flood's target) stands convicted of at that packet, or -1; ``packet_flood_labels`` the same for
     floods from many sources alone (judged on rate and shape at the target: no model opinion beats it)."""
 
-    SOURCE_EXTRAS = (*Evidence.SHAPES, "new_socket", "sweep", "anomalous")
+    SOURCE_EXTRAS = (*Evidence.SHAPES, "new_socket", "sweep", "anomalous", "rst")
     TARGET_EXTRAS = (*Evidence.SHAPES, "new_socket", "new_source", "light_source")
+    PAIR_EXTRAS = SOURCE_EXTRAS[: len(Evidence.SHAPES) + 2]  # shapes, new_socket, sweep
 
     def __init__(self, config: DecisionConfig | None = None) -> None:
         self.cfg = cfg = config or DecisionConfig()
@@ -357,7 +390,7 @@ class DecisionLayer:
         self.targets = _Tracked(cfg.max_targets, cfg.half_life_s, self.TARGET_EXTRAS)
         # Source and destination: a flood at one victim from a bot whose other traffic outweighs it (a camera
         # streaming video while it floods slowly) shows only in what the bot sends that victim.
-        self.pairs = _Tracked(cfg.max_sources, cfg.half_life_s, ())
+        self.pairs = _Tracked(cfg.max_sources, cfg.half_life_s, self.PAIR_EXTRAS)
         self.initiators = _Tracked(cfg.max_sources, cfg.scan_half_life_s, ("probe", "answered"), with_scores=False)
         self.attempts = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, port) tried
         self.links = _Tracked(4096, cfg.half_life_s, Evidence.SHAPES, with_scores=False)  # per Ethernet sender
@@ -414,10 +447,10 @@ class DecisionLayer:
         # Sources.
         src_key = hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64))
         sweep = ev.syn_only & ev.new_host | scan_like  # SYNs to a new host, or short SYNs to a new port
-        extra = np.column_stack([shape, ev.new_socket, sweep, anomalous])
+        extra = np.column_stack([shape, ev.new_socket, sweep, anomalous, ev.rst])
         srcs = self.sources.update(src_key, t, scores, extra)
         rules = [
-            (_model_rule(srcs, cfg), "model"),
+            (_model_rule(srcs, cfg, self.sources), "model"),
             (_fingerprint_rule(ev.mirai_scan[srcs["order"]]), "headers"),
             (_flood_rule(srcs, self.sources, cfg, one_source=True), "headers"),
         ]
@@ -435,7 +468,7 @@ class DecisionLayer:
         rows = np.flatnonzero((self.sources.per_packet(srcs, attack_mass) >= cfg.threshold * cfg.min_packets)
                               & (labels < 0))  # fmt: skip
         if len(rows):
-            self._judge_pairs(packets, scores, rows, srcs, turned, at, labels, verdicts)
+            self._judge_pairs(packets, scores, extra, rows, srcs, turned, at, labels, verdicts)
 
         # Initiators of connection attempts: probes count for their sender, answers (SYN-ACK, echo reply) for
         # their receiver.
@@ -451,7 +484,9 @@ class DecisionLayer:
             # Only probes carry the scanner's address (answers are keyed by their receiver).
             is_probe = p_probe[inits["order"]]  # in key order
             # A source already convicted (a SYN flood at random ports is also a sweep of ports) is not re-reported.
-            keep = is_probe[at_i] & (labels[rows[inits["order"][at_i]]] < 0)
+            tipped = rows[inits["order"][at_i]]
+            keep = is_probe[at_i] & (labels[tipped] < 0)
+            keep[keep] = self._claim(srcs, turned, at, tipped[keep], inits["attack"][at_i][keep])
             verdicts += [self._source_verdict(packets, inits, s, p, rows) for s, p in zip(turned_i[keep], at_i[keep])]
             scan_labels = self.initiators.per_packet(inits, np.where(is_probe, inits["convicted"], -1))
             labels[rows] = np.where(labels[rows] >= 0, labels[rows], scan_labels)
@@ -508,24 +543,31 @@ class DecisionLayer:
         self._chunk_labels = (_matching(labels, ev, anomalous > 0), _matching(flood_labels, ev, anomalous > 0))
         return sorted(verdicts, key=lambda v: v.decided_at)
 
-    def _judge_pairs(self, packets: PacketBatch, scores: np.ndarray, rows: np.ndarray, srcs: dict,
+    def _claim(self, srcs: dict, turned: np.ndarray, at: np.ndarray, tipped: np.ndarray, classes: np.ndarray
+               ) -> np.ndarray:
+        """Which verdicts of another table (pairs, initiators) about sources stand: those whose class the source
+        table did not report for the source in this batch.  Those that stand are marked as the source's, so it
+        does not report the class again.  ``tipped``: the packets that raised them; ``turned``/``at``: the
+        source table's own verdicts in this batch."""
+        src_seg = self.sources.per_packet(srcs, srcs["seg"].ids)[tipped]
+        by_source = set(zip(turned.tolist(), srcs["attack"][at].tolist()))
+        keep = np.array([(s, c) not in by_source for s, c in zip(src_seg.tolist(), classes.tolist())], dtype=bool)
+        bits = srcs["state"][:, self.sources.col["reported"]]  # a float column holding bit sets
+        for s, c in zip(src_seg[keep].tolist(), classes[keep].tolist()):
+            bits[s] = int(bits[s]) | 1 << c
+        return keep
+
+    def _judge_pairs(self, packets: PacketBatch, scores: np.ndarray, extra: np.ndarray, rows: np.ndarray, srcs: dict,
                      turned: np.ndarray, at: np.ndarray, labels: np.ndarray, verdicts: list) -> None:
         """The pair table's model verdicts over ``rows`` of the batch: appended to ``verdicts``, marked as their
         sources' in ``srcs``, and filled into ``labels`` (per packet) where the source is not convicted."""
         cfg = self.cfg
         key = hash_words(14, packets.src_ip_hi[rows], packets.src_ip_lo[rows], packets.dst_ip_hi[rows],
                          packets.dst_ip_lo[rows])  # fmt: skip
-        prs = self.pairs.update(key, packets.ts[rows], scores[rows], np.zeros((len(rows), 0)))
-        turned_p, at_p = _decide(self.pairs, prs, cfg, [(_model_rule(prs, cfg, floods_only=True), "model")])
-        tipped = rows[prs["order"][at_p]]  # the packets that tipped the pairs
-        src_seg = self.sources.per_packet(srcs, srcs["seg"].ids)[tipped]
-        cls = prs["attack"][at_p]
-        by_source = set(zip(turned.tolist(), srcs["attack"][at].tolist()))  # reported by the source table
-        keep = np.array([(s, c) not in by_source for s, c in zip(src_seg.tolist(), cls.tolist())], dtype=bool)
+        prs = self.pairs.update(key, packets.ts[rows], scores[rows], extra[rows, : len(self.PAIR_EXTRAS)])
+        turned_p, at_p = _decide(self.pairs, prs, cfg, [(_model_rule(prs, cfg, self.pairs, floods_only=True), "model")])
+        keep = self._claim(srcs, turned, at, rows[prs["order"][at_p]], prs["attack"][at_p])
         verdicts += [self._source_verdict(packets, prs, s, p, rows) for s, p in zip(turned_p[keep], at_p[keep])]
-        bits = srcs["state"][:, self.sources.col["reported"]]  # a float column holding bit sets
-        for s, c in zip(src_seg[keep].tolist(), cls[keep].tolist()):
-            bits[s] = int(bits[s]) | 1 << c
         labels[rows] = np.where(labels[rows] >= 0, labels[rows], self.pairs.per_packet(prs, prs["convicted"]))
         self.pairs.store(prs)
 

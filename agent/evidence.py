@@ -4,10 +4,11 @@ The model judges a packet by its source's statistics, so it knows the attacks in
 trained on.  A flood, a scan or Mirai's own scanner also show in plain header facts that hold whatever
 options the attacker chose (payload size, ports, TTL, ToS, ...):
 
-* the packet's shape: SYN only; other TCP without SYN or RST ("ack": Mirai's ack flood sets ACK and maybe
-  PSH or URG, other tools flood with FIN, PSH, URG or no flag at all; SYN-ACKs and RSTs answer somebody,
-  so a victim's replies never count); UDP; ICMP echo requests (ping floods and sweeps, which no Mirai
-  class has: the closest is the connectionless UDP flood);
+* the packet's shape: SYN only; SYN with other flags ("syn_odd": Mirai's syn attack lets the operator set
+  any flag bits, e.g. SYN-FIN-PSH-ACK), except the plain SYN-ACK that answers a SYN; other TCP without SYN
+  or RST ("ack": Mirai's ack flood sets ACK and maybe PSH or URG, other tools flood with FIN, PSH, URG or
+  no flag at all); UDP; ICMP echo requests (ping floods and sweeps, which no Mirai class has: the closest
+  is the connectionless UDP flood).  SYN-ACKs and RSTs answer somebody: a victim's replies never count;
 * whether it opens a new socket pair or reaches a new host for its source: floods and scans draw
   fresh ports or addresses per packet, ordinary traffic reuses its connections.  The feature engine
   already tracks every socket pair and host pair, so this is read off the slowest-decay weights
@@ -28,7 +29,7 @@ import numpy as np
 from .feature_columns import COLUMNS
 from .packets import L3_IPV4, PacketBatch
 
-FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 ECHO_REQUESTS, ECHO_REPLIES = (8, 128), (0, 129)  # ICMP, ICMPv6
 # A stream whose slowest-decay weight is below this was created by the packet (weight 1) or has
 # been quiet for minutes (weights of older packets decay by half every 100 s).
@@ -43,6 +44,7 @@ class Evidence:
 
     syn_only: np.ndarray
     ack: np.ndarray  # TCP without SYN or RST
+    syn_odd: np.ndarray  # SYN with other flags, not a plain SYN-ACK
     udp: np.ndarray
     echo: np.ndarray  # ICMP echo request
     new_socket: np.ndarray
@@ -50,11 +52,12 @@ class Evidence:
     mirai_scan: np.ndarray  # Mirai's scanner fingerprint
     opener: np.ndarray  # TCP without ACK or RST, or an echo request: reaches for a host or port
     answer: np.ndarray  # SYN-ACK or echo reply
+    rst: np.ndarray  # TCP with RST: an answer, or a scanner's kernel refusing the SYN-ACKs its probes drew
 
-    SHAPES = ("syn_only", "ack", "udp", "echo")
+    SHAPES = ("syn_only", "ack", "udp", "echo", "syn_odd")
 
     def shape(self) -> np.ndarray:
-        """(n, 4) float columns, one per SHAPES: the shapes a flood can have."""
+        """(n, 5) float columns, one per SHAPES: the shapes a flood can have."""
         return np.stack([getattr(self, name) for name in self.SHAPES], axis=1).astype(np.float64)
 
 
@@ -66,7 +69,8 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     syn_only = tcp & ((flags & (SYN | ACK | RST | FIN)) == SYN)
     ack = tcp & ((flags & (SYN | RST)) == 0)
     opener = tcp & ((flags & (ACK | RST)) == 0)
-    synack = tcp & ((flags & (SYN | ACK | RST)) == (SYN | ACK))
+    synack = tcp & ((flags & (SYN | ACK | RST | FIN | PSH | URG)) == (SYN | ACK))  # ECN bits allowed
+    syn_odd = tcp & ((flags & (SYN | RST)) == SYN) & ~syn_only & ~synack
     icmp = (packets.proto == 1) | (packets.proto == 58)
     echo = icmp & np.isin(packets.icmp_type, ECHO_REQUESTS)
     echo_reply = icmp & np.isin(packets.icmp_type, ECHO_REPLIES)
@@ -76,5 +80,5 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     else:
         new_socket = features[:, SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
         new_host = features[:, HOST_WEIGHT] < NEW_STREAM_WEIGHT
-    return Evidence(syn_only, ack, packets.proto == 17, echo, new_socket, new_host, fingerprint, opener | echo,
-                    synack | echo_reply)
+    return Evidence(syn_only, ack, syn_odd, packets.proto == 17, echo, new_socket, new_host, fingerprint,
+                    opener | echo, synack | echo_reply, tcp & ((flags & RST) != 0))

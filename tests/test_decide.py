@@ -9,6 +9,7 @@ from agent.packets import LABELS
 from packet_factory import random_batch
 
 SYN = LABELS.index("mirai_syn")
+ACK = LABELS.index("mirai_ack")
 
 
 def scores_for(labels, strength=0.95):
@@ -17,11 +18,18 @@ def scores_for(labels, strength=0.95):
     return s
 
 
-def one_source(n, t0=1.6e9, rate=1000.0):
+def one_source(n, t0=1.6e9, rate=1000.0, proto=6):
+    """IPv4 from 192.0.2.7 to two hosts over a few sockets: TCP segments with data (PSH-ACK), or UDP.  No header
+    rule judges these (no fresh sockets, no SYNs): what the model's scores say decides."""
     b = random_batch(n, 0, hosts=2, long_gaps=False)
     b.src_ip_hi[:] = 0
     b.src_ip_lo[:] = 0xFFFF_C000_0207  # 192.0.2.7
+    b.dst_ip_hi[:] = 0
     b.l3[:] = 1
+    b.proto[:] = proto
+    b.port_kind[:] = 1
+    b.tcp_flags[:] = 0x18 if proto == 6 else 0
+    b.tcp_hdr_len[:] = 32 if proto == 6 else 0
     b.ts = t0 + np.arange(n) / rate
     return b
 
@@ -37,14 +45,14 @@ def test_single_odd_packet_raises_nothing():
 def test_sustained_attack_gives_one_verdict_after_min_packets():
     b = one_source(500)
     d = DecisionLayer(DecisionConfig(min_packets=10))
-    verdicts = d.update(b, scores_for(np.full(500, SYN)))
+    verdicts = d.update(b, scores_for(np.full(500, ACK)))
     assert len(verdicts) == 1
     v = verdicts[0]
-    assert (v.kind, v.label, v.src_ip) == ("source", "mirai_syn", "192.0.2.7")
+    assert (v.kind, v.label, v.src_ip) == ("source", "mirai_ack", "192.0.2.7")
     assert v.packets == 500 and 0 < v.latency < 0.1  # decided at the 10th packet, 1 ms apart
     # The same source in later batches raises no second verdict while it stays hostile.
     b2 = one_source(500, t0=b.ts[-1] + 0.001)
-    assert d.update(b2, scores_for(np.full(500, SYN))) == []
+    assert d.update(b2, scores_for(np.full(500, ACK))) == []
 
 
 def test_benign_traffic_raises_nothing():
@@ -75,12 +83,16 @@ def test_spoofed_flood_is_reported_per_target_and_sources_stay_bounded():
 
 
 def test_verdict_is_reissued_when_the_evidence_changes_class():
+    """A bot floods with UDP through one socket, then with TCP segments."""
     b = one_source(600)
-    labels = np.full(600, SYN)
-    labels[:40] = LABELS.index("mirai_scan")  # the first packets look like another variant
+    udp = one_source(40, proto=17)
+    for name in ("proto", "port_kind", "tcp_flags", "tcp_hdr_len", "sport", "dport"):
+        getattr(b, name)[:40] = getattr(udp, name)
+    labels = np.full(600, ACK)
+    labels[:40] = LABELS.index("mirai_udpplain")
     d = DecisionLayer(DecisionConfig(min_packets=10))
     verdicts = d.update(b.take(slice(0, 100)), scores_for(labels[:100])) + d.update(b.take(slice(100, 600)), scores_for(labels[100:]))
-    assert [v.label for v in verdicts] == ["mirai_scan", "mirai_syn"]
+    assert [v.label for v in verdicts] == ["mirai_udpplain", "mirai_ack"]
 
 
 def _spoofed(n, syn_share=1.0, rate=5000.0, seed=2):
@@ -138,10 +150,9 @@ def test_a_slow_flood_from_a_busy_bot_is_judged_on_what_it_sends_its_victim():
     stream_n, flood_n = 3000, 300
     stream = one_source(stream_n, rate=600.0)
     stream.dst_ip_lo[:] = 0xFFFF_C0A8_0164  # the NVR
-    flood = one_source(flood_n, t0=1.6e9 + 0.5, rate=60.0)
+    flood = one_source(flood_n, t0=1.6e9 + 0.5, rate=60.0, proto=17)
     flood.dst_ip_lo[:] = 0xFFFF_C0A8_0142  # the victim
     b = stream.concat([stream, flood])
-    b.dst_ip_hi[:] = 0
     b = b.take(np.argsort(b.ts, kind="stable"))
     udpplain = LABELS.index("mirai_udpplain")
     truth = np.where(b.dst_ip_lo == 0xFFFF_C0A8_0142, udpplain, 0)

@@ -66,13 +66,15 @@ def benign_scores(n: int) -> np.ndarray:
     return s
 
 
-def run(b: PacketBatch, config: DecisionConfig | None = None, anomaly=None, chunk: int = 4096):
+def run(b: PacketBatch, config: DecisionConfig | None = None, anomaly=None, chunk: int = 4096, scores=None):
+    """Verdicts and per-packet labels; the model's scores benign unless given."""
     d = DecisionLayer(config)
     fe = FeatureExtractor()
+    scores = benign_scores(len(b)) if scores is None else scores
     verdicts, labels = [], []
     for lo in range(0, len(b), chunk):
         part = b.take(slice(lo, lo + chunk))
-        verdicts += d.update(part, benign_scores(len(part)), fe.update(part), None if anomaly is None else anomaly[lo : lo + chunk])
+        verdicts += d.update(part, scores[lo : lo + chunk], fe.update(part), None if anomaly is None else anomaly[lo : lo + chunk])
         labels.append(d.packet_labels)
     return verdicts, np.concatenate(labels)
 
@@ -113,8 +115,9 @@ def test_empty_ack_flood_and_fixed_port_syn_flood_are_caught():
 
 
 def test_floods_of_other_tools_ping_and_odd_tcp_flags_are_caught_and_the_victims_replies_never():
-    """hping3-style floods: echo requests at 1,000/s, and FIN, Xmas or flagless TCP at random ports.  The board
-    answers each (echo replies, RSTs) at the same rate: answers never make it a flooder."""
+    """hping3-style floods: echo requests at 1,000/s, and FIN, Xmas or flagless TCP at one port from ever new
+    source ports.  The board answers each (echo replies, RSTs) at the same rate: answers never make it a
+    flooder."""
     rng = np.random.default_rng(9)
     n = 3000
     ts = T0 + np.arange(n) / 1000.0
@@ -122,11 +125,15 @@ def test_floods_of_other_tools_ping_and_odd_tcp_flags_are_caught_and_the_victims
     ping = batch(ts, pinger, BOARD, proto=1, sport=-1, dport=-1, icmp_type=ECHO_REQUEST, size=98)
     pong = batch(ts + 0.0002, BOARD, pinger, proto=1, sport=-1, dport=-1, icmp_type=ECHO_REPLY, size=98)
     flags = rng.choice([FIN, XMAS, 0], n)
-    odd = batch(ts + 10, flooder, BOARD, sport=rng_ports(rng, n), dport=rng_ports(rng, n), flags=flags)
+    odd = batch(ts + 10, flooder, BOARD, sport=40000 + np.arange(n), dport=80, flags=flags)
     resets = batch(ts + 10.0002, BOARD, flooder, sport=odd.dport, dport=odd.sport, flags=RSTACK)
-    verdicts, labels = run(join(ping, pong, odd, resets))
+    # Mirai's syn attack with every flag set but RST and URG (its "syn" command takes any flag bits).
+    synner = ip(203, 0, 113, 52)
+    odd_syn = batch(ts + 20, synner, BOARD, sport=rng_ports(rng, n), dport=443, flags=0x1B, size=74)
+    verdicts, labels = run(join(ping, pong, odd, resets, odd_syn))
     assert [(v.label, v.basis, v.src_ip, v.proto) for v in verdicts] == [
-        ("mirai_udp", "headers", "203.0.113.50", 1), ("mirai_ack", "headers", "203.0.113.51", 6)
+        ("mirai_udp", "headers", "203.0.113.50", 1), ("mirai_ack", "headers", "203.0.113.51", 6),
+        ("mirai_syn", "headers", "203.0.113.52", 6),
     ]
     assert all(v.latency < 1.0 for v in verdicts)
 
@@ -169,6 +176,59 @@ def test_a_ping_sweep_of_absent_hosts_is_a_scan_and_pinging_live_hosts_is_not():
                     icmp_type=ECHO_REPLY)
     verdicts, _ = run(join(sweep, checks, answers))
     assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_scan", "headers", "192.168.1.98")]
+
+
+@pytest.mark.parametrize(
+    "proto, flags, ports, header, model_says, verdict",
+    [
+        (17, 0, "random", 0, "mirai_udpplain", "mirai_udp"),  # fresh socket pairs: Mirai's udp flood
+        (17, 0, "fixed", 0, "mirai_udp", "mirai_udpplain"),  # one socket: its udpplain
+        (6, ACK, "random", 20, "mirai_scan", "mirai_ack"),  # empty ACKs at random ports
+        (6, SYN, "random", 40, "mirai_scan", "mirai_syn"),  # SYNs with a flood's option block, random ports
+        (6, SYN, "random", 20, "mirai_syn", "mirai_scan"),  # short SYNs to ports not tried: a port scan
+    ],
+    ids=["udp", "udpplain", "ack", "syn", "port-scan"],
+)
+def test_below_flood_rates_the_model_says_attack_and_the_headers_say_which(proto, flags, ports, header, model_says,
+                                                                          verdict):
+    """A slow attack (80 packets/s: no header rule) the model calls an attack of the wrong class for its headers."""
+    rng = np.random.default_rng(12)
+    n = 400
+    ts = T0 + np.arange(n) / 80.0
+    sport, dport = (rng_ports(rng, n), rng.permutation(np.arange(1, n + 1))) if ports == "random" else (40000, 443)
+    b = batch(ts, ip(198, 51, 100, 5), BOARD, proto=proto, sport=sport, dport=dport, flags=flags, size=90)
+    b.tcp_hdr_len[:] = header
+    scores = np.full((n, len(LABELS)), 0.02)
+    scores[:, LABELS.index(model_says)] = 0.9
+    verdicts, _ = run(b, scores=scores)
+    assert [(v.label, v.basis) for v in verdicts][:1] == [(verdict, "model")]
+
+
+def test_a_syn_flood_whose_kernel_refuses_every_syn_ack_is_still_a_syn_flood():
+    """hping3 sends raw SYNs; the attacker's own kernel answers each SYN-ACK with a RST: half its packets."""
+    n = 4000
+    ts = T0 + np.arange(n) / 1700.0
+    attacker = ip(198, 51, 100, 88)
+    syn = batch(ts, attacker, BOARD, sport=1024 + np.arange(n), dport=80, flags=SYN)
+    rst = batch(ts + 0.0004, attacker, BOARD, sport=1024 + np.arange(n), dport=80, flags=0x04)
+    verdicts, _ = run(join(syn, rst))
+    assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_syn", "headers", "198.51.100.88")]
+    assert verdicts[0].latency < 1.0
+
+
+def test_bursts_of_probes_are_scans_at_once_and_never_floods():
+    """nmap -sS sends 1,000 SYNs in 20 ms; nmap -sn bursts echo requests across a /24 (no host there).  (nmap's
+    second round to the silent hosts is no probe any more: it can add a ping-flood verdict, left as it is.)"""
+    syn_scanner, sweeper = ip(192, 168, 1, 91), ip(192, 168, 1, 92)
+    ts = T0 + np.arange(1000) / 50000.0
+    probes = batch(ts, syn_scanner, BOARD, sport=61000, dport=np.arange(1, 1001), flags=SYN)
+    hosts = ip(10, 30, 0, 0) + np.arange(256)
+    pings = batch(T0 + 5 + np.arange(256) / 1000.0, sweeper, hosts, proto=1, sport=-1, dport=-1, icmp_type=ECHO_REQUEST)
+    verdicts, _ = run(join(probes, pings))
+    assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [
+        ("mirai_scan", "headers", "192.168.1.91"), ("mirai_scan", "headers", "192.168.1.92")
+    ]
+    assert all(v.latency < 0.5 for v in verdicts)
 
 
 def test_a_steady_udp_stream_or_a_download_is_no_flood():
