@@ -373,6 +373,18 @@ def _matching(labels: np.ndarray, ev: Evidence, anomalous: np.ndarray) -> np.nda
     return np.where(ok, labels, -1)
 
 
+def _first_per_source_and_class(verdicts: list[Verdict]) -> list[Verdict]:
+    """In time order; of a source's verdicts of one class from several tables (source, pair, initiator) in one
+    batch, the earliest."""
+    out, seen = [], set()
+    for v in sorted(verdicts, key=lambda v: v.decided_at):
+        key = (v.src_ip, v.label) if v.kind == "source" else None
+        if key is None or key not in seen:
+            out.append(v)
+            seen.add(key)
+    return out
+
+
 class DecisionLayer:
     """``update(packets, scores, features, anomaly)`` -> the verdicts this batch raised (the layer keeps no
     history: a long-running agent must not grow with every verdict).  After each update,
@@ -437,6 +449,12 @@ class DecisionLayer:
             self.anomaly_enabled = True
         anomalous = np.zeros(n) if anomaly is None else (anomaly > 1.0).astype(np.float64)
         shape = ev.shape()
+        # RSTs and SYN-ACKs answer somebody (a victim refusing a flood's or a scan's packets, a scanner's kernel
+        # refusing the SYN-ACKs its raw probes drew): whatever the model makes of them, they convict nobody.
+        answers = ev.rst | ev.answer
+        if answers.any():
+            scores = scores.copy()
+            scores[answers] = np.eye(N_CLASSES)[0]
 
         # Probes: openers (SYNs, stealth scans' FIN/NULL/Xmas, echo requests) to a destination host and port their
         # sender had not tried.  Mirai's SYN flood at random ports tries new ports too, but with its 20-byte option
@@ -468,7 +486,7 @@ class DecisionLayer:
         rows = np.flatnonzero((self.sources.per_packet(srcs, attack_mass) >= cfg.threshold * cfg.min_packets)
                               & (labels < 0))  # fmt: skip
         if len(rows):
-            self._judge_pairs(packets, scores, extra, rows, srcs, turned, at, labels, verdicts)
+            self._judge_pairs(packets, scores, extra, rows, srcs, labels, verdicts)
 
         # Initiators of connection attempts: probes count for their sender, answers (SYN-ACK, echo reply) for
         # their receiver.
@@ -486,7 +504,7 @@ class DecisionLayer:
             # A source already convicted (a SYN flood at random ports is also a sweep of ports) is not re-reported.
             tipped = rows[inits["order"][at_i]]
             keep = is_probe[at_i] & (labels[tipped] < 0)
-            keep[keep] = self._claim(srcs, turned, at, tipped[keep], inits["attack"][at_i][keep])
+            self._claim(srcs, tipped[keep], inits["attack"][at_i][keep])
             verdicts += [self._source_verdict(packets, inits, s, p, rows) for s, p in zip(turned_i[keep], at_i[keep])]
             scan_labels = self.initiators.per_packet(inits, np.where(is_probe, inits["convicted"], -1))
             labels[rows] = np.where(labels[rows] >= 0, labels[rows], scan_labels)
@@ -541,24 +559,18 @@ class DecisionLayer:
         self.sources.store(srcs)
         self.targets.store(tgts)
         self._chunk_labels = (_matching(labels, ev, anomalous > 0), _matching(flood_labels, ev, anomalous > 0))
-        return sorted(verdicts, key=lambda v: v.decided_at)
+        return _first_per_source_and_class(verdicts)
 
-    def _claim(self, srcs: dict, turned: np.ndarray, at: np.ndarray, tipped: np.ndarray, classes: np.ndarray
-               ) -> np.ndarray:
-        """Which verdicts of another table (pairs, initiators) about sources stand: those whose class the source
-        table did not report for the source in this batch.  Those that stand are marked as the source's, so it
-        does not report the class again.  ``tipped``: the packets that raised them; ``turned``/``at``: the
-        source table's own verdicts in this batch."""
+    def _claim(self, srcs: dict, tipped: np.ndarray, classes: np.ndarray) -> None:
+        """Mark verdicts of another table (pairs, initiators) as their sources', so that the source table does not
+        report the class again in later batches.  ``tipped``: the packets that raised them."""
         src_seg = self.sources.per_packet(srcs, srcs["seg"].ids)[tipped]
-        by_source = set(zip(turned.tolist(), srcs["attack"][at].tolist()))
-        keep = np.array([(s, c) not in by_source for s, c in zip(src_seg.tolist(), classes.tolist())], dtype=bool)
         bits = srcs["state"][:, self.sources.col["reported"]]  # a float column holding bit sets
-        for s, c in zip(src_seg[keep].tolist(), classes[keep].tolist()):
+        for s, c in zip(src_seg.tolist(), classes.tolist()):
             bits[s] = int(bits[s]) | 1 << c
-        return keep
 
     def _judge_pairs(self, packets: PacketBatch, scores: np.ndarray, extra: np.ndarray, rows: np.ndarray, srcs: dict,
-                     turned: np.ndarray, at: np.ndarray, labels: np.ndarray, verdicts: list) -> None:
+                     labels: np.ndarray, verdicts: list) -> None:
         """The pair table's model verdicts over ``rows`` of the batch: appended to ``verdicts``, marked as their
         sources' in ``srcs``, and filled into ``labels`` (per packet) where the source is not convicted."""
         cfg = self.cfg
@@ -566,8 +578,8 @@ class DecisionLayer:
                          packets.dst_ip_lo[rows])  # fmt: skip
         prs = self.pairs.update(key, packets.ts[rows], scores[rows], extra[rows, : len(self.PAIR_EXTRAS)])
         turned_p, at_p = _decide(self.pairs, prs, cfg, [(_model_rule(prs, cfg, self.pairs, floods_only=True), "model")])
-        keep = self._claim(srcs, turned, at, rows[prs["order"][at_p]], prs["attack"][at_p])
-        verdicts += [self._source_verdict(packets, prs, s, p, rows) for s, p in zip(turned_p[keep], at_p[keep])]
+        self._claim(srcs, rows[prs["order"][at_p]], prs["attack"][at_p])
+        verdicts += [self._source_verdict(packets, prs, s, p, rows) for s, p in zip(turned_p, at_p)]
         labels[rows] = np.where(labels[rows] >= 0, labels[rows], self.pairs.per_packet(prs, prs["convicted"]))
         self.pairs.store(prs)
 

@@ -324,26 +324,16 @@ def _masscan(lab: Lab) -> list[str]:
 SCAN = frozenset({"mirai_scan"})
 FLOOD_PACE = ("-i", "u500")  # ~2000 packets/s
 HPING_OK = (0, 1)  # 1: no answer came back (none to FIN/Xmas at an open port; spoofed sources get theirs elsewhere)
-SYN_FLOOD_MISLABELLED = Gap(
-    "hping3 -S -p 80 (~1700 SYNs/s, 20-byte TCP header without options, source port +1 per packet) is "
-    "convicted within 5 ms, but by the model as mirai_scan.  The header SYN-flood rule never fires: the "
-    "attacker's own kernel answers each of the board's SYN-ACKs with a RST, so SYN-only is 50% of the "
-    "source's packets, below flood_shape_share 0.9"
-)
 CONNECT_SCAN_MISLABELLED = Gap(
     "nmap -sT: 1000 kernel SYNs (40-byte headers with MSS/SACK/TS/WS options) in 10-20 ms.  The scan rule "
-    "judges only after scan_settle_s 0.5 s and no probe comes later; the SYN-flood rule's sweep needs short "
-    "SYNs, so it says mirai_syn, as the model does (in one early run of 13 the model said mirai_scan)",
+    "judges a burst of 100 probes at once, but the source is convicted of a SYN flood first: full-option SYNs "
+    "at ever new ports of one host are what Mirai's SYN flood at random ports sends (in one early run of 13 the "
+    "model said mirai_scan)",
     strict=False,
 )
-BOARD_ACCUSED = Gap(
-    "the board's 1000 RST-ACKs answering FIN/Xmas/NULL probes (one per closed port, to the scanner's one "
-    "source port) convict the board itself: a model verdict mirai_scan with src_ip = the board"
-)
-
 ATTACKS = [
     Attack("hping3-syn-flood", "hping3", _hping("-S", "-p", "80", "-c", "4000", *FLOOD_PACE),
-           frozenset({"mirai_syn"}), ok_codes=HPING_OK, gaps={"named": SYN_FLOOD_MISLABELLED}),
+           frozenset({"mirai_syn"}), ok_codes=HPING_OK),
     Attack("hping3-syn-flood-rand-source", "hping3",
            _hping("-S", "-p", "80", "--rand-source", "-c", "4000", *FLOOD_PACE),
            frozenset({"mirai_syn"}), spoofed=True, ok_codes=HPING_OK),
@@ -359,18 +349,15 @@ ATTACKS = [
            frozenset({"mirai_ack"}), proto=6, ok_codes=HPING_OK),
     Attack("nmap-syn-scan", "nmap", _nmap("-sS", "-p1-1000"), SCAN),
     Attack("nmap-connect-scan", "nmap", _nmap("-sT", "-p1-1000"), SCAN, gaps={"named": CONNECT_SCAN_MISLABELLED}),
-    Attack("nmap-fin-scan", "nmap", _nmap("-sF", "-p1-1000"), SCAN, gaps={"board": BOARD_ACCUSED}),
-    Attack("nmap-xmas-scan", "nmap", _nmap("-sX", "-p1-1000"), SCAN, gaps={"board": BOARD_ACCUSED}),
-    Attack("nmap-null-scan", "nmap", _nmap("-sN", "-p1-1000"), SCAN, gaps={"board": BOARD_ACCUSED}),
+    Attack("nmap-fin-scan", "nmap", _nmap("-sF", "-p1-1000"), SCAN),
+    Attack("nmap-xmas-scan", "nmap", _nmap("-sX", "-p1-1000"), SCAN),
+    Attack("nmap-null-scan", "nmap", _nmap("-sN", "-p1-1000"), SCAN),
     # Off-link targets: nmap's default discovery probes (echo request, SYN 443, ACK 80, timestamp request).
     Attack("nmap-ping-sweep", "nmap", _nmap("-sn", target=lambda lab: SWEPT_NET), SCAN),
     Attack("nmap-udp-scan", "nmap", _nmap("-sU", "--top-ports", "100", "--max-retries", "1"), SCAN,
            gaps={check: Gap("UDP scans are not judged yet: UDP probes are no openers and the answers are "
                             "ICMP port unreachables", strict=False) for check in ("reported", "named")}),
-    Attack("masscan-syn-scan", "masscan", _masscan, SCAN, runner=run_masscan, gaps={"board": Gap(
-        "masscan (1000 SYNs at ~2000/s, one source port, and a RST of its own after each answer): in most runs "
-        "the board's 998 RST-ACKs convict the board itself (model verdict mirai_scan, src_ip = the board)",
-        strict=False)}),
+    Attack("masscan-syn-scan", "masscan", _masscan, SCAN, runner=run_masscan),
 ]
 
 
