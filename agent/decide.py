@@ -373,6 +373,11 @@ def _matching(labels: np.ndarray, ev: Evidence, anomalous: np.ndarray) -> np.nda
     return np.where(ok, labels, -1)
 
 
+def _attempt_key(src_hi, src_lo, dst_hi, dst_lo, dport) -> np.ndarray:
+    """The attempts table's key: (source, destination, destination port)."""
+    return hash_words(13, src_lo, dst_hi ^ src_hi, dst_lo, np.asarray(dport).astype(np.uint64))
+
+
 def _first_per_source_and_class(verdicts: list[Verdict]) -> list[Verdict]:
     """In time order; of a source's verdicts of one class from several tables (source, pair, initiator) in one
     batch, the earliest."""
@@ -448,6 +453,8 @@ class DecisionLayer:
         if anomaly is not None:
             self.anomaly_enabled = True
         anomalous = np.zeros(n) if anomaly is None else (anomaly > 1.0).astype(np.float64)
+        probe = ev.opener & self._first_attempt(packets, ev.opener)
+        ev.unsolicited(ev.synack & ~self._answers_an_attempt(packets, ev.synack))
         shape = ev.shape()
         # RSTs and SYN-ACKs answer somebody (a victim refusing a flood's or a scan's packets, a scanner's kernel
         # refusing the SYN-ACKs its raw probes drew): whatever the model makes of them, they convict nobody.
@@ -459,7 +466,6 @@ class DecisionLayer:
         # Probes: openers (SYNs, stealth scans' FIN/NULL/Xmas, echo requests) to a destination host and port their
         # sender had not tried.  Mirai's SYN flood at random ports tries new ports too, but with its 20-byte option
         # block; scanners send short SYNs.
-        probe = ev.opener & self._first_attempt(packets, ev.opener)
         scan_like = probe & (packets.tcp_hdr_len < 32)
 
         # Sources.
@@ -561,6 +567,16 @@ class DecisionLayer:
         self._chunk_labels = (_matching(labels, ev, anomalous > 0), _matching(flood_labels, ev, anomalous > 0))
         return _first_per_source_and_class(verdicts)
 
+    def _answers_an_attempt(self, packets: PacketBatch, synack: np.ndarray) -> np.ndarray:
+        """Per packet: a SYN-ACK whose receiver had tried its sender's port (so it answers a SYN)."""
+        out = np.zeros(len(packets), dtype=bool)
+        idx = np.flatnonzero(synack)
+        if len(idx):
+            out[idx] = self.attempts.contains(_attempt_key(packets.dst_ip_hi[idx], packets.dst_ip_lo[idx],
+                                                           packets.src_ip_hi[idx], packets.src_ip_lo[idx],
+                                                           packets.sport[idx]))  # fmt: skip
+        return out
+
     def _claim(self, srcs: dict, tipped: np.ndarray, classes: np.ndarray) -> None:
         """Mark verdicts of another table (pairs, initiators) as their sources', so that the source table does not
         report the class again in later batches.  ``tipped``: the packets that raised them."""
@@ -589,8 +605,8 @@ class DecisionLayer:
         idx = np.flatnonzero(opener)
         if not len(idx):
             return out
-        key = hash_words(13, packets.src_ip_lo[idx], packets.dst_ip_hi[idx] ^ packets.src_ip_hi[idx],
-                         packets.dst_ip_lo[idx], packets.dport[idx].astype(np.uint64))
+        key = _attempt_key(packets.src_ip_hi[idx], packets.src_ip_lo[idx], packets.dst_ip_hi[idx],
+                           packets.dst_ip_lo[idx], packets.dport[idx])
         uniq, first = np.unique(key, return_index=True)
         _, is_new = self.attempts.lookup(uniq, packets.ts[idx][first])
         out[idx[first[is_new]]] = True

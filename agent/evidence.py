@@ -52,9 +52,15 @@ class Evidence:
     mirai_scan: np.ndarray  # Mirai's scanner fingerprint
     opener: np.ndarray  # TCP without ACK or RST, or an echo request: reaches for a host or port
     answer: np.ndarray  # SYN-ACK or echo reply
+    synack: np.ndarray  # a plain SYN-ACK (an answer if its receiver sent the SYN: see DecisionLayer)
     rst: np.ndarray  # TCP with RST: an answer, or a scanner's kernel refusing the SYN-ACKs its probes drew
 
     SHAPES = ("syn_only", "ack", "udp", "echo", "syn_odd")
+
+    def unsolicited(self, synack: np.ndarray) -> None:
+        """SYN-ACKs that answer no SYN are a flood's (Mirai's syn attack with the ACK bit set): a SYN shape."""
+        self.syn_odd = self.syn_odd | synack
+        self.answer = self.answer & ~synack
 
     def shape(self) -> np.ndarray:
         """(n, 5) float columns, one per SHAPES: the shapes a flood can have."""
@@ -81,4 +87,4 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         new_socket = features[:, SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
         new_host = features[:, HOST_WEIGHT] < NEW_STREAM_WEIGHT
     return Evidence(syn_only, ack, syn_odd, packets.proto == 17, echo, new_socket, new_host, fingerprint,
-                    opener | echo, synack | echo_reply, tcp & ((flags & RST) != 0))
+                    opener | echo, synack | echo_reply, synack, tcp & ((flags & RST) != 0))

@@ -57,6 +57,13 @@ class StreamTable:
         self.slots = np.insert(self.slots, at, new_slots)
         return slots, ~found
 
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """Which ``keys`` are in the table (a read: nothing is added or touched)."""
+        if not len(self.keys):
+            return np.zeros(len(keys), dtype=bool)
+        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return self.keys[pos] == keys
+
     def _allocate(self, count: int, protected: np.ndarray) -> np.ndarray:
         """``count`` free slots, evicting least recently updated entries when none are left."""
         short = count - len(self.free) - (self.budget - self.fresh)

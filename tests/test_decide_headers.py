@@ -149,6 +149,18 @@ def test_the_victim_of_a_syn_flood_answering_with_syn_acks_is_no_flooder():
     assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_syn", "198.51.100.77")]
 
 
+def test_syn_acks_that_answer_no_syn_are_a_syn_flood():
+    """Mirai's syn attack with the ACK bit set sends SYN-ACKs nobody asked for (here spoofed, at a /30)."""
+    rng = np.random.default_rng(13)
+    n = 3000
+    ts = T0 + np.arange(n) / 1500.0
+    flood = batch(ts, ip(100, 64, 0, 0) + rng.integers(0, 1 << 20, n), ip(10, 0, 0, 4) + rng.integers(0, 4, n),
+                  sport=rng_ports(rng, n), dport=53, flags=SYNACK, size=74)
+    verdicts, labels = run(flood)
+    assert {(v.kind, v.label, v.basis) for v in verdicts} == {("spoofed", "mirai_syn", "headers")}
+    assert (labels == LABELS.index("mirai_syn")).mean() > 0.8  # each of the 4 targets convicted after 100
+
+
 @pytest.mark.parametrize("flags", [FIN, XMAS, 0], ids=["fin", "xmas", "null"])
 def test_stealth_port_scans_are_scans(flags):
     """nmap -sF/-sX/-sN: closed ports answer with RST, open ones not at all; no SYN-ACK ever."""
