@@ -66,6 +66,7 @@ class DecisionConfig:
     scan_answered_max: float = 0.2  # at most this share of the probes answered (SYN-ACK, echo reply)
     scan_settle_s: float = 0.5  # answers to the first probes of an episode have had time to come back
     scan_burst_probes: int = 100  # ...or so many probes came at once (nmap, masscan) that no settling is needed
+    scan_min_sweep: float = 0.1  # a model scan verdict needs this share of recent packets sweeping (probes)
     # Anomaly verdicts: most recent packets anomalous (only when an anomaly detector runs).
     anomaly_share: float = 0.8
     anomaly_min_packets: int = 20
@@ -212,9 +213,13 @@ def _model_rule(r: dict, cfg: DecisionConfig, t: "_Tracked | None" = None, flood
         avg[:, _SCAN - 1] = -1.0
     best = avg.argmax(axis=1)
     attack, conf = 1 + best, avg[np.arange(len(avg)), best]
+    hot = (r["weight"] >= cfg.min_packets) & (conf >= cfg.threshold)
     if t is not None and "sweep" in t.extras:
         attack = _closest_by_shape(r, t, attack, floods_only)
-    return (r["weight"] >= cfg.min_packets) & (conf >= cfg.threshold), attack, conf
+        # A scanner probes: a key that sweeps no new hosts or ports is no scanner, whatever the model finds in
+        # its packets (a phone's telnet session to the router looks much like the scanner's brute force).
+        hot &= (attack != _SCAN) | (r["shares"][:, t.extras.index("sweep")] >= cfg.scan_min_sweep)
+    return hot, attack, conf
 
 
 def _closest_by_shape(r: dict, t: "_Tracked", attack: np.ndarray, floods_only: bool) -> np.ndarray:

@@ -243,6 +243,24 @@ def test_bursts_of_probes_are_scans_at_once_and_never_floods():
     assert all(v.latency < 0.5 for v in verdicts)
 
 
+def test_a_telnet_session_the_model_finds_scan_like_is_no_scan_without_probes():
+    """A phone typing into the router's telnet: the model scores it like the scanner's brute force.  A scanner
+    probes new hosts beside its sessions."""
+    n = 300
+    ts = T0 + np.arange(n) / 10.0
+    scan_scores = np.full((n, len(LABELS)), 0.02)
+    scan_scores[:, LABELS.index("mirai_scan")] = 0.9
+    phone = batch(ts, ip(192, 168, 1, 50), ip(192, 168, 1, 1), sport=50123, dport=23, flags=PSHACK, size=67)
+    assert run(phone, scores=scan_scores)[0] == []
+    bot = batch(ts, ip(192, 168, 1, 51), ip(192, 168, 1, 1), sport=50124, dport=23, flags=PSHACK, size=67)
+    probes = batch(ts + 0.05, ip(192, 168, 1, 51), ip(100, 64, 0, 0) + np.arange(n), sport=rng_ports(np.random.default_rng(14), n), dport=23, flags=SYN)
+    both = join(bot, probes)
+    scores = np.full((len(both), len(LABELS)), 0.02)
+    scores[:, LABELS.index("mirai_scan")] = 0.9
+    verdicts, _ = run(both, scores=scores)
+    assert [(v.label, v.src_ip) for v in verdicts][:1] == [("mirai_scan", "192.168.1.51")]
+
+
 def test_a_steady_udp_stream_or_a_download_is_no_flood():
     n = 6000
     ts = T0 + np.arange(n) / 1000.0
