@@ -1,6 +1,8 @@
 """The model stage: load a model bundle and classify feature rows with an int8 TFLite interpreter.
 
-A bundle is a JSON file beside a ``.tflite`` file (DESIGN 6).  It is refused,
+A bundle is a JSON file beside a ``.tflite`` file (DESIGN 6).  Bundles of schema 2 hold a model that
+outputs logits, turned into probabilities here (after the protocol restriction); schema 1 models output
+softmax probabilities and are still read.  It is refused,
 with a message saying why, when its schema, feature schema, labels or the
 model's sha256 do not match.  The interpreter comes from whichever runtime is
 installed: ai-edge-litert, else tflite-runtime, else TensorFlow (or the one
@@ -26,7 +28,10 @@ from .protocol_classes import restrict_scores
 
 log = logging.getLogger(__name__)
 
-BUNDLE_SCHEMA = "iotguard.model-bundle/1"
+BUNDLE_SCHEMA = "iotguard.model-bundle/2"  # what convert writes: the model outputs logits
+# Bundle schemas this agent reads -> what their model outputs.  An agent that reads only schema 1 refuses a
+# schema 2 bundle instead of taking its logits for probabilities.
+READ_SCHEMAS = {"iotguard.model-bundle/1": "probabilities", BUNDLE_SCHEMA: "logits"}
 DEFAULT_BUNDLE = Path(__file__).with_name("model") / "default.json"
 RUNTIMES = ("ai-edge-litert", "tflite-runtime", "tensorflow")
 _RUNTIME_MODULES = {  # runtime -> (module, attribute path of its Interpreter class)
@@ -38,6 +43,20 @@ _RUNTIME_MODULES = {  # runtime -> (module, attribute path of its Interpreter cl
 
 class BundleError(Exception):
     """The model bundle is unusable; the message says why."""
+
+
+def restrict_logits(logits: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
+    """Class probabilities from the model's logits: a softmax over the classes ``allowed`` (None: all; see
+    agent.protocol_classes), 0 for the rest (a row allowing nothing: benign).  The same as
+    ``restrict_scores`` of the full softmax, without its rounding: an int8 softmax output has steps of 1/256,
+    and the allowed classes of a row can all round to 0."""
+    z = np.asarray(logits, dtype=np.float64)
+    if allowed is not None:
+        allowed = np.array(allowed, dtype=bool)
+        allowed[~allowed.any(axis=1), 0] = True
+        z = np.where(allowed, z, -np.inf)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def load_interpreter_class(runtime: str = "auto"):
@@ -81,6 +100,11 @@ class Bundle:
     path: Path | None = None
 
     @property
+    def output(self) -> str:
+        """What the model outputs: "logits" or "probabilities" (softmax)."""
+        return READ_SCHEMAS[self.meta["schema"]]
+
+    @property
     def version(self) -> str:
         return str(self.meta.get("version", "unknown"))
 
@@ -94,8 +118,8 @@ def parse_bundle(meta: dict, tflite: bytes, path: Path | None = None) -> Bundle:
     where = f" ({path})" if path else ""
     if not isinstance(meta, dict):
         raise BundleError(f"bundle metadata must be a JSON object{where}")
-    if meta.get("schema") != BUNDLE_SCHEMA:
-        raise BundleError(f"bundle schema is {meta.get('schema')!r}, this agent reads {BUNDLE_SCHEMA!r}{where}")
+    if meta.get("schema") not in READ_SCHEMAS:
+        raise BundleError(f"bundle schema is {meta.get('schema')!r}, this agent reads {' or '.join(map(repr, READ_SCHEMAS))}{where}")
     if meta.get("feature_schema") != FEATURE_SCHEMA:
         raise BundleError(
             f"bundle was trained on features {meta.get('feature_schema')!r}, this agent computes {FEATURE_SCHEMA!r}{where}"
@@ -172,7 +196,8 @@ class Classifier:
         return np.clip(np.round(x / q.scale) + q.zero_point, -128, 127).astype(np.int8)
 
     def predict_int8(self, features: np.ndarray) -> np.ndarray:
-        """Raw int8 output scores (n, 6), exactly as the interpreter returns them."""
+        """Raw int8 outputs (n, 6), exactly as the interpreter returns them (logits or probabilities, see
+        ``Bundle.output``; ``scores_from_int8`` makes probabilities of either)."""
         n = len(features)
         out = np.empty((n, len(LABELS)), dtype=np.int8)
         full = np.zeros((self.batch_size, *GRID_SHAPE), dtype=np.int8)
@@ -186,15 +211,23 @@ class Classifier:
             out[lo : lo + len(chunk)] = self.interpreter.get_tensor(self._out)[: len(chunk)]
         return out
 
-    def dequantize(self, int8_scores: np.ndarray) -> np.ndarray:
+    def dequantize(self, int8_out: np.ndarray) -> np.ndarray:
+        """The model's int8 outputs as floats: logits or probabilities, as ``Bundle.output`` says."""
         q = self.bundle.output_q
-        return (int8_scores.astype(np.float32) - q.zero_point) * q.scale
+        return (int8_out.astype(np.float32) - q.zero_point) * q.scale
+
+    def scores_from_int8(self, int8_out: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
+        """Class probabilities (n, 6) from ``predict_int8``'s outputs; with ``allowed`` ((n, 6) bool, see
+        agent.protocol_classes) restricted to the classes each row's protocol allows (summing to 1)."""
+        out = self.dequantize(int8_out)
+        if self.bundle.output == "logits":
+            return restrict_logits(out, allowed)
+        return out if allowed is None else restrict_scores(out, allowed)
 
     def predict_scores(self, features: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
-        """Class probabilities (n, 6) dequantised from the int8 output; with ``allowed`` ((n, 6) bool, see
-        agent.protocol_classes) restricted to the classes each row's protocol allows."""
-        scores = self.dequantize(self.predict_int8(features))
-        return scores if allowed is None else restrict_scores(scores, allowed)
+        """Class probabilities (n, 6); with ``allowed`` ((n, 6) bool, see agent.protocol_classes) restricted to
+        the classes each row's protocol allows."""
+        return self.scores_from_int8(self.predict_int8(features), allowed)
 
     def predict(self, features: np.ndarray, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(label index, confidence) per row."""

@@ -19,7 +19,7 @@ from .features import Budgets, FeatureExtractor
 from .memory import release_free_memory
 from .packets import DecodeStats, PacketBatch
 from .parse import parse_frames
-from .protocol_classes import packet_classes, restrict_scores
+from .protocol_classes import packet_classes
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def detect_packets(
         fb = FeatureBatch(packets, extractor.update(packets))
         q = classifier.predict_int8(fb.features)
         # The classes the packet's protocol allows: the features cannot tell a UDP flood from an ACK flood.
-        scores = restrict_scores(classifier.dequantize(q), packet_classes(packets))
+        scores = classifier.scores_from_int8(q, packet_classes(packets))
         odd = anomaly.score(fb.features) if anomaly is not None else None
         verdicts += decision.update(fb.packets, scores, fb.features, odd)
         total += len(fb.packets)

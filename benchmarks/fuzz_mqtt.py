@@ -648,7 +648,7 @@ PUSH_SPEC: dict[str, tuple[tuple[type, ...], list[Any]]] = {
 }
 # Dotted bundle paths -> (types taken, refused values).  Scales and zero points must be real int8 parameters.
 BUNDLE_SPEC: dict[str, tuple[tuple[type, ...], list[Any]]] = {
-    "schema": ((str,), ["", "iotguard.model-bundle/2"]),
+    "schema": ((str,), ["", "iotguard.model-bundle/0", "iotguard.model-bundle/3"]),
     "feature_schema": ((str,), ["", "nbaiot-115/2"]),
     "labels": ((list,), [[], ["benign"], ["benign", "mirai_ack", "mirai_scan", "mirai_syn", "mirai_udpplain", "mirai_udp"]]),
     "model_sha256": ((str,), ["", "0" * 64]),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.model import restrict_logits
 from agent.packets import LABELS
 
 from .baselines import baselines, stratified_subsample
@@ -52,7 +53,7 @@ def evaluate(splits: dict, seed: int, epochs: int, test_rows: int) -> tuple[list
     pre = trained.preprocessor
     x_test = pre.transform(X_test)
     pred, t10k = _timed_predict(
-        lambda x: (trained.model.predict(x, batch_size=1024, verbose=0) * allowed_test).argmax(axis=1), x_test
+        lambda x: restrict_logits(trained.model.predict(x, batch_size=1024, verbose=0), allowed_test).argmax(axis=1), x_test
     )
     results.append({"model": "CNN (float)", "train_rows": len(tr), "train_s": trained.seconds, "infer_ms_10k": t10k * 1e3, **score(y_test, pred).as_dict()})
 

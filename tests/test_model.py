@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.model import BundleError, installed_runtimes, load_bundle, parse_bundle
+from agent.model import BundleError, installed_runtimes, load_bundle, parse_bundle, restrict_logits
 from agent.packets import LABELS, VERDICT_LABELS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,14 +66,28 @@ def test_runtimes_agree(tmp_path):
         res = run_agent("detect", str(sample), "--runtime", rt, "--int8-out", str(tmp_path / f"{rt}.npy"))
         assert res.returncode == 0, res.stderr
         outputs[rt] = np.load(tmp_path / f"{rt}.npy").astype(int)
+    # The labels the agent gives: the outputs restricted to the classes each packet's header allows.
+    from agent.capture_file import read_capture
+    from agent.packets import DecodeStats
+    from agent.parse import parse_frames
+    from agent.protocol_classes import packet_classes
+
+    stats = DecodeStats()
+    allowed = np.concatenate([packet_classes(parse_frames(frames, stats)) for frames in read_capture(sample, stats=stats)])
+    q = load_bundle().output_q
+
+    def labels(out):
+        return restrict_logits((out - q.zero_point) * q.scale, allowed).argmax(axis=1)
+
     base = outputs[runtimes[0]]
     for rt, out in outputs.items():
-        # Labels agree (a near-tie may flip in 1 of 10,000 rows).  The int8 bytes may differ in a few cells:
+        # Labels agree (a near-tie may flip in 1 of 10,000 rows).  The int8 bytes may differ in some cells:
         # LiteRT runs XNNPACK kernels, tflite-runtime and TensorFlow the reference ones, which round
-        # intermediate requantisation differently; softmax can stretch that near a tie.  Bound: under 0.5% of cells
-        # (measured: 0.22% for the model of the option-diverse traffic, whose scores are less often saturated).
-        assert (out.argmax(axis=1) != base.argmax(axis=1)).mean() < 1e-4, rt
-        assert (out != base).mean() < 5e-3, rt
+        # intermediate requantisation differently.  The model outputs logits, none saturated, so every cell can
+        # round a step apart (measured: tflite-runtime 1.35% of cells, by at most 2 steps; the restricted labels
+        # all equal; the raw argmax over all six classes, which the agent never reads, flipped in 0.04% of rows).
+        assert (labels(out) != labels(base)).mean() < 1e-4, rt
+        assert (out != base).mean() < 3e-2 and np.abs(out - base).max() <= 3, rt
 
 
 def test_detect_command_finds_the_demo_attacks(tmp_path):

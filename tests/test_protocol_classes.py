@@ -34,3 +34,17 @@ def test_restricted_scores_are_rescaled_and_fall_back_to_benign():
     assert out[0].argmax() == L["mirai_udp"] and out[0, L["mirai_ack"]] == 0  # an "ACK flood" of UDP packets
     assert out[1].tolist() == [1.0, 0, 0, 0, 0, 0]  # nothing allowed scored: benign
     assert (allowed_classes(np.array([FAMILY_ANY, FAMILY_TCP]))[0]).all()  # CSV rows: no protocol known
+
+
+def test_restricted_logits_are_the_restricted_softmax():
+    from agent.model import restrict_logits
+
+    logits = np.array([[1.0, 2.0, 3.0, 0.0, -1.0, 5.0], [-40.0, 9.0, 0.0, 0.0, -30.0, -50.0]])
+    allowed = allowed_classes(np.array([FAMILY_TCP, FAMILY_UDP]))
+    softmax = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    out = restrict_logits(logits, allowed)
+    assert np.allclose(out[0], restrict_scores(softmax, allowed)[0], atol=1e-6)
+    # Where the int8 softmax would round every allowed class to 0, the logits still rank them.
+    assert np.allclose(out.sum(axis=1), 1.0) and out[1].argmax() == L["mirai_udp"] and out[1, L["mirai_ack"]] == 0
+    assert restrict_logits(logits, np.zeros((2, len(LABELS)), bool))[:, 0].tolist() == [1.0, 1.0]  # nothing allowed: benign
+    assert np.allclose(restrict_logits(logits), softmax, atol=1e-6)
