@@ -69,11 +69,12 @@ class Detection:
 
     def final_labels(self) -> np.ndarray:
         """Index into VERDICT_LABELS per packet: the class of a flood from many sources the packet belongs to
-        (judged on rate and shape: each spoofed packet alone looks like a stranger's first); else the model's
-        label where it names an attack; where it says benign, the class of the verdict the packet's source
-        stands convicted of (if any)."""
-        filled = np.where((self.labels == 0) & (self.decided >= 0), self.decided, self.labels)
-        return np.where(self.flooded >= 0, self.flooded, filled)
+        (judged on rate and shape: each spoofed packet alone looks like a stranger's first); else the class of
+        the verdict the packet's source stands convicted of, where the packet has that attack's shape (the
+        headers named the class: one class per attack, whatever the model thought of each packet); else the
+        model's label."""
+        convicted = np.where(self.decided >= 0, self.decided, self.labels)
+        return np.where(self.flooded >= 0, self.flooded, convicted)
 
 
 def detect_capture(
