@@ -36,9 +36,7 @@ from .packets import LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch, format_ip
 from .stream_table import StreamTable
 
 N_CLASSES = len(LABELS)
-_SCAN, _SYN, _ACK, _UDP, _UDPPLAIN = (
-    LABELS.index(c) for c in ("mirai_scan", "mirai_syn", "mirai_ack", "mirai_udp", "mirai_udpplain")
-)
+_SCAN, _SYN, _ACK, _UDP = (LABELS.index(c) for c in ("mirai_scan", "mirai_syn", "mirai_ack", "mirai_udp"))
 _ANOMALY = len(LABELS)
 # The closest class of a flood of each shape (Evidence.SHAPES): a ping flood is connectionless, as a UDP flood.
 _SHAPE_LABELS = np.array([_SYN, _ACK, _UDP, _UDP, _SYN])
@@ -224,23 +222,22 @@ def _model_rule(r: dict, cfg: DecisionConfig, t: "_Tracked | None" = None, flood
 
 def _closest_by_shape(r: dict, t: "_Tracked", attack: np.ndarray, floods_only: bool) -> np.ndarray:
     """The model says *whether* a key's packets are an attack and of which protocol; where one shape makes up
-    most of them the headers say *which* attack, whatever options it was launched with (the features cannot:
-    a UDP flood of fresh sockets and a plain one through one socket look alike at equal sizes, and the model
-    learned scans and floods at the payload sizes it saw).  SYNs mostly sweeping (to new hosts, or short ones
-    to ports not tried) are a scan, other SYNs a SYN flood; TCP without SYN or RST through fresh socket pairs
-    an ACK flood (through few sockets it may be a telnet session, the scanner's brute force or not: the model's
-    class stands); UDP mostly through fresh socket pairs Mirai's udp flood, through few sockets (one per
-    target) its udpplain.  Only the
-    class changes: whether the key is hot stays the model's best class's average (summing a protocol's classes
-    would convict a phone's telnet session the model finds a little like a scan and a little like a flood)."""
+    most of them and the headers are decisive, they say *which* attack, whatever options it was launched with
+    (the model learned scans and floods at the payload sizes it saw).  SYNs mostly sweeping (to new hosts, or
+    short ones to ports not tried) are a scan, other SYNs a SYN flood; SYNs with odd flags a SYN flood; TCP
+    without SYN or RST through fresh socket pairs an ACK flood, or a scan when it probes (through few sockets
+    it may be a telnet session, the scanner's brute force or not); UDP mostly through fresh socket pairs
+    Mirai's udp flood (its udpplain sends through one connected socket per target; through few sockets it may
+    be either, as the udp flood with both ports set).  Where the headers are not decisive the model's class
+    stands.  Only the class changes: whether the key is hot stays the model's best class's average (summing
+    a protocol's classes would convict a phone's telnet session the model finds a little like a scan and a
+    little like a flood)."""
     shares, x = r["shares"], t.extras.index
     syn, ack, udp, syn_odd = shares[:, x("syn_only")], shares[:, x("ack")], shares[:, x("udp")], shares[:, x("syn_odd")]
-    sweeping = (shares[:, x("sweep")] >= 0.5 * syn) & (not floods_only)
-    fresh = shares[:, x("new_socket")]
-    dominant = [syn >= 0.5, syn_odd >= 0.5, (ack >= 0.5) & (fresh >= 0.5 * ack), udp >= 0.5]
-    probing = (shares[:, x("sweep")] >= 0.5 * ack) & (not floods_only)  # FIN/NULL/Xmas probes
-    by_shape = np.select(dominant, [np.where(sweeping, _SCAN, _SYN), _SYN, np.where(probing, _SCAN, _ACK),
-                                    np.where(fresh >= 0.5 * udp, _UDP, _UDPPLAIN)], -1)  # fmt: skip
+    sweep, fresh = shares[:, x("sweep")], shares[:, x("new_socket")]
+    dominant = [syn >= 0.5, syn_odd >= 0.5, (ack >= 0.5) & (fresh >= 0.5 * ack), (udp >= 0.5) & (fresh >= 0.5 * udp)]
+    scan_or = lambda flood, share: np.where((sweep >= 0.5 * share) & (not floods_only), _SCAN, flood)  # noqa: E731
+    by_shape = np.select(dominant, [scan_or(_SYN, syn), _SYN, scan_or(_ACK, ack), _UDP], -1)
     return np.where(by_shape >= 0, by_shape, attack)
 
 
@@ -364,12 +361,13 @@ def _decide(t: _Tracked, r: dict, cfg: DecisionConfig, rules: list[tuple[Rule, s
     return sids, at
 
 
-def _matching(labels: np.ndarray, ev: Evidence, anomalous: np.ndarray) -> np.ndarray:
+def _matching(labels: np.ndarray, ev: Evidence, sweep: np.ndarray, anomalous: np.ndarray) -> np.ndarray:
     """Keep a packet's verdict label only where the packet has the attack's shape: a convicted host's other
-    traffic (an infected camera still streams video) stays the model's to label."""
+    traffic (an infected camera still streams video, a scanning bot floods too) stays the model's to label.
+    A scan's packets are its probes."""
     fits = np.zeros((len(VERDICT_LABELS), len(labels)), dtype=bool)
     fits[_SYN] = ev.syn_only | ev.syn_odd
-    fits[_SCAN] = ev.syn_only | ev.mirai_scan
+    fits[_SCAN] = (sweep > 0) | ev.mirai_scan
     fits[_ACK] = ev.ack
     fits[_UDP] = ev.udp | ev.echo
     fits[LABELS.index("mirai_udpplain")] = ev.udp
@@ -569,7 +567,7 @@ class DecisionLayer:
 
         self.sources.store(srcs)
         self.targets.store(tgts)
-        self._chunk_labels = (_matching(labels, ev, anomalous > 0), _matching(flood_labels, ev, anomalous > 0))
+        self._chunk_labels = (_matching(labels, ev, sweep, anomalous > 0), _matching(flood_labels, ev, sweep, anomalous > 0))
         return _first_per_source_and_class(verdicts)
 
     def _answers_an_attempt(self, packets: PacketBatch, synack: np.ndarray) -> np.ndarray:

@@ -193,7 +193,7 @@ class LiveAgent:
         if not len(packets):
             return []
         feats = self.features.update(packets)
-        scores = classifier.predict_scores(feats, packet_classes(packets))
+        scores = classifier.predict_scores(feats, packet_classes(packets, feats))
         labels = scores.argmax(axis=1)
         c.classified += len(packets)
         for k, n in enumerate(np.bincount(labels, minlength=6).tolist()):

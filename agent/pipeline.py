@@ -70,9 +70,9 @@ class Detection:
     def final_labels(self) -> np.ndarray:
         """Index into VERDICT_LABELS per packet: the class of a flood from many sources the packet belongs to
         (judged on rate and shape: each spoofed packet alone looks like a stranger's first); else the class of
-        the verdict the packet's source stands convicted of, where the packet has that attack's shape (the
-        headers named the class: one class per attack, whatever the model thought of each packet); else the
-        model's label."""
+        the verdict the packet's source stands convicted of, where the packet has that attack's shape (a
+        scan's probes, a flood's packets: the headers named the class, one class per attack whatever the
+        model thought of each packet); else the model's label."""
         convicted = np.where(self.decided >= 0, self.decided, self.labels)
         return np.where(self.flooded >= 0, self.flooded, convicted)
 
@@ -120,7 +120,7 @@ def detect_packets(
         fb = FeatureBatch(packets, extractor.update(packets))
         q = classifier.predict_int8(fb.features)
         # The classes the packet's protocol allows: the features cannot tell a UDP flood from an ACK flood.
-        scores = classifier.scores_from_int8(q, packet_classes(packets))
+        scores = classifier.scores_from_int8(q, packet_classes(packets, fb.features))
         odd = anomaly.score(fb.features) if anomaly is not None else None
         verdicts += decision.update(fb.packets, scores, fb.features, odd)
         total += len(fb.packets)

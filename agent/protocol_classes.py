@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .evidence import NEW_STREAM_WEIGHT, SOCKET_WEIGHT
 from .packets import LABELS, PacketBatch
 
 FAMILY_OTHER, FAMILY_TCP, FAMILY_UDP = 0, 1, 2
@@ -25,7 +26,7 @@ _ALLOWED = {
     FAMILY_UDP: ("benign", "mirai_udp", "mirai_udpplain"),
 }
 ALLOWED = np.array([[label in _ALLOWED[f] for label in LABELS] for f in (FAMILY_OTHER, FAMILY_TCP, FAMILY_UDP)])
-SYN, ACK = 0x02, 0x10
+SYN, RST, ACK = 0x02, 0x04, 0x10
 
 
 def protocol_family(packets: PacketBatch) -> np.ndarray:
@@ -45,13 +46,21 @@ def allowed_classes(family: np.ndarray) -> np.ndarray:
     return out
 
 
-def packet_classes(packets: PacketBatch) -> np.ndarray:
-    """(n, 6) bool: the classes each packet's header allows, its TCP flags included."""
+def packet_classes(packets: PacketBatch, features: np.ndarray | None = None) -> np.ndarray:
+    """(n, 6) bool: the classes each packet's header allows, its TCP flags included; with the packets'
+    features, also whether it opens a new socket pair: Mirai's udpplain sends through one connected socket
+    per target, and its scanner's TCP without SYN or RST (brute-force sessions) goes through connections
+    its SYNs opened, so a UDP packet or such a TCP segment opening a socket pair is neither."""
     out = allowed_classes(protocol_family(packets))
     tcp = (packets.proto == 6) & ~packets.frag
     flags = packets.tcp_flags & (SYN | ACK)
     out[tcp & (flags == SYN), LABELS.index("mirai_ack")] = False
     out[tcp & (flags == ACK), LABELS.index("mirai_syn")] = False
+    if features is not None:
+        fresh = features[:, SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
+        out[fresh & (packets.proto == 17) & ~packets.frag, LABELS.index("mirai_udpplain")] = False
+        no_syn_rst = tcp & ((packets.tcp_flags & (SYN | RST)) == 0)
+        out[fresh & no_syn_rst, LABELS.index("mirai_scan")] = False
     return out
 
 

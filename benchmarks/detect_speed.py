@@ -60,7 +60,7 @@ def main() -> None:
             now = time.perf_counter(); spent["parse"] += now - t; t = now  # noqa: E702
             feats = fe.update(packets)
             now = time.perf_counter(); spent["features"] += now - t; t = now  # noqa: E702
-            scores = clf.predict_scores(feats, packet_classes(packets))
+            scores = clf.predict_scores(feats, packet_classes(packets, feats))
             now = time.perf_counter(); spent["inference"] += now - t; t = now  # noqa: E702
             dec.update(packets, scores, feats)
             now = time.perf_counter(); spent["decide"] += now - t; t = now  # noqa: E702

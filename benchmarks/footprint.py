@@ -46,7 +46,7 @@ start = time.perf_counter()
 for frames in read_capture(sys.argv[2], batch_size=max(p.batch_size, 4096), stats=stats):
     packets = parse_frames(frames, stats)
     feats = fe.update(packets)
-    dec.update(packets, clf.predict_scores(feats, packet_classes(packets)), feats)
+    dec.update(packets, clf.predict_scores(feats, packet_classes(packets, feats)), feats)
     n += len(packets)
     batches += 1
     if batches % 32 == 0:

@@ -194,16 +194,17 @@ def test_a_ping_sweep_of_absent_hosts_is_a_scan_and_pinging_live_hosts_is_not():
     "proto, flags, ports, header, model_says, verdict",
     [
         (17, 0, "random", 0, "mirai_udpplain", "mirai_udp"),  # fresh socket pairs: Mirai's udp flood
-        (17, 0, "fixed", 0, "mirai_udp", "mirai_udpplain"),  # one socket: its udpplain
+        (17, 0, "fixed", 0, "mirai_udp", "mirai_udp"),  # one socket: udpplain, or udp with both ports set
         (6, ACK, "random", 20, "mirai_scan", "mirai_ack"),  # empty ACKs at random ports
         (6, SYN, "random", 40, "mirai_scan", "mirai_syn"),  # SYNs with a flood's option block, random ports
         (6, SYN, "random", 20, "mirai_syn", "mirai_scan"),  # short SYNs to ports not tried: a port scan
     ],
-    ids=["udp", "udpplain", "ack", "syn", "port-scan"],
+    ids=["udp", "one-socket", "ack", "syn", "port-scan"],
 )
 def test_below_flood_rates_the_model_says_attack_and_the_headers_say_which(proto, flags, ports, header, model_says,
                                                                           verdict):
-    """A slow attack (80 packets/s: no header rule) the model calls an attack of the wrong class for its headers."""
+    """A slow attack (80 packets/s: no header rule) the model calls an attack of the wrong class for its headers
+    (where the headers cannot tell, the model's class stands)."""
     rng = np.random.default_rng(12)
     n = 400
     ts = T0 + np.arange(n) / 80.0

@@ -27,6 +27,21 @@ def test_each_packet_keeps_only_the_classes_its_header_allows():
     ]
 
 
+def test_packets_opening_a_socket_pair_are_no_udpplain_and_no_scanner_session():
+    """Features say which packets open a new socket pair: UDP through fresh sockets is no udpplain (one
+    connected socket per target), a fresh ACK or FIN segment no scanner's brute-force session."""
+    from agent.features import FeatureExtractor
+
+    t = 1.7e9 + np.arange(8) * 0.01
+    # UDP and ACKs: first through new ports each time, then twice more through the last pair.
+    b = batch(t, ip(10, 0, 0, 1), ip(10, 0, 0, 2), proto=[17, 17, 17, 17, 6, 6, 6, 6],
+              sport=[1, 2, 2, 2, 3, 4, 4, 4], flags=ACK)
+    allowed = packet_classes(b, FeatureExtractor().update(b))
+    assert allowed[:, L["mirai_udpplain"]].tolist()[:4] == [False, False, True, True]
+    assert allowed[:, L["mirai_scan"]].tolist()[4:] == [False, False, True, True]
+    assert allowed[:, L["mirai_udp"]][:4].all() and allowed[:, L["mirai_ack"]][4:].all()
+
+
 def test_restricted_scores_are_rescaled_and_fall_back_to_benign():
     scores = np.array([[0.1, 0.6, 0.0, 0.0, 0.3, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
     out = restrict_scores(scores, allowed_classes(np.array([FAMILY_UDP, FAMILY_UDP])))
