@@ -94,6 +94,6 @@ def markdown(rows: list[Row]) -> str:
         out.append(f"| {r.source} | {r.rows} | {r.attack_share:.2%} | {r.expected} | {r.expected_share:.2%} | "
                    f"{r.top_classes} | {r.verdicts} | {first} |")  # fmt: skip
     out.append("\nmodel: share of packets the CNN calls an attack; pipeline: each packet's label once the decision "
-               "stage has judged its source (the model's attack class, or a verdict's where the model says benign). N-BaIoT rows "
+               "stage has judged its source (Detection.final_labels: a verdict's class for packets of the attack's shape, else the model's). N-BaIoT rows "
                "have no packets, only the model's labels.")  # fmt: skip
     return "\n".join(out)
