@@ -56,6 +56,7 @@ class DecisionConfig:
     # Header floods, from one source or at one target: a sustained rate of one shape with fresh sockets.
     flood_rate: float = 200.0  # packets/s
     flood_min_packets: int = 100  # recent packets behind a header flood verdict
+    flood_min_kbytes_per_s: float = 16.0  # recent volume behind a model flood verdict (128 kbit/s)
     flood_shape_share: float = 0.9  # share of one shape (SYN only, ACK only, UDP)
     flood_new_socket_share: float = 0.8  # share opening a new socket pair (random ports); not for one source's SYNs
     # Scans: SYNs to hosts and ports not tried before, mostly unanswered, over a longer window.
@@ -217,6 +218,12 @@ def _model_rule(r: dict, cfg: DecisionConfig, t: "_Tracked | None" = None, flood
         # A scanner probes: a key that sweeps no new hosts or ports is no scanner, whatever the model finds in
         # its packets (a phone's telnet session to the router looks much like the scanner's brute force).
         hot &= (attack != _SCAN) | (r["shares"][:, t.extras.index("sweep")] >= cfg.scan_min_sweep)
+    if t is not None and "kbytes" in t.extras:
+        # A flood carries volume: Mirai's attacks have no rate option and send as fast as the bot's uplink lets
+        # them.  A few bursts of small datagrams (a sensor's readings, a test's probes) are no flood, however
+        # much each packet looks like one.
+        volume = _per_second(r, r["extra_weight"][:, t.extras.index("kbytes")], t.half_life_s)
+        hot &= (attack == _SCAN) | (volume >= cfg.flood_min_kbytes_per_s)
     return hot, attack, conf
 
 
@@ -244,10 +251,15 @@ def _closest_by_shape(r: dict, t: "_Tracked", attack: np.ndarray, floods_only: b
 def _rate(r: dict, half_life_s: float) -> np.ndarray:
     """Packets/s of each key, from its decayed weight, corrected for episodes shorter than the window."""
     if "rate" not in r:
-        elapsed = np.maximum(r["t"] - r["episode"], 0.05 * half_life_s)
-        filled = 1.0 - np.exp2(-elapsed / half_life_s)
-        r["rate"] = r["weight"] * np.log(2) / half_life_s / filled
+        r["rate"] = _per_second(r, r["weight"], half_life_s)
     return r["rate"]
+
+
+def _per_second(r: dict, decayed: np.ndarray, half_life_s: float) -> np.ndarray:
+    """A decayed sum of each key as an amount per second, corrected for episodes shorter than the window."""
+    elapsed = np.maximum(r["t"] - r["episode"], 0.05 * half_life_s)
+    filled = 1.0 - np.exp2(-elapsed / half_life_s)
+    return decayed * np.log(2) / half_life_s / filled
 
 
 def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -> Rule:
@@ -400,9 +412,9 @@ class DecisionLayer:
     its flood's target) stands convicted of at that packet, or -1; ``packet_flood_labels`` the same for
     floods from many sources alone (judged on rate and shape at the target: no model opinion beats it)."""
 
-    SOURCE_EXTRAS = (*Evidence.SHAPES, "new_socket", "sweep", "anomalous", "rst")
+    SOURCE_EXTRAS = (*Evidence.SHAPES, "new_socket", "sweep", "kbytes", "anomalous", "rst")
     TARGET_EXTRAS = (*Evidence.SHAPES, "new_socket", "new_source", "light_source")
-    PAIR_EXTRAS = SOURCE_EXTRAS[: len(Evidence.SHAPES) + 2]  # shapes, new_socket, sweep
+    PAIR_EXTRAS = SOURCE_EXTRAS[: len(Evidence.SHAPES) + 3]  # shapes, new_socket, sweep, kbytes
 
     def __init__(self, config: DecisionConfig | None = None) -> None:
         self.cfg = cfg = config or DecisionConfig()
@@ -474,7 +486,7 @@ class DecisionLayer:
         # Sources.
         src_key = hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64))
         sweep = ev.syn_only & ev.new_host | scan_like  # SYNs to a new host, or short SYNs to a new port
-        extra = np.column_stack([shape, ev.new_socket, sweep, anomalous, ev.rst])
+        extra = np.column_stack([shape, ev.new_socket, sweep, packets.wire_len / 1000.0, anomalous, ev.rst])
         srcs = self.sources.update(src_key, t, scores, extra)
         rules = [
             (_model_rule(srcs, cfg, self.sources), "model"),

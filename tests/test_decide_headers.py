@@ -203,13 +203,13 @@ def test_a_ping_sweep_of_absent_hosts_is_a_scan_and_pinging_live_hosts_is_not():
 )
 def test_below_flood_rates_the_model_says_attack_and_the_headers_say_which(proto, flags, ports, header, model_says,
                                                                           verdict):
-    """A slow attack (80 packets/s: no header rule) the model calls an attack of the wrong class for its headers
-    (where the headers cannot tell, the model's class stands)."""
+    """A slow attack (80 packets/s of 400-byte frames, 32 kB/s: no header rule) the model calls an attack of the
+    wrong class for its headers (where the headers cannot tell, the model's class stands)."""
     rng = np.random.default_rng(12)
     n = 400
     ts = T0 + np.arange(n) / 80.0
     sport, dport = (rng_ports(rng, n), rng.permutation(np.arange(1, n + 1))) if ports == "random" else (40000, 443)
-    b = batch(ts, ip(198, 51, 100, 5), BOARD, proto=proto, sport=sport, dport=dport, flags=flags, size=90)
+    b = batch(ts, ip(198, 51, 100, 5), BOARD, proto=proto, sport=sport, dport=dport, flags=flags, size=400)
     b.tcp_hdr_len[:] = header
     scores = np.full((n, len(LABELS)), 0.02)
     scores[:, LABELS.index(model_says)] = 0.9
@@ -242,6 +242,20 @@ def test_bursts_of_probes_are_scans_at_once_and_never_floods():
         ("mirai_scan", "headers", "192.168.1.91"), ("mirai_scan", "headers", "192.168.1.92")
     ]
     assert all(v.latency < 0.5 for v in verdicts)
+
+
+def test_bursts_of_small_datagrams_are_no_flood_however_the_model_scores_them():
+    """A peer sends 20 small datagrams in 40 ms, and 30 more a second later (the live agent test's probes):
+    the model scores them like a udpplain flood, but at 2-3 kB/s they carry no flood's volume."""
+    ts = T0 + np.concatenate([np.arange(20) * 0.002, 1.3 + np.arange(30) * 0.002])
+    b = batch(ts, ip(10, 77, 0, 20), BOARD, proto=17, sport=41000, dport=9999, size=60)
+    scores = np.full((len(b), len(LABELS)), 0.02)
+    scores[:, LABELS.index("mirai_udpplain")] = 0.9
+    assert run(b, scores=scores)[0] == []
+    flood = batch(T0 + np.arange(400) / 80.0, ip(10, 77, 0, 21), BOARD, proto=17, sport=41000, dport=9999, size=400)
+    scores = np.full((len(flood), len(LABELS)), 0.02)
+    scores[:, LABELS.index("mirai_udpplain")] = 0.9
+    assert [v.label for v in run(flood, scores=scores)[0]] == ["mirai_udpplain"]  # 32 kB/s
 
 
 def test_a_telnet_session_the_model_finds_scan_like_is_no_scan_without_probes():

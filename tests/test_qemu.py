@@ -264,16 +264,19 @@ def test_detect_model_stage_is_bit_exact(target: str, tmp_path: Path) -> None:
     assert len(np.unique(want_q.argmax(axis=1))) == 6, "every class should be exercised"
     differ = np.flatnonzero((got_q != want_q).any(axis=1))
     assert (got_q.argmax(axis=1) == want_q.argmax(axis=1)).all(), "labels differ"
+    assert np.abs(got_q.astype(np.int64) - want_q).max() <= 2, "an int8 output more than 2 steps off"
     assert len(differ) <= _tolerated_rows(runtime, len(want_q)), (
         f"{len(differ)} of {len(want_q)} rows differ, first at row {differ[0]}: {got_q[differ[0]]} vs {want_q[differ[0]]}"
     )
 
 
 def _tolerated_rows(runtime: str, rows: int) -> int:
-    """tflite-runtime's reference kernels give the same bytes on every architecture.  LiteRT's XNNPACK kernels
-    requantise differently on aarch64 and x86_64: with the model of the option-diverse traffic 4 of 74,841
-    rows of the demo capture differ (near-ties between two allowed classes, labels identical)."""
-    return 0 if runtime == "tflite-runtime" else rows // 10_000
+    """Rows of int8 output allowed to differ between an ARM target and x86_64 (labels must not).  The model
+    outputs logits (bundle schema 2), which are not saturated as softmax outputs were, so the last
+    requantisation's rounding shows: tflite-runtime on x86_64 is one step off the ARM builds in 479 of 74,841
+    rows of the demo capture (0.64%; the same rows on aarch64 and armv7).  LiteRT's XNNPACK kernels: 4 of
+    74,841 with the softmax model.  The bounds leave about 3x room."""
+    return rows // 50 if runtime == "tflite-runtime" else rows // 10_000
 
 
 # Measured on mirai_demo.pcap (all three targets): int8 outputs differ in 400 of 48,922 packets
