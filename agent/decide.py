@@ -56,7 +56,8 @@ class DecisionConfig:
     # Header floods, from one source or at one target: a sustained rate of one shape with fresh sockets.
     flood_rate: float = 200.0  # packets/s
     flood_min_packets: int = 100  # recent packets behind a header flood verdict
-    flood_min_kbytes_per_s: float = 16.0  # recent volume behind a model flood verdict (128 kbit/s)
+    flood_min_kbytes_per_s: float = 8.0  # recent volume behind a model flood verdict (64 kbit/s)...
+    flood_min_span_s: float = 0.5  # ...over at least this long (a 40 ms burst is no flood)
     flood_shape_share: float = 0.9  # share of one shape (SYN only, ACK only, UDP)
     flood_new_socket_share: float = 0.8  # share opening a new socket pair (random ports); not for one source's SYNs
     # Scans: SYNs to hosts and ports not tried before, mostly unanswered, over a longer window.
@@ -219,10 +220,10 @@ def _model_rule(r: dict, cfg: DecisionConfig, t: "_Tracked | None" = None, flood
         # its packets (a phone's telnet session to the router looks much like the scanner's brute force).
         hot &= (attack != _SCAN) | (r["shares"][:, t.extras.index("sweep")] >= cfg.scan_min_sweep)
     if t is not None and "kbytes" in t.extras:
-        # A flood carries volume: Mirai's attacks have no rate option and send as fast as the bot's uplink lets
-        # them.  A few bursts of small datagrams (a sensor's readings, a test's probes) are no flood, however
-        # much each packet looks like one.
-        volume = _per_second(r, r["extra_weight"][:, t.extras.index("kbytes")], t.half_life_s)
+        # A flood carries volume, and lasts: Mirai's attacks have no rate option and send as fast as the bot's
+        # uplink lets them.  A few bursts of small datagrams (a sensor's readings, a test's probes) are no flood,
+        # however much each packet looks like one; over half a second at least, their volume shows it.
+        volume = _per_second(r, r["extra_weight"][:, t.extras.index("kbytes")], t.half_life_s, cfg.flood_min_span_s)
         hot &= (attack == _SCAN) | (volume >= cfg.flood_min_kbytes_per_s)
     return hot, attack, conf
 
@@ -255,9 +256,10 @@ def _rate(r: dict, half_life_s: float) -> np.ndarray:
     return r["rate"]
 
 
-def _per_second(r: dict, decayed: np.ndarray, half_life_s: float) -> np.ndarray:
-    """A decayed sum of each key as an amount per second, corrected for episodes shorter than the window."""
-    elapsed = np.maximum(r["t"] - r["episode"], 0.05 * half_life_s)
+def _per_second(r: dict, decayed: np.ndarray, half_life_s: float, min_span_s: float | None = None) -> np.ndarray:
+    """A decayed sum of each key as an amount per second, corrected for episodes shorter than the window (but
+    taken over at least ``min_span_s``: 5% of the half-life unless given)."""
+    elapsed = np.maximum(r["t"] - r["episode"], 0.05 * half_life_s if min_span_s is None else min_span_s)
     filled = 1.0 - np.exp2(-elapsed / half_life_s)
     return decayed * np.log(2) / half_life_s / filled
 
