@@ -9,7 +9,7 @@ Every verdict says what decided it (``basis``):
   least ``min_packets`` and one attack class's average reaches ``threshold``.  It is released when
   that average falls below ``release`` (hysteresis).
 * ``headers``: what the headers show whatever the model says (``agent.evidence``): a flood from one
-  source (a high rate of one shape, SYN only, ACK only or UDP, with fresh ports per packet), a scan
+  source (a high rate of one shape of Evidence.SHAPES, with fresh ports per packet), a scan
   (SYNs to hosts and ports not tried before, mostly unanswered), Mirai's scanner fingerprint (one packet suffices),
   and floods at one target from many sources (spoofed or rotating), which no per-source count can
   judge.  Each gets the closest Mirai class.
@@ -58,7 +58,7 @@ class DecisionConfig:
     flood_min_packets: int = 100  # recent packets behind a header flood verdict
     flood_min_kbytes_per_s: float = 8.0  # recent volume behind a model flood verdict (64 kbit/s)...
     flood_min_span_s: float = 0.5  # ...over at least this long (a 40 ms burst is no flood)
-    flood_shape_share: float = 0.9  # share of one shape (SYN only, ACK only, UDP)
+    flood_shape_share: float = 0.9  # share of one shape (Evidence.SHAPES)
     flood_new_socket_share: float = 0.8  # share opening a new socket pair (random ports); not for one source's SYNs
     # Scans: SYNs to hosts and ports not tried before, mostly unanswered, over a longer window.
     scan_half_life_s: float = 10.0
@@ -244,7 +244,11 @@ def _closest_by_shape(r: dict, t: "_Tracked", attack: np.ndarray, floods_only: b
     syn, ack, udp, syn_odd = shares[:, x("syn_only")], shares[:, x("ack")], shares[:, x("udp")], shares[:, x("syn_odd")]
     sweep, fresh = shares[:, x("sweep")], shares[:, x("new_socket")]
     dominant = [syn >= 0.5, syn_odd >= 0.5, (ack >= 0.5) & (fresh >= 0.5 * ack), (udp >= 0.5) & (fresh >= 0.5 * udp)]
-    scan_or = lambda flood, share: np.where((sweep >= 0.5 * share) & (not floods_only), _SCAN, flood)  # noqa: E731
+
+    def scan_or(flood: int, share: np.ndarray) -> np.ndarray:
+        """A scan where the shape's packets mostly sweep (never at a flooded target), else the flood."""
+        return np.where((sweep >= 0.5 * share) & (not floods_only), _SCAN, flood)
+
     by_shape = np.select(dominant, [scan_or(_SYN, syn), _SYN, scan_or(_ACK, ack), _UDP], -1)
     return np.where(by_shape >= 0, by_shape, attack)
 
@@ -375,17 +379,23 @@ def _decide(t: _Tracked, r: dict, cfg: DecisionConfig, rules: list[tuple[Rule, s
     return sids, at
 
 
-def _matching(labels: np.ndarray, ev: Evidence, sweep: np.ndarray, anomalous: np.ndarray) -> np.ndarray:
-    """Keep a packet's verdict label only where the packet has the attack's shape: a convicted host's other
-    traffic (an infected camera still streams video, a scanning bot floods too) stays the model's to label.
-    A scan's packets are its probes."""
-    fits = np.zeros((len(VERDICT_LABELS), len(labels)), dtype=bool)
+def _shape_fits(ev: Evidence, sweep: np.ndarray, anomalous: np.ndarray) -> np.ndarray:
+    """(verdict classes, n) bool: whether each packet has the shape of each class's attack.  A scan's packets
+    are its probes."""
+    fits = np.zeros((len(VERDICT_LABELS), len(sweep)), dtype=bool)
     fits[_SYN] = ev.syn_only | ev.syn_odd
     fits[_SCAN] = (sweep > 0) | ev.mirai_scan
     fits[_ACK] = ev.ack
     fits[_UDP] = ev.udp | ev.echo
     fits[LABELS.index("mirai_udpplain")] = ev.udp
     fits[_ANOMALY] = anomalous
+    return fits
+
+
+def _matching(labels: np.ndarray, fits: np.ndarray) -> np.ndarray:
+    """Keep a packet's verdict label only where the packet has the attack's shape (``_shape_fits``): a convicted
+    host's other traffic (an infected camera still streams video, a scanning bot floods too) stays the model's
+    to label."""
     ok = (labels >= 0) & fits[np.maximum(labels, 0), np.arange(len(labels))]
     return np.where(ok, labels, -1)
 
@@ -559,7 +569,7 @@ class DecisionLayer:
         verdicts += [self._target_verdict(packets, tgts, s, p) for s, p in zip(turned_t, at_t)]
         # Packets of a flood at a convicted target: the flood's shape from a light source.
         flood_class = self.targets.per_packet(tgts, tgts["convicted"])
-        shaped = shape.sum(axis=1) > 0  # SYN only, ACK only or UDP
+        shaped = shape.sum(axis=1) > 0  # of one of the shapes a flood can have
         from_flood = (flood_class >= 0) & light_src & shaped
         flood_labels = np.where(from_flood, flood_class, -1)
         labels = np.where(labels < 0, flood_labels, labels)
@@ -581,7 +591,8 @@ class DecisionLayer:
 
         self.sources.store(srcs)
         self.targets.store(tgts)
-        self._chunk_labels = (_matching(labels, ev, sweep, anomalous > 0), _matching(flood_labels, ev, sweep, anomalous > 0))
+        fits = _shape_fits(ev, sweep, anomalous > 0)
+        self._chunk_labels = (_matching(labels, fits), _matching(flood_labels, fits))
         return _first_per_source_and_class(verdicts)
 
     def _answers_an_attempt(self, packets: PacketBatch, synack: np.ndarray) -> np.ndarray:

@@ -67,6 +67,12 @@ class Evidence:
         return np.stack([getattr(self, name) for name in self.SHAPES], axis=1).astype(np.float64)
 
 
+def opens_socket_pair(features: np.ndarray) -> np.ndarray:
+    """Per packet (its 115 features): the packet created its socket pair's stream (or the pair had been quiet
+    for minutes)."""
+    return features[:, SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
+
+
 def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) -> Evidence:
     """Header evidence of every packet; without features (tests of the header rules alone) no packet
     counts as opening a new socket or reaching a new host."""
@@ -84,7 +90,7 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     if features is None:
         new_socket = new_host = np.zeros(len(packets), dtype=bool)
     else:
-        new_socket = features[:, SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
+        new_socket = opens_socket_pair(features)
         new_host = features[:, HOST_WEIGHT] < NEW_STREAM_WEIGHT
     return Evidence(syn_only, ack, syn_odd, packets.proto == 17, echo, new_socket, new_host, fingerprint,
                     opener | echo, synack | echo_reply, synack, tcp & ((flags & RST) != 0))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .evidence import NEW_STREAM_WEIGHT, SOCKET_WEIGHT
+from .evidence import ACK, RST, SYN, opens_socket_pair
 from .packets import LABELS, PacketBatch
 
 FAMILY_OTHER, FAMILY_TCP, FAMILY_UDP = 0, 1, 2
@@ -26,7 +26,6 @@ _ALLOWED = {
     FAMILY_UDP: ("benign", "mirai_udp", "mirai_udpplain"),
 }
 ALLOWED = np.array([[label in _ALLOWED[f] for label in LABELS] for f in (FAMILY_OTHER, FAMILY_TCP, FAMILY_UDP)])
-SYN, RST, ACK = 0x02, 0x04, 0x10
 
 
 def protocol_family(packets: PacketBatch) -> np.ndarray:
@@ -57,7 +56,7 @@ def packet_classes(packets: PacketBatch, features: np.ndarray | None = None) -> 
     out[tcp & (flags == SYN), LABELS.index("mirai_ack")] = False
     out[tcp & (flags == ACK), LABELS.index("mirai_syn")] = False
     if features is not None:
-        fresh = features[:, SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
+        fresh = opens_socket_pair(features)
         out[fresh & (packets.proto == 17) & ~packets.frag, LABELS.index("mirai_udpplain")] = False
         no_syn_rst = tcp & ((packets.tcp_flags & (SYN | RST)) == 0)
         out[fresh & no_syn_rst, LABELS.index("mirai_scan")] = False
