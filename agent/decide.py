@@ -32,11 +32,13 @@ import numpy as np
 from .decayed_sums import Segments, decayed_sums, running_time
 from .evidence import Evidence, packet_evidence
 from .key_hash import hash_words
-from .packets import LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch, format_ip, format_mac
+from .packets import L3_IPV4, LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch, format_ip, format_mac
 from .stream_table import StreamTable
 
 N_CLASSES = len(LABELS)
-_SCAN, _SYN, _ACK, _UDP = (LABELS.index(c) for c in ("mirai_scan", "mirai_syn", "mirai_ack", "mirai_udp"))
+_SCAN, _SYN, _ACK, _UDP, _UDPPLAIN = (
+    LABELS.index(c) for c in ("mirai_scan", "mirai_syn", "mirai_ack", "mirai_udp", "mirai_udpplain")
+)
 _ANOMALY = len(LABELS)
 # The closest class of a flood of each shape (Evidence.SHAPES): a ping flood is connectionless, as a UDP flood.
 _SHAPE_LABELS = np.array([_SYN, _ACK, _UDP, _UDP, _SYN])
@@ -67,6 +69,7 @@ class DecisionConfig:
     scan_settle_s: float = 0.5  # answers to the first probes of an episode have had time to come back
     scan_burst_probes: int = 100  # ...or so many probes came at once (nmap, masscan) that no settling is needed
     scan_min_sweep: float = 0.1  # a model scan verdict needs this share of recent packets sweeping (probes)
+    lone_probe_max_rate: float = 20.0  # bare SYN probes/s at a target below which one convicts its sender
     # Anomaly verdicts: most recent packets anomalous (only when an anomaly detector runs).
     anomaly_share: float = 0.8
     anomaly_min_packets: int = 20
@@ -223,8 +226,13 @@ def _model_rule(r: dict, cfg: DecisionConfig, t: "_Tracked | None" = None, flood
         # A flood carries volume, and lasts: Mirai's attacks have no rate option and send as fast as the bot's
         # uplink lets them.  A few bursts of small datagrams (a sensor's readings, a test's probes) are no flood,
         # however much each packet looks like one; over half a second at least, their volume shows it.
+        # TCP through fresh socket pairs needs no volume: Mirai's syn and ack floods draw new ports per packet,
+        # as no benign sender's TCP does, and may carry no payload at a few dozen packets a second.
         volume = _per_second(r, r["extra_weight"][:, t.extras.index("kbytes")], t.half_life_s, cfg.flood_min_span_s)
-        hot &= (attack == _SCAN) | (volume >= cfg.flood_min_kbytes_per_s)
+        shares, x = r["shares"], t.extras.index
+        tcp = shares[:, x("syn_only")] + shares[:, x("syn_odd")] + shares[:, x("ack")]
+        tcp_fresh = (tcp >= 0.5) & (shares[:, x("new_socket")] >= cfg.flood_new_socket_share * tcp)
+        hot &= (attack == _SCAN) | (volume >= cfg.flood_min_kbytes_per_s) | tcp_fresh
     return hot, attack, conf
 
 
@@ -235,21 +243,24 @@ def _closest_by_shape(r: dict, t: "_Tracked", attack: np.ndarray, floods_only: b
     short ones to ports not tried) are a scan, other SYNs a SYN flood; SYNs with odd flags a SYN flood; TCP
     without SYN or RST through fresh socket pairs an ACK flood, or a scan when it probes (through few sockets
     it may be a telnet session, the scanner's brute force or not); UDP mostly through fresh socket pairs
-    Mirai's udp flood (its udpplain sends through one connected socket per target; through few sockets it may
-    be either, as the udp flood with both ports set).  Where the headers are not decisive the model's class
+    Mirai's udp flood, and a UDP flood the model finds through sockets reused packet after packet its udpplain,
+    which sends through one connected socket per target (as does the udp flood with both ports set, which no
+    header tells apart).  Where the headers are not decisive the model's class
     stands.  Only the class changes: whether the key is hot stays the model's best class's average (summing
     a protocol's classes would convict a phone's telnet session the model finds a little like a scan and a
     little like a flood)."""
     shares, x = r["shares"], t.extras.index
     syn, ack, udp, syn_odd = shares[:, x("syn_only")], shares[:, x("ack")], shares[:, x("udp")], shares[:, x("syn_odd")]
     sweep, fresh = shares[:, x("sweep")], shares[:, x("new_socket")]
-    dominant = [syn >= 0.5, syn_odd >= 0.5, (ack >= 0.5) & (fresh >= 0.5 * ack), (udp >= 0.5) & (fresh >= 0.5 * udp)]
+    udp_class = (attack == _UDP) | (attack == _UDPPLAIN)
+    dominant = [syn >= 0.5, syn_odd >= 0.5, (ack >= 0.5) & (fresh >= 0.5 * ack), (udp >= 0.5) & (fresh >= 0.5 * udp),
+                (udp >= 0.5) & (fresh < 0.2 * udp) & udp_class]  # fmt: skip
 
     def scan_or(flood: int, share: np.ndarray) -> np.ndarray:
         """A scan where the shape's packets mostly sweep (never at a flooded target), else the flood."""
         return np.where((sweep >= 0.5 * share) & (not floods_only), _SCAN, flood)
 
-    by_shape = np.select(dominant, [scan_or(_SYN, syn), _SYN, scan_or(_ACK, ack), _UDP], -1)
+    by_shape = np.select(dominant, [scan_or(_SYN, syn), _SYN, scan_or(_ACK, ack), _UDP, _UDPPLAIN], -1)
     return np.where(by_shape >= 0, by_shape, attack)
 
 
@@ -271,20 +282,23 @@ def _per_second(r: dict, decayed: np.ndarray, half_life_s: float, min_span_s: fl
 def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -> Rule:
     """A sustained rate of one shape (Evidence.SHAPES) with fresh sockets, from one source or at one target
     (or one Ethernet sender, whose table holds fresh packets only).  One source's SYNs and anybody's echo
-    requests need no fresh sockets: nothing benign sends them at that rate.  A source's own RSTs do not
-    count against its shape (a SYN flooder's kernel refuses every SYN-ACK its flood draws).  From one source,
+    requests need no fresh sockets: nothing benign sends them at that rate.  A source's own RSTs are set aside:
+    they neither count against its shape (a SYN flooder's kernel refuses every SYN-ACK its flood draws) nor make
+    up a flood (a victim refusing a spoofed ACK flood sends as many RSTs as it receives ACKs).  From one source,
     probes mostly (SYNs to new hosts, short SYNs, FIN/NULL/Xmas segments or echo requests to hosts and ports
     not tried before) are a scan."""
     shares = r["shares"]
     shape_share = shares[:, : len(Evidence.SHAPES)]
     shape = shape_share.argmax(axis=1)
     share = shape_share[np.arange(len(shape)), shape]
-    if "rst" in t.extras:
-        share = np.minimum(share / np.maximum(1.0 - shares[:, t.extras.index("rst")], 1e-9), 1.0)
+    rst = shares[:, t.extras.index("rst")] if "rst" in t.extras else np.zeros(len(shape))
+    kept = np.maximum(1.0 - rst, 1e-9)  # the share of the key's packets that are no RSTs
+    share = np.minimum(share / kept, 1.0)
     if "new_socket" in t.extras:
         fresh = shares[:, t.extras.index("new_socket")]
         if "new_source" in t.extras:  # a never-seen source's packet opens a new socket pair too
             fresh = np.maximum(fresh, shares[:, t.extras.index("new_source")])
+        fresh = np.clip((fresh - rst) / kept, 0.0, 1.0)  # at least this share of the other packets is fresh
         fresh_enough = fresh >= cfg.flood_new_socket_share
     else:
         fresh_enough = np.ones(len(shape), dtype=bool)
@@ -293,8 +307,8 @@ def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -
     if one_source:
         fresh_enough |= (shape == 0) | (shape == _SYN_ODD_SHAPE)
     hot = (
-        (r["weight"] >= cfg.flood_min_packets)
-        & (_rate(r, t.half_life_s) >= cfg.flood_rate)
+        (r["weight"] * kept >= cfg.flood_min_packets)
+        & (_rate(r, t.half_life_s) * kept >= cfg.flood_rate)
         & (share >= cfg.flood_shape_share)
         & fresh_enough
     )
@@ -307,12 +321,24 @@ def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -
 
 def _scan_rule(r: dict, cfg: DecisionConfig) -> Rule:
     """Probes (openers to a host and port their sender had not tried) from an initiator, few of them answered,
-    after the first answers have had time to come back."""
-    probes, answered = r["extra_weight"][:, 0], r["extra_weight"][:, 1]
+    after the first answers have had time to come back.  An answer the initiator itself resets was not wanted:
+    raw-socket SYNs (a stealth scan, a SYN flood at open ports) draw SYN-ACKs that the sender's kernel refuses.
+    Probes mostly with a full TCP option block (a kernel's connect(), Mirai's SYN flood at a subnet or at
+    random ports) are a SYN flood; short ones a scan."""
+    probes, answered, full, reset = (r["extra_weight"][:, i] for i in range(4))
+    answered = np.maximum(answered - reset, 0.0)
     unanswered = 1.0 - answered / np.maximum(probes, 1e-9)
     settled = (r["t"] - r["episode"] >= cfg.scan_settle_s) | (probes >= cfg.scan_burst_probes)
     hot = (probes >= cfg.scan_min_probes) & (answered <= cfg.scan_answered_max * probes) & settled
-    return hot, np.full(len(hot), _SCAN), np.clip(unanswered, 0.0, 1.0)
+    return hot, np.where(full >= 0.5 * probes, _SYN, _SCAN), np.clip(unanswered, 0.0, 1.0)
+
+
+def _lone_probe_rule(r: dict, lone: np.ndarray) -> Rule:
+    """A single probe with no TCP options, to a port its sender never tried, that the model scores as a scan
+    convicts its sender: a board probed by many scanning bots sees one to three SYNs from each, and every
+    operating system's SYN carries options (only raw-socket tools leave them out).  ``lone``: per packet, in
+    the key order of ``r``."""
+    return lone, np.full(len(lone), _SCAN), np.ones(len(lone))
 
 
 def _fingerprint_rule(fingerprint: np.ndarray) -> Rule:
@@ -354,6 +380,8 @@ def _decide(t: _Tracked, r: dict, cfg: DecisionConfig, rules: list[tuple[Rule, s
     seg_ids, positions = [], []
     for c in range(1, len(VERDICT_LABELS)):
         cand = hot & (attack == c) & ((reported[seg.ids] >> c) & 1 == 0)
+        if c == _ANOMALY:  # a key convicted of an attack class is not also reported as anomalous
+            cand &= (reported[seg.ids] & ((1 << _ANOMALY) - 2)) == 0
         if cand.any():
             sid, first = np.unique(seg.ids[cand], return_index=True)
             seg_ids.append(sid)
@@ -387,7 +415,7 @@ def _shape_fits(ev: Evidence, sweep: np.ndarray, anomalous: np.ndarray) -> np.nd
     fits[_SCAN] = (sweep > 0) | ev.mirai_scan
     fits[_ACK] = ev.ack
     fits[_UDP] = ev.udp | ev.echo
-    fits[LABELS.index("mirai_udpplain")] = ev.udp
+    fits[_UDPPLAIN] = ev.udp
     fits[_ANOMALY] = anomalous
     return fits
 
@@ -425,19 +453,20 @@ class DecisionLayer:
     floods from many sources alone (judged on rate and shape at the target: no model opinion beats it)."""
 
     SOURCE_EXTRAS = (*Evidence.SHAPES, "new_socket", "sweep", "kbytes", "anomalous", "rst")
-    TARGET_EXTRAS = (*Evidence.SHAPES, "new_socket", "new_source", "light_source")
+    TARGET_EXTRAS = (*Evidence.SHAPES, "new_socket", "new_source", "light_source", "bare_probe")
     PAIR_EXTRAS = SOURCE_EXTRAS[: len(Evidence.SHAPES) + 3]  # shapes, new_socket, sweep, kbytes
 
     def __init__(self, config: DecisionConfig | None = None) -> None:
         self.cfg = cfg = config or DecisionConfig()
         self.sources = _Tracked(cfg.max_sources, cfg.half_life_s, self.SOURCE_EXTRAS)
         self.targets = _Tracked(cfg.max_targets, cfg.half_life_s, self.TARGET_EXTRAS)
-        # Source and destination: a flood at one victim from a bot whose other traffic outweighs it (a camera
-        # streaming video while it floods slowly) shows only in what the bot sends that victim.
+        # Source, destination subnet and protocol: a flood at one victim from a bot whose other traffic outweighs
+        # it (a camera streaming video while it floods slowly) shows only in what the bot sends that victim.
         self.pairs = _Tracked(cfg.max_sources, cfg.half_life_s, self.PAIR_EXTRAS)
-        self.initiators = _Tracked(cfg.max_sources, cfg.scan_half_life_s, ("probe", "answered"), with_scores=False)
+        self.initiators = _Tracked(cfg.max_sources, cfg.scan_half_life_s,
+                                   ("probe", "answered", "full_options", "reset"), with_scores=False)  # fmt: skip
         self.attempts = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, port) tried
-        self.links = _Tracked(4096, cfg.half_life_s, Evidence.SHAPES, with_scores=False)  # per Ethernet sender
+        self.links = _Tracked(4096, cfg.half_life_s, (*Evidence.SHAPES, "new_source"))  # per Ethernet sender
         self.packet_labels = np.zeros(0, dtype=np.int64)
         self.packet_flood_labels = np.zeros(0, dtype=np.int64)  # the part of packet_labels from floods at targets
         self.anomaly_enabled = False  # set once an anomaly score has been given
@@ -481,23 +510,26 @@ class DecisionLayer:
             self.anomaly_enabled = True
         anomalous = np.zeros(n) if anomaly is None else (anomaly > 1.0).astype(np.float64)
         probe = ev.opener & self._first_attempt(packets, ev.opener)
-        ev.unsolicited(ev.synack & ~self._answers_an_attempt(packets, ev.synack))
+        ev.unsolicited(ev.synack & ~self._tried(packets, ev.synack, answers=True))
         shape = ev.shape()
         # RSTs and SYN-ACKs answer somebody (a victim refusing a flood's or a scan's packets, a scanner's kernel
-        # refusing the SYN-ACKs its raw probes drew): whatever the model makes of them, they convict nobody.
+        # refusing the SYN-ACKs its raw probes drew): whatever the model or the anomaly detector makes of them,
+        # they convict nobody.
         answers = ev.rst | ev.answer
         if answers.any():
             scores = scores.copy()
             scores[answers] = np.eye(N_CLASSES)[0]
+            anomalous = np.where(answers, 0.0, anomalous)
 
         # Probes: openers (SYNs, stealth scans' FIN/NULL/Xmas, echo requests) to a destination host and port their
-        # sender had not tried.  Mirai's SYN flood at random ports tries new ports too, but with its 20-byte option
-        # block; scanners send short SYNs.
-        scan_like = probe & (packets.tcp_hdr_len < 32)
+        # sender had not tried.  A sweep is made of short ones: scanners send SYNs with no TCP options or one, while
+        # Mirai's SYN flood at a subnet or at random ports, which tries new hosts and ports too, carries the kernel's
+        # 20-byte option block.
+        full_options = packets.tcp_hdr_len >= 32
+        sweep = probe & ~full_options
 
         # Sources.
         src_key = hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64))
-        sweep = ev.syn_only & ev.new_host | scan_like  # SYNs to a new host, or short SYNs to a new port
         extra = np.column_stack([shape, ev.new_socket, sweep, packets.wire_len / 1000.0, anomalous, ev.rst])
         srcs = self.sources.update(src_key, t, scores, extra)
         rules = [
@@ -521,28 +553,6 @@ class DecisionLayer:
         if len(rows):
             self._judge_pairs(packets, scores, extra, rows, srcs, labels, verdicts)
 
-        # Initiators of connection attempts: probes count for their sender, answers (SYN-ACK, echo reply) for
-        # their receiver.
-        rows = np.flatnonzero(probe | ev.answer)
-        if len(rows):
-            p_probe = probe[rows]
-            answer = rows[~p_probe]
-            init_key = src_key[rows]
-            init_key[~p_probe] = hash_words(11, packets.dst_ip_hi[answer], packets.dst_ip_lo[answer],
-                                            packets.l3[answer].astype(np.uint64))  # fmt: skip
-            inits = self.initiators.update(init_key, t[rows], None, np.column_stack([p_probe, ~p_probe]).astype(float))
-            turned_i, at_i = _decide(self.initiators, inits, cfg, [(_scan_rule(inits, cfg), "headers")])
-            # Only probes carry the scanner's address (answers are keyed by their receiver).
-            is_probe = p_probe[inits["order"]]  # in key order
-            # A source already convicted (a SYN flood at random ports is also a sweep of ports) is not re-reported.
-            tipped = rows[inits["order"][at_i]]
-            keep = is_probe[at_i] & (labels[tipped] < 0)
-            self._claim(srcs, tipped[keep], inits["attack"][at_i][keep])
-            verdicts += [self._source_verdict(packets, inits, s, p, rows) for s, p in zip(turned_i[keep], at_i[keep])]
-            scan_labels = self.initiators.per_packet(inits, np.where(is_probe, inits["convicted"], -1))
-            labels[rows] = np.where(labels[rows] >= 0, labels[rows], scan_labels)
-            self.initiators.store(inits)
-
         # Targets (victim, protocol: Mirai's floods randomise the destination port per packet).  A packet
         # from a source seen for the first time counts towards "spoofed"; one from a source too light to
         # be convicted as a flood on its own counts towards a flood from many sources.
@@ -552,7 +562,8 @@ class DecisionLayer:
         heavy = _rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
         light_src = ~self.sources.per_packet(srcs, heavy)
         new_source = self.sources.per_packet(srcs, fresh).astype(bool)
-        textra = np.column_stack([shape, ev.new_socket, new_source, light_src]).astype(np.float64)
+        bare_probe = sweep & ev.syn_only & (packets.tcp_hdr_len == 20)  # a SYN with no TCP options, to a port not tried
+        textra = np.column_stack([shape, ev.new_socket, new_source, light_src, bare_probe]).astype(np.float64)
         tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64))
         tgts = self.targets.update(tgt_key, t, scores, textra)
         tx = self.TARGET_EXTRAS
@@ -574,15 +585,53 @@ class DecisionLayer:
         flood_labels = np.where(from_flood, flood_class, -1)
         labels = np.where(labels < 0, flood_labels, labels)
 
+        # Initiators of connection attempts: probes and the initiator's resets of its own attempts count for their
+        # sender, answers (SYN-ACK, echo reply) for their receiver.
+        reset = ev.rst & self._tried(packets, ev.rst)
+        rows = np.flatnonzero(probe | ev.answer | reset)
+        if len(rows):
+            p_probe, p_reset = probe[rows], reset[rows]
+            own = p_probe | p_reset  # packets the initiator sent: they carry its address
+            answer = rows[~own]
+            init_key = src_key[rows]
+            init_key[~own] = hash_words(11, packets.dst_ip_hi[answer], packets.dst_ip_lo[answer],
+                                        packets.l3[answer].astype(np.uint64))  # fmt: skip
+            columns = np.column_stack([p_probe, ~own, p_probe & full_options[rows], p_reset]).astype(float)
+            inits = self.initiators.update(init_key, t[rows], None, columns)
+            # A lone probe convicts where bare probes arrive slowly, as scanning bots come by (a spoofed flood of bare
+            # SYNs is judged at its target: past its first packet, its rate closes this door).
+            bare_rate = _per_second(tgts, tgts["extra_weight"][:, tx.index("bare_probe")], cfg.half_life_s)
+            quiet = self.targets.per_packet(tgts, (tgts["convicted"] < 0) & (bare_rate < cfg.lone_probe_max_rate))
+            lone = (bare_probe & quiet & (scores[:, _SCAN] >= cfg.threshold))[rows]
+            rules_i = [(_scan_rule(inits, cfg), "headers"), (_lone_probe_rule(inits, lone[inits["order"]]), "headers")]
+            turned_i, at_i = _decide(self.initiators, inits, cfg, rules_i)
+            # Only the initiator's own packets carry its address (answers are keyed by their receiver); its probes
+            # carry the verdict's class.
+            is_probe, is_own = p_probe[inits["order"]], own[inits["order"]]  # in key order
+            # A source already convicted (a SYN flood at random ports is also a sweep of ports) is not re-reported.
+            tipped = rows[inits["order"][at_i]]
+            keep = is_own[at_i] & (labels[tipped] < 0)
+            self._claim(srcs, tipped[keep], inits["attack"][at_i][keep])
+            verdicts += [self._source_verdict(packets, inits, s, p, rows) for s, p in zip(turned_i[keep], at_i[keep])]
+            scan_labels = self.initiators.per_packet(inits, np.where(is_probe, inits["convicted"], -1))
+            labels[rows] = np.where(labels[rows] >= 0, labels[rows], scan_labels)
+            self.initiators.store(inits)
+
         # Links: a flood from light sources to light targets (spoofed sources at a whole subnet or at random
         # addresses) shows only in what one Ethernet sender puts on the wire.
         light_tgt = ~self.targets.per_packet(tgts, _rate(tgts, cfg.half_life_s) >= cfg.flood_rate)
-        scattered = light_src & light_tgt & shaped & (ev.new_socket | new_source)
+        scattered = light_src & light_tgt & shaped & (ev.new_socket | new_source) & (labels < 0)
         rows = np.flatnonzero(scattered)
         if len(rows):
-            links = self.links.update(packets.src_mac[rows], t[rows], None, shape[rows])
-            rule = _flood_rule(links, self.links, cfg, one_source=False)
-            turned_l, at_l = _decide(self.links, links, cfg, [(rule, "headers")])
+            links = self.links.update(packets.src_mac[rows], t[rows], scores[rows],
+                                      np.column_stack([shape[rows], new_source[rows]]))  # fmt: skip
+            # Below a header flood's rate, the model's flood classes for what mostly comes from never-seen sources
+            # (a slow spoofed flood at a subnet; internet scanners' probes are no flood class).
+            hot_m, lab_m, conf_m = _model_rule(links, cfg, floods_only=True)
+            spoofed_l = links["shares"][:, len(Evidence.SHAPES)] >= cfg.spoofed_share
+            rules_l = [(_flood_rule(links, self.links, cfg, one_source=False), "headers"),
+                       ((hot_m & spoofed_l, lab_m, conf_m), "model")]  # fmt: skip
+            turned_l, at_l = _decide(self.links, links, cfg, rules_l)
             verdicts += [self._link_verdict(packets, links, s, p, rows) for s, p in zip(turned_l, at_l)]
             link_class = self.links.per_packet(links, links["convicted"])
             flood_labels[rows] = np.where(flood_labels[rows] < 0, link_class, flood_labels[rows])
@@ -595,14 +644,16 @@ class DecisionLayer:
         self._chunk_labels = (_matching(labels, fits), _matching(flood_labels, fits))
         return _first_per_source_and_class(verdicts)
 
-    def _answers_an_attempt(self, packets: PacketBatch, synack: np.ndarray) -> np.ndarray:
-        """Per packet: a SYN-ACK whose receiver had tried its sender's port (so it answers a SYN)."""
+    def _tried(self, packets: PacketBatch, which: np.ndarray, answers: bool = False) -> np.ndarray:
+        """Per packet (of ``which``): its (source, destination, destination port) is an attempt on record; with
+        ``answers``, its (destination, source, source port): the packet answers an attempt (a SYN-ACK to a SYN)."""
         out = np.zeros(len(packets), dtype=bool)
-        idx = np.flatnonzero(synack)
+        idx = np.flatnonzero(which)
         if len(idx):
-            out[idx] = self.attempts.contains(_attempt_key(packets.dst_ip_hi[idx], packets.dst_ip_lo[idx],
-                                                           packets.src_ip_hi[idx], packets.src_ip_lo[idx],
-                                                           packets.sport[idx]))  # fmt: skip
+            p = packets
+            src, dst = (p.src_ip_hi, p.src_ip_lo), (p.dst_ip_hi, p.dst_ip_lo)
+            (a_hi, a_lo), (b_hi, b_lo), port = (dst, src, p.sport) if answers else (src, dst, p.dport)
+            out[idx] = self.attempts.contains(_attempt_key(a_hi[idx], a_lo[idx], b_hi[idx], b_lo[idx], port[idx]))
         return out
 
     def _claim(self, srcs: dict, tipped: np.ndarray, classes: np.ndarray) -> None:
@@ -618,8 +669,12 @@ class DecisionLayer:
         """The pair table's model verdicts over ``rows`` of the batch: appended to ``verdicts``, marked as their
         sources' in ``srcs``, and filled into ``labels`` (per packet) where the source is not convicted."""
         cfg = self.cfg
-        key = hash_words(14, packets.src_ip_hi[rows], packets.src_ip_lo[rows], packets.dst_ip_hi[rows],
-                         packets.dst_ip_lo[rows])  # fmt: skip
+        # The destination's subnet (/24, IPv6 /64: Mirai's floods take subnet targets) and the protocol: a bot
+        # streaming video while it floods a subnet with UDP shows the flood in this pair alone.
+        v4 = packets.l3[rows] == L3_IPV4
+        subnet = np.where(v4, packets.dst_ip_lo[rows] & np.uint64(0xFFFF_FF00), np.uint64(0))
+        key = hash_words(14, packets.src_ip_hi[rows], packets.src_ip_lo[rows], packets.dst_ip_hi[rows], subnet,
+                         packets.proto[rows].astype(np.uint64))  # fmt: skip
         prs = self.pairs.update(key, packets.ts[rows], scores[rows], extra[rows, : len(self.PAIR_EXTRAS)])
         turned_p, at_p = _decide(self.pairs, prs, cfg, [(_model_rule(prs, cfg, self.pairs, floods_only=True), "model")])
         self._claim(srcs, rows[prs["order"][at_p]], prs["attack"][at_p])

@@ -9,10 +9,13 @@ options the attacker chose (payload size, ports, TTL, ToS, ...):
   or RST ("ack": Mirai's ack flood sets ACK and maybe PSH or URG, other tools flood with FIN, PSH, URG or
   no flag at all); UDP; ICMP echo requests (ping floods and sweeps, which no Mirai class has: the closest
   is the connectionless UDP flood).  SYN-ACKs and RSTs answer somebody: a victim's replies never count;
-* whether it opens a new socket pair or reaches a new host for its source: floods and scans draw
-  fresh ports or addresses per packet, ordinary traffic reuses its connections.  The feature engine
-  already tracks every socket pair and host pair, so this is read off the slowest-decay weights
-  (half-life 100 s): a stream created by this very packet has weight 1;
+* whether its socket pair is fresh: floods draw fresh ports per packet, ordinary traffic reuses its
+  connections.  The feature engine already tracks every socket pair, so this is read off its weights: a
+  stream created by this very packet has weight 1 at every decay.  ``opens_socket_pair`` asks whether
+  the packet created its stream (or the pair had been quiet for minutes: half-life 100 s); the flood
+  evidence ``new_socket`` only whether the pair carried no other packet in about the last second
+  (half-life 1 s), since a fast flood at one random port (the other fixed) revisits each of the 65,536
+  pairs within seconds;
 * Mirai's scanner fingerprint: a SYN whose sequence number is the destination address (scanner.c sets
   ``tcph->seq = iph->daddr``); a random sequence number matches by chance once in 2^32 packets;
 * probe openers: TCP without ACK or RST (SYN, and the FIN, NULL and Xmas probes of stealth scans) and ICMP
@@ -31,11 +34,11 @@ from .packets import L3_IPV4, PacketBatch
 
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 ECHO_REQUESTS, ECHO_REPLIES = (8, 128), (0, 129)  # ICMP, ICMPv6
-# A stream whose slowest-decay weight is below this was created by the packet (weight 1) or has
-# been quiet for minutes (weights of older packets decay by half every 100 s).
+# A stream whose weight is below this was created by the packet (weight 1) or has been quiet for a few
+# half-lives of that weight's decay.
 NEW_STREAM_WEIGHT = 1.5
-SOCKET_WEIGHT = COLUMNS.index("HpHp_L0.01_weight")
-HOST_WEIGHT = COLUMNS.index("HH_L0.01_weight")
+SOCKET_WEIGHT = COLUMNS.index("HpHp_L0.01_weight")  # half-life 100 s
+RECENT_SOCKET_WEIGHT = COLUMNS.index("HpHp_L1_weight")  # half-life 1 s
 
 
 @dataclass
@@ -47,8 +50,7 @@ class Evidence:
     syn_odd: np.ndarray  # SYN with other flags, not a plain SYN-ACK
     udp: np.ndarray
     echo: np.ndarray  # ICMP echo request
-    new_socket: np.ndarray
-    new_host: np.ndarray
+    new_socket: np.ndarray  # no other packet on its socket pair in about the last second
     mirai_scan: np.ndarray  # Mirai's scanner fingerprint
     opener: np.ndarray  # TCP without ACK or RST, or an echo request: reaches for a host or port
     answer: np.ndarray  # SYN-ACK or echo reply
@@ -75,7 +77,7 @@ def opens_socket_pair(features: np.ndarray) -> np.ndarray:
 
 def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) -> Evidence:
     """Header evidence of every packet; without features (tests of the header rules alone) no packet
-    counts as opening a new socket or reaching a new host."""
+    counts as using a fresh socket pair."""
     tcp = (packets.proto == 6) & ~packets.frag  # a later fragment has no TCP header (its flags read 0)
     flags = packets.tcp_flags
     syn_only = tcp & ((flags & (SYN | ACK | RST | FIN)) == SYN)
@@ -88,9 +90,8 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     echo_reply = icmp & np.isin(packets.icmp_type, ECHO_REPLIES)
     fingerprint = syn_only & (packets.l3 == L3_IPV4) & (packets.tcp_seq.astype(np.uint32) == packets.dst_ipv4)
     if features is None:
-        new_socket = new_host = np.zeros(len(packets), dtype=bool)
+        new_socket = np.zeros(len(packets), dtype=bool)
     else:
-        new_socket = opens_socket_pair(features)
-        new_host = features[:, HOST_WEIGHT] < NEW_STREAM_WEIGHT
-    return Evidence(syn_only, ack, syn_odd, packets.proto == 17, echo, new_socket, new_host, fingerprint,
+        new_socket = features[:, RECENT_SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
+    return Evidence(syn_only, ack, syn_odd, packets.proto == 17, echo, new_socket, fingerprint,
                     opener | echo, synack | echo_reply, synack, tcp & ((flags & RST) != 0))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.packets import LABELS, VERDICT_LABELS, DecodeStats
+from agent.packets import LABELS, VERDICT_LABELS, DecodeStats, format_ip
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,10 @@ class Case:
     pipeline_recall: float
     verdict_s: float | None  # first verdict after the attack's first packet (None: no verdict)
     verdict_label: str | None
+    false_sources: int = 0  # hostile verdicts on sources that sent no attack packet
 
 
-def attack_case(clf, what: str, kind: str, view: str, options, seed: int) -> Case:
+def attack_case(clf, what: str, kind: str, view: str, options, seed: int, anomaly=None) -> Case:
     from agent.decide import DecisionLayer
     from agent.parse import parse_frames
     from agent.pipeline import detect_packets, split_packets
@@ -89,10 +90,13 @@ def attack_case(clf, what: str, kind: str, view: str, options, seed: int) -> Cas
     stats = DecodeStats()
     packets = parse_frames(synth.frames, stats)
     truth = np.asarray(synth.labels, dtype=np.int64)[packets.index]
-    result = detect_packets(split_packets(packets), stats, clf, DecisionLayer())
+    result = detect_packets(split_packets(packets), stats, clf, DecisionLayer(), anomaly=anomaly)
     mine = truth == LABELS.index(kind)
     if not mine.any():
         return Case(what, kind, view, 0, float("nan"), float("nan"), None, None)
+    hostile = truth > 0
+    attackers = {format_ip(hi, lo) for hi, lo in set(zip(packets.src_ip_hi[hostile], packets.src_ip_lo[hostile]))}
+    false_sources = sum(v.kind == "source" and v.basis != "anomaly" and v.src_ip not in attackers for v in result.verdicts)
     start = float(packets.ts[mine].min())
     later = [v for v in result.verdicts if v.decided_at >= start - 1e-9]
     first = min(later, key=lambda v: v.decided_at) if later else None
@@ -105,6 +109,7 @@ def attack_case(clf, what: str, kind: str, view: str, options, seed: int) -> Cas
         float((result.final_labels()[mine] == VERDICT_LABELS.index(kind)).mean()),
         None if first is None else first.decided_at - start,
         None if first is None else first.label,
+        false_sources,
     )
 
 

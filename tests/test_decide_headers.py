@@ -194,7 +194,7 @@ def test_a_ping_sweep_of_absent_hosts_is_a_scan_and_pinging_live_hosts_is_not():
     "proto, flags, ports, header, model_says, verdict",
     [
         (17, 0, "random", 0, "mirai_udpplain", "mirai_udp"),  # fresh socket pairs: Mirai's udp flood
-        (17, 0, "fixed", 0, "mirai_udp", "mirai_udp"),  # one socket: udpplain, or udp with both ports set
+        (17, 0, "fixed", 0, "mirai_udp", "mirai_udpplain"),  # one socket reused: udpplain (or udp, both ports set)
         (6, ACK, "random", 20, "mirai_scan", "mirai_ack"),  # empty ACKs at random ports
         (6, SYN, "random", 40, "mirai_scan", "mirai_syn"),  # SYNs with a flood's option block, random ports
         (6, SYN, "random", 20, "mirai_syn", "mirai_scan"),  # short SYNs to ports not tried: a port scan
@@ -204,7 +204,8 @@ def test_a_ping_sweep_of_absent_hosts_is_a_scan_and_pinging_live_hosts_is_not():
 def test_below_flood_rates_the_model_says_attack_and_the_headers_say_which(proto, flags, ports, header, model_says,
                                                                           verdict):
     """A slow attack (80 packets/s of 400-byte frames, 32 kB/s: no header rule) the model calls an attack of the
-    wrong class for its headers (where the headers cannot tell, the model's class stands)."""
+    wrong class for its headers.  Through one socket, Mirai's udp flood with both ports set and its udpplain differ
+    in no feature the model sees: the headers name the one that always sends so."""
     rng = np.random.default_rng(12)
     n = 400
     ts = T0 + np.arange(n) / 80.0
@@ -375,3 +376,90 @@ def test_spoofed_flood_at_a_whole_subnet_is_reported_per_sender():
         ("spoofed", "mirai_udp", "headers", "02:00:00:00:00:42", None)
     ]
     assert verdicts[0].latency < 1.0 and (labels == LABELS.index("mirai_udp")).mean() > 0.95
+
+
+def scan_scores(n: int, label: str = "mirai_scan") -> np.ndarray:
+    s = np.full((n, len(LABELS)), 0.01)
+    s[:, LABELS.index(label)] = 0.95
+    return s
+
+
+def test_lone_bare_probes_convict_each_scanner_behind_nat_and_a_spoofed_flood_of_them_convicts_its_target():
+    """A board behind NAT probed by scanning bots: one to three SYNs each, no TCP options, and the sequence number is
+    the router's public address (no fingerprint).  The model calls them scans.  A client's SYN carries options;
+    a spoofed flood of bare SYNs, which the model calls scans as well, is its target's verdict (its first
+    packet looks like a lone probe: one source verdict at most)."""
+    rng = np.random.default_rng(21)
+    bots = ip(100, 64, 0, 0) + rng.choice(1 << 20, 40, replace=False)
+    src = np.repeat(bots, rng.integers(1, 4, 40))
+    ts = T0 + np.sort(rng.uniform(0, 120, len(src)))
+    probes = batch(ts, src, BOARD, sport=rng_ports(rng, len(src)), dport=23, flags=SYN, seq=ip(203, 0, 113, 1))
+    client = batch(ts[:20] + 0.3, ip(100, 65, 0, 1) + np.arange(20), BOARD, dport=23, flags=SYN, size=74)
+    client.tcp_hdr_len[:] = 40  # an operating system's SYN
+    b = join(probes, client)
+    verdicts, labels = run(b, scores=scan_scores(len(b)))
+    assert {v.src_ip for v in verdicts} == {f"100.{int(x) >> 16 & 0xFF}.{int(x) >> 8 & 0xFF}.{int(x) & 0xFF}" for x in bots}
+    assert {(v.label, v.basis) for v in verdicts} == {("mirai_scan", "headers")}
+    assert max(v.latency for v in verdicts) < 1.0
+
+    n = 5000
+    flood = batch(T0 + np.arange(n) / 2000.0, rng.integers(1, 1 << 32, n), BOARD, sport=rng_ports(rng, n), dport=80)
+    verdicts, _ = run(flood, scores=scan_scores(n))
+    assert [(v.kind, v.label) for v in verdicts if v.kind == "spoofed"] == [("spoofed", "mirai_syn")]
+    assert len([v for v in verdicts if v.kind == "source"]) <= 1
+
+
+def test_a_slow_tcp_flood_through_fresh_sockets_needs_no_volume_and_one_socket_does():
+    """40 empty ACKs a second (2.4 kB/s, below the volume a model flood verdict needs) at random ports: Mirai's ack
+    flood at a slow uplink.  The same packets through one socket pair are a session the model misjudges."""
+    rng = np.random.default_rng(22)
+    n = 400
+    ts = T0 + np.arange(n) / 40.0
+    fresh = batch(ts, ip(198, 51, 100, 7), BOARD, sport=rng_ports(rng, n), dport=rng_ports(rng, n), flags=ACK)
+    verdicts, _ = run(fresh, scores=scan_scores(n, "mirai_ack"))
+    assert [(v.label, v.basis) for v in verdicts] == [("mirai_ack", "model")] and verdicts[0].latency < 1.0
+    session = batch(ts, ip(198, 51, 100, 7), BOARD, sport=40000, dport=8883, flags=ACK)
+    assert run(session, scores=scan_scores(n, "mirai_ack"))[0] == []
+
+
+def test_a_syn_flood_at_a_subnet_is_a_syn_flood_not_a_scan():
+    """Mirai's syn flood at a /24 at 100 packets/s: SYNs with the kernel's option block to ever new hosts and ports,
+    unanswered.  Probes they are, but no scanner's."""
+    rng = np.random.default_rng(23)
+    n = 1000
+    ts = T0 + np.arange(n) / 100.0
+    dst = ip(10, 9, 8, 0) + rng.integers(0, 256, n)
+    b = batch(ts, ip(198, 51, 100, 9), dst, sport=rng_ports(rng, n), dport=rng_ports(rng, n), flags=SYN, size=74)
+    b.tcp_hdr_len[:] = 40
+    for scores in (benign_scores(n), scan_scores(n, "mirai_syn")):
+        verdicts, labels = run(b, scores=scores)
+        assert [v.label for v in verdicts] == ["mirai_syn"] and verdicts[0].latency < 1.0
+        assert (labels == LABELS.index("mirai_syn")).mean() > 0.9
+
+
+def test_a_syn_scan_of_open_ports_whose_answers_the_scanner_resets_is_a_scan():
+    """nmap -sS at a host with every port open: each SYN-ACK answers a probe, and the scanner's kernel resets it."""
+    scanner = ip(192, 168, 1, 67)
+    ports = np.arange(1, 301)
+    ts = T0 + np.arange(300) / 100.0
+    probes = batch(ts, scanner, BOARD, sport=61000, dport=ports, flags=SYN)
+    probes.tcp_hdr_len[:] = 24  # nmap's MSS option
+    answers = batch(ts + 0.0003, BOARD, scanner, sport=ports, dport=61000, flags=SYNACK)
+    resets = batch(ts + 0.0006, scanner, BOARD, sport=61000, dport=ports, flags=0x04)
+    verdicts, _ = run(join(probes, answers, resets))
+    assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_scan", "headers", "192.168.1.67")]
+    # Without its resets (a client whose connections all succeed) the answers keep it from being a scan.
+    assert [v for v in run(join(probes, answers))[0] if v.label == "mirai_scan"] == []
+
+
+def test_a_victim_refusing_a_spoofed_ack_flood_is_no_flooder():
+    """The board answers 3,000 spoofed ACKs a second with as many RSTs, and keeps its own MQTT session."""
+    rng = np.random.default_rng(24)
+    n = 9000
+    ts = T0 + np.arange(n) / 3000.0
+    src, sports, dports = rng.integers(1, 1 << 32, n), rng_ports(rng, n), rng_ports(rng, n)
+    flood = batch(ts, src, BOARD, sport=sports, dport=dports, flags=ACK)
+    refusals = batch(ts + 0.0002, BOARD, src, sport=dports, dport=sports, flags=0x04)
+    mqtt = batch(T0 + np.arange(12) / 4.0, BOARD, ip(52, 1, 2, 3), sport=50000, dport=8883, flags=PSHACK)
+    verdicts, _ = run(join(flood, refusals, mqtt))
+    assert [v.src_ip for v in verdicts if v.kind == "source" and v.src_ip == "10.0.0.5"] == []

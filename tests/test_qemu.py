@@ -208,7 +208,7 @@ def _detect(run, runtime: str, out: Path, what: str) -> DetectRun:
         index=table[:, 0].astype(np.int64),
         labels=table[:, 1],
         int8=np.load(int8),
-        verdicts=sorted(tuple(v.get(k) for k in who) for v in lines if v["type"] == "verdict"),
+        verdicts=sorted((tuple(v.get(k) for k in who) for v in lines if v["type"] == "verdict"), key=repr),
         summary=lines[-1],
     )
 

@@ -31,6 +31,10 @@ def test_no_verdict_on_real_benign_devices(shared_data, classifier, name):
 )
 def test_real_flood_and_scan_get_a_verdict_within_a_second(shared_data, classifier, name, label):
     result = detect_capture(shared_data / "real" / name, classifier)
-    assert [v.label for v in result.verdicts] == [label]  # by the model or on headers, whichever is first
-    assert result.verdicts[0].latency < 1.0
+    named = [v for v in result.verdicts if v.label == label]  # by the model or on headers, whichever is first
+    assert named and named[0].latency < 1.0
+    # A spoofed flood of bare SYNs begins with what a scanning bot's lone probe is (DecisionLayer's lone-probe
+    # rule): its first source may be reported as a scanner, no other.
+    others = [v for v in result.verdicts if v.label != label]
+    assert len(others) <= 1 and all(v.packets == 1 and v.label == "mirai_scan" for v in others)
     assert (result.final_labels() != 0).mean() > 0.9
