@@ -55,6 +55,7 @@ class DecisionConfig:
     max_sources: int = 65536  # bounded table of tracked sources (LRU eviction)
     max_targets: int = 65536
     spoofed_share: float = 0.6  # share of a target's hostile packets from never-seen sources
+    link_spoofed_share: float = 0.9  # ...of an Ethernet sender's scattered packets, for a model verdict on them
     # Header floods, from one source or at one target: a sustained rate of one shape with fresh sockets.
     flood_rate: float = 200.0  # packets/s
     flood_min_packets: int = 100  # recent packets behind a header flood verdict
@@ -70,6 +71,8 @@ class DecisionConfig:
     scan_burst_probes: int = 100  # ...or so many probes came at once (nmap, masscan) that no settling is needed
     scan_min_sweep: float = 0.1  # a model scan verdict needs this share of recent packets sweeping (probes)
     lone_probe_max_rate: float = 20.0  # bare SYN probes/s at a target below which one convicts its sender
+    udp_scan_min_probes: int = 10  # a scan of mostly UDP probes needs so many (nmap -sU sends ~25, then waits)
+    udp_scan_min_refusals: float = 3.0  # recent ICMP unreachables behind a scan of mostly UDP probes
     # Anomaly verdicts: most recent packets anomalous (only when an anomaly detector runs).
     anomaly_share: float = 0.8
     anomaly_min_packets: int = 20
@@ -324,12 +327,17 @@ def _scan_rule(r: dict, cfg: DecisionConfig) -> Rule:
     after the first answers have had time to come back.  An answer the initiator itself resets was not wanted:
     raw-socket SYNs (a stealth scan, a SYN flood at open ports) draw SYN-ACKs that the sender's kernel refuses.
     Probes mostly with a full TCP option block (a kernel's connect(), Mirai's SYN flood at a subnet or at
-    random ports) are a SYN flood; short ones a scan."""
-    probes, answered, full, reset = (r["extra_weight"][:, i] for i in range(4))
+    random ports) are a SYN flood; short ones a scan.  Nothing answers UDP probes: mostly UDP, they are a scan
+    once closed ports have refused some (a peer-to-peer client trying ports of a peer behind NAT gets none)."""
+    probes, answered, full, reset, refused, udp = (r["extra_weight"][:, i] for i in range(6))
+    # (No SYN-ACK answers UDP, so its scans need not wait for answers: the refusals are the evidence.)
     answered = np.maximum(answered - reset, 0.0)
     unanswered = 1.0 - answered / np.maximum(probes, 1e-9)
-    settled = (r["t"] - r["episode"] >= cfg.scan_settle_s) | (probes >= cfg.scan_burst_probes)
-    hot = (probes >= cfg.scan_min_probes) & (answered <= cfg.scan_answered_max * probes) & settled
+    mostly_udp = udp >= 0.5 * probes
+    settled = (r["t"] - r["episode"] >= cfg.scan_settle_s) | (probes >= cfg.scan_burst_probes) | mostly_udp
+    enough = np.where(mostly_udp, cfg.udp_scan_min_probes, cfg.scan_min_probes)
+    hot = (probes >= enough) & (answered <= cfg.scan_answered_max * probes) & settled
+    hot &= ~mostly_udp | (refused >= cfg.udp_scan_min_refusals)
     return hot, np.where(full >= 0.5 * probes, _SYN, _SCAN), np.clip(unanswered, 0.0, 1.0)
 
 
@@ -464,7 +472,7 @@ class DecisionLayer:
         # it (a camera streaming video while it floods slowly) shows only in what the bot sends that victim.
         self.pairs = _Tracked(cfg.max_sources, cfg.half_life_s, self.PAIR_EXTRAS)
         self.initiators = _Tracked(cfg.max_sources, cfg.scan_half_life_s,
-                                   ("probe", "answered", "full_options", "reset"), with_scores=False)  # fmt: skip
+                                   ("probe", "answered", "full_options", "reset", "refused", "udp"), with_scores=False)  # fmt: skip
         self.attempts = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, port) tried
         self.links = _Tracked(4096, cfg.half_life_s, (*Evidence.SHAPES, "new_source"))  # per Ethernet sender
         self.packet_labels = np.zeros(0, dtype=np.int64)
@@ -509,7 +517,8 @@ class DecisionLayer:
         if anomaly is not None:
             self.anomaly_enabled = True
         anomalous = np.zeros(n) if anomaly is None else (anomaly > 1.0).astype(np.float64)
-        probe = ev.opener & self._first_attempt(packets, ev.opener)
+        first = self._first_attempt(packets, ev.opener | ev.udp_next_port)
+        probe, udp_probe = ev.opener & first, ev.udp_next_port & first
         ev.unsolicited(ev.synack & ~self._tried(packets, ev.synack, answers=True))
         shape = ev.shape()
         # RSTs and SYN-ACKs answer somebody (a victim refusing a flood's or a scan's packets, a scanner's kernel
@@ -522,11 +531,14 @@ class DecisionLayer:
             anomalous = np.where(answers, 0.0, anomalous)
 
         # Probes: openers (SYNs, stealth scans' FIN/NULL/Xmas, echo requests) to a destination host and port their
-        # sender had not tried.  A sweep is made of short ones: scanners send SYNs with no TCP options or one, while
-        # Mirai's SYN flood at a subnet or at random ports, which tries new hosts and ports too, carries the kernel's
-        # 20-byte option block.
+        # sender had not tried.  A sweep is made of short, empty ones: scanners send SYNs with no TCP options or one
+        # and no data, while Mirai's SYN flood at a subnet or at random ports, which tries new hosts and ports too,
+        # carries the kernel's 20-byte option block, and its ack flood with only FIN (or no flag) set, its payload.
+        # UDP opens nothing: a UDP probe is a datagram to a port not tried of a host its sender already talks with
+        # (a port scan tries one after another), judged by the initiators with the closed ports' refusals
+        # (``_scan_rule``); it sweeps nothing (a UDP flood at random ports of one host sends nothing else).
         full_options = packets.tcp_hdr_len >= 32
-        sweep = probe & ~full_options
+        sweep = probe & ~full_options & ((packets.payload_len == 0) | ev.echo)
 
         # Sources.
         src_key = hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64))
@@ -586,28 +598,30 @@ class DecisionLayer:
         labels = np.where(labels < 0, flood_labels, labels)
 
         # Initiators of connection attempts: probes and the initiator's resets of its own attempts count for their
-        # sender, answers (SYN-ACK, echo reply) for their receiver.
+        # sender, answers (SYN-ACK, echo reply) and refusals (ICMP unreachable) for their receiver.
         reset = ev.rst & self._tried(packets, ev.rst)
-        rows = np.flatnonzero(probe | ev.answer | reset)
+        rows = np.flatnonzero(probe | udp_probe | ev.answer | reset | ev.refusal)
         if len(rows):
-            p_probe, p_reset = probe[rows], reset[rows]
+            p_probe, p_udp, p_reset = probe[rows] | udp_probe[rows], udp_probe[rows], reset[rows]
             own = p_probe | p_reset  # packets the initiator sent: they carry its address
             answer = rows[~own]
             init_key = src_key[rows]
             init_key[~own] = hash_words(11, packets.dst_ip_hi[answer], packets.dst_ip_lo[answer],
                                         packets.l3[answer].astype(np.uint64))  # fmt: skip
-            columns = np.column_stack([p_probe, ~own, p_probe & full_options[rows], p_reset]).astype(float)
+            columns = np.column_stack([p_probe, ev.answer[rows] & ~own, p_probe & full_options[rows], p_reset,
+                                       ev.refusal[rows] & ~own, p_udp]).astype(float)  # fmt: skip
             inits = self.initiators.update(init_key, t[rows], None, columns)
             # A lone probe convicts where bare probes arrive slowly, as scanning bots come by (a spoofed flood of bare
             # SYNs is judged at its target: past its first packet, its rate closes this door).
             bare_rate = _per_second(tgts, tgts["extra_weight"][:, tx.index("bare_probe")], cfg.half_life_s)
             quiet = self.targets.per_packet(tgts, (tgts["convicted"] < 0) & (bare_rate < cfg.lone_probe_max_rate))
             lone = (bare_probe & quiet & (scores[:, _SCAN] >= cfg.threshold))[rows]
-            rules_i = [(_scan_rule(inits, cfg), "headers"), (_lone_probe_rule(inits, lone[inits["order"]]), "headers")]
-            turned_i, at_i = _decide(self.initiators, inits, cfg, rules_i)
-            # Only the initiator's own packets carry its address (answers are keyed by their receiver); its probes
-            # carry the verdict's class.
+            # Only the initiator's own packets carry its address (answers are keyed by their receiver): a verdict
+            # comes at one of them.  Its probes carry the verdict's class.
             is_probe, is_own = p_probe[inits["order"]], own[inits["order"]]  # in key order
+            (hot, label, conf), lone_rule = _scan_rule(inits, cfg), _lone_probe_rule(inits, lone[inits["order"]])
+            rules_i = [((hot & is_own, label, conf), "headers"), (lone_rule, "headers")]
+            turned_i, at_i = _decide(self.initiators, inits, cfg, rules_i)
             # A source already convicted (a SYN flood at random ports is also a sweep of ports) is not re-reported.
             tipped = rows[inits["order"][at_i]]
             keep = is_own[at_i] & (labels[tipped] < 0)
@@ -628,7 +642,7 @@ class DecisionLayer:
             # Below a header flood's rate, the model's flood classes for what mostly comes from never-seen sources
             # (a slow spoofed flood at a subnet; internet scanners' probes are no flood class).
             hot_m, lab_m, conf_m = _model_rule(links, cfg, floods_only=True)
-            spoofed_l = links["shares"][:, len(Evidence.SHAPES)] >= cfg.spoofed_share
+            spoofed_l = links["shares"][:, len(Evidence.SHAPES)] >= cfg.link_spoofed_share
             rules_l = [(_flood_rule(links, self.links, cfg, one_source=False), "headers"),
                        ((hot_m & spoofed_l, lab_m, conf_m), "model")]  # fmt: skip
             turned_l, at_l = _decide(self.links, links, cfg, rules_l)
@@ -683,13 +697,15 @@ class DecisionLayer:
         self.pairs.store(prs)
 
     def _first_attempt(self, packets: PacketBatch, opener: np.ndarray) -> np.ndarray:
-        """Per packet: an opener to a (source, destination, destination port) not seen before (bounded memory)."""
+        """Per packet (of ``opener``): to a (source, destination, protocol's destination port) not seen before
+        (bounded memory)."""
         out = np.zeros(len(packets), dtype=bool)
         idx = np.flatnonzero(opener)
         if not len(idx):
             return out
+        port = packets.dport[idx].astype(np.int64) + (packets.proto[idx] == 17) * (1 << 16)  # UDP ports apart
         key = _attempt_key(packets.src_ip_hi[idx], packets.src_ip_lo[idx], packets.dst_ip_hi[idx],
-                           packets.dst_ip_lo[idx], packets.dport[idx])
+                           packets.dst_ip_lo[idx], port)
         uniq, first = np.unique(key, return_index=True)
         _, is_new = self.attempts.lookup(uniq, packets.ts[idx][first])
         out[idx[first[is_new]]] = True

@@ -20,7 +20,11 @@ options the attacker chose (payload size, ports, TTL, ToS, ...):
   ``tcph->seq = iph->daddr``); a random sequence number matches by chance once in 2^32 packets;
 * probe openers: TCP without ACK or RST (SYN, and the FIN, NULL and Xmas probes of stealth scans) and ICMP
   echo requests, which reach for a host or port;
-* answers to them: SYN-ACKs and echo replies (a scanner's probes mostly go unanswered).
+* answers to them: SYN-ACKs, echo replies and a router's ICMP time exceeded (a scanner's probes mostly go
+  unanswered; a traceroute's are answered hop by hop);
+* for UDP, which opens nothing: a datagram to a host its sender already talks with, through a fresh socket
+  pair (a UDP port scan tries one port after another of one host), and refusals: ICMP destination
+  unreachable (a closed port's answer).
 """
 
 from __future__ import annotations
@@ -34,11 +38,14 @@ from .packets import L3_IPV4, PacketBatch
 
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 ECHO_REQUESTS, ECHO_REPLIES = (8, 128), (0, 129)  # ICMP, ICMPv6
+UNREACHABLE = (3, 1)  # ICMP, ICMPv6 destination unreachable
+TIME_EXCEEDED = (11, 3)  # ICMP, ICMPv6
 # A stream whose weight is below this was created by the packet (weight 1) or has been quiet for a few
 # half-lives of that weight's decay.
 NEW_STREAM_WEIGHT = 1.5
 SOCKET_WEIGHT = COLUMNS.index("HpHp_L0.01_weight")  # half-life 100 s
 RECENT_SOCKET_WEIGHT = COLUMNS.index("HpHp_L1_weight")  # half-life 1 s
+HOST_WEIGHT = COLUMNS.index("HH_L0.01_weight")  # half-life 100 s
 
 
 @dataclass
@@ -53,9 +60,11 @@ class Evidence:
     new_socket: np.ndarray  # no other packet on its socket pair in about the last second
     mirai_scan: np.ndarray  # Mirai's scanner fingerprint
     opener: np.ndarray  # TCP without ACK or RST, or an echo request: reaches for a host or port
-    answer: np.ndarray  # SYN-ACK or echo reply
+    answer: np.ndarray  # SYN-ACK, echo reply or time exceeded
     synack: np.ndarray  # a plain SYN-ACK (an answer if its receiver sent the SYN: see DecisionLayer)
     rst: np.ndarray  # TCP with RST: an answer, or a scanner's kernel refusing the SYN-ACKs its probes drew
+    udp_next_port: np.ndarray  # UDP through a fresh socket pair to a host its sender talked with recently
+    refusal: np.ndarray  # ICMP destination unreachable
 
     SHAPES = ("syn_only", "ack", "udp", "echo", "syn_odd")
 
@@ -88,10 +97,16 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     icmp = (packets.proto == 1) | (packets.proto == 58)
     echo = icmp & np.isin(packets.icmp_type, ECHO_REQUESTS)
     echo_reply = icmp & np.isin(packets.icmp_type, ECHO_REPLIES)
+    v4, v6 = packets.proto == 1, packets.proto == 58
+    exceeded = v4 & (packets.icmp_type == TIME_EXCEEDED[0]) | v6 & (packets.icmp_type == TIME_EXCEEDED[1])
     fingerprint = syn_only & (packets.l3 == L3_IPV4) & (packets.tcp_seq.astype(np.uint32) == packets.dst_ipv4)
     if features is None:
-        new_socket = np.zeros(len(packets), dtype=bool)
+        new_socket = known_host = np.zeros(len(packets), dtype=bool)
     else:
         new_socket = features[:, RECENT_SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
+        known_host = features[:, HOST_WEIGHT] >= NEW_STREAM_WEIGHT
+    udp = (packets.proto == 17) & ~packets.frag
+    unreachable = v4 & (packets.icmp_type == UNREACHABLE[0]) | v6 & (packets.icmp_type == UNREACHABLE[1])
     return Evidence(syn_only, ack, syn_odd, packets.proto == 17, echo, new_socket, fingerprint,
-                    opener | echo, synack | echo_reply, synack, tcp & ((flags & RST) != 0))
+                    opener | echo, synack | echo_reply | exceeded, synack, tcp & ((flags & RST) != 0),
+                    udp & new_socket & known_host, unreachable)  # fmt: skip

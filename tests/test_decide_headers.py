@@ -463,3 +463,31 @@ def test_a_victim_refusing_a_spoofed_ack_flood_is_no_flooder():
     mqtt = batch(T0 + np.arange(12) / 4.0, BOARD, ip(52, 1, 2, 3), sport=50000, dport=8883, flags=PSHACK)
     verdicts, _ = run(join(flood, refusals, mqtt))
     assert [v.src_ip for v in verdicts if v.kind == "source" and v.src_ip == "10.0.0.5"] == []
+
+
+def test_a_udp_port_scan_refused_by_closed_ports_is_a_scan_and_udp_to_many_ports_of_a_peer_is_not():
+    """nmap -sU: datagrams to one port after another of one host, the closed ones refused with ICMP port
+    unreachable (as Linux rate-limits them: six at once).  A peer-to-peer client trying 60 ports of a peer behind
+    NAT gets no refusal; a DNS client's queries to its resolver go to one port; a traceroute's are answered."""
+    scanner, p2p, resolver_client = ip(192, 168, 1, 70), ip(192, 168, 1, 71), ip(192, 168, 1, 72)
+    ports = np.arange(1000, 1100)
+    ts = T0 + np.arange(100) / 300.0
+    probes = batch(ts, scanner, BOARD, proto=17, sport=60664, dport=ports, size=42)
+    refusals = batch(ts[:6] + 0.0001, BOARD, scanner, proto=1, sport=-1, dport=-1, icmp_type=3, size=70)
+    peer = ip(81, 2, 3, 4)
+    punches = batch(T0 + np.arange(60) / 30.0, p2p, peer, proto=17, sport=41000, dport=30000 + np.arange(60), size=62)
+    dns = batch(T0 + np.arange(50) / 5.0, resolver_client, ip(192, 168, 1, 1), proto=17,
+                sport=np.random.default_rng(25).integers(1024, 65536, 50), dport=53, size=80)  # fmt: skip
+    # A traceroute: three datagrams per hop to ports 33434 on, answered by each router's ICMP time exceeded, the
+    # last hop's by port unreachable.
+    tracer, far = ip(192, 168, 1, 73), ip(93, 184, 216, 34)
+    tt = T0 + 0.05 * np.arange(36)
+    trace = batch(tt, tracer, far, proto=17, sport=44000, dport=33434 + np.arange(36), size=74)
+    hops = batch(tt[:33] + 0.01, ip(100, 100, 0, 1) + np.arange(33) // 3, tracer, proto=1, sport=-1, dport=-1,
+                 icmp_type=11, size=70)  # fmt: skip
+    last = batch(tt[33:] + 0.02, far, tracer, proto=1, sport=-1, dport=-1, icmp_type=3, size=70)
+    verdicts, labels = run(join(probes, refusals, punches, dns, trace, hops, last))
+    assert [(v.label, v.basis, v.src_ip, v.proto) for v in verdicts] == [("mirai_scan", "headers", "192.168.1.70", 17)]
+    assert verdicts[0].latency < 1.0
+    # Without the refusals (filtered ports: nmap's "open|filtered") the datagrams stay unjudged.
+    assert run(join(probes, punches, dns))[0] == []

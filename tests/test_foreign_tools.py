@@ -354,9 +354,7 @@ ATTACKS = [
     Attack("nmap-null-scan", "nmap", _nmap("-sN", "-p1-1000"), SCAN),
     # Off-link targets: nmap's default discovery probes (echo request, SYN 443, ACK 80, timestamp request).
     Attack("nmap-ping-sweep", "nmap", _nmap("-sn", target=lambda lab: SWEPT_NET), SCAN),
-    Attack("nmap-udp-scan", "nmap", _nmap("-sU", "--top-ports", "100", "--max-retries", "1"), SCAN,
-           gaps={check: Gap("UDP scans are not judged yet: UDP probes are no openers and the answers are "
-                            "ICMP port unreachables", strict=False) for check in ("reported", "named")}),
+    Attack("nmap-udp-scan", "nmap", _nmap("-sU", "--top-ports", "100", "--max-retries", "1"), SCAN, proto=17),
     Attack("masscan-syn-scan", "masscan", _masscan, SCAN, runner=run_masscan),
 ]
 
