@@ -40,9 +40,11 @@ _SCAN, _SYN, _ACK, _UDP, _UDPPLAIN = (
     LABELS.index(c) for c in ("mirai_scan", "mirai_syn", "mirai_ack", "mirai_udp", "mirai_udpplain")
 )
 _ANOMALY = len(LABELS)
-# The closest class of a flood of each shape (Evidence.SHAPES): a ping flood is connectionless, as a UDP flood.
-_SHAPE_LABELS = np.array([_SYN, _ACK, _UDP, _UDP, _SYN])
+# The closest class of a flood of each shape (Evidence.SHAPES): a ping flood is connectionless, as a UDP flood, and
+# Mirai's GRE floods wrap UDP floods.
+_SHAPE_LABELS = np.array([_SYN, _ACK, _UDP, _UDP, _SYN, _UDP])
 _ECHO_SHAPE, _SYN_ODD_SHAPE = Evidence.SHAPES.index("echo"), Evidence.SHAPES.index("syn_odd")
+_PORTLESS_SHAPES = [_ECHO_SHAPE, Evidence.SHAPES.index("tunnel")]  # no ports, so no fresh sockets to show
 _PROBE_SHAPES = [Evidence.SHAPES.index(name) for name in ("syn_only", "ack", "echo")]  # what scanners send
 
 
@@ -305,8 +307,9 @@ def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -
         fresh_enough = fresh >= cfg.flood_new_socket_share
     else:
         fresh_enough = np.ones(len(shape), dtype=bool)
-    # Nothing benign sends echo requests at a flood's rate, or one source's SYNs: no fresh sockets needed.
-    fresh_enough |= shape == _ECHO_SHAPE
+    # Nothing benign sends echo requests at a flood's rate, or one source's SYNs, and a home's GRE tunnels are PPTP's
+    # (version 1): no fresh sockets needed.
+    fresh_enough |= np.isin(shape, _PORTLESS_SHAPES)
     if one_source:
         fresh_enough |= (shape == 0) | (shape == _SYN_ODD_SHAPE)
     hot = (
@@ -422,7 +425,7 @@ def _shape_fits(ev: Evidence, sweep: np.ndarray, anomalous: np.ndarray) -> np.nd
     fits[_SYN] = ev.syn_only | ev.syn_odd
     fits[_SCAN] = (sweep > 0) | ev.mirai_scan
     fits[_ACK] = ev.ack
-    fits[_UDP] = ev.udp | ev.echo
+    fits[_UDP] = ev.udp | ev.echo | ev.tunnel
     fits[_UDPPLAIN] = ev.udp
     fits[_ANOMALY] = anomalous
     return fits

@@ -8,7 +8,9 @@ options the attacker chose (payload size, ports, TTL, ToS, ...):
   any flag bits, e.g. SYN-FIN-PSH-ACK), except the plain SYN-ACK that answers a SYN; other TCP without SYN
   or RST ("ack": Mirai's ack flood sets ACK and maybe PSH or URG, other tools flood with FIN, PSH, URG or
   no flag at all); UDP; ICMP echo requests (ping floods and sweeps, which no Mirai class has: the closest
-  is the connectionless UDP flood).  SYN-ACKs and RSTs answer somebody: a victim's replies never count;
+  is the connectionless UDP flood); GRE version 0 carrying IPv4 or Ethernet ("tunnel": Mirai's greip and
+  greeth floods wrap UDP floods in GRE, so the closest class is the UDP flood; PPTP's GRE is version 1).
+  SYN-ACKs and RSTs answer somebody: a victim's replies never count;
 * whether its socket pair is fresh: floods draw fresh ports per packet, ordinary traffic reuses its
   connections.  The feature engine already tracks every socket pair, so this is read off its weights: a
   stream created by this very packet has weight 1 at every decay.  ``opens_socket_pair`` asks whether
@@ -40,6 +42,7 @@ FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 ECHO_REQUESTS, ECHO_REPLIES = (8, 128), (0, 129)  # ICMP, ICMPv6
 UNREACHABLE = (3, 1)  # ICMP, ICMPv6 destination unreachable
 TIME_EXCEEDED = (11, 3)  # ICMP, ICMPv6
+GRE_FLOODS = (0x0800, 0x6558)  # what Mirai's greip and greeth carry: IPv4, Ethernet
 # A stream whose weight is below this was created by the packet (weight 1) or has been quiet for a few
 # half-lives of that weight's decay.
 NEW_STREAM_WEIGHT = 1.5
@@ -57,6 +60,7 @@ class Evidence:
     syn_odd: np.ndarray  # SYN with other flags, not a plain SYN-ACK
     udp: np.ndarray
     echo: np.ndarray  # ICMP echo request
+    tunnel: np.ndarray  # GRE version 0 carrying IPv4 or Ethernet
     new_socket: np.ndarray  # no other packet on its socket pair in about the last second
     mirai_scan: np.ndarray  # Mirai's scanner fingerprint
     opener: np.ndarray  # TCP without ACK or RST, or an echo request: reaches for a host or port
@@ -66,7 +70,7 @@ class Evidence:
     udp_next_port: np.ndarray  # UDP through a fresh socket pair to a host its sender talked with recently
     refusal: np.ndarray  # ICMP destination unreachable
 
-    SHAPES = ("syn_only", "ack", "udp", "echo", "syn_odd")
+    SHAPES = ("syn_only", "ack", "udp", "echo", "syn_odd", "tunnel")
 
     def unsolicited(self, synack: np.ndarray) -> None:
         """SYN-ACKs that answer no SYN are a flood's (Mirai's syn attack with the ACK bit set): a SYN shape."""
@@ -74,7 +78,7 @@ class Evidence:
         self.answer = self.answer & ~synack
 
     def shape(self) -> np.ndarray:
-        """(n, 5) float columns, one per SHAPES: the shapes a flood can have."""
+        """(n, len(SHAPES)) float columns: the shapes a flood can have."""
         return np.stack([getattr(self, name) for name in self.SHAPES], axis=1).astype(np.float64)
 
 
@@ -107,6 +111,7 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         known_host = features[:, HOST_WEIGHT] >= NEW_STREAM_WEIGHT
     udp = (packets.proto == 17) & ~packets.frag
     unreachable = v4 & (packets.icmp_type == UNREACHABLE[0]) | v6 & (packets.icmp_type == UNREACHABLE[1])
-    return Evidence(syn_only, ack, syn_odd, packets.proto == 17, echo, new_socket, fingerprint,
+    tunnel = (packets.proto == 47) & np.isin(packets.gre_proto, GRE_FLOODS)
+    return Evidence(syn_only, ack, syn_odd, packets.proto == 17, echo, tunnel, new_socket, fingerprint,
                     opener | echo, synack | echo_reply | exceeded, synack, tcp & ((flags & RST) != 0),
                     udp & new_socket & known_host, unreachable)  # fmt: skip

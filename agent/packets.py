@@ -145,6 +145,7 @@ class PacketBatch:
     tcp_hdr_len: np.ndarray  # uint8: TCP header length in bytes (0 when not TCP)
     payload_len: np.ndarray  # int32: L4 payload bytes by the headers' own lengths
     icmp_type: np.ndarray  # int16: ICMP/ICMPv6 type, -1 when not ICMP (or its header is cut off)
+    gre_proto: np.ndarray  # int32: the protocol GRE version 0 carries (0x0800 IPv4, ...), -1 otherwise
 
     def __len__(self) -> int:
         return len(self.ts)

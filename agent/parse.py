@@ -229,11 +229,17 @@ ICMP = Header("icmp", (
     Field("type", 0, "B", -1),
     Field("code", 1, "B", -1),
 ))
+# GRE (RFC 2784): flags and version, then the carried protocol.  Mirai's greip and greeth floods send version 0
+# carrying IPv4 (0x0800) or Ethernet (0x6558); PPTP's tunnels send version 1 carrying PPP.
+GRE = Header("gre", (
+    Field("flags_version", 0, "H", -1),
+    Field("proto", 2, "H", -1),
+))
 
 ETHERTYPE_IPV4, ETHERTYPE_ARP, ETHERTYPE_IPV6 = 0x0800, 0x0806, 0x86DD
 VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)  # 802.1Q, 802.1ad, the older QinQ value
 MAX_VLAN_TAGS = 2
-IP_PROTO_ICMP, IP_PROTO_TCP, IP_PROTO_UDP, IP_PROTO_ICMPV6 = 1, 6, 17, 58
+IP_PROTO_ICMP, IP_PROTO_TCP, IP_PROTO_UDP, IP_PROTO_GRE, IP_PROTO_ICMPV6 = 1, 6, 17, 47, 58
 EXT_HOP_BY_HOP, EXT_ROUTING, EXT_FRAGMENT, EXT_AH, EXT_DEST_OPTS = 0, 43, 44, 51, 60
 IPV6_EXTENSIONS = (EXT_HOP_BY_HOP, EXT_ROUTING, EXT_FRAGMENT, EXT_AH, EXT_DEST_OPTS)
 MAX_IPV6_EXTENSIONS = 8  # a longer chain is decoded at L3 only (proto = the last header type)
@@ -354,6 +360,9 @@ def parse_frames(frames: FrameBatch, stats: DecodeStats | None = None) -> Packet
     # A truncated ICMP header is no reason to skip the packet: its type is then unknown (-1).
     is_icmp = has_l4 & drops.alive & np.isin(proto, (IP_PROTO_ICMP, IP_PROTO_ICMPV6)) & (l4_room >= ICMP.size)
     icmp = ICMP.read(buf, l4, is_icmp)
+    is_gre = has_l4 & drops.alive & (proto == IP_PROTO_GRE) & (l4_room >= GRE.size)
+    gre = GRE.read(buf, l4, is_gre)
+    gre_proto = np.where(is_gre & (gre["flags_version"] & 7 == 0), gre["proto"], -1)
     tcp_hdr_len = (tcp["data_offset"] >> 4) * 4
     l4_header = np.where(is_tcp, tcp_hdr_len, np.where(is_udp, UDP.size, 0))
     payload_len = np.where(is_ip, np.maximum(ip_end - l4 - l4_header, 0), 0)
@@ -406,6 +415,7 @@ def parse_frames(frames: FrameBatch, stats: DecodeStats | None = None) -> Packet
         tcp_hdr_len=column(tcp_hdr_len, np.uint8),
         payload_len=column(payload_len, np.int32),
         icmp_type=column(icmp["type"], np.int16),
+        gre_proto=column(gre_proto, np.int32),
     )
 
 

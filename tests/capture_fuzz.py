@@ -332,9 +332,9 @@ def frame_batch(rng: random.Random, n: int) -> tuple[FrameBatch, list[str]]:
 
 PACKET_COLUMNS = ("src_mac", "dst_mac", "vlan", "l3", "src_ip_hi", "src_ip_lo", "dst_ip_hi", "dst_ip_lo", "proto",
                   "port_kind", "sport", "dport", "ttl", "ip_id", "df", "frag", "ip_len", "tcp_flags", "tcp_seq",
-                  "tcp_ack", "tcp_win", "tcp_hdr_len", "payload_len", "icmp_type")
+                  "tcp_ack", "tcp_win", "tcp_hdr_len", "payload_len", "icmp_type", "gre_proto")
 DEFAULT_ROW = dict.fromkeys(PACKET_COLUMNS, 0) | {"vlan": -1, "sport": -1, "dport": -1, "df": False, "frag": False,
-                                                  "icmp_type": -1}
+                                                  "icmp_type": -1, "gre_proto": -1}
 IPV6_EXTENSIONS = {EXT_HOP, EXT_ROUTING, EXT_FRAGMENT, EXT_AH, EXT_DEST}
 MAPPED = int(IPV4_MAPPED_LO_PREFIX)
 
@@ -433,6 +433,9 @@ def reference_decode(frame: bytes) -> str | dict:
         row["port_kind"] = PORT_ICMP
     if not row["frag"] and proto in (1, 58) and room >= 2:  # ICMP or ICMPv6, on either IP version
         row["icmp_type"] = frame[l4]
+    if not row["frag"] and proto == 47 and room >= 4:  # GRE, version 0 only
+        flags_version, carried = struct.unpack_from("!HH", frame, l4)
+        row["gre_proto"] = carried if flags_version & 7 == 0 else -1
     row["payload_len"] = max(ip_end - l4 - header, 0)
     return row
 

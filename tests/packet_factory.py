@@ -44,5 +44,5 @@ def random_batch(
         ttl=np.full(n, 64, np.uint8), ip_id=z.astype(np.uint16), df=z.astype(bool), frag=z.astype(bool),
         ip_len=z.astype(np.int32), tcp_flags=z.astype(np.uint8), tcp_seq=z.astype(np.uint32), tcp_ack=z.astype(np.uint32),
         tcp_win=z.astype(np.uint16), tcp_hdr_len=z.astype(np.uint8), payload_len=z.astype(np.int32),
-        icmp_type=np.full(n, -1, np.int16),
+        icmp_type=np.full(n, -1, np.int16), gre_proto=np.full(n, -1, np.int32),
     )

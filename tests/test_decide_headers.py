@@ -26,7 +26,7 @@ def ip(a: int, b: int, c: int, d: int) -> int:
     return (a << 24) | (b << 16) | (c << 8) | d
 
 
-def batch(ts, src, dst, proto=6, sport=40000, dport=80, flags=SYN, seq=1, size=60, icmp_type=-1) -> PacketBatch:
+def batch(ts, src, dst, proto=6, sport=40000, dport=80, flags=SYN, seq=1, size=60, icmp_type=-1, gre_proto=-1) -> PacketBatch:
     ts = np.asarray(ts, dtype=np.float64)
     n = len(ts)
 
@@ -46,7 +46,7 @@ def batch(ts, src, dst, proto=6, sport=40000, dport=80, flags=SYN, seq=1, size=6
         ip_len=col(size, np.int32) - 14, tcp_flags=np.where(tcp, col(flags, np.uint8), 0).astype(np.uint8),
         tcp_seq=col(seq, np.uint32), tcp_ack=np.zeros(n, np.uint32), tcp_win=np.zeros(n, np.uint16),
         tcp_hdr_len=np.where(tcp, 20, 0).astype(np.uint8), payload_len=np.zeros(n, np.int32),
-        icmp_type=col(icmp_type, np.int16),
+        icmp_type=col(icmp_type, np.int16), gre_proto=col(gre_proto, np.int32),
     )
     b = PacketBatch(**cols)
     return b.take(order)
@@ -491,3 +491,18 @@ def test_a_udp_port_scan_refused_by_closed_ports_is_a_scan_and_udp_to_many_ports
     assert verdicts[0].latency < 1.0
     # Without the refusals (filtered ports: nmap's "open|filtered") the datagrams stay unjudged.
     assert run(join(probes, punches, dns))[0] == []
+
+
+def test_mirais_gre_floods_are_udp_floods_and_a_pptp_tunnel_is_not():
+    """greip and greeth: GRE version 0 carrying IPv4 or Ethernet (a UDP flood inside) at 2,000 packets/s.  PPTP's
+    GRE (version 1, carrying PPP) at the same rate is a VPN, and GRE carrying IPv6 a site-to-site tunnel."""
+    ts = T0 + np.arange(4000) / 2000.0
+    greip = batch(ts, ip(198, 51, 100, 40), BOARD, proto=47, sport=-1, dport=-1, size=574, gre_proto=0x0800)
+    greeth = batch(ts + 5, ip(198, 51, 100, 41), BOARD, proto=47, sport=-1, dport=-1, size=588, gre_proto=0x6558)
+    pptp = batch(ts + 10, ip(198, 51, 100, 42), BOARD, proto=47, sport=-1, dport=-1, size=574)
+    six = batch(ts + 15, ip(198, 51, 100, 43), BOARD, proto=47, sport=-1, dport=-1, size=574, gre_proto=0x86DD)
+    verdicts, labels = run(join(greip, greeth, pptp, six))
+    assert [(v.label, v.basis, v.src_ip, v.proto) for v in verdicts] == [
+        ("mirai_udp", "headers", "198.51.100.40", 47), ("mirai_udp", "headers", "198.51.100.41", 47)]
+    assert all(v.latency < 1.0 for v in verdicts)
+    assert (labels[:8000] == LABELS.index("mirai_udp")).mean() > 0.95 and (labels[8000:] < 0).all()

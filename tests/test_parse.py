@@ -141,7 +141,7 @@ def test_ipv4_tcp_every_column():
         "dst_ip_hi": 0, "dst_ip_lo": mapped("198.51.100.7"), "proto": 6, "port_kind": PORT_NUMBER,
         "sport": 40000, "dport": 443, "ttl": 63, "ip_id": 0xBEEF, "df": True, "frag": False,
         "ip_len": 20 + 28 + 11, "tcp_flags": 0x12, "tcp_seq": 0x11223344, "tcp_ack": 0x55667788,
-        "tcp_win": 29200, "tcp_hdr_len": 28, "payload_len": 11, "icmp_type": -1,
+        "tcp_win": 29200, "tcp_hdr_len": 28, "payload_len": 11, "icmp_type": -1, "gre_proto": -1,
     }
     assert stats.decoded == 1 and stats.total_skipped == 0
     assert p.src_ip_lo.dtype == np.uint64 and p.sport.dtype == np.int32 and p.l3.dtype == np.uint8
@@ -377,3 +377,16 @@ def test_damaged_frames_never_crash(damaged):
     assert (np.diff(p.index) > 0).all()
     assert ((p.port_kind == PORT_NUMBER) == (p.sport >= 0)).all()
     assert (p.payload_len >= 0).all()
+
+
+def test_gre_version_0_gives_its_carried_protocol_and_other_versions_none():
+    """Mirai's greip (GRE 0 carrying IPv4) and greeth (Ethernet); PPTP's GRE is version 1 (flags 0x3001)."""
+    def frame(gre: bytes) -> bytes:
+        ip_header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(gre), 1, 0, 64, 47, 0, bytes([198, 51, 100, 9]),
+                                bytes([10, 0, 0, 5]))  # fmt: skip
+        return bytes(6) + bytes([2, 0, 0, 0, 0, 7]) + b"\x08\x00" + ip_header + gre
+
+    frames = [frame(struct.pack("!HH", 0, 0x0800) + bytes(28)), frame(struct.pack("!HH", 0, 0x6558) + bytes(42)),
+              frame(struct.pack("!HH", 0x3001, 0x880B) + bytes(30)), frame(b"\x00\x00")]  # fmt: skip
+    p = parse_frames(FrameBatch.from_frames(frames, [1.0, 2.0, 3.0, 4.0]), DecodeStats())
+    assert p.gre_proto.tolist() == [0x0800, 0x6558, -1, -1] and p.proto.tolist() == [47] * 4
