@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .decayed_sums import Segments, decayed_sums, running_time
+from .evidence import ACK as ACK_FLAG
 from .evidence import Evidence, packet_evidence
 from .key_hash import hash_words
 from .packets import L3_IPV4, LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch, format_ip, format_mac
@@ -231,12 +232,16 @@ def _model_rule(r: dict, cfg: DecisionConfig, t: "_Tracked | None" = None, flood
         # A flood carries volume, and lasts: Mirai's attacks have no rate option and send as fast as the bot's
         # uplink lets them.  A few bursts of small datagrams (a sensor's readings, a test's probes) are no flood,
         # however much each packet looks like one; over half a second at least, their volume shows it.
-        # TCP through fresh socket pairs needs no volume: Mirai's syn and ack floods draw new ports per packet,
-        # as no benign sender's TCP does, and may carry no payload at a few dozen packets a second.
+        # TCP through fresh socket pairs (or with numbers no stream carries) needs no volume: Mirai's syn and ack
+        # floods draw new ports (and sequence numbers) per packet, as no benign sender's TCP does, and may carry no
+        # payload at a few dozen packets a second.
         volume = _per_second(r, r["extra_weight"][:, t.extras.index("kbytes")], t.half_life_s, cfg.flood_min_span_s)
         shares, x = r["shares"], t.extras.index
         tcp = shares[:, x("syn_only")] + shares[:, x("syn_odd")] + shares[:, x("ack")]
-        tcp_fresh = (tcp >= 0.5) & (shares[:, x("new_socket")] >= cfg.flood_new_socket_share * tcp)
+        unlike_a_stream = shares[:, x("new_socket")]
+        if "out_of_sequence" in t.extras:
+            unlike_a_stream = np.maximum(unlike_a_stream, shares[:, x("out_of_sequence")])
+        tcp_fresh = (tcp >= 0.5) & (unlike_a_stream >= cfg.flood_new_socket_share * tcp)
         hot &= (attack == _SCAN) | (volume >= cfg.flood_min_kbytes_per_s) | tcp_fresh
     return hot, attack, conf
 
@@ -303,6 +308,8 @@ def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -
         fresh = shares[:, t.extras.index("new_socket")]
         if "new_source" in t.extras:  # a never-seen source's packet opens a new socket pair too
             fresh = np.maximum(fresh, shares[:, t.extras.index("new_source")])
+        if "out_of_sequence" in t.extras:  # through one socket, numbers no stream would carry
+            fresh = np.maximum(fresh, shares[:, t.extras.index("out_of_sequence")])
         fresh = np.clip((fresh - rst) / kept, 0.0, 1.0)  # at least this share of the other packets is fresh
         fresh_enough = fresh >= cfg.flood_new_socket_share
     else:
@@ -463,7 +470,7 @@ class DecisionLayer:
     its flood's target) stands convicted of at that packet, or -1; ``packet_flood_labels`` the same for
     floods from many sources alone (judged on rate and shape at the target: no model opinion beats it)."""
 
-    SOURCE_EXTRAS = (*Evidence.SHAPES, "new_socket", "sweep", "kbytes", "anomalous", "rst")
+    SOURCE_EXTRAS = (*Evidence.SHAPES, "new_socket", "sweep", "kbytes", "anomalous", "rst", "out_of_sequence")
     TARGET_EXTRAS = (*Evidence.SHAPES, "new_socket", "new_source", "light_source", "bare_probe")
     PAIR_EXTRAS = SOURCE_EXTRAS[: len(Evidence.SHAPES) + 3]  # shapes, new_socket, sweep, kbytes
 
@@ -477,6 +484,7 @@ class DecisionLayer:
         self.initiators = _Tracked(cfg.max_sources, cfg.scan_half_life_s,
                                    ("probe", "answered", "full_options", "reset", "refused", "udp"), with_scores=False)  # fmt: skip
         self.attempts = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, port) tried
+        self.sequences = StreamTable(cfg.max_sources, np.array([-1.0, 0.0, -1.0]))  # per TCP socket: seq, size, ack
         self.links = _Tracked(4096, cfg.half_life_s, (*Evidence.SHAPES, "new_source"))  # per Ethernet sender
         self.packet_labels = np.zeros(0, dtype=np.int64)
         self.packet_flood_labels = np.zeros(0, dtype=np.int64)  # the part of packet_labels from floods at targets
@@ -545,7 +553,9 @@ class DecisionLayer:
 
         # Sources.
         src_key = hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64))
-        extra = np.column_stack([shape, ev.new_socket, sweep, packets.wire_len / 1000.0, anomalous, ev.rst])
+        out_of_sequence = self._out_of_sequence(packets, ev.ack)
+        extra = np.column_stack([shape, ev.new_socket, sweep, packets.wire_len / 1000.0, anomalous, ev.rst,
+                                 out_of_sequence])  # fmt: skip
         srcs = self.sources.update(src_key, t, scores, extra)
         rules = [
             (_model_rule(srcs, cfg, self.sources), "model"),
@@ -698,6 +708,43 @@ class DecisionLayer:
         verdicts += [self._source_verdict(packets, prs, s, p, rows) for s, p in zip(turned_p, at_p)]
         labels[rows] = np.where(labels[rows] >= 0, labels[rows], self.pairs.per_packet(prs, prs["convicted"]))
         self.pairs.store(prs)
+
+    def _out_of_sequence(self, packets: PacketBatch, ack: np.ndarray) -> np.ndarray:
+        """Per packet (of ``ack``: TCP without SYN or RST): its numbers do not continue its socket pair's stream.
+        The same sequence number again with data (a flood that never advances it: Mirai's ack with a fixed
+        seqnum, its stomp), or a sequence or acknowledgement number more than 16 MB off (random per packet:
+        Mirai's ack by default), where no receive window reaches.  A socket pair's first packet is in sequence."""
+        out = np.zeros(len(packets), dtype=bool)
+        idx = np.flatnonzero(ack)
+        if not len(idx):
+            return out
+        p = packets
+        ports = (p.sport[idx].astype(np.uint64) << np.uint64(16)) | p.dport[idx].astype(np.uint64)
+        key = hash_words(15, p.src_ip_lo[idx], p.dst_ip_hi[idx] ^ p.src_ip_hi[idx], p.dst_ip_lo[idx], ports)
+        order = np.argsort(key, kind="stable")  # time order within each socket pair
+        idx, key = idx[order], key[order]
+        seg = Segments.from_sorted(key)
+        slots, _ = self.sequences.lookup(key[seg.start], p.ts[idx][seg.start])
+        now = np.column_stack([p.tcp_seq[idx], p.payload_len[idx], p.tcp_ack[idx]]).astype(np.float64)
+        before = np.empty_like(now)
+        before[1:] = now[:-1]
+        before[seg.start] = self.sequences.state[slots]
+        seq, size, acked = now.T
+        prev_seq, prev_size, prev_ack = before.T
+
+        def off(value: np.ndarray, expected: np.ndarray) -> np.ndarray:
+            d = np.mod(value - expected, 2.0**32)
+            return np.minimum(d, 2.0**32 - d) > 2**24
+
+        repeat = (size > 0) & (prev_size > 0) & (seq == prev_seq)
+        odd = (prev_seq >= 0) & (repeat | off(seq, prev_seq + prev_size))
+        with_ack = (p.tcp_flags[idx] & ACK_FLAG) != 0
+        odd |= with_ack & (prev_ack >= 0) & off(acked, prev_ack)
+        self.sequences.state[slots] = np.where(with_ack[seg.last, None], now[seg.last],
+                                               np.column_stack([now[seg.last, :2], before[seg.last, 2]]))  # fmt: skip
+        self.sequences.t_last[slots] = p.ts[idx][seg.last]
+        out[idx] = odd
+        return out
 
     def _first_attempt(self, packets: PacketBatch, opener: np.ndarray) -> np.ndarray:
         """Per packet (of ``opener``): to a (source, destination, protocol's destination port) not seen before

@@ -506,3 +506,31 @@ def test_mirais_gre_floods_are_udp_floods_and_a_pptp_tunnel_is_not():
         ("mirai_udp", "headers", "198.51.100.40", 47), ("mirai_udp", "headers", "198.51.100.41", 47)]
     assert all(v.latency < 1.0 for v in verdicts)
     assert (labels[:8000] == LABELS.index("mirai_udp")).mean() > 0.95 and (labels[8000:] < 0).all()
+
+
+def test_an_ack_flood_through_one_socket_is_told_from_a_stream_by_its_numbers():
+    """Mirai's ack flood with both ports set, at 1,300 packets/s with 256-byte payloads: random sequence and
+    acknowledgement numbers (its default), or a fixed sequence number (its seqnum option, its stomp attack).  A
+    download through one socket at 2,000 packets/s advances its sequence number by each payload, and the ACKs
+    going back advance their acknowledgement number."""
+    rng = np.random.default_rng(26)
+    n = 2600
+    ts = T0 + np.arange(n) / 1300.0
+    rand = batch(ts, ip(198, 51, 100, 50), BOARD, sport=12345, dport=6837, flags=PSHACK, size=310,
+                 seq=rng.integers(0, 1 << 32, n))  # fmt: skip
+    rand.tcp_ack[:] = rng.integers(0, 1 << 32, n)
+    fixed = batch(ts + 5, ip(198, 51, 100, 51), BOARD, sport=23456, dport=80, flags=PSHACK, size=310, seq=1)
+    for flood in (rand, fixed):
+        flood.payload_len[:] = 256
+    m = 4000
+    td = T0 + np.arange(m) / 2000.0
+    download = batch(td, ip(151, 101, 1, 1), BOARD, sport=443, dport=50500, flags=ACK, size=1514,
+                     seq=(7 + 1448 * np.arange(m)) % (1 << 32))  # fmt: skip
+    download.payload_len[:] = 1448
+    download.tcp_ack[:] = 99
+    acks = batch(td + 0.0001, BOARD, ip(151, 101, 1, 1), sport=50500, dport=443, flags=ACK, seq=99)
+    acks.tcp_ack[:] = (7 + 1448 * (np.arange(m) + 1)) % (1 << 32)
+    verdicts, _ = run(join(rand, fixed, download, acks))
+    assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_ack", "headers", "198.51.100.50"),
+                                                                ("mirai_ack", "headers", "198.51.100.51")]  # fmt: skip
+    assert all(v.latency < 1.0 for v in verdicts)
