@@ -43,10 +43,9 @@ _SCAN, _SYN, _ACK, _UDP, _UDPPLAIN = (
 _ANOMALY = len(LABELS)
 # The closest class of a flood of each shape (Evidence.SHAPES): a ping flood is connectionless, as a UDP flood, and
 # Mirai's GRE floods wrap UDP floods.
-_SHAPE_LABELS = np.array([_SYN, _ACK, _UDP, _UDP, _SYN, _UDP])
-_ECHO_SHAPE, _SYN_ODD_SHAPE = Evidence.SHAPES.index("echo"), Evidence.SHAPES.index("syn_odd")
-_PORTLESS_SHAPES = [_ECHO_SHAPE, Evidence.SHAPES.index("tunnel")]  # no ports, so no fresh sockets to show
-_PROBE_SHAPES = [Evidence.SHAPES.index(name) for name in ("syn_only", "ack", "echo")]  # what scanners send
+_SHAPE_LABELS = np.array([_SYN, _ACK, _UDP, _UDP, _SYN])
+_PORTLESS_SHAPE, _SYN_ODD_SHAPE = Evidence.SHAPES.index("portless"), Evidence.SHAPES.index("syn_odd")
+_PROBE_SHAPES = [Evidence.SHAPES.index(name) for name in ("syn_only", "ack", "portless")]  # what scanners send
 
 
 @dataclass
@@ -238,10 +237,7 @@ def _model_rule(r: dict, cfg: DecisionConfig, t: "_Tracked | None" = None, flood
         volume = _per_second(r, r["extra_weight"][:, t.extras.index("kbytes")], t.half_life_s, cfg.flood_min_span_s)
         shares, x = r["shares"], t.extras.index
         tcp = shares[:, x("syn_only")] + shares[:, x("syn_odd")] + shares[:, x("ack")]
-        unlike_a_stream = shares[:, x("new_socket")]
-        if "out_of_sequence" in t.extras:
-            unlike_a_stream = np.maximum(unlike_a_stream, shares[:, x("out_of_sequence")])
-        tcp_fresh = (tcp >= 0.5) & (unlike_a_stream >= cfg.flood_new_socket_share * tcp)
+        tcp_fresh = (tcp >= 0.5) & (shares[:, x("fresh")] >= cfg.flood_new_socket_share * tcp)
         hot &= (attack == _SCAN) | (volume >= cfg.flood_min_kbytes_per_s) | tcp_fresh
     return hot, attack, conf
 
@@ -261,7 +257,7 @@ def _closest_by_shape(r: dict, t: "_Tracked", attack: np.ndarray, floods_only: b
     little like a flood)."""
     shares, x = r["shares"], t.extras.index
     syn, ack, udp, syn_odd = shares[:, x("syn_only")], shares[:, x("ack")], shares[:, x("udp")], shares[:, x("syn_odd")]
-    sweep, fresh = shares[:, x("sweep")], shares[:, x("new_socket")]
+    sweep, fresh = shares[:, x("sweep")], shares[:, x("fresh")]
     udp_class = (attack == _UDP) | (attack == _UDPPLAIN)
     dominant = [syn >= 0.5, syn_odd >= 0.5, (ack >= 0.5) & (fresh >= 0.5 * ack), (udp >= 0.5) & (fresh >= 0.5 * udp),
                 (udp >= 0.5) & (fresh < 0.2 * udp) & udp_class]  # fmt: skip
@@ -304,19 +300,17 @@ def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -
     rst = shares[:, t.extras.index("rst")] if "rst" in t.extras else np.zeros(len(shape))
     kept = np.maximum(1.0 - rst, 1e-9)  # the share of the key's packets that are no RSTs
     share = np.minimum(share / kept, 1.0)
-    if "new_socket" in t.extras:
-        fresh = shares[:, t.extras.index("new_socket")]
+    if "fresh" in t.extras:
+        fresh = shares[:, t.extras.index("fresh")]
         if "new_source" in t.extras:  # a never-seen source's packet opens a new socket pair too
             fresh = np.maximum(fresh, shares[:, t.extras.index("new_source")])
-        if "out_of_sequence" in t.extras:  # through one socket, numbers no stream would carry
-            fresh = np.maximum(fresh, shares[:, t.extras.index("out_of_sequence")])
         fresh = np.clip((fresh - rst) / kept, 0.0, 1.0)  # at least this share of the other packets is fresh
         fresh_enough = fresh >= cfg.flood_new_socket_share
     else:
         fresh_enough = np.ones(len(shape), dtype=bool)
     # Nothing benign sends echo requests at a flood's rate, or one source's SYNs, and a home's GRE tunnels are PPTP's
     # (version 1): no fresh sockets needed.
-    fresh_enough |= np.isin(shape, _PORTLESS_SHAPES)
+    fresh_enough |= shape == _PORTLESS_SHAPE
     if one_source:
         fresh_enough |= (shape == 0) | (shape == _SYN_ODD_SHAPE)
     hot = (
@@ -432,7 +426,7 @@ def _shape_fits(ev: Evidence, sweep: np.ndarray, anomalous: np.ndarray) -> np.nd
     fits[_SYN] = ev.syn_only | ev.syn_odd
     fits[_SCAN] = (sweep > 0) | ev.mirai_scan
     fits[_ACK] = ev.ack
-    fits[_UDP] = ev.udp | ev.echo | ev.tunnel
+    fits[_UDP] = ev.udp | ev.portless
     fits[_UDPPLAIN] = ev.udp
     fits[_ANOMALY] = anomalous
     return fits
@@ -470,9 +464,9 @@ class DecisionLayer:
     its flood's target) stands convicted of at that packet, or -1; ``packet_flood_labels`` the same for
     floods from many sources alone (judged on rate and shape at the target: no model opinion beats it)."""
 
-    SOURCE_EXTRAS = (*Evidence.SHAPES, "new_socket", "sweep", "kbytes", "anomalous", "rst", "out_of_sequence")
-    TARGET_EXTRAS = (*Evidence.SHAPES, "new_socket", "new_source", "light_source", "bare_probe")
-    PAIR_EXTRAS = SOURCE_EXTRAS[: len(Evidence.SHAPES) + 3]  # shapes, new_socket, sweep, kbytes
+    SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "anomalous", "rst")
+    TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "bare_probe")
+    PAIR_EXTRAS = SOURCE_EXTRAS[: len(Evidence.SHAPES) + 3]  # shapes, fresh, sweep, kbytes
 
     def __init__(self, config: DecisionConfig | None = None) -> None:
         self.cfg = cfg = config or DecisionConfig()
@@ -528,8 +522,7 @@ class DecisionLayer:
         if anomaly is not None:
             self.anomaly_enabled = True
         anomalous = np.zeros(n) if anomaly is None else (anomaly > 1.0).astype(np.float64)
-        first = self._first_attempt(packets, ev.opener | ev.udp_next_port)
-        probe, udp_probe = ev.opener & first, ev.udp_next_port & first
+        probe, udp_probe = ev.opener & self._first_attempt(packets, ev.opener), ev.udp_probe
         ev.unsolicited(ev.synack & ~self._tried(packets, ev.synack, answers=True))
         shape = ev.shape()
         # RSTs and SYN-ACKs answer somebody (a victim refusing a flood's or a scan's packets, a scanner's kernel
@@ -545,17 +538,17 @@ class DecisionLayer:
         # sender had not tried.  A sweep is made of short, empty ones: scanners send SYNs with no TCP options or one
         # and no data, while Mirai's SYN flood at a subnet or at random ports, which tries new hosts and ports too,
         # carries the kernel's 20-byte option block, and its ack flood with only FIN (or no flag) set, its payload.
-        # UDP opens nothing: a UDP probe is a datagram to a port not tried of a host its sender already talks with
-        # (a port scan tries one after another), judged by the initiators with the closed ports' refusals
-        # (``_scan_rule``); it sweeps nothing (a UDP flood at random ports of one host sends nothing else).
+        # UDP opens nothing: a UDP probe (``Evidence.udp_probe``) opens a socket pair to a host its sender already
+        # talks with (a port scan tries one port after another), judged by the initiators with the closed ports'
+        # refusals (``_scan_rule``); it sweeps nothing (a UDP flood at random ports of one host sends nothing else).
         full_options = packets.tcp_hdr_len >= 32
         sweep = probe & ~full_options & ((packets.payload_len == 0) | ev.echo)
 
         # Sources.
         src_key = hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64))
-        out_of_sequence = self._out_of_sequence(packets, ev.ack)
-        extra = np.column_stack([shape, ev.new_socket, sweep, packets.wire_len / 1000.0, anomalous, ev.rst,
-                                 out_of_sequence])  # fmt: skip
+        # Fresh: through a socket pair fresh for it, or with TCP numbers no stream of the pair would carry.
+        fresh = ev.new_socket | self._out_of_sequence(packets, ev.ack & ~ev.new_socket)
+        extra = np.column_stack([shape, fresh, sweep, packets.wire_len / 1000.0, anomalous, ev.rst])
         srcs = self.sources.update(src_key, t, scores, extra)
         rules = [
             (_model_rule(srcs, cfg, self.sources), "model"),
@@ -747,15 +740,13 @@ class DecisionLayer:
         return out
 
     def _first_attempt(self, packets: PacketBatch, opener: np.ndarray) -> np.ndarray:
-        """Per packet (of ``opener``): to a (source, destination, protocol's destination port) not seen before
-        (bounded memory)."""
+        """Per packet: an opener to a (source, destination, destination port) not seen before (bounded memory)."""
         out = np.zeros(len(packets), dtype=bool)
         idx = np.flatnonzero(opener)
         if not len(idx):
             return out
-        port = packets.dport[idx].astype(np.int64) + (packets.proto[idx] == 17) * (1 << 16)  # UDP ports apart
         key = _attempt_key(packets.src_ip_hi[idx], packets.src_ip_lo[idx], packets.dst_ip_hi[idx],
-                           packets.dst_ip_lo[idx], port)
+                           packets.dst_ip_lo[idx], packets.dport[idx])
         uniq, first = np.unique(key, return_index=True)
         _, is_new = self.attempts.lookup(uniq, packets.ts[idx][first])
         out[idx[first[is_new]]] = True

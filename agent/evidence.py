@@ -24,9 +24,10 @@ options the attacker chose (payload size, ports, TTL, ToS, ...):
   echo requests, which reach for a host or port;
 * answers to them: SYN-ACKs, echo replies and a router's ICMP time exceeded (a scanner's probes mostly go
   unanswered; a traceroute's are answered hop by hop);
-* for UDP, which opens nothing: a datagram to a host its sender already talks with, through a fresh socket
-  pair (a UDP port scan tries one port after another of one host), and refusals: ICMP destination
-  unreachable (a closed port's answer).
+* for UDP, which opens nothing: a probe-sized datagram (a scanner's probes are empty or a protocol's
+  smallest request) to a host its sender already talks with, through a socket pair it opens (a UDP port
+  scan tries one port after another of one host), and refusals: ICMP destination unreachable (a closed
+  port's answer).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ ECHO_REQUESTS, ECHO_REPLIES = (8, 128), (0, 129)  # ICMP, ICMPv6
 UNREACHABLE = (3, 1)  # ICMP, ICMPv6 destination unreachable
 TIME_EXCEEDED = (11, 3)  # ICMP, ICMPv6
 GRE_FLOODS = (0x0800, 0x6558)  # what Mirai's greip and greeth carry: IPv4, Ethernet
+UDP_PROBE_BYTES = 256  # nmap's largest UDP probe payload is a 244-byte DHCP request
 # A stream whose weight is below this was created by the packet (weight 1) or has been quiet for a few
 # half-lives of that weight's decay.
 NEW_STREAM_WEIGHT = 1.5
@@ -67,15 +69,20 @@ class Evidence:
     answer: np.ndarray  # SYN-ACK, echo reply or time exceeded
     synack: np.ndarray  # a plain SYN-ACK (an answer if its receiver sent the SYN: see DecisionLayer)
     rst: np.ndarray  # TCP with RST: an answer, or a scanner's kernel refusing the SYN-ACKs its probes drew
-    udp_next_port: np.ndarray  # UDP through a fresh socket pair to a host its sender talked with recently
+    udp_probe: np.ndarray  # probe-sized UDP opening a socket pair to a host its sender talked with recently
     refusal: np.ndarray  # ICMP destination unreachable
 
-    SHAPES = ("syn_only", "ack", "udp", "echo", "syn_odd", "tunnel")
+    SHAPES = ("syn_only", "ack", "udp", "portless", "syn_odd")
 
     def unsolicited(self, synack: np.ndarray) -> None:
         """SYN-ACKs that answer no SYN are a flood's (Mirai's syn attack with the ACK bit set): a SYN shape."""
         self.syn_odd = self.syn_odd | synack
         self.answer = self.answer & ~synack
+
+    @property
+    def portless(self) -> np.ndarray:
+        """Echo requests and GRE floods: no ports, so no fresh socket pairs to show; both closest to a UDP flood."""
+        return self.echo | self.tunnel
 
     def shape(self) -> np.ndarray:
         """(n, len(SHAPES)) float columns: the shapes a flood can have."""
@@ -104,14 +111,15 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     v4, v6 = packets.proto == 1, packets.proto == 58
     exceeded = v4 & (packets.icmp_type == TIME_EXCEEDED[0]) | v6 & (packets.icmp_type == TIME_EXCEEDED[1])
     fingerprint = syn_only & (packets.l3 == L3_IPV4) & (packets.tcp_seq.astype(np.uint32) == packets.dst_ipv4)
+    udp = (packets.proto == 17) & ~packets.frag
     if features is None:
-        new_socket = known_host = np.zeros(len(packets), dtype=bool)
+        new_socket = udp_probe = np.zeros(len(packets), dtype=bool)
     else:
         new_socket = features[:, RECENT_SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
         known_host = features[:, HOST_WEIGHT] >= NEW_STREAM_WEIGHT
-    udp = (packets.proto == 17) & ~packets.frag
+        udp_probe = udp & (packets.payload_len <= UDP_PROBE_BYTES) & known_host & opens_socket_pair(features)
     unreachable = v4 & (packets.icmp_type == UNREACHABLE[0]) | v6 & (packets.icmp_type == UNREACHABLE[1])
     tunnel = (packets.proto == 47) & np.isin(packets.gre_proto, GRE_FLOODS)
     return Evidence(syn_only, ack, syn_odd, packets.proto == 17, echo, tunnel, new_socket, fingerprint,
                     opener | echo, synack | echo_reply | exceeded, synack, tcp & ((flags & RST) != 0),
-                    udp & new_socket & known_host, unreachable)  # fmt: skip
+                    udp_probe, unreachable)  # fmt: skip
