@@ -64,7 +64,8 @@ class DecisionConfig:
     flood_min_kbytes_per_s: float = 8.0  # recent volume behind a model flood verdict (64 kbit/s)...
     flood_min_span_s: float = 0.5  # ...over at least this long (a 40 ms burst is no flood)
     flood_shape_share: float = 0.9  # share of one shape (Evidence.SHAPES)
-    flood_new_socket_share: float = 0.8  # share opening a new socket pair (random ports); not for one source's SYNs
+    flood_new_socket_share: float = 0.8  # share through fresh socket pairs (random ports) or out of sequence; not for
+    # one source's SYNs
     # Scans: SYNs to hosts and ports not tried before, mostly unanswered, over a longer window.
     scan_half_life_s: float = 10.0
     scan_min_probes: int = 20  # recent probes (decayed count over scan_half_life_s)
@@ -326,18 +327,20 @@ def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -
     return hot, label, share
 
 
-def _scan_rule(r: dict, cfg: DecisionConfig) -> Rule:
+def _scan_rule(r: dict, t: "_Tracked", cfg: DecisionConfig) -> Rule:
     """Probes (openers to a host and port their sender had not tried) from an initiator, few of them answered,
     after the first answers have had time to come back.  An answer the initiator itself resets was not wanted:
     raw-socket SYNs (a stealth scan, a SYN flood at open ports) draw SYN-ACKs that the sender's kernel refuses.
     Probes mostly with a full TCP option block (a kernel's connect(), Mirai's SYN flood at a subnet or at
     random ports) are a SYN flood; short ones a scan.  Nothing answers UDP probes: mostly UDP, they are a scan
     once closed ports have refused some (a peer-to-peer client trying ports of a peer behind NAT gets none)."""
-    probes, answered, full, reset, refused, udp = (r["extra_weight"][:, i] for i in range(6))
-    # (No SYN-ACK answers UDP, so its scans need not wait for answers: the refusals are the evidence.)
+    x = t.extras.index
+    probes, answered, full = (r["extra_weight"][:, x(name)] for name in ("probe", "answered", "full_options"))
+    reset, refused, udp = (r["extra_weight"][:, x(name)] for name in ("reset", "refused", "udp"))
     answered = np.maximum(answered - reset, 0.0)
     unanswered = 1.0 - answered / np.maximum(probes, 1e-9)
     mostly_udp = udp >= 0.5 * probes
+    # No SYN-ACK answers UDP, so its scans need not wait for answers: the refusals are the evidence.
     settled = (r["t"] - r["episode"] >= cfg.scan_settle_s) | (probes >= cfg.scan_burst_probes) | mostly_udp
     enough = np.where(mostly_udp, cfg.udp_scan_min_probes, cfg.scan_min_probes)
     hot = (probes >= enough) & (answered <= cfg.scan_answered_max * probes) & settled
@@ -467,6 +470,7 @@ class DecisionLayer:
     SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "anomalous", "rst")
     TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "bare_probe")
     PAIR_EXTRAS = SOURCE_EXTRAS[: len(Evidence.SHAPES) + 3]  # shapes, fresh, sweep, kbytes
+    INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp")
 
     def __init__(self, config: DecisionConfig | None = None) -> None:
         self.cfg = cfg = config or DecisionConfig()
@@ -475,8 +479,7 @@ class DecisionLayer:
         # Source, destination subnet and protocol: a flood at one victim from a bot whose other traffic outweighs
         # it (a camera streaming video while it floods slowly) shows only in what the bot sends that victim.
         self.pairs = _Tracked(cfg.max_sources, cfg.half_life_s, self.PAIR_EXTRAS)
-        self.initiators = _Tracked(cfg.max_sources, cfg.scan_half_life_s,
-                                   ("probe", "answered", "full_options", "reset", "refused", "udp"), with_scores=False)  # fmt: skip
+        self.initiators = _Tracked(cfg.max_sources, cfg.scan_half_life_s, self.INITIATOR_EXTRAS, with_scores=False)
         self.attempts = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, port) tried
         self.sequences = StreamTable(cfg.max_sources, np.array([-1.0, 0.0, -1.0]))  # per TCP socket: seq, size, ack
         self.links = _Tracked(4096, cfg.half_life_s, (*Evidence.SHAPES, "new_source"))  # per Ethernet sender
@@ -614,6 +617,7 @@ class DecisionLayer:
             init_key = src_key[rows]
             init_key[~own] = hash_words(11, packets.dst_ip_hi[answer], packets.dst_ip_lo[answer],
                                         packets.l3[answer].astype(np.uint64))  # fmt: skip
+            # INITIATOR_EXTRAS, in order.
             columns = np.column_stack([p_probe, ev.answer[rows] & ~own, p_probe & full_options[rows], p_reset,
                                        ev.refusal[rows] & ~own, p_udp]).astype(float)  # fmt: skip
             inits = self.initiators.update(init_key, t[rows], None, columns)
@@ -625,7 +629,8 @@ class DecisionLayer:
             # Only the initiator's own packets carry its address (answers are keyed by their receiver): a verdict
             # comes at one of them.  Its probes carry the verdict's class.
             is_probe, is_own = p_probe[inits["order"]], own[inits["order"]]  # in key order
-            (hot, label, conf), lone_rule = _scan_rule(inits, cfg), _lone_probe_rule(inits, lone[inits["order"]])
+            hot, label, conf = _scan_rule(inits, self.initiators, cfg)
+            lone_rule = _lone_probe_rule(inits, lone[inits["order"]])
             rules_i = [((hot & is_own, label, conf), "headers"), (lone_rule, "headers")]
             turned_i, at_i = _decide(self.initiators, inits, cfg, rules_i)
             # A source already convicted (a SYN flood at random ports is also a sweep of ports) is not re-reported.
@@ -648,7 +653,7 @@ class DecisionLayer:
             # Below a header flood's rate, the model's flood classes for what mostly comes from never-seen sources
             # (a slow spoofed flood at a subnet; internet scanners' probes are no flood class).
             hot_m, lab_m, conf_m = _model_rule(links, cfg, floods_only=True)
-            spoofed_l = links["shares"][:, len(Evidence.SHAPES)] >= cfg.link_spoofed_share
+            spoofed_l = links["shares"][:, self.links.extras.index("new_source")] >= cfg.link_spoofed_share
             rules_l = [(_flood_rule(links, self.links, cfg, one_source=False), "headers"),
                        ((hot_m & spoofed_l, lab_m, conf_m), "model")]  # fmt: skip
             turned_l, at_l = _decide(self.links, links, cfg, rules_l)

@@ -105,21 +105,23 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     opener = tcp & ((flags & (ACK | RST)) == 0)
     synack = tcp & ((flags & (SYN | ACK | RST | FIN | PSH | URG)) == (SYN | ACK))  # ECN bits allowed
     syn_odd = tcp & ((flags & (SYN | RST)) == SYN) & ~syn_only & ~synack
-    icmp = (packets.proto == 1) | (packets.proto == 58)
-    echo = icmp & np.isin(packets.icmp_type, ECHO_REQUESTS)
-    echo_reply = icmp & np.isin(packets.icmp_type, ECHO_REPLIES)
     v4, v6 = packets.proto == 1, packets.proto == 58
-    exceeded = v4 & (packets.icmp_type == TIME_EXCEEDED[0]) | v6 & (packets.icmp_type == TIME_EXCEEDED[1])
+
+    def icmp(types: tuple[int, int]) -> np.ndarray:
+        """ICMP of ``types[0]`` or ICMPv6 of ``types[1]``."""
+        return v4 & (packets.icmp_type == types[0]) | v6 & (packets.icmp_type == types[1])
+
+    echo = icmp(ECHO_REQUESTS)
     fingerprint = syn_only & (packets.l3 == L3_IPV4) & (packets.tcp_seq.astype(np.uint32) == packets.dst_ipv4)
-    udp = (packets.proto == 17) & ~packets.frag
+    udp = packets.proto == 17  # a fragmented datagram's later fragments too: all of a flood's volume
     if features is None:
         new_socket = udp_probe = np.zeros(len(packets), dtype=bool)
     else:
         new_socket = features[:, RECENT_SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
         known_host = features[:, HOST_WEIGHT] >= NEW_STREAM_WEIGHT
-        udp_probe = udp & (packets.payload_len <= UDP_PROBE_BYTES) & known_host & opens_socket_pair(features)
-    unreachable = v4 & (packets.icmp_type == UNREACHABLE[0]) | v6 & (packets.icmp_type == UNREACHABLE[1])
+        probe_sized = (packets.payload_len <= UDP_PROBE_BYTES) & ~packets.frag
+        udp_probe = udp & probe_sized & known_host & opens_socket_pair(features)
     tunnel = (packets.proto == 47) & np.isin(packets.gre_proto, GRE_FLOODS)
-    return Evidence(syn_only, ack, syn_odd, packets.proto == 17, echo, tunnel, new_socket, fingerprint,
-                    opener | echo, synack | echo_reply | exceeded, synack, tcp & ((flags & RST) != 0),
-                    udp_probe, unreachable)  # fmt: skip
+    return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, opener | echo,
+                    synack | icmp(ECHO_REPLIES) | icmp(TIME_EXCEEDED), synack, tcp & ((flags & RST) != 0),
+                    udp_probe, icmp(UNREACHABLE))  # fmt: skip
