@@ -73,7 +73,7 @@ class DecisionConfig:
     scan_settle_s: float = 0.5  # answers to the first probes of an episode have had time to come back
     scan_burst_probes: int = 100  # ...or so many probes came at once (nmap, masscan) that no settling is needed
     scan_min_sweep: float = 0.1  # a model scan verdict needs this share of recent packets sweeping (probes)
-    lone_probe_max_rate: float = 20.0  # bare SYN probes/s at a target below which one convicts its sender
+    lone_probe_max_rate: float = 20.0  # bare SYN probes/s (all the board sees) below which one convicts its sender
     udp_scan_min_probes: int = 10  # a scan of mostly UDP probes needs so many (nmap -sU sends ~25, then waits)
     udp_scan_min_refusals: float = 3.0  # recent ICMP unreachables behind a scan of mostly UDP probes
     # Anomaly verdicts: most recent packets anomalous (only when an anomaly detector runs).
@@ -468,7 +468,7 @@ class DecisionLayer:
     floods from many sources alone (judged on rate and shape at the target: no model opinion beats it)."""
 
     SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "anomalous", "rst")
-    TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "bare_probe")
+    TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source")
     PAIR_EXTRAS = SOURCE_EXTRAS[: len(Evidence.SHAPES) + 3]  # shapes, fresh, sweep, kbytes
     INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp")
 
@@ -483,6 +483,7 @@ class DecisionLayer:
         self.attempts = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, port) tried
         self.sequences = StreamTable(cfg.max_sources, np.array([-1.0, 0.0, -1.0]))  # per TCP socket: seq, size, ack
         self.links = _Tracked(4096, cfg.half_life_s, (*Evidence.SHAPES, "new_source"))  # per Ethernet sender
+        self.bare_probes = _Tracked(1, cfg.half_life_s, (), with_scores=False)  # all bare probes the board sees
         self.packet_labels = np.zeros(0, dtype=np.int64)
         self.packet_flood_labels = np.zeros(0, dtype=np.int64)  # the part of packet_labels from floods at targets
         self.anomaly_enabled = False  # set once an anomaly score has been given
@@ -583,8 +584,7 @@ class DecisionLayer:
         heavy = _rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
         light_src = ~self.sources.per_packet(srcs, heavy)
         new_source = self.sources.per_packet(srcs, fresh).astype(bool)
-        bare_probe = sweep & ev.syn_only & (packets.tcp_hdr_len == 20)  # a SYN with no TCP options, to a port not tried
-        textra = np.column_stack([shape, ev.new_socket, new_source, light_src, bare_probe]).astype(np.float64)
+        textra = np.column_stack([shape, ev.new_socket, new_source, light_src]).astype(np.float64)
         tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64))
         tgts = self.targets.update(tgt_key, t, scores, textra)
         tx = self.TARGET_EXTRAS
@@ -606,6 +606,8 @@ class DecisionLayer:
         flood_labels = np.where(from_flood, flood_class, -1)
         labels = np.where(labels < 0, flood_labels, labels)
 
+        bare_probe = sweep & ev.syn_only & (packets.tcp_hdr_len == 20)  # a SYN with no TCP options, to a port not tried
+
         # Initiators of connection attempts: probes and the initiator's resets of its own attempts count for their
         # sender, answers (SYN-ACK, echo reply) and refusals (ICMP unreachable) for their receiver.
         reset = ev.rst & self._tried(packets, ev.rst)
@@ -621,10 +623,10 @@ class DecisionLayer:
             columns = np.column_stack([p_probe, ev.answer[rows] & ~own, p_probe & full_options[rows], p_reset,
                                        ev.refusal[rows] & ~own, p_udp]).astype(float)  # fmt: skip
             inits = self.initiators.update(init_key, t[rows], None, columns)
-            # A lone probe convicts where bare probes arrive slowly, as scanning bots come by (a spoofed flood of bare
-            # SYNs is judged at its target: past its first packet, its rate closes this door).
-            bare_rate = _per_second(tgts, tgts["extra_weight"][:, tx.index("bare_probe")], cfg.half_life_s)
-            quiet = self.targets.per_packet(tgts, (tgts["convicted"] < 0) & (bare_rate < cfg.lone_probe_max_rate))
+            # A lone probe convicts while bare probes arrive slowly, as scanning bots come by one at a time, and not
+            # at a flooded target (a spoofed flood of bare SYNs, at one target or at random ones, with random source
+            # addresses and MACs, is judged as a flood: past its first packet its rate closes this door).
+            quiet = self.targets.per_packet(tgts, tgts["convicted"] < 0) & self._bare_probes_slow(packets, bare_probe)
             lone = (bare_probe & quiet & (scores[:, _SCAN] >= cfg.threshold))[rows]
             # Only the initiator's own packets carry its address (answers are keyed by their receiver): a verdict
             # comes at one of them.  Its probes carry the verdict's class.
@@ -668,6 +670,18 @@ class DecisionLayer:
         fits = _shape_fits(ev, sweep, anomalous > 0)
         self._chunk_labels = (_matching(labels, fits), _matching(flood_labels, fits))
         return _first_per_source_and_class(verdicts)
+
+    def _bare_probes_slow(self, packets: PacketBatch, bare_probe: np.ndarray) -> np.ndarray:
+        """Per packet: all the bare probes the board sees recently come slower than ``lone_probe_max_rate``."""
+        out = np.ones(len(packets), dtype=bool)
+        rows = np.flatnonzero(bare_probe)
+        if len(rows):
+            one_key = np.zeros(len(rows), dtype=np.uint64)
+            seen = self.bare_probes.update(one_key, packets.ts[rows], None, np.zeros((len(rows), 0)))
+            slow = _rate(seen, self.cfg.half_life_s) < self.cfg.lone_probe_max_rate
+            out[rows] = self.bare_probes.per_packet(seen, slow)
+            self.bare_probes.store(seen)
+        return out
 
     def _tried(self, packets: PacketBatch, which: np.ndarray, answers: bool = False) -> np.ndarray:
         """Per packet (of ``which``): its (source, destination, destination port) is an attempt on record; with

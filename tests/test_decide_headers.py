@@ -407,6 +407,13 @@ def test_lone_bare_probes_convict_each_scanner_behind_nat_and_a_spoofed_flood_of
     verdicts, _ = run(flood, scores=scan_scores(n))
     assert [(v.kind, v.label) for v in verdicts if v.kind == "spoofed"] == [("spoofed", "mirai_syn")]
     assert len([v for v in verdicts if v.kind == "source"]) <= 1
+    # The same flood at random addresses from random MACs (every target light, every sender new): one source
+    # verdict at most, not one per spoofed address.
+    scattered = batch(T0 + np.arange(n) / 2000.0, rng.integers(1, 1 << 32, n), rng.integers(1, 1 << 32, n),
+                      sport=rng_ports(rng, n), dport=rng_ports(rng, n))  # fmt: skip
+    scattered.src_mac[:] = rng.integers(1, 1 << 47, n).astype(np.uint64)
+    verdicts, _ = run(scattered, scores=scan_scores(n))
+    assert len([v for v in verdicts if v.kind == "source"]) <= 1
 
 
 def test_a_slow_tcp_flood_through_fresh_sockets_needs_no_volume_and_one_socket_does():
