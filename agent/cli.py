@@ -13,16 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .capture_file import CaptureFormatError
-from .feature_columns import COLUMNS
-from .feature_csv import FeatureCSVError
-from .capture_live import CaptureError
-from .config import ConfigError
-from .enforce import EnforcementError
-from .anomaly import AnomalyModelError
-from .model import BundleError
-from .profile import ProfileError
-from .packets import DecodeStats
+from agent.capture.pcap import CaptureFormatError
+from agent.features.columns import COLUMNS
+from agent.features.csv_file import FeatureCSVError
+from agent.capture.interface import CaptureError
+from agent.config import ConfigError
+from agent.act.enforce import EnforcementError
+from agent.detect.anomaly import AnomalyModelError
+from agent.detect.model import BundleError
+from agent.profile import ProfileError
+from agent.capture.packets import DecodeStats
 
 log = logging.getLogger("agent")
 
@@ -33,7 +33,7 @@ def _report_skipped(stats: DecodeStats) -> None:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from .pipeline import features_from_capture
+    from agent.pipeline import features_from_capture
 
     stats = DecodeStats()
     out = sys.stdout if args.output == "-" else open(args.output, "w", newline="")
@@ -50,7 +50,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def _classifier(args: argparse.Namespace):
-    from .model import Classifier, load_bundle
+    from agent.detect.model import Classifier, load_bundle
 
     return Classifier(load_bundle(args.model), runtime=args.runtime, batch_size=args.infer_batch)
 
@@ -58,10 +58,10 @@ def _classifier(args: argparse.Namespace):
 def cmd_detect(args: argparse.Namespace) -> int:
     import json
 
-    from .anomaly import load_anomaly
-    from .decide import DecisionConfig, DecisionLayer
-    from .packets import LABELS, VERDICT_LABELS
-    from .pipeline import detect_capture
+    from agent.detect.anomaly import load_anomaly
+    from agent.detect.decide import DecisionConfig, DecisionLayer
+    from agent.capture.packets import LABELS, VERDICT_LABELS
+    from agent.pipeline import detect_capture
 
     classifier = _classifier(args)
     anomaly = load_anomaly("report" if args.anomaly == "on" else "off", args.anomaly_model)
@@ -112,9 +112,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_classify_features(args: argparse.Namespace) -> int:
-    from .packets import LABELS
+    from agent.capture.packets import LABELS
 
-    from .feature_csv import read_feature_csv
+    from agent.features.csv_file import read_feature_csv
 
     rows = read_feature_csv(args.features_csv)
     classifier = _classifier(args)
@@ -130,19 +130,13 @@ def cmd_classify_features(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import SAMPLE, run_demo
-
-    return run_demo(Path(args.capture) if args.capture else SAMPLE, args.model, args.runtime, fleet=not args.no_fleet)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from .config import load_config
-    from .live import LiveAgent
-    from .profile import load_profile
+    from agent.config import load_config
+    from agent.live import LiveAgent
+    from agent.profile import load_profile
 
     profile = load_profile(args.profile)
     config = load_config(args.config)
@@ -161,15 +155,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .doctor import run_doctor
-    from .profile import load_profile
+    from agent.config import load_config
+    from agent.doctor import run_doctor
+    from agent.profile import load_profile
 
     return run_doctor(load_profile(args.profile), load_config(args.config), args.interface)
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    from .model import DEFAULT_BUNDLE, RUNTIMES
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    from agent.detect.model import DEFAULT_BUNDLE, RUNTIMES
 
     p.add_argument("--model", default=str(DEFAULT_BUNDLE), help="model bundle JSON (default: the bundled model)")
     p.add_argument("--runtime", default="auto", choices=("auto",) + RUNTIMES, help="TFLite runtime (default: first installed)")
@@ -187,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=65536, help="packets per batch (default: %(default)s)")
     p.set_defaults(func=cmd_features)
 
-    from .decide import DecisionConfig
+    from agent.detect.decide import DecisionConfig
 
     p = sub.add_parser("detect", help="detect Mirai in a capture: one line per hostile source and a summary")
     p.add_argument("capture", help="pcap or pcapng file")
@@ -201,13 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anomaly", choices=("on", "off"), default="on",
                    help="run the anomaly detector beside the model; its verdicts are labelled anomaly (default: on)")
     p.add_argument("--anomaly-model", default="", help="anomaly model file (default: the bundled one)")
-    _add_model_options(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("classify-features", help="classify rows of a CSV with the 115 N-BaIoT columns")
     p.add_argument("features_csv", help="CSV with the N-BaIoT column names (other columns are ignored)")
     p.add_argument("-o", "--output", default="-", help="output CSV row,label,confidence (default: standard output)")
-    _add_model_options(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_classify_features)
 
     p = sub.add_parser("run", help="run the live agent on an interface until SIGTERM/SIGINT (SIGHUP reloads)")
@@ -223,23 +217,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="agent configuration TOML")
     p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser("demo", help="detect Mirai in the capture bundled with the agent")
-    p.add_argument("--capture", help="another capture (with OUT.labels.csv beside it for the comparison)")
-    p.add_argument("--no-fleet", action="store_true", help="skip the MQTT round trip with the controller")
-    _add_model_options(p)
-    p.set_defaults(func=cmd_demo)
     return parser
+
+
+# Errors in what the user gave (files, configuration, privileges): one line on standard error, exit 2.
+USER_ERRORS = (CaptureFormatError, FileNotFoundError, IsADirectoryError, PermissionError, FeatureCSVError, BundleError,
+               ConfigError, ProfileError, EnforcementError, CaptureError, AnomalyModelError)  # fmt: skip
+
+
+def run_command(func, args: argparse.Namespace) -> int:
+    """Run one subcommand with the logging the user asked for; a user error is a message, not a traceback."""
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return func(args)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except CaptureFormatError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, IsADirectoryError, PermissionError, FeatureCSVError, BundleError, ConfigError,
-            ProfileError, EnforcementError, CaptureError, AnomalyModelError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(args.func, args)

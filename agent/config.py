@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .ruleset import ALL_DEVICES, NAME_RE
+from agent.wire.rules import ALL_DEVICES, NAME_RE
 
 REQUIRED = object()
 ANOMALY_MODES = ("off", "report", "enforce")

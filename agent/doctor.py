@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import AgentConfig
-from .profile import Profile
+from agent.config import AgentConfig
+from agent.profile import Profile
 
 # Oldest glibc each runtime's wheels need, and the machines they exist for (DESIGN 3).
 RUNTIME_WHEELS = {
@@ -69,7 +69,7 @@ def check_platform(profile: Profile) -> list[Check]:
 
 
 def check_model(profile: Profile, config: AgentConfig) -> list[Check]:
-    from .model import BundleError, Classifier, load_bundle
+    from agent.detect.model import BundleError, Classifier, load_bundle
 
     try:
         bundle = load_bundle(config.model) if config.model else load_bundle()
@@ -105,7 +105,7 @@ def check_model(profile: Profile, config: AgentConfig) -> list[Check]:
 
 
 def check_system(profile: Profile, interface: str, config: AgentConfig) -> list[Check]:
-    from .privileges import missing_capabilities
+    from agent.util import missing_capabilities
 
     out = []
     if Path(f"/sys/class/net/{interface}").exists():

@@ -16,22 +16,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .allowlist import effective_allowlist
-from .anomaly import AnomalyModelError, load_anomaly
-from .capture_live import LiveCapture
-from .config import AgentConfig
-from .decide import DecisionConfig, DecisionLayer
-from .enforce import Enforcer, make_enforcer
-from .features import Budgets, FeatureExtractor
-from .filter import RuleTable
-from .memory import release_free_memory
-from .model import Bundle, Classifier, load_bundle
-from .packets import LABELS, DecodeStats, FrameBatch
-from .parse import parse_frames
-from .privileges import require
-from .profile import RING_BLOCK_KB, Profile
-from .protocol_classes import packet_classes
-from .respond import FLOOD_RULE_PREFIX, Responder, ResponseConfig, sync_kernel
+from agent.act.allowlist import effective_allowlist
+from agent.detect.anomaly import AnomalyModelError, load_anomaly
+from agent.capture.interface import LiveCapture
+from agent.config import AgentConfig
+from agent.detect.decide import DecisionConfig, DecisionLayer
+from agent.act.enforce import Enforcer, make_enforcer
+from agent.features.engine import Budgets, FeatureExtractor
+from agent.act.filter import RuleTable
+from agent.util import release_free_memory
+from agent.detect.model import Bundle, Classifier, load_bundle
+from agent.capture.packets import LABELS, DecodeStats, FrameBatch
+from agent.capture.parse import parse_frames
+from agent.util import require
+from agent.profile import RING_BLOCK_KB, Profile
+from agent.detect.protocol_classes import packet_classes
+from agent.act.respond import FLOOD_RULE_PREFIX, Responder, ResponseConfig, sync_kernel
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ class LiveAgent:
         return effective_allowlist(config.allowlist, config.mqtt.host if config.mqtt else None)
 
     def _fleet_link(self, config: AgentConfig):
-        from .mqtt_client import MqttConfig
-        from .report import FleetLink
+        from agent.fleet.mqtt import MqttConfig
+        from agent.fleet.link import FleetLink
 
         m = config.mqtt
         mqtt_config = MqttConfig(

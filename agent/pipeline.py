@@ -14,12 +14,12 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .capture_file import read_capture
-from .features import Budgets, FeatureExtractor
-from .memory import release_free_memory
-from .packets import DecodeStats, PacketBatch
-from .parse import parse_frames
-from .protocol_classes import packet_classes
+from agent.capture.pcap import read_capture
+from agent.features.engine import Budgets, FeatureExtractor
+from agent.util import release_free_memory
+from agent.capture.packets import DecodeStats, PacketBatch
+from agent.capture.parse import parse_frames
+from agent.detect.protocol_classes import packet_classes
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def detect_packets(
     anomaly=None,
 ) -> Detection:
     """features -> model (and anomaly detector) -> decide over parsed packets, batch by batch."""
-    from .decide import DecisionLayer
+    from agent.detect.decide import DecisionLayer
 
     decision = decision or DecisionLayer()
     extractor = FeatureExtractor(budgets or Budgets())

@@ -48,9 +48,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))
 
-import netns  # noqa: E402  (tests/netns.py)
+from lab import netns  # noqa: E402  (tests/netns.py)
 from benchmarks.common import save  # noqa: E402
 
 PYTHON = sys.executable
@@ -374,7 +374,7 @@ def finish_sender(proc: subprocess.Popen) -> dict:
 
 
 def _lab_addresses() -> dict:
-    import test_live_agent as t
+    import tests.agent.test_live_agent as t
 
     return {"device_ip": t.DEVICE_IP, "attacker_ip": t.ATTACKER_IP, "device_mac": t.DEVICE_MAC,
             "attacker_mac": t.ATTACKER_MAC}  # fmt: skip
@@ -435,7 +435,7 @@ def _watch_for(monitor: subprocess.Popen, address: str, seen_at: list[float]) ->
 
 
 def part_latency(dev, atk, work: Path, runs: int, kind: str, rate: float, profile: str) -> dict:
-    import test_live_agent as t
+    import tests.agent.test_live_agent as t
 
     frames = t.attack_frames(kind, 1500)
     rows = []
@@ -491,7 +491,7 @@ class BenignPeer:
     """UDP datagrams from the peer to an application socket on the device; counts what arrives."""
 
     def __init__(self, dev, peer, rate: float = 50.0) -> None:
-        import test_live_agent as lab
+        import tests.agent.test_live_agent as lab
 
         self.device_ip, self.peer_ip, self.port = lab.DEVICE_IP, lab.PEER_IP, lab.PROBE_PORT
         self.peer, self.rate = peer, rate
@@ -556,7 +556,7 @@ def sampler(run: AgentRun, every: float = 0.1) -> Iterator[list]:
 @contextlib.contextmanager
 def fleet_broker(dev, workdir: Path) -> Iterator[str]:
     """A mosquitto on the device namespace's loopback and a controller key: the agent's [mqtt] section."""
-    from agent.signing import generate_key, save_keypair
+    from agent.wire.signing import generate_key, save_keypair
 
     workdir.mkdir(parents=True, exist_ok=True)
     save_keypair(generate_key(), workdir / "controller.key", workdir / "controller.pub")
@@ -573,7 +573,7 @@ def fleet_broker(dev, workdir: Path) -> Iterator[str]:
 
 def part_memory(dev, atk, work: Path, profiles: list[str], sources: int, rate: float) -> list[dict]:
     """Per profile: defended alone, defended with the fleet link (MQTT), and undefended (no verdicts)."""
-    from agent.features import Budgets, FeatureExtractor
+    from agent.features.engine import Budgets, FeatureExtractor
     from agent.profile import load_profile
 
     ips = _lab_addresses()
@@ -665,7 +665,7 @@ def main() -> None:
     reason = netns.skip_reason() or (None if shutil.which("nft") else "needs nft (apt-get install nftables)")
     if reason:
         sys.exit(f"cannot run: {reason}")
-    import test_live_agent as t
+    import tests.agent.test_live_agent as t
 
     parts = set(args.parts.split(","))
     report: dict = {"frame_bytes": FRAME_BYTES, "profile": args.profile, "kernel": platform.release()}

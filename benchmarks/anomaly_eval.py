@@ -1,4 +1,4 @@
-"""What the anomaly detector (agent/anomaly.py) catches, what it costs, and how fast it is.
+"""What the anomaly detector (agent/detect/anomaly.py) catches, what it costs, and how fast it is.
 
     python benchmarks/anomaly_eval.py [--data ../shared/data] [--model FILE] [--no-loo] [--ablation] [--out FILE]
 
@@ -78,7 +78,7 @@ def per_source(scores: np.ndarray, src: np.ndarray, ts: np.ndarray) -> dict:
 
 def capture(path: Path):
     """(features, packets) of every decoded packet of a capture, through the agent's own pipeline."""
-    from agent.packets import DecodeStats, PacketBatch
+    from agent.capture.packets import DecodeStats, PacketBatch
     from agent.pipeline import features_from_capture
 
     batches = list(features_from_capture(path, DecodeStats()))
@@ -119,9 +119,9 @@ def leave_one_out(real: Path, benign_files: list[Path]) -> list[dict]:
 
 
 def synthesised(name: str, seed: int, seconds: float):
-    from agent.features import FeatureExtractor
-    from agent.packets import DecodeStats
-    from agent.parse import parse_frames
+    from agent.features.engine import FeatureExtractor
+    from agent.capture.packets import DecodeStats
+    from agent.capture.parse import parse_frames
     from convert.synth import synthesise
 
     synth = synthesise(name, seconds, seed)
@@ -190,7 +190,7 @@ def speed(det, runs: int = 5, batch: int = 4096, batches: int = 64) -> dict:
 
 def ablation() -> list[dict]:
     """The default recipe with and without the asinh, judged on synthesised data only."""
-    from agent.anomaly import AnomalyDetector
+    from agent.detect.anomaly import AnomalyDetector
     from convert.anomaly import AnomalyRecipe, benign_scenarios, cached_synthetic_rows
     from convert.synth import SCENARIOS
 
@@ -229,7 +229,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-    from agent.anomaly import DEFAULT_MODEL, AnomalyDetector
+    from agent.detect.anomaly import DEFAULT_MODEL, AnomalyDetector
 
     model = args.model or DEFAULT_MODEL
     det = AnomalyDetector.load(model)

@@ -15,7 +15,7 @@ CACHE = Path(os.environ.get("IOTGUARD_CACHE", Path.home() / ".cache" / "iotguard
 
 def mixed_capture(packets: int = 1_000_000, seed: int = 42) -> Path:
     """A synthesised mixed Mirai + benign capture of at least ``packets`` records (built once, cached)."""
-    from agent.capture_file import read_capture
+    from agent.capture.pcap import read_capture
     from convert.synth import synthesise, write
 
     path = CACHE / "bench" / f"mixed_{packets}_{seed}.pcap"

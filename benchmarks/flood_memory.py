@@ -15,7 +15,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from benchmarks.common import save  # noqa: E402
 
@@ -28,8 +27,8 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
 
-    from agent.features import Budgets, FeatureExtractor
-    from test_features import _spoofed_syn_flood
+    from agent.features.engine import Budgets, FeatureExtractor
+    from tests.agent.features.test_engine import _spoofed_syn_flood
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     b = args.budget

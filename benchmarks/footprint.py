@@ -25,14 +25,14 @@ from benchmarks.common import mixed_capture, save  # noqa: E402
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np
-from agent.capture_file import read_capture
-from agent.decide import DecisionLayer
-from agent.protocol_classes import packet_classes
-from agent.features import Budgets, FeatureExtractor
-from agent.memory import release_free_memory
-from agent.model import Classifier, load_bundle
-from agent.packets import DecodeStats
-from agent.parse import parse_frames
+from agent.capture.pcap import read_capture
+from agent.detect.decide import DecisionLayer
+from agent.detect.protocol_classes import packet_classes
+from agent.features.engine import Budgets, FeatureExtractor
+from agent.util import release_free_memory
+from agent.detect.model import Classifier, load_bundle
+from agent.capture.packets import DecodeStats
+from agent.capture.parse import parse_frames
 from agent.profile import load_profile
 p = load_profile(sys.argv[1])
 b = p.budgets
@@ -40,7 +40,7 @@ bundle = load_bundle()
 clf = Classifier(bundle, runtime="auto", batch_size=min(1024, 4 * p.batch_size))
 arena = sum(int(np.prod(t["shape"])) * np.dtype(t["dtype"]).itemsize for t in clf.interpreter.get_tensor_details())
 fe = FeatureExtractor(Budgets(b.mi_dir, b.h, b.hh, b.hh_jit, b.hphp), max_batch=p.batch_size)
-from agent.decide import DecisionConfig
+from agent.detect.decide import DecisionConfig
 dec, stats, n, batches = DecisionLayer(DecisionConfig(max_sources=b.h, max_targets=b.h)), DecodeStats(), 0, 0
 start = time.perf_counter()
 for frames in read_capture(sys.argv[2], batch_size=max(p.batch_size, 4096), stats=stats):

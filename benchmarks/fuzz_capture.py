@@ -32,7 +32,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from benchmarks.common import save
 
@@ -86,7 +85,7 @@ class Totals:
 
 
 def fuzz_files(rng: random.Random, records: int, tmp: Path, totals: Totals, failures: Failures) -> None:
-    from capture_fuzz import check_capture, random_capture
+    from lab.capture_fuzz import check_capture, random_capture
 
     report_every = max(records // 10, 1)
     next_report = report_every
@@ -116,9 +115,9 @@ def fuzz_files(rng: random.Random, records: int, tmp: Path, totals: Totals, fail
 
 
 def fuzz_frames(rng: random.Random, frames: int, batch: int, totals: Totals, failures: Failures) -> None:
-    from capture_fuzz import check_parsed, frame_batch, parse_checked
+    from lab.capture_fuzz import check_parsed, frame_batch, parse_checked
 
-    from agent.packets import DecodeStats, FrameBatch
+    from agent.capture.packets import DecodeStats, FrameBatch
 
     done = 0
     while done < frames:

@@ -56,13 +56,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent import ruleset as rs
+from agent.wire import rules as rs
 from agent.config import ConfigError, load_config
-from agent.enforce import NoneEnforcer
-from agent.filter import RuleTable
-from agent.jsonio import canonical_json
-from agent.model import BundleError, Classifier, load_bundle, parse_bundle
-from agent.mqtt_client import (
+from agent.act.enforce import NoneEnforcer
+from agent.act.filter import RuleTable
+from agent.wire.jsonio import canonical_json
+from agent.detect.model import BundleError, Classifier, load_bundle, parse_bundle
+from agent.fleet.mqtt import (
     MODEL_MAX_BYTES,
     MODEL_SCHEMA,
     RULES_MAX_BYTES,
@@ -70,8 +70,8 @@ from agent.mqtt_client import (
     topic,
 )
 from agent.profile import MAX_BATCH, PROFILE_DIR, ProfileError, load_profile
-from agent.report import FleetLink
-from agent.signing import ENVELOPE_SCHEMA, generate_key, key_id, save_keypair
+from agent.fleet.link import FleetLink
+from agent.wire.signing import ENVELOPE_SCHEMA, generate_key, key_id, save_keypair
 from benchmarks.common import save
 
 log = logging.getLogger("fuzz_mqtt")
@@ -186,7 +186,7 @@ class World:
 
     # envelopes
     def envelope(self, body: bytes, key: Any = None) -> dict[str, str]:
-        """What agent.signing.sign makes, over exact body bytes (which may hold hostile literals)."""
+        """What agent.wire.signing.sign makes, over exact body bytes (which may hold hostile literals)."""
         key = key or self.key
         return {
             "schema": ENVELOPE_SCHEMA,

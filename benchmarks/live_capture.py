@@ -31,11 +31,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))
 
-import netns  # noqa: E402  (tests/netns.py: namespaces and veth pairs)
+from lab import netns  # noqa: E402  (tests/netns.py: namespaces and veth pairs)
 import numpy as np  # noqa: E402
-from agent.capture_live import LiveCapture  # noqa: E402
+from agent.capture.interface import LiveCapture  # noqa: E402
 from benchmarks.common import save  # noqa: E402
 
 PACKET_QDISC_BYPASS = 20
@@ -195,7 +195,7 @@ def main() -> None:
     ap.add_argument("--rates", default="10000,30000,100000,200000,0", help="frames/s, comma-separated; 0 = max")
     ap.add_argument("--seconds", type=float, default=3.0, help="send time per rate")
     ap.add_argument("--senders", type=int, default=1, help="sender processes sharing each rate")
-    ap.add_argument("--parse", action="store_true", help="run agent.parse.parse_frames on every batch")
+    ap.add_argument("--parse", action="store_true", help="run agent.capture.parse.parse_frames on every batch")
     ap.add_argument("--block-size", type=int, default=1 << 18)
     ap.add_argument("--block-count", type=int, default=16)
     ap.add_argument("--block-timeout-ms", type=int, default=50)
@@ -212,10 +212,10 @@ def main() -> None:
         sys.exit(f"cannot run: {netns.skip_reason()}")
     parse = None
     if args.parse:
-        if importlib.util.find_spec("agent.parse") is None:
-            print("agent.parse not available: capturing without parsing", file=sys.stderr)
+        if importlib.util.find_spec("agent.capture.parse") is None:
+            print("agent.capture.parse not available: capturing without parsing", file=sys.stderr)
         else:
-            from agent.parse import parse_frames as parse
+            from agent.capture.parse import parse_frames as parse
     ring = {"block_size": args.block_size, "block_count": args.block_count, "block_timeout_ms": args.block_timeout_ms}
     results = []
     with netns.veth_pair() as link:

@@ -11,7 +11,7 @@ Measures
 
 Devices are light: a few processes, each driving a few hundred paho clients
 from one selector loop.  Each device verifies the signature and validates the
-rule set with the agent's own code (``agent.signing``, ``agent.ruleset``)
+rule set with the agent's own code (``agent.wire.signing``, ``agent.wire.rules``)
 before it acks.  Controllers are real ``python -m controller run`` processes
 sharing one SQLite file.
 
@@ -40,16 +40,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.mqtt_client import (
+from agent.fleet.mqtt import (
     ACK_SCHEMA,
     ALERT_SCHEMA,
     STATUS_SCHEMA,
     make_client,
     topic,
 )
-from agent.ruleset import RuleSetError, parse_ruleset
-from agent.jsonio import canonical_json
-from agent.signing import (
+from agent.wire.rules import RuleSetError, parse_ruleset
+from agent.wire.jsonio import canonical_json
+from agent.wire.signing import (
     SignatureError,
     generate_key,
     load_private_key,

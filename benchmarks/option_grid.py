@@ -64,8 +64,8 @@ _CLF = _ANOMALY = None
 
 def _run(case: tuple) -> dict:
     global _CLF, _ANOMALY
-    from agent.anomaly import load_anomaly
-    from agent.model import Classifier, load_bundle
+    from agent.detect.anomaly import load_anomaly
+    from agent.detect.model import Classifier, load_bundle
     from convert.generalisation import attack_case
     from convert.synth import OptionSpace
 

@@ -42,10 +42,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))
 
-import netns  # noqa: E402  (tests/netns.py)
-import test_live_agent as lab_  # noqa: E402
+from lab import netns  # noqa: E402  (tests/netns.py)
+import tests.agent.test_live_agent as lab_  # noqa: E402
 from benchmarks.agent_load import (  # noqa: E402
     AgentRun,
     BenignPeer,
@@ -121,7 +121,7 @@ def alerts_stored(db: Path) -> int:
 
 
 def soak(args: argparse.Namespace, work: Path) -> dict:
-    from agent.signing import generate_key, save_keypair
+    from agent.wire.signing import generate_key, save_keypair
 
     save_keypair(generate_key(), work / "controller.key", work / "controller.pub")
     mqtt = (f'block_seconds = {args.block_s}\n[mqtt]\nhost = "127.0.0.1"\nport = {BROKER_PORT}\nfleet = "soak"\n'

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))
 
-import netns  # noqa: E402  (tests/netns.py)
-import test_live_agent as lab  # noqa: E402
+from lab import netns  # noqa: E402  (tests/netns.py)
+import tests.agent.test_live_agent as lab  # noqa: E402
 from agent.profile import load_profile  # noqa: E402
 from benchmarks.agent_load import BenignPeer, _lab_addresses, agent, finish_sender, flood_sender, sampler  # noqa: E402
 from benchmarks.common import save  # noqa: E402

@@ -14,9 +14,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from agent.mqtt_client import ACK_SCHEMA, ALERT_SCHEMA, STATUS_SCHEMA
-from agent.packets import VERDICT_LABELS
-from agent.jsonio import load_json
+from agent.fleet.mqtt import ACK_SCHEMA, ALERT_SCHEMA, STATUS_SCHEMA
+from agent.capture.packets import VERDICT_LABELS
+from agent.wire.jsonio import load_json
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_DEPTH = 6

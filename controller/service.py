@@ -34,16 +34,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.mqtt_client import (
+from agent.fleet.mqtt import (
     DEFAULT_PREFIX,
     MODEL_SCHEMA,
     make_client,
     parse_topic,
     topic,
 )
-from agent.ruleset import ALL_DEVICES, RuleSet
-from agent.jsonio import canonical_json
-from agent.signing import load_private_key, sign
+from agent.wire.rules import ALL_DEVICES, RuleSet
+from agent.wire.jsonio import canonical_json
+from agent.wire.signing import load_private_key, sign
 from controller.messages import MessageError, parse_ack, parse_alert, parse_status
 from controller.policy import Policy, PolicyConfig, fleet_ruleset
 from controller.store import Block, Store

@@ -133,7 +133,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
 
 
 def _real_check(args: argparse.Namespace) -> int:
-    from agent.model import Classifier, load_bundle
+    from agent.detect.model import Classifier, load_bundle
 
     from .real_check import markdown, run
 

@@ -1,4 +1,4 @@
-"""``python -m convert anomaly``: train the anomaly detector (agent/anomaly.py) on benign traffic.
+"""``python -m convert anomaly``: train the anomaly detector (agent/detect/anomaly.py) on benign traffic.
 
 The default model (``agent/model/anomaly.json``) learns every benign-only scenario of
 ``convert.synth.SCENARIOS`` (those without ``mirai_`` in the name, except ``mixed``,
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.anomaly import DEFAULT_MODEL, AnomalyDetector
-from agent.capture_file import CaptureFormatError
-from agent.feature_columns import N_FEATURES
-from agent.packets import DecodeStats
+from agent.detect.anomaly import DEFAULT_MODEL, AnomalyDetector
+from agent.capture.pcap import CaptureFormatError
+from agent.features.columns import N_FEATURES
+from agent.capture.packets import DecodeStats
 from agent.pipeline import features_from_capture
 
 from .dataset import SynthJob, cache_file, save_cache, synth_features

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.model import DEFAULT_BUNDLE, restrict_logits
-from agent.packets import LABELS
+from agent.detect.model import DEFAULT_BUNDLE, restrict_logits
+from agent.capture.packets import LABELS
 
 from .dataset import (SPLITS, Dataset, SynthJob, add_benign_pcaps, add_nbaiot, cache_file, cap_per_class, save_cache,
                       synth_rows)
@@ -160,7 +160,7 @@ def train_bundle(splits: dict[str, Dataset], out_dir: Path, name: str, seed: int
     tflite = to_int8_tflite(trained.model, rep)
     qp = quant_params(tflite)
 
-    from agent.model import Classifier, parse_bundle
+    from agent.detect.model import Classifier, parse_bundle
 
     x_test = pre.transform(te.X)
     # Scores restricted to the classes each row's protocol allows, as the agent does.

@@ -7,10 +7,10 @@ import json
 import os
 from pathlib import Path
 
-from agent.feature_columns import FEATURE_SCHEMA
-from agent.model import BUNDLE_SCHEMA, Bundle, parse_bundle
-from agent.packets import LABELS
-from agent.preprocess import Preprocessor
+from agent.features.columns import FEATURE_SCHEMA
+from agent.detect.model import BUNDLE_SCHEMA, Bundle, parse_bundle
+from agent.capture.packets import LABELS
+from agent.detect.preprocess import Preprocessor
 
 
 def bundle_metadata(

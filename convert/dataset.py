@@ -24,20 +24,20 @@ from pathlib import Path
 import numpy as np
 
 import agent
-from agent.feature_columns import COLUMNS
-from agent.feature_csv import read_feature_csv
-from agent.features import FeatureExtractor
-from agent.packets import LABELS, DecodeStats
-from agent.parse import parse_frames
+from agent.features.columns import COLUMNS
+from agent.features.csv_file import read_feature_csv
+from agent.features.engine import FeatureExtractor
+from agent.capture.packets import LABELS, DecodeStats
+from agent.capture.parse import parse_frames
 from agent.pipeline import features_from_capture
-from agent.protocol_classes import FAMILY_ANY, allowed_classes, protocol_family
+from agent.detect.protocol_classes import FAMILY_ANY, allowed_classes, protocol_family
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 # The agent modules synthesised rows depend on (a change to any of them makes a new cache file).
-FEATURE_MODULES = ("packets", "capture_file", "parse", "key_hash", "feature_columns", "decayed_sums", "stream_table", "features",
-                   "protocol_classes")  # fmt: skip
+FEATURE_MODULES = ("capture/packets", "capture/pcap", "capture/parse", "util", "features/columns", "features/decayed_sums",
+                   "features/stream_table", "features/engine", "detect/protocol_classes")  # fmt: skip
 
 
 def cache_file(folder: str, recipe_key: str) -> Path:
@@ -72,7 +72,7 @@ class Dataset:
     y: np.ndarray  # (n,) int64 label index into LABELS
     capture: np.ndarray  # (n,) int64 index into ``captures``
     captures: list[str] = field(default_factory=list)
-    family: np.ndarray | None = None  # (n,) int8 protocol family (agent.evidence; -1: unknown, CSV rows)
+    family: np.ndarray | None = None  # (n,) int8 protocol family (agent.detect.evidence; -1: unknown, CSV rows)
 
     def __post_init__(self) -> None:
         if self.family is None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.packets import FrameBatch
+from agent.capture.packets import FrameBatch
 
 from .synth import synthesise, write
 

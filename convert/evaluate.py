@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.model import restrict_logits
-from agent.packets import LABELS
+from agent.detect.model import restrict_logits
+from agent.capture.packets import LABELS
 
 from .baselines import baselines, stratified_subsample
 from .metrics import confusion, score
@@ -36,7 +36,7 @@ def _one_hot_family(family: np.ndarray) -> np.ndarray:
 
 
 def evaluate(splits: dict, seed: int, epochs: int, test_rows: int) -> tuple[list[dict], np.ndarray]:
-    from agent.model import Classifier, parse_bundle
+    from agent.detect.model import Classifier, parse_bundle
 
     from .bundle import bundle_metadata
     from .quantize import quant_params, representative_sample, to_int8_tflite

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.packets import LABELS, VERDICT_LABELS, DecodeStats, format_ip
+from agent.capture.packets import LABELS, VERDICT_LABELS, DecodeStats, format_ip
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ class Case:
 
 
 def attack_case(clf, what: str, kind: str, view: str, options, seed: int, anomaly=None) -> Case:
-    from agent.decide import DecisionLayer
-    from agent.parse import parse_frames
+    from agent.detect.decide import DecisionLayer
+    from agent.capture.parse import parse_frames
     from agent.pipeline import detect_packets, split_packets
 
     from .synth import synthesise
@@ -134,8 +134,8 @@ def attack_cases(clf) -> list[Case]:
 
 def background_rows(clf, hours: float = 1.0) -> list[dict]:
     """False alarms on the left-out synthesised backgrounds."""
-    from agent.decide import DecisionLayer
-    from agent.parse import parse_frames
+    from agent.detect.decide import DecisionLayer
+    from agent.capture.parse import parse_frames
     from agent.pipeline import detect_packets, split_packets
 
     from .synth import synthesise
@@ -229,7 +229,7 @@ def evaluate_generalisation(out: Path, seed: int, epochs: int, workers: int, sha
     """Train the held-out model, run every case, write ``generalisation.md`` and ``.png`` under ``out``."""
     import tempfile
 
-    from agent.model import Classifier, load_bundle
+    from agent.detect.model import Classifier, load_bundle
 
     from .build_model import cached_splits, train_bundle
 

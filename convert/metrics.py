@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from agent.packets import LABELS
+from agent.capture.packets import LABELS
 
 BENIGN = 0
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.feature_csv import read_feature_csv
-from agent.model import Classifier
-from agent.packets import VERDICT_LABELS
+from agent.features.csv_file import read_feature_csv
+from agent.detect.model import Classifier
+from agent.capture.packets import VERDICT_LABELS
 from agent.pipeline import detect_capture
 
 BENIGN_CAPTURES = (
@@ -66,7 +66,7 @@ def capture_row(path: Path, clf: Classifier, expected: str, anomaly=None) -> Row
     result = detect_capture(path, clf, anomaly=anomaly)
     t0 = None
     if result.verdicts:
-        from agent.capture_file import read_capture
+        from agent.capture.pcap import read_capture
 
         t0 = float(next(iter(read_capture(path, batch_size=1))).ts[0])
     return _row(path.name, result.labels, result.final_labels(), expected, result.verdicts, t0)

@@ -1,7 +1,7 @@
 """Train the compact CNN with Keras (build time only; needs tensorflow-cpu).
 
 The network sees each packet's features as a grid of 5 decay rates x 23
-statistics (``agent.preprocess``) and convolves across the decay rates, so the
+statistics (``agent.detect.preprocess``) and convolves across the decay rates, so the
 same filters compare fast and slow views of a stream.  About 10k parameters:
 small enough for a 20 KB int8 model on a Pi Zero.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.packets import LABELS
-from agent.preprocess import GRID_SHAPE, Preprocessor
+from agent.capture.packets import LABELS
+from agent.detect.preprocess import GRID_SHAPE, Preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def build_model(filters: int = 24, hidden: int = 32):
     x = layers.Flatten()(x)
     x = layers.Dense(hidden, activation="relu")(x)
     # Logits, not probabilities: the agent restricts them to the classes the header allows and takes the softmax
-    # in float (agent.model.restrict_logits).  An int8 softmax output has steps of 1/256, and the
+    # in float (agent.detect.model.restrict_logits).  An int8 softmax output has steps of 1/256, and the
     # restriction after it rescales that rounding: it cost 1.3 points of test accuracy against 0.1 for logits.
     outputs = layers.Dense(len(LABELS), name="logits")(x)
     return tf.keras.Model(inputs, outputs, name="iotguard_cnn")

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's agent, controller and lab
 
-SHARED_DATA = Path(os.environ.get("IOTGUARD_SHARED_DATA", REPO.parent / "shared" / "data"))
+from lab import SHARED_DATA  # noqa: E402
+
+# The broker and keys fixtures (a real mosquitto per test module).
+pytest_plugins = ("lab.mqtt_helpers",)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Writing a synthesised capture: a classic pcap plus the labels and metadata sidecars.
 
-``OUT.pcap``: classic pcap, microsecond timestamps, link type 1 (Ethernet), via agent.capture_file.
+``OUT.pcap``: classic pcap, microsecond timestamps, link type 1 (Ethernet), via agent.capture.pcap.
 ``OUT.labels.csv``: ``index,label,role``, one row per pcap record.
 ``OUT.meta.json``: scenario, seed, board, attackers, victims, counts (sorted keys, so reruns are identical).
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.capture_file import write_pcap
-from agent.packets import LABELS, FrameBatch
+from agent.capture.pcap import write_pcap
+from agent.capture.packets import LABELS, FrameBatch
 
 WRITE_CHUNK = 65536  # records per write: keeps each joined block cache-sized
 

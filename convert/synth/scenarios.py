@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.packets import LABELS, FrameBatch
+from agent.capture.packets import LABELS, FrameBatch
 
 from .beacons import FAMILIES, add_beacon_devices, discovery_beacons, draw_family_mix
 from .benign import (
@@ -59,7 +59,7 @@ LABEL_POLICY = (
 @dataclass
 class Synthesised:
     frames: FrameBatch
-    labels: np.ndarray  # int8 indices into agent.packets.LABELS, one per record
+    labels: np.ndarray  # int8 indices into agent.capture.packets.LABELS, one per record
     role_index: np.ndarray  # int32 indices into role_names
     role_names: tuple[str, ...]
     meta: dict

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.packets import LABELS, LINKTYPE_ETHERNET, FrameBatch
+from agent.capture.packets import LABELS, LINKTYPE_ETHERNET, FrameBatch
 
 from .frames import Frames
 

@@ -1,0 +1,1 @@
+"""Action: the primary filter (rule table), kernel enforcement and the responder that feeds them."""

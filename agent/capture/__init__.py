@@ -1,0 +1,1 @@
+"""Capture: frames from a pcap/pcapng file or a live interface, decoded into packet batches."""

@@ -1,0 +1,817 @@
+"""The decision stage: per-packet class scores and header evidence -> per-source verdicts.
+
+Every verdict says what decided it (``basis``):
+
+* ``model``: a source's recent packets score as one attack class.  A single odd packet must not
+  raise an alert, and neither must a few odd packets spread over hours: every source keeps decayed
+  sums (half-life ``half_life_s``) of its packets and of their class scores, and becomes hostile when
+  its *recent* packets (the decayed count, the same window the scores are averaged over) number at
+  least ``min_packets`` and one attack class's average reaches ``threshold``.  It is released when
+  that average falls below ``release`` (hysteresis).
+* ``headers``: what the headers show whatever the model says (``agent.detect.evidence``): a flood from one
+  source (a high rate of one shape of Evidence.SHAPES, with fresh ports per packet), a scan
+  (SYNs to hosts and ports not tried before, mostly unanswered), Mirai's scanner fingerprint (one packet suffices),
+  and floods at one target from many sources (spoofed or rotating), which no per-source count can
+  judge.  Each gets the closest Mirai class.
+* ``anomaly``: most of a source's recent packets are far from the traffic the anomaly detector
+  learned (``agent.detect.anomaly``); label ``anomaly``.
+
+A flood at one target from sources that are each too light to convict (a spoofed flood shows a new
+source for nearly every packet) is named by its target ("spoofed flood at 10.0.0.5 tcp/80"), so the
+responder can drop what it has in common instead of filling the rule table with addresses.
+
+The statistics use the same exact, vectorised decayed sums as the features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from agent.features.decayed_sums import Segments, decayed_sums, running_time
+from agent.detect.evidence import ACK as ACK_FLAG
+from agent.detect.evidence import Evidence, packet_evidence
+from agent.util import hash_words
+from agent.capture.packets import L3_IPV4, LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch, format_ip, format_mac
+from agent.features.stream_table import StreamTable
+
+N_CLASSES = len(LABELS)
+_SCAN, _SYN, _ACK, _UDP, _UDPPLAIN = (
+    LABELS.index(c) for c in ("mirai_scan", "mirai_syn", "mirai_ack", "mirai_udp", "mirai_udpplain")
+)
+_ANOMALY = len(LABELS)
+# The closest class of a flood of each shape (Evidence.SHAPES): a ping flood is connectionless, as a UDP flood, and
+# Mirai's GRE floods wrap UDP floods.
+_SHAPE_LABELS = np.array([_SYN, _ACK, _UDP, _UDP, _SYN])
+_PORTLESS_SHAPE, _SYN_ODD_SHAPE = Evidence.SHAPES.index("portless"), Evidence.SHAPES.index("syn_odd")
+_PROBE_SHAPES = [Evidence.SHAPES.index(name) for name in ("syn_only", "ack", "portless")]  # what scanners send
+
+
+@dataclass
+class DecisionConfig:
+    half_life_s: float = 2.0
+    threshold: float = 0.7  # average score of one attack class to call a source hostile
+    release: float = 0.3  # below this the verdict ends
+    min_packets: int = 10  # recent packets (decayed count over half_life_s) behind a model verdict
+    max_sources: int = 65536  # bounded table of tracked sources (LRU eviction)
+    max_targets: int = 65536
+    spoofed_share: float = 0.6  # share of a target's hostile packets from never-seen sources
+    link_spoofed_share: float = 0.9  # ...of an Ethernet sender's scattered packets, for a model verdict on them
+    # Header floods, from one source or at one target: a sustained rate of one shape with fresh sockets.
+    flood_rate: float = 200.0  # packets/s
+    flood_min_packets: int = 100  # recent packets behind a header flood verdict
+    flood_min_kbytes_per_s: float = 8.0  # recent volume behind a model flood verdict (64 kbit/s)...
+    flood_min_span_s: float = 0.5  # ...over at least this long (a 40 ms burst is no flood)
+    flood_shape_share: float = 0.9  # share of one shape (Evidence.SHAPES)
+    flood_new_socket_share: float = 0.8  # share through fresh socket pairs (random ports) or out of sequence; not for
+    # one source's SYNs
+    # Scans: SYNs to hosts and ports not tried before, mostly unanswered, over a longer window.
+    scan_half_life_s: float = 10.0
+    scan_min_probes: int = 20  # recent probes (decayed count over scan_half_life_s)
+    scan_answered_max: float = 0.2  # at most this share of the probes answered (SYN-ACK, echo reply)
+    scan_settle_s: float = 0.5  # answers to the first probes of an episode have had time to come back
+    scan_burst_probes: int = 100  # ...or so many probes came at once (nmap, masscan) that no settling is needed
+    scan_min_sweep: float = 0.1  # a model scan verdict needs this share of recent packets sweeping (probes)
+    lone_probe_max_rate: float = 20.0  # bare SYN probes/s (all the board sees) below which one convicts its sender
+    udp_scan_min_probes: int = 10  # a scan of mostly UDP probes needs so many (nmap -sU sends ~25, then waits)
+    udp_scan_min_refusals: float = 3.0  # recent ICMP unreachables behind a scan of mostly UDP probes
+    # Anomaly verdicts: most recent packets anomalous (only when an anomaly detector runs).
+    anomaly_share: float = 0.8
+    anomaly_min_packets: int = 20
+
+
+@dataclass
+class Verdict:
+    """One hostile source (or one target of a flood from many sources)."""
+
+    kind: str  # "source", or "spoofed": a flood from many sources at one target (or, victim None, at many)
+    label: str  # one of VERDICT_LABELS
+    confidence: float
+    packets: int
+    first_seen: float
+    last_seen: float
+    decided_at: float  # timestamp of the packet that tipped the decision
+    src_ip: str | None = None
+    src_mac: str | None = None
+    src_port: int | None = None
+    victim_ip: str | None = None
+    victim_port: int | None = None
+    proto: int | None = None
+    basis: str = "model"  # "model", "headers" or "anomaly" (see the module's docstring)
+
+    @property
+    def latency(self) -> float:
+        return self.decided_at - self.first_seen
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["latency_s"] = round(self.latency, 6)
+        return d
+
+    def describe(self) -> str:
+        if self.kind == "spoofed" and self.victim_ip is None:
+            who = f"spoofed flood from {self.src_mac} at many hosts, proto {self.proto}"
+        elif self.kind == "spoofed":
+            port = f"/{self.victim_port}" if self.victim_port is not None else ""
+            who = f"spoofed flood at {self.victim_ip} proto {self.proto}{port}"
+        else:
+            who = f"{self.src_ip} ({self.src_mac})"
+        return (
+            f"{self.label:15s} {who:45s} [{self.basis}] conf {self.confidence:.3f} packets {self.packets:8d} "
+            f"first {self.first_seen:.6f} last {self.last_seen:.6f} after {self.latency * 1000:.1f} ms"
+        )
+
+
+# --- Tracked keys -------------------------------------------------------------------------------
+# State columns: decayed sums first (weight, class scores, the table's evidence columns), then
+# bookkeeping: lifetime packet count, start of the current episode (the first packet after a quiet
+# spell), class reported last (-1: none), bit set of reported classes.
+_W = 0
+_BOOK = ("count", "episode", "hostile", "reported")
+
+
+@dataclass
+class _Tracked:
+    """Decayed sums of packets, their class scores (unless ``with_scores`` is off) and ``extras`` evidence
+    columns for a set of keys."""
+
+    budget: int
+    half_life_s: float
+    extras: tuple[str, ...]
+    with_scores: bool = True
+    table: StreamTable = field(init=False)
+
+    def __post_init__(self) -> None:
+        # The attack classes' scores only: a benign average is never asked for.
+        self.scores = slice(1, 1 + (N_CLASSES - 1 if self.with_scores else 0))
+        self.n_sums = self.scores.stop + len(self.extras)
+        self.col = {name: self.n_sums + i for i, name in enumerate(_BOOK)}
+        init = np.zeros(self.n_sums + len(_BOOK))
+        init[_W] = 1e-20
+        init[self.col["hostile"]] = -1
+        self.table = StreamTable(self.budget, init)
+        self.lam = 1.0 / self.half_life_s
+
+    def update(self, keys: np.ndarray, t: np.ndarray, scores: np.ndarray | None, extra: np.ndarray) -> dict:
+        """Per packet (in key order): decayed weight, score averages, evidence shares, counts."""
+        order = np.argsort(keys, kind="stable")
+        seg = Segments.from_sorted(keys[order])
+        ts = t[order]
+        slots, is_new = self.table.lookup(keys[order][seg.start], ts[seg.start])
+        state = self.table.state[slots]
+        t_init = self.table.t_last[slots]
+        T = running_time(ts, t_init, seg)
+        terms = np.empty((len(ts), 1, self.n_sums))
+        terms[:, 0, _W] = 1.0
+        if self.with_scores:
+            terms[:, 0, self.scores] = scores[order, 1:]
+        terms[:, 0, self.scores.stop :] = extra[order]
+        sums = decayed_sums(seg, T, np.array([self.lam]), terms, state[:, None, : self.n_sums], t_init)[:, 0, :]
+        weight = sums[:, _W]
+        count = np.arange(1, len(ts) + 1) - np.repeat(seg.start, seg.length) + state[seg.ids, self.col["count"]]
+        # An episode starts at a packet that finds less than half a packet of recent weight.
+        starts = (weight - 1.0) < 0.5
+        marked = starts | seg.first_mask(len(ts))
+        last_mark = np.maximum.accumulate(np.where(marked, np.arange(len(ts)), 0))
+        episode = np.where(starts[last_mark], ts[last_mark], state[seg.ids, self.col["episode"]])
+        return {
+            "order": order,
+            "seg": seg,
+            "slots": slots,
+            "state": state,
+            "t": ts,
+            "T": T,
+            "weight": weight,
+            "avg": sums[:, self.scores] / weight[:, None],  # attack classes 1.. of LABELS
+            "shares": sums[:, self.scores.stop :] / weight[:, None],  # extras, as decayed shares of the key's packets
+            "extra_weight": sums[:, self.scores.stop :],  # extras as decayed counts
+            "count": count,
+            "episode": episode,
+            "sums": sums,
+        }
+
+    def per_packet(self, r: dict, values: np.ndarray) -> np.ndarray:
+        """``values`` given in the key order of ``r`` back in packet order."""
+        out = np.empty_like(values)
+        out[r["order"]] = values
+        return out
+
+    def store(self, r: dict) -> None:
+        state, last = r["state"], r["seg"].last
+        state[:, : self.n_sums] = r["sums"][last]
+        state[:, self.col["count"]] = r["count"][last]
+        state[:, self.col["episode"]] = r["episode"][last]
+        self.table.state[r["slots"]] = state
+        self.table.t_last[r["slots"]] = r["T"][last]
+
+
+# --- Rules ---------------------------------------------------------------------------------------
+# Each rule gives, per packet of a table update: (hot, class index, confidence).
+
+Rule = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _model_rule(r: dict, cfg: DecisionConfig, t: "_Tracked | None" = None, floods_only: bool = False) -> Rule:
+    """The key's recent average score of its best attack class.  ``floods_only``: a target is flooded, never
+    "scanned" (scanners are judged by source).  With a table ``t`` that tracks the packets' shapes, the class
+    comes from the headers where one shape dominates (``_closest_by_shape``)."""
+    avg = r["avg"]
+    if floods_only:
+        avg = avg.copy()
+        avg[:, _SCAN - 1] = -1.0
+    best = avg.argmax(axis=1)
+    attack, conf = 1 + best, avg[np.arange(len(avg)), best]
+    hot = (r["weight"] >= cfg.min_packets) & (conf >= cfg.threshold)
+    if t is not None and "sweep" in t.extras:
+        attack = _closest_by_shape(r, t, attack, floods_only)
+        # A scanner probes: a key that sweeps no new hosts or ports is no scanner, whatever the model finds in
+        # its packets (a phone's telnet session to the router looks much like the scanner's brute force).
+        hot &= (attack != _SCAN) | (r["shares"][:, t.extras.index("sweep")] >= cfg.scan_min_sweep)
+    if t is not None and "kbytes" in t.extras:
+        # A flood carries volume, and lasts: Mirai's attacks have no rate option and send as fast as the bot's
+        # uplink lets them.  A few bursts of small datagrams (a sensor's readings, a test's probes) are no flood,
+        # however much each packet looks like one; over half a second at least, their volume shows it.
+        # TCP through fresh socket pairs (or with numbers no stream carries) needs no volume: Mirai's syn and ack
+        # floods draw new ports (and sequence numbers) per packet, as no benign sender's TCP does, and may carry no
+        # payload at a few dozen packets a second.
+        volume = _per_second(r, r["extra_weight"][:, t.extras.index("kbytes")], t.half_life_s, cfg.flood_min_span_s)
+        shares, x = r["shares"], t.extras.index
+        tcp = shares[:, x("syn_only")] + shares[:, x("syn_odd")] + shares[:, x("ack")]
+        tcp_fresh = (tcp >= 0.5) & (shares[:, x("fresh")] >= cfg.flood_new_socket_share * tcp)
+        hot &= (attack == _SCAN) | (volume >= cfg.flood_min_kbytes_per_s) | tcp_fresh
+    return hot, attack, conf
+
+
+def _closest_by_shape(r: dict, t: "_Tracked", attack: np.ndarray, floods_only: bool) -> np.ndarray:
+    """The model says *whether* a key's packets are an attack and of which protocol; where one shape makes up
+    most of them and the headers are decisive, they say *which* attack, whatever options it was launched with
+    (the model learned scans and floods at the payload sizes it saw).  SYNs mostly sweeping (to new hosts, or
+    short ones to ports not tried) are a scan, other SYNs a SYN flood; SYNs with odd flags a SYN flood; TCP
+    without SYN or RST through fresh socket pairs an ACK flood, or a scan when it probes (through few sockets
+    it may be a telnet session, the scanner's brute force or not); UDP mostly through fresh socket pairs
+    Mirai's udp flood, and a UDP flood the model finds through sockets reused packet after packet its udpplain,
+    which sends through one connected socket per target (as does the udp flood with both ports set, which no
+    header tells apart).  Where the headers are not decisive the model's class
+    stands.  Only the class changes: whether the key is hot stays the model's best class's average (summing
+    a protocol's classes would convict a phone's telnet session the model finds a little like a scan and a
+    little like a flood)."""
+    shares, x = r["shares"], t.extras.index
+    syn, ack, udp, syn_odd = shares[:, x("syn_only")], shares[:, x("ack")], shares[:, x("udp")], shares[:, x("syn_odd")]
+    sweep, fresh = shares[:, x("sweep")], shares[:, x("fresh")]
+    udp_class = (attack == _UDP) | (attack == _UDPPLAIN)
+    dominant = [syn >= 0.5, syn_odd >= 0.5, (ack >= 0.5) & (fresh >= 0.5 * ack), (udp >= 0.5) & (fresh >= 0.5 * udp),
+                (udp >= 0.5) & (fresh < 0.2 * udp) & udp_class]  # fmt: skip
+
+    def scan_or(flood: int, share: np.ndarray) -> np.ndarray:
+        """A scan where the shape's packets mostly sweep (never at a flooded target), else the flood."""
+        return np.where((sweep >= 0.5 * share) & (not floods_only), _SCAN, flood)
+
+    by_shape = np.select(dominant, [scan_or(_SYN, syn), _SYN, scan_or(_ACK, ack), _UDP, _UDPPLAIN], -1)
+    return np.where(by_shape >= 0, by_shape, attack)
+
+
+def _rate(r: dict, half_life_s: float) -> np.ndarray:
+    """Packets/s of each key, from its decayed weight, corrected for episodes shorter than the window."""
+    if "rate" not in r:
+        r["rate"] = _per_second(r, r["weight"], half_life_s)
+    return r["rate"]
+
+
+def _per_second(r: dict, decayed: np.ndarray, half_life_s: float, min_span_s: float | None = None) -> np.ndarray:
+    """A decayed sum of each key as an amount per second, corrected for episodes shorter than the window (but
+    taken over at least ``min_span_s``: 5% of the half-life unless given)."""
+    elapsed = np.maximum(r["t"] - r["episode"], 0.05 * half_life_s if min_span_s is None else min_span_s)
+    filled = 1.0 - np.exp2(-elapsed / half_life_s)
+    return decayed * np.log(2) / half_life_s / filled
+
+
+def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -> Rule:
+    """A sustained rate of one shape (Evidence.SHAPES) with fresh sockets, from one source or at one target
+    (or one Ethernet sender, whose table holds fresh packets only).  One source's SYNs and anybody's echo
+    requests need no fresh sockets: nothing benign sends them at that rate.  A source's own RSTs are set aside:
+    they neither count against its shape (a SYN flooder's kernel refuses every SYN-ACK its flood draws) nor make
+    up a flood (a victim refusing a spoofed ACK flood sends as many RSTs as it receives ACKs).  From one source,
+    probes mostly (SYNs to new hosts, short SYNs, FIN/NULL/Xmas segments or echo requests to hosts and ports
+    not tried before) are a scan."""
+    shares = r["shares"]
+    shape_share = shares[:, : len(Evidence.SHAPES)]
+    shape = shape_share.argmax(axis=1)
+    share = shape_share[np.arange(len(shape)), shape]
+    rst = shares[:, t.extras.index("rst")] if "rst" in t.extras else np.zeros(len(shape))
+    kept = np.maximum(1.0 - rst, 1e-9)  # the share of the key's packets that are no RSTs
+    share = np.minimum(share / kept, 1.0)
+    if "fresh" in t.extras:
+        fresh = shares[:, t.extras.index("fresh")]
+        if "new_source" in t.extras:  # a never-seen source's packet opens a new socket pair too
+            fresh = np.maximum(fresh, shares[:, t.extras.index("new_source")])
+        fresh = np.clip((fresh - rst) / kept, 0.0, 1.0)  # at least this share of the other packets is fresh
+        fresh_enough = fresh >= cfg.flood_new_socket_share
+    else:
+        fresh_enough = np.ones(len(shape), dtype=bool)
+    # Nothing benign sends echo requests at a flood's rate, or one source's SYNs, and a home's GRE tunnels are PPTP's
+    # (version 1): no fresh sockets needed.
+    fresh_enough |= shape == _PORTLESS_SHAPE
+    if one_source:
+        fresh_enough |= (shape == 0) | (shape == _SYN_ODD_SHAPE)
+    hot = (
+        (r["weight"] * kept >= cfg.flood_min_packets)
+        & (_rate(r, t.half_life_s) * kept >= cfg.flood_rate)
+        & (share >= cfg.flood_shape_share)
+        & fresh_enough
+    )
+    label = _SHAPE_LABELS[shape]
+    if one_source:
+        probing = np.isin(shape, _PROBE_SHAPES) & (shares[:, t.extras.index("sweep")] >= 0.5 * share)
+        label = np.where(probing, _SCAN, label)
+    return hot, label, share
+
+
+def _scan_rule(r: dict, t: "_Tracked", cfg: DecisionConfig) -> Rule:
+    """Probes (openers to a host and port their sender had not tried) from an initiator, few of them answered,
+    after the first answers have had time to come back.  An answer the initiator itself resets was not wanted:
+    raw-socket SYNs (a stealth scan, a SYN flood at open ports) draw SYN-ACKs that the sender's kernel refuses.
+    Probes mostly with a full TCP option block (a kernel's connect(), Mirai's SYN flood at a subnet or at
+    random ports) are a SYN flood; short ones a scan.  Nothing answers UDP probes: mostly UDP, they are a scan
+    once closed ports have refused some (a peer-to-peer client trying ports of a peer behind NAT gets none)."""
+    x = t.extras.index
+    probes, answered, full = (r["extra_weight"][:, x(name)] for name in ("probe", "answered", "full_options"))
+    reset, refused, udp = (r["extra_weight"][:, x(name)] for name in ("reset", "refused", "udp"))
+    answered = np.maximum(answered - reset, 0.0)
+    unanswered = 1.0 - answered / np.maximum(probes, 1e-9)
+    mostly_udp = udp >= 0.5 * probes
+    # No SYN-ACK answers UDP, so its scans need not wait for answers: the refusals are the evidence.
+    settled = (r["t"] - r["episode"] >= cfg.scan_settle_s) | (probes >= cfg.scan_burst_probes) | mostly_udp
+    enough = np.where(mostly_udp, cfg.udp_scan_min_probes, cfg.scan_min_probes)
+    hot = (probes >= enough) & (answered <= cfg.scan_answered_max * probes) & settled
+    hot &= ~mostly_udp | (refused >= cfg.udp_scan_min_refusals)
+    return hot, np.where(full >= 0.5 * probes, _SYN, _SCAN), np.clip(unanswered, 0.0, 1.0)
+
+
+def _lone_probe_rule(r: dict, lone: np.ndarray) -> Rule:
+    """A single probe with no TCP options, to a port its sender never tried, that the model scores as a scan
+    convicts its sender: a board probed by many scanning bots sees one to three SYNs from each, and every
+    operating system's SYN carries options (only raw-socket tools leave them out).  ``lone``: per packet, in
+    the key order of ``r``."""
+    return lone, np.full(len(lone), _SCAN), np.ones(len(lone))
+
+
+def _fingerprint_rule(fingerprint: np.ndarray) -> Rule:
+    """One packet with Mirai's scanner fingerprint convicts its sender (a chance match: once in 2^32)."""
+    return fingerprint, np.full(len(fingerprint), _SCAN), np.ones(len(fingerprint))
+
+
+def _anomaly_rule(r: dict, t: "_Tracked", cfg: DecisionConfig) -> Rule:
+    share = r["shares"][:, t.extras.index("anomalous")]
+    hot = (r["weight"] >= cfg.anomaly_min_packets) & (share >= cfg.anomaly_share)
+    return hot, np.full(len(share), _ANOMALY), share
+
+
+def _combine(rules: list[tuple[Rule, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The first rule that is hot at a packet decides it (rules in order of precedence)."""
+    n = len(rules[0][0][0])
+    hot = np.zeros(n, dtype=bool)
+    label = np.zeros(n, dtype=np.int64)
+    conf = np.zeros(n)
+    basis = np.zeros(n, dtype=np.int8)  # index into the rules' names
+    for k, ((h, lab, c), _name) in enumerate(rules):
+        take = h & ~hot
+        label[take], conf[take], basis[take] = lab[take], c[take], k
+        hot |= take
+    return hot, label, conf, basis
+
+
+def _decide(t: _Tracked, r: dict, cfg: DecisionConfig, rules: list[tuple[Rule, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Find the verdicts in ``r``: for each key, the first packet at which each class becomes hot, once per
+    class until the key cools down.  So a host that floods with UDP and later scans is reported for both.
+
+    Returns (segment ids, packet positions) of the verdicts, in time order per key.
+    """
+    hot, attack, conf, basis = _combine(rules)
+    r["attack"], r["conf"], r["basis"], r["basis_names"] = attack, conf, basis, [name for _, name in rules]
+    seg, state, col = r["seg"], r["state"], t.col
+    reported = state[:, col["reported"]].astype(np.int64)  # bit c: class c already reported for this key
+    pos = np.arange(len(hot))
+    seg_ids, positions = [], []
+    for c in range(1, len(VERDICT_LABELS)):
+        cand = hot & (attack == c) & ((reported[seg.ids] >> c) & 1 == 0)
+        if c == _ANOMALY:  # a key convicted of an attack class is not also reported as anomalous
+            cand &= (reported[seg.ids] & ((1 << _ANOMALY) - 2)) == 0
+        if cand.any():
+            sid, first = np.unique(seg.ids[cand], return_index=True)
+            seg_ids.append(sid)
+            positions.append(pos[cand][first])
+            reported[sid] |= 1 << c
+    sids = np.concatenate(seg_ids) if seg_ids else np.zeros(0, np.int64)
+    at = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    by_time = np.argsort(at, kind="stable")
+    sids, at = sids[by_time], at[by_time]
+    hostile_before = state[:, col["hostile"]].copy()
+    state[sids, col["hostile"]] = attack[at]  # the latest class reported
+    # Per packet: the class its key stands convicted of at that packet (-1: none).
+    since = np.full(len(seg), len(hot))
+    np.minimum.at(since, sids, at)
+    convicted = np.where(hostile_before[seg.ids] >= 0, hostile_before[seg.ids], -1)
+    convicted = np.where(pos >= since[seg.ids], state[seg.ids, col["hostile"]], convicted)
+    r["convicted"] = convicted.astype(np.int64)
+    # Release keys that cooled down by the end of the batch: they may be reported afresh later.
+    cooled = (reported != 0) & (~hot[seg.last]) & (conf[seg.last] < cfg.release)
+    reported[cooled] = 0
+    state[cooled, col["hostile"]] = -1
+    state[:, col["reported"]] = reported
+    return sids, at
+
+
+def _shape_fits(ev: Evidence, sweep: np.ndarray, anomalous: np.ndarray) -> np.ndarray:
+    """(verdict classes, n) bool: whether each packet has the shape of each class's attack.  A scan's packets
+    are its probes."""
+    fits = np.zeros((len(VERDICT_LABELS), len(sweep)), dtype=bool)
+    fits[_SYN] = ev.syn_only | ev.syn_odd
+    fits[_SCAN] = (sweep > 0) | ev.mirai_scan
+    fits[_ACK] = ev.ack
+    fits[_UDP] = ev.udp | ev.portless
+    fits[_UDPPLAIN] = ev.udp
+    fits[_ANOMALY] = anomalous
+    return fits
+
+
+def _matching(labels: np.ndarray, fits: np.ndarray) -> np.ndarray:
+    """Keep a packet's verdict label only where the packet has the attack's shape (``_shape_fits``): a convicted
+    host's other traffic (an infected camera still streams video, a scanning bot floods too) stays the model's
+    to label."""
+    ok = (labels >= 0) & fits[np.maximum(labels, 0), np.arange(len(labels))]
+    return np.where(ok, labels, -1)
+
+
+def _attempt_key(src_hi, src_lo, dst_hi, dst_lo, dport) -> np.ndarray:
+    """The attempts table's key: (source, destination, destination port)."""
+    return hash_words(13, src_lo, dst_hi ^ src_hi, dst_lo, np.asarray(dport).astype(np.uint64))
+
+
+def _first_per_source_and_class(verdicts: list[Verdict]) -> list[Verdict]:
+    """In time order; of a source's verdicts of one class from several tables (source, pair, initiator) in one
+    batch, the earliest."""
+    out, seen = [], set()
+    for v in sorted(verdicts, key=lambda v: v.decided_at):
+        key = (v.src_ip, v.label) if v.kind == "source" else None
+        if key is None or key not in seen:
+            out.append(v)
+            seen.add(key)
+    return out
+
+
+class DecisionLayer:
+    """``update(packets, scores, features, anomaly)`` -> the verdicts this batch raised (the layer keeps no
+    history: a long-running agent must not grow with every verdict).  After each update,
+    ``packet_labels`` holds, per packet, the index into VERDICT_LABELS of the verdict its source (or
+    its flood's target) stands convicted of at that packet, or -1; ``packet_flood_labels`` the same for
+    floods from many sources alone (judged on rate and shape at the target: no model opinion beats it)."""
+
+    SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "anomalous", "rst")
+    TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source")
+    PAIR_EXTRAS = SOURCE_EXTRAS[: len(Evidence.SHAPES) + 3]  # shapes, fresh, sweep, kbytes
+    INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp")
+
+    def __init__(self, config: DecisionConfig | None = None) -> None:
+        self.cfg = cfg = config or DecisionConfig()
+        self.sources = _Tracked(cfg.max_sources, cfg.half_life_s, self.SOURCE_EXTRAS)
+        self.targets = _Tracked(cfg.max_targets, cfg.half_life_s, self.TARGET_EXTRAS)
+        # Source, destination subnet and protocol: a flood at one victim from a bot whose other traffic outweighs
+        # it (a camera streaming video while it floods slowly) shows only in what the bot sends that victim.
+        self.pairs = _Tracked(cfg.max_sources, cfg.half_life_s, self.PAIR_EXTRAS)
+        self.initiators = _Tracked(cfg.max_sources, cfg.scan_half_life_s, self.INITIATOR_EXTRAS, with_scores=False)
+        self.attempts = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, port) tried
+        self.sequences = StreamTable(cfg.max_sources, np.array([-1.0, 0.0, -1.0]))  # per TCP socket: seq, size, ack
+        self.links = _Tracked(4096, cfg.half_life_s, (*Evidence.SHAPES, "new_source"))  # per Ethernet sender
+        self.bare_probes = _Tracked(1, cfg.half_life_s, (), with_scores=False)  # all bare probes the board sees
+        self.packet_labels = np.zeros(0, dtype=np.int64)
+        self.packet_flood_labels = np.zeros(0, dtype=np.int64)  # the part of packet_labels from floods at targets
+        self.anomaly_enabled = False  # set once an anomaly score has been given
+
+    def update(
+        self,
+        packets: PacketBatch,
+        scores: np.ndarray,
+        features: np.ndarray | None = None,
+        anomaly: np.ndarray | None = None,
+    ) -> list[Verdict]:
+        """Verdicts raised by this batch (processed in chunks no table budget can overflow).
+
+        ``features``: the packets' 115 features (new sockets and hosts are read off them);
+        ``anomaly``: the anomaly detector's per-packet score (> 1: anomalous), if one runs.
+        """
+        step = max(1, min(self.cfg.max_sources, self.cfg.max_targets))
+        scores = np.asarray(scores, dtype=np.float64)
+        out: list[Verdict] = []
+        labels = []
+        for lo in range(0, len(packets), step):
+            sl = slice(lo, lo + step)
+            chunk = packets.take(sl) if len(packets) > step else packets
+            out += self._update_chunk(
+                chunk,
+                scores[sl],
+                None if features is None else features[sl],
+                None if anomaly is None else np.asarray(anomaly)[sl],
+            )
+            labels.append(self._chunk_labels)
+        self.packet_labels = np.concatenate([a for a, _ in labels]) if labels else np.zeros(0, dtype=np.int64)
+        self.packet_flood_labels = np.concatenate([b for _, b in labels]) if labels else np.zeros(0, dtype=np.int64)
+        return out
+
+    def _update_chunk(
+        self, packets: PacketBatch, scores: np.ndarray, features: np.ndarray | None, anomaly: np.ndarray | None
+    ) -> list[Verdict]:
+        n, t, cfg = len(packets), packets.ts, self.cfg
+        ev = packet_evidence(packets, features)
+        if anomaly is not None:
+            self.anomaly_enabled = True
+        anomalous = np.zeros(n) if anomaly is None else (anomaly > 1.0).astype(np.float64)
+        probe, udp_probe = ev.opener & self._first_attempt(packets, ev.opener), ev.udp_probe
+        ev.unsolicited(ev.synack & ~self._tried(packets, ev.synack, answers=True))
+        shape = ev.shape()
+        # RSTs and SYN-ACKs answer somebody (a victim refusing a flood's or a scan's packets, a scanner's kernel
+        # refusing the SYN-ACKs its raw probes drew): whatever the model or the anomaly detector makes of them,
+        # they convict nobody.
+        answers = ev.rst | ev.answer
+        if answers.any():
+            scores = scores.copy()
+            scores[answers] = np.eye(N_CLASSES)[0]
+            anomalous = np.where(answers, 0.0, anomalous)
+
+        # Probes: openers (SYNs, stealth scans' FIN/NULL/Xmas, echo requests) to a destination host and port their
+        # sender had not tried.  A sweep is made of short, empty ones: scanners send SYNs with no TCP options or one
+        # and no data, while Mirai's SYN flood at a subnet or at random ports, which tries new hosts and ports too,
+        # carries the kernel's 20-byte option block, and its ack flood with only FIN (or no flag) set, its payload.
+        # UDP opens nothing: a UDP probe (``Evidence.udp_probe``) opens a socket pair to a host its sender already
+        # talks with (a port scan tries one port after another), judged by the initiators with the closed ports'
+        # refusals (``_scan_rule``); it sweeps nothing (a UDP flood at random ports of one host sends nothing else).
+        full_options = packets.tcp_hdr_len >= 32
+        sweep = probe & ~full_options & ((packets.payload_len == 0) | ev.echo)
+
+        # Sources.
+        src_key = hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64))
+        # Fresh: through a socket pair fresh for it, or with TCP numbers no stream of the pair would carry.
+        fresh = ev.new_socket | self._out_of_sequence(packets, ev.ack & ~ev.new_socket)
+        extra = np.column_stack([shape, fresh, sweep, packets.wire_len / 1000.0, anomalous, ev.rst])
+        srcs = self.sources.update(src_key, t, scores, extra)
+        rules = [
+            (_model_rule(srcs, cfg, self.sources), "model"),
+            (_fingerprint_rule(ev.mirai_scan[srcs["order"]]), "headers"),
+            (_flood_rule(srcs, self.sources, cfg, one_source=True), "headers"),
+        ]
+        if self.anomaly_enabled:
+            rules.append((_anomaly_rule(srcs, self.sources, cfg), "anomaly"))
+        turned, at = _decide(self.sources, srcs, cfg, rules)
+        verdicts = [self._source_verdict(packets, srcs, s, p) for s, p in zip(turned, at)]
+        labels = self.sources.per_packet(srcs, srcs["convicted"])
+
+        # Pairs: the model's flood classes (scans are judged by source) for sources not convicted of the class
+        # already; a pair's verdict counts as its source's, so the source does not report the class again.
+        # Only sources whose recent attack-scored packets could convict a pair are followed (a pair holds at
+        # most its source's packets): benign sources and convicted ones cost nothing here.
+        attack_mass = (srcs["avg"] * srcs["weight"][:, None]).max(axis=1)
+        rows = np.flatnonzero((self.sources.per_packet(srcs, attack_mass) >= cfg.threshold * cfg.min_packets)
+                              & (labels < 0))  # fmt: skip
+        if len(rows):
+            self._judge_pairs(packets, scores, extra, rows, srcs, labels, verdicts)
+
+        # Targets (victim, protocol: Mirai's floods randomise the destination port per packet).  A packet
+        # from a source seen for the first time counts towards "spoofed"; one from a source too light to
+        # be convicted as a flood on its own counts towards a flood from many sources.
+        seg, state = srcs["seg"], srcs["state"]
+        fresh = np.zeros(n)
+        fresh[seg.start[state[:, self.sources.col["count"]] == 0]] = 1.0  # in key order
+        heavy = _rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
+        light_src = ~self.sources.per_packet(srcs, heavy)
+        new_source = self.sources.per_packet(srcs, fresh).astype(bool)
+        textra = np.column_stack([shape, ev.new_socket, new_source, light_src]).astype(np.float64)
+        tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64))
+        tgts = self.targets.update(tgt_key, t, scores, textra)
+        tx = self.TARGET_EXTRAS
+        # "Spoofed" needs many never-seen sources recently, not just a high share: after a quiet spell a
+        # target's decayed window holds only the newest packets, and one new attacker's first packet would
+        # make the share 1.
+        fresh_share = tgts["shares"][:, tx.index("new_source")]
+        spoofed = (fresh_share >= cfg.spoofed_share) & (fresh_share * tgts["weight"] >= cfg.min_packets)
+        hot_m, lab_m, conf_m = _model_rule(tgts, cfg, floods_only=True)
+        hot_f, lab_f, conf_f = _flood_rule(tgts, self.targets, cfg, one_source=False)
+        many = tgts["shares"][:, tx.index("light_source")] >= 0.5
+        rules_t = [((hot_m & spoofed, lab_m, conf_m), "model"), ((hot_f & many, lab_f, conf_f), "headers")]
+        turned_t, at_t = _decide(self.targets, tgts, cfg, rules_t)
+        verdicts += [self._target_verdict(packets, tgts, s, p) for s, p in zip(turned_t, at_t)]
+        # Packets of a flood at a convicted target: the flood's shape from a light source.
+        flood_class = self.targets.per_packet(tgts, tgts["convicted"])
+        shaped = shape.sum(axis=1) > 0  # of one of the shapes a flood can have
+        from_flood = (flood_class >= 0) & light_src & shaped
+        flood_labels = np.where(from_flood, flood_class, -1)
+        labels = np.where(labels < 0, flood_labels, labels)
+
+        bare_probe = sweep & ev.syn_only & (packets.tcp_hdr_len == 20)  # a SYN with no TCP options, to a port not tried
+
+        # Initiators of connection attempts: probes and the initiator's resets of its own attempts count for their
+        # sender, answers (SYN-ACK, echo reply) and refusals (ICMP unreachable) for their receiver.
+        reset = ev.rst & self._tried(packets, ev.rst)
+        rows = np.flatnonzero(probe | udp_probe | ev.answer | reset | ev.refusal)
+        if len(rows):
+            p_probe, p_udp, p_reset = probe[rows] | udp_probe[rows], udp_probe[rows], reset[rows]
+            own = p_probe | p_reset  # packets the initiator sent: they carry its address
+            answer = rows[~own]
+            init_key = src_key[rows]
+            init_key[~own] = hash_words(11, packets.dst_ip_hi[answer], packets.dst_ip_lo[answer],
+                                        packets.l3[answer].astype(np.uint64))  # fmt: skip
+            # INITIATOR_EXTRAS, in order.
+            columns = np.column_stack([p_probe, ev.answer[rows] & ~own, p_probe & full_options[rows], p_reset,
+                                       ev.refusal[rows] & ~own, p_udp]).astype(float)  # fmt: skip
+            inits = self.initiators.update(init_key, t[rows], None, columns)
+            # A lone probe convicts while bare probes arrive slowly, as scanning bots come by one at a time, and not
+            # at a flooded target (a spoofed flood of bare SYNs, at one target or at random ones, with random source
+            # addresses and MACs, is judged as a flood: past its first packet its rate closes this door).
+            quiet = self.targets.per_packet(tgts, tgts["convicted"] < 0) & self._bare_probes_slow(packets, bare_probe)
+            lone = (bare_probe & quiet & (scores[:, _SCAN] >= cfg.threshold))[rows]
+            # Only the initiator's own packets carry its address (answers are keyed by their receiver): a verdict
+            # comes at one of them.  Its probes carry the verdict's class.
+            is_probe, is_own = p_probe[inits["order"]], own[inits["order"]]  # in key order
+            hot, label, conf = _scan_rule(inits, self.initiators, cfg)
+            lone_rule = _lone_probe_rule(inits, lone[inits["order"]])
+            rules_i = [((hot & is_own, label, conf), "headers"), (lone_rule, "headers")]
+            turned_i, at_i = _decide(self.initiators, inits, cfg, rules_i)
+            # A source already convicted (a SYN flood at random ports is also a sweep of ports) is not re-reported.
+            tipped = rows[inits["order"][at_i]]
+            keep = is_own[at_i] & (labels[tipped] < 0)
+            self._claim(srcs, tipped[keep], inits["attack"][at_i][keep])
+            verdicts += [self._source_verdict(packets, inits, s, p, rows) for s, p in zip(turned_i[keep], at_i[keep])]
+            scan_labels = self.initiators.per_packet(inits, np.where(is_probe, inits["convicted"], -1))
+            labels[rows] = np.where(labels[rows] >= 0, labels[rows], scan_labels)
+            self.initiators.store(inits)
+
+        # Links: a flood from light sources to light targets (spoofed sources at a whole subnet or at random
+        # addresses) shows only in what one Ethernet sender puts on the wire.
+        light_tgt = ~self.targets.per_packet(tgts, _rate(tgts, cfg.half_life_s) >= cfg.flood_rate)
+        scattered = light_src & light_tgt & shaped & (ev.new_socket | new_source) & (labels < 0)
+        rows = np.flatnonzero(scattered)
+        if len(rows):
+            links = self.links.update(packets.src_mac[rows], t[rows], scores[rows],
+                                      np.column_stack([shape[rows], new_source[rows]]))  # fmt: skip
+            # Below a header flood's rate, the model's flood classes for what mostly comes from never-seen sources
+            # (a slow spoofed flood at a subnet; internet scanners' probes are no flood class).
+            hot_m, lab_m, conf_m = _model_rule(links, cfg, floods_only=True)
+            spoofed_l = links["shares"][:, self.links.extras.index("new_source")] >= cfg.link_spoofed_share
+            rules_l = [(_flood_rule(links, self.links, cfg, one_source=False), "headers"),
+                       ((hot_m & spoofed_l, lab_m, conf_m), "model")]  # fmt: skip
+            turned_l, at_l = _decide(self.links, links, cfg, rules_l)
+            verdicts += [self._link_verdict(packets, links, s, p, rows) for s, p in zip(turned_l, at_l)]
+            link_class = self.links.per_packet(links, links["convicted"])
+            flood_labels[rows] = np.where(flood_labels[rows] < 0, link_class, flood_labels[rows])
+            labels[rows] = np.where(labels[rows] < 0, link_class, labels[rows])
+            self.links.store(links)
+
+        self.sources.store(srcs)
+        self.targets.store(tgts)
+        fits = _shape_fits(ev, sweep, anomalous > 0)
+        self._chunk_labels = (_matching(labels, fits), _matching(flood_labels, fits))
+        return _first_per_source_and_class(verdicts)
+
+    def _bare_probes_slow(self, packets: PacketBatch, bare_probe: np.ndarray) -> np.ndarray:
+        """Per packet: all the bare probes the board sees recently come slower than ``lone_probe_max_rate``."""
+        out = np.ones(len(packets), dtype=bool)
+        rows = np.flatnonzero(bare_probe)
+        if len(rows):
+            one_key = np.zeros(len(rows), dtype=np.uint64)
+            seen = self.bare_probes.update(one_key, packets.ts[rows], None, np.zeros((len(rows), 0)))
+            slow = _rate(seen, self.cfg.half_life_s) < self.cfg.lone_probe_max_rate
+            out[rows] = self.bare_probes.per_packet(seen, slow)
+            self.bare_probes.store(seen)
+        return out
+
+    def _tried(self, packets: PacketBatch, which: np.ndarray, answers: bool = False) -> np.ndarray:
+        """Per packet (of ``which``): its (source, destination, destination port) is an attempt on record; with
+        ``answers``, its (destination, source, source port): the packet answers an attempt (a SYN-ACK to a SYN)."""
+        out = np.zeros(len(packets), dtype=bool)
+        idx = np.flatnonzero(which)
+        if len(idx):
+            p = packets
+            src, dst = (p.src_ip_hi, p.src_ip_lo), (p.dst_ip_hi, p.dst_ip_lo)
+            (a_hi, a_lo), (b_hi, b_lo), port = (dst, src, p.sport) if answers else (src, dst, p.dport)
+            out[idx] = self.attempts.contains(_attempt_key(a_hi[idx], a_lo[idx], b_hi[idx], b_lo[idx], port[idx]))
+        return out
+
+    def _claim(self, srcs: dict, tipped: np.ndarray, classes: np.ndarray) -> None:
+        """Mark verdicts of another table (pairs, initiators) as their sources', so that the source table does not
+        report the class again in later batches.  ``tipped``: the packets that raised them."""
+        src_seg = self.sources.per_packet(srcs, srcs["seg"].ids)[tipped]
+        bits = srcs["state"][:, self.sources.col["reported"]]  # a float column holding bit sets
+        for s, c in zip(src_seg.tolist(), classes.tolist()):
+            bits[s] = int(bits[s]) | 1 << c
+
+    def _judge_pairs(self, packets: PacketBatch, scores: np.ndarray, extra: np.ndarray, rows: np.ndarray, srcs: dict,
+                     labels: np.ndarray, verdicts: list) -> None:
+        """The pair table's model verdicts over ``rows`` of the batch: appended to ``verdicts``, marked as their
+        sources' in ``srcs``, and filled into ``labels`` (per packet) where the source is not convicted."""
+        cfg = self.cfg
+        # The destination's subnet (/24, IPv6 /64: Mirai's floods take subnet targets) and the protocol: a bot
+        # streaming video while it floods a subnet with UDP shows the flood in this pair alone.
+        v4 = packets.l3[rows] == L3_IPV4
+        subnet = np.where(v4, packets.dst_ip_lo[rows] & np.uint64(0xFFFF_FF00), np.uint64(0))
+        key = hash_words(14, packets.src_ip_hi[rows], packets.src_ip_lo[rows], packets.dst_ip_hi[rows], subnet,
+                         packets.proto[rows].astype(np.uint64))  # fmt: skip
+        prs = self.pairs.update(key, packets.ts[rows], scores[rows], extra[rows, : len(self.PAIR_EXTRAS)])
+        turned_p, at_p = _decide(self.pairs, prs, cfg, [(_model_rule(prs, cfg, self.pairs, floods_only=True), "model")])
+        self._claim(srcs, rows[prs["order"][at_p]], prs["attack"][at_p])
+        verdicts += [self._source_verdict(packets, prs, s, p, rows) for s, p in zip(turned_p, at_p)]
+        labels[rows] = np.where(labels[rows] >= 0, labels[rows], self.pairs.per_packet(prs, prs["convicted"]))
+        self.pairs.store(prs)
+
+    def _out_of_sequence(self, packets: PacketBatch, ack: np.ndarray) -> np.ndarray:
+        """Per packet (of ``ack``: TCP without SYN or RST): its numbers do not continue its socket pair's stream.
+        The same sequence number again with data (a flood that never advances it: Mirai's ack with a fixed
+        seqnum, its stomp), or a sequence or acknowledgement number more than 16 MB off (random per packet:
+        Mirai's ack by default), where no receive window reaches.  A socket pair's first packet is in sequence."""
+        out = np.zeros(len(packets), dtype=bool)
+        idx = np.flatnonzero(ack)
+        if not len(idx):
+            return out
+        p = packets
+        ports = (p.sport[idx].astype(np.uint64) << np.uint64(16)) | p.dport[idx].astype(np.uint64)
+        key = hash_words(15, p.src_ip_lo[idx], p.dst_ip_hi[idx] ^ p.src_ip_hi[idx], p.dst_ip_lo[idx], ports)
+        order = np.argsort(key, kind="stable")  # time order within each socket pair
+        idx, key = idx[order], key[order]
+        seg = Segments.from_sorted(key)
+        slots, _ = self.sequences.lookup(key[seg.start], p.ts[idx][seg.start])
+        now = np.column_stack([p.tcp_seq[idx], p.payload_len[idx], p.tcp_ack[idx]]).astype(np.float64)
+        before = np.empty_like(now)
+        before[1:] = now[:-1]
+        before[seg.start] = self.sequences.state[slots]
+        seq, size, acked = now.T
+        prev_seq, prev_size, prev_ack = before.T
+
+        def off(value: np.ndarray, expected: np.ndarray) -> np.ndarray:
+            d = np.mod(value - expected, 2.0**32)
+            return np.minimum(d, 2.0**32 - d) > 2**24
+
+        repeat = (size > 0) & (prev_size > 0) & (seq == prev_seq)
+        odd = (prev_seq >= 0) & (repeat | off(seq, prev_seq + prev_size))
+        with_ack = (p.tcp_flags[idx] & ACK_FLAG) != 0
+        odd |= with_ack & (prev_ack >= 0) & off(acked, prev_ack)
+        self.sequences.state[slots] = np.where(with_ack[seg.last, None], now[seg.last],
+                                               np.column_stack([now[seg.last, :2], before[seg.last, 2]]))  # fmt: skip
+        self.sequences.t_last[slots] = p.ts[idx][seg.last]
+        out[idx] = odd
+        return out
+
+    def _first_attempt(self, packets: PacketBatch, opener: np.ndarray) -> np.ndarray:
+        """Per packet: an opener to a (source, destination, destination port) not seen before (bounded memory)."""
+        out = np.zeros(len(packets), dtype=bool)
+        idx = np.flatnonzero(opener)
+        if not len(idx):
+            return out
+        key = _attempt_key(packets.src_ip_hi[idx], packets.src_ip_lo[idx], packets.dst_ip_hi[idx],
+                           packets.dst_ip_lo[idx], packets.dport[idx])
+        uniq, first = np.unique(key, return_index=True)
+        _, is_new = self.attempts.lookup(uniq, packets.ts[idx][first])
+        out[idx[first[is_new]]] = True
+        return out
+
+    def _common(self, r: dict, seg_id: int, pos: int) -> dict:
+        end = r["seg"].last[seg_id]
+        return dict(
+            label=VERDICT_LABELS[int(r["attack"][pos])],
+            confidence=float(r["conf"][pos]),
+            packets=int(r["count"][end]),
+            first_seen=float(r["episode"][pos]),  # the start of this episode of the key's traffic
+            last_seen=float(r["t"][end]),
+            decided_at=float(r["t"][pos]),
+            basis=r["basis_names"][int(r["basis"][pos])],
+        )
+
+    def _source_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int, rows=None) -> Verdict:
+        """``rows``: where the packets ``r`` was updated with sit in ``packets`` (None: all of them)."""
+        i = int(r["order"][pos]) if rows is None else int(rows[r["order"][pos]])
+        return Verdict(
+            kind="source",
+            src_ip=format_ip(packets.src_ip_hi[i], packets.src_ip_lo[i]),
+            src_mac=format_mac(packets.src_mac[i]),
+            src_port=int(packets.sport[i]) if packets.port_kind[i] == PORT_NUMBER else None,
+            victim_ip=format_ip(packets.dst_ip_hi[i], packets.dst_ip_lo[i]),
+            victim_port=int(packets.dport[i]) if packets.port_kind[i] == PORT_NUMBER else None,
+            proto=int(packets.proto[i]),
+            **self._common(r, seg_id, pos),
+        )
+
+    def _link_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int, rows: np.ndarray) -> Verdict:
+        i = int(rows[r["order"][pos]])
+        return Verdict(kind="spoofed", src_mac=format_mac(packets.src_mac[i]), proto=int(packets.proto[i]),
+                       **self._common(r, seg_id, pos))
+
+    def _target_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int) -> Verdict:
+        i = int(r["order"][pos])
+        # A port only when the flood hit one port (in this batch): then a rule can name it.
+        seg = r["seg"]
+        members = r["order"][seg.start[seg_id] : seg.start[seg_id] + seg.length[seg_id]]
+        ports = np.unique(np.where(packets.port_kind[members] == PORT_NUMBER, packets.dport[members], -1))
+        return Verdict(
+            kind="spoofed",
+            victim_ip=format_ip(packets.dst_ip_hi[i], packets.dst_ip_lo[i]),
+            victim_port=int(ports[0]) if len(ports) == 1 and ports[0] >= 0 else None,
+            proto=int(packets.proto[i]),
+            **self._common(r, seg_id, pos),
+        )

@@ -1,0 +1,127 @@
+"""What each packet's headers say, beside the model's scores: the decision stage's second opinion.
+
+The model judges a packet by its source's statistics, so it knows the attacks in the shapes it was
+trained on.  A flood, a scan or Mirai's own scanner also show in plain header facts that hold whatever
+options the attacker chose (payload size, ports, TTL, ToS, ...):
+
+* the packet's shape: SYN only; SYN with other flags ("syn_odd": Mirai's syn attack lets the operator set
+  any flag bits, e.g. SYN-FIN-PSH-ACK), except the plain SYN-ACK that answers a SYN; other TCP without SYN
+  or RST ("ack": Mirai's ack flood sets ACK and maybe PSH or URG, other tools flood with FIN, PSH, URG or
+  no flag at all); UDP; ICMP echo requests (ping floods and sweeps, which no Mirai class has: the closest
+  is the connectionless UDP flood); GRE version 0 carrying IPv4 or Ethernet ("tunnel": Mirai's greip and
+  greeth floods wrap UDP floods in GRE, so the closest class is the UDP flood; PPTP's GRE is version 1).
+  SYN-ACKs and RSTs answer somebody: a victim's replies never count;
+* whether its socket pair is fresh: floods draw fresh ports per packet, ordinary traffic reuses its
+  connections.  The feature engine already tracks every socket pair, so this is read off its weights: a
+  stream created by this very packet has weight 1 at every decay.  ``opens_socket_pair`` asks whether
+  the packet created its stream (or the pair had been quiet for minutes: half-life 100 s); the flood
+  evidence ``new_socket`` only whether the pair carried no other packet in about the last second
+  (half-life 1 s), since a fast flood at one random port (the other fixed) revisits each of the 65,536
+  pairs within seconds;
+* Mirai's scanner fingerprint: a SYN whose sequence number is the destination address (scanner.c sets
+  ``tcph->seq = iph->daddr``); a random sequence number matches by chance once in 2^32 packets;
+* probe openers: TCP without ACK or RST (SYN, and the FIN, NULL and Xmas probes of stealth scans) and ICMP
+  echo requests, which reach for a host or port;
+* answers to them: SYN-ACKs, echo replies and a router's ICMP time exceeded (a scanner's probes mostly go
+  unanswered; a traceroute's are answered hop by hop);
+* for UDP, which opens nothing: a probe-sized datagram (a scanner's probes are empty or a protocol's
+  smallest request) to a host its sender already talks with, through a socket pair it opens (a UDP port
+  scan tries one port after another of one host), and refusals: ICMP destination unreachable (a closed
+  port's answer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.features.columns import COLUMNS
+from agent.capture.packets import L3_IPV4, PacketBatch
+
+FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+ECHO_REQUESTS, ECHO_REPLIES = (8, 128), (0, 129)  # ICMP, ICMPv6
+UNREACHABLE = (3, 1)  # ICMP, ICMPv6 destination unreachable
+TIME_EXCEEDED = (11, 3)  # ICMP, ICMPv6
+GRE_FLOODS = (0x0800, 0x6558)  # what Mirai's greip and greeth carry: IPv4, Ethernet
+UDP_PROBE_BYTES = 256  # nmap's largest UDP probe payload is a 244-byte DHCP request
+# A stream whose weight is below this was created by the packet (weight 1) or has been quiet for a few
+# half-lives of that weight's decay.
+NEW_STREAM_WEIGHT = 1.5
+SOCKET_WEIGHT = COLUMNS.index("HpHp_L0.01_weight")  # half-life 100 s
+RECENT_SOCKET_WEIGHT = COLUMNS.index("HpHp_L1_weight")  # half-life 1 s
+HOST_WEIGHT = COLUMNS.index("HH_L0.01_weight")  # half-life 100 s
+
+
+@dataclass
+class Evidence:
+    """Per-packet booleans, aligned with the packet batch they were computed from."""
+
+    syn_only: np.ndarray
+    ack: np.ndarray  # TCP without SYN or RST
+    syn_odd: np.ndarray  # SYN with other flags, not a plain SYN-ACK
+    udp: np.ndarray
+    echo: np.ndarray  # ICMP echo request
+    tunnel: np.ndarray  # GRE version 0 carrying IPv4 or Ethernet
+    new_socket: np.ndarray  # no other packet on its socket pair in about the last second
+    mirai_scan: np.ndarray  # Mirai's scanner fingerprint
+    opener: np.ndarray  # TCP without ACK or RST, or an echo request: reaches for a host or port
+    answer: np.ndarray  # SYN-ACK, echo reply or time exceeded
+    synack: np.ndarray  # a plain SYN-ACK (an answer if its receiver sent the SYN: see DecisionLayer)
+    rst: np.ndarray  # TCP with RST: an answer, or a scanner's kernel refusing the SYN-ACKs its probes drew
+    udp_probe: np.ndarray  # probe-sized UDP opening a socket pair to a host its sender talked with recently
+    refusal: np.ndarray  # ICMP destination unreachable
+
+    SHAPES = ("syn_only", "ack", "udp", "portless", "syn_odd")
+
+    def unsolicited(self, synack: np.ndarray) -> None:
+        """SYN-ACKs that answer no SYN are a flood's (Mirai's syn attack with the ACK bit set): a SYN shape."""
+        self.syn_odd = self.syn_odd | synack
+        self.answer = self.answer & ~synack
+
+    @property
+    def portless(self) -> np.ndarray:
+        """Echo requests and GRE floods: no ports, so no fresh socket pairs to show; both closest to a UDP flood."""
+        return self.echo | self.tunnel
+
+    def shape(self) -> np.ndarray:
+        """(n, len(SHAPES)) float columns: the shapes a flood can have."""
+        return np.stack([getattr(self, name) for name in self.SHAPES], axis=1).astype(np.float64)
+
+
+def opens_socket_pair(features: np.ndarray) -> np.ndarray:
+    """Per packet (its 115 features): the packet created its socket pair's stream (or the pair had been quiet
+    for minutes)."""
+    return features[:, SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
+
+
+def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) -> Evidence:
+    """Header evidence of every packet; without features (tests of the header rules alone) no packet
+    counts as using a fresh socket pair."""
+    tcp = (packets.proto == 6) & ~packets.frag  # a later fragment has no TCP header (its flags read 0)
+    flags = packets.tcp_flags
+    syn_only = tcp & ((flags & (SYN | ACK | RST | FIN)) == SYN)
+    ack = tcp & ((flags & (SYN | RST)) == 0)
+    opener = tcp & ((flags & (ACK | RST)) == 0)
+    synack = tcp & ((flags & (SYN | ACK | RST | FIN | PSH | URG)) == (SYN | ACK))  # ECN bits allowed
+    syn_odd = tcp & ((flags & (SYN | RST)) == SYN) & ~syn_only & ~synack
+    v4, v6 = packets.proto == 1, packets.proto == 58
+
+    def icmp(types: tuple[int, int]) -> np.ndarray:
+        """ICMP of ``types[0]`` or ICMPv6 of ``types[1]``."""
+        return v4 & (packets.icmp_type == types[0]) | v6 & (packets.icmp_type == types[1])
+
+    echo = icmp(ECHO_REQUESTS)
+    fingerprint = syn_only & (packets.l3 == L3_IPV4) & (packets.tcp_seq.astype(np.uint32) == packets.dst_ipv4)
+    udp = packets.proto == 17  # a fragmented datagram's later fragments too: all of a flood's volume
+    if features is None:
+        new_socket = udp_probe = np.zeros(len(packets), dtype=bool)
+    else:
+        new_socket = features[:, RECENT_SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
+        known_host = features[:, HOST_WEIGHT] >= NEW_STREAM_WEIGHT
+        probe_sized = (packets.payload_len <= UDP_PROBE_BYTES) & ~packets.frag
+        udp_probe = udp & probe_sized & known_host & opens_socket_pair(features)
+    tunnel = (packets.proto == 47) & np.isin(packets.gre_proto, GRE_FLOODS)
+    return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, opener | echo,
+                    synack | icmp(ECHO_REPLIES) | icmp(TIME_EXCEEDED), synack, tcp & ((flags & RST) != 0),
+                    udp_probe, icmp(UNREACHABLE))  # fmt: skip

@@ -1,0 +1,1 @@
+"""Features: the 115 per-packet N-BaIoT statistics (vectorised engine, scalar reference, columns)."""

@@ -1,0 +1,127 @@
+"""Small helpers the stages share: stream-key hashing, returning freed memory, capability checks.
+
+Each section is independent; none of them knows about packets or the pipeline.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from pathlib import Path
+
+import numpy as np
+
+# --- 64-bit hashes of tuples of numpy word arrays: the stream, source and target keys of a batch ---
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(h: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Fold one 64-bit word into a running hash (splitmix64 finaliser)."""
+    z = (h ^ v.astype(np.uint64, copy=False)) + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def hash_words(tag: int, *words: np.ndarray) -> np.ndarray:
+    h = np.full(len(words[0]), tag, dtype=np.uint64)
+    for w in words:
+        h = _mix(h, w)
+    return h
+
+
+# --- Give freed heap memory back to the kernel (glibc keeps it otherwise, and RSS only grows) ---
+# The feature stage allocates and frees many medium-sized numpy temporaries per
+# batch; glibc's allocator keeps the freed pages in its arenas, so a long run's
+# RSS creeps tens of megabytes above what is in use.  ``malloc_trim(0)`` hands
+# them back; it costs well under a millisecond, so calling it once a second is free.
+_libc = None
+try:
+    _name = ctypes.util.find_library("c")
+    _lib = ctypes.CDLL(_name) if _name else None
+    if _lib is not None and hasattr(_lib, "malloc_trim"):
+        _libc = _lib
+except OSError:  # not glibc (musl, macOS): nothing to trim
+    _libc = None
+
+
+def release_free_memory() -> bool:
+    """True when the C library was asked to return free memory."""
+    if _libc is None:
+        return False
+    _libc.malloc_trim(0)
+    return True
+
+
+# --- Linux capability checks, so that a missing privilege gives a clear error up front ---
+# Live capture needs CAP_NET_RAW (AF_PACKET sockets) and nftables enforcement
+# needs CAP_NET_ADMIN.  Root has both; an unprivileged service can be given
+# exactly these (systemd ``AmbientCapabilities=CAP_NET_RAW CAP_NET_ADMIN``, or
+# ``setcap cap_net_raw,cap_net_admin+ep`` on the interpreter).
+# Capability numbers from linux/capability.h, in order (the bit number is the position).
+CAPABILITY_NAMES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
+    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+)  # fmt: skip
+
+PROC_STATUS = Path("/proc/self/status")
+
+
+class PrivilegeError(PermissionError):
+    """The process lacks a capability it needs; the message says which and how to grant it."""
+
+    def __init__(self, missing: list[str], purpose: str = "") -> None:
+        self.missing = list(missing)
+        needed = ", ".join(self.missing)
+        why = f" (needed {purpose})" if purpose else ""
+        grant = " ".join(self.missing)
+        super().__init__(
+            f"missing capability {needed}{why}: run the agent as root or with that capability, "
+            f"e.g. AmbientCapabilities={grant} in its systemd unit, or "
+            f"`setcap {','.join(c.lower() for c in self.missing)}+ep` on the Python interpreter"
+        )
+
+
+def capability_bit(name: str) -> int:
+    """Bit number of a capability given as ``CAP_NET_RAW``, ``cap_net_raw`` or ``net_raw``."""
+    canonical = name.strip().upper()
+    if not canonical.startswith("CAP_"):
+        canonical = "CAP_" + canonical
+    try:
+        return CAPABILITY_NAMES.index(canonical)
+    except ValueError:
+        raise ValueError(f"unknown Linux capability {name!r}") from None
+
+
+def effective_capabilities(status_path: Path = PROC_STATUS) -> int:
+    """The CapEff bit mask of this process (from /proc/self/status)."""
+    for line in status_path.read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split(":", 1)[1].strip(), 16)
+    raise RuntimeError(f"{status_path} has no CapEff line: cannot check capabilities")
+
+
+def has_capability(name: str, status_path: Path = PROC_STATUS) -> bool:
+    return bool(effective_capabilities(status_path) >> capability_bit(name) & 1)
+
+
+def missing_capabilities(caps: list[str], status_path: Path = PROC_STATUS) -> list[str]:
+    mask = effective_capabilities(status_path)
+    return [CAPABILITY_NAMES[capability_bit(c)] for c in caps if not mask >> capability_bit(c) & 1]
+
+
+def require(caps: list[str], purpose: str = "", status_path: Path = PROC_STATUS) -> None:
+    """Raise PrivilegeError naming every capability in ``caps`` that this process lacks."""
+    missing = missing_capabilities(caps, status_path)
+    if missing:
+        raise PrivilegeError(missing, purpose)

@@ -1,0 +1,1058 @@
+"""Random damaged capture files and frames, and the invariants the reader and the parser must keep on them.
+
+Shared by benchmarks/fuzz_capture.py (a million inputs) and tests/test_fuzz_regressions.py (a hypothesis
+property and the regression corpus), so both exercise exactly the same generators and checks.
+
+Generation is structure-aware first: valid frames and files are built with the byte-level builders of
+tests/test_parse.py and tests/test_capture_file.py, then single fields are set to awkward values (header
+lengths, captured lengths, block lengths, interface ids, ...), and finally some inputs get plain byte
+damage (bit flips, overwrites, truncation, splicing, insertion, deletion).  Every generator takes a
+``random.Random``, so a seed reproduces a run (the hypothesis test draws the seeds).
+
+Three kinds of oracle check the results:
+
+* a model: for each generated capture the generator writes down what the reader must deliver or count,
+  record by record.  Where byte damage (or a pcapng resync that could land on a false block) makes the
+  rest unpredictable, only the undamaged prefix is checked exactly, the rest by the checks below;
+* a scalar reference decoder (``reference_decode``) written from parse.py's documented rules: every
+  frame's PacketBatch row, or the reason it was skipped, must match it;
+* metamorphic and contract checks: the same file read in tiny chunks gives the same result, every
+  record index is delivered or counted, every column holds a value the PacketBatch contract allows.
+
+A broken invariant raises ``InvariantError``; any other exception out of the reader or the parser is a bug.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import struct
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from lab.link_layers import as_ethernet
+from tests.agent.capture.test_pcap import block, option, pad4, pcap_bytes, shb, spb
+from tests.agent.capture.test_parse import (
+    arp,
+    ethernet,
+    ext_ah,
+    ext_fragment,
+    ext_options,
+    ext_routing,
+    icmp_echo,
+    ipv4,
+    ipv6,
+    lldp,
+    tcp,
+    udp,
+)
+
+from agent.capture import pcap as capture_file
+from agent.capture.pcap import (
+    BT_KNOWN,
+    MAX_BLOCK_LEN,
+    MAX_FRAME_LEN,
+    MIN_BLOCK_LEN,
+    CaptureFormatError,
+    read_capture,
+)
+from agent.capture.packets import (
+    IPV4_MAPPED_LO_PREFIX,
+    L3_ARP,
+    L3_IPV4,
+    L3_IPV6,
+    L3_OTHER,
+    PORT_ARP,
+    PORT_ICMP,
+    PORT_NONE,
+    PORT_NUMBER,
+    SUPPORTED_LINKTYPES,
+    DecodeStats,
+    FrameBatch,
+    PacketBatch,
+)
+from agent.capture.parse import parse_frames
+
+
+class InvariantError(AssertionError):
+    """The reader or the parser returned something its contract forbids; ``check`` names the invariant."""
+
+    def __init__(self, check: str, detail: str = "") -> None:
+        super().__init__(f"{check}: {detail}" if detail else check)
+        self.check = check
+
+
+def expect(condition: object, check: str, detail: object = "") -> None:
+    """Raise InvariantError(check) unless ``condition``; ``detail`` (a string, or a callable making one) explains."""
+    if not condition:
+        raise InvariantError(check, detail() if callable(detail) else str(detail))
+
+
+# Skip reasons the reader and the parser document (plus unsupported_linktype:N from both, and the parser's
+# reasons for cooked and null headers it cannot read).
+READER_REASONS = {"bad_record_length", "corrupt_record", "truncated_record", "corrupt_block", "truncated_block",
+                  "unknown_block", "unknown_interface"}
+PARSER_REASONS = {"truncated_ethernet", "truncated_ip", "bad_ip_version", "bad_ip_header_length", "truncated_arp",
+                  "truncated_l4", "bad_frame_bounds", "truncated_sll", "truncated_sll2", "truncated_null",
+                  "truncated_loop", "bad_address_family", "unsupported_arphrd:", "unsupported_sll_protocol:",
+                  "unsupported_address_family:"}
+
+
+def is_named_reason(reason: str, names: set[str]) -> bool:
+    name, _, value = reason.partition(":")
+    if not value:
+        return reason in names
+    number = value[2:] if value.startswith("0x") else value
+    return (name == "unsupported_linktype" or f"{name}:" in names) and number.isalnum()
+
+
+# --- Frames ---------------------------------------------------------------------------------------------
+
+ADDRS4 = ("10.0.0.1", "192.168.1.20", "0.0.0.0", "255.255.255.255", "198.51.100.7")
+ADDRS6 = ("::1", "fe80::1", "2001:db8::1", "ff02::fb", "::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
+TPIDS = (0x8100, 0x88A8, 0x9100)
+EXT_HOP, EXT_ROUTING, EXT_FRAGMENT, EXT_AH, EXT_DEST = 0, 43, 44, 51, 60
+FRAME_KINDS = ("ipv4_tcp", "ipv4_udp", "ipv4_icmp", "ipv4_fragment", "ipv4_other", "ipv6", "arp", "other", "garbage")
+FRAME_WEIGHTS = (6, 4, 2, 4, 1, 8, 2, 2, 1)
+FIELD_VALUES = {"B": (0, 1, 0x0F, 0x40, 0x45, 0x4F, 0x60, 0xFF), "H": (0, 1, 8, 19, 20, 40, 0x0800, 0x0806, 0x86DD,
+                                                                       0x8100, 0x88A8, 0xFFFF)}
+
+
+@dataclass
+class Frame:
+    """A generated frame, the offsets of the fields worth damaging, and labels saying how it was made."""
+
+    data: bytes
+    fields: dict[str, tuple[int, str]] = field(default_factory=dict)  # name -> (offset, struct format)
+    cuts: list[int] = field(default_factory=list)  # header boundaries: good places to truncate
+    labels: list[str] = field(default_factory=list)
+
+
+def _payload(rng: random.Random) -> bytes:
+    size = rng.choice((0, 1, 7, 8, 19, 20, rng.randrange(64), rng.randrange(64), rng.randrange(1500)))
+    return rng.randbytes(size)
+
+
+def _transport(rng: random.Random, proto: int) -> bytes:
+    if proto == 6:
+        return tcp(rng.randrange(65536), rng.randrange(65536), seq=rng.getrandbits(32), ack=rng.getrandbits(32),
+                   flags=rng.randrange(256), window=rng.randrange(65536), options=b"\x01" * 4 * rng.randrange(11),
+                   payload=_payload(rng))
+    if proto == 17:
+        return udp(rng.randrange(65536), rng.randrange(65536), _payload(rng))
+    if proto == 1:
+        return icmp_echo(_payload(rng))
+    return _payload(rng)
+
+
+def _l4_fields(proto: int, l4: int) -> dict[str, tuple[int, str]]:
+    if proto == 6:
+        return {"tcp_data_offset": (l4 + 12, "B")}
+    if proto == 17:
+        return {"udp_len": (l4 + 4, "H")}
+    return {}
+
+
+def _ipv4(rng: random.Random, kind: str, l3: int) -> tuple[bytes, Frame]:
+    proto = {"ipv4_tcp": 6, "ipv4_udp": 17, "ipv4_icmp": 1}.get(kind) or rng.choice((6, 17, 1, 2, 47, 51, 255))
+    body = _transport(rng, proto)
+    flags_fragment, labels = rng.choice((0, 0x4000)), []
+    if kind == "ipv4_fragment":  # offsets in 8-byte units; "overlap" reuses a range an earlier fragment covered
+        role = rng.choice(("first", "middle", "last", "overlap", "tiny_first"))
+        offset = {"first": 0, "tiny_first": 0, "middle": rng.randrange(1, 8192), "last": rng.randrange(1, 8192),
+                  "overlap": rng.randrange(1, 4)}[role]
+        more = role in ("first", "tiny_first", "middle", "overlap")
+        flags_fragment = (0x2000 if more else 0) | offset
+        if role == "tiny_first":
+            body = body[:8]  # the TCP/UDP header split across fragments
+        elif offset:
+            body = body[8 * rng.randrange(4):]
+        labels.append(f"fragment:{role}")
+    options = rng.choice((b"", b"", b"\x01" * 4, b"\x01" * 4 * rng.randrange(11)))
+    packet = ipv4(rng.choice(ADDRS4), rng.choice(ADDRS4), proto, body, options=options, ttl=rng.randrange(256),
+                  ident=rng.randrange(65536), flags_fragment=flags_fragment)
+    l4 = l3 + 20 + len(options)
+    fields = {"ipv4_version_ihl": (l3, "B"), "ipv4_total_len": (l3 + 2, "H"), "ipv4_flags_fragment": (l3 + 6, "H"),
+              "ipv4_proto": (l3 + 9, "B"), **_l4_fields(proto, l4)}
+    return packet, Frame(b"", fields, [l3 + 20, l4, l4 + 8, l4 + 20], labels)
+
+
+def _ipv6(rng: random.Random, l3: int) -> tuple[bytes, Frame]:
+    """IPv6 with a chain of 0..11 extension headers (longer than the parser follows, now and then)."""
+    chain = [rng.choice((EXT_HOP, EXT_ROUTING, EXT_FRAGMENT, EXT_AH, EXT_DEST)) for _ in range(
+        rng.choice((0, 0, 1, 2, 3, rng.randrange(12))))]
+    proto = rng.choice((6, 6, 17, 17, 58, 59, 253))
+    payload = _transport(rng, proto)
+    labels = [f"ipv6_chain:{min(len(chain), 9)}"]
+    parts = []
+    for kind, nh in zip(chain, chain[1:] + [proto]):  # each header names the one after it
+        if kind in (EXT_HOP, EXT_DEST):
+            parts.append(ext_options(nh, rng.choice((0, 0, 1, rng.randrange(4)))))
+        elif kind == EXT_ROUTING:
+            parts.append(ext_routing(nh))
+        elif kind == EXT_AH:
+            parts.append(ext_ah(nh))
+        else:
+            role = rng.choice(("first", "later", "atomic"))
+            labels.append(f"ipv6_fragment:{role}")
+            parts.append(ext_fragment(nh, rng.randrange(1, 8192) if role == "later" else 0, role != "atomic"))
+    packet = ipv6(rng.choice(ADDRS6), rng.choice(ADDRS6), chain[0] if chain else proto, b"".join(parts) + payload,
+                  hop_limit=rng.randrange(256))
+    fields = {"ipv6_version": (l3, "B"), "ipv6_payload_len": (l3 + 4, "H"), "ipv6_next_header": (l3 + 6, "B")}
+    cuts, at = [l3 + 40], l3 + 40
+    for i, part in enumerate(parts):
+        fields[f"ext{i}_next"], fields[f"ext{i}_len"] = (at, "B"), (at + 1, "B")
+        if chain[i] == EXT_FRAGMENT:
+            fields[f"ext{i}_fragment"] = (at + 2, "H")
+        at += len(part)
+        cuts.append(at)
+    fields.update(_l4_fields(proto, at))
+    return packet, Frame(b"", fields, cuts + [at + 8, at + 20], labels)
+
+
+def random_frame(rng: random.Random, damage: bool = True) -> Frame:
+    """One Ethernet frame: valid, or with field damage, a cut, padding, or byte damage (labels say which)."""
+    kind = rng.choices(FRAME_KINDS, FRAME_WEIGHTS)[0]
+    if kind == "garbage":
+        return Frame(rng.randbytes(rng.randrange(80)), labels=["garbage"])
+    tags = tuple((rng.choice(TPIDS), rng.randrange(4096)) for _ in range(rng.choice((0, 0, 0, 1, 1, 2, 3))))
+    l3 = 14 + 4 * len(tags)
+    if kind.startswith("ipv4"):
+        ethertype, (packet, frame) = 0x0800, _ipv4(rng, kind, l3)
+    elif kind == "ipv6":
+        ethertype, (packet, frame) = 0x86DD, _ipv6(rng, l3)
+    elif kind == "arp":
+        fields = {"arp_htype": (l3, "H"), "arp_ptype": (l3 + 2, "H"),
+                  "arp_hlen": (l3 + 4, "B"), "arp_plen": (l3 + 5, "B")}
+        ethertype, frame = 0x0806, Frame(b"", fields, [l3 + 6, l3 + 28])
+        packet = arp(rng.choice(ADDRS4), rng.choice(ADDRS4), rng.choice((1, 2)))
+    else:
+        ethertype, frame = rng.choice((0x88CC, 0x888E, 0x0042, 0xFFFF)), Frame(b"")
+        packet = lldp()[14:] if ethertype == 0x88CC else _payload(rng)
+    frame.data = ethernet(ethertype, packet, tags)
+    frame.fields["ethertype"] = (12 + 4 * len(tags), "H")
+    for i in range(len(tags)):
+        frame.fields[f"vlan{i}_tpid"] = (12 + 4 * i, "H")
+    frame.cuts += [14, l3]
+    frame.labels.insert(0, kind)
+    if tags:
+        frame.labels.append(f"vlan_tags:{len(tags)}")  # 2: QinQ; 3: more than the parser follows
+    if damage:
+        _damage_frame(rng, frame)
+    return frame
+
+
+def _set_field(rng: random.Random, frame: Frame, name: str) -> None:
+    offset, fmt = frame.fields[name]
+    if offset + struct.calcsize("!" + fmt) > len(frame.data):
+        return
+    if name == "tcp_data_offset":
+        value = rng.randrange(16) << 4  # 0..60 bytes: "absurd" below 20 or past the segment
+    elif name == "ipv4_version_ihl":
+        value = rng.choice((0x40 | rng.randrange(16), rng.randrange(256)))
+    elif name.endswith("_fragment"):
+        value = rng.randrange(65536)
+    else:
+        value = rng.choice(FIELD_VALUES[fmt] + (rng.randrange(256 if fmt == "B" else 65536),))
+    data = bytearray(frame.data)
+    struct.pack_into("!" + fmt, data, offset, value)
+    frame.data = bytes(data)
+    if name.startswith(("ext", "vlan")):  # ext3_len -> ipv6_ext_len, vlan1_tpid -> vlan_tpid
+        name = ("ipv6_ext_" if name.startswith("ext") else "vlan_") + name.split("_", 1)[1]
+    frame.labels.append(f"field:{name}")
+
+
+def _damage_frame(rng: random.Random, frame: Frame) -> None:
+    roll = rng.random()
+    if roll < 0.35:
+        return
+    if roll < 0.75:  # structure-aware: one or two fields, maybe a cut at a header boundary, maybe padding
+        for name in rng.sample(sorted(frame.fields), min(len(frame.fields), rng.choice((1, 1, 2)))):
+            _set_field(rng, frame, name)
+        if rng.random() < 0.3:
+            cut = max(0, rng.choice(frame.cuts) + rng.randrange(-3, 4))
+            frame.data = frame.data[:cut]
+            frame.labels.append("cut")
+        if rng.random() < 0.1:
+            frame.data += rng.randbytes(rng.randrange(1, 40))
+            frame.labels.append("padding")
+        return
+    frame.data, label = mutate_bytes(rng, frame.data, lambda: random_frame(rng, damage=False).data)
+    frame.labels.append(label)
+
+
+def mutate_bytes(rng: random.Random, data: bytes, other) -> tuple[bytes, str]:
+    """Plain byte damage: bit flips, overwrites, truncation, splicing with ``other()``, insertion, deletion."""
+    kind = rng.choice(("bitflip", "overwrite", "truncate", "splice", "insert", "delete"))
+    out = bytearray(data)
+    if kind == "bitflip" and out:
+        for _ in range(rng.randrange(1, 9)):
+            out[rng.randrange(len(out))] ^= 1 << rng.randrange(8)
+    elif kind == "overwrite" and out:
+        at = rng.randrange(len(out))
+        out[at : at + 4] = rng.randbytes(min(4, len(out) - at))
+    elif kind == "truncate":
+        del out[rng.randrange(len(out) + 1):]
+    elif kind == "splice":
+        donor = other()
+        out = out[: rng.randrange(len(out) + 1)] + donor[rng.randrange(len(donor) + 1):]
+    elif kind == "insert":
+        at = rng.randrange(len(out) + 1)
+        out[at:at] = rng.randbytes(rng.randrange(1, 64))
+    elif kind == "delete" and out:
+        at = rng.randrange(len(out))
+        del out[at : at + rng.randrange(1, 64)]
+    return bytes(out), kind
+
+
+def frame_batch(rng: random.Random, n: int) -> tuple[FrameBatch, list[str]]:
+    """``n`` random frames in one batch; a few rows get impossible bounds or a foreign link type."""
+    frames = [random_frame(rng) for _ in range(n)]
+    batch = FrameBatch.from_frames([f.data for f in frames], [rng.uniform(0, 2e9) for _ in range(n)])
+    labels = [label for f in frames for label in f.labels]
+    for i in range(n):
+        roll = rng.random()
+        if roll < 0.003:
+            batch.offset[i] = rng.choice((-1, -100, len(batch.buf) - 3, len(batch.buf) + 10))
+            labels.append("bounds:offset")
+        elif roll < 0.006:
+            batch.cap_len[i] = rng.choice((-1, -60, len(batch.buf) + 1))
+            labels.append("bounds:cap_len")
+        elif roll < 0.009:
+            batch.linktype[i] = rng.choice((0, 101, 113, 276, 105, 65535))  # an Ethernet frame read as another
+            labels.append("linktype")
+    return batch, labels
+
+
+# --- The reference decoder ---------------------------------------------------------------------------------
+
+PACKET_COLUMNS = ("src_mac", "dst_mac", "vlan", "l3", "src_ip_hi", "src_ip_lo", "dst_ip_hi", "dst_ip_lo", "proto",
+                  "port_kind", "sport", "dport", "ttl", "ip_id", "df", "frag", "ip_len", "tcp_flags", "tcp_seq",
+                  "tcp_ack", "tcp_win", "tcp_hdr_len", "payload_len", "icmp_type", "gre_proto")
+DEFAULT_ROW = dict.fromkeys(PACKET_COLUMNS, 0) | {"vlan": -1, "sport": -1, "dport": -1, "df": False, "frag": False,
+                                                  "icmp_type": -1, "gre_proto": -1}
+IPV6_EXTENSIONS = {EXT_HOP, EXT_ROUTING, EXT_FRAGMENT, EXT_AH, EXT_DEST}
+MAPPED = int(IPV4_MAPPED_LO_PREFIX)
+
+
+def reference_decode(frame: bytes) -> str | dict:
+    """The skip reason for one Ethernet frame, or its PacketBatch row, decoded one field at a time.
+
+    Written from the rules in parse.py's docstring and comments, not from its code: up to two VLAN tags;
+    IPv4 (header 20..60 bytes, within the total length); IPv6 following at most 8 extension headers and
+    stopping after a non-first fragment header; payload length 0 meaning "up to the captured end";
+    ARP for IPv4 over Ethernet; TCP/UDP need their fixed header inside both the capture and the IP length.
+    """
+    n = len(frame)
+    if n < 14:
+        return "truncated_ethernet"
+    row = dict(DEFAULT_ROW)
+    row["dst_mac"], row["src_mac"] = int.from_bytes(frame[0:6], "big"), int.from_bytes(frame[6:12], "big")
+    (ethertype,) = struct.unpack_from("!H", frame, 12)
+    l3 = 14
+    for _ in range(2):
+        if ethertype not in TPIDS:
+            break
+        if l3 + 4 > n:
+            return "truncated_ethernet"
+        tci, ethertype = struct.unpack_from("!HH", frame, l3)
+        row["vlan"] = tci & 0x0FFF if row["vlan"] < 0 else row["vlan"]
+        l3 += 4
+    if ethertype == 0x0800:
+        if l3 + 20 > n:
+            return "truncated_ip"
+        version_ihl, _, total, ident, flags_fragment, ttl, proto, _, src, dst = struct.unpack_from(
+            "!BBHHHBBHII", frame, l3)
+        ihl = (version_ihl & 0x0F) * 4
+        if version_ihl >> 4 != 4:
+            return "bad_ip_version"
+        if ihl < 20 or total < ihl:
+            return "bad_ip_header_length"
+        if l3 + ihl > n:
+            return "truncated_ip"
+        row.update(l3=L3_IPV4, src_ip_lo=MAPPED | src, dst_ip_lo=MAPPED | dst, ttl=ttl, ip_id=ident, ip_len=total,
+                   df=bool(flags_fragment & 0x4000), frag=(flags_fragment & 0x1FFF) != 0)
+        l4, ip_end = l3 + ihl, l3 + total
+    elif ethertype == 0x86DD:
+        if l3 + 40 > n:
+            return "truncated_ip"
+        version_class_flow, payload, proto, hop_limit, src_hi, src_lo, dst_hi, dst_lo = struct.unpack_from(
+            "!IHBBQQQQ", frame, l3)
+        if version_class_flow >> 28 != 6:
+            return "bad_ip_version"
+        ip_end = l3 + 40 + payload if payload else n
+        limit, l4, frag = min(n, ip_end), l3 + 40, False
+        for _ in range(8):
+            if proto not in IPV6_EXTENSIONS:
+                break
+            if l4 + 8 > limit:
+                return "truncated_ip"
+            next_header, length, fragment = struct.unpack_from("!BBH", frame, l4)
+            if proto == EXT_FRAGMENT:
+                l4, frag = l4 + 8, fragment >> 3 != 0
+            else:
+                l4 += (length + 2) * 4 if proto == EXT_AH else (length + 1) * 8
+            proto = next_header
+            if frag:
+                break
+        if l4 > limit:
+            return "truncated_ip"
+        row.update(l3=L3_IPV6, src_ip_hi=src_hi, src_ip_lo=src_lo, dst_ip_hi=dst_hi, dst_ip_lo=dst_lo, ttl=hop_limit,
+                   frag=frag, ip_len=40 + payload)
+    elif ethertype == 0x0806:
+        if l3 + 6 > n:
+            return "truncated_arp"
+        if struct.unpack_from("!HHBB", frame, l3) == (1, 0x0800, 6, 4):
+            if l3 + 28 > n:
+                return "truncated_arp"
+            row.update(l3=L3_ARP, port_kind=PORT_ARP, src_ip_lo=MAPPED | struct.unpack_from("!I", frame, l3 + 14)[0],
+                       dst_ip_lo=MAPPED | struct.unpack_from("!I", frame, l3 + 24)[0])
+            return row
+    if row["l3"] == L3_OTHER:  # neither IP nor ARP: keyed by the MACs
+        row["src_ip_lo"], row["dst_ip_lo"] = row["src_mac"], row["dst_mac"]
+        return row
+    row["proto"] = proto
+    room, header = min(ip_end, n) - l4, 0
+    if not row["frag"] and proto == 6:
+        if room < 20:
+            return "truncated_l4"
+        sport, dport, seq, ack, data_offset, flags, window = struct.unpack_from("!HHIIBBH", frame, l4)
+        header = (data_offset >> 4) * 4
+        row.update(port_kind=PORT_NUMBER, sport=sport, dport=dport, tcp_seq=seq, tcp_ack=ack, tcp_flags=flags,
+                   tcp_win=window, tcp_hdr_len=header)
+    elif not row["frag"] and proto == 17:
+        if room < 8:
+            return "truncated_l4"
+        row["sport"], row["dport"] = struct.unpack_from("!HH", frame, l4)
+        row["port_kind"], header = PORT_NUMBER, 8
+    elif not row["frag"] and proto == 1 and row["l3"] == L3_IPV4:
+        row["port_kind"] = PORT_ICMP
+    if not row["frag"] and proto in (1, 58) and room >= 2:  # ICMP or ICMPv6, on either IP version
+        row["icmp_type"] = frame[l4]
+    if not row["frag"] and proto == 47 and room >= 4:  # GRE, version 0 only
+        flags_version, carried = struct.unpack_from("!HH", frame, l4)
+        row["gre_proto"] = carried if flags_version & 7 == 0 else -1
+    row["payload_len"] = max(ip_end - l4 - header, 0)
+    return row
+
+
+def reference_batch(frames: FrameBatch) -> list[str | dict]:
+    """reference_decode for every row of a batch, bounds and link type first, as parse_frames checks them.
+
+    Other link types are first turned into the Ethernet frame the parser must treat them as
+    (link_layers.as_ethernet); rows carry the wire length the parser must report.
+    """
+    buf = frames.buf.tobytes()
+    out: list[str | dict] = []
+    rows = zip(frames.offset.tolist(), frames.cap_len.tolist(), frames.linktype.tolist(), frames.wire_len.tolist())
+    for offset, cap, linktype, wire in rows:
+        if offset < 0 or cap < 0 or offset + cap > len(buf):
+            out.append("bad_frame_bounds")
+            continue
+        converted = as_ethernet(linktype, buf[offset : offset + cap], wire)
+        row = converted if isinstance(converted, str) else reference_decode(converted[0])
+        out.append(row if isinstance(row, str) else row | {"wire_len": converted[1]})
+    return out
+
+
+def check_parsed(frames: FrameBatch, packets: PacketBatch, stats: DecodeStats) -> None:
+    """``packets`` and ``stats`` (fresh for this call) are what parse_frames made of ``frames``."""
+    expect(stats.decoded + stats.total_skipped == len(frames), "parser: decoded + skipped != frames",
+           f"{stats.decoded} + {stats.total_skipped} != {len(frames)}")
+    expect(len(packets) == stats.decoded, "parser: packets != decoded", f"{len(packets)} != {stats.decoded}")
+    expect(all(is_named_reason(r, PARSER_REASONS) for r in stats.skipped), "parser: unnamed skip reason",
+           dict(stats.skipped))
+    check_packet_contract(packets)
+    reference = reference_batch(frames)
+    want_reasons = Counter(r for r in reference if isinstance(r, str))
+    expect(want_reasons == stats.skipped, "parser: skip reasons differ from the reference",
+           f"{dict(stats.skipped)} != {dict(want_reasons)}")
+    rows = [i for i, r in enumerate(reference) if not isinstance(r, str)]
+    expect(packets.index.tolist() == frames.index[rows].tolist(), "parser: decoded rows differ from the reference")
+    expect(packets.ts.tolist() == frames.ts[rows].tolist(), "parser: ts not carried over from the frame")
+    expect(packets.wire_len.tolist() == [reference[i]["wire_len"] for i in rows], "parser: wire_len differs")
+    for name in PACKET_COLUMNS:
+        got = getattr(packets, name).tolist()
+        want = [reference[i][name] for i in rows]
+        if got != want:
+            bad = next(k for k in range(len(got)) if got[k] != want[k])
+            raise InvariantError(f"parser: column {name} differs from the reference",
+                                 f"frame {int(frames.index[rows[bad]])}: {got[bad]} != {want[bad]}")
+
+
+def check_packet_contract(p: PacketBatch) -> None:
+    """Values the PacketBatch field comments allow, whatever the input (independent of the reference)."""
+    is_ip = (p.l3 == L3_IPV4) | (p.l3 == L3_IPV6)
+    ip4, arp_rows = p.l3 == L3_IPV4, p.l3 == L3_ARP
+    numbered, icmp = p.port_kind == PORT_NUMBER, p.port_kind == PORT_ICMP
+    tcp_rows = numbered & (p.proto == 6)
+    ip6 = (p.l3 == L3_IPV6) & (p.ip_len > 40)  # payload length 0 (a jumbogram) is measured by the capture
+    checks = {
+        "l3 out of range": np.isin(p.l3, (L3_OTHER, L3_IPV4, L3_IPV6, L3_ARP)),
+        "port_kind out of range": np.isin(p.port_kind, (PORT_NONE, PORT_NUMBER, PORT_ARP, PORT_ICMP)),
+        "port out of range": (p.sport >= -1) & (p.sport <= 65535) & (p.dport >= -1) & (p.dport <= 65535),
+        "ports without PORT_NUMBER": ((p.sport >= 0) == numbered) & ((p.dport >= 0) == numbered),
+        "PORT_NUMBER on a non-TCP/UDP packet": ~numbered | (is_ip & np.isin(p.proto, (6, 17))),
+        "PORT_ARP and L3_ARP disagree": (p.port_kind == PORT_ARP) == arp_rows,
+        "PORT_ICMP on a non-ICMPv4 packet": ~icmp | (ip4 & (p.proto == 1)),
+        "vlan out of range": (p.vlan >= -1) & (p.vlan <= 4095),
+        "IP fields on a non-IP packet": is_ip | ((p.proto == 0) & ~p.frag & (p.ip_len == 0) & (p.payload_len == 0)),
+        "df on a non-IPv4 packet": ~p.df | ip4,
+        "ports on a non-first fragment": ~(p.frag & numbered),
+        "high address word on a non-IPv6 packet": ((p.src_ip_hi == 0) & (p.dst_ip_hi == 0)) | (p.l3 == L3_IPV6),
+        "IPv4 address not IPv4-mapped": ~(ip4 | arp_rows) | ((p.src_ip_lo >> np.uint64(32)) == 0xFFFF),
+        "MAC wider than 48 bits": (p.src_mac < 2**48) & (p.dst_mac < 2**48),
+        "TCP fields on a non-TCP packet": tcp_rows | ((p.tcp_hdr_len == 0) & (p.tcp_flags == 0)),
+        "tcp_hdr_len not 0..60 in words": (p.tcp_hdr_len % 4 == 0) & (p.tcp_hdr_len <= 60),
+        "negative payload_len": p.payload_len >= 0,
+        "IPv4 lengths": ~ip4 | ((p.ip_len <= 65535) & (p.payload_len <= p.ip_len - 20)),
+        "IPv6 lengths": ~ip6 | ((p.ip_len <= 65535 + 40) & (p.payload_len <= p.ip_len - 40)),
+    }
+    for name, ok in checks.items():
+        expect(ok.all(), f"contract: {name}", lambda ok=ok: f"first bad packet index {int(p.index[~ok][0])}")
+    expect((np.diff(p.index) > 0).all(), "contract: packet indexes not increasing")
+
+
+# --- Capture files and what the reader must make of them ----------------------------------------------------
+
+
+AT_EOF = 2**62  # Outcome.end of what depends on where the file ends (a truncated last record, say)
+
+
+@dataclass
+class Outcome:
+    """One counted or delivered item of a capture, as the model predicts it."""
+
+    end: int  # file offset one past the last byte that decides this outcome
+    reason: str | None  # the reader's skip reason; None: delivered
+    record: bool = True  # consumes a record index (packet records, corrupt or truncated packet blocks)
+    ts: float = 0.0
+    wire: int = 0
+    frame: bytes = b""
+
+
+@dataclass
+class Capture:
+    """A generated capture file and the model of what reading it gives."""
+
+    data: bytes
+    fmt: str  # "pcap" or "pcapng"
+    outcomes: list[Outcome]
+    exact: bool = True  # the outcomes describe the whole file
+    trusted_until: int = 0  # outcomes ending at or before this offset hold even when not exact
+    labels: list[str] = field(default_factory=list)
+    records_generated: int = 0  # packet records written (before any byte damage)
+
+    @property
+    def suffix(self) -> str:
+        return "." + self.fmt
+
+
+PCAP_MAGIC_BYTES = {b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"}
+SHB_BYTES = b"\x0a\x0d\x0d\x0a"
+BYTE_ORDER_BYTES = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
+
+
+def header_usable(data: bytes) -> bool:
+    """Whether read_capture must accept the file (its documented CaptureFormatError cases, from the bytes)."""
+    if data[:4] in PCAP_MAGIC_BYTES:
+        return len(data) >= 24
+    return data[:4] == SHB_BYTES and data[8:12] in BYTE_ORDER_BYTES
+
+
+def snap_limit(snaplen: int) -> int:
+    return snaplen if 0 < snaplen < MAX_FRAME_LEN else MAX_FRAME_LEN
+
+
+def random_pcap(rng: random.Random, records: int) -> Capture:
+    """Classic pcap, either byte order, micro- or nanoseconds, with awkward snaplen/linktype and record damage."""
+    endian, nano = rng.choice("<>"), rng.random() < 0.3
+    units = 10**9 if nano else 10**6
+    snaplen = rng.choice((65535, 65535, 262144, 0, 64, 96, 1518, 2**32 - 1, rng.randrange(1, 2000)))
+    linktype = 1 if rng.random() < 0.9 else rng.choice((0, 101, 113, 105, 0x0001_0001))  # FCS bits + Ethernet
+    version = (2, 4) if rng.random() < 0.95 else rng.choice(((1, 0), (3, 0), (0, 0)))
+    labels = ["pcap", f"pcap:{'be' if endian == '>' else 'le'}", f"pcap:{'nsec' if nano else 'usec'}",
+              f"pcap:snaplen:{snaplen if snaplen in (0, 65535, 262144, 2**32 - 1) else 'other'}",
+              f"pcap:linktype:{linktype}", f"pcap:version:{version[0]}.{version[1]}"]
+    rows, outcomes, pos = [], [], 24
+    stopped = False  # after an absurd captured length the model knows nothing more
+    absurd_at = rng.randrange(records) if rng.random() < 0.1 else -1  # reading stops there: one per file at most
+    for i in range(records):
+        frame = random_frame(rng)
+        data = frame.data
+        cap, wire = len(data), len(data) + rng.choice((0, 0, 0, rng.randrange(1500)))
+        sec, frac = rng.getrandbits(32), rng.choice((rng.randrange(units), rng.getrandbits(32)))
+        if i == absurd_at:
+            damage = "absurd_cap"
+        elif i == records - 1 and rng.random() < 0.1:  # the last record runs past the end of the file
+            damage = rng.choice(("cap_past_end", "header_cut"))
+        else:
+            damage = rng.choices(("none", "cap_over_wire", "cap_zero"), (92, 4, 4))[0]
+        if damage == "cap_over_wire" and cap:
+            wire = rng.randrange(cap)
+        elif damage == "cap_zero":
+            data, cap = b"", 0
+        elif damage == "absurd_cap":
+            cap = rng.choice((MAX_FRAME_LEN + 1, 2**31, 2**32 - 1, rng.randrange(MAX_FRAME_LEN + 1, 2**32)))
+        elif damage == "cap_past_end":
+            cap = len(data) + rng.randrange(1, 5000)
+        if damage != "none":
+            labels.append(f"record:{damage}")
+        labels += [f"frame:{label}" for label in frame.labels]
+        rows.append((sec, frac, data, wire, cap))
+        pos += 16 + len(data)
+        if stopped:
+            continue
+        if damage == "absurd_cap":
+            outcomes.append(Outcome(pos, "corrupt_record", record=False))
+            stopped = True
+        elif damage in ("cap_past_end", "header_cut"):
+            outcomes.append(Outcome(AT_EOF, "truncated_record", record=False))
+        elif cap > snap_limit(snaplen) or cap > wire:
+            if cap > snap_limit(snaplen):
+                labels.append("record:cap_over_snaplen")
+            outcomes.append(Outcome(pos, "bad_record_length"))
+        elif (linktype & 0xFFFF) not in SUPPORTED_LINKTYPES:  # the upper bits carry FCS information
+            outcomes.append(Outcome(pos, f"unsupported_linktype:{linktype & 0xFFFF}"))
+        else:
+            outcomes.append(Outcome(pos, None, ts=sec + frac / units, wire=wire, frame=data))
+    data = pcap_bytes(rows, endian, nano, snaplen, linktype, version)
+    if "record:header_cut" in labels:
+        data = data[: len(data) - len(rows[-1][2]) - rng.randrange(1, 16)]  # part of the last record header only
+    return Capture(data, "pcap", outcomes, labels=labels, records_generated=records)
+
+
+@dataclass
+class _Interface:
+    linktype: int
+    snaplen: int
+    units: float
+    offset: int
+
+
+@dataclass
+class _Block:
+    """One pcapng block as written, and what the model needs to know about it."""
+
+    kind: str  # shb, idb, epb, pb, spb, ignored, unknown
+    data: bytes
+    endian: str
+    interface: _Interface | None = None  # idb
+    packet: tuple | None = None  # epb/pb: (interface id, ts units, cap, wire); spb: (wire,)
+    damage: str = "none"  # a block/trailer length damage: the reader must treat the block as corrupt
+
+
+BLOCK_TYPES = {"shb": 0x0A0D0D0A, "idb": 1, "pb": 2, "spb": 3, "epb": 6}
+PACKET_KINDS = ("epb", "pb", "spb")
+MIN_LENGTH = {kind: MIN_BLOCK_LEN[t] for kind, t in BLOCK_TYPES.items()}
+
+
+def _random_idb(rng: random.Random, endian: str) -> _Block:
+    linktype = 1 if rng.random() < 0.85 else rng.choice((0, 101, 113, 228, 105))
+    snaplen = rng.choice((0, 0, 65535, 262144, 64, 2**32 - 1, rng.randrange(1, 3000)))
+    units, offset, opts = 1e6, 0, b""
+    for _ in range(rng.choice((0, 0, 1, 2, 3))):
+        what = rng.choice(("tsresol", "tsresol", "tsoffset", "unknown", "empty_tsresol", "broken"))
+        if what == "tsresol":
+            resol = rng.choice((3, 6, 9, 0x80 | 20, 0, 0x7F, 0xFF, rng.randrange(256)))
+            opts += option(endian, 9, bytes([resol]))
+            units = float(2 ** (resol & 0x7F)) if resol & 0x80 else float(10 ** (resol & 0x7F))
+        elif what == "tsoffset":
+            offset = rng.randrange(-(2**63), 2**63)
+            opts += option(endian, 14, struct.pack(endian + "q", offset))
+        elif what == "unknown":
+            opts += option(endian, rng.choice((2, 3, 4, 0x8001)), rng.randbytes(rng.randrange(12)))
+        elif what == "empty_tsresol":
+            opts += struct.pack(endian + "HH", 9, 0)
+        else:  # an option whose length runs past the block: the reader stops reading options there
+            opts += struct.pack(endian + "HH", 9, 200 + rng.randrange(60000))
+            break
+    if opts and rng.random() < 0.5:
+        opts += option(endian, 0, b"")
+    body = struct.pack(endian + "HHI", linktype, 0, snaplen) + opts
+    return _Block("idb", block(endian, 1, body), endian, interface=_Interface(linktype, snaplen, units, offset))
+
+
+def _random_packet_block(rng: random.Random, endian: str, interfaces: int) -> tuple[_Block, list[str]]:
+    frame = random_frame(rng)
+    data, labels = frame.data, [f"frame:{label}" for label in frame.labels]
+    kind = rng.choices(PACKET_KINDS, (8, 1, 2))[0]
+    wire = len(data) + rng.choice((0, 0, 0, rng.randrange(1500)))
+    if kind == "spb":
+        return _Block("spb", spb(endian, data, wire), endian, packet=(wire,)), labels
+    iface = rng.randrange(interfaces) if interfaces and rng.random() < 0.95 else rng.choice(
+        (interfaces, interfaces + 3, 0xFFFF if kind == "pb" else 0xFFFF_FFFF))
+    if iface >= interfaces:
+        labels.append("block:unknown_interface")
+    units = rng.getrandbits(rng.choice((40, 50, 60, 64)))
+    cap = len(data)
+    damage = rng.choices(("none", "cap_over_room", "cap_over_wire", "cap_short"), (90, 4, 3, 3))[0]
+    if damage == "cap_over_room":
+        cap = len(pad4(data)) + rng.choice((1, 4, 1000, 2**31))
+    elif damage == "cap_over_wire" and cap:
+        wire = rng.randrange(cap)
+    elif damage == "cap_short":
+        cap = rng.randrange(cap + 1)
+    if damage != "none":
+        labels.append(f"block:{damage}")
+    if kind == "epb":
+        head = struct.pack(endian + "IIIII", iface, units >> 32, units & 0xFFFF_FFFF, cap, wire)
+        opts = option(endian, 2, struct.pack(endian + "I", rng.getrandbits(32))) if rng.random() < 0.1 else b""
+        body = head + pad4(data) + opts
+    else:
+        drops = rng.randrange(65536)
+        head = struct.pack(endian + "HHIIII", iface, drops, units >> 32, units & 0xFFFF_FFFF, cap, wire)
+        body = head + pad4(data)
+    return _Block(kind, block(endian, BLOCK_TYPES[kind], body), endian, packet=(iface, units, cap, wire)), labels
+
+
+def _damage_block_length(rng: random.Random, blk: _Block) -> str:
+    """Corrupt the length fields so the block cannot be trusted: too short, unaligned, huge, or a wrong trailer."""
+    kind = rng.choice(("len_not_4x", "len_below_min", "len_huge", "len_past_eof", "trailer_mismatch"))
+    data = bytearray(blk.data)
+    true_len = len(data)
+    if kind == "len_not_4x":
+        length = true_len + rng.randrange(1, 4)
+    elif kind == "len_below_min":
+        length = rng.randrange(MIN_LENGTH.get(blk.kind, 12))
+    elif kind == "len_huge":
+        length = rng.choice((MAX_BLOCK_LEN + 4, 2**31, 2**32 - 4))
+    elif kind == "len_past_eof":  # plausible, but longer than any generated file
+        length = MAX_BLOCK_LEN - 4 * rng.randrange(1000)
+    else:
+        length = true_len
+        struct.pack_into(blk.endian + "I", data, true_len - 4, true_len + 4 * rng.randrange(1, 100))
+    struct.pack_into(blk.endian + "I", data, 4, length)
+    blk.data, blk.damage = bytes(data), kind
+    return kind
+
+
+def random_pcapng(rng: random.Random, records: int) -> Capture:
+    """pcapng: sections in either byte order, interfaces with options, every packet block type, ignored and
+    unknown blocks, missing interfaces, and damaged block lengths; the model follows along."""
+    blocks: list[_Block] = []
+    labels = ["pcapng"]
+    endian = rng.choice("<>")
+    interfaces = 0
+    written = 0
+    while written < records:
+        roll = rng.random()
+        if not blocks or roll < 0.02:  # a (new) section, maybe in the other byte order
+            endian = rng.choice("<>") if blocks else endian
+            blocks.append(_Block("shb", shb(endian), endian))
+            labels.append(f"pcapng:section:{'be' if endian == '>' else 'le'}")
+            interfaces = 0
+            if rng.random() < 0.05:
+                continue  # a section without interfaces: its packets have none to name
+            for _ in range(rng.choice((1, 1, 1, 2, 3))):
+                blocks.append(_random_idb(rng, endian))
+                interfaces += 1
+        elif roll < 0.04:
+            blocks.append(_random_idb(rng, endian))
+            interfaces += 1
+        elif roll < 0.07:
+            kind = rng.choice((4, 5, 9, 0x0A, 0x0BAD, 0x4000_0BAD))
+            blocks.append(_Block("ignored", block(endian, kind, rng.randbytes(rng.randrange(40))), endian))
+            labels.append("block:ignored")
+        elif roll < 0.09:
+            kind = rng.choice((7, 8, 0x0B, 0x0C, 0x8000_0001, rng.getrandbits(32)))
+            if kind in BT_KNOWN:
+                continue
+            blocks.append(_Block("unknown", block(endian, kind, rng.randbytes(rng.randrange(40))), endian))
+            labels.append("block:unknown_type")
+        else:
+            blk, more = _random_packet_block(rng, endian, interfaces)
+            blocks.append(blk)
+            labels += more
+            written += 1
+    for blk in blocks[1:]:  # the first section header stays intact: it is the file header
+        if rng.random() < 0.015:
+            labels.append(f"block:{_damage_block_length(rng, blk)}")
+    data = b"".join(blk.data for blk in blocks)
+    truncate = rng.random() < 0.1
+    if truncate:
+        cut = len(data) - rng.randrange(1, len(blocks[-1].data))
+        data = data[:cut]
+        labels.append("block:truncated_last")
+    capture = _model_pcapng(data, blocks, truncate)
+    capture.labels, capture.records_generated = labels, records
+    return capture
+
+
+def _acceptable_block_at(data: bytes, pos: int, endian: str) -> bool:
+    """Whether a pcapng block could be taken as starting at ``pos`` (known type, sane length, matching trailer)."""
+    if pos + 12 > len(data):
+        return False
+    (block_type,) = struct.unpack_from(endian + "I", data, pos)
+    if block_type not in BT_KNOWN:
+        return False
+    if block_type == 0x0A0D0D0A:
+        endian = BYTE_ORDER_BYTES.get(data[pos + 8 : pos + 12])
+        if endian is None:
+            return False
+    (length,) = struct.unpack_from(endian + "I", data, pos + 4)
+    if length % 4 or not MIN_BLOCK_LEN.get(block_type, 12) <= length <= MAX_BLOCK_LEN or pos + length > len(data):
+        return False
+    return struct.unpack_from(endian + "I", data, pos + length - 4)[0] == length
+
+
+def _model_pcapng(data: bytes, blocks: list[_Block], truncated: bool) -> Capture:
+    """Walk the blocks as the reader must: count, skip, deliver; resync after a corrupt block to the next intact one.
+
+    The model stays exact unless a resync could stop on a false block inside the damaged bytes, or a section
+    header is damaged while the reader is already resyncing; then only what comes before is trusted.
+    """
+    capture = Capture(data, "pcapng", [])
+    out = capture.outcomes
+    interfaces: list[_Interface] = []
+    endian, last_ts = blocks[0].endian, 0.0
+    resync_from: int | None = None  # offset of the corrupt block whose damage the reader is skipping
+    pos = 0
+
+    def inexact(at: int) -> Capture:
+        capture.exact, capture.trusted_until = False, at
+        return capture
+
+    def false_block_after(start: int, stop: int = len(data)) -> bool:
+        return any(_acceptable_block_at(data, at, endian) for at in range(start + 4, min(stop, len(data)), 4))
+
+    for n, blk in enumerate(blocks):
+        start, end = pos, pos + len(blk.data)
+        pos = end
+        packet = blk.kind in PACKET_KINDS
+        if resync_from is not None:
+            if blk.kind == "shb" and blk.damage != "none":
+                return inexact(resync_from)  # the reader cannot see this section start in the old byte order
+            if blk.damage != "none" or blk.kind == "unknown" or (truncated and n == len(blocks) - 1):
+                continue  # skipped silently while looking for the next intact block of a known type
+            if false_block_after(resync_from, start):
+                return inexact(resync_from)
+            resync_from = None
+        if truncated and n == len(blocks) - 1:
+            if len(data) - start < 12:
+                out.append(Outcome(AT_EOF, "truncated_block", record=False))
+            elif blk.damage in ("len_not_4x", "len_below_min", "len_huge"):
+                out.append(Outcome(AT_EOF, "corrupt_block", record=packet))
+                resync_from = start
+            elif false_block_after(start):
+                return inexact(start)
+            else:  # the length is plausible but runs past the end of the file
+                out.append(Outcome(AT_EOF, "truncated_record" if packet else "truncated_block", record=packet))
+            break
+        if blk.kind == "shb":  # type and byte-order magic mark a new section, even when the length is damaged
+            endian, interfaces = blk.endian, []
+        if blk.damage != "none":
+            if blk.damage == "len_past_eof":
+                # The reader calls it corrupt only if an intact block of a known type follows, so the
+                # outcome depends on the bytes up to the end of that block; otherwise it is a truncated last block.
+                later = [end + sum(len(b.data) for b in blocks[n + 1 : m + 1]) for m in range(n + 1, len(blocks))
+                         if blocks[m].damage == "none" and blocks[m].kind != "unknown"
+                         and not (truncated and m == len(blocks) - 1)]
+                if not later:
+                    if false_block_after(start):
+                        return inexact(start)
+                    out.append(Outcome(AT_EOF, "truncated_record" if packet else "truncated_block", record=packet))
+                    break
+                end = later[0]
+            out.append(Outcome(end, "corrupt_block", record=packet))
+            resync_from = start
+        elif blk.kind == "idb":
+            interfaces.append(blk.interface)
+        elif blk.kind == "unknown":
+            out.append(Outcome(end, "unknown_block", record=False))
+        elif packet:
+            if blk.kind == "spb":
+                (wire,) = blk.packet
+                room = len(blk.data) - 16
+                cap, iface_id, ts_units, data_at = min(wire, room), 0, None, start + 12
+                if interfaces and interfaces[0].snaplen:
+                    cap = min(cap, interfaces[0].snaplen)
+            else:
+                iface_id, ts_units, cap, wire = blk.packet
+                room, data_at = len(blk.data) - 32, start + 28
+            if iface_id >= len(interfaces):
+                out.append(Outcome(end, "unknown_interface"))
+                continue
+            iface = interfaces[iface_id]
+            if ts_units is not None:
+                last_ts = iface.offset + ts_units / iface.units
+            if cap > room:
+                out.append(Outcome(end, "corrupt_block"))
+            elif cap > snap_limit(iface.snaplen) or cap > wire:
+                out.append(Outcome(end, "bad_record_length"))
+            elif iface.linktype not in SUPPORTED_LINKTYPES:
+                out.append(Outcome(end, f"unsupported_linktype:{iface.linktype}"))
+            else:
+                out.append(Outcome(end, None, ts=last_ts, wire=wire, frame=data[data_at : data_at + cap]))
+    if resync_from is not None and false_block_after(resync_from):
+        return inexact(resync_from)
+    capture.trusted_until = len(data)
+    return capture
+
+
+def random_capture(rng: random.Random, records: int | None = None) -> Capture:
+    """A pcap or pcapng file of ``records`` packet records (random when None), sometimes with byte damage."""
+    if records is None:
+        records = rng.choice((1, 2, rng.randrange(1, 40), rng.randrange(1, 120), rng.randrange(1, 400)))
+    capture = (random_pcap if rng.random() < 0.45 else random_pcapng)(rng, records)
+    roll = rng.random()
+    if roll < 0.2:
+        damaged, label = mutate_bytes(rng, capture.data, lambda: random_capture(rng, 8).data)
+        _mark_damage(capture, damaged, f"file:{label}")
+    elif roll < 0.23:  # a wrong magic number (sometimes the other byte order's, or the other format's)
+        magic = rng.choice(sorted(PCAP_MAGIC_BYTES) + [SHB_BYTES, b"\0\0\0\0", rng.randbytes(4)])
+        _mark_damage(capture, magic + capture.data[4:], "file:magic")
+    return capture
+
+
+def _mark_damage(capture: Capture, damaged: bytes, label: str) -> None:
+    same = min(len(damaged), len(capture.data))
+    first = next((i for i, (a, b) in enumerate(zip(capture.data, damaged)) if a != b), same)
+    if damaged != capture.data:
+        capture.exact = False
+        capture.trusted_until = min(capture.trusted_until or len(capture.data), first)
+    capture.data = damaged
+    capture.labels.append(label)
+
+
+# --- Reading and checking a capture ------------------------------------------------------------------------
+
+
+@contextmanager
+def chunk_size(size: int | None) -> Iterator[None]:
+    """Read in chunks of ``size`` bytes (None: the module default) while the block runs."""
+    saved = capture_file.CHUNK_SIZE
+    capture_file.CHUNK_SIZE = size or saved
+    try:
+        yield
+    finally:
+        capture_file.CHUNK_SIZE = saved
+
+
+@dataclass
+class Reading:
+    """Everything the reader delivered for one file, flattened, and what it counted."""
+
+    rejected: str | None  # the CaptureFormatError message, when the file was refused
+    delivered: list[tuple[int, float, int, bytes]]  # (index, ts, wire_len, frame)
+    stats: DecodeStats
+    batches: list[FrameBatch]
+
+
+class ReaderError(Exception):
+    """An exception other than CaptureFormatError escaped read_capture, or any exception escaped iteration."""
+
+
+def read_file(path: Path, batch_size: int = 65536, chunk: int | None = None) -> Reading:
+    stats = DecodeStats()
+    with chunk_size(chunk):
+        try:
+            batches_iter = read_capture(path, batch_size=batch_size, stats=stats)
+        except CaptureFormatError as exc:
+            return Reading(str(exc), [], stats, [])
+        except Exception as exc:
+            raise ReaderError(f"read_capture() raised {type(exc).__name__}: {exc}") from exc
+        try:
+            batches = list(batches_iter)
+        except Exception as exc:
+            raise ReaderError(f"iterating the reader raised {type(exc).__name__}: {exc}") from exc
+    delivered = []
+    for b in batches:
+        expect(len(b) > 0, "reader: an empty batch was yielded")
+        expect(len(b.index) == len(b.ts) == len(b.wire_len) == len(b.cap_len) == len(b.offset) == len(b.linktype),
+               "reader: batch columns of different lengths")
+        expect(len(b) <= batch_size and np.isin(b.linktype, list(SUPPORTED_LINKTYPES)).all(),
+               "reader: batch too large or of a link type the parser does not read")
+        inside = (b.offset >= 0) & (b.cap_len >= 0) & (b.offset + b.cap_len <= len(b.buf))
+        expect(inside.all(), "reader: frame outside buf")
+        expect((b.cap_len <= b.wire_len).all() and (b.cap_len <= MAX_FRAME_LEN).all(), "reader: cap_len too large")
+        expect(np.isfinite(b.ts).all(), "reader: non-finite timestamp")
+        delivered += [(int(b.index[i]), float(b.ts[i]), int(b.wire_len[i]), b.frame(i)) for i in range(len(b))]
+    return Reading(None, delivered, stats, batches)
+
+
+def check_reading(capture: Capture | None, data: bytes, reading: Reading) -> None:
+    """The reader's result for ``data`` against the model (when there is one) and the general invariants."""
+    expect((reading.rejected is None) == header_usable(data), "reader: CaptureFormatError iff the header is unusable",
+           lambda: f"usable {header_usable(data)}, refused: {reading.rejected}")
+    skipped = reading.stats.skipped
+    expect(all(is_named_reason(r, READER_REASONS) for r in skipped), "reader: unnamed skip reason", dict(skipped))
+    indexes = [d[0] for d in reading.delivered]
+    expect(all(a < b for a, b in itertools.pairwise(indexes)), "reader: record indexes not increasing")
+    if indexes:  # every index below the last delivered one was delivered or counted
+        missing = indexes[-1] + 1 - len(indexes)
+        expect(missing <= reading.stats.total_skipped, "reader: records neither delivered nor counted",
+               lambda: f"{missing} missing before index {indexes[-1]}, {dict(skipped)} counted")
+    if capture is None or reading.rejected is not None:
+        return
+    if capture.exact:
+        want = [(i, o) for i, o in enumerate(o for o in capture.outcomes if o.record)]
+        want_delivered = [(i, o.ts, o.wire, o.frame) for i, o in want if o.reason is None]
+        expect(reading.delivered == want_delivered, "reader: delivered records differ from the model",
+               lambda: _first_difference(reading.delivered, want_delivered))
+        want_skipped = Counter(o.reason for o in capture.outcomes if o.reason)
+        expect(skipped == want_skipped, "reader: skip counts differ from the model",
+               f"{dict(skipped)} != {dict(want_skipped)}")
+        return
+    prefix = [o for o in capture.outcomes if o.end <= capture.trusted_until]
+    records = [o for o in prefix if o.record]
+    want_delivered = [(i, o.ts, o.wire, o.frame) for i, o in enumerate(records) if o.reason is None]
+    got = [d for d in reading.delivered if d[0] < len(records)]
+    expect(got == want_delivered, "reader: undamaged prefix delivered differently",
+           lambda: _first_difference(got, want_delivered))
+    for reason, count in Counter(o.reason for o in prefix if o.reason).items():
+        expect(skipped[reason] >= count, "reader: undamaged prefix counted differently",
+               f"{count} x {reason} expected, {skipped[reason]} counted")
+
+
+def _first_difference(got: list, want: list) -> str:
+    for k, (a, b) in enumerate(zip(got, want)):
+        if a != b:
+            return f"record {k}: (index, ts, wire) {a[:3]} frame {a[3][:16].hex()}, want {b[:3]} {b[3][:16].hex()}"
+    return f"delivered {len(got)} records, want {len(want)}"
+
+
+@dataclass
+class CaptureResult:
+    reading: Reading
+    parser_stats: DecodeStats
+    frames: int
+
+
+def check_capture(path: Path, capture: Capture | None, rng: random.Random | None = None) -> CaptureResult:
+    """Read ``path`` (holding ``capture.data``), check the reading, re-read it in small chunks, parse every batch.
+
+    ``capture`` may be None (a corpus file without a model): the general invariants still apply.
+    """
+    data = path.read_bytes()
+    rng = rng or random.Random(len(data))
+    batch_size = rng.choice((65536, 65536, rng.randrange(1, 64)))
+    reading = read_file(path, batch_size)
+    check_reading(capture, data, reading)
+    small = read_file(path, batch_size, chunk=rng.choice((12, 16, 37, 64, 100, 512, 4096)))
+    expect(small.delivered == reading.delivered and small.stats.skipped == reading.stats.skipped,
+           "reader: small read chunks change the result", lambda: f"counted {dict(small.stats.skipped)} vs "
+           f"{dict(reading.stats.skipped)}, {len(small.delivered)} vs {len(reading.delivered)} delivered")
+    parser_stats, frames = DecodeStats(), 0
+    for batch in reading.batches:
+        stats = DecodeStats()
+        packets = parse_checked(batch, stats)
+        check_parsed(batch, packets, stats)
+        parser_stats.merge(stats)
+        frames += len(batch)
+    return CaptureResult(reading, parser_stats, frames)
+
+
+class ParserError(Exception):
+    """An exception escaped parse_frames."""
+
+
+def parse_checked(frames: FrameBatch, stats: DecodeStats) -> PacketBatch:
+    try:
+        return parse_frames(frames, stats)
+    except Exception as exc:
+        raise ParserError(f"parse_frames raised {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,31 @@
+"""``python -m agent doctor``: real checks on this machine, and a failing one that says what to do."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from lab import REPO
+
+
+def doctor(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent", "doctor", "--profile", "x86_64-gateway", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_doctor_checks_model_and_runtime():
+    res = doctor("--interface", "lo")
+    assert "[ok  ] model bundle" in res.stdout
+    assert "[ok  ] model self-test" in res.stdout or "self-test rows" in res.stdout
+    assert "[ok  ] TFLite runtime" in res.stdout
+    assert "[ok  ] interface" in res.stdout
+
+
+def test_doctor_names_the_fix_for_a_missing_interface(tmp_path):
+    config = tmp_path / "agent.toml"
+    config.write_text('[mqtt]\nhost = "127.0.0.1"\nport = 1\nfleet = "f"\ndevice = "d"\ncontroller_public_key = "/nonexistent.pub"\n')
+    res = doctor("--interface", "nosuch0", "--config", str(config))
+    assert res.returncode == 1
+    assert "[FAIL] interface" in res.stdout and "-> pass --interface" in res.stdout
+    assert "[FAIL] broker" in res.stdout and "[FAIL] controller key" in res.stdout
