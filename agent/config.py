@@ -32,35 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.act.respond import ResponseConfig
+from agent.detect.decide import DecisionConfig
+from agent.validate import Field, Invalid, fields, instance_of, network, passes
 from agent.wire.rules import ALL_DEVICES, NAME_RE
 
 REQUIRED = object()
 ANOMALY_MODES = ("off", "report", "enforce")
-
-KEYS: dict[str, tuple[type | tuple, Any]] = {
-    "state_dir": (str, "/var/lib/iotguard"),
-    "allowlist": (list, []),
-    "block_seconds": ((int, float), 600.0),
-    "threshold": ((int, float), 0.7),
-    "min_packets": (int, 10),
-    "max_local_rules": (int, 1024),
-    "model": (str, ""),  # a bundle JSON; empty: the bundled default
-    "anomaly": (str, "report"),  # off: not run; report: its verdicts are alerts; enforce: they block too
-    "anomaly_model": (str, ""),  # an anomaly model file; empty: the bundled default
-    "mqtt": (dict, None),
-}
-MQTT_KEYS: dict[str, tuple[type | tuple, Any]] = {
-    "host": (str, REQUIRED),
-    "port": (int, 1883),
-    "fleet": (str, REQUIRED),
-    "device": (str, REQUIRED),
-    "controller_public_key": (str, REQUIRED),
-    "prefix": (str, "iotguard/v1"),
-    "tls_ca": (str, ""),
-    "tls_cert": (str, ""),
-    "tls_key": (str, ""),
-    "status_interval_s": ((int, float), 30.0),
-}
 
 
 class ConfigError(ValueError):
@@ -68,51 +46,100 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class MqttSettings:
+class MqttConfig:
+    """The fleet link's settings: the [mqtt] table of the configuration file, plus the client's tuning."""
+
     host: str
-    port: int
     fleet: str
     device: str
-    controller_public_key: str
-    prefix: str = "iotguard/v1"
-    tls_ca: str = ""
-    tls_cert: str = ""
-    tls_key: str = ""
-    status_interval_s: float = 30.0
+    state_dir: Path  # alert queue + applied rule sets + model version live here
+    port: int = 1883
+    prefix: str = "iotguard/v1"  # FIXME(wire): DEFAULT_PREFIX once the wire contract has it
+    protocol: str = "5"  # "5" or "3.1.1"
+    keepalive_s: int = 30
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 30.0
+    max_inflight: int = 32  # alerts handed to paho and not yet acknowledged
+    queue_max_items: int = 10_000
+    tls_ca: Path | None = None  # TLS is on when this is set
+    tls_cert: Path | None = None  # client certificate (its CN is the device name on our brokers)
+    tls_key: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    controller_public_key: Path | None = None  # verifies rule sets and model pushes (the fleet link needs it)
+    status_interval_s: float = 30.0  # how often the agent publishes its status
+
+    def __post_init__(self) -> None:
+        for what in ("fleet", "device"):
+            value = getattr(self, what)
+            if not NAME_RE.match(value):
+                raise ValueError(f"{what} name {value!r} must match {NAME_RE.pattern}")
+        if self.device == ALL_DEVICES:
+            raise ValueError(f"device name {ALL_DEVICES!r} is reserved for the fleet-wide rule set")
+        if self.protocol not in ("5", "3.1.1"):
+            raise ValueError(f"protocol must be '5' or '3.1.1', got {self.protocol!r}")
+        self.state_dir = Path(self.state_dir)
+        for what in ("tls_ca", "tls_cert", "tls_key", "controller_public_key"):
+            if getattr(self, what) is not None:
+                setattr(self, what, Path(getattr(self, what)))
 
 
 @dataclass
 class AgentConfig:
     state_dir: Path = Path("/var/lib/iotguard")
     allowlist: list[str] = field(default_factory=list)
-    block_seconds: float = 600.0
-    threshold: float = 0.7
-    min_packets: int = 10
+    block_seconds: float = ResponseConfig.block_seconds
+    threshold: float = DecisionConfig.threshold
+    min_packets: int = DecisionConfig.min_packets
     max_local_rules: int = 1024
     model: str = ""
     anomaly: str = "report"
     anomaly_model: str = ""
-    mqtt: MqttSettings | None = None
+    mqtt: MqttConfig | None = None
     path: Path | None = None
 
 
+# Every key of the file with its type and default (the defaults are the dataclasses' own).
+KEYS: dict[str, tuple[type | tuple, Any]] = {
+    "state_dir": (str, str(AgentConfig.state_dir)),
+    "allowlist": (list, []),
+    "block_seconds": ((int, float), AgentConfig.block_seconds),
+    "threshold": ((int, float), AgentConfig.threshold),
+    "min_packets": (int, AgentConfig.min_packets),
+    "max_local_rules": (int, AgentConfig.max_local_rules),
+    "model": (str, AgentConfig.model),  # a bundle JSON; empty: the bundled default
+    "anomaly": (str, AgentConfig.anomaly),  # off: not run; report: its verdicts are alerts; enforce: they block too
+    "anomaly_model": (str, AgentConfig.anomaly_model),  # an anomaly model file; empty: the bundled default
+    "mqtt": (dict, None),
+}
+MQTT_KEYS: dict[str, tuple[type | tuple, Any]] = {
+    "host": (str, REQUIRED),
+    "port": (int, MqttConfig.port),
+    "fleet": (str, REQUIRED),
+    "device": (str, REQUIRED),
+    "controller_public_key": (str, REQUIRED),
+    "prefix": (str, MqttConfig.prefix),
+    "tls_ca": (str, ""),
+    "tls_cert": (str, ""),
+    "tls_key": (str, ""),
+    "status_interval_s": ((int, float), MqttConfig.status_interval_s),
+}
+
+
 def _check(path: Path, table: dict, keys: dict, where: str = "") -> dict:
-    unknown = sorted(set(table) - set(keys))
-    if unknown:
-        raise ConfigError(f"{path}: unknown key {where}{unknown[0]!r} (known: {', '.join(sorted(keys))})")
-    out = {}
+    """The table's keys with their defaults filled in; every key of the right type, none unknown."""
+    checks = []
     for key, (kind, default) in keys.items():
-        if key not in table:
-            if default is REQUIRED:
-                raise ConfigError(f"{path}: missing key {where}{key!r}")
-            out[key] = default
-            continue
-        value = table[key]
-        if isinstance(value, bool) or not isinstance(value, kind):
-            want = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-            raise ConfigError(f"{path}: key {where}{key!r} must be {want}, got {type(value).__name__} {value!r}")
-        out[key] = value
-    return out
+        want = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        checks.append(Field(key, instance_of(kind, want), required=default is REQUIRED, default=default))
+    try:
+        return fields(table, checks, refuse_unknown=True)
+    except Invalid as exc:
+        if exc.unknown:
+            raise ConfigError(f"{path}: unknown key {where}{min(exc.unknown)!r} (known: {', '.join(sorted(keys))})") from None
+        if exc.missing:
+            raise ConfigError(f"{path}: missing key {where}{exc.missing!r}") from None
+        raise ConfigError(f"{path}: key {where}{exc.path[0]!r} {exc.reason}") from None
 
 
 def _seconds(value: float) -> bool:
@@ -122,17 +149,6 @@ def _seconds(value: float) -> bool:
         return 0 < float(value) < math.inf
     except OverflowError:
         return False
-
-
-def _is_network(item: Any) -> bool:
-    # Strings only (1 would be read as 0.0.0.1), and no IPv6 scope id (nft cannot parse "fe80::1%eth0").
-    if not isinstance(item, str) or "%" in item:
-        return False
-    try:
-        ipaddress.ip_network(item, strict=False)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_mqtt_values(path: Path, m: dict) -> None:
@@ -163,7 +179,7 @@ def load_config(path: str | Path | None) -> AgentConfig:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     v = _check(path, raw, KEYS)
     for i, item in enumerate(v["allowlist"]):
-        if not _is_network(item):
+        if not passes(network(strict=False), item):
             raise ConfigError(f"{path}: key 'allowlist' entry {i} is not an address or CIDR: {item!r}")
     if not _seconds(v["block_seconds"]):
         raise ConfigError(f"{path}: key 'block_seconds' must be a positive number of seconds, got {v['block_seconds']}")
@@ -179,7 +195,9 @@ def load_config(path: str | Path | None) -> AgentConfig:
         if not 0 < m["port"] < 65536:
             raise ConfigError(f"{path}: key 'mqtt.port' must be 1..65535, got {m['port']}")
         _check_mqtt_values(path, m)
-        mqtt = MqttSettings(**m)
+        paths = {k: m.pop(k) for k in ("tls_ca", "tls_cert", "tls_key", "controller_public_key")}
+        files = {k: Path(v) if v else None for k, v in paths.items()}
+        mqtt = MqttConfig(**m, **files, state_dir=Path(v["state_dir"]) / "mqtt")
     return AgentConfig(
         state_dir=Path(v["state_dir"]),
         allowlist=[str(a) for a in v["allowlist"]],

@@ -89,15 +89,12 @@ def check_model(profile: Profile, config: AgentConfig) -> list[Check]:
     except importlib.metadata.PackageNotFoundError:
         pass
     out.append(Check("TFLite runtime", "ok", f"{clf.runtime} {version} with numpy {np.__version__}"))
-    test = bundle.meta.get("self_test")
-    if not test:
+    test = clf.self_test()
+    if test is None:
         return out + [Check("model self-test", "warn", "the bundle carries no self-test rows")]
-    got = clf.predict_int8(np.asarray(test["features"], dtype=np.float64)).astype(int)
-    want = np.asarray(test["int8"], dtype=int)
-    same_labels = bool((got.argmax(axis=1) == want.argmax(axis=1)).all())
-    worst = int(np.abs(got - want).max())
+    same_labels, worst = test.same_labels, test.worst_step
     if same_labels and worst <= 1:
-        out.append(Check("model self-test", "ok", f"{len(got)} rows, int8 outputs within {worst} step of the build machine"))
+        out.append(Check("model self-test", "ok", f"{test.rows} rows, int8 outputs within {worst} step of the build machine"))
     else:
         out.append(Check("model self-test", "FAIL", f"outputs differ from the build machine (labels equal: {same_labels}, worst {worst} steps)",
                          "reinstall the runtime the profile names; report the board if it persists"))  # fmt: skip

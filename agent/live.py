@@ -22,7 +22,7 @@ from agent.capture.interface import LiveCapture
 from agent.config import AgentConfig
 from agent.detect.decide import DecisionConfig, DecisionLayer
 from agent.act.enforce import Enforcer, make_enforcer
-from agent.features.engine import Budgets, FeatureExtractor
+from agent.features.engine import FeatureExtractor
 from agent.act.filter import RuleTable
 from agent.util import release_free_memory
 from agent.detect.model import Bundle, Classifier, load_bundle
@@ -31,7 +31,7 @@ from agent.capture.parse import parse_frames
 from agent.util import require
 from agent.profile import RING_BLOCK_KB, Profile
 from agent.detect.protocol_classes import packet_classes
-from agent.act.respond import FLOOD_RULE_PREFIX, Responder, ResponseConfig, sync_kernel
+from agent.act.respond import Responder, ResponseConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class LiveAgent:
         self.counters = Counters()
         self.decode = DecodeStats()
         b = profile.budgets
-        self.features = FeatureExtractor(Budgets(b.mi_dir, b.h, b.hh, b.hh_jit, b.hphp), max_batch=profile.batch_size)
+        self.features = FeatureExtractor(b, max_batch=profile.batch_size)
         self.classifier = self._make_classifier(load_bundle(config.model) if config.model else load_bundle())
         self.anomaly = load_anomaly(config.anomaly, config.anomaly_model)
         # As many tracked sources and targets as the profile allows source streams.
@@ -72,35 +72,24 @@ class LiveAgent:
         self.responder = Responder(
             self.rules,
             self.enforcer,
-            ResponseConfig(block_seconds=config.block_seconds, block_anomalies=config.anomaly == "enforce"),
+            ResponseConfig(block_seconds=config.block_seconds, block_anomalies=config.anomaly == "enforce",
+                           flood_rate=self.decision.cfg.flood_rate),
         )
         self.capture: LiveCapture | None = None
         self.lock = threading.Lock()  # the MQTT thread changes rules and model while capture runs
         self.reporter = None
         if config.mqtt is not None:
-            self.reporter = self._fleet_link(config)
+            from agent.fleet.link import FleetLink  # paho is imported only by agents in a fleet
+
+            self.reporter = FleetLink(config.mqtt, self.responder, self.lock, swap_model=self._swap_model,
+                                      make_classifier=self._make_classifier)  # fmt: skip
         self._last_housekeeping = 0.0
         self._last_status = 0.0
         self._last_status_log = time.time()
-        self._renewed: dict[str, tuple[int, float]] = {}  # rule id -> (hits, time) at its last renewal
 
     @staticmethod
     def _allowlist(config: AgentConfig) -> list[str]:
         return effective_allowlist(config.allowlist, config.mqtt.host if config.mqtt else None)
-
-    def _fleet_link(self, config: AgentConfig):
-        from agent.fleet.mqtt import MqttConfig
-        from agent.fleet.link import FleetLink
-
-        m = config.mqtt
-        mqtt_config = MqttConfig(
-            host=m.host, port=m.port, fleet=m.fleet, device=m.device, prefix=m.prefix,
-            state_dir=Path(config.state_dir) / "mqtt",
-            tls_ca=Path(m.tls_ca) if m.tls_ca else None, tls_cert=Path(m.tls_cert) if m.tls_cert else None,
-            tls_key=Path(m.tls_key) if m.tls_key else None,
-        )  # fmt: skip
-        return FleetLink(mqtt_config, Path(m.controller_public_key), self.rules, self.enforcer, self.lock,
-                         swap_model=self._swap_model, make_classifier=self._make_classifier)  # fmt: skip
 
     def _make_classifier(self, bundle: Bundle) -> Classifier:
         # One inference batch per pipeline batch: the interpreter's tensors and the preprocessing
@@ -126,9 +115,8 @@ class LiveAgent:
     def start(self) -> None:
         self.check()
         Path(self.config.state_dir).mkdir(parents=True, exist_ok=True)
-        loaded = self.rules.load()
         self.enforcer.start()
-        sync_kernel(self.rules, self.enforcer)
+        loaded = self.responder.restore()
         log.info("agent on %s: %d saved rules re-applied, enforcement %s", self.interface, loaded, self.enforcement)
         blocks = self.profile.capture_ring_kb // RING_BLOCK_KB
         self.capture = LiveCapture(self.interface, block_size=RING_BLOCK_KB * 1024, block_count=blocks, snaplen=256).open()
@@ -145,12 +133,7 @@ class LiveAgent:
         self.decision.cfg.threshold, self.decision.cfg.min_packets = config.threshold, config.min_packets
         self.responder.config.block_anomalies = config.anomaly == "enforce"
         self.config = config
-        allow = self._allowlist(config)
-        self.rules.set_allowlist(allow)
-        self.enforcer.set_allowlist(allow)
-        self.rules.entries.clear()
-        self.rules.load()
-        sync_kernel(self.rules, self.enforcer)
+        self.responder.reload(self._allowlist(config))
         log.info("reloaded configuration and %d rules", self.rules.count())
 
     def stop(self) -> None:
@@ -203,8 +186,6 @@ class LiveAgent:
         c.verdicts += len(verdicts)
         with self.lock:
             alerts = self.responder.act(verdicts)
-            if alerts:
-                self.rules.save()
         if self.reporter is not None:
             for a in alerts:
                 if a["source"]["ip"] != "spoofed":  # the fleet policy acts on addresses only
@@ -230,29 +211,7 @@ class LiveAgent:
                 model_version=self.classifier.bundle.version,
             )
         with self.lock:
-            # Also retry a save the disk refused (full), and a kernel update nft refused.
-            if self.rules.expire(now) or self.rules.save_failed:
-                self.rules.save()
-            self.responder.resync(now)
-            # Renew local rules that still drop traffic (the attack goes on) once half their time is up.
-            due = [
-                rid
-                for rid, e in self.rules.entries.items()
-                if e.origin == "local" and e.rule.expires and e.rule.expires - now < 0.5 * self.config.block_seconds
-                and self._attack_goes_on(rid, e.hits, e.rule.expires, now)
-            ]  # fmt: skip
-            for rid in due:
-                self._renewed[rid] = (self.rules.entries[rid].hits, now)
-            if due:
-                self.responder.renew(due, now)
-
-    def _attack_goes_on(self, rule_id: str, hits: int, expires: float, now: float) -> bool:
-        """Whether a local rule still catches its attack: any hit for a source rule; for a flood rule
-        (one protocol from any source) a flood's rate, or ordinary traffic would keep it for ever."""
-        hits0, since = self._renewed.get(rule_id, (0, expires - self.config.block_seconds))
-        if rule_id.startswith(FLOOD_RULE_PREFIX):
-            return hits - hits0 >= self.decision.cfg.flood_rate * max(now - since, 1.0)
-        return hits > hits0
+            self.responder.housekeeping(now)
 
     def summary(self) -> dict:
         c = self.counters

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.features.engine import ENTRY_BYTES, Budgets
+
 # Where bare profile names are looked up (override: IOTGUARD_PROFILE_DIR).
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "firmware_profiles"
 
@@ -52,10 +54,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("qemu_cpu", str, "", "QEMU CPU model closest to the board (qemu -cpu)"),
 )
 
-# Stream tables of the feature engine (DESIGN 4), in column order, and a rough
-# cost per entry: 5 decay rates x (w, LS, SS, t_last) float64 plus key and
-# index overhead; paired tables also hold the pair state (CF3, w3, t3, r_A, r_B).
-STREAM_TABLES: dict[str, int] = {"mi_dir": 256, "h": 256, "hh": 512, "hh_jit": 256, "hphp": 512}
+STREAM_TABLES = tuple(ENTRY_BYTES)  # the [budgets] keys
 BASELINE_MB = 60  # Python + numpy + a TFLite runtime + the model, measured 40-60 MB
 MAX_BATCH = 1 << 20
 MAX_BUDGET = 1 << 32  # entries per stream table: a terabyte; beyond it the memory estimate overflows a float
@@ -85,20 +84,6 @@ class ProfileError(Exception):
 
 
 @dataclass(frozen=True)
-class StreamBudgets:
-    """Maximum entries per stream table; the feature engine evicts beyond these."""
-
-    mi_dir: int
-    h: int
-    hh: int
-    hh_jit: int
-    hphp: int
-
-    def estimated_mb(self) -> float:
-        return sum(getattr(self, t) * cost for t, cost in STREAM_TABLES.items()) / 2**20
-
-
-@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -109,7 +94,7 @@ class Profile:
     threads: int
     interface: str
     batch_size: int
-    budgets: StreamBudgets
+    budgets: Budgets
     memory_budget_mb: int
     capture_ring_kb: int
     enforcement: str
@@ -189,7 +174,7 @@ def _check_schema(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _check_budgets(path: Path, table: dict[str, Any]) -> StreamBudgets:
+def _check_budgets(path: Path, table: dict[str, Any]) -> Budgets:
     for key in table:
         if key not in STREAM_TABLES:
             raise ProfileError(path, f"budgets.{key}", f"unknown stream table (known: {', '.join(STREAM_TABLES)})")
@@ -202,7 +187,7 @@ def _check_budgets(path: Path, table: dict[str, Any]) -> StreamBudgets:
             raise ProfileError(path, name, f"must be at least 1 entry, got {table[key]}")
         if table[key] > MAX_BUDGET:
             raise ProfileError(path, name, f"must be at most {MAX_BUDGET} entries, got {table[key]}")
-    return StreamBudgets(**{k: table[k] for k in STREAM_TABLES})
+    return Budgets(**{k: table[k] for k in STREAM_TABLES})
 
 
 def _check_values(p: Profile) -> None:

@@ -1,12 +1,17 @@
-"""Small helpers the stages share: stream-key hashing, returning freed memory, capability checks.
+"""Small helpers the stages share: stream-key hashing, atomic file writes, returning freed memory,
+capability checks.
 
 Each section is independent; none of them knows about packets or the pipeline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,49 @@ def hash_words(tag: int, *words: np.ndarray) -> np.ndarray:
     for w in words:
         h = _mix(h, w)
     return h
+
+
+# --- Atomic file writes: every state file, so that a crash or power cut leaves the old or the new file ---
+
+TMP_PREFIX = ".tmp-"  # temporary files start with this: a reader of a state directory skips them
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, mode: int = 0o600) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; on success it is fsynced and renamed over ``path``
+    and the directory is fsynced (so the rename itself survives a power cut).  On failure (e.g. ENOSPC)
+    the temporary file is removed and the old ``path`` stays."""
+    path = Path(path)
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}.{threading.get_ident()}-{path.name}")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new content."""
+    with atomic_path(path, mode) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:  # on an almost full disk write() stores only part: a single call would commit a torn file
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
 
 
 # --- Give freed heap memory back to the kernel (glibc keeps it otherwise, and RSS only grows) ---

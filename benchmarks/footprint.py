@@ -28,7 +28,7 @@ import numpy as np
 from agent.capture.pcap import read_capture
 from agent.detect.decide import DecisionLayer
 from agent.detect.protocol_classes import packet_classes
-from agent.features.engine import Budgets, FeatureExtractor
+from agent.features.engine import FeatureExtractor
 from agent.util import release_free_memory
 from agent.detect.model import Classifier, load_bundle
 from agent.capture.packets import DecodeStats
@@ -39,7 +39,7 @@ b = p.budgets
 bundle = load_bundle()
 clf = Classifier(bundle, runtime="auto", batch_size=min(1024, 4 * p.batch_size))
 arena = sum(int(np.prod(t["shape"])) * np.dtype(t["dtype"]).itemsize for t in clf.interpreter.get_tensor_details())
-fe = FeatureExtractor(Budgets(b.mi_dir, b.h, b.hh, b.hh_jit, b.hphp), max_batch=p.batch_size)
+fe = FeatureExtractor(b, max_batch=p.batch_size)
 from agent.detect.decide import DecisionConfig
 dec, stats, n, batches = DecisionLayer(DecisionConfig(max_sources=b.h, max_targets=b.h)), DecodeStats(), 0, 0
 start = time.perf_counter()

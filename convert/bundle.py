@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from agent.features.columns import FEATURE_SCHEMA
 from agent.detect.model import BUNDLE_SCHEMA, Bundle, parse_bundle
 from agent.capture.packets import LABELS
 from agent.detect.preprocess import Preprocessor
+from agent.util import write_atomically
 
 
 def bundle_metadata(
@@ -39,19 +39,10 @@ def bundle_metadata(
     }
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_bundle(directory: Path, name: str, tflite: bytes, meta: dict) -> Bundle:
     """Validate, then write the model first and the JSON last (the JSON names the model)."""
     bundle = parse_bundle(meta, tflite)
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / f"{name}.tflite", tflite)
-    _atomic_write(directory / f"{name}.json", (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
+    write_atomically(directory / f"{name}.tflite", tflite, mode=0o644)
+    write_atomically(directory / f"{name}.json", (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode(), mode=0o644)
     return bundle

@@ -31,6 +31,7 @@ from agent.capture.packets import LABELS, DecodeStats
 from agent.capture.parse import parse_frames
 from agent.pipeline import features_from_capture
 from agent.detect.protocol_classes import FAMILY_ANY, allowed_classes, protocol_family
+from agent.util import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,9 @@ def cache_file(folder: str, recipe_key: str) -> Path:
 
 def save_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write a cache file whole or not at all (a killed run leaves no half file to be read later)."""
-    import os
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, mode=0o644) as tmp:  # the temporary name ends in .npz too: savez keeps it
+        np.savez(tmp, **arrays)
 
 
 @dataclass

@@ -75,9 +75,9 @@ def fleet_round_trip(verdicts: list, timeout: float = 30.0) -> int:
 
     from agent.act.enforce import NoneEnforcer
     from agent.act.filter import RuleTable
-    from agent.fleet.mqtt import MqttConfig
+    from agent.act.respond import Responder, alert_document
+    from agent.config import MqttConfig
     from agent.fleet.link import FleetLink
-    from agent.act.respond import alert_document
     from agent.wire.signing import generate_key, save_keypair
 
     sources = [v for v in verdicts if v.kind == "source"]
@@ -99,8 +99,9 @@ def fleet_round_trip(verdicts: list, timeout: float = 30.0) -> int:
         ))  # fmt: skip
         rules = RuleTable()
         link = FleetLink(
-            MqttConfig(host=broker.host, port=broker.port, fleet="demo", device="board-1", state_dir=tmp / "agent", protocol=protocol),
-            tmp / "controller.pub", rules, NoneEnforcer(), threading.Lock(),
+            MqttConfig(host=broker.host, port=broker.port, fleet="demo", device="board-1", state_dir=tmp / "agent",
+                       protocol=protocol, controller_public_key=tmp / "controller.pub"),
+            Responder(rules, NoneEnforcer()), threading.Lock(),
         )  # fmt: skip
         try:
             service.start()
@@ -111,7 +112,7 @@ def fleet_round_trip(verdicts: list, timeout: float = 30.0) -> int:
                 link.send_alert(alert_document(v, "drop", f"src:{v.src_ip}"))
             wanted = {v.src_ip for v in sources}
             while time.time() - start < timeout:
-                fleet_rules = {str(r.network.network_address) for e in rules.entries.values() if e.origin == "all" for r in [e.rule]}
+                fleet_rules = {str(r.network.network_address) for r in rules.rules("all")}
                 if wanted <= fleet_rules:
                     break
                 time.sleep(0.05)
@@ -123,7 +124,7 @@ def fleet_round_trip(verdicts: list, timeout: float = 30.0) -> int:
                 acks = store.acks("demo", rs["target"], rs["version"])
                 who = ", ".join("{} ({})".format(a["device"], a["status"]) for a in acks) or "nobody yet"
                 print(f"  controller signed rule set '{rs['target']}' v{rs['version']} with {rs['rules']} rules; acknowledged by: {who}")
-            applied = sorted(str(e.rule.network) for e in rules.entries.values() if e.origin == "all")
+            applied = sorted(str(r.network) for r in rules.rules("all"))
             ok = wanted <= {a.split("/")[0] for a in applied}
             print(f"  agent applied the fleet rules: {', '.join(applied) or 'none'}")
             print(f"  round trip {'complete' if ok else 'INCOMPLETE'} in {elapsed * 1000:.0f} ms")

@@ -8,8 +8,10 @@ broker, configured ones) are never blocked, whatever a rule says.
 
 Matching is vectorised: single-address rules (what verdicts produce) are
 looked up by hash in one ``searchsorted``; the few CIDR rules are checked one
-by one over the whole batch.  The table survives restarts: it is written
-atomically to a JSON file and read back at start.
+by one over the whole batch.  The local rules survive restarts: they are
+written atomically to a JSON file and read back at start.  The fleet's rules
+are not saved here: the fleet link keeps their signed rule sets and applies
+them again at start, after checking their signatures.
 """
 
 from __future__ import annotations
@@ -17,14 +19,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from agent.util import hash_words
+from agent.util import hash_words, write_atomically
 from agent.capture.packets import L3_ARP, L3_IPV4, L3_IPV6, PORT_NUMBER, PacketBatch
 from agent.wire.rules import SCHEMA as RULESET_SCHEMA
 from agent.wire.rules import Rule, RuleSetError, parse_ruleset
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
 ORIGINS = ("local", "device", "all")
+TABLE_SCHEMA = "iotguard.rule-table/1"
 
 
 def _words(network) -> tuple[int, int]:
@@ -144,8 +146,8 @@ class RuleTable:
     def count(self, origin: str | None = None) -> int:
         return sum(1 for e in self.entries.values() if origin is None or e.origin == origin)
 
-    def rules(self) -> list[Rule]:
-        return [e.rule for e in self.entries.values()]
+    def rules(self, origin: str | None = None) -> list[Rule]:
+        return [e.rule for e in self.entries.values() if origin is None or e.origin == origin]
 
     # --- matching ------------------------------------------------------------
 
@@ -214,7 +216,7 @@ class RuleTable:
     # --- persistence ---------------------------------------------------------
 
     def save(self) -> bool:
-        """Write the table atomically (temp file, fsync, rename) so a crash leaves the old or the new file.
+        """Write the local rules atomically, so that a crash leaves the old or the new file.
 
         A disk that refuses (full, read-only) is logged and reported as False, not raised: the
         rules still work from memory, and the agent retries (``save_failed``).
@@ -222,20 +224,15 @@ class RuleTable:
         if not self.path:
             return True
         doc = {
-            "schema": "iotguard.rule-table/1",
+            "schema": TABLE_SCHEMA,
             "saved_at": time.time(),
-            "rules": [{"origin": e.origin, "hits": e.hits, **e.rule.to_json()} for e in self.entries.values()],
-        }
-        tmp = self.path.with_name(self.path.name + ".tmp")
+            "rules": [{"origin": e.origin, "hits": e.hits, **e.rule.to_json()} for e in self.entries.values()
+                      if e.origin == "local"],
+        }  # fmt: skip
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w") as fh:
-                json.dump(doc, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            write_atomically(self.path, json.dumps(doc).encode())
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             self.save_failed = True
             self.save_errors += 1
             log.error("rule table not saved to %s (%s); the previous file stays, retrying later", self.path, exc)
@@ -244,14 +241,14 @@ class RuleTable:
         return True
 
     def load(self, now: float | None = None) -> int:
-        """Read the saved table; expired rules are dropped, a corrupt file is reported and ignored."""
+        """Read the saved local rules; expired rules are dropped, a corrupt file is reported and ignored."""
         if not self.path or not self.path.exists():
             return 0
         now = time.time() if now is None else now
         try:
             doc = json.loads(self.path.read_text())
             items = doc["rules"]
-            if doc.get("schema") != "iotguard.rule-table/1" or not isinstance(items, list):
+            if doc.get("schema") != TABLE_SCHEMA or not isinstance(items, list):
                 raise ValueError("not a rule table")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("ignoring unreadable rule table %s: %s", self.path, exc)
@@ -265,8 +262,14 @@ class RuleTable:
             except (RuleSetError, KeyError, TypeError, ValueError, AttributeError) as exc:
                 log.error("skipping bad saved rule %r: %s", item, exc)
                 continue
-            if rule.active(now) and origin in ORIGINS:
+            if rule.active(now) and origin == "local":  # fleet rules come back from their signed rule sets
                 self.entries[rule.id] = TableEntry(rule, origin, hits)
                 loaded += 1
         self._compiled = None
         return loaded
+
+    def reload(self, now: float | None = None) -> int:
+        """Replace the local rules with the saved ones (SIGHUP); the fleet's rules stay."""
+        self.entries = {k: e for k, e in self.entries.items() if e.origin != "local"}
+        self._compiled = None
+        return self.load(now)

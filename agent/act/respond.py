@@ -1,5 +1,10 @@
 """The act stage: verdicts -> local filter rules, kernel blocks and alerts.
 
+Every change to the rule table goes through the ``Responder``: the local
+rules that verdicts make, their renewal and expiry, and the fleet's signed
+rule sets (which the fleet link hands over).  It keeps the kernel in step and
+the local rules saved.
+
 A hostile source gets a rule on its address with an expiry, renewed while
 the attack lasts.  A spoofed flood (a new source per packet) must not fill the
 rule table, so it gets one rule on what the flood has in common: its
@@ -14,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from agent.detect.decide import Verdict
+from agent.detect.decide import DecisionConfig, Verdict
 from agent.act.enforce import BlockEntry, EnforcementError, Enforcer
 from agent.act.filter import RuleTable
 from agent.wire.rules import Rule
@@ -32,6 +37,9 @@ class ResponseConfig:
     block_floods: bool = True
     block_anomalies: bool = False  # anomaly verdicts are reported; blocked only when the configuration says so
     resync_s: float = 10.0  # after a failed kernel update, retry (whole table) at most this often
+    # A flood rule (one protocol from any source) is renewed only while it drops a flood's rate;
+    # ordinary traffic to the port would keep it for ever otherwise.
+    flood_rate: float = DecisionConfig.flood_rate
 
 
 def rule_for(verdict: Verdict, now: float, cfg: ResponseConfig) -> Rule | None:
@@ -77,6 +85,36 @@ class Responder:
     kernel_stale: bool = field(default=False, init=False)  # a kernel update failed: it lacks rules the table has
     enforcement_errors: int = field(default=0, init=False)
     _last_resync: float = field(default=0.0, init=False, repr=False)
+    _renewed: dict[str, tuple[int, float]] = field(default_factory=dict, init=False, repr=False)  # id -> (hits, time)
+
+    # --- the rule table's life: start, reload, stop -----------------------------------
+
+    def restore(self) -> int:
+        """At start: the saved local rules back in the table and the kernel."""
+        loaded = self.rules.load()
+        sync_kernel(self.rules, self.enforcer)
+        return loaded
+
+    def reload(self, allowlist: list[str]) -> int:
+        """SIGHUP: a new allowlist, the local rules re-read from disk, the kernel re-synced."""
+        self.rules.set_allowlist(allowlist)
+        self.enforcer.set_allowlist(allowlist)
+        loaded = self.rules.reload()
+        sync_kernel(self.rules, self.enforcer)
+        return loaded
+
+    def apply_ruleset(self, origin: str, rules: list[Rule], now: float | None = None) -> None:
+        """A verified rule set from the fleet replaces the rules of its origin (``all`` or ``device``), in the
+        table and the kernel.  If the kernel refuses, the table goes back to what the kernel still has and
+        the error is raised (the fleet link then rejects the rule set)."""
+        now = time.time() if now is None else now
+        previous = self.rules.rules(origin)
+        self.rules.replace_origin(origin, rules)
+        try:
+            sync_kernel(self.rules, self.enforcer, now)
+        except Exception:
+            self.rules.replace_origin(origin, previous)
+            raise
 
     def act(self, verdicts: list[Verdict], now: float | None = None) -> list[dict]:
         now = time.time() if now is None else now
@@ -91,7 +129,34 @@ class Responder:
             log.warning("hostile: %s -> %s", v.describe(), action)
         if new_entries:
             self._block(new_entries, now)
+            self.rules.save()
         return sent
+
+    def housekeeping(self, now: float | None = None) -> None:
+        """Once a second: drop expired rules, retry a failed save or kernel update, renew the local rules
+        whose attack goes on once half their time is up."""
+        now = time.time() if now is None else now
+        if self.rules.expire(now) or self.rules.save_failed:
+            self.rules.save()
+        self.resync(now)
+        due = [
+            rid
+            for rid, e in self.rules.entries.items()
+            if e.origin == "local" and e.rule.expires and e.rule.expires - now < 0.5 * self.config.block_seconds
+            and self._attack_goes_on(rid, e.hits, e.rule.expires, now)
+        ]  # fmt: skip
+        for rid in due:
+            self._renewed[rid] = (self.rules.entries[rid].hits, now)
+        if due:
+            self.renew(due, now)
+
+    def _attack_goes_on(self, rule_id: str, hits: int, expires: float, now: float) -> bool:
+        """Whether a local rule still catches its attack: any hit for a source rule; a flood's rate for a
+        flood rule."""
+        hits0, since = self._renewed.get(rule_id, (0, expires - self.config.block_seconds))
+        if rule_id.startswith(FLOOD_RULE_PREFIX):
+            return hits - hits0 >= self.config.flood_rate * max(now - since, 1.0)
+        return hits > hits0
 
     def renew(self, active_rule_ids: list[str], now: float | None = None) -> None:
         """Push the expiry of rules whose source is still hostile."""

@@ -233,3 +233,20 @@ class Classifier:
         """(label index, confidence) per row."""
         scores = self.predict_scores(features, allowed)
         return scores.argmax(axis=1), scores.max(axis=1)
+
+    def self_test(self) -> SelfTest | None:
+        """Run the bundle's self-test rows (int8 outputs recorded on the build machine) on this runtime;
+        None when the bundle carries none.  The board and the build machine must agree on every label."""
+        test = self.bundle.meta.get("self_test")
+        if not test:
+            return None
+        got = self.predict_int8(np.asarray(test["features"], dtype=np.float64)).astype(int)
+        want = np.asarray(test["int8"], dtype=int)
+        return SelfTest(len(got), bool((got.argmax(axis=1) == want.argmax(axis=1)).all()), int(np.abs(got - want).max()))
+
+
+@dataclass(frozen=True)
+class SelfTest:
+    rows: int
+    same_labels: bool  # every row gets the label it got on the build machine
+    worst_step: int  # largest difference of an int8 output, in quantisation steps

@@ -28,9 +28,14 @@ LAM = np.asarray(LAMBDAS)
 NL = len(LAMBDAS)
 
 
-@dataclass
+# The stream tables (DESIGN 4), in column order, with a rough cost per entry: 5 decay rates x (w, LS, SS,
+# t_last) float64 plus key and index overhead; paired tables also hold the pair state (CF3, w3, t3, r_A, r_B).
+ENTRY_BYTES: dict[str, int] = {"mi_dir": 256, "h": 256, "hh": 512, "hh_jit": 256, "hphp": 512}
+
+
+@dataclass(frozen=True)
 class Budgets:
-    """Entries per stream table (from the firmware profile)."""
+    """Entries per stream table (a firmware profile's [budgets]); the engine evicts beyond these."""
 
     mi_dir: int = 100_000
     h: int = 100_000
@@ -41,6 +46,9 @@ class Budgets:
     @property
     def smallest(self) -> int:
         return min(self.mi_dir, self.h, self.hh, self.hh_jit, self.hphp)
+
+    def estimated_mb(self) -> float:
+        return sum(getattr(self, t) * cost for t, cost in ENTRY_BYTES.items()) / 2**20
 
 
 # --- stream keys -------------------------------------------------------------

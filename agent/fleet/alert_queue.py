@@ -23,42 +23,19 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.util import TMP_PREFIX, write_atomically
 from agent.wire.jsonio import canonical_json
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 PENDING_DIR = "pending"
-TMP_PREFIX = ".tmp-"
 SEQ_DIGITS = 20
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new content."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{threading.get_ident()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:  # on an almost full disk write() stores only part: a single call would commit a torn file
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)  # e.g. ENOSPC: leave the old file and no debris
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass

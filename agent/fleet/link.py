@@ -1,12 +1,12 @@
-"""The report stage: connect an agent's rule table and model to the fleet over MQTT.
+"""The report stage: connect an agent's responder and model to the fleet over MQTT.
 
 ``FleetLink`` wraps ``AgentMqtt`` (the paho client with the on-disk alert
-queue) and gives it the two callbacks it needs: a signed rule set replaces the
-rules of its origin (``all`` for the fleet-wide set, ``device`` for this
-board's own) in the primary filter and the kernel; a signed model bundle is
-checked, tried on its self-test rows and swapped in without stopping capture.
-Callbacks run on paho's network thread, so every change to shared state goes
-through ``lock``.
+queue) and gives it the two callbacks it needs: a signed rule set goes to the
+responder, which replaces the rules of its origin (``all`` for the fleet-wide
+set, ``device`` for this board's own) in the primary filter and the kernel; a
+signed model bundle must pass its own self-test on this board before it is
+swapped in, without stopping capture.  Callbacks run on paho's network
+thread, so every change to shared state goes through ``lock``.
 """
 
 from __future__ import annotations
@@ -14,16 +14,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from agent.act.enforce import Enforcer
-from agent.act.filter import RuleTable
+from agent.act.respond import Responder
 from agent.detect.model import Bundle, Classifier, parse_bundle
-from agent.fleet.mqtt import AgentMqtt, MqttConfig
-from agent.act.respond import sync_kernel
+from agent.config import MqttConfig
+from agent.fleet.mqtt import AgentMqtt
 from agent.wire.rules import ALL_DEVICES, RuleSet
 from agent.wire.signing import load_public_key, trusted_keys
 
@@ -34,16 +30,17 @@ class FleetLink:
     def __init__(
         self,
         config: MqttConfig,
-        controller_public_key: Path,
-        rules: RuleTable,
-        enforcer: Enforcer,
+        responder: Responder,
         lock: threading.Lock,
         swap_model: Callable[[Classifier], None] | None = None,
         make_classifier: Callable[[Bundle], Classifier] = Classifier,
     ) -> None:
-        self.rules, self.enforcer, self.lock = rules, enforcer, lock
+        if config.controller_public_key is None:
+            raise ValueError("the fleet link needs the controller's public key to verify rule sets and models")
+        self.config = config
+        self.responder, self.lock = responder, lock
         self.swap_model, self.make_classifier = swap_model, make_classifier
-        keys = trusted_keys([load_public_key(Path(controller_public_key))])
+        keys = trusted_keys([load_public_key(config.controller_public_key)])
         self.client = AgentMqtt(config, keys, self.apply_rules, self.on_model if swap_model else None)
 
     def start(self) -> None:
@@ -70,30 +67,21 @@ class FleetLink:
         }
 
     def apply_rules(self, ruleset: RuleSet) -> None:
-        """A verified rule set: swap the rules of its origin, save, and re-sync the kernel (raise to reject)."""
+        """A verified rule set: the responder swaps the rules of its origin (raises to reject it)."""
         origin = "all" if ruleset.target == ALL_DEVICES else "device"
         now = time.time()
         with self.lock:
-            previous = [e.rule for e in self.rules.entries.values() if e.origin == origin]
-            self.rules.replace_origin(origin, list(ruleset.active_rules(now)))
-            try:
-                sync_kernel(self.rules, self.enforcer, now)
-            except Exception:
-                # The rule set is refused: leave the table (and its file) as the kernel still has it.
-                self.rules.replace_origin(origin, previous)
-                raise
-            self.rules.save()
+            self.responder.apply_ruleset(origin, list(ruleset.active_rules(now)), now)
         log.info("applied %s rule set v%d: %d rules", ruleset.target, ruleset.version, len(ruleset.rules))
 
     def on_model(self, meta: dict, tflite: bytes) -> None:
         """A verified model push: load it, check its self-test rows, then swap (raise to keep the old model)."""
         bundle: Bundle = parse_bundle(meta, tflite)
         classifier = self.make_classifier(bundle)
-        test = bundle.meta.get("self_test")
-        if not test:
+        test = classifier.self_test()
+        if test is None:
             raise ValueError("model bundle has no self-test rows to check it with")
-        got = classifier.predict_int8(np.asarray(test["features"], dtype=np.float64)).astype(int)
-        if not (got.argmax(axis=1) == np.asarray(test["int8"]).argmax(axis=1)).all():
+        if not test.same_labels:
             raise ValueError("model fails its own self-test on this board")
         with self.lock:
             self.swap_model(classifier)
