@@ -163,11 +163,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    from agent.detect.model import DEFAULT_BUNDLE, RUNTIMES
+    from agent.detect.model import DEFAULT_BUNDLE, INFER_BATCH, RUNTIMES
 
     p.add_argument("--model", default=str(DEFAULT_BUNDLE), help="model bundle JSON (default: the bundled model)")
     p.add_argument("--runtime", default="auto", choices=("auto",) + RUNTIMES, help="TFLite runtime (default: first installed)")
-    p.add_argument("--infer-batch", type=int, default=1024, help="inference batch size (default: %(default)s)")
+    p.add_argument("--infer-batch", type=int, default=INFER_BATCH, help="inference batch size (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:

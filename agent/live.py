@@ -92,10 +92,8 @@ class LiveAgent:
         return effective_allowlist(config.allowlist, config.mqtt.host if config.mqtt else None)
 
     def _make_classifier(self, bundle: Bundle) -> Classifier:
-        # One inference batch per pipeline batch: the interpreter's tensors and the preprocessing
-        # temporaries scale with it, and small boards have small batches.
         p = self.profile
-        return Classifier(bundle, runtime=p.runtime, batch_size=min(1024, p.batch_size), num_threads=p.threads)
+        return Classifier(bundle, runtime=p.runtime, batch_size=p.infer_batch, num_threads=p.threads)
 
     def _swap_model(self, classifier: Classifier) -> None:
         self.classifier = classifier

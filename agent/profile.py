@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.detect.model import INFER_BATCH
 from agent.features.engine import ENTRY_BYTES, Budgets
+from agent.validate import Check, Field, Invalid, fields, instance_of
 
 # Where bare profile names are looked up (override: IOTGUARD_PROFILE_DIR).
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "firmware_profiles"
@@ -106,6 +108,11 @@ class Profile:
         """Runtimes to try, best first ("auto" means every runtime this architecture has)."""
         return ARCH_RUNTIMES[self.arch] if self.runtime == "auto" else (self.runtime,)
 
+    @property
+    def infer_batch(self) -> int:
+        """Rows per interpreter call: one pipeline batch, up to the classifier's own batch."""
+        return min(INFER_BATCH, self.batch_size)
+
     def estimated_memory_mb(self) -> float:
         """Rough resident size with full stream tables: baseline + tables + a batch of features."""
         batch_mb = self.batch_size * 115 * 8 * 4 / 2**20  # float64 features and a few temporaries
@@ -150,28 +157,30 @@ def _type_name(value: Any) -> str:
     )
 
 
+def _of_type(expected: type) -> Check:
+    # TOML booleans are Python bools, which are ints too: instance_of refuses them.
+    return instance_of(expected, {int: "an integer", str: "a string", dict: "a table"}[expected], _type_name)
+
+
 def _check_type(path: Path, key: str, value: Any, expected: type) -> None:
-    # TOML booleans are Python bools, which are ints too: reject them explicitly.
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        want = {int: "an integer", str: "a string", dict: "a table"}[expected]
-        raise ProfileError(path, key, f"must be {want}, got {_type_name(value)} {value!r}")
+    try:
+        _of_type(expected)(value)
+    except Invalid as exc:
+        raise ProfileError(path, key, exc.reason) from None
 
 
 def _check_schema(path: Path, data: dict[str, Any]) -> dict[str, Any]:
-    known = {k.name for k in SCHEMA}
-    for key in data:
-        if key not in known:
-            raise ProfileError(path, key, f"unknown key (known keys: {', '.join(sorted(known))})")
-    values: dict[str, Any] = {}
-    for k in SCHEMA:
-        if k.name not in data:
-            if k.default is REQUIRED:
-                raise ProfileError(path, k.name, f"missing ({k.meaning})")
-            values[k.name] = k.default
-            continue
-        _check_type(path, k.name, data[k.name], k.type)
-        values[k.name] = data[k.name]
-    return values
+    table = [Field(k.name, _of_type(k.type), required=k.default is REQUIRED, default=k.default) for k in SCHEMA]
+    try:
+        return fields(data, table, refuse_unknown=True)
+    except Invalid as exc:
+        if exc.unknown:  # the first in the file
+            known = ", ".join(sorted(k.name for k in SCHEMA))
+            raise ProfileError(path, exc.unknown[0], f"unknown key (known keys: {known})") from None
+        if exc.missing:
+            meaning = next(k.meaning for k in SCHEMA if k.name == exc.missing)
+            raise ProfileError(path, exc.missing, f"missing ({meaning})") from None
+        raise ProfileError(path, exc.path[0], exc.reason) from None
 
 
 def _check_budgets(path: Path, table: dict[str, Any]) -> Budgets:

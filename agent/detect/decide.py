@@ -460,6 +460,28 @@ def _first_per_source_and_class(verdicts: list[Verdict]) -> list[Verdict]:
     return out
 
 
+@dataclass
+class _Chunk:
+    """One chunk of packets as the decision stage's tables see it (filled in table by table)."""
+
+    packets: PacketBatch
+    scores: np.ndarray  # (n, 6): answers (RSTs, SYN-ACKs, echo replies) set to benign
+    ev: Evidence
+    shape: np.ndarray  # (n, len(Evidence.SHAPES)) bool: the shapes a flood's packets can have
+    anomalous: np.ndarray  # (n,) 1.0 where the anomaly detector flags the packet
+    probe: np.ndarray  # openers to a host and port their sender had not tried
+    sweep: np.ndarray  # short, empty probes: what scanners send
+    full_options: np.ndarray  # TCP with a header of 32 bytes or more (the kernel's option block)
+    src_key: np.ndarray
+    light_src: np.ndarray | None = None  # from a source too light to be a flood on its own (targets)
+    new_source: np.ndarray | None = None  # from a source seen for the first time (targets)
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    @property
+    def shaped(self) -> np.ndarray:
+        return self.shape.sum(axis=1) > 0  # of one of the shapes a flood can have
+
+
 class DecisionLayer:
     """``update(packets, scores, features, anomaly)`` -> the verdicts this batch raised (the layer keeps no
     history: a long-running agent must not grow with every verdict).  After each update,
@@ -521,14 +543,28 @@ class DecisionLayer:
     def _update_chunk(
         self, packets: PacketBatch, scores: np.ndarray, features: np.ndarray | None, anomaly: np.ndarray | None
     ) -> list[Verdict]:
-        n, t, cfg = len(packets), packets.ts, self.cfg
+        c = self._chunk(packets, scores, features, anomaly)
+        srcs, labels = self._judge_sources(c)
+        tgts, labels, flood_labels = self._judge_targets(c, srcs, labels)
+        self._judge_initiators(c, srcs, tgts, labels)
+        self._judge_links(c, tgts, labels, flood_labels)
+        self.sources.store(srcs)
+        self.targets.store(tgts)
+        fits = _shape_fits(c.ev, c.sweep, c.anomalous > 0)
+        self._chunk_labels = (_matching(labels, fits), _matching(flood_labels, fits))
+        return _first_per_source_and_class(c.verdicts)
+
+    def _chunk(
+        self, packets: PacketBatch, scores: np.ndarray, features: np.ndarray | None, anomaly: np.ndarray | None
+    ) -> _Chunk:
+        """What every table of the decision stage reads: the chunk's evidence, probes and answers."""
+        n = len(packets)
         ev = packet_evidence(packets, features)
         if anomaly is not None:
             self.anomaly_enabled = True
         anomalous = np.zeros(n) if anomaly is None else (anomaly > 1.0).astype(np.float64)
-        probe, udp_probe = ev.opener & self._first_attempt(packets, ev.opener), ev.udp_probe
+        probe = ev.opener & self._first_attempt(packets, ev.opener)
         ev.unsolicited(ev.synack & ~self._tried(packets, ev.synack, answers=True))
-        shape = ev.shape()
         # RSTs and SYN-ACKs answer somebody (a victim refusing a flood's or a scan's packets, a scanner's kernel
         # refusing the SYN-ACKs its raw probes drew): whatever the model or the anomaly detector makes of them,
         # they convict nobody.
@@ -537,7 +573,6 @@ class DecisionLayer:
             scores = scores.copy()
             scores[answers] = np.eye(N_CLASSES)[0]
             anomalous = np.where(answers, 0.0, anomalous)
-
         # Probes: openers (SYNs, stealth scans' FIN/NULL/Xmas, echo requests) to a destination host and port their
         # sender had not tried.  A sweep is made of short, empty ones: scanners send SYNs with no TCP options or one
         # and no data, while Mirai's SYN flood at a subnet or at random ports, which tries new hosts and ports too,
@@ -547,22 +582,25 @@ class DecisionLayer:
         # refusals (``_scan_rule``); it sweeps nothing (a UDP flood at random ports of one host sends nothing else).
         full_options = packets.tcp_hdr_len >= 32
         sweep = probe & ~full_options & ((packets.payload_len == 0) | ev.echo)
-
-        # Sources.
         src_key = hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64))
+        return _Chunk(packets, scores, ev, ev.shape(), anomalous, probe, sweep, full_options, src_key)
+
+    def _judge_sources(self, c: _Chunk) -> tuple[dict, np.ndarray]:
+        """Sources (and the pairs of the ones not convicted yet); the class each packet's source is convicted of."""
+        packets, cfg = c.packets, self.cfg
         # Fresh: through a socket pair fresh for it, or with TCP numbers no stream of the pair would carry.
-        fresh = ev.new_socket | self._out_of_sequence(packets, ev.ack & ~ev.new_socket)
-        extra = np.column_stack([shape, fresh, sweep, packets.wire_len / 1000.0, anomalous, ev.rst])
-        srcs = self.sources.update(src_key, t, scores, extra)
+        fresh = c.ev.new_socket | self._out_of_sequence(packets, c.ev.ack & ~c.ev.new_socket)
+        extra = np.column_stack([c.shape, fresh, c.sweep, packets.wire_len / 1000.0, c.anomalous, c.ev.rst])
+        srcs = self.sources.update(c.src_key, packets.ts, c.scores, extra)
         rules = [
             (_model_rule(srcs, cfg, self.sources), "model"),
-            (_fingerprint_rule(ev.mirai_scan[srcs["order"]]), "headers"),
+            (_fingerprint_rule(c.ev.mirai_scan[srcs["order"]]), "headers"),
             (_flood_rule(srcs, self.sources, cfg, one_source=True), "headers"),
         ]
         if self.anomaly_enabled:
             rules.append((_anomaly_rule(srcs, self.sources, cfg), "anomaly"))
         turned, at = _decide(self.sources, srcs, cfg, rules)
-        verdicts = [self._source_verdict(packets, srcs, s, p) for s, p in zip(turned, at)]
+        c.verdicts += [self._source_verdict(packets, srcs, s, p) for s, p in zip(turned, at)]
         labels = self.sources.per_packet(srcs, srcs["convicted"])
 
         # Pairs: the model's flood classes (scans are judged by source) for sources not convicted of the class
@@ -573,20 +611,24 @@ class DecisionLayer:
         rows = np.flatnonzero((self.sources.per_packet(srcs, attack_mass) >= cfg.threshold * cfg.min_packets)
                               & (labels < 0))  # fmt: skip
         if len(rows):
-            self._judge_pairs(packets, scores, extra, rows, srcs, labels, verdicts)
+            self._judge_pairs(packets, c.scores, extra, rows, srcs, labels, c.verdicts)
+        return srcs, labels
 
-        # Targets (victim, protocol: Mirai's floods randomise the destination port per packet).  A packet
-        # from a source seen for the first time counts towards "spoofed"; one from a source too light to
-        # be convicted as a flood on its own counts towards a flood from many sources.
+    def _judge_targets(self, c: _Chunk, srcs: dict, labels: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+        """Targets (victim, protocol: Mirai's floods randomise the destination port per packet).  A packet from a
+        source seen for the first time counts towards "spoofed"; one from a source too light to be convicted as
+        a flood on its own counts towards a flood from many sources.  Returns the targets and the labels with
+        the packets of a flood at a convicted target, and those labels alone."""
+        packets, cfg = c.packets, self.cfg
         seg, state = srcs["seg"], srcs["state"]
-        fresh = np.zeros(n)
+        fresh = np.zeros(len(packets))
         fresh[seg.start[state[:, self.sources.col["count"]] == 0]] = 1.0  # in key order
         heavy = _rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
-        light_src = ~self.sources.per_packet(srcs, heavy)
-        new_source = self.sources.per_packet(srcs, fresh).astype(bool)
-        textra = np.column_stack([shape, ev.new_socket, new_source, light_src]).astype(np.float64)
+        c.light_src = ~self.sources.per_packet(srcs, heavy)
+        c.new_source = self.sources.per_packet(srcs, fresh).astype(bool)
+        textra = np.column_stack([c.shape, c.ev.new_socket, c.new_source, c.light_src]).astype(np.float64)
         tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64))
-        tgts = self.targets.update(tgt_key, t, scores, textra)
+        tgts = self.targets.update(tgt_key, packets.ts, c.scores, textra)
         tx = self.TARGET_EXTRAS
         # "Spoofed" needs many never-seen sources recently, not just a high share: after a quiet spell a
         # target's decayed window holds only the newest packets, and one new attacker's first packet would
@@ -598,78 +640,77 @@ class DecisionLayer:
         many = tgts["shares"][:, tx.index("light_source")] >= 0.5
         rules_t = [((hot_m & spoofed, lab_m, conf_m), "model"), ((hot_f & many, lab_f, conf_f), "headers")]
         turned_t, at_t = _decide(self.targets, tgts, cfg, rules_t)
-        verdicts += [self._target_verdict(packets, tgts, s, p) for s, p in zip(turned_t, at_t)]
+        c.verdicts += [self._target_verdict(packets, tgts, s, p) for s, p in zip(turned_t, at_t)]
         # Packets of a flood at a convicted target: the flood's shape from a light source.
         flood_class = self.targets.per_packet(tgts, tgts["convicted"])
-        shaped = shape.sum(axis=1) > 0  # of one of the shapes a flood can have
-        from_flood = (flood_class >= 0) & light_src & shaped
+        from_flood = (flood_class >= 0) & c.light_src & c.shaped
         flood_labels = np.where(from_flood, flood_class, -1)
-        labels = np.where(labels < 0, flood_labels, labels)
+        return tgts, np.where(labels < 0, flood_labels, labels), flood_labels
 
-        bare_probe = sweep & ev.syn_only & (packets.tcp_hdr_len == 20)  # a SYN with no TCP options, to a port not tried
-
-        # Initiators of connection attempts: probes and the initiator's resets of its own attempts count for their
-        # sender, answers (SYN-ACK, echo reply) and refusals (ICMP unreachable) for their receiver.
+    def _judge_initiators(self, c: _Chunk, srcs: dict, tgts: dict, labels: np.ndarray) -> None:
+        """Initiators of connection attempts: probes and the initiator's resets of its own attempts count for
+        their sender, answers (SYN-ACK, echo reply) and refusals (ICMP unreachable) for their receiver.  Scan
+        verdicts; their probes' labels go into ``labels``."""
+        packets, ev, cfg = c.packets, c.ev, self.cfg
+        bare_probe = c.sweep & ev.syn_only & (packets.tcp_hdr_len == 20)  # a SYN with no TCP options, to a port not tried
         reset = ev.rst & self._tried(packets, ev.rst)
-        rows = np.flatnonzero(probe | udp_probe | ev.answer | reset | ev.refusal)
-        if len(rows):
-            p_probe, p_udp, p_reset = probe[rows] | udp_probe[rows], udp_probe[rows], reset[rows]
-            own = p_probe | p_reset  # packets the initiator sent: they carry its address
-            answer = rows[~own]
-            init_key = src_key[rows]
-            init_key[~own] = hash_words(11, packets.dst_ip_hi[answer], packets.dst_ip_lo[answer],
-                                        packets.l3[answer].astype(np.uint64))  # fmt: skip
-            # INITIATOR_EXTRAS, in order.
-            columns = np.column_stack([p_probe, ev.answer[rows] & ~own, p_probe & full_options[rows], p_reset,
-                                       ev.refusal[rows] & ~own, p_udp]).astype(float)  # fmt: skip
-            inits = self.initiators.update(init_key, t[rows], None, columns)
-            # A lone probe convicts while bare probes arrive slowly, as scanning bots come by one at a time, and not
-            # at a flooded target (a spoofed flood of bare SYNs, at one target or at random ones, with random source
-            # addresses and MACs, is judged as a flood: past its first packet its rate closes this door).
-            quiet = self.targets.per_packet(tgts, tgts["convicted"] < 0) & self._bare_probes_slow(packets, bare_probe)
-            lone = (bare_probe & quiet & (scores[:, _SCAN] >= cfg.threshold))[rows]
-            # Only the initiator's own packets carry its address (answers are keyed by their receiver): a verdict
-            # comes at one of them.  Its probes carry the verdict's class.
-            is_probe, is_own = p_probe[inits["order"]], own[inits["order"]]  # in key order
-            hot, label, conf = _scan_rule(inits, self.initiators, cfg)
-            lone_rule = _lone_probe_rule(inits, lone[inits["order"]])
-            rules_i = [((hot & is_own, label, conf), "headers"), (lone_rule, "headers")]
-            turned_i, at_i = _decide(self.initiators, inits, cfg, rules_i)
-            # A source already convicted (a SYN flood at random ports is also a sweep of ports) is not re-reported.
-            tipped = rows[inits["order"][at_i]]
-            keep = is_own[at_i] & (labels[tipped] < 0)
-            self._claim(srcs, tipped[keep], inits["attack"][at_i][keep])
-            verdicts += [self._source_verdict(packets, inits, s, p, rows) for s, p in zip(turned_i[keep], at_i[keep])]
-            scan_labels = self.initiators.per_packet(inits, np.where(is_probe, inits["convicted"], -1))
-            labels[rows] = np.where(labels[rows] >= 0, labels[rows], scan_labels)
-            self.initiators.store(inits)
+        rows = np.flatnonzero(c.probe | ev.udp_probe | ev.answer | reset | ev.refusal)
+        if not len(rows):
+            return
+        p_probe, p_udp, p_reset = c.probe[rows] | ev.udp_probe[rows], ev.udp_probe[rows], reset[rows]
+        own = p_probe | p_reset  # packets the initiator sent: they carry its address
+        answer = rows[~own]
+        init_key = c.src_key[rows]
+        init_key[~own] = hash_words(11, packets.dst_ip_hi[answer], packets.dst_ip_lo[answer],
+                                    packets.l3[answer].astype(np.uint64))  # fmt: skip
+        # INITIATOR_EXTRAS, in order.
+        columns = np.column_stack([p_probe, ev.answer[rows] & ~own, p_probe & c.full_options[rows], p_reset,
+                                   ev.refusal[rows] & ~own, p_udp]).astype(float)  # fmt: skip
+        inits = self.initiators.update(init_key, packets.ts[rows], None, columns)
+        # A lone probe convicts while bare probes arrive slowly, as scanning bots come by one at a time, and not
+        # at a flooded target (a spoofed flood of bare SYNs, at one target or at random ones, with random source
+        # addresses and MACs, is judged as a flood: past its first packet its rate closes this door).
+        quiet = self.targets.per_packet(tgts, tgts["convicted"] < 0) & self._bare_probes_slow(packets, bare_probe)
+        lone = (bare_probe & quiet & (c.scores[:, _SCAN] >= cfg.threshold))[rows]
+        # Only the initiator's own packets carry its address (answers are keyed by their receiver): a verdict
+        # comes at one of them.  Its probes carry the verdict's class.
+        is_probe, is_own = p_probe[inits["order"]], own[inits["order"]]  # in key order
+        hot, label, conf = _scan_rule(inits, self.initiators, cfg)
+        lone_rule = _lone_probe_rule(inits, lone[inits["order"]])
+        rules_i = [((hot & is_own, label, conf), "headers"), (lone_rule, "headers")]
+        turned_i, at_i = _decide(self.initiators, inits, cfg, rules_i)
+        # A source already convicted (a SYN flood at random ports is also a sweep of ports) is not re-reported.
+        tipped = rows[inits["order"][at_i]]
+        keep = is_own[at_i] & (labels[tipped] < 0)
+        self._claim(srcs, tipped[keep], inits["attack"][at_i][keep])
+        c.verdicts += [self._source_verdict(packets, inits, s, p, rows) for s, p in zip(turned_i[keep], at_i[keep])]
+        scan_labels = self.initiators.per_packet(inits, np.where(is_probe, inits["convicted"], -1))
+        labels[rows] = np.where(labels[rows] >= 0, labels[rows], scan_labels)
+        self.initiators.store(inits)
 
-        # Links: a flood from light sources to light targets (spoofed sources at a whole subnet or at random
-        # addresses) shows only in what one Ethernet sender puts on the wire.
+    def _judge_links(self, c: _Chunk, tgts: dict, labels: np.ndarray, flood_labels: np.ndarray) -> None:
+        """Links: a flood from light sources to light targets (spoofed sources at a whole subnet or at random
+        addresses) shows only in what one Ethernet sender puts on the wire.  Labels go into both arrays."""
+        packets, cfg = c.packets, self.cfg
         light_tgt = ~self.targets.per_packet(tgts, _rate(tgts, cfg.half_life_s) >= cfg.flood_rate)
-        scattered = light_src & light_tgt & shaped & (ev.new_socket | new_source) & (labels < 0)
+        scattered = c.light_src & light_tgt & c.shaped & (c.ev.new_socket | c.new_source) & (labels < 0)
         rows = np.flatnonzero(scattered)
-        if len(rows):
-            links = self.links.update(packets.src_mac[rows], t[rows], scores[rows],
-                                      np.column_stack([shape[rows], new_source[rows]]))  # fmt: skip
-            # Below a header flood's rate, the model's flood classes for what mostly comes from never-seen sources
-            # (a slow spoofed flood at a subnet; internet scanners' probes are no flood class).
-            hot_m, lab_m, conf_m = _model_rule(links, cfg, floods_only=True)
-            spoofed_l = links["shares"][:, self.links.extras.index("new_source")] >= cfg.link_spoofed_share
-            rules_l = [(_flood_rule(links, self.links, cfg, one_source=False), "headers"),
-                       ((hot_m & spoofed_l, lab_m, conf_m), "model")]  # fmt: skip
-            turned_l, at_l = _decide(self.links, links, cfg, rules_l)
-            verdicts += [self._link_verdict(packets, links, s, p, rows) for s, p in zip(turned_l, at_l)]
-            link_class = self.links.per_packet(links, links["convicted"])
-            flood_labels[rows] = np.where(flood_labels[rows] < 0, link_class, flood_labels[rows])
-            labels[rows] = np.where(labels[rows] < 0, link_class, labels[rows])
-            self.links.store(links)
-
-        self.sources.store(srcs)
-        self.targets.store(tgts)
-        fits = _shape_fits(ev, sweep, anomalous > 0)
-        self._chunk_labels = (_matching(labels, fits), _matching(flood_labels, fits))
-        return _first_per_source_and_class(verdicts)
+        if not len(rows):
+            return
+        links = self.links.update(packets.src_mac[rows], packets.ts[rows], c.scores[rows],
+                                  np.column_stack([c.shape[rows], c.new_source[rows]]))  # fmt: skip
+        # Below a header flood's rate, the model's flood classes for what mostly comes from never-seen sources
+        # (a slow spoofed flood at a subnet; internet scanners' probes are no flood class).
+        hot_m, lab_m, conf_m = _model_rule(links, cfg, floods_only=True)
+        spoofed_l = links["shares"][:, self.links.extras.index("new_source")] >= cfg.link_spoofed_share
+        rules_l = [(_flood_rule(links, self.links, cfg, one_source=False), "headers"),
+                   ((hot_m & spoofed_l, lab_m, conf_m), "model")]  # fmt: skip
+        turned_l, at_l = _decide(self.links, links, cfg, rules_l)
+        c.verdicts += [self._link_verdict(packets, links, s, p, rows) for s, p in zip(turned_l, at_l)]
+        link_class = self.links.per_packet(links, links["convicted"])
+        flood_labels[rows] = np.where(flood_labels[rows] < 0, link_class, flood_labels[rows])
+        labels[rows] = np.where(labels[rows] < 0, link_class, labels[rows])
+        self.links.store(links)
 
     def _bare_probes_slow(self, packets: PacketBatch, bare_probe: np.ndarray) -> np.ndarray:
         """Per packet: all the bare probes the board sees recently come slower than ``lone_probe_max_rate``."""

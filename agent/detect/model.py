@@ -33,6 +33,8 @@ BUNDLE_SCHEMA = "iotguard.model-bundle/2"  # what convert writes: the model outp
 # schema 2 bundle instead of taking its logits for probabilities.
 READ_SCHEMAS = {"iotguard.model-bundle/1": "probabilities", BUNDLE_SCHEMA: "logits"}
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "model" / "default.json"  # agent/model/
+# Rows per interpreter call: the interpreter's tensors and the preprocessing temporaries scale with it.
+INFER_BATCH = 1024
 RUNTIMES = ("ai-edge-litert", "tflite-runtime", "tensorflow")
 _RUNTIME_MODULES = {  # runtime -> (module, attribute path of its Interpreter class)
     "ai-edge-litert": ("ai_edge_litert.interpreter", "Interpreter"),
@@ -172,7 +174,7 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE) -> Bundle:
 class Classifier:
     """int8 TFLite inference in fixed-size batches: ``predict_scores`` / ``predict``."""
 
-    def __init__(self, bundle: Bundle, runtime: str = "auto", batch_size: int = 1024, num_threads: int = 1) -> None:
+    def __init__(self, bundle: Bundle, runtime: str = "auto", batch_size: int = INFER_BATCH, num_threads: int = 1) -> None:
         self.bundle = bundle
         self.runtime, interpreter_class = load_interpreter_class(runtime)
         self.batch_size = batch_size

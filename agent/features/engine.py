@@ -190,30 +190,12 @@ class PairStreams:
 
         # Where each packet's reverse stream last had a packet of its own.
         pos = np.arange(n)
-        seg_first = seg.start[seg.ids]
         last_of = [np.maximum.accumulate(np.where(d == k, pos, -1)) for k in (0, 1)]
         j = np.where(d == 0, last_of[1], last_of[0])
-        in_batch = j >= seg_first
-        # Decay does not change a stream's mean and variance, so the reverse side's are those of its
-        # last own packet, even when its weight has since decayed below what a float can hold.
-        stored = state[:, _MU0:].reshape(-1, 2, 2, NL).transpose(0, 1, 3, 2)  # (k, dir, L, mean/var)
-        moments_at_j = np.stack([mu_a, var_a], axis=-1)[np.maximum(j, 0)]
-        other = np.where(in_batch[:, None, None], moments_at_j, stored[seg.ids, 1 - d])
-        mu_b, var_b = other[..., 0], other[..., 1]
-        sp = selfp[:, None]
-        mu_b, var_b = np.where(sp, mu_a, mu_b), np.where(sp, var_a, var_b)
-
-        # Residuals: this packet's, and the last one of the reverse direction before it
-        # (for a stream paired with itself: its own previous one, after the pair decay).
+        mu_b, var_b = _reverse_moments(j, d, selfp, seg, mu_a, var_a, state)
         resid = xs[:, None] - mu_a  # (n, L)
-        prev_pos = np.full(n, -1)
-        prev_pos[1:] = np.where(pos[1:] > seg_first[1:], pos[:-1], -1)
-        j = np.where(selfp, prev_pos, j)
-        in_batch = j >= seg_first
-        stored_r = np.where((selfp | (d == 1))[:, None], state[seg.ids, _R0], state[seg.ids, _R1])
-        r_other = np.where(in_batch[:, None], resid[np.maximum(j, 0)], stored_r)
-        self_decay = np.exp2(-LAM[None, :] * (T - previous_time(T, t_init, seg))[:, None])
-        r_other = np.where(sp, r_other * self_decay, r_other)
+        r_other = _reverse_residual(j, d, selfp, seg, resid, state, T, t_init)
+        sp = selfp[:, None]
 
         # The pair update runs once for the packet that creates the pair, twice afterwards.
         created = np.zeros(n, dtype=bool)
@@ -243,17 +225,54 @@ class PairStreams:
         self.table.state[slots] = new_state.reshape(len(slots), -1)
         self.table.t_last[slots] = t_end
 
-        stats = np.empty((n, NL, 7))
-        stats[..., 0] = mine[..., 0]
-        stats[..., 1] = mu_a
-        stats[..., 2] = std_a = np.sqrt(var_a)
-        stats[..., 3] = np.sqrt(mu_a * mu_a + mu_b * mu_b)
-        stats[..., 4] = np.sqrt(var_a * var_a + var_b * var_b)
-        stats[..., 5] = cov
-        denom = std_a * np.sqrt(var_b)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            stats[..., 6] = np.where(denom != 0, cov / denom, 0.0)
-        return _unsort(stats.reshape(n, 7 * NL), order)
+        return _unsort(_pair_columns(mine[..., 0], mu_a, var_a, mu_b, var_b, cov).reshape(n, 7 * NL), order)
+
+
+def _reverse_moments(j: np.ndarray, d: np.ndarray, selfp: np.ndarray, seg: Segments, mu_a: np.ndarray,
+                     var_a: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of each packet's reverse stream (pair order; ``j``: the reverse stream's last own
+    packet in the batch).  Decay does not change a stream's mean and variance, so the reverse side's are those
+    of its last own packet, even when its weight has since decayed below what a float can hold."""
+    in_batch = j >= seg.start[seg.ids]
+    stored = state[:, _MU0:].reshape(-1, 2, 2, NL).transpose(0, 1, 3, 2)  # (k, dir, L, mean/var)
+    moments_at_j = np.stack([mu_a, var_a], axis=-1)[np.maximum(j, 0)]
+    other = np.where(in_batch[:, None, None], moments_at_j, stored[seg.ids, 1 - d])
+    mu_b, var_b = other[..., 0], other[..., 1]
+    sp = selfp[:, None]
+    return np.where(sp, mu_a, mu_b), np.where(sp, var_a, var_b)
+
+
+def _reverse_residual(j: np.ndarray, d: np.ndarray, selfp: np.ndarray, seg: Segments, resid: np.ndarray,
+                      state: np.ndarray, T: np.ndarray, t_init: np.ndarray) -> np.ndarray:
+    """The residual of the reverse direction's last packet before each packet (for a stream paired with
+    itself: its own previous one, after the pair decay)."""
+    n = len(d)
+    pos = np.arange(n)
+    seg_first = seg.start[seg.ids]
+    prev_pos = np.full(n, -1)
+    prev_pos[1:] = np.where(pos[1:] > seg_first[1:], pos[:-1], -1)
+    j = np.where(selfp, prev_pos, j)
+    in_batch = j >= seg_first
+    stored_r = np.where((selfp | (d == 1))[:, None], state[seg.ids, _R0], state[seg.ids, _R1])
+    r_other = np.where(in_batch[:, None], resid[np.maximum(j, 0)], stored_r)
+    self_decay = np.exp2(-LAM[None, :] * (T - previous_time(T, t_init, seg))[:, None])
+    return np.where(selfp[:, None], r_other * self_decay, r_other)
+
+
+def _pair_columns(weight: np.ndarray, mu_a: np.ndarray, var_a: np.ndarray, mu_b: np.ndarray, var_b: np.ndarray,
+                  cov: np.ndarray) -> np.ndarray:
+    """(n, L, 7): weight, mean, std, magnitude, radius, covariance, pcc (DESIGN 4)."""
+    stats = np.empty(weight.shape + (7,))
+    stats[..., 0] = weight
+    stats[..., 1] = mu_a
+    stats[..., 2] = std_a = np.sqrt(var_a)
+    stats[..., 3] = np.sqrt(mu_a * mu_a + mu_b * mu_b)
+    stats[..., 4] = np.sqrt(var_a * var_a + var_b * var_b)
+    stats[..., 5] = cov
+    denom = std_a * np.sqrt(var_b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stats[..., 6] = np.where(denom != 0, cov / denom, 0.0)
+    return stats
 
 
 @dataclass
