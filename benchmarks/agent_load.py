@@ -1,7 +1,7 @@
 """Benchmark (not a test): the live agent process under load, in network namespaces.
 
 Three parts, each against a real ``python -m agent run`` in the device
-namespace of the lab of tests/test_live_agent.py (attacker and peer joined to
+namespace of the lab of lab/live_lab.py (attacker and peer joined to
 the device's bridge br0, the agent capturing on br0):
 
 1. load     Mirai SYN floods (74-byte frames, random source ports, from the
@@ -50,7 +50,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lab import netns  # noqa: E402  (tests/netns.py)
+from lab import live_lab, netns  # noqa: E402
 from benchmarks.common import save  # noqa: E402
 
 PYTHON = sys.executable
@@ -374,10 +374,8 @@ def finish_sender(proc: subprocess.Popen) -> dict:
 
 
 def _lab_addresses() -> dict:
-    import tests.agent.test_live_agent as t
-
-    return {"device_ip": t.DEVICE_IP, "attacker_ip": t.ATTACKER_IP, "device_mac": t.DEVICE_MAC,
-            "attacker_mac": t.ATTACKER_MAC}  # fmt: skip
+    return {"device_ip": live_lab.DEVICE_IP, "attacker_ip": live_lab.ATTACKER_IP,
+            "device_mac": live_lab.DEVICE_MAC, "attacker_mac": live_lab.ATTACKER_MAC}  # fmt: skip
 
 
 def part_load(dev, atk, work: Path, rates: list[float], seconds: float, spoofed: bool, defended: bool,
@@ -435,16 +433,14 @@ def _watch_for(monitor: subprocess.Popen, address: str, seen_at: list[float]) ->
 
 
 def part_latency(dev, atk, work: Path, runs: int, kind: str, rate: float, profile: str) -> dict:
-    import tests.agent.test_live_agent as t
-
-    frames = t.attack_frames(kind, 1500)
+    frames = live_lab.attack_frames(kind, 1500)
     rows = []
     for k in range(runs):
         with agent(dev, work / f"latency-{k}", profile, "br0", "nftables") as run:
             monitor = subprocess.Popen(["ip", "netns", "exec", dev.name, "nft", "monitor", "elements"],
                                        stdout=subprocess.PIPE, text=True)  # fmt: skip
             blocked_at: list[float] = []
-            threading.Thread(target=_watch_for, args=(monitor, t.ATTACKER_IP, blocked_at), daemon=True).start()
+            threading.Thread(target=_watch_for, args=(monitor, live_lab.ATTACKER_IP, blocked_at), daemon=True).start()
             time.sleep(0.3)  # nft monitor subscribed
             with netns.entered(atk):
                 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
@@ -491,9 +487,7 @@ class BenignPeer:
     """UDP datagrams from the peer to an application socket on the device; counts what arrives."""
 
     def __init__(self, dev, peer, rate: float = 50.0) -> None:
-        import tests.agent.test_live_agent as lab
-
-        self.device_ip, self.peer_ip, self.port = lab.DEVICE_IP, lab.PEER_IP, lab.PROBE_PORT
+        self.device_ip, self.peer_ip, self.port = live_lab.DEVICE_IP, live_lab.PEER_IP, live_lab.PROBE_PORT
         self.peer, self.rate = peer, rate
         with netns.entered(dev):
             self.sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -573,7 +567,7 @@ def fleet_broker(dev, workdir: Path) -> Iterator[str]:
 
 def part_memory(dev, atk, work: Path, profiles: list[str], sources: int, rate: float) -> list[dict]:
     """Per profile: defended alone, defended with the fleet link (MQTT), and undefended (no verdicts)."""
-    from agent.features.engine import Budgets, FeatureExtractor
+    from agent.features.engine import FeatureExtractor
     from agent.profile import load_profile
 
     ips = _lab_addresses()
@@ -582,7 +576,7 @@ def part_memory(dev, atk, work: Path, profiles: list[str], sources: int, rate: f
     with quiet_victim(dev):
         for k, (profile, (defended, fleet)) in enumerate((p, v) for p in profiles for v in variants):
             b = load_profile(profile).budgets
-            tables = FeatureExtractor(Budgets(b.mi_dir, b.h, b.hh, b.hh_jit, b.hphp)).tables
+            tables = FeatureExtractor(b).tables
             name = f"memory-{k}-{Path(profile).stem}"  # a fresh state directory: no saved rules
             with (
                 fleet_broker(dev, work / name) if fleet else contextlib.nullcontext("") as mqtt,
@@ -665,11 +659,9 @@ def main() -> None:
     reason = netns.skip_reason() or (None if shutil.which("nft") else "needs nft (apt-get install nftables)")
     if reason:
         sys.exit(f"cannot run: {reason}")
-    import tests.agent.test_live_agent as t
-
     parts = set(args.parts.split(","))
     report: dict = {"frame_bytes": FRAME_BYTES, "profile": args.profile, "kernel": platform.release()}
-    with tempfile.TemporaryDirectory(prefix="agent_load-") as tmp, t.lab() as (dev, atk, _peer):
+    with tempfile.TemporaryDirectory(prefix="agent_load-") as tmp, live_lab.namespaces() as (dev, atk, _peer):
         work = Path(tmp)
         if "load" in parts:
             print(f"load: {args.seconds:g} s per rate, {'spoofed sources' if args.spoofed else 'one attacker'}, "

@@ -2,7 +2,7 @@
 
     python benchmarks/flood_memory.py [--packets 1000000] [--budget 100000] [--out FILE]
 
-The same traffic as tests/test_features.py::test_spoofed_flood_stays_within_budget.
+The same traffic as tests/agent/features/test_engine.py::test_spoofed_flood_stays_within_budget.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ def main() -> None:
     args = ap.parse_args()
 
     from agent.features.engine import Budgets, FeatureExtractor
-    from tests.agent.features.test_engine import _spoofed_syn_flood
+    from lab.packet_factory import spoofed_syn_flood
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     b = args.budget
     fe = FeatureExtractor(Budgets(b, b, b, b, b))
     start = time.perf_counter()
     for i, lo in enumerate(range(0, args.packets, args.batch)):
-        fe.update(_spoofed_syn_flood(min(args.batch, args.packets - lo), seed=i, t0=1.6e9 + lo * 1e-5))
+        fe.update(spoofed_syn_flood(min(args.batch, args.packets - lo), seed=i, t0=1.6e9 + lo * 1e-5))
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tables = {k: len(t) for k, t in fe.tables.items()}

@@ -6,13 +6,14 @@
 One *input* is one generated packet: either a packet record written into a generated capture file
 (it goes through read_capture and, when delivered, parse_frames) or a standalone frame handed to
 parse_frames in a batch.  ``--records`` and ``--frames`` set how many of each; files are counted too
-(each holds 1..400 records).  Generators and checks live in tests/capture_fuzz.py (shared with
-tests/test_fuzz_regressions.py); see its docstring for what is generated and which invariants hold.
+(each holds 1..400 records).  Generators live in lab/capture_fuzz.py, checks in lab/capture_oracle.py
+(shared with tests/agent/capture/test_fuzz_regressions.py); see their docstrings for what is generated
+and which invariants hold.
 
 Every file is read twice (default read chunk, then a tiny one) and its frames are parsed; anything
 raised other than CaptureFormatError on an unusable file header, and every broken invariant, is a
 failure: it is counted by type and message, and its input is written to ``--corpus`` (at most three
-files per distinct failure) so tests/test_fuzz_regressions.py replays it from then on.
+files per distinct failure) so tests/agent/capture/test_fuzz_regressions.py replays it from then on.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ class Totals:
 
 
 def fuzz_files(rng: random.Random, records: int, tmp: Path, totals: Totals, failures: Failures) -> None:
-    from lab.capture_fuzz import check_capture, random_capture
+    from lab.capture_fuzz import random_capture
+    from lab.capture_oracle import check_capture
 
     report_every = max(records // 10, 1)
     next_report = report_every
@@ -115,7 +117,8 @@ def fuzz_files(rng: random.Random, records: int, tmp: Path, totals: Totals, fail
 
 
 def fuzz_frames(rng: random.Random, frames: int, batch: int, totals: Totals, failures: Failures) -> None:
-    from lab.capture_fuzz import check_parsed, frame_batch, parse_checked
+    from lab.capture_fuzz import frame_batch
+    from lab.capture_oracle import check_parsed, parse_checked
 
     from agent.capture.packets import DecodeStats, FrameBatch
 

@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lab import netns  # noqa: E402  (tests/netns.py: namespaces and veth pairs)
+from lab import netns  # noqa: E402  (namespaces and veth pairs)
 import numpy as np  # noqa: E402
 from agent.capture.interface import LiveCapture  # noqa: E402
 from benchmarks.common import save  # noqa: E402

@@ -1,6 +1,6 @@
 """Soak run (not a test, not in CI): the live agent and the controller for half an hour under mixed traffic.
 
-In the network namespaces of tests/test_live_agent.py (device with bridge br0,
+In the network namespaces of lab/live_lab.py (device with bridge br0,
 attacker, benign peer), with everything real:
 
 * a mosquitto broker (persistent) on the device namespace's loopback, stopped
@@ -44,8 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lab import netns  # noqa: E402  (tests/netns.py)
-import tests.agent.test_live_agent as lab_  # noqa: E402
+from lab import live_lab, netns  # noqa: E402
 from benchmarks.agent_load import (  # noqa: E402
     AgentRun,
     BenignPeer,
@@ -128,7 +127,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
             f'device = "board-1"\ncontroller_public_key = "{work / "controller.pub"}"\nstatus_interval_s = 10\n')  # fmt: skip
     episodes: list[dict] = []
     ips = _lab_addresses()
-    with lab_.lab() as (dev, atk, peer):
+    with live_lab.namespaces() as (dev, atk, peer):
         broker = Broker(dev, work / "broker")
         broker.start()
         try:
@@ -167,7 +166,7 @@ def episode(k: int, atk, ips: dict, run: AgentRun, at: float) -> dict:
     kind = KINDS[k % len(KINDS)]
     src = f"10.77.0.{100 + k % 100}"
     lines_before = len(run.lines)
-    lab_.send_raw(atk, lab_.attack_frames(kind, 1500, src_ip=src), rate=1000)
+    live_lab.send_raw(atk, live_lab.attack_frames(kind, 1500, src_ip=src), rate=1000)
     spoofed = k % 5 == 4
     if spoofed:
         with flood_sender(atk, ips, 20000, 0, True, 200_000, total=200_000, seed=k) as sender:

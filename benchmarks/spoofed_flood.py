@@ -3,7 +3,7 @@
 What the hardening issue asks of it: the agent's memory stays within the
 profile's budget, its rule table stays bounded (one rule on what the flood has
 in common, not one per source), and benign traffic keeps being classified and
-delivered.  In the namespaces of tests/test_live_agent.py: the attacker sends
+delivered.  In the namespaces of lab/live_lab.py: the attacker sends
 the flood (every frame from its own random public address) while the benign
 peer sends UDP datagrams to an application socket on the device all along;
 the agent (``python -m agent run``, nftables enforcement) captures on br0.
@@ -24,8 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lab import netns  # noqa: E402  (tests/netns.py)
-import tests.agent.test_live_agent as lab  # noqa: E402
+from lab import live_lab, netns  # noqa: E402
 from agent.profile import load_profile  # noqa: E402
 from benchmarks.agent_load import BenignPeer, _lab_addresses, agent, finish_sender, flood_sender, sampler  # noqa: E402
 from benchmarks.common import save  # noqa: E402
@@ -44,7 +43,7 @@ def main() -> None:
         sys.exit(f"cannot run: {reason}")
     profile = load_profile(args.profile)
     print(f"building {args.sources:,} spoofed SYNs ...", flush=True)
-    with tempfile.TemporaryDirectory(prefix="spoofed_flood-") as tmp, lab.lab() as (dev, atk, peer):
+    with tempfile.TemporaryDirectory(prefix="spoofed_flood-") as tmp, live_lab.namespaces() as (dev, atk, peer):
         work = Path(tmp)
         with (
             flood_sender(atk, _lab_addresses(), args.rate, 0, True, args.sources, total=args.sources, seed=11) as sender,
@@ -82,7 +81,7 @@ def main() -> None:
         "benign_datagrams_sent": benign.sent,
         "benign_datagrams_received": benign.received,
         "benign_received_during_flood": benign_during,
-        "peer_blocked": any(lab.PEER_IP in line for line in hostile),
+        "peer_blocked": any(live_lab.PEER_IP in line for line in hostile),
         "rss_timeline": rss[::5],  # (s, RSS MB, anonymous MB) every 5 s
     }
     for key in ("sources", "offered_pps", "agent_frames", "kernel_drops", "filtered", "classified", "verdicts",

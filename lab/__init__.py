@@ -1,6 +1,6 @@
-"""The test lab: helpers shared by the tests and the benchmarks (network namespaces, crafted packets and
-link layers, capture and MQTT fuzzers, a broker, an ARM sysroot for QEMU).  Tests and benchmarks import
-this package, never each other."""
+"""The test lab: helpers shared by the tests and the benchmarks (network namespaces and the live agent's
+lab, crafted packets, frames, capture files and link layers, capture and MQTT fuzzers, a broker, an ARM
+sysroot for QEMU).  Tests and benchmarks import this package, never each other."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Random PacketBatches for feature tests: few hosts, so streams and pairs repeat often."""
+"""Random PacketBatches for feature tests (few hosts, so streams and pairs repeat often) and a spoofed SYN flood."""
 
 from __future__ import annotations
 
@@ -46,3 +46,19 @@ def random_batch(
         tcp_win=z.astype(np.uint16), tcp_hdr_len=z.astype(np.uint8), payload_len=z.astype(np.int32),
         icmp_type=np.full(n, -1, np.int16), gre_proto=np.full(n, -1, np.int32),
     )
+
+
+def spoofed_syn_flood(n: int, seed: int, t0: float) -> PacketBatch:
+    """n SYNs to one victim from a new random source per packet (as a spoofing bot sends them)."""
+    rng = np.random.default_rng(seed)
+    packets = random_batch(n, seed, hosts=2, long_gaps=False, mean_gap=1e-5, t0=t0)
+    packets.l3[:] = 1
+    packets.port_kind[:] = 1
+    packets.src_ip_lo = np.uint64(0xFFFF_0000_0000) | rng.integers(0, 2**32, n, dtype=np.uint64)
+    packets.dst_ip_lo[:] = np.uint64(0xFFFF_0A00_0001)
+    packets.src_ip_hi[:] = 0
+    packets.dst_ip_hi[:] = 0
+    packets.sport = rng.integers(1024, 65536, n).astype(np.int32)
+    packets.dport[:] = 80
+    packets.wire_len[:] = 74
+    return packets

@@ -16,7 +16,7 @@ keeps parallel test processes from building the same target twice.
 Debian mirror or PyPI unreachable with nothing cached): tests skip with its
 message.  Any other failure of a build is a real error.
 
-    python tests/qemu_sysroot.py [TARGET ...]    # build (or check) sysroots by hand
+    python -m lab.qemu_sysroot [TARGET ...]    # build (or check) sysroots by hand
 """
 
 from __future__ import annotations

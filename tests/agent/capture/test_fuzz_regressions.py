@@ -1,7 +1,7 @@
 """Fuzzing regressions: replay tests/data/fuzz_corpus, pin the bugs the fuzzer found, and a short property test.
 
 The generators and invariant checks are those of benchmarks/fuzz_capture.py (they live in
-tests/capture_fuzz.py).  Every file in the corpus is replayed through the reader and the parser with the
+lab/capture_fuzz.py and lab/capture_oracle.py).  Every file in the corpus is replayed through the reader and the parser with the
 general invariants (CaptureFormatError only for an unusable header, nothing escaping, every record index
 delivered or counted, the same result in tiny read chunks, every frame decoded exactly as the scalar
 reference decoder says); the files listed in EXPECTED also have their exact outcome pinned.
@@ -16,17 +16,12 @@ from pathlib import Path
 import pytest
 
 from lab import TEST_DATA
-from lab.capture_fuzz import (
-    check_capture,
-    check_parsed,
-    frame_batch,
-    random_capture,
-    read_file,
-)
+from lab.capture_bytes import epb, idb, shb
+from lab.capture_fuzz import frame_batch, random_capture
+from lab.capture_oracle import check_capture, check_parsed, read_file
+from lab.frame_bytes import ethernet, ipv4, udp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.agent.capture.test_pcap import epb, idb, shb
-from tests.agent.capture.test_parse import ethernet, ipv4, udp
 
 from agent.capture.packets import DecodeStats, FrameBatch
 from agent.capture.parse import parse_frames

@@ -26,7 +26,9 @@ from pathlib import Path
 import dpkt
 import numpy as np
 import pytest
-from lab.capture_fuzz import PACKET_COLUMNS, random_frame, reference_decode
+from lab.capture_fuzz import random_frame
+from lab.capture_oracle import PACKET_COLUMNS, reference_decode
+from lab.frame_bytes import ethernet, ipv4, ipv6, tcp, udp
 from lab.link_layers import (
     AF_INET,
     AF_INET6_BSD,
@@ -51,7 +53,6 @@ from lab.link_layers import (
     sll2_header,
     sll_header,
 )
-from tests.agent.capture.test_parse import ethernet, ipv4, ipv6, tcp, udp
 
 from agent.capture import pcap as capture_file
 from agent.capture.pcap import read_capture

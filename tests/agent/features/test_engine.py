@@ -12,7 +12,7 @@ from agent.features.engine import Budgets, FeatureExtractor
 from agent.features.reference import ReferenceExtractor
 from agent.capture.packets import DecodeStats, PacketBatch
 from lab.feature_tolerance import mismatches
-from lab.packet_factory import random_batch
+from lab.packet_factory import random_batch, spoofed_syn_flood
 
 GOLDEN = [
     ("ndpi_coap_mqtt", "ndpi_coap_mqtt.pcap"),
@@ -97,29 +97,13 @@ def test_evicted_stream_restarts_from_nothing():
     assert (h_weight[differs] == 1.0).any()
 
 
-def _spoofed_syn_flood(n: int, seed: int, t0: float) -> PacketBatch:
-    """n SYNs to one victim from a new random source per packet (as a spoofing bot sends them)."""
-    rng = np.random.default_rng(seed)
-    packets = random_batch(n, seed, hosts=2, long_gaps=False, mean_gap=1e-5, t0=t0)
-    packets.l3[:] = 1
-    packets.port_kind[:] = 1
-    packets.src_ip_lo = np.uint64(0xFFFF_0000_0000) | rng.integers(0, 2**32, n, dtype=np.uint64)
-    packets.dst_ip_lo[:] = np.uint64(0xFFFF_0A00_0001)
-    packets.src_ip_hi[:] = 0
-    packets.dst_ip_hi[:] = 0
-    packets.sport = rng.integers(1024, 65536, n).astype(np.int32)
-    packets.dport[:] = 80
-    packets.wire_len[:] = 74
-    return packets
-
-
 def test_spoofed_flood_stays_within_budget():
     budget = 100_000
     extractor = FeatureExtractor(Budgets(budget, budget, budget, budget, budget))
     total, batch = 1_000_000, 65536
     peak = 0
     for i, lo in enumerate(range(0, total, batch)):
-        packets = _spoofed_syn_flood(min(batch, total - lo), seed=i, t0=1.6e9 + lo * 1e-5)
+        packets = spoofed_syn_flood(min(batch, total - lo), seed=i, t0=1.6e9 + lo * 1e-5)
         features = extractor.update(packets)
         assert np.isfinite(features).all()
         peak = max(peak, max(len(t) for t in extractor.tables.values()))

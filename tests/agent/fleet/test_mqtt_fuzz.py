@@ -1,9 +1,9 @@
 """Hostile MQTT messages and configuration files (issue #7): the regression corpus, a property test, a real broker.
 
-The generators, the agent harness and the checks live in benchmarks/fuzz_mqtt.py
-(the long run); here they replay every payload that once found a bug
-(tests/data/mqtt_fuzz_corpus/), draw a few hundred fresh cases, and send one
-hostile message of each kind through a real mosquitto.
+The generators (lab/mqtt_fuzz.py, lab/config_fuzz.py) and the agent harness with its checks
+(lab/mqtt_fuzz_harness.py) are those of benchmarks/fuzz_mqtt.py (the long run); here they replay
+every payload that once found a bug (tests/data/mqtt_fuzz_corpus/), draw a few hundred fresh cases,
+and send one hostile message of each kind through a real mosquitto.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from lab import netns
 from lab.mqtt_helpers import Listener, wait_until
 
 from agent.act.enforce import NftablesEnforcer
-from agent.fleet.mqtt import topic
-from benchmarks import fuzz_mqtt as fz
+from agent.wire import topic
+from lab import mqtt_fuzz as fz
+from lab.config_fuzz import FileCase, config_case, corpus_entry, load_file_case, profile_base, profile_case
+from lab.mqtt_fuzz_harness import Harness, bundle_problem, primed
 
 CORPUS = sorted(fz.CORPUS.glob("*.json"))
 FAST = {kind: [g for g in fz.GENERATORS[kind] if g not in fz.HEAVY] for kind in fz.KINDS}
@@ -38,7 +40,7 @@ def world(tmp_path_factory) -> fz.World:
 @pytest.fixture(scope="module")
 def harness(world, tmp_path_factory):
     """One primed agent for the module: hostile messages must leave it as it was, so it can be shared."""
-    h = fz.primed(tmp_path_factory.mktemp("agent"), world)
+    h = primed(tmp_path_factory.mktemp("agent"), world)
     yield h
     h.close()
 
@@ -55,20 +57,20 @@ def test_the_corpus_covers_every_kind():
 
 @pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
 def test_corpus_payload_is_refused_with_its_reason_and_changes_nothing(path, harness, world, files):
-    case = fz.corpus_entry(json.loads(path.read_text()))
-    if isinstance(case, fz.FileCase):
-        assert fz.load_file_case(case, files) == []
+    case = corpus_entry(json.loads(path.read_text()))
+    if isinstance(case, FileCase):
+        assert load_file_case(case, files) == []
         return
     out, problems = harness.run(case, harness.snapshot())
     assert problems == [], case.note
-    assert fz.bundle_problem(case, world) is None
+    assert bundle_problem(case, world) is None
     if case.expect == "rejected":
         assert case.reason in out.reason and len(out.reason) <= fz.REASON_LIMIT
 
 
 def test_the_checks_notice_an_accepted_message(world, tmp_path):
     """The harness can fail: a valid, newer rule set gets in and changes the agent's state."""
-    h = fz.primed(tmp_path, world)
+    h = primed(tmp_path, world)
     try:
         case = fz.Case("rules-all", "valid", body=fz.render(world.ruleset("rules-all", fz.RULES_VERSION + 1)))
         outcome, problems = h.run(case, h.snapshot())
@@ -89,15 +91,15 @@ def test_any_generated_message_is_refused_and_changes_nothing(harness, world, da
     problems = harness.run(case, harness.snapshot())[1]
     assert problems == [], (generate.__name__, case.category)
     if case.kind == "model":
-        assert fz.bundle_problem(case, world) is None
+        assert bundle_problem(case, world) is None
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(kind=st.sampled_from(["config", "profile"]), seed=st.integers(0, 2**32 - 1))
 def test_any_generated_file_is_refused_naming_its_key(files, kind, seed):
     rng = random.Random(seed)
-    case = fz.config_case(rng) if kind == "config" else fz.profile_case(rng, fz.profile_base())
-    assert fz.load_file_case(case, files) == [], case.category
+    case = config_case(rng) if kind == "config" else profile_case(rng, profile_base())
+    assert load_file_case(case, files) == [], case.category
 
 
 # --- through a real broker -------------------------------------------------------------------------
@@ -113,7 +115,7 @@ def test_hostile_messages_through_mosquitto_are_refused_then_a_valid_rule_set_ap
     # What the agent must answer: the reason the direct handler gives for the same bytes.
     expected = {id(c): harness.run(c, harness.snapshot())[0].reason for c in rules + models}
 
-    agent = fz.Harness(tmp_path / "agent", world, host=broker.host, port=broker.port, offline=False)
+    agent = Harness(tmp_path / "agent", world, host=broker.host, port=broker.port, offline=False)
     me = lambda kind: topic(fz.PREFIX, fz.FLEET, fz.DEVICE, kind)
     listener = Listener(broker.host, broker.port, [me("rules/ack"), me("status")])
     agent.link.start()
@@ -156,11 +158,11 @@ _no_nft = netns.skip_reason() or (None if shutil.which("nft") else "needs nft (a
 def test_far_expiries_reach_nftables_and_a_refused_sync_leaves_the_table_alone(world, tmp_path):
     """A signed rule set whose rules expire in two days or in 1e300 s is enforced (nft refuses "100000000ms",
     so a plain millisecond timeout failed beyond 27.7 hours); and when the kernel does refuse a rule set,
-    the agent's rule table and its file stay as they were."""
+    the agent's rule table and the saved signed rule set stay as they were."""
     with netns.namespace("fuzz") as ns:
         enforcer = NftablesEnforcer(table=f"iotguard_{netns.unique_token()}", netns=ns.name)
         enforcer.start()
-        h = fz.Harness(tmp_path / "agent", world, enforcer=enforcer)
+        h = Harness(tmp_path / "agent", world, enforcer=enforcer)
         try:
             doc = world.ruleset("rules-all", 1)
             doc["rules"][0]["expires"], doc["rules"][1]["expires"] = time.time() + 2 * 86400, 1e300
@@ -170,11 +172,12 @@ def test_far_expiries_reach_nftables_and_a_refused_sync_leaves_the_table_alone(w
             assert "timeout 1d" in listed or "timeout 2d" in listed  # the two-day rule, counting down
             assert h.rules.count() == 3
 
-            saved = (tmp_path / "agent" / "rules.json").read_bytes()
+            stored = tmp_path / "agent" / "mqtt" / "rules" / "all.json"  # the signed set applied again at start
+            saved = stored.read_bytes()
             ns.run("nft", "delete", "table", "inet", enforcer.table)  # gone behind the agent's back: nft now fails
             out = h.deliver(world.topic("rules-all"), world.signed(fz.render(world.ruleset("rules-all", 2, []))))
             assert out.ack["status"] == "rejected" and out.reason.startswith("apply failed")
-            assert h.rules.count() == 3 and (tmp_path / "agent" / "rules.json").read_bytes() == saved
+            assert h.rules.count() == 3 and stored.read_bytes() == saved
         finally:
             h.close()
             enforcer.stop()
