@@ -1,10 +1,10 @@
 """Decode a FrameBatch of captured frames into PacketBatch columns, vectorised over the batch.
 
-Each header is declared once below as a table of fields (name, byte offset,
-format, default).  ``Header.read`` gathers the whole header of every frame
-that has one with a single numpy fancy-index (frame offset + header position
-+ 0..size-1) and slices the fields out of that block; frames without the
-header get the field's default.  There is no per-packet Python loop: the only
+Each header is declared once, in agent/capture/headers.py, as a table of
+fields (name, format, default) shared with the synthesiser.  ``_read`` gathers
+the whole header of every frame that has one with a single numpy fancy-index
+(frame offset + header position + 0..size-1) and slices the fields out of that
+block at the table's offsets; frames without the header read 0.  There is no per-packet Python loop: the only
 loops are over VLAN tags (2 rounds) and IPv6 extension headers (a few
 rounds), each vectorised over the batch.
 
@@ -59,6 +59,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent.capture.headers import (
+    ARP,
+    ETHERNET,
+    ETHERTYPE_ARP,
+    ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6,
+    GRE,
+    ICMP,
+    IP_PROTO_GRE,
+    IP_PROTO_ICMP,
+    IP_PROTO_ICMPV6,
+    IP_PROTO_TCP,
+    IP_PROTO_UDP,
+    IPV4,
+    IPV6,
+    IPV6_EXTENSION,
+    LOOP,
+    NULL,
+    SLL,
+    SLL2,
+    TCP,
+    UDP,
+    VLAN_TAG,
+    Header,
+)
 from agent.capture.packets import (
     IPV4_MAPPED_LO_PREFIX,
     L3_ARP,
@@ -82,46 +107,24 @@ from agent.capture.packets import (
     PacketBatch,
 )
 
-# --- Header layouts ---------------------------------------------------------------------------
-
-# Formats: big-endian unsigned integers of 1, 2, 4 or 8 bytes, and "6s" for a MAC address.
-FORMAT_WIDTH = {"B": 1, "H": 2, "I": 4, "Q": 8, "6s": 6}
+# --- Reading headers ---------------------------------------------------------------------------
+# The layouts are in agent/capture/headers.py, shared with the synthesiser.
 
 
-@dataclass(frozen=True)
-class Field:
-    name: str
-    offset: int  # bytes from the start of the header
-    fmt: str  # a key of FORMAT_WIDTH
-    default: int = 0  # the value for frames that do not carry this header
+def _read(header: Header, buf: np.ndarray, start: np.ndarray, present: np.ndarray) -> dict[str, np.ndarray]:
+    """Every field of ``header`` for all frames: read at ``buf[start]`` where ``present``, 0 elsewhere.
 
-
-@dataclass(frozen=True)
-class Header:
-    name: str
-    fields: tuple[Field, ...]
-
-    @property
-    def size(self) -> int:
-        """Bytes that must be present to read every field."""
-        return max(f.offset + FORMAT_WIDTH[f.fmt] for f in self.fields)
-
-    def read(self, buf: np.ndarray, start: np.ndarray, present: np.ndarray) -> dict[str, np.ndarray]:
-        """Every field for all frames: read at ``buf[start]`` where ``present``, the default elsewhere.
-
-        The caller guarantees ``start + size`` bytes are captured wherever ``present`` is set.
-        Integer fields come back as int64, 8-byte fields and MACs as uint64.
-        """
-        rows = np.flatnonzero(present)
-        block = buf[start[rows, None] + np.arange(self.size)]  # (rows, size) uint8: one gather
-        out = {}
-        for f in self.fields:
-            width = FORMAT_WIDTH[f.fmt]
-            dtype = np.uint64 if width > 4 else np.int64
-            column = np.full(len(start), f.default, dtype=dtype)
-            column[rows] = _big_endian(block[:, f.offset : f.offset + width])
-            out[f.name] = column
-        return out
+    The caller guarantees ``start + header.size`` bytes are captured wherever ``present`` is set.
+    Integer fields come back as int64, 8-byte fields and MACs as uint64.
+    """
+    rows = np.flatnonzero(present)
+    block = buf[start[rows, None] + np.arange(header.size)]  # (rows, size) uint8: one gather
+    out = {}
+    for name, offset, width in header.spans:
+        column = np.zeros(len(start), dtype=np.uint64 if width > 4 else np.int64)
+        column[rows] = _big_endian(block[:, offset : offset + width])
+        out[name] = column
+    return out
 
 
 def _big_endian(columns: np.ndarray) -> np.ndarray:
@@ -134,112 +137,13 @@ def _big_endian(columns: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(columns).view(f">u{width}")[:, 0]
 
 
-ETHERNET = Header("ethernet", (
-    Field("dst", 0, "6s"),
-    Field("src", 6, "6s"),
-    Field("type", 12, "H"),
-))
-# Linux cooked capture v1 (LINKTYPE_LINUX_SLL), 16 bytes.
-SLL = Header("sll", (
-    Field("packet_type", 0, "H"),  # PACKET_HOST, ... (see SLL_RECEIVED)
-    Field("arphrd", 2, "H"),  # the device type: ARPHRD_*
-    Field("addr_len", 4, "H"),
-    Field("addr", 6, "6s"),  # the sender's link-layer address: the first 6 of 8 bytes ...
-    Field("addr_rest", 12, "H"),  # ... and the last 2 (unused by a MAC)
-    Field("protocol", 14, "H"),  # an EtherType, or a Linux pseudo-protocol below 0x0600
-))
-# Linux cooked capture v2 (LINKTYPE_LINUX_SLL2), 20 bytes: the same fields, protocol first.
-SLL2 = Header("sll2", (
-    Field("protocol", 0, "H"),
-    Field("reserved", 2, "H"),
-    Field("ifindex", 4, "I"),
-    Field("arphrd", 8, "H"),
-    Field("packet_type", 10, "B"),
-    Field("addr_len", 11, "B"),
-    Field("addr", 12, "6s"),
-    Field("addr_rest", 18, "H"),
-))
-# BSD null (LINKTYPE_NULL: the capturing host's byte order) and OpenBSD loopback (LINKTYPE_LOOP: network
-# byte order): a 4-byte address family.  Read big-endian; _decode_link swaps it where the order is open.
-NULL = Header("null", (Field("family", 0, "I"),))
-LOOP = Header("loop", (Field("family", 0, "I"),))
-# Raw IP (LINKTYPE_RAW) has no header; its first byte, the IP version nibble, says IPv4 or IPv6.
-RAW_IP = Header("ip", (Field("version_ihl", 0, "B"),))
-# An 802.1Q/802.1ad tag sits where the EtherType was; its own "type" is the next EtherType.
-VLAN_TAG = Header("vlan", (
-    Field("tci", 0, "H"),
-    Field("type", 2, "H"),
-))
-IPV4 = Header("ipv4", (
-    Field("version_ihl", 0, "B"),
-    Field("total_len", 2, "H"),
-    Field("ident", 4, "H"),
-    Field("flags_fragment", 6, "H"),
-    Field("ttl", 8, "B"),
-    Field("proto", 9, "B"),
-    Field("src", 12, "I"),
-    Field("dst", 16, "I"),
-))
-IPV6 = Header("ipv6", (
-    Field("version_class_flow", 0, "I"),
-    Field("payload_len", 4, "H"),
-    Field("next_header", 6, "B"),
-    Field("hop_limit", 7, "B"),
-    Field("src_hi", 8, "Q"),
-    Field("src_lo", 16, "Q"),
-    Field("dst_hi", 24, "Q"),
-    Field("dst_lo", 32, "Q"),
-))
-# The first 8 bytes of every IPv6 extension header we follow.
-IPV6_EXTENSION = Header("ipv6_extension", (
-    Field("next_header", 0, "B"),
-    Field("len", 1, "B"),  # units depend on the header type (see _extension_size)
-    Field("fragment", 2, "H"),  # fragment header only: offset << 3 | flags
-))
-ARP = Header("arp", (
-    Field("htype", 0, "H"),
-    Field("ptype", 2, "H"),
-    Field("hlen", 4, "B"),
-    Field("plen", 5, "B"),
-))
-ARP_ETHERNET_IPV4 = Header("arp_ethernet_ipv4", (
-    Field("sender_ip", 14, "I"),
-    Field("target_ip", 24, "I"),
-))
-# Only the fixed 20 bytes: options are not needed for any column.
-TCP = Header("tcp", (
-    Field("sport", 0, "H", -1),
-    Field("dport", 2, "H", -1),
-    Field("seq", 4, "I"),
-    Field("ack", 8, "I"),
-    Field("data_offset", 12, "B"),  # header length in 32-bit words, high nibble
-    Field("flags", 13, "B"),
-    Field("window", 14, "H"),
-    Field("checksum", 16, "H"),
-    Field("urgent", 18, "H"),
-))
-UDP = Header("udp", (
-    Field("sport", 0, "H", -1),
-    Field("dport", 2, "H", -1),
-    Field("len", 4, "H"),
-    Field("checksum", 6, "H"),
-))
-# ICMP and ICMPv6 share their first two bytes; only the type is needed (echo requests vs replies and errors).
-ICMP = Header("icmp", (
-    Field("type", 0, "B", -1),
-    Field("code", 1, "B", -1),
-))
-# GRE (RFC 2784): flags and version, then the carried protocol.  Mirai's greip and greeth floods send version 0
-# carrying IPv4 (0x0800) or Ethernet (0x6558); PPTP's tunnels send version 1 carrying PPP.
-GRE = Header("gre", (
-    Field("flags_version", 0, "H", -1),
-    Field("proto", 2, "H", -1),
-))
+# Where only the start of a header is needed (and so must be captured).
+RAW_IP = IPV4.prefix("version_ihl")  # raw IP: the first byte's high nibble is the version, IPv4's or IPv6's
+ARP_FIXED = ARP.prefix("plen")  # the hardware and protocol types and lengths: which ARP this is
+ICMP_TYPE = ICMP.prefix("code")  # echo requests vs replies and errors
 
-ETHERTYPE_IPV4, ETHERTYPE_ARP, ETHERTYPE_IPV6 = 0x0800, 0x0806, 0x86DD
 VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)  # 802.1Q, 802.1ad, the older QinQ value
 MAX_VLAN_TAGS = 2
-IP_PROTO_ICMP, IP_PROTO_TCP, IP_PROTO_UDP, IP_PROTO_GRE, IP_PROTO_ICMPV6 = 1, 6, 17, 47, 58
 EXT_HOP_BY_HOP, EXT_ROUTING, EXT_FRAGMENT, EXT_AH, EXT_DEST_OPTS = 0, 43, 44, 51, 60
 IPV6_EXTENSIONS = (EXT_HOP_BY_HOP, EXT_ROUTING, EXT_FRAGMENT, EXT_AH, EXT_DEST_OPTS)
 MAX_IPV6_EXTENSIONS = 8  # a longer chain is decoded at L3 only (proto = the last header type)
@@ -270,7 +174,7 @@ LINK_LAYERS: dict[int, LinkLayer] = {
     LINKTYPE_NULL: LinkLayer("null", NULL, 4, "family", family_either_order=True),
     LINKTYPE_LOOP: LinkLayer("loop", LOOP, 4, "family"),
 }
-ETHERNET_HEADER_LEN = 14
+ETHERNET_HEADER_LEN = ETHERNET.size
 ETHERNET_MIN_FRAME = 60  # without the frame check sequence, as captures record it
 BROADCAST_MAC = 0xFFFF_FFFF_FFFF
 ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772
@@ -313,64 +217,96 @@ class _Drops:
 def parse_frames(frames: FrameBatch, stats: DecodeStats | None = None) -> PacketBatch:
     """Decode every frame of the batch; frames that cannot be decoded are counted in ``stats`` and left out."""
     stats = stats if stats is not None else DecodeStats()
-    n = len(frames)
     buf = frames.buf
     start = frames.offset.astype(np.int64)
     end = start + frames.cap_len.astype(np.int64)  # one past the last captured byte
-    drops = _Drops(n, stats)
+    drops = _Drops(len(frames), stats)
     drops.drop((start < 0) | (end < start) | (end > len(buf)), "bad_frame_bounds")
 
     # The link layer, as Ethernet would have said it; then up to two VLAN tags.
     link = _decode_links(frames, buf, start, end, drops)
-    ethertype = link["ethertype"]
-    l3 = link["l3"]
-    vlan = np.full(n, -1, dtype=np.int64)
+    ethertype, l3, vlan = _decode_vlan_tags(buf, link["ethertype"], link["l3"], end, drops)
+
+    ip4 = _decode_ipv4(buf, l3, end, drops.alive & (ethertype == ETHERTYPE_IPV4), drops)
+    ip6 = _decode_ipv6(buf, l3, end, drops.alive & (ethertype == ETHERTYPE_IPV6), drops)
+    arp = _decode_arp(buf, l3, end, drops.alive & (ethertype == ETHERTYPE_ARP), drops)
+    for layer in (ip4, ip6, arp):
+        layer["is"] = layer["is"] & drops.alive
+    ip = _either_ip_version(ip4, ip6)
+    l4 = _decode_l4(buf, ip, end, drops)
+
+    keep = np.flatnonzero(drops.alive)
+    stats.decoded += len(keep)
+    return _packet_batch(frames, keep, link, vlan, ip4, ip6, arp, ip, l4)
+
+
+def _decode_vlan_tags(
+    buf: np.ndarray, ethertype: np.ndarray, l3: np.ndarray, end: np.ndarray, drops: _Drops
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step over up to two VLAN tags: the inner EtherType, where L3 starts, and the outermost tag's id (-1: none)."""
+    vlan = np.full(len(l3), -1, dtype=np.int64)
     for _ in range(MAX_VLAN_TAGS):
         tagged = drops.alive & np.isin(ethertype, VLAN_TPIDS)
         if not tagged.any():
             break
         drops.drop(tagged & (l3 + VLAN_TAG.size > end), "truncated_ethernet")
         tagged &= drops.alive
-        tag = VLAN_TAG.read(buf, l3, tagged)
-        vlan = np.where(tagged & (vlan < 0), tag["tci"] & 0x0FFF, vlan)  # the outermost tag's id
+        tag = _read(VLAN_TAG, buf, l3, tagged)
+        vlan = np.where(tagged & (vlan < 0), tag["tci"] & 0x0FFF, vlan)
         ethertype = np.where(tagged, tag["type"], ethertype)
         l3 = l3 + VLAN_TAG.size * tagged
+    return ethertype, l3, vlan
 
-    ip4 = _decode_ipv4(buf, l3, end, drops.alive & (ethertype == ETHERTYPE_IPV4), drops)
-    ip6 = _decode_ipv6(buf, l3, end, drops.alive & (ethertype == ETHERTYPE_IPV6), drops)
-    arp = _decode_arp(buf, l3, end, drops.alive & (ethertype == ETHERTYPE_ARP), drops)
-    is4, is6 = ip4["is"] & drops.alive, ip6["is"] & drops.alive
 
-    # Columns shared by both IP versions: exactly one of ip4/ip6 holds a non-default value per row.
-    is_ip = is4 | is6
-    proto = np.where(is4, ip4["proto"], ip6["proto"])
-    l4 = np.where(is4, ip4["l4"], ip6["l4"])
-    ip_end = np.where(is4, ip4["end"], ip6["end"])  # end of the IP packet by its length field
-    frag = np.where(is4, ip4["frag"], ip6["frag"])
-    l4_room = np.minimum(ip_end, end) - l4  # L4 bytes both declared and captured
+def _either_ip_version(ip4: dict, ip6: dict) -> dict:
+    """The columns both IP versions have, each frame's from the version it carries (the other holds 0)."""
+    is4, is6 = ip4["is"], ip6["is"]
+    shared = ("proto", "l4", "end", "frag", "ttl", "ip_len")  # "end": where the IP packet ends by its length field
+    return {"is4": is4, "is6": is6, "is": is4 | is6} | {name: np.where(is4, ip4[name], ip6[name]) for name in shared}
 
-    has_l4 = is_ip & ~frag
+
+def _decode_l4(buf: np.ndarray, ip: dict, end: np.ndarray, drops: _Drops) -> dict:
+    """TCP, UDP, ICMP and GRE headers of IP packets that start one (not non-first fragments); payload lengths."""
+    l4, proto = ip["l4"], ip["proto"]
+    l4_room = np.minimum(ip["end"], end) - l4  # L4 bytes both declared and captured
+    has_l4 = ip["is"] & ~ip["frag"]
     is_tcp = has_l4 & (proto == IP_PROTO_TCP)
     is_udp = has_l4 & (proto == IP_PROTO_UDP)
     drops.drop((is_tcp & (l4_room < TCP.size)) | (is_udp & (l4_room < UDP.size)), "truncated_l4")
     is_tcp &= drops.alive
     is_udp &= drops.alive
-    tcp = TCP.read(buf, l4, is_tcp)
-    udp = UDP.read(buf, l4, is_udp)
+    tcp = _read(TCP, buf, l4, is_tcp)
+    udp = _read(UDP, buf, l4, is_udp)
     # A truncated ICMP header is no reason to skip the packet: its type is then unknown (-1).
-    is_icmp = has_l4 & drops.alive & np.isin(proto, (IP_PROTO_ICMP, IP_PROTO_ICMPV6)) & (l4_room >= ICMP.size)
-    icmp = ICMP.read(buf, l4, is_icmp)
+    is_icmp = has_l4 & drops.alive & np.isin(proto, (IP_PROTO_ICMP, IP_PROTO_ICMPV6)) & (l4_room >= ICMP_TYPE.size)
+    icmp = _read(ICMP_TYPE, buf, l4, is_icmp)
     is_gre = has_l4 & drops.alive & (proto == IP_PROTO_GRE) & (l4_room >= GRE.size)
-    gre = GRE.read(buf, l4, is_gre)
-    gre_proto = np.where(is_gre & (gre["flags_version"] & 7 == 0), gre["proto"], -1)
+    gre = _read(GRE, buf, l4, is_gre)
     tcp_hdr_len = (tcp["data_offset"] >> 4) * 4
     l4_header = np.where(is_tcp, tcp_hdr_len, np.where(is_udp, UDP.size, 0))
-    payload_len = np.where(is_ip, np.maximum(ip_end - l4 - l4_header, 0), 0)
+    return {
+        "has_l4": has_l4,
+        "has_ports": is_tcp | is_udp,
+        "sport": np.select([is_tcp, is_udp], [tcp["sport"], udp["sport"]], -1),
+        "dport": np.select([is_tcp, is_udp], [tcp["dport"], udp["dport"]], -1),
+        "tcp": tcp,
+        "tcp_hdr_len": tcp_hdr_len,
+        "payload_len": np.where(ip["is"], np.maximum(ip["end"] - l4 - l4_header, 0), 0),
+        "icmp_type": np.where(is_icmp, icmp["type"], -1),
+        "gre_proto": np.where(is_gre & (gre["flags_version"] & 7 == 0), gre["proto"], -1),
+    }
 
-    is_arp = arp["is"] & drops.alive
+
+def _packet_batch(
+    frames: FrameBatch, keep: np.ndarray, link: dict, vlan: np.ndarray, ip4: dict, ip6: dict, arp: dict, ip: dict,
+    l4: dict,
+) -> PacketBatch:
+    """The decoded columns of the frames kept."""
+    is4, is6, is_ip, is_arp = ip["is4"], ip["is6"], ip["is"], arp["is"]
+    proto = ip["proto"]
     l3_kind = np.select([is4, is6, is_arp], [L3_IPV4, L3_IPV6, L3_ARP], L3_OTHER)
     port_kind = np.select(
-        [is_tcp | is_udp, is_arp, has_l4 & is4 & (proto == IP_PROTO_ICMP)],
+        [l4["has_ports"], is_arp, l4["has_l4"] & is4 & (proto == IP_PROTO_ICMP)],
         [PORT_NUMBER, PORT_ARP, PORT_ICMP],
         PORT_NONE,
     )
@@ -380,9 +316,7 @@ def parse_frames(frames: FrameBatch, stats: DecodeStats | None = None) -> Packet
     # Frames with neither IP nor ARP are keyed by their MACs (DESIGN 4).
     src_lo = np.select([ipv4_like, is6], [IPV4_MAPPED_LO_PREFIX | src_v4, ip6["src_lo"]], link["src_mac"])
     dst_lo = np.select([ipv4_like, is6], [IPV4_MAPPED_LO_PREFIX | dst_v4, ip6["dst_lo"]], link["dst_mac"])
-
-    keep = np.flatnonzero(drops.alive)
-    stats.decoded += len(keep)
+    tcp = l4["tcp"]
 
     def column(values: np.ndarray, dtype: type) -> np.ndarray:
         return np.asarray(values)[keep].astype(dtype)
@@ -401,21 +335,21 @@ def parse_frames(frames: FrameBatch, stats: DecodeStats | None = None) -> Packet
         dst_ip_lo=column(dst_lo, np.uint64),
         proto=column(np.where(is_ip, proto, 0), np.uint8),
         port_kind=column(port_kind, np.uint8),
-        sport=column(np.where(is_tcp, tcp["sport"], udp["sport"]), np.int32),
-        dport=column(np.where(is_tcp, tcp["dport"], udp["dport"]), np.int32),
-        ttl=column(np.where(is4, ip4["ttl"], ip6["ttl"]), np.uint8),
+        sport=column(l4["sport"], np.int32),
+        dport=column(l4["dport"], np.int32),
+        ttl=column(ip["ttl"], np.uint8),
         ip_id=column(ip4["ident"], np.uint16),
         df=column(is4 & ip4["df"], bool),
-        frag=column(is_ip & frag, bool),
-        ip_len=column(np.where(is4, ip4["ip_len"], ip6["ip_len"]), np.int32),
+        frag=column(is_ip & ip["frag"], bool),
+        ip_len=column(ip["ip_len"], np.int32),
         tcp_flags=column(tcp["flags"], np.uint8),
         tcp_seq=column(tcp["seq"], np.uint32),
         tcp_ack=column(tcp["ack"], np.uint32),
         tcp_win=column(tcp["window"], np.uint16),
-        tcp_hdr_len=column(tcp_hdr_len, np.uint8),
-        payload_len=column(payload_len, np.int32),
-        icmp_type=column(icmp["type"], np.int16),
-        gre_proto=column(gre_proto, np.int32),
+        tcp_hdr_len=column(l4["tcp_hdr_len"], np.uint8),
+        payload_len=column(l4["payload_len"], np.int32),
+        icmp_type=column(l4["icmp_type"], np.int16),
+        gre_proto=column(l4["gre_proto"], np.int32),
     )
 
 
@@ -460,7 +394,7 @@ def _decode_link(
     if layer.header is not None:
         drops.drop(rows & (end - start < layer.header.size), f"truncated_{layer.name}")
         rows = rows & drops.alive
-        head = layer.header.read(buf, start, rows)
+        head = _read(layer.header, buf, start, rows)
     no_mac = np.zeros(n, dtype=np.uint64)
     src_mac, dst_mac = head.get("src", no_mac), head.get("dst", no_mac)
 
@@ -505,7 +439,7 @@ def _decode_link(
 def _decode_ipv4(buf: np.ndarray, l3: np.ndarray, end: np.ndarray, is4: np.ndarray, drops: _Drops) -> dict:
     drops.drop(is4 & (l3 + IPV4.size > end), "truncated_ip")
     is4 = is4 & drops.alive
-    ip = IPV4.read(buf, l3, is4)
+    ip = _read(IPV4, buf, l3, is4)
     version, ihl = ip["version_ihl"] >> 4, (ip["version_ihl"] & 0x0F) * 4
     drops.drop(is4 & (version != 4), "bad_ip_version")
     # A header shorter than 20 bytes, or longer than the packet it is in, is corrupt ...
@@ -532,7 +466,7 @@ def _decode_ipv4(buf: np.ndarray, l3: np.ndarray, end: np.ndarray, is4: np.ndarr
 def _decode_ipv6(buf: np.ndarray, l3: np.ndarray, end: np.ndarray, is6: np.ndarray, drops: _Drops) -> dict:
     drops.drop(is6 & (l3 + IPV6.size > end), "truncated_ip")
     is6 = is6 & drops.alive
-    ip = IPV6.read(buf, l3, is6)
+    ip = _read(IPV6, buf, l3, is6)
     drops.drop(is6 & ((ip["version_class_flow"] >> 28) != 6), "bad_ip_version")
     is6 = is6 & drops.alive
     payload = ip["payload_len"]
@@ -547,7 +481,7 @@ def _decode_ipv6(buf: np.ndarray, l3: np.ndarray, end: np.ndarray, is6: np.ndarr
             break
         drops.drop(chain & (pos + IPV6_EXTENSION.size > np.minimum(end, ip_end)), "truncated_ip")
         chain &= drops.alive
-        ext = IPV6_EXTENSION.read(buf, pos, chain)
+        ext = _read(IPV6_EXTENSION, buf, pos, chain)
         is_fragment = chain & (next_header == EXT_FRAGMENT)
         frag |= is_fragment & ((ext["fragment"] >> 3) != 0)  # non-first fragment: stop, no L4 header
         pos = np.where(chain, pos + _extension_size(next_header, ext["len"]), pos)
@@ -569,13 +503,13 @@ def _decode_ipv6(buf: np.ndarray, l3: np.ndarray, end: np.ndarray, is6: np.ndarr
 
 
 def _decode_arp(buf: np.ndarray, l3: np.ndarray, end: np.ndarray, is_arp: np.ndarray, drops: _Drops) -> dict:
-    drops.drop(is_arp & (l3 + ARP.size > end), "truncated_arp")
+    drops.drop(is_arp & (l3 + ARP_FIXED.size > end), "truncated_arp")
     is_arp = is_arp & drops.alive
-    arp = ARP.read(buf, l3, is_arp)
+    kind = _read(ARP_FIXED, buf, l3, is_arp)
     # Only ARP for IPv4 over Ethernet carries the addresses we key on; other ARP stays L3_OTHER.
-    ether_ipv4 = is_arp & (arp["htype"] == 1) & (arp["ptype"] == ETHERTYPE_IPV4)
-    ether_ipv4 &= (arp["hlen"] == 6) & (arp["plen"] == 4)
-    drops.drop(ether_ipv4 & (l3 + ARP_ETHERNET_IPV4.size > end), "truncated_arp")
+    ether_ipv4 = is_arp & (kind["htype"] == 1) & (kind["ptype"] == ETHERTYPE_IPV4)
+    ether_ipv4 &= (kind["hlen"] == 6) & (kind["plen"] == 4)
+    drops.drop(ether_ipv4 & (l3 + ARP.size > end), "truncated_arp")
     ether_ipv4 &= drops.alive
-    addresses = ARP_ETHERNET_IPV4.read(buf, l3, ether_ipv4)
-    return {"is": ether_ipv4, "src": addresses["sender_ip"], "dst": addresses["target_ip"]}
+    arp = _read(ARP, buf, l3, ether_ipv4)
+    return {"is": ether_ipv4, "src": arp["sender_ip"], "dst": arp["target_ip"]}
