@@ -57,6 +57,8 @@ from lab import REPO
 ATTACKERS = ("10.77.0.61", "10.77.0.62", "10.77.0.63", "10.77.0.64")
 SMALL_QUEUE = 20  # alerts the agent keeps while the broker is away: small, so an outage overflows it
 
+pytestmark = pytest.mark.slow  # real brokers, processes killed and restarted, namespaces
+
 
 def root_skip_reason(*tools: str) -> str | None:
     """Why a root-only test cannot run here (namespaces, mounts, the given tools), or None."""

@@ -54,7 +54,7 @@ def _missing(*tools: str) -> str | None:
 
 
 _LAB_SKIP = netns.skip_reason() or _missing("tcpdump")
-pytestmark = pytest.mark.skipif(_LAB_SKIP is not None, reason=str(_LAB_SKIP))
+pytestmark = [pytest.mark.skipif(_LAB_SKIP is not None, reason=str(_LAB_SKIP)), pytest.mark.slow]
 
 
 # --- the lab: an attacker and a board ---------------------------------------------------------

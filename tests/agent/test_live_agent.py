@@ -35,7 +35,7 @@ from lab.live_lab import (
     udp_probe,
 )
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 
 def _skip_reason() -> str | None:

@@ -30,7 +30,7 @@ import pytest
 from agent.profile import load_profile, shipped_profiles
 from lab.qemu_sysroot import REPO, TARGETS, EmulationUnavailable, ensure_sysroot, run_native, run_python, target_for
 
-pytestmark = pytest.mark.qemu
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 TINY_MODEL = REPO / "tests" / "data" / "tiny_int8.tflite"
 

@@ -11,8 +11,6 @@ from agent.detect.model import Classifier, load_bundle
 from agent.capture.packets import LABELS
 from convert.metrics import score
 
-pytest.importorskip("tensorflow", reason="the converter's tests need tensorflow-cpu (extra 'convert')")
-
 
 def test_metrics_follow_the_paper():
     y = np.array([0, 0, 0, 0, 1, 1, 2, 2])
@@ -24,7 +22,10 @@ def test_metrics_follow_the_paper():
     assert s.g_mean == pytest.approx((3 / 4 * 1 * 1 / 2) ** (1 / 3))
 
 
+@pytest.mark.slow
 def test_small_recipe_trains_quantises_and_loads(tmp_path):
+    # Imported here, not at module level: tensorflow takes seconds to import, and only training needs it.
+    pytest.importorskip("tensorflow", reason="training needs tensorflow-cpu (extra 'convert')")
     from convert.build_model import Recipe, build_splits, train_bundle
 
     recipe = Recipe(

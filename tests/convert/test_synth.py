@@ -387,6 +387,7 @@ def _history_and_replies(synth) -> tuple[int, int, int]:
     return best
 
 
+@pytest.mark.slow
 def test_udp_flood_victims_see_bots_with_history_and_linux_replies():
     """Some bots talked to their victim before flooding it; the victim answers the flood as Linux does."""
     found = []
@@ -468,6 +469,7 @@ def test_mixed_benign_tcp_looks_real(mixed):
             assert len(set(tsvals)) > 2  # timestamps option changes over the connection
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     paths = []
     for name, seed in (("a", 11), ("b", 11), ("c", 12)):
@@ -502,6 +504,7 @@ def test_every_scenario_writes_a_readable_capture(tmp_path, name):
         assert meta["packets_per_label"][kind] > 0 and meta["attackers"] and meta["victims"]
 
 
+@pytest.mark.slow
 def test_cli_list_and_synth(tmp_path):
     env_py = sys.executable
     listed = subprocess.run(
@@ -585,6 +588,7 @@ def test_beacons_keep_each_devices_period_size_and_broadcast_address(tmp_path):
     assert len({round(t) for t in firsts}) == len(firsts)
 
 
+@pytest.mark.slow
 def test_smart_home_has_beacons_and_many_first_contacts(tmp_path):
     synth = synthesise("smart_home", 300.0, seed=1)
     pcap, _, _ = write(synth, tmp_path / "home.pcap")
@@ -1016,6 +1020,7 @@ def test_scanned_board_behind_a_port_forward(tmp_path):
     assert {(p["dst"], p["seq"], p["dport"]) for p in syns} == {(scene.lan.board.ip.to_bytes(4, "big"), 0xCB007107, 23)}
 
 
+@pytest.mark.slow
 def test_scanned_scenario_and_public_victims_meet_scanners():
     reaches = set()
     for seed in range(6):
@@ -1038,6 +1043,7 @@ def test_scanned_scenario_and_public_victims_meet_scanners():
     assert found
 
 
+@pytest.mark.slow
 def test_options_and_scanned_board_are_reproducible(tmp_path):
     space = OptionSpace(exclude={"payload_len": [(900, 1100)]}, force={"dport": 53})
     for name, options in (("mirai_scan_scanned", None), ("mirai_ack_victim", space)):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import struct
-from pathlib import Path
 
 import pytest
 
@@ -88,6 +87,7 @@ def test_damaged_section_header_still_starts_a_new_section(tmp_path):
 
 # Seeds rather than st.randoms(): the generators draw thousands of values per input, which makes
 # hypothesis-controlled randomness several times slower and overruns its buffer on large files.
+@pytest.mark.slow
 @settings(max_examples=1000, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**64 - 1))
 def test_generated_inputs_keep_the_invariants(tmp_path_factory, seed):

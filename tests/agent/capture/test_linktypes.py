@@ -224,6 +224,7 @@ def assert_same_traffic(linktype: int, eth: tuple, other: tuple, us: set[bytes])
 # --- The same features and labels as on Ethernet ---------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_synthesised_capture_same_features(pairs, variant):
     pair = pairs("synth", variant)
@@ -242,6 +243,7 @@ def test_real_capture_same_features(pairs, variant):
     assert_same_traffic(pair.linktype, pair.eth, pair.other, pair.us)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["sll", "raw"])
 def test_same_labels_and_verdicts(pairs, classifier, variant):
     from agent.detect.decide import DecisionLayer
@@ -265,6 +267,7 @@ def test_same_labels_and_verdicts(pairs, classifier, variant):
     assert [who(v) for v in b.verdicts] == want
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("second", [LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW])
 def test_pcapng_with_two_link_types(tmp_path, synth_records, pairs, second):
     """Odd records on a second interface of another link type; the file reads as the Ethernet capture."""

@@ -364,6 +364,7 @@ BASE_PCAPNG = b"".join(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     base=st.sampled_from([BASE_PCAP, BASE_PCAPNG]),

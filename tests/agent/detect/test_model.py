@@ -6,7 +6,6 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +53,7 @@ def test_bundle_with_wrong_digest_or_schema_is_refused(bundle, tmp_path):
     assert res.returncode == 2 and "sha256" in res.stderr
 
 
+@pytest.mark.slow
 def test_runtimes_agree(tmp_path):
     # One process per runtime, as on a board: TensorFlow and tflite-runtime loaded in one process
     # (as pytest may have done by now) break each other's interpreters.
@@ -90,6 +90,7 @@ def test_runtimes_agree(tmp_path):
         assert (out != base).mean() < 3e-2 and np.abs(out - base).max() <= 3, rt
 
 
+@pytest.mark.slow
 def test_detect_command_finds_the_demo_attacks(tmp_path):
     sample = REPO / "agent" / "samples" / "mirai_demo.pcap"
     res = run_agent("detect", str(sample), "--jsonl", "--per-packet", str(tmp_path / "pp.csv"))

@@ -12,6 +12,8 @@ from agent.detect.model import Classifier, load_bundle
 from agent.pipeline import detect_capture
 from convert.real_check import BENIGN_CAPTURES
 
+pytestmark = pytest.mark.slow  # the whole pipeline on real captures
+
 
 @pytest.fixture(scope="module")
 def classifier() -> Classifier:

@@ -97,6 +97,7 @@ def test_evicted_stream_restarts_from_nothing():
     assert (h_weight[differs] == 1.0).any()
 
 
+@pytest.mark.slow
 def test_spoofed_flood_stays_within_budget():
     budget = 100_000
     extractor = FeatureExtractor(Budgets(budget, budget, budget, budget, budget))

@@ -94,6 +94,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_after", [7, 61, 203])
 def test_sigkill_while_enqueueing_loses_nothing_written(tmp_path, stop_after):
     env = dict(os.environ, PYTHONPATH=str(REPO))

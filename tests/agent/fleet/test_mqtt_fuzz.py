@@ -105,6 +105,7 @@ def test_any_generated_file_is_refused_naming_its_key(files, kind, seed):
 # --- through a real broker -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_hostile_messages_through_mosquitto_are_refused_then_a_valid_rule_set_applies(broker, world, harness, tmp_path):
     """One hostile message per category on the device's rules topic and the model topic; each is refused with
     the reason the direct handler gives (the acknowledgement, or the status for models); then a valid rule set."""

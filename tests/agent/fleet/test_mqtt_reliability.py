@@ -18,6 +18,8 @@ from lab.mqtt_helpers import FLEET, alert, make_agent, make_controller, plain_co
 from lab import REPO
 STREAM = 400
 
+pytestmark = pytest.mark.slow  # a real broker restarted and an agent killed mid-stream
+
 
 def _stream(agent, count: int, restart_at: int, restart) -> list[int]:
     """Send ``count`` alerts from a thread; call ``restart()`` from here once ``restart_at`` were sent."""
@@ -58,7 +60,8 @@ AGENT_CHILD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from agent.fleet.mqtt import AgentMqtt, MqttConfig
+    from agent.config import MqttConfig
+    from agent.fleet.mqtt import AgentMqtt
     cfg = MqttConfig(host="127.0.0.1", port=int(sys.argv[1]), fleet="lab", device="dev1", state_dir=Path(sys.argv[2]),
                      reconnect_min_s=1, reconnect_max_s=1)
     agent = AgentMqtt(cfg, {}, lambda rs: None)
