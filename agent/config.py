@@ -25,7 +25,6 @@ names the file, the key and the problem.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import tomllib
 from dataclasses import dataclass, field

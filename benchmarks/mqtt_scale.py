@@ -40,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.fleet.mqtt import (
+from agent.wire import (
     ACK_SCHEMA,
     ALERT_SCHEMA,
     STATUS_SCHEMA,

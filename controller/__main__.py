@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.fleet.mqtt import DEFAULT_PREFIX
-from agent.wire.signing import generate_key, key_id, load_private_key, save_keypair
+from agent.wire import DEFAULT_PREFIX, generate_key, key_id, load_private_key, save_keypair
 from controller.broker import AmqttBroker, BrokerError, start_embedded_broker
 from controller.certs import write_pki
 from controller.policy import PolicyConfig

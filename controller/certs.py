@@ -28,8 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.fleet.mqtt import DEFAULT_PREFIX
-from agent.wire.rules import ALL_DEVICES, NAME_RE
+from agent.wire import ALL_DEVICES, DEFAULT_PREFIX, NAME_RE
 
 CA_DAYS = 3650
 LEAF_DAYS = 825  # the longest validity clients commonly accept for server certificates

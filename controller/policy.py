@@ -14,7 +14,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass, field
 
-from agent.wire.rules import ALL_DEVICES, MAX_RULES, Rule, RuleSet
+from agent.wire import ALL_DEVICES, MAX_RULES, Rule, RuleSet
 from controller.store import Block, Store
 
 log = logging.getLogger(__name__)

@@ -34,17 +34,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.fleet.mqtt import (
+from agent.wire import (
+    ALL_DEVICES,
     DEFAULT_PREFIX,
     MODEL_SCHEMA,
+    MessageError,
+    RuleSet,
+    canonical_json,
+    load_private_key,
     make_client,
+    parse_ack,
+    parse_alert,
+    parse_status,
     parse_topic,
+    sign,
     topic,
 )
-from agent.wire.rules import ALL_DEVICES, RuleSet
-from agent.wire.jsonio import canonical_json
-from agent.wire.signing import load_private_key, sign
-from controller.messages import MessageError, parse_ack, parse_alert, parse_status
 from controller.policy import Policy, PolicyConfig, fleet_ruleset
 from controller.store import Block, Store
 

@@ -1,13 +1,7 @@
 """The agent's MQTT side: alerts and status out, signed rule sets and models in.
 
-Topics (DESIGN 7), with ``prefix`` = ``iotguard/v1`` by default::
-
-    {prefix}/{fleet}/{device}/alerts      agent -> controller, QoS 1
-    {prefix}/{fleet}/{device}/status      agent -> controller, QoS 1, retained, last will "offline"
-    {prefix}/{fleet}/{device}/rules       controller -> agent, QoS 1, retained, signed
-    {prefix}/{fleet}/all/rules            controller -> agent, QoS 1, retained, signed
-    {prefix}/{fleet}/{device}/rules/ack   agent -> controller, QoS 1
-    {prefix}/{fleet}/{device}/model       controller -> agent, QoS 1, signed
+Topics, schemas and the checks of what arrives are the wire contract shared
+with the controller (``agent.wire``, topics in ``agent.wire.messages``).
 
 Alerts are never lost to a broker outage: ``send_alert`` stores the alert in
 the on-disk ``AlertQueue`` and a sender thread publishes from there, at most
@@ -23,25 +17,38 @@ last applied envelope of each target is kept on disk and re-applied by
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 
 from agent.wire import rules as rs
-from agent.fleet.alert_queue import AlertQueue, write_atomically
-from agent.wire.jsonio import canonical_json, load_json
-from agent.wire.signing import SignatureError, TrustedKeys, open_envelope
+from agent.config import MqttConfig
+from agent.fleet.alert_queue import AlertQueue
+from agent.util import write_atomically
+from agent.wire import (
+    ACK_SCHEMA,
+    ALERT_FIELDS,
+    ALERT_SCHEMA,
+    MODEL_MAX_BYTES,
+    RULES_MAX_BYTES,
+    STATUS_SCHEMA,
+    SignatureError,
+    TrustedKeys,
+    canonical_json,
+    check_model_push,
+    load_json,
+    make_client,
+    open_envelope,
+    short_reason,
+    topic,
+)
 
 try:
     import psutil
@@ -49,117 +56,6 @@ except ImportError:  # an agent dependency; without it the status simply lacks C
     psutil = None
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PREFIX = "iotguard/v1"
-ALERT_SCHEMA = "iotguard.alert/1"
-STATUS_SCHEMA = "iotguard.status/1"
-ACK_SCHEMA = "iotguard.rules-ack/1"
-MODEL_SCHEMA = "iotguard.model-push/1"
-MODEL_MAX_BYTES = 16 * 1024 * 1024  # envelope of a model push (base64 inflates the .tflite by 4/3)
-RULES_MAX_BYTES = rs.MAX_BYTES * 4 // 3 + 4096  # envelope around a rule set of at most MAX_BYTES
-MODEL_FIELDS = ("schema", "version", "bundle", "tflite_b64", "sha256")
-MODEL_MAX_VERSION = 2**53  # as for rule sets: exact in every JSON reader, and far above unix seconds
-REASON_MAX_CHARS = 512  # a rejection reason travels in acks and in every status: enough to act on, never a payload
-
-# What the agent's detector must fill in; the client adds schema, device, fleet, seq, sent_at.
-ALERT_FIELDS = ("class", "confidence", "source", "victim", "packets", "first_seen", "last_seen", "action", "rule_id")
-# The topic kinds below {prefix}/{fleet}/{device}/.
-KINDS = ("alerts", "status", "rules", "rules/ack", "model")
-
-
-# --- topics ------------------------------------------------------------------
-
-
-class TopicParts(NamedTuple):
-    fleet: str
-    device: str  # "all" for the fleet-wide rule set
-    kind: str  # one of KINDS
-
-
-def topic(prefix: str, fleet: str, device: str, kind: str) -> str:
-    if kind not in KINDS:
-        raise ValueError(f"unknown topic kind {kind!r}")
-    return f"{prefix}/{fleet}/{device}/{kind}"
-
-
-def short_reason(reason: str) -> str:
-    """A rejection reason fit to publish: bounded, and UTF-8 (a JSON "\\ud800" escape decodes to a lone surrogate)."""
-    reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
-    return reason if len(reason) <= REASON_MAX_CHARS else reason[: REASON_MAX_CHARS - 1] + "\u2026"
-
-
-def parse_topic(prefix: str, name: str) -> TopicParts | None:
-    """Split a topic of ours into (fleet, device, kind); None for anything else."""
-    if not name.startswith(prefix + "/"):
-        return None
-    parts = name[len(prefix) + 1 :].split("/", 2)
-    if len(parts) != 3 or parts[2] not in KINDS or not all(rs.NAME_RE.match(p) for p in parts[:2]):
-        return None
-    return TopicParts(*parts)
-
-
-# --- configuration -----------------------------------------------------------
-
-
-@dataclass
-class MqttConfig:
-    host: str
-    fleet: str
-    device: str
-    state_dir: Path  # alert queue + applied rule sets + model version live here
-    port: int = 1883
-    prefix: str = DEFAULT_PREFIX
-    protocol: str = "5"  # "5" or "3.1.1"
-    keepalive_s: int = 30
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 30.0
-    max_inflight: int = 32  # alerts handed to paho and not yet acknowledged
-    queue_max_items: int = 10_000
-    tls_ca: Path | None = None  # TLS is on when this is set
-    tls_cert: Path | None = None  # client certificate (its CN is the device name on our brokers)
-    tls_key: Path | None = None
-    username: str | None = None
-    password: str | None = None
-
-    def __post_init__(self) -> None:
-        for what in ("fleet", "device"):
-            value = getattr(self, what)
-            if not rs.NAME_RE.match(value):
-                raise ValueError(f"{what} name {value!r} must match {rs.NAME_RE.pattern}")
-        if self.device == rs.ALL_DEVICES:
-            raise ValueError(f"device name {rs.ALL_DEVICES!r} is reserved for the fleet-wide rule set")
-        if self.protocol not in ("5", "3.1.1"):
-            raise ValueError(f"protocol must be '5' or '3.1.1', got {self.protocol!r}")
-        self.state_dir = Path(self.state_dir)
-
-
-def make_client(client_id: str, protocol: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
-                username: str | None = None, password: str | None = None, manual_ack: bool = False,
-                persistent_session: bool = False) -> mqtt.Client:
-    """A paho 2 client with TLS and credentials set up (shared with the controller).
-
-    ``persistent_session`` only matters for MQTT 3.1.1 here; MQTT 5 sets it at connect time.
-    """
-    v5 = protocol == "5"
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-        clean_session=None if v5 else not persistent_session,
-        manual_ack=manual_ack,
-    )
-    if tls_ca is not None:
-        client.tls_set(
-            ca_certs=str(tls_ca),
-            certfile=str(tls_cert) if tls_cert else None,
-            keyfile=str(tls_key) if tls_key else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
-    if username is not None:
-        client.username_pw_set(username, password)
-    return client
-
 
 # --- the client --------------------------------------------------------------
 
@@ -506,7 +402,7 @@ class AgentMqtt:
     def _handle_model(self, envelope: bytes) -> None:
         try:
             doc = open_envelope(envelope, self.keys, max_bytes=MODEL_MAX_BYTES)
-            meta, tflite, version = self._check_model(doc)
+            meta, tflite, version = check_model_push(doc, self.model_version)
             if self.on_model is None:
                 raise ValueError("this agent takes no model updates")
             try:
@@ -525,27 +421,3 @@ class AgentMqtt:
             log.info("%s: model version %d installed (%d bytes)", self.config.device, version, len(tflite))
         if self._connected.is_set():
             self._publish(self.topic_status, canonical_json(self.status()), retain=True)
-
-    def _check_model(self, doc: dict[str, Any]) -> tuple[dict[str, Any], bytes, int]:
-        if doc.get("schema") != MODEL_SCHEMA:
-            raise ValueError(f"model push schema {doc.get('schema')!r}, want {MODEL_SCHEMA!r}")
-        unknown = sorted(set(doc) - set(MODEL_FIELDS))
-        if unknown:  # as strict as rule sets and envelopes: a field we do not know is not silently dropped
-            raise ValueError(f"unknown model push field(s): {', '.join(map(repr, unknown))}")
-        version = doc.get("version")
-        # Bounded: a signed push of version 10**400 would otherwise be installed and lock out every later one.
-        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MODEL_MAX_VERSION:
-            raise ValueError(f"model push version must be an integer in 1..{MODEL_MAX_VERSION}, got {version!r}")
-        if version <= self.model_version:
-            raise ValueError(f"model version {version} is not newer than installed version {self.model_version}")
-        meta, b64, digest = doc.get("bundle"), doc.get("tflite_b64"), doc.get("sha256")
-        if not isinstance(meta, dict) or not isinstance(b64, str) or not isinstance(digest, str):
-            raise ValueError("model push needs bundle (object), tflite_b64 (string) and sha256 (string)")
-        try:
-            tflite = base64.b64decode(b64.encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError):
-            raise ValueError("tflite_b64 is not valid base64") from None
-        actual = hashlib.sha256(tflite).hexdigest()
-        if actual != digest.lower():
-            raise ValueError(f"model sha256 mismatch: got {actual}, message says {digest!r}")
-        return meta, tflite, version

@@ -10,20 +10,21 @@ A rule set document (the payload of a signed envelope, see ``agent.wire.signing`
 
 ``parse_ruleset`` turns such a document into a ``RuleSet`` or raises
 ``RuleSetError`` with a reason that names the offending field.  The fields and
-their checks are declared once, as data, in ``RULESET_FIELDS`` and
-``RULE_FIELDS``.  Whether a valid rule set is *applicable* (signature, fleet,
-target, version newer than the last one) is decided by ``agent.fleet.mqtt``.
+their checks (from ``agent.validate``) are declared once, as data, in
+``RULESET_FIELDS`` and ``RULE_FIELDS``.  Whether a valid rule set is
+*applicable* (signature, fleet, target, version newer than the last one) is
+decided by ``agent.fleet.mqtt``.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent.validate import Field, Invalid, fields, integer, matches, network, one_of, optional, text, type_name, unix_time
 from agent.wire.jsonio import canonical_json, json_depth, load_json
 
 SCHEMA = "iotguard.ruleset/1"
@@ -41,12 +42,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class RuleSetError(ValueError):
+class RuleSetError(Invalid):
     """A rule set was refused; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -97,122 +94,41 @@ class RuleSet:
         }
 
 
-# --- field checks: each returns the parsed value or raises ValueError(reason) ---
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"must be a string, got {type(value).__name__}")
-    if not value or len(value) > MAX_TEXT:
-        raise ValueError(f"must be 1..{MAX_TEXT} characters")
-    return value
-
-
-def _reason_text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"must be a string, got {type(value).__name__}")
-    if len(value) > MAX_TEXT:
-        raise ValueError(f"longer than {MAX_TEXT} characters")
-    return value
-
-
-def _name(value: Any) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise ValueError(f"must match {NAME_RE.pattern}, got {value!r}")
-    return value
-
-
-def _int(value: Any, low: int, high: int) -> int:
-    # bool is an int subclass in Python; JSON true is not a number here.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"must be an integer, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"must be in {low}..{high}, got {value}")
-    return value
-
-
-def _time(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"must be a non-negative unix time, got {type(value).__name__}")
-    try:
-        seconds = float(value)
-    except OverflowError:  # JSON integers have no size limit; math.isfinite() would raise OverflowError on them
-        raise ValueError(f"must be a non-negative unix time, got an integer of {len(str(value))} digits") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"must be a non-negative unix time, got {value!r}")
-    return seconds
-
-
-def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda value: None if value is None else check(value)
-
-
-def _one_of(*allowed: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}; got {value!r}")
-        return value
-
-    return check
-
-
-def _network(value: Any) -> Network:
-    if not isinstance(value, str):
-        raise ValueError(f"must be an address or CIDR string, got {type(value).__name__}")
-    if "%" in value:
-        # ipaddress takes "fe80::1%<anything>" (newlines and quotes included) as a /128 with a scope id;
-        # nft cannot parse it, so such a rule would break every later kernel sync.
-        raise ValueError("an IPv6 scope id (%...) has no place in a rule")
-    try:
-        return ipaddress.ip_network(value, strict=True)
-    except ValueError as exc:
-        raise ValueError(f"not an address or CIDR: {exc}") from None
-
-
 def _rules_list(value: Any) -> list[Any]:
     if not isinstance(value, list):
-        raise ValueError(f"must be a list, got {type(value).__name__}")
+        raise Invalid(f"must be a list, got {type_name(value)}")
     if len(value) > MAX_RULES:
-        raise ValueError(f"too many rules: {len(value)} > limit {MAX_RULES}")
+        raise Invalid(f"too many rules: {len(value)} > limit {MAX_RULES}")
     return value
 
 
-# (field, check) in document order.  Every field is required; null is spelled out.
-RULESET_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
-    ("schema", _one_of(SCHEMA)),
-    ("fleet", _name),
-    ("target", _name),
-    ("version", lambda v: _int(v, 1, 2**53)),
-    ("issued_at", _time),
-    ("rules", _rules_list),
+# In document order.  Every field is required; null is spelled out.
+RULESET_FIELDS: tuple[Field, ...] = (
+    Field("schema", one_of(SCHEMA)),
+    Field("fleet", matches(NAME_RE)),
+    Field("target", matches(NAME_RE)),
+    Field("version", integer(1, 2**53, got=type_name)),
+    Field("issued_at", unix_time),
+    Field("rules", _rules_list),
 )
-RULE_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
-    ("id", _text),
-    ("source", _network),
-    ("proto", _optional(_one_of(*PROTOCOLS))),
-    ("dport", _optional(lambda v: _int(v, 0, 65535))),
-    ("action", _one_of(*ACTIONS)),
-    ("expires", _optional(_time)),
-    ("reason", _reason_text),
+RULE_FIELDS: tuple[Field, ...] = (
+    Field("id", text(MAX_TEXT, min_len=1)),
+    Field("source", network(strict=True)),
+    Field("proto", optional(one_of(*PROTOCOLS))),
+    Field("dport", optional(integer(0, 65535, got=type_name))),
+    Field("action", one_of(*ACTIONS)),
+    Field("expires", optional(unix_time)),
+    Field("reason", text(MAX_TEXT)),
 )
 
 
-def _check_fields(doc: Any, table: tuple[tuple[str, Callable[[Any], Any]], ...], where: str) -> dict[str, Any]:
+def _check_fields(doc: Any, table: tuple[Field, ...], where: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
-        raise RuleSetError(f"{where}: must be a JSON object, got {type(doc).__name__}")
-    names = [name for name, _ in table]
-    unknown = sorted(set(doc) - set(names))
-    if unknown:
-        raise RuleSetError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}")
-    values = {}
-    for name, check in table:
-        if name not in doc:
-            raise RuleSetError(f"{where}: missing field {name!r}")
-        try:
-            values[name] = check(doc[name])
-        except ValueError as exc:
-            raise RuleSetError(f"{where}.{name}: {exc}") from None
-    return values
+        raise RuleSetError(f"{where}: must be a JSON object, got {type_name(doc)}")
+    try:
+        return fields(doc, table, refuse_unknown=True)
+    except Invalid as exc:
+        raise RuleSetError(f"{'.'.join((where, *exc.path))}: {exc.reason}") from None
 
 
 def parse_ruleset(document: bytes | str | Mapping[str, Any], max_bytes: int = MAX_BYTES) -> RuleSet:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -9,17 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 pytest.register_assert_rewrite("mqtt_helpers")
 from lab.mqtt_helpers import FLEET, Listener, alert, make_agent, make_controller, needs_mosquitto, wait_until
 
-from agent.fleet.mqtt import topic
-from agent.wire.jsonio import canonical_json
-from agent.wire.signing import load_private_key
+from agent.wire import canonical_json, load_private_key, parse_alert, topic
 from controller.broker import start_embedded_broker
-from controller.messages import parse_alert
 from controller.policy import Policy, PolicyConfig
 from controller.store import Store
 
@@ -39,6 +36,23 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def raw_alert(device: str, seq: int, source: str, confidence: float = 0.9) -> dict:
     return {**alert(source, confidence=confidence), "schema": "iotguard.alert/1", "device": device, "fleet": FLEET,
             "seq": seq, "sent_at": time.time()}
+
+
+def imported_modules(folder: Path) -> set[str]:
+    modules = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules.add(node.module)
+    return modules
+
+
+def test_the_controller_takes_only_the_wire_contract_from_the_agent():
+    from_agent = {m for m in imported_modules(REPO / "controller") if m.split(".")[0] == "agent"}
+    assert from_agent <= {"agent.wire"}, from_agent
+    assert not {m for m in imported_modules(REPO / "agent") if m.split(".")[0] == "controller"}
 
 
 # --- store and policy, no broker ---------------------------------------------

@@ -350,9 +350,8 @@ def test_anomaly_verdicts_need_most_recent_packets_anomalous():
 
 def test_anomaly_verdicts_are_reported_and_blocked_only_when_configured():
     from agent.detect.decide import Verdict
-    from agent.fleet.mqtt import ALERT_SCHEMA
     from agent.act.respond import ResponseConfig, alert_document, rule_for
-    from controller.messages import parse_alert
+    from agent.wire import ALERT_SCHEMA, parse_alert
 
     v = Verdict("source", ANOMALY, 0.9, 50, T0, T0 + 5, T0 + 1, src_ip="192.0.2.9", basis="anomaly")
     assert rule_for(v, T0, ResponseConfig()) is None

@@ -17,7 +17,7 @@ import pytest
 pytest.register_assert_rewrite("mqtt_helpers")
 from lab.mqtt_helpers import FLEET, Listener, alert, make_agent, wait_until
 
-from agent.fleet.mqtt import MODEL_SCHEMA, parse_topic, topic
+from agent.wire import MODEL_SCHEMA, topic
 from agent.wire.rules import SCHEMA as RULESET_SCHEMA
 from agent.wire.jsonio import canonical_json
 from agent.wire.signing import generate_key, sign, trusted_keys
@@ -36,13 +36,6 @@ def ruleset_doc(version: int, target: str = "all", fleet: str = FLEET, source: s
         "rules": [{"id": f"r{version}", "source": source, "proto": None, "dport": None, "action": "drop",
                    "expires": None, "reason": "test"}],
     }
-
-
-def test_topics_round_trip():
-    assert t("dev1", "rules/ack") == "iotguard/v1/lab/dev1/rules/ack"
-    assert parse_topic(PREFIX, "iotguard/v1/lab/dev1/rules/ack") == ("lab", "dev1", "rules/ack")
-    assert parse_topic(PREFIX, "iotguard/v1/lab/dev1/other") is None
-    assert parse_topic(PREFIX, "elsewhere/lab/dev1/alerts") is None
 
 
 def test_alerts_carry_seq_and_identity_and_leave_the_disk_after_puback(broker, keys, tmp_path):

@@ -15,7 +15,7 @@ pytest.register_assert_rewrite("mqtt_helpers")
 from lab.mqtt_helpers import FLEET, Listener, alert, make_agent, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.fleet.mqtt import topic
+from agent.wire import topic
 from controller.broker import MosquittoBroker, free_port, mosquitto_binary
 from controller.certs import issue, make_ca
 
