@@ -167,6 +167,7 @@ def test_blocks_expire_into_a_new_version(broker, keys, tmp_path):
         controller.stop()
 
 
+@pytest.mark.slow
 def test_two_replicas_share_the_alert_stream(broker, keys, tmp_path):
     db = tmp_path / "shared.sqlite"
     replicas = [make_controller(broker.host, broker.port, tmp_path, keys.private, name=n, db=db, k_devices=99)
@@ -189,6 +190,7 @@ def test_two_replicas_share_the_alert_stream(broker, keys, tmp_path):
             c.stop()
 
 
+@pytest.mark.slow
 def test_cli_keygen_block_unblock_listings_and_model_push(broker, tmp_path):
     cli("keygen", "--out", str(tmp_path))
     assert "exists" in cli("keygen", "--out", str(tmp_path), check=False).stdout
@@ -230,6 +232,7 @@ def test_cli_keygen_block_unblock_listings_and_model_push(broker, tmp_path):
         agent.stop()
 
 
+@pytest.mark.slow
 @needs_mosquitto
 def test_run_without_a_broker_starts_an_embedded_one(tmp_path):
     cli("keygen", "--out", str(tmp_path))
