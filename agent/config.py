@@ -34,7 +34,7 @@ from typing import Any
 from agent.act.respond import ResponseConfig
 from agent.detect.decide import DecisionConfig
 from agent.validate import Field, Invalid, fields, instance_of, network, passes
-from agent.wire.rules import ALL_DEVICES, NAME_RE
+from agent.wire import ALL_DEVICES, DEFAULT_PREFIX, NAME_RE
 
 REQUIRED = object()
 ANOMALY_MODES = ("off", "report", "enforce")
@@ -53,7 +53,7 @@ class MqttConfig:
     device: str
     state_dir: Path  # alert queue + applied rule sets + model version live here
     port: int = 1883
-    prefix: str = "iotguard/v1"  # FIXME(wire): DEFAULT_PREFIX once the wire contract has it
+    prefix: str = DEFAULT_PREFIX
     protocol: str = "5"  # "5" or "3.1.1"
     keepalive_s: int = 30
     reconnect_min_s: float = 1.0
