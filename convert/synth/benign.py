@@ -15,7 +15,7 @@ import logging
 
 import numpy as np
 
-from .frames import BROADCAST_MAC, Frames, arp_frames, multicast_mac, random_payload, udp_frames
+from .frames import BROADCAST_MAC, Frames, arp_frames, multicast_mac, pack, random_payload, udp_frames
 from .network import Host
 from .payloads import (
     DHCPACK,
@@ -114,8 +114,8 @@ def tls_handshake(scene: Scene, conv: TcpConversation, t: float) -> float:
 def arp_replies(n: int, target: Host, asker: Host) -> Frames:
     """``n`` ARP replies from ``target`` to ``asker`` (padded unless the board itself sends them)."""
     return arp_frames(
-        n, src_mac=target.mac, dst_mac=asker.mac, op=2, sha=target.mac, spa=target.ip, tha=asker.mac, tpa=asker.ip,
-        pad=not target.is_board,
+        n, src_mac=target.mac, dst_mac=asker.mac, op=2, sender_mac=target.mac, sender_ip=target.ip,
+        target_mac=asker.mac, target_ip=asker.ip, pad=not target.is_board,
     )  # fmt: skip
 
 
@@ -137,10 +137,10 @@ def arp_activity(scene: Scene, hosts: list[Host], start: float, stop: float) -> 
             src_mac=asker.mac,
             dst_mac=np.where(unicast, target.mac, BROADCAST_MAC).astype(np.uint64),
             op=1,
-            sha=asker.mac,
-            spa=asker.ip,
-            tha=np.where(unicast, target.mac, 0).astype(np.uint64),
-            tpa=target.ip,
+            sender_mac=asker.mac,
+            sender_ip=asker.ip,
+            target_mac=np.where(unicast, target.mac, 0).astype(np.uint64),
+            target_ip=target.ip,
             pad=not asker.is_board,
         )
         scene.timeline.add(times, frames, BENIGN, "benign:arp")
@@ -179,10 +179,10 @@ def dhcp_join(scene: Scene, host: Host, t: float, hostname: str) -> float:
         src_mac=host.mac,
         dst_mac=BROADCAST_MAC,
         op=1,
-        sha=host.mac,
-        spa=np.where(probe, 0, host.ip),
-        tha=0,
-        tpa=host.ip,
+        sender_mac=host.mac,
+        sender_ip=np.where(probe, 0, host.ip),
+        target_mac=0,
+        target_ip=host.ip,
         pad=not host.is_board,
     )
     scene.timeline.add(times, frames, BENIGN, "benign:arp")
@@ -461,7 +461,7 @@ def _rtp_video(scene: Scene, camera: Host, viewer: Host, sport: int, cport: int,
     ssrc = int(rng.integers(0, 1 << 32))
     seq0, ts0 = int(rng.integers(0, 1 << 16)), int(rng.integers(0, 1 << 32))
     rtp_ts = ts0 + np.round((frame_t[frame_of] - start) * 90000).astype(np.int64)
-    header = RTP.pack(total, m_pt=96 | (last.astype(np.int64) << 7), seq=seq0 + np.arange(total), ts=rtp_ts, ssrc=ssrc)
+    header = pack(RTP, total, m_pt=96 | (last.astype(np.int64) << 7), seq=seq0 + np.arange(total), ts=rtp_ts, ssrc=ssrc)
     body = random_payload(rng, chunk + 2)
     body[:, 0] = np.where(
         per_frame[frame_of] > 1, 0x7C, np.where(key[frame_of], 0x65, 0x41)

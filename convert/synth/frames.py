@@ -1,9 +1,11 @@
-"""Header layouts and vectorised frame building: many packets of one shape at once.
+"""Vectorised frame building: many packets of one shape at once.
 
-Every header is declared once as data, a tuple of (field, struct format, default)
-in the spirit of dpkt's ``__hdr__`` tables.  ``Layout.pack`` turns n sets of field
-values (scalars or length-n arrays) into an (n, size) uint8 array through a numpy
-structured dtype, so building a million headers is a handful of array writes.
+Header layouts are the agent's (``agent.capture.headers``): one (field, struct
+format, default) table per header, which the parser reads frames with.  ``pack``
+turns n sets of field values (scalars or length-n arrays) into an (n, size)
+uint8 array through a numpy structured dtype, so building a million headers is
+a handful of array writes.  The TCP options and the payload layouts
+(payloads.py) are declared the same way.
 
 ``tcp_frames``/``udp_frames``/``icmp_frames``/``arp_frames`` stack Ethernet, IPv4 and
 the L4 header over a payload matrix and fill in the IPv4 and TCP/UDP/ICMP checksums,
@@ -13,70 +15,66 @@ Ethernet padding to 60 bytes (``pad=True``); the sender's own capture does not.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
-Field = tuple[str, str, object]  # (name, struct format, default)
+from agent.capture.headers import (
+    ARP,
+    ETHERNET,
+    ETHERTYPE_ARP,
+    ETHERTYPE_IPV4,
+    ICMP,
+    IP_DF,
+    IP_PROTO_ICMP,
+    IP_PROTO_TCP,
+    IP_PROTO_UDP,
+    IPV4,
+    TCP,
+    UDP,
+    Field,
+    Header,
+)
 
 ETH_MIN_FRAME = 60  # minimum Ethernet frame without FCS: shorter frames are padded on the wire
-ETH_HEADER = 14
-IPV4_HEADER = 20
-ETHERTYPE_IPV4 = 0x0800
-ETHERTYPE_ARP = 0x0806
-PROTO_ICMP, PROTO_TCP, PROTO_UDP = 1, 6, 17
-IP_DF = 0x4000
-
-# TCP flag bits
-FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
-
 BROADCAST_MAC = 0xFFFF_FFFF_FFFF
 
 _NUMPY_FORMAT = {"B": "u1", "H": ">u2", "I": ">u4", "Q": ">u8"}
 _MASK = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFF_FFFF, "Q": None}
 
 
-@dataclass(frozen=True)
-class Layout:
-    """A fixed-size header: (field, format, default) triples, network byte order.
+@cache
+def _dtype(header: Header) -> np.dtype:
+    """The numpy structured dtype of a header: Ns fields as N uint8, integers big-endian."""
+    parts = []
+    for f in header.fields:
+        if f.fmt.endswith("s"):
+            parts.append((f.name, "u1", (int(f.fmt[:-1]),)))
+        else:
+            parts.append((f.name, _NUMPY_FORMAT[f.fmt]))
+    return np.dtype(parts)
 
-    Formats: B, H, I, Q (unsigned big-endian integers) and Ns (N raw bytes; a
-    6s field also accepts integers, for MAC addresses held as uint64).
+
+def pack(header: Header, n: int, **values: object) -> np.ndarray:
+    """n headers as an (n, size) uint8 array; fields not given take their default.
+
+    Ns fields take bytes, a (n, N) uint8 array or integers (6s: MAC addresses held as uint64).
     """
-
-    name: str
-    fields: tuple[Field, ...]
-    dtype: np.dtype = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        parts = []
-        for name, fmt, _ in self.fields:
-            if fmt.endswith("s"):
-                parts.append((name, "u1", (int(fmt[:-1]),)))
-            else:
-                parts.append((name, _NUMPY_FORMAT[fmt]))
-        object.__setattr__(self, "dtype", np.dtype(parts))
-
-    @property
-    def size(self) -> int:
-        return self.dtype.itemsize
-
-    def pack(self, n: int, **values: object) -> np.ndarray:
-        """n headers as an (n, size) uint8 array; fields not given take their default."""
-        unknown = set(values) - {name for name, _, _ in self.fields}
-        if unknown:
-            raise TypeError(f"{self.name} has no field(s) {sorted(unknown)}")
-        rec = np.zeros(n, dtype=self.dtype)
-        for name, fmt, default in self.fields:
-            value = values.get(name, default)
-            if fmt.endswith("s"):
-                rec[name] = _bytes_field(value, int(fmt[:-1]), n)
-            elif _MASK[fmt] is None:
-                rec[name] = np.asarray(value, dtype=np.uint64)
-            else:
-                # Sequence numbers and counters arrive as int64 sums: wrap them like the wire does.
-                rec[name] = np.asarray(value, dtype=np.int64) & _MASK[fmt]
-        return rec.view(np.uint8).reshape(n, self.size)
+    unknown = set(values) - {f.name for f in header.fields}
+    if unknown:
+        raise TypeError(f"{header.name} has no field(s) {sorted(unknown)}")
+    rec = np.zeros(n, dtype=_dtype(header))
+    for f in header.fields:
+        value = values.get(f.name, f.default)
+        if f.fmt.endswith("s"):
+            rec[f.name] = _bytes_field(value, int(f.fmt[:-1]), n)
+        elif _MASK[f.fmt] is None:
+            rec[f.name] = np.asarray(value, dtype=np.uint64)
+        else:
+            # Sequence numbers and counters arrive as int64 sums: wrap them like the wire does.
+            rec[f.name] = np.asarray(value, dtype=np.int64) & _MASK[f.fmt]
+    return rec.view(np.uint8).reshape(n, header.size)
 
 
 def _bytes_field(value: object, width: int, n: int) -> np.ndarray:
@@ -91,93 +89,39 @@ def _bytes_field(value: object, width: int, n: int) -> np.ndarray:
     return ((arr.astype(np.uint64)[..., None] >> shifts) & np.uint64(0xFF)).astype(np.uint8)
 
 
-ETHERNET = Layout("ethernet", (("dst", "6s", 0), ("src", "6s", 0), ("type", "H", ETHERTYPE_IPV4)))
-
-IPV4 = Layout(
-    "ipv4",
-    (
-        ("v_hl", "B", 0x45),
-        ("tos", "B", 0),
-        ("len", "H", IPV4_HEADER),
-        ("id", "H", 0),
-        ("off", "H", 0),  # flags (DF = 0x4000) and fragment offset
-        ("ttl", "B", 64),
-        ("p", "B", PROTO_TCP),
-        ("sum", "H", 0),
-        ("src", "I", 0),
-        ("dst", "I", 0),
-    ),
-)
-
-TCP = Layout(
-    "tcp",
-    (
-        ("sport", "H", 0),
-        ("dport", "H", 0),
-        ("seq", "I", 0),
-        ("ack", "I", 0),
-        ("off_x2", "B", 5 << 4),  # data offset in 32-bit words, high nibble
-        ("flags", "B", SYN),
-        ("win", "H", 0),
-        ("sum", "H", 0),
-        ("urp", "H", 0),
-    ),
-)
-
-UDP = Layout("udp", (("sport", "H", 0), ("dport", "H", 0), ("ulen", "H", 8), ("sum", "H", 0)))
-
-ICMP = Layout("icmp", (("type", "B", 3), ("code", "B", 3), ("sum", "H", 0), ("rest", "I", 0)))
-
-ARP = Layout(
-    "arp",
-    (
-        ("hrd", "H", 1),
-        ("pro", "H", ETHERTYPE_IPV4),
-        ("hln", "B", 6),
-        ("pln", "B", 4),
-        ("op", "H", 1),  # 1 request, 2 reply
-        ("sha", "6s", 0),
-        ("spa", "I", 0),
-        ("tha", "6s", 0),
-        ("tpa", "I", 0),
-    ),
-)
-
 # TCP options of a Linux SYN / SYN-ACK, in Linux's order (Mirai's SYN flood copies it).
-TCP_SYN_OPTIONS = Layout(
-    "tcp_syn_options",
-    (
-        ("mss_kind", "B", 2),
-        ("mss_len", "B", 4),
-        ("mss", "H", 1460),
-        ("sackok_kind", "B", 4),
-        ("sackok_len", "B", 2),
-        ("ts_kind", "B", 8),
-        ("ts_len", "B", 10),
-        ("tsval", "I", 0),
-        ("tsecr", "I", 0),
-        ("nop", "B", 1),
-        ("ws_kind", "B", 3),
-        ("ws_len", "B", 3),
-        ("ws", "B", 7),
-    ),
-)
+TCP_SYN_OPTIONS = Header("tcp_syn_options", (
+    Field("mss_kind", "B", 2),
+    Field("mss_len", "B", 4),
+    Field("mss", "H", 1460),
+    Field("sackok_kind", "B", 4),
+    Field("sackok_len", "B", 2),
+    Field("ts_kind", "B", 8),
+    Field("ts_len", "B", 10),
+    Field("tsval", "I"),
+    Field("tsecr", "I"),
+    Field("nop", "B", 1),
+    Field("ws_kind", "B", 3),
+    Field("ws_len", "B", 3),
+    Field("ws", "B", 7),
+))
 
 # Every later segment of a connection that negotiated timestamps.
-TCP_TS_OPTIONS = Layout(
-    "tcp_ts_options",
-    (
-        ("nop1", "B", 1),
-        ("nop2", "B", 1),
-        ("ts_kind", "B", 8),
-        ("ts_len", "B", 10),
-        ("tsval", "I", 0),
-        ("tsecr", "I", 0),
-    ),
-)
+TCP_TS_OPTIONS = Header("tcp_ts_options", (
+    Field("nop1", "B", 1),
+    Field("nop2", "B", 1),
+    Field("ts_kind", "B", 8),
+    Field("ts_len", "B", 10),
+    Field("tsval", "I"),
+    Field("tsecr", "I"),
+))
 
 # Small embedded stacks (lwIP and friends): MSS only, no timestamps.
-TCP_MSS_OPTION = Layout("tcp_mss_option", (("mss_kind", "B", 2), ("mss_len", "B", 4), ("mss", "H", 1460)))
+TCP_MSS_OPTION = Header("tcp_mss_option", (
+    Field("mss_kind", "B", 2),
+    Field("mss_len", "B", 4),
+    Field("mss", "H", 1460),
+))
 
 
 @dataclass
@@ -274,14 +218,17 @@ def _ipv4_frames(
         payload_len = payload.shape[1]
     payload_len = np.broadcast_to(np.asarray(payload_len, dtype=np.int64), (n,))
     l4_len = l4.shape[1] + payload_len
-    ip_len = IPV4_HEADER + l4_len
-    eth = ETHERNET.pack(n, dst=dst_mac, src=src_mac, type=ETHERTYPE_IPV4)
-    off = np.where(np.broadcast_to(np.asarray(df, dtype=bool), (n,)), IP_DF, 0)
-    ip = IPV4.pack(n, tos=tos, len=ip_len, id=ip_id, off=off, ttl=ttl, p=proto, src=src_ip, dst=dst_ip)
-    _put16(ip, 10, ~ones_complement_sum(ip) & np.uint64(0xFFFF))
+    ip_len = IPV4.size + l4_len
+    eth = pack(ETHERNET, n, dst=dst_mac, src=src_mac, type=ETHERTYPE_IPV4)
+    flags_fragment = np.where(np.broadcast_to(np.asarray(df, dtype=bool), (n,)), IP_DF, 0)
+    ip = pack(
+        IPV4, n, tos=tos, total_len=ip_len, ident=ip_id, flags_fragment=flags_fragment, ttl=ttl, proto=proto,
+        src=src_ip, dst=dst_ip,
+    )
+    _put16(ip, IPV4.offset("checksum"), ~ones_complement_sum(ip) & np.uint64(0xFFFF))
     rows = np.concatenate([eth, ip, l4, payload], axis=1)
     if checksum_at is not None:
-        start = ETH_HEADER + IPV4_HEADER
+        start = ETHERNET.size + IPV4.size
         total = ones_complement_sum(rows[:, start:])  # zeros past the datagram's end add nothing
         if pseudo_header:
             src = np.broadcast_to(np.asarray(src_ip, dtype=np.uint64), (n,))
@@ -290,10 +237,10 @@ def _ipv4_frames(
             total = total + (src >> np.uint64(16)) + (src & m) + (dst >> np.uint64(16)) + (dst & m)
             total = total + np.uint64(proto) + l4_len.astype(np.uint64)
         check = ~_fold(total) & np.uint64(0xFFFF)
-        if proto == PROTO_UDP:
+        if proto == IP_PROTO_UDP:
             check[check == 0] = 0xFFFF  # UDP: a computed zero is sent as all ones
         _put16(rows, start + checksum_at, check)
-    length = ETH_HEADER + ip_len
+    length = ETHERNET.size + ip_len
     return _padded(rows, length, pad)
 
 
@@ -319,11 +266,12 @@ def tcp_frames(
     opt_len = 0 if options is None else options.shape[1]
     if opt_len % 4:
         raise ValueError(f"TCP options must fill whole 32-bit words, got {opt_len} bytes")
-    header = TCP.pack(n, off_x2=((20 + opt_len) // 4) << 4, **tcp)
+    header = pack(TCP, n, data_offset=((TCP.size + opt_len) // 4) << 4, **tcp)
     if options is not None:
         header = np.concatenate([header, np.broadcast_to(options, (n, opt_len))], axis=1)
     return _ipv4_frames(
-        proto=PROTO_TCP, l4=header, payload=payload, payload_len=payload_len, checksum_at=16, pseudo_header=True, **ip
+        proto=IP_PROTO_TCP, l4=header, payload=payload, payload_len=payload_len, checksum_at=TCP.offset("checksum"),
+        pseudo_header=True, **ip,
     )
 
 
@@ -331,22 +279,25 @@ def udp_frames(n: int, *, sport, dport, payload: np.ndarray | None = None, paylo
     if payload is None:
         payload = np.zeros((n, 0), dtype=np.uint8)
     plen = payload.shape[1] if payload_len is None else payload_len
-    header = UDP.pack(n, sport=sport, dport=dport, ulen=8 + np.asarray(plen, dtype=np.int64))
+    header = pack(UDP, n, sport=sport, dport=dport, len=UDP.size + np.asarray(plen, dtype=np.int64))
     return _ipv4_frames(
-        proto=PROTO_UDP, l4=header, payload=payload, payload_len=plen, checksum_at=6, pseudo_header=True, **ip
+        proto=IP_PROTO_UDP, l4=header, payload=payload, payload_len=plen, checksum_at=UDP.offset("checksum"),
+        pseudo_header=True, **ip,
     )
 
 
 def icmp_frames(n: int, *, icmp: dict, payload: np.ndarray, payload_len=None, **ip: object) -> Frames:
-    header = ICMP.pack(n, **icmp)
+    header = pack(ICMP, n, **icmp)
     return _ipv4_frames(
-        proto=PROTO_ICMP, l4=header, payload=payload, payload_len=payload_len, checksum_at=2, pseudo_header=False, **ip
+        proto=IP_PROTO_ICMP, l4=header, payload=payload, payload_len=payload_len, checksum_at=ICMP.offset("checksum"),
+        pseudo_header=False, **ip,
     )
 
 
 def arp_frames(n: int, *, src_mac, dst_mac, pad: bool = False, **arp: object) -> Frames:
     """ARP over Ethernet (42 bytes, 60 once padded by a sender's NIC)."""
-    rows = np.concatenate([ETHERNET.pack(n, dst=dst_mac, src=src_mac, type=ETHERTYPE_ARP), ARP.pack(n, **arp)], axis=1)
+    eth = pack(ETHERNET, n, dst=dst_mac, src=src_mac, type=ETHERTYPE_ARP)
+    rows = np.concatenate([eth, pack(ARP, n, **arp)], axis=1)
     return _padded(rows, np.full(n, rows.shape[1]), pad)
 
 

@@ -58,17 +58,15 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from agent.capture.headers import ACK, ETHERNET, FIN, IPV4, RST, SYN, TCP
+
 from .frames import (
-    ACK,
     BROADCAST_MAC,
-    ETH_HEADER,
-    FIN,
-    RST,
-    SYN,
     TCP_MSS_OPTION,
     TCP_SYN_OPTIONS,
     arp_frames,
     icmp_frames,
+    pack,
     random_payload,
     tcp_frames,
     udp_frames,
@@ -111,7 +109,7 @@ def ip_length(kind: str, options: AttackOptions) -> int:
 
 def frame_length(kind: str, options: AttackOptions) -> int:
     """Ethernet frame length on the wire (without FCS; at least 60)."""
-    return ETH_HEADER + max(ip_length(kind, options), 46)
+    return ETHERNET.size + max(ip_length(kind, options), 46)
 
 
 def link_rate_cap(kind: str, options: AttackOptions, link_bps: float) -> float:
@@ -583,12 +581,14 @@ def _flood(scene: Scene, plan: AttackPlan, bot: Bot) -> tuple[np.ndarray, np.nda
         ip_id = rng.integers(0, 1 << 16, n) if o.ident is None else o.ident
         raw = {"ip_id": ip_id, "df": o.df, "tos": o.tos}
         if kind == "mirai_syn":
-            options = TCP_SYN_OPTIONS.pack(n, mss=mss[which], tsval=tsval[which], tsecr=0, ws=6)
-            urp = rng.integers(0, 1 << 16, n) if o.tcp_flags & URG else 0  # only the syn flood draws it
-            tcp = {"sport": sport, "dport": dport, "seq": seq, "ack": ack, "flags": o.tcp_flags, "win": 0, "urp": urp}
+            options = pack(TCP_SYN_OPTIONS, n, mss=mss[which], tsval=tsval[which], tsecr=0, ws=6)
+            urgent = rng.integers(0, 1 << 16, n) if o.tcp_flags & URG else 0  # only the syn flood draws it
+            tcp = {"sport": sport, "dport": dport, "seq": seq, "ack": ack, "flags": o.tcp_flags, "window": 0,
+                   "urgent": urgent}  # fmt: skip
             frames = tcp_frames(n, tcp=tcp, options=options, **raw, **ip)
         elif kind == "mirai_ack":
-            tcp = {"sport": sport, "dport": dport, "seq": seq, "ack": ack, "flags": o.tcp_flags, "win": window[which]}
+            tcp = {"sport": sport, "dport": dport, "seq": seq, "ack": ack, "flags": o.tcp_flags,
+                   "window": window[which]}  # fmt: skip
             frames = tcp_frames(n, tcp=tcp, payload=_payload(rng, o, n, fixed_payload, which), **raw, **ip)
         elif kind == "mirai_udp":
             payload = _payload(rng, o, n, fixed_payload, which)
@@ -638,7 +638,8 @@ def _router_arp(scene: Scene, plan: AttackPlan, t: np.ndarray, dst: np.ndarray) 
     idx = _first_per_second(t, dst)
     n = len(idx)
     frames = arp_frames(
-        n, src_mac=gw.mac, dst_mac=BROADCAST_MAC, op=1, sha=gw.mac, spa=gw.ip, tha=0, tpa=dst[idx], pad=True
+        n, src_mac=gw.mac, dst_mac=BROADCAST_MAC, op=1, sender_mac=gw.mac, sender_ip=gw.ip, target_mac=0,
+        target_ip=dst[idx], pad=True,
     )
     scene.timeline.add(t[idx] + 0.00005, frames, BENIGN, f"reply:{plan.kind}")
     _count(plan, "reply", n)
@@ -706,11 +707,12 @@ def _emit_replies(scene, plan, sel, t_reply, frames, src, dst, sport, dport, seq
         if not len(sel):
             return
         rows = frames.rows[sel]
-        ip_len = rows[:, ETH_HEADER + 2].astype(np.int64) << 8 | rows[:, ETH_HEADER + 3]
+        at = ETHERNET.size + IPV4.offset("total_len")
+        ip_len = rows[:, at].astype(np.int64) << 8 | rows[:, at + 1]
         out = icmp_frames(
             len(sel),
             icmp={"type": 3, "code": 3},
-            payload=rows[:, ETH_HEADER : ETH_HEADER + stack.quote],  # the offending datagram, quoted
+            payload=rows[:, ETHERNET.size : ETHERNET.size + stack.quote],  # the offending datagram, quoted
             payload_len=np.minimum(ip_len, stack.quote),
             src_ip=dst[sel],
             dst_ip=src[sel],
@@ -735,12 +737,13 @@ def _emit_replies(scene, plan, sel, t_reply, frames, src, dst, sport, dport, seq
                 "seq": rng.integers(0, 1 << 32, m),
                 "ack": (seq[o] + 1) & 0xFFFFFFFF,
                 "flags": SYN | ACK,
-                "win": 65160,
+                "window": 65160,
             }
             options = None
             if kind == "mirai_syn":  # the flood's SYNs carry timestamps: the answer echoes them
-                tsval = frames.rows[o, 62:66].astype(np.int64) @ np.array([1 << 24, 1 << 16, 1 << 8, 1])
-                options = TCP_SYN_OPTIONS.pack(m, mss=1460, tsval=rng.integers(0, 1 << 32, m), tsecr=tsval, ws=7)
+                at = ETHERNET.size + IPV4.size + TCP.size + TCP_SYN_OPTIONS.offset("tsval")
+                tsval = frames.rows[o, at : at + 4].astype(np.int64) @ np.array([1 << 24, 1 << 16, 1 << 8, 1])
+                options = pack(TCP_SYN_OPTIONS, m, mss=1460, tsval=rng.integers(0, 1 << 32, m), tsecr=tsval, ws=7)
             add(tcp_frames(m, tcp=tcp, options=options, src_ip=dst[o], dst_ip=src[o], ip_id=0, df=True, **ov), o)
         keep_only(~opened)  # a listening port answered the SYN above, or drops what is neither SYN nor ACK
     keep_only(
@@ -751,12 +754,12 @@ def _emit_replies(scene, plan, sel, t_reply, frames, src, dst, sport, dport, seq
     if not len(sel):
         return
     if flags & ACK:  # no connection: RST carrying the segment's acknowledgement number as its sequence number
-        tcp = {"sport": dport[sel], "dport": sport[sel], "seq": ack[sel], "ack": 0, "flags": RST, "win": 0}
+        tcp = {"sport": dport[sel], "dport": sport[sel], "seq": ack[sel], "ack": 0, "flags": RST, "window": 0}
     else:  # closed port: RST-ACK acknowledging what the segment occupied
         length = plan.options.payload_len if kind == "mirai_ack" else 0
         occupied = length + bool(flags & SYN) + bool(flags & FIN)
         tcp = {"sport": dport[sel], "dport": sport[sel], "seq": 0, "ack": (seq[sel] + occupied) & 0xFFFFFFFF}
-        tcp |= {"flags": RST | ACK, "win": 0}
+        tcp |= {"flags": RST | ACK, "window": 0}
     add(tcp_frames(len(sel), tcp=tcp, src_ip=dst[sel], dst_ip=src[sel], ip_id=0, df=True, **victim), sel)
 
 
@@ -802,7 +805,7 @@ def _scan(scene: Scene, plan: AttackPlan, bot: Bot) -> None:
     seq = dst if variant.seq_is_dst else rng.integers(0, 1 << 32, n)
     frames = tcp_frames(
         n,
-        tcp={"sport": sport, "dport": dport, "seq": seq, "ack": 0, "flags": SYN, "win": window},
+        tcp={"sport": sport, "dport": dport, "seq": seq, "ack": 0, "flags": SYN, "window": window},
         src_mac=bot.host.mac,
         dst_mac=scene.lan.gateway.mac,
         src_ip=bot.host.ip,
@@ -827,7 +830,7 @@ def _scan(scene: Scene, plan: AttackPlan, bot: Bot) -> None:
         r = refused
         out = tcp_frames(
             len(r),
-            tcp={"sport": dport[r], "dport": sport, "seq": 0, "ack": seq[r] + 1, "flags": RST | ACK, "win": 0},
+            tcp={"sport": dport[r], "dport": sport, "seq": 0, "ack": seq[r] + 1, "flags": RST | ACK, "window": 0},
             src_ip=dst[r],
             ttl=ttl[r],
             ip_id=0,
@@ -848,9 +851,9 @@ def _scan(scene: Scene, plan: AttackPlan, bot: Bot) -> None:
             "seq": synack_seq,
             "ack": seq[o] + 1,
             "flags": SYN | ACK,
-            "win": rng.choice([5840, 14600, 29200, 5792], len(o)),
+            "window": rng.choice([5840, 14600, 29200, 5792], len(o)),
         },
-        options=TCP_MSS_OPTION.pack(len(o), mss=rng.choice([1460, 1452, 1400, 1360], len(o))),
+        options=pack(TCP_MSS_OPTION, len(o), mss=rng.choice([1460, 1452, 1400, 1360], len(o))),
         src_ip=dst[o],
         ttl=ttl[o],
         ip_id=0,
@@ -863,7 +866,7 @@ def _scan(scene: Scene, plan: AttackPlan, bot: Bot) -> None:
     # The bot's kernel owns no socket on the raw scanner's port: it resets the half-open connection.
     out = tcp_frames(
         len(o),
-        tcp={"sport": sport, "dport": dport[o], "seq": seq[o] + 1, "ack": 0, "flags": RST, "win": 0},
+        tcp={"sport": sport, "dport": dport[o], "seq": seq[o] + 1, "ack": 0, "flags": RST, "window": 0},
         src_mac=bot.host.mac,
         dst_mac=scene.lan.gateway.mac,
         src_ip=bot.host.ip,
@@ -937,7 +940,7 @@ def _scanned(scene: Scene, plan: AttackPlan) -> None:
         return
     src = np.array([b.host.ip for b in plan.bots], dtype=np.int64)[bot_of]
     ttl = np.array([b.host.ttl for b in plan.bots], dtype=np.int64)[bot_of]
-    syn = {"sport": sport, "dport": dport, "seq": seq, "ack": 0, "flags": SYN, "win": window}
+    syn = {"sport": sport, "dport": dport, "seq": seq, "ack": 0, "flags": SYN, "window": window}
     frames = tcp_frames(n, tcp=syn, src_mac=gw.mac, dst_mac=board.mac, src_ip=src, dst_ip=board.ip, ttl=ttl,
                         ip_id=rng.integers(0, 1 << 16, n), df=False, pad=True)  # fmt: skip
     scene.timeline.add(times, frames, "mirai_scan", role)
@@ -949,7 +952,7 @@ def _scanned(scene: Scene, plan: AttackPlan) -> None:
     closed = np.flatnonzero(~opened & (rng.random(n) < plan.refuse_fraction))
     if len(closed):
         c = closed
-        tcp = {"sport": dport[c], "dport": sport[c], "seq": 0, "ack": seq[c] + 1, "flags": RST | ACK, "win": 0}
+        tcp = {"sport": dport[c], "dport": sport[c], "seq": 0, "ack": seq[c] + 1, "flags": RST | ACK, "window": 0}
         out = tcp_frames(len(c), tcp=tcp, dst_ip=src[c], **from_board)
         scene.timeline.add(react[c], out, BENIGN, "reply:mirai_scan")
         _count(plan, "reply", len(c))
@@ -958,16 +961,16 @@ def _scanned(scene: Scene, plan: AttackPlan) -> None:
         return
     k = len(o)
     tsval = rng.integers(0, 1 << 32) + np.floor(react[o] * 1000).astype(np.int64)  # the board's millisecond clock
-    options = TCP_SYN_OPTIONS.pack(k, mss=BOARD_STACK.mss, tsval=tsval, tsecr=0, ws=BOARD_STACK.window_scale)
+    options = pack(TCP_SYN_OPTIONS, k, mss=BOARD_STACK.mss, tsval=tsval, tsecr=0, ws=BOARD_STACK.window_scale)
     tcp = {"sport": dport[o], "dport": sport[o], "seq": rng.integers(0, 1 << 32, k), "ack": seq[o] + 1,
-           "flags": SYN | ACK, "win": BOARD_STACK.syn_window}  # fmt: skip
+           "flags": SYN | ACK, "window": BOARD_STACK.syn_window}  # fmt: skip
     out = tcp_frames(k, tcp=tcp, options=options, dst_ip=src[o], **from_board)
     scene.timeline.add(react[o], out, BENIGN, "reply:mirai_scan")
     _count(plan, "reply", k)
     # The bot's kernel resets the raw scanner's half-open connection, a round trip later.
     rtt = rng.uniform(0.015, 0.3, m)[bot_of[o]]
     t_rst = react[o] + rtt
-    tcp = {"sport": sport[o], "dport": dport[o], "seq": seq[o] + 1, "ack": 0, "flags": RST, "win": 0}
+    tcp = {"sport": sport[o], "dport": dport[o], "seq": seq[o] + 1, "ack": 0, "flags": RST, "window": 0}
     out = tcp_frames(k, tcp=tcp, src_mac=gw.mac, dst_mac=board.mac, src_ip=src[o], dst_ip=board.ip, ttl=ttl[o],
                      ip_id=0, df=True, pad=True)  # fmt: skip
     scene.timeline.add(t_rst, out, "mirai_scan", role)

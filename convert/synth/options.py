@@ -47,8 +47,9 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
+from agent.capture.headers import ACK, FIN, PSH, RST, SYN, URG
+
 MAX_PAYLOAD = 1460  # attack_udp_generic: if (data_len > 1460) data_len = 1460
-FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 
 
 # ---------------------------------------------------------------- scanner variants

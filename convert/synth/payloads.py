@@ -11,15 +11,22 @@ import struct
 
 import numpy as np
 
-from .frames import Layout
+from agent.capture.headers import Field, Header
+
+from .frames import pack
 
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
 
 # ---------------------------------------------------------------- DNS and mDNS
 
-DNS_HEADER = Layout(
-    "dns", (("id", "H", 0), ("flags", "H", 0x0100), ("qd", "H", 1), ("an", "H", 0), ("ns", "H", 0), ("ar", "H", 0))
-)
+DNS_HEADER = Header("dns", (
+    Field("id", "H"),
+    Field("flags", "H", 0x0100),
+    Field("qd", "H", 1),
+    Field("an", "H"),
+    Field("ns", "H"),
+    Field("ar", "H"),
+))
 TYPE_A, TYPE_PTR, TYPE_TXT, TYPE_AAAA, TYPE_SRV = 1, 12, 16, 28, 33
 
 
@@ -32,7 +39,7 @@ def _rr(name: bytes, rtype: int, ttl: int, rdata: bytes, rclass: int = 1) -> byt
 
 
 def dns_query(txid: int, name: str, qtype: int = TYPE_A) -> bytes:
-    return DNS_HEADER.pack(1, id=txid).tobytes() + dns_name(name) + struct.pack(">HH", qtype, 1)
+    return pack(DNS_HEADER, 1, id=txid).tobytes() + dns_name(name) + struct.pack(">HH", qtype, 1)
 
 
 def dns_response(txid: int, name: str, qtype: int, addresses: list[bytes], ttl: int, cname: str | None = None) -> bytes:
@@ -44,12 +51,12 @@ def dns_response(txid: int, name: str, qtype: int, addresses: list[bytes], ttl: 
         answers.append(_rr(owner, 5, ttl, dns_name(cname)))
         owner = dns_name(cname)
     answers += [_rr(owner, qtype, ttl, a) for a in addresses]
-    header = DNS_HEADER.pack(1, id=txid, flags=0x8180, an=len(answers)).tobytes()
+    header = pack(DNS_HEADER, 1, id=txid, flags=0x8180, an=len(answers)).tobytes()
     return header + question + b"".join(answers)
 
 
 def mdns_query(services: list[str]) -> bytes:
-    header = DNS_HEADER.pack(1, id=0, flags=0, qd=len(services)).tobytes()
+    header = pack(DNS_HEADER, 1, id=0, flags=0, qd=len(services)).tobytes()
     return header + b"".join(dns_name(s) + struct.pack(">HH", TYPE_PTR, 1) for s in services)
 
 
@@ -63,27 +70,24 @@ def mdns_announce(service: str, instance: str, host: str, ip: int, port: int, tx
         _rr(dns_name(inst), TYPE_TXT, 4500, txt_data, rclass=0x8001),
         _rr(dns_name(host), TYPE_A, 120, struct.pack(">I", ip), rclass=0x8001),
     ]
-    return DNS_HEADER.pack(1, id=0, flags=0x8400, qd=0, an=len(records)).tobytes() + b"".join(records)
+    return pack(DNS_HEADER, 1, id=0, flags=0x8400, qd=0, an=len(records)).tobytes() + b"".join(records)
 
 
 # ---------------------------------------------------------------- NTP
 
-NTP = Layout(
-    "ntp",
-    (
-        ("li_vn_mode", "B", 0x23),  # LI 0, version 4, mode 3 (client); 0x24 for the server's reply
-        ("stratum", "B", 0),
-        ("poll", "B", 6),
-        ("precision", "B", 0xE9),  # -23 as a signed byte
-        ("root_delay", "I", 0),
-        ("root_dispersion", "I", 0),
-        ("ref_id", "I", 0),
-        ("ref_ts", "Q", 0),
-        ("orig_ts", "Q", 0),
-        ("recv_ts", "Q", 0),
-        ("xmit_ts", "Q", 0),
-    ),
-)
+NTP = Header("ntp", (
+    Field("li_vn_mode", "B", 0x23),  # LI 0, version 4, mode 3 (client); 0x24 for the server's reply
+    Field("stratum", "B"),
+    Field("poll", "B", 6),
+    Field("precision", "B", 0xE9),  # -23 as a signed byte
+    Field("root_delay", "I"),
+    Field("root_dispersion", "I"),
+    Field("ref_id", "I"),
+    Field("ref_ts", "Q"),
+    Field("orig_ts", "Q"),
+    Field("recv_ts", "Q"),
+    Field("xmit_ts", "Q"),
+))
 
 
 def ntp_timestamp(unix_seconds: float) -> int:
@@ -92,11 +96,12 @@ def ntp_timestamp(unix_seconds: float) -> int:
 
 
 def ntp_request(unix_now: float, poll: int) -> bytes:
-    return NTP.pack(1, poll=poll, xmit_ts=ntp_timestamp(unix_now)).tobytes()
+    return pack(NTP, 1, poll=poll, xmit_ts=ntp_timestamp(unix_now)).tobytes()
 
 
 def ntp_reply(client_xmit: float, recv: float, xmit: float, stratum: int, ref_id: int, poll: int) -> bytes:
-    return NTP.pack(
+    return pack(
+        NTP,
         1,
         li_vn_mode=0x24,
         stratum=stratum,
@@ -114,27 +119,24 @@ def ntp_reply(client_xmit: float, recv: float, xmit: float, stratum: int, ref_id
 
 # ---------------------------------------------------------------- DHCP
 
-BOOTP = Layout(
-    "bootp",
-    (
-        ("op", "B", 1),
-        ("htype", "B", 1),
-        ("hlen", "B", 6),
-        ("hops", "B", 0),
-        ("xid", "I", 0),
-        ("secs", "H", 0),
-        ("flags", "H", 0),
-        ("ciaddr", "I", 0),
-        ("yiaddr", "I", 0),
-        ("siaddr", "I", 0),
-        ("giaddr", "I", 0),
-        ("chaddr", "6s", 0),
-        ("chaddr_pad", "10s", b""),
-        ("sname", "64s", b""),
-        ("file", "128s", b""),
-        ("magic", "I", 0x63825363),
-    ),
-)
+BOOTP = Header("bootp", (
+    Field("op", "B", 1),
+    Field("htype", "B", 1),
+    Field("hlen", "B", 6),
+    Field("hops", "B"),
+    Field("xid", "I"),
+    Field("secs", "H"),
+    Field("flags", "H"),
+    Field("ciaddr", "I"),
+    Field("yiaddr", "I"),
+    Field("siaddr", "I"),
+    Field("giaddr", "I"),
+    Field("chaddr", "6s"),
+    Field("chaddr_pad", "10s", b""),
+    Field("sname", "64s", b""),
+    Field("file", "128s", b""),
+    Field("magic", "I", 0x63825363),
+))
 DHCPDISCOVER, DHCPOFFER, DHCPREQUEST, DHCPACK = 1, 2, 3, 5
 
 
@@ -157,7 +159,7 @@ def dhcp_message(
 ) -> bytes:
     """A DHCP message as an ISC/dnsmasq server or a Linux/embedded client sends it, padded to 300 bytes."""
     op = 2 if msg_type in (DHCPOFFER, DHCPACK) else 1
-    fixed = BOOTP.pack(1, op=op, xid=xid, ciaddr=ciaddr, yiaddr=yiaddr, chaddr=mac).tobytes()
+    fixed = pack(BOOTP, 1, op=op, xid=xid, ciaddr=ciaddr, yiaddr=yiaddr, chaddr=mac).tobytes()
     opts = _opt(53, bytes([msg_type]))
     if op == 1:
         opts += _opt(61, b"\x01" + mac.to_bytes(6, "big"))
@@ -432,16 +434,13 @@ def mirai_iac_answers(server_iacs: bytes) -> list[bytes]:
 
 # ---------------------------------------------------------------- RTP / RTCP (camera video)
 
-RTP = Layout(
-    "rtp",
-    (
-        ("v_p_x_cc", "B", 0x80),  # version 2, no padding, no extension, no CSRC
-        ("m_pt", "B", 96),  # marker bit (last packet of a video frame) | payload type
-        ("seq", "H", 0),
-        ("ts", "I", 0),  # 90 kHz media clock
-        ("ssrc", "I", 0),
-    ),
-)
+RTP = Header("rtp", (
+    Field("v_p_x_cc", "B", 0x80),  # version 2, no padding, no extension, no CSRC
+    Field("m_pt", "B", 96),  # marker bit (last packet of a video frame) | payload type
+    Field("seq", "H"),
+    Field("ts", "I"),  # 90 kHz media clock
+    Field("ssrc", "I"),
+))
 
 
 def rtcp_sender_report(ssrc: int, unix_now: float, rtp_ts: int, packets: int, octets: int, cname: str) -> bytes:

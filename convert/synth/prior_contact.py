@@ -16,8 +16,10 @@ import logging
 
 import numpy as np
 
+from agent.capture.headers import ETHERNET
+
 from .benign import arp_replies, conversation, mqtt_session
-from .frames import BROADCAST_MAC, ETH_HEADER, arp_frames, icmp_frames, payload_matrix, udp_frames
+from .frames import BROADCAST_MAC, arp_frames, icmp_frames, payload_matrix, udp_frames
 from .mirai import LINUX_REPLIES, ReplyStack, TokenBuckets
 from .network import Host
 from .scene import Scene
@@ -96,10 +98,10 @@ def _arp(scene: Scene, asker: Host, target: Host, t: float) -> None:
         src_mac=asker.mac,
         dst_mac=BROADCAST_MAC,
         op=1,
-        sha=asker.mac,
-        spa=asker.ip,
-        tha=0,
-        tpa=target.ip,
+        sender_mac=asker.mac,
+        sender_ip=asker.ip,
+        target_mac=0,
+        target_ip=target.ip,
         pad=not asker.is_board,
     )
     reply = arp_replies(1, target, asker)
@@ -169,7 +171,7 @@ def _udp(scene: Scene, bot: Host, victim: Host, t0: float, stop: float, replies:
     out = icmp_frames(
         len(sel),
         icmp={"type": 3, "code": 3},
-        payload=rows[:, ETH_HEADER : ETH_HEADER + replies.quote],
+        payload=rows[:, ETHERNET.size : ETHERNET.size + replies.quote],
         payload_len=np.minimum(ip_len, replies.quote),
         src_mac=victim.mac,
         dst_mac=bot.mac,

@@ -15,18 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .frames import (
-    ACK,
-    FIN,
-    PSH,
-    RST,
-    SYN,
-    TCP_MSS_OPTION,
-    TCP_SYN_OPTIONS,
-    TCP_TS_OPTIONS,
-    random_payload,
-    tcp_frames,
-)
+from agent.capture.headers import ACK, FIN, PSH, RST, SYN
+
+from .frames import TCP_MSS_OPTION, TCP_SYN_OPTIONS, TCP_TS_OPTIONS, pack, random_payload, tcp_frames
 from .network import Host
 from .timeline import Timeline
 
@@ -303,7 +294,7 @@ class TcpConversation:
                         "seq": seq[sel],
                         "ack": ack_no[sel],
                         "flags": flags[sel],
-                        "win": win[sel],
+                        "window": win[sel],
                     },
                     options=options,
                     payload=payload,
@@ -327,8 +318,8 @@ class TcpConversation:
         if is_syn:
             offered = stack.timestamps and (self.timestamps or bool(first_syn.all()))
             if offered:
-                return TCP_SYN_OPTIONS.pack(n, mss=stack.mss, tsval=tsval, tsecr=tsecr, ws=stack.window_scale)
-            return TCP_MSS_OPTION.pack(n, mss=stack.mss)
+                return pack(TCP_SYN_OPTIONS, n, mss=stack.mss, tsval=tsval, tsecr=tsecr, ws=stack.window_scale)
+            return pack(TCP_MSS_OPTION, n, mss=stack.mss)
         if self.timestamps:
-            return TCP_TS_OPTIONS.pack(n, tsval=tsval, tsecr=tsecr)
+            return pack(TCP_TS_OPTIONS, n, tsval=tsval, tsecr=tsecr)
         return None
