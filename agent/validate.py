@@ -103,13 +103,13 @@ def fields(doc: Mapping[str, Any], table: Sequence[Field], refuse_unknown: bool 
     return values
 
 
-def object_of(table: Sequence[Field], refuse_unknown: bool = False) -> Check:
-    """A nested object, checked field by field."""
+def object_of(table: Sequence[Field]) -> Check:
+    """A nested object, checked field by field (unknown fields ignored)."""
 
     def check(value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise Invalid(f"must be an object, got {type_name(value)}")
-        return fields(value, table, refuse_unknown)
+        return fields(value, table)
 
     return check
 
