@@ -159,6 +159,9 @@ def number(low: float, high: float) -> Check:
     """A finite number in low..high, as a float."""
 
     def check(value: Any) -> float:
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1000:
+            # JSON integers have no size limit, and math.isfinite() raises OverflowError on one beyond a float.
+            raise Invalid(f"must be in {low}..{high}, got an integer of {value.bit_length()} bits")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise Invalid(f"must be a number, got {value!r}")
         if not low <= value <= high:

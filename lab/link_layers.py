@@ -64,7 +64,7 @@ def from_ethernet(linktype: int, frame: bytes, wire: int, us: set[bytes] = froze
     The payload, Ethernet padding included, is kept as it is: Linux hands received frames to packet
     sockets with their padding, so a cooked capture holds it too.
     """
-    dst, src, (ethertype,), payload = frame[0:6], frame[6:12], struct.unpack_from(">H", frame, 12), frame[14:]
+    src, (ethertype,), payload = frame[6:12], struct.unpack_from(">H", frame, 12), frame[14:]
     if linktype == LINKTYPE_ETHERNET:
         return frame, wire
     if linktype in COOKED:

@@ -38,7 +38,6 @@ import pytest
 
 from lab import netns
 
-pytest.register_assert_rewrite("mqtt_helpers")
 from lab.mqtt_helpers import FLEET, WAIT_S, alert, make_agent, make_controller, plain_controller, wait_until  # noqa: E402
 from lab.live_lab import attack_frames  # noqa: E402  (Mirai frames from a chosen source address)
 

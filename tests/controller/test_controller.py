@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-pytest.register_assert_rewrite("mqtt_helpers")
 from lab.mqtt_helpers import FLEET, Listener, alert, make_agent, make_controller, needs_mosquitto, wait_until
 
 from agent.wire import canonical_json, load_private_key, parse_alert, topic

@@ -11,10 +11,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
-pytest.register_assert_rewrite("mqtt_helpers")
 from lab.mqtt_helpers import FLEET, Listener, alert, make_agent, wait_until
 
 from agent.wire import MODEL_SCHEMA, topic
@@ -62,7 +60,8 @@ AGENT_CHILD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from agent.fleet.mqtt import AgentMqtt, MqttConfig
+    from agent.config import MqttConfig
+    from agent.fleet.mqtt import AgentMqtt
     cfg = MqttConfig(host="127.0.0.1", port=int(sys.argv[1]), fleet="lab", device="dev9", state_dir=Path(sys.argv[2]))
     agent = AgentMqtt(cfg, {}, lambda rs: None)
     agent.start()

@@ -18,7 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-pytest.register_assert_rewrite("mqtt_helpers")
 from lab import netns
 from lab.mqtt_helpers import Listener, wait_until
 

@@ -8,11 +8,9 @@ import subprocess
 import sys
 import textwrap
 import threading
-from pathlib import Path
 
 import pytest
 
-pytest.register_assert_rewrite("mqtt_helpers")
 from lab.mqtt_helpers import FLEET, alert, make_agent, make_controller, plain_controller, wait_until
 
 from lab import REPO

@@ -11,7 +11,6 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from cryptography import x509
-pytest.register_assert_rewrite("mqtt_helpers")
 from lab.mqtt_helpers import FLEET, Listener, alert, make_agent, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 

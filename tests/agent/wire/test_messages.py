@@ -89,6 +89,8 @@ def test_an_alert_is_checked_and_normalised():
         (alert(victim={"ip": "10.0.0.1", "port": 70000}), "alert: victim: port: must be in 0..65535, got 70000"),
         (alert(confidence=True), "alert: confidence: must be a number, got True"),
         (alert(confidence=1.5), "alert: confidence: must be in 0.0..1.0, got 1.5"),
+        # An integer beyond a float: once an OverflowError that rolled back and redelivered the controller's batch.
+        (alert(confidence=10**400), "alert: confidence: must be in 0.0..1.0, got an integer of 1329 bits"),
         (alert(seq=0), "alert: seq: must be in 1..9223372036854775807, got 0"),
         (alert(packets="3"), "alert: packets: must be an integer, got '3'"),
         (alert(action="block"), "alert: action: must be one of drop, none; got 'block'"),
