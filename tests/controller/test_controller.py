@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from lab.mqtt_helpers import FLEET, Listener, alert, make_agent, make_controller, needs_mosquitto, wait_until
