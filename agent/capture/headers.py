@@ -55,7 +55,7 @@ class Header:
         return next(offset for field_name, offset, _ in self.spans if field_name == name)
 
     def prefix(self, last: str) -> Header:
-        """The fields up to and including ``last``: what a reader needs when only the start of a header is kept."""
+        """The fields up to and including ``last``: for a reader that needs (and so requires captured) only those."""
         names = [f.name for f in self.fields]
         return Header(self.name, self.fields[: names.index(last) + 1])
 

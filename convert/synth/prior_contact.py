@@ -18,9 +18,9 @@ import numpy as np
 
 from agent.capture.headers import ETHERNET
 
+from .attack import LINUX_REPLIES, ReplyStack, TokenBuckets
 from .benign import arp_replies, conversation, mqtt_session
 from .frames import BROADCAST_MAC, arp_frames, icmp_frames, payload_matrix, udp_frames
-from .mirai import LINUX_REPLIES, ReplyStack, TokenBuckets
 from .network import Host
 from .scene import Scene
 from .tcp import CLIENT, LINUX, LWIP, SERVER

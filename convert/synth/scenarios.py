@@ -21,6 +21,7 @@ import numpy as np
 
 from agent.capture.packets import LABELS, FrameBatch
 
+from .attack import ATTACK_CLASSES, MAX_META_BOTS, AttackPlan, Target
 from .beacons import FAMILIES, add_beacon_devices, discovery_beacons, draw_family_mix
 from .benign import (
     device_profile,
@@ -32,7 +33,7 @@ from .benign import (
     page_loads,
     visitor_joins,
 )
-from .mirai import ATTACK_CLASSES, MAX_META_BOTS, AttackPlan, Target, plan_attack, run_attack
+from .mirai import plan_attack, run_attack
 from .network import ESP_OUIS, Host, ip_text, make_lan
 from .options import OptionSpace
 from .prior_contact import prior_contact

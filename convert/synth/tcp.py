@@ -17,11 +17,23 @@ import numpy as np
 
 from agent.capture.headers import ACK, FIN, PSH, RST, SYN
 
-from .frames import TCP_MSS_OPTION, TCP_SYN_OPTIONS, TCP_TS_OPTIONS, pack, random_payload, tcp_frames
+from .frames import TCP_MSS_OPTION, TCP_SYN_OPTIONS, TCP_TS_OPTIONS, Frames, pack, random_payload, tcp_frames
 from .network import Host
 from .timeline import Timeline
 
 CLIENT, SERVER = 0, 1
+
+
+@dataclass
+class _Segments:
+    """Every segment of a conversation, one array element each, in capture order."""
+
+    t: np.ndarray
+    sender: np.ndarray  # CLIENT or SERVER
+    flags: np.ndarray
+    length: np.ndarray  # payload bytes
+    event_no: np.ndarray  # which recorded event it belongs to ...
+    seg_no: np.ndarray  # ... and which of its segments it is (for explicit payload bytes)
 
 
 @dataclass(frozen=True)
@@ -214,17 +226,40 @@ class TcpConversation:
         if not self._events:
             return 0
         server = client if server is None else server
-        t = np.concatenate([e[0] for e in self._events])
-        sender = np.concatenate([np.full(len(e[0]), e[1], dtype=np.int8) for e in self._events])
-        flags = np.concatenate([e[2] for e in self._events])
-        length = np.concatenate([e[3] for e in self._events])
-        event_no = np.concatenate([np.full(len(e[0]), i) for i, e in enumerate(self._events)])
-        seg_no = np.concatenate([np.arange(len(e[0])) for e in self._events])
-        order = np.argsort(t, kind="stable")
-        t, sender, flags, length, event_no, seg_no = (a[order] for a in (t, sender, flags, length, event_no, seg_no))
-        n = len(t)
+        seg = self._segments()
+        headers = self._sequence_numbers(seg)
+        redundant = self._redundant_acks(seg, headers["ack"])
+        headers["window"] = self._windows(seg, headers["got"])
+        headers["ip_id"] = self._ip_ids(seg)
 
-        consumed = length + ((flags & SYN) > 0) + ((flags & FIN) > 0)
+        packets = 0
+        for side in (CLIENT, SERVER):
+            for is_syn in (True, False):
+                sel = np.flatnonzero((seg.sender == side) & ((seg.flags & SYN > 0) == is_syn) & ~redundant)
+                if not len(sel):
+                    continue
+                label, role = client if side == CLIENT else server
+                timeline.add(seg.t[sel], self._frames(side, is_syn, seg, headers, sel), label, role)
+                packets += len(sel)
+        return packets
+
+    def _segments(self) -> _Segments:
+        """Every recorded segment, in capture order."""
+        events = self._events
+        t = np.concatenate([e[0] for e in events])
+        sender = np.concatenate([np.full(len(e[0]), e[1], dtype=np.int8) for e in events])
+        flags = np.concatenate([e[2] for e in events])
+        length = np.concatenate([e[3] for e in events])
+        event_no = np.concatenate([np.full(len(e[0]), i) for i, e in enumerate(events)])
+        seg_no = np.concatenate([np.arange(len(e[0])) for e in events])
+        order = np.argsort(t, kind="stable")
+        return _Segments(*(a[order] for a in (t, sender, flags, length, event_no, seg_no)))
+
+    def _sequence_numbers(self, seg: _Segments) -> dict[str, np.ndarray]:
+        """Sequence and acknowledgement numbers, timestamps, and the bytes each sender has received ("got")."""
+        t, sender, flags = seg.t, seg.sender, seg.flags
+        n = len(t)
+        consumed = seg.length + ((flags & SYN) > 0) + ((flags & FIN) > 0)
         first_syn = (flags & SYN > 0) & (flags & ACK == 0)
         isn = self.rng.integers(0, 1 << 32, 2)
         ts_base = self.rng.integers(0, 1 << 32, 2)
@@ -250,68 +285,73 @@ class TcpConversation:
             tsecr[mine] = np.where(k > 0, tsval[other[np.maximum(k - 1, 0)]], 0) if len(other) else 0
         ack_no[flags & ACK == 0] = 0
         tsecr[first_syn] = 0
+        return {"seq": seq, "ack": ack_no, "got": got, "tsval": tsval, "tsecr": tsecr, "first_syn": first_syn}
 
-        # A pending delayed ACK is cancelled when the host sends anything that carries the same
-        # acknowledgement: drop pure ACKs that acknowledge nothing new (no loss, so no real duplicates).
-        redundant = np.zeros(n, dtype=bool)
+    @staticmethod
+    def _redundant_acks(seg: _Segments, ack_no: np.ndarray) -> np.ndarray:
+        """A pending delayed ACK is cancelled when the host sends anything that carries the same
+        acknowledgement: pure ACKs that acknowledge nothing new (no loss, so no real duplicates)."""
+        redundant = np.zeros(len(seg.t), dtype=bool)
         for side in (CLIENT, SERVER):
-            mine = np.flatnonzero(sender == side)
-            pure = (flags[mine] == ACK) & (length[mine] == 0)
+            mine = np.flatnonzero(seg.sender == side)
+            pure = (seg.flags[mine] == ACK) & (seg.length[mine] == 0)
             same = np.concatenate([[False], ack_no[mine][1:] == ack_no[mine][:-1]])
             redundant[mine[pure & same]] = True
+        return redundant
 
-        win = np.zeros(n, dtype=np.int64)
+    def _windows(self, seg: _Segments, got: np.ndarray) -> np.ndarray:
+        """Advertised windows: the SYN window, then the connected window growing as data arrives."""
+        win = np.zeros(len(seg.t), dtype=np.int64)
         for side in (CLIENT, SERVER):
             stack = self.stacks[side]
-            mine = sender == side
+            mine = seg.sender == side
             scale = stack.window_scale if self.timestamps else 0
             growth = np.minimum(got[mine] >> (3 + scale), stack.window_growth)
             win[mine] = np.minimum(stack.window + growth, 0xFFFF)
-            win[mine & (flags & SYN > 0)] = stack.syn_window
-        ip_id = np.zeros(n, dtype=np.int64)
-        for side in (CLIENT, SERVER):
-            mine = sender == side
-            ip_id[mine] = self.rng.integers(0, 1 << 16) + np.arange(int(mine.sum()))
+            win[mine & (seg.flags & SYN > 0)] = stack.syn_window
+        return win
 
-        packets = 0
+    def _ip_ids(self, seg: _Segments) -> np.ndarray:
+        """One IP ID counter per socket, from a random start."""
+        ip_id = np.zeros(len(seg.t), dtype=np.int64)
         for side in (CLIENT, SERVER):
-            me, peer = self.hosts[side], self.hosts[1 - side]
-            stack = self.stacks[side]
-            for is_syn in (True, False):
-                sel = np.flatnonzero((sender == side) & ((flags & SYN > 0) == is_syn) & ~redundant)
-                if not len(sel):
-                    continue
-                options = self._options(stack, is_syn, tsval[sel], tsecr[sel], first_syn[sel])
-                payload = random_payload(self.rng, length[sel])
-                for row, (e, s) in enumerate(zip(event_no[sel].tolist(), seg_no[sel].tolist())):
-                    for offset, piece in self._content.get((e, s), ()):
-                        payload[row, offset : offset + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
-                frames = tcp_frames(
-                    len(sel),
-                    tcp={
-                        "sport": self.ports[side],
-                        "dport": self.ports[1 - side],
-                        "seq": seq[sel],
-                        "ack": ack_no[sel],
-                        "flags": flags[sel],
-                        "window": win[sel],
-                    },
-                    options=options,
-                    payload=payload,
-                    payload_len=length[sel],
-                    src_mac=me.mac,
-                    dst_mac=peer.mac,
-                    src_ip=me.ip,
-                    dst_ip=peer.ip,
-                    ttl=me.ttl,
-                    ip_id=ip_id[sel],
-                    df=stack.df,
-                    pad=not me.is_board,
-                )
-                label, role = client if side == CLIENT else server
-                timeline.add(t[sel], frames, label, role)
-                packets += len(sel)
-        return packets
+            mine = seg.sender == side
+            ip_id[mine] = self.rng.integers(0, 1 << 16) + np.arange(int(mine.sum()))
+        return ip_id
+
+    def _frames(
+        self, side: int, is_syn: bool, seg: _Segments, headers: dict[str, np.ndarray], sel: np.ndarray
+    ) -> Frames:
+        """Frames of segments ``sel``, all sent by ``side`` and all SYNs or all not."""
+        me, peer = self.hosts[side], self.hosts[1 - side]
+        stack = self.stacks[side]
+        options = self._options(stack, is_syn, headers["tsval"][sel], headers["tsecr"][sel], headers["first_syn"][sel])
+        payload = random_payload(self.rng, seg.length[sel])
+        for row, (e, s) in enumerate(zip(seg.event_no[sel].tolist(), seg.seg_no[sel].tolist())):
+            for offset, piece in self._content.get((e, s), ()):
+                payload[row, offset : offset + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+        return tcp_frames(
+            len(sel),
+            tcp={
+                "sport": self.ports[side],
+                "dport": self.ports[1 - side],
+                "seq": headers["seq"][sel],
+                "ack": headers["ack"][sel],
+                "flags": seg.flags[sel],
+                "window": headers["window"][sel],
+            },
+            options=options,
+            payload=payload,
+            payload_len=seg.length[sel],
+            src_mac=me.mac,
+            dst_mac=peer.mac,
+            src_ip=me.ip,
+            dst_ip=peer.ip,
+            ttl=me.ttl,
+            ip_id=headers["ip_id"][sel],
+            df=stack.df,
+            pad=not me.is_board,
+        )
 
     def _options(self, stack: TcpStack, is_syn: bool, tsval, tsecr, first_syn) -> np.ndarray | None:
         n = len(tsval)

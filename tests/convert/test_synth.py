@@ -25,7 +25,8 @@ from agent.capture.pcap import read_capture, write_pcap
 from agent.capture.packets import LABELS, DecodeStats
 from agent.capture.parse import parse_frames
 from convert.synth import SCENARIOS, OptionSpace, sidecar_paths, synthesise, write
-from convert.synth.mirai import AttackPlan, Bot, Target, plan_attack, run_attack
+from convert.synth.attack import AttackPlan, Bot, Target
+from convert.synth.mirai import plan_attack, run_attack
 from convert.synth.options import (
     ACK,
     APPLIES,
@@ -991,7 +992,7 @@ def test_scanned_board_meets_many_scanners_with_one_to_three_syns(tmp_path):
 
 
 def test_scanned_board_with_telnet_open_gets_brute_forced(tmp_path):
-    from convert.synth.mirai import LINUX_REPLIES
+    from convert.synth.attack import LINUX_REPLIES
 
     plan, scene, records, labels, roles = scanned_capture(
         tmp_path, seconds=12.0, replies=replace(LINUX_REPLIES, open_ports=(23, 2323)), bruteforce_share=1.0,
