@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from agent.fleet.mqtt import AgentMqtt, MqttConfig
+from agent.config import MqttConfig
+from agent.fleet.mqtt import AgentMqtt
 from agent.wire.rules import RuleSet
 from agent.wire.signing import generate_key, save_keypair, trusted_keys
 from controller.broker import MosquittoBroker, mosquitto_binary

@@ -9,7 +9,7 @@ byte-identical) file.
 Dense layers are quantised per tensor, as the board's runtimes need: TensorFlow >= 2.16
 quantises them per channel by default, and tflite-runtime 2.14 (the only release, and the
 armv7 runtime) then dereferences a null pointer in gemmlowp for any batch larger than one on
-aarch64 and armv7 (seen under QEMU, tests/test_qemu.py).
+aarch64 and armv7 (seen under QEMU, tests/agent/test_qemu.py).
 
 Committed output: run once, by hand, with TensorFlow installed:
 
