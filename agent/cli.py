@@ -12,16 +12,16 @@ import sys
 
 import numpy as np
 
-from agent.capture.pcap import CaptureFormatError
-from agent.features.columns import COLUMNS
-from agent.features.csv_file import FeatureCSVError
-from agent.capture.interface import CaptureError
-from agent.config import ConfigError
 from agent.act.enforce import EnforcementError
+from agent.capture.interface import CaptureError
+from agent.capture.packets import DecodeStats
+from agent.capture.pcap import CaptureFormatError
+from agent.config import ConfigError
 from agent.detect.anomaly import AnomalyModelError
 from agent.detect.model import BundleError
+from agent.features.columns import COLUMNS
+from agent.features.csv_file import FeatureCSVError
 from agent.profile import ProfileError
-from agent.capture.packets import DecodeStats
 
 log = logging.getLogger("agent")
 
@@ -57,9 +57,9 @@ def _classifier(args: argparse.Namespace):
 def cmd_detect(args: argparse.Namespace) -> int:
     import json
 
+    from agent.capture.packets import LABELS, VERDICT_LABELS
     from agent.detect.anomaly import load_anomaly
     from agent.detect.decide import DecisionConfig, DecisionLayer
-    from agent.capture.packets import LABELS, VERDICT_LABELS
     from agent.pipeline import detect_capture
 
     classifier = _classifier(args)
@@ -112,7 +112,6 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def cmd_classify_features(args: argparse.Namespace) -> int:
     from agent.capture.packets import LABELS
-
     from agent.features.csv_file import read_feature_csv
 
     rows = read_feature_csv(args.features_csv)

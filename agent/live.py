@@ -17,21 +17,20 @@ from pathlib import Path
 import numpy as np
 
 from agent.act.allowlist import effective_allowlist
-from agent.detect.anomaly import AnomalyModelError, load_anomaly
-from agent.capture.interface import LiveCapture
-from agent.config import AgentConfig
-from agent.detect.decide import DecisionConfig, DecisionLayer
 from agent.act.enforce import Enforcer, make_enforcer
-from agent.features.engine import FeatureExtractor
 from agent.act.filter import RuleTable
-from agent.util import release_free_memory
-from agent.detect.model import Bundle, Classifier, load_bundle
+from agent.act.respond import Responder, ResponseConfig
+from agent.capture.interface import LiveCapture
 from agent.capture.packets import LABELS, DecodeStats, FrameBatch
 from agent.capture.parse import parse_frames
-from agent.util import require
-from agent.profile import RING_BLOCK_KB, Profile
+from agent.config import AgentConfig
+from agent.detect.anomaly import AnomalyModelError, load_anomaly
+from agent.detect.decide import DecisionConfig, DecisionLayer
+from agent.detect.model import Bundle, Classifier, load_bundle
 from agent.detect.protocol_classes import packet_classes
-from agent.act.respond import Responder, ResponseConfig
+from agent.features.engine import FeatureExtractor
+from agent.profile import RING_BLOCK_KB, Profile
+from agent.util import release_free_memory, require
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +76,12 @@ class LiveAgent:
         )
         self.capture: LiveCapture | None = None
         self.lock = threading.Lock()  # the MQTT thread changes rules and model while capture runs
-        self.reporter = None
+        self.fleet = None
         if config.mqtt is not None:
             from agent.fleet.link import FleetLink  # paho is imported only by agents in a fleet
 
-            self.reporter = FleetLink(config.mqtt, self.responder, self.lock, swap_model=self._swap_model,
-                                      make_classifier=self._make_classifier)  # fmt: skip
+            self.fleet = FleetLink(config.mqtt, self.responder, self.lock, swap_model=self._swap_model,
+                                   make_classifier=self._make_classifier)  # fmt: skip
         self._last_housekeeping = 0.0
         self._last_status = 0.0
         self._last_status_log = time.time()
@@ -118,8 +117,8 @@ class LiveAgent:
         log.info("agent on %s: %d saved rules re-applied, enforcement %s", self.interface, loaded, self.enforcement)
         blocks = self.profile.capture_ring_kb // RING_BLOCK_KB
         self.capture = LiveCapture(self.interface, block_size=RING_BLOCK_KB * 1024, block_count=blocks, snaplen=256).open()
-        if self.reporter is not None:
-            self.reporter.start()
+        if self.fleet is not None:
+            self.fleet.start()
 
     def reload(self, config: AgentConfig) -> None:
         """SIGHUP: new allowlist, thresholds and anomaly mode, rules re-read from disk and re-applied."""
@@ -135,8 +134,8 @@ class LiveAgent:
         log.info("reloaded configuration and %d rules", self.rules.count())
 
     def stop(self) -> None:
-        if self.reporter is not None:
-            self.reporter.stop()
+        if self.fleet is not None:
+            self.fleet.stop()
         self.rules.save()
         try:
             self.enforcer.stop()
@@ -184,10 +183,10 @@ class LiveAgent:
         c.verdicts += len(verdicts)
         with self.lock:
             alerts = self.responder.act(verdicts)
-        if self.reporter is not None:
+        if self.fleet is not None:
             for a in alerts:
                 if a["source"]["ip"] != "spoofed":  # the fleet policy acts on addresses only
-                    self.reporter.send_alert(a)
+                    self.fleet.send_alert(a)
         return alerts
 
     def housekeeping(self, force: bool = False) -> None:
@@ -199,11 +198,11 @@ class LiveAgent:
         if now - self._last_status_log >= STATUS_LOG_S:
             self._last_status_log = now
             log.info("status: %s", self.summary())
-        if self.reporter is not None and now - self._last_status >= self.config.mqtt.status_interval_s:
+        if self.fleet is not None and now - self._last_status >= self.config.mqtt.status_interval_s:
             self._last_status = now
             stats = self.capture.stats() if self.capture is not None else None
             elapsed = max(now - self.counters.started, 1e-9)
-            self.reporter.client.publish_status(
+            self.fleet.client.publish_status(
                 packets_per_s=round(self.counters.frames / elapsed, 1),
                 drops=getattr(stats, "kernel_drops", 0),
                 model_version=self.classifier.bundle.version,
@@ -224,5 +223,5 @@ class LiveAgent:
             "rules": self.rules.count(),
             "kernel_drops": getattr(stats, "kernel_drops", None),
             "skipped": dict(self.decode.skipped),
-            **({"fleet": self.reporter.summary()} if self.reporter is not None else {}),
+            **({"fleet": self.fleet.summary()} if self.fleet is not None else {}),
         }

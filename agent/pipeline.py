@@ -14,12 +14,12 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from agent.capture.pcap import read_capture
-from agent.features.engine import Budgets, FeatureExtractor
-from agent.util import release_free_memory
 from agent.capture.packets import DecodeStats, PacketBatch
 from agent.capture.parse import parse_frames
+from agent.capture.pcap import read_capture
 from agent.detect.protocol_classes import packet_classes
+from agent.features.engine import Budgets, FeatureExtractor
+from agent.util import release_free_memory
 
 log = logging.getLogger(__name__)
 

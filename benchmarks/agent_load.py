@@ -50,8 +50,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lab import live_lab, netns  # noqa: E402
 from benchmarks.common import save  # noqa: E402
+from lab import live_lab, netns  # noqa: E402
 
 PYTHON = sys.executable
 SOL_PACKET = 263

@@ -119,9 +119,9 @@ def leave_one_out(real: Path, benign_files: list[Path]) -> list[dict]:
 
 
 def synthesised(name: str, seed: int, seconds: float):
-    from agent.features.engine import FeatureExtractor
     from agent.capture.packets import DecodeStats
     from agent.capture.parse import parse_frames
+    from agent.features.engine import FeatureExtractor
     from convert.synth import synthesise
 
     synth = synthesise(name, seconds, seed)

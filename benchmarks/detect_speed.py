@@ -29,13 +29,13 @@ def main() -> None:
     args = ap.parse_args()
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
-    from agent.capture.pcap import read_capture
-    from agent.detect.decide import DecisionLayer
-    from agent.detect.protocol_classes import packet_classes
-    from agent.features.engine import FeatureExtractor
-    from agent.detect.model import Classifier, installed_runtimes, load_bundle
     from agent.capture.packets import DecodeStats
     from agent.capture.parse import parse_frames
+    from agent.capture.pcap import read_capture
+    from agent.detect.decide import DecisionLayer
+    from agent.detect.model import Classifier, installed_runtimes, load_bundle
+    from agent.detect.protocol_classes import packet_classes
+    from agent.features.engine import FeatureExtractor
 
     path = mixed_capture(args.packets)
     bundle = load_bundle()

@@ -33,11 +33,11 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
 
+    from agent.capture.packets import DecodeStats
+    from agent.capture.parse import parse_frames
     from agent.detect.anomaly import load_anomaly
     from agent.detect.decide import DecisionLayer
     from agent.detect.model import Classifier, load_bundle
-    from agent.capture.packets import DecodeStats
-    from agent.capture.parse import parse_frames
     from agent.pipeline import detect_packets, split_packets
     from convert.synth import synthesise
 

@@ -29,11 +29,11 @@ def main() -> None:
     args = ap.parse_args()
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
 
+    from agent.capture.packets import DecodeStats, PacketBatch
+    from agent.capture.parse import parse_frames
     from agent.capture.pcap import read_capture
     from agent.features.engine import FeatureExtractor
     from agent.features.reference import ReferenceExtractor
-    from agent.capture.packets import DecodeStats, PacketBatch
-    from agent.capture.parse import parse_frames
 
     path = mixed_capture(args.packets)
     frames = list(read_capture(path, batch_size=65536))

@@ -117,10 +117,9 @@ def fuzz_files(rng: random.Random, records: int, tmp: Path, totals: Totals, fail
 
 
 def fuzz_frames(rng: random.Random, frames: int, batch: int, totals: Totals, failures: Failures) -> None:
+    from agent.capture.packets import DecodeStats, FrameBatch
     from lab.capture_fuzz import frame_batch
     from lab.capture_oracle import check_parsed, parse_checked
-
-    from agent.capture.packets import DecodeStats, FrameBatch
 
     done = 0
     while done < frames:

@@ -33,10 +33,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lab import netns  # noqa: E402  (namespaces and veth pairs)
 import numpy as np  # noqa: E402
+
 from agent.capture.interface import LiveCapture  # noqa: E402
 from benchmarks.common import save  # noqa: E402
+from lab import netns  # noqa: E402  (namespaces and veth pairs)
 
 PACKET_QDISC_BYPASS = 20
 SOL_PACKET = 263

@@ -47,8 +47,8 @@ from agent.wire import (
     make_client,
     topic,
 )
-from agent.wire.rules import RuleSetError, parse_ruleset
 from agent.wire.jsonio import canonical_json
+from agent.wire.rules import RuleSetError, parse_ruleset
 from agent.wire.signing import (
     SignatureError,
     generate_key,

@@ -44,7 +44,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lab import live_lab, netns  # noqa: E402
 from benchmarks.agent_load import (  # noqa: E402
     AgentRun,
     BenignPeer,
@@ -56,6 +55,7 @@ from benchmarks.agent_load import (  # noqa: E402
     stop_process,
 )
 from benchmarks.common import save  # noqa: E402
+from lab import live_lab, netns  # noqa: E402
 
 PYTHON = sys.executable
 BROKER_PORT = 1883

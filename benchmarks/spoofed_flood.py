@@ -24,10 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lab import live_lab, netns  # noqa: E402
 from agent.profile import load_profile  # noqa: E402
 from benchmarks.agent_load import BenignPeer, _lab_addresses, agent, finish_sender, flood_sender, sampler  # noqa: E402
 from benchmarks.common import save  # noqa: E402
+from lab import live_lab, netns  # noqa: E402
 
 
 def main() -> None:

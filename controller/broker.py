@@ -143,9 +143,7 @@ class AmqttBroker:
     """The pure-Python amqtt broker on its own event-loop thread (only when mosquitto is missing)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        from amqtt.broker import (
-            Broker,  # ImportError tells the caller amqtt is not installed
-        )
+        from amqtt.broker import Broker  # ImportError tells the caller amqtt is not installed
 
         self.host = host
         self.port = port or free_port(host)

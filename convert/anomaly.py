@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.detect.anomaly import DEFAULT_MODEL, AnomalyDetector
-from agent.capture.pcap import CaptureFormatError
-from agent.features.columns import N_FEATURES
 from agent.capture.packets import DecodeStats
+from agent.capture.pcap import CaptureFormatError
+from agent.detect.anomaly import DEFAULT_MODEL, AnomalyDetector
+from agent.features.columns import N_FEATURES
 from agent.pipeline import features_from_capture
 
 from .dataset import SynthJob, cache_file, save_cache, synth_features

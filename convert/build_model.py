@@ -19,11 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.detect.model import DEFAULT_BUNDLE, restrict_logits
 from agent.capture.packets import LABELS
+from agent.detect.model import DEFAULT_BUNDLE, restrict_logits
 
-from .dataset import (SPLITS, Dataset, SynthJob, add_benign_pcaps, add_nbaiot, cache_file, cap_per_class, save_cache,
-                      synth_rows)
+from .dataset import (
+    SPLITS,
+    Dataset,
+    SynthJob,
+    add_benign_pcaps,
+    add_nbaiot,
+    cache_file,
+    cap_per_class,
+    save_cache,
+    synth_rows,
+)
 from .metrics import score
 
 log = logging.getLogger(__name__)

@@ -6,10 +6,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from agent.features.columns import FEATURE_SCHEMA
-from agent.detect.model import BUNDLE_SCHEMA, Bundle, parse_bundle
 from agent.capture.packets import LABELS
+from agent.detect.model import BUNDLE_SCHEMA, Bundle, parse_bundle
 from agent.detect.preprocess import Preprocessor
+from agent.features.columns import FEATURE_SCHEMA
 from agent.util import write_atomically
 
 

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 
 import agent
+from agent.capture.packets import LABELS, DecodeStats
+from agent.capture.parse import parse_frames
+from agent.detect.protocol_classes import FAMILY_ANY, allowed_classes, protocol_family
 from agent.features.columns import COLUMNS
 from agent.features.csv_file import read_feature_csv
 from agent.features.engine import FeatureExtractor
-from agent.capture.packets import LABELS, DecodeStats
-from agent.capture.parse import parse_frames
 from agent.pipeline import features_from_capture
-from agent.detect.protocol_classes import FAMILY_ANY, allowed_classes, protocol_family
 from agent.util import atomic_path
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.detect.model import restrict_logits
 from agent.capture.packets import LABELS
+from agent.detect.model import restrict_logits
 
 from .baselines import baselines, stratified_subsample
 from .metrics import confusion, score

@@ -80,8 +80,8 @@ class Case:
 
 
 def attack_case(clf, what: str, kind: str, view: str, options, seed: int, anomaly=None) -> Case:
-    from agent.detect.decide import DecisionLayer
     from agent.capture.parse import parse_frames
+    from agent.detect.decide import DecisionLayer
     from agent.pipeline import detect_packets, split_packets
 
     from .synth import synthesise
@@ -134,8 +134,8 @@ def attack_cases(clf) -> list[Case]:
 
 def background_rows(clf, hours: float = 1.0) -> list[dict]:
     """False alarms on the left-out synthesised backgrounds."""
-    from agent.detect.decide import DecisionLayer
     from agent.capture.parse import parse_frames
+    from agent.detect.decide import DecisionLayer
     from agent.pipeline import detect_packets, split_packets
 
     from .synth import synthesise

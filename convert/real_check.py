@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.features.csv_file import read_feature_csv
-from agent.detect.model import Classifier
 from agent.capture.packets import VERDICT_LABELS
+from agent.detect.model import Classifier
+from agent.features.csv_file import read_feature_csv
 from agent.pipeline import detect_capture
 
 BENIGN_CAPTURES = (

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 import agent
+from agent.capture.packets import LABELS
 from agent.detect.decide import DecisionLayer
 from agent.detect.model import Classifier, load_bundle
-from agent.capture.packets import LABELS
 from agent.pipeline import detect_capture
 
 SAMPLE = Path(agent.__file__).with_name("samples") / "mirai_demo.pcap"
@@ -69,16 +69,15 @@ def fleet_round_trip(verdicts: list, timeout: float = 30.0) -> int:
     import threading
     import time
 
-    from controller.broker import AmqttBroker, BrokerError, start_embedded_broker
-    from controller.policy import PolicyConfig
-    from controller.service import BrokerSettings, ControllerConfig, ControllerService
-
     from agent.act.enforce import NoneEnforcer
     from agent.act.filter import RuleTable
     from agent.act.respond import Responder, alert_document
     from agent.config import MqttConfig
     from agent.fleet.link import FleetLink
     from agent.wire.signing import generate_key, save_keypair
+    from controller.broker import AmqttBroker, BrokerError, start_embedded_broker
+    from controller.policy import PolicyConfig
+    from controller.service import BrokerSettings, ControllerConfig, ControllerService
 
     sources = [v for v in verdicts if v.kind == "source"]
     print(f"\nfleet loop: {len(sources)} hostile sources to report")

@@ -21,6 +21,7 @@ from agent.config import ConfigError, load_config
 from agent.profile import MAX_BATCH, PROFILE_DIR, ProfileError, load_profile
 from lab.mqtt_fuzz import BAD_UTF8, Case, same_type
 
+
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from agent.detect.model import Classifier, load_bundle, parse_bundle
-from agent.wire import MODEL_MAX_BYTES, MODEL_SCHEMA, RULES_MAX_BYTES, topic
+from agent.wire import MODEL_MAX_BYTES, MODEL_SCHEMA, RULES_MAX_BYTES
 from agent.wire import rules as rs
+from agent.wire import topic
 from agent.wire.jsonio import canonical_json
 from agent.wire.signing import ENVELOPE_SCHEMA, generate_key, key_id, save_keypair
 from lab import TEST_DATA

@@ -26,10 +26,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.act.enforce import NoneEnforcer
 from agent.act.filter import RuleTable
-from agent.detect.model import BundleError, Classifier, parse_bundle
-from agent.fleet.link import FleetLink
 from agent.act.respond import Responder
 from agent.config import MqttConfig
+from agent.detect.model import BundleError, Classifier, parse_bundle
+from agent.fleet.link import FleetLink
 from agent.wire.jsonio import canonical_json
 from lab.mqtt_fuzz import (
     DEVICE,

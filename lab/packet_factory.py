@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.capture.packets import L3_ARP, L3_IPV4, L3_IPV6, L3_OTHER, PORT_ARP, PORT_ICMP, PORT_NONE, PORT_NUMBER, PacketBatch
+from agent.capture.packets import (
+    L3_ARP,
+    L3_IPV4,
+    L3_IPV6,
+    L3_OTHER,
+    PORT_ARP,
+    PORT_ICMP,
+    PORT_NONE,
+    PORT_NUMBER,
+    PacketBatch,
+)
 
 
 def random_batch(

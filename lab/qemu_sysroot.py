@@ -39,6 +39,7 @@ from typing import Iterator
 log = logging.getLogger("qemu_sysroot")
 
 from lab import REPO
+
 PYTHON_VERSION = "3.11"
 RECIPE_VERSION = 1  # bump when the build steps change in a way the recipe fields do not show
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.util import hash_words, write_atomically
 from agent.capture.packets import L3_ARP, L3_IPV4, L3_IPV6, PORT_NUMBER, PacketBatch
+from agent.util import hash_words, write_atomically
 from agent.wire.rules import SCHEMA as RULESET_SCHEMA
 from agent.wire.rules import Rule, RuleSetError, parse_ruleset
 

@@ -19,9 +19,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from agent.detect.decide import DecisionConfig, Verdict
 from agent.act.enforce import BlockEntry, EnforcementError, Enforcer
 from agent.act.filter import RuleTable
+from agent.detect.decide import DecisionConfig, Verdict
 from agent.wire.rules import Rule
 
 log = logging.getLogger(__name__)

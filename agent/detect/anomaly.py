@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.features.columns import COLUMNS, FEATURE_SCHEMA, N_FEATURES
 from agent.detect.preprocess import column_caps
+from agent.features.columns import COLUMNS, FEATURE_SCHEMA, N_FEATURES
 
 log = logging.getLogger(__name__)
 

@@ -29,12 +29,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from agent.features.decayed_sums import Segments, decayed_sums, running_time
+from agent.capture.packets import L3_IPV4, LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch, format_ip, format_mac
 from agent.detect.evidence import ACK as ACK_FLAG
 from agent.detect.evidence import Evidence, packet_evidence
-from agent.util import hash_words
-from agent.capture.packets import L3_IPV4, LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch, format_ip, format_mac
+from agent.features.decayed_sums import Segments, decayed_sums, running_time
 from agent.features.stream_table import StreamTable
+from agent.util import hash_words
 
 N_CLASSES = len(LABELS)
 _SCAN, _SYN, _ACK, _UDP, _UDPPLAIN = (

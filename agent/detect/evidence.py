@@ -36,9 +36,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.features.columns import COLUMNS
 from agent.capture.headers import ACK, FIN, PSH, RST, SYN, URG  # noqa: F401  (the flags, for the stages after)
 from agent.capture.packets import L3_IPV4, PacketBatch
+from agent.features.columns import COLUMNS
 
 ECHO_REQUESTS, ECHO_REPLIES = (8, 128), (0, 129)  # ICMP, ICMPv6
 UNREACHABLE = (3, 1)  # ICMP, ICMPv6 destination unreachable

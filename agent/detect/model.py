@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.features.columns import FEATURE_SCHEMA
 from agent.capture.packets import LABELS
 from agent.detect.preprocess import GRID_SHAPE, Preprocessor
 from agent.detect.protocol_classes import restrict_scores
+from agent.features.columns import FEATURE_SCHEMA
 
 log = logging.getLogger(__name__)
 

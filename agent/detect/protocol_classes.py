@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.detect.evidence import ACK, RST, SYN, opens_socket_pair
 from agent.capture.packets import LABELS, PacketBatch
+from agent.detect.evidence import ACK, RST, SYN, opens_socket_pair
 
 FAMILY_OTHER, FAMILY_TCP, FAMILY_UDP = 0, 1, 2
 FAMILY_ANY = -1  # unknown (rows of an N-BaIoT CSV): every class allowed

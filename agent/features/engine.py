@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.features.decayed_sums import Segments, decayed_sums, previous_time, running_time
-from agent.features.columns import LAMBDAS, N_FEATURES
 from agent.capture.packets import L3_ARP, L3_OTHER, PORT_NUMBER, PacketBatch
-from agent.util import hash_words
+from agent.features.columns import LAMBDAS, N_FEATURES
+from agent.features.decayed_sums import Segments, decayed_sums, previous_time, running_time
 from agent.features.stream_table import StreamTable
+from agent.util import hash_words
 
 W_INIT = 1e-20
 LAM = np.asarray(LAMBDAS)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.features.columns import LAMBDAS
 from agent.capture.packets import L3_ARP, L3_OTHER, PORT_ARP, PORT_ICMP, PORT_NUMBER, PacketBatch
+from agent.features.columns import LAMBDAS
 
 W_INIT = 1e-20
 

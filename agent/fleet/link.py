@@ -1,4 +1,4 @@
-"""The report stage: connect an agent's responder and model to the fleet over MQTT.
+"""The fleet link: connect an agent's responder and model to the fleet over MQTT.
 
 ``FleetLink`` wraps ``AgentMqtt`` (the paho client with the on-disk alert
 queue) and gives it the two callbacks it needs: a signed rule set goes to the
@@ -17,8 +17,8 @@ import time
 from typing import Callable
 
 from agent.act.respond import Responder
-from agent.detect.model import Bundle, Classifier, parse_bundle
 from agent.config import MqttConfig
+from agent.detect.model import Bundle, Classifier, parse_bundle
 from agent.fleet.mqtt import AgentMqtt
 from agent.wire.rules import ALL_DEVICES, RuleSet
 from agent.wire.signing import load_public_key, trusted_keys

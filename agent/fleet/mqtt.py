@@ -28,7 +28,6 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
-from agent.wire import rules as rs
 from agent.config import MqttConfig
 from agent.fleet.alert_queue import AlertQueue
 from agent.util import write_atomically
@@ -46,9 +45,9 @@ from agent.wire import (
     load_json,
     make_client,
     open_envelope,
-    short_reason,
-    topic,
 )
+from agent.wire import rules as rs
+from agent.wire import short_reason, topic
 
 try:
     import psutil

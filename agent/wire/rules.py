@@ -24,7 +24,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.validate import Field, Invalid, fields, integer, matches, network, one_of, optional, text, type_name, unix_time
+from agent.validate import (
+    Field,
+    Invalid,
+    fields,
+    integer,
+    matches,
+    network,
+    one_of,
+    optional,
+    text,
+    type_name,
+    unix_time,
+)
 from agent.wire.jsonio import canonical_json, json_depth, load_json
 
 SCHEMA = "iotguard.ruleset/1"

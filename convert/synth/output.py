@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.capture.pcap import write_pcap
 from agent.capture.packets import LABELS, FrameBatch
+from agent.capture.pcap import write_pcap
 
 WRITE_CHUNK = 65536  # records per write: keeps each joined block cache-sized
 

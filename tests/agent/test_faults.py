@@ -36,23 +36,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lab import netns
-
-from lab.mqtt_helpers import FLEET, WAIT_S, alert, make_agent, make_controller, plain_controller, wait_until  # noqa: E402
-from lab.live_lab import attack_frames  # noqa: E402  (Mirai frames from a chosen source address)
-
-from agent.fleet.alert_queue import AlertQueue  # noqa: E402
-from agent.config import AgentConfig, MqttConfig  # noqa: E402
 from agent.act.enforce import NftablesEnforcer  # noqa: E402
 from agent.act.filter import RuleTable  # noqa: E402
-from agent.live import LiveAgent  # noqa: E402
-from agent.fleet.mqtt import AgentMqtt  # noqa: E402
 from agent.capture.packets import FrameBatch  # noqa: E402
+from agent.config import AgentConfig, MqttConfig  # noqa: E402
+from agent.fleet.alert_queue import AlertQueue  # noqa: E402
+from agent.fleet.mqtt import AgentMqtt  # noqa: E402
+from agent.live import LiveAgent  # noqa: E402
 from agent.profile import load_profile  # noqa: E402
 from controller.broker import MosquittoBroker, mosquitto_binary  # noqa: E402
 from controller.service import ControllerService  # noqa: E402
+from lab import REPO, netns
+from lab.live_lab import attack_frames  # noqa: E402  (Mirai frames from a chosen source address)
+from lab.mqtt_helpers import (  # noqa: E402
+    FLEET,
+    WAIT_S,
+    alert,
+    make_agent,
+    make_controller,
+    plain_controller,
+    wait_until,
+)
 
-from lab import REPO
 ATTACKERS = ("10.77.0.61", "10.77.0.62", "10.77.0.63", "10.77.0.64")
 SMALL_QUEUE = 20  # alerts the agent keeps while the broker is away: small, so an outage overflows it
 
@@ -385,12 +390,12 @@ def test_full_disk_does_not_stop_the_agent_and_it_catches_up_when_space_returns(
                       controller_public_key=keys.public)  # fmt: skip
     agent = make_live_agent(state, mqtt)
     controller = make_controller(broker.host, broker.port, tmp_path, keys.private, k_devices=99)
-    client = agent.reporter.client
+    client = agent.fleet.client
     with ExitStack() as cleanup:
         controller.start()
         cleanup.callback(controller.stop)
-        agent.reporter.start()
-        cleanup.callback(agent.reporter.stop)
+        agent.fleet.start()
+        cleanup.callback(agent.fleet.stop)
         wait_until(lambda: controller.ready.is_set() and client.ready, "connected")
         attack(agent, ATTACKERS[0])
         wait_until(lambda: controller.store.count("alerts") == 1, "the first alert stored")

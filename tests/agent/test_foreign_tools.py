@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dpkt
-from lab import netns
 import pytest
 
-from lab import REPO
+from lab import REPO, netns
+
 SWEPT_NET = "10.198.5.0/24"  # behind the board: absent hosts, but their packets reach the board's wire
 SWEPT_ALIVE = "10.198.5.7"  # the one host of SWEPT_NET that answers (an address of the board)
 MAX_LATENCY_S = 1.0

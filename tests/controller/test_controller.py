@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from lab.mqtt_helpers import FLEET, Listener, alert, make_agent, make_controller, needs_mosquitto, wait_until
 
 from agent.wire import canonical_json, load_private_key, parse_alert, topic
 from controller.broker import start_embedded_broker
 from controller.policy import Policy, PolicyConfig
 from controller.store import Store
-
 from lab import REPO
+from lab.mqtt_helpers import FLEET, Listener, alert, make_agent, make_controller, needs_mosquitto, wait_until
+
 PREFIX = "iotguard/v1"
 
 

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from agent.detect.model import Classifier, load_bundle
 from agent.capture.packets import LABELS
+from agent.detect.model import Classifier, load_bundle
 from convert.metrics import score
 
 

@@ -21,12 +21,13 @@ dpkt = pytest.importorskip("dpkt")
 import itertools
 from dataclasses import replace
 
-from agent.capture.pcap import read_capture, write_pcap
 from agent.capture.packets import LABELS, DecodeStats
 from agent.capture.parse import parse_frames
+from agent.capture.pcap import read_capture, write_pcap
 from convert.synth import SCENARIOS, OptionSpace, sidecar_paths, synthesise, write
 from convert.synth.attack import AttackPlan, Bot, Target
 from convert.synth.mirai import plan_attack, run_attack
+from convert.synth.network import make_lan
 from convert.synth.options import (
     ACK,
     APPLIES,
@@ -41,12 +42,11 @@ from convert.synth.options import (
     default_options,
     sample_options,
 )
-from convert.synth.network import make_lan
 from convert.synth.payloads import MIRAI_CREDENTIALS
 from convert.synth.scene import Scene
 from convert.synth.timeline import Timeline
-
 from lab import REPO
+
 BASE_US = 1_700_000_000_000_000
 TCP_OPT_ORDER = [2, 4, 8, 1, 3]  # MSS, SACK-permitted, timestamps, NOP, window scale
 

@@ -13,12 +13,11 @@ import socket
 import subprocess
 import sys
 
-from lab import netns
 import pytest
 
 from agent.act.enforce import BlockEntry, EnforcementError, NftablesEnforcer, NoneEnforcer, make_enforcer
+from lab import REPO, netns
 
-from lab import REPO
 PORT, OTHER_PORT = 5555, 5556
 _reason = netns.skip_reason() or (None if shutil.which("nft") else "needs nft (apt-get install nftables)")
 needs_nft = pytest.mark.skipif(_reason is not None, reason=str(_reason))

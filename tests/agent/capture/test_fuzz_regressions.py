@@ -13,17 +13,16 @@ import random
 import struct
 
 import pytest
-
-from lab import TEST_DATA
-from lab.capture_bytes import epb, idb, shb
-from lab.capture_fuzz import frame_batch, random_capture
-from lab.capture_oracle import check_capture, check_parsed, read_file
-from lab.frame_bytes import ethernet, ipv4, udp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.capture.packets import DecodeStats, FrameBatch
 from agent.capture.parse import parse_frames
+from lab import TEST_DATA
+from lab.capture_bytes import epb, idb, shb
+from lab.capture_fuzz import frame_batch, random_capture
+from lab.capture_oracle import check_capture, check_parsed, read_file
+from lab.frame_bytes import ethernet, ipv4, udp
 
 CORPUS = TEST_DATA / "fuzz_corpus"
 CORPUS_FILES = sorted(p for p in CORPUS.iterdir() if p.suffix in (".pcap", ".pcapng", ".frame"))

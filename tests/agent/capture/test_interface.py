@@ -15,7 +15,6 @@ import threading
 import time
 
 import dpkt
-from lab import netns
 import numpy as np
 import pytest
 
@@ -31,8 +30,8 @@ from agent.capture.interface import (
     read_block,
 )
 from agent.util import PrivilegeError, capability_bit, has_capability, missing_capabilities, require
+from lab import REPO, netns
 
-from lab import REPO
 SENDER_MAC = bytes.fromhex("0200000000aa")  # not the veth's own MAC: kernel chatter never carries it
 needs_netns = pytest.mark.skipif(netns.skip_reason() is not None, reason=str(netns.skip_reason()))
 

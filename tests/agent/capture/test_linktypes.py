@@ -26,6 +26,14 @@ from pathlib import Path
 import dpkt
 import numpy as np
 import pytest
+
+from agent.capture import pcap as capture_file
+from agent.capture.packets import L3_ARP, DecodeStats, FrameBatch, PacketBatch
+from agent.capture.parse import parse_frames
+from agent.capture.pcap import read_capture
+from agent.features.columns import COLUMNS
+from agent.pipeline import features_from_capture
+from lab import REPO
 from lab.capture_fuzz import random_frame
 from lab.capture_oracle import PACKET_COLUMNS, reference_decode
 from lab.frame_bytes import ethernet, ipv4, ipv6, tcp, udp
@@ -54,14 +62,6 @@ from lab.link_layers import (
     sll_header,
 )
 
-from agent.capture import pcap as capture_file
-from agent.capture.pcap import read_capture
-from agent.features.columns import COLUMNS
-from agent.capture.packets import L3_ARP, DecodeStats, FrameBatch, PacketBatch
-from agent.capture.parse import parse_frames
-from agent.pipeline import features_from_capture
-
-from lab import REPO
 COOKED_TYPES = (LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2)
 NO_MAC_TYPES = (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_NULL, LINKTYPE_LOOP)
 GROUP = np.array([c.split("_L")[0] for c in COLUMNS])

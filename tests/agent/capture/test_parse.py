@@ -16,7 +16,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.capture.pcap import read_capture
 from agent.capture.packets import (
     L3_ARP,
     L3_IPV4,
@@ -31,6 +30,7 @@ from agent.capture.packets import (
     PacketBatch,
 )
 from agent.capture.parse import parse_frames
+from agent.capture.pcap import read_capture
 from lab.frame_bytes import (
     DST_MAC,
     SRC_MAC,

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.capture import pcap as capture_file
-from agent.capture.pcap import CaptureFormatError, read_capture, write_pcap
 from agent.capture.packets import DecodeStats, FrameBatch
 from agent.capture.parse import parse_frames
+from agent.capture.pcap import CaptureFormatError, read_capture, write_pcap
 from lab.capture_bytes import block, epb, idb, pcap_bytes, shb, spb
 
 # --- Builders ---------------------------------------------------------------------------------

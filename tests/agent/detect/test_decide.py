@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.detect.decide import DecisionConfig, DecisionLayer
 from agent.capture.packets import LABELS
+from agent.detect.decide import DecisionConfig, DecisionLayer
 from lab.packet_factory import random_batch
 
 SYN = LABELS.index("mirai_syn")

@@ -12,9 +12,9 @@ import json
 import numpy as np
 import pytest
 
+from agent.capture.packets import ANOMALY, L3_IPV4, LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch
 from agent.detect.decide import DecisionConfig, DecisionLayer
 from agent.features.engine import FeatureExtractor
-from agent.capture.packets import ANOMALY, L3_IPV4, LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch
 
 FIN, SYN, ACK, SYNACK, RSTACK, PSHACK, XMAS = 0x01, 0x02, 0x10, 0x12, 0x14, 0x18, 0x29
 ECHO_REQUEST, ECHO_REPLY = 8, 0
@@ -349,8 +349,8 @@ def test_anomaly_verdicts_need_most_recent_packets_anomalous():
 
 
 def test_anomaly_verdicts_are_reported_and_blocked_only_when_configured():
-    from agent.detect.decide import Verdict
     from agent.act.respond import ResponseConfig, alert_document, rule_for
+    from agent.detect.decide import Verdict
     from agent.wire import ALERT_SCHEMA, parse_alert
 
     v = Verdict("source", ANOMALY, 0.9, 50, T0, T0 + 5, T0 + 1, src_ip="192.0.2.9", basis="anomaly")

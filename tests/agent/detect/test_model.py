@@ -10,9 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from agent.detect.model import BundleError, installed_runtimes, load_bundle, parse_bundle, restrict_logits
 from agent.capture.packets import LABELS, VERDICT_LABELS
-
+from agent.detect.model import BundleError, installed_runtimes, load_bundle, parse_bundle, restrict_logits
 from lab import REPO
 
 
@@ -67,9 +66,9 @@ def test_runtimes_agree(tmp_path):
         assert res.returncode == 0, res.stderr
         outputs[rt] = np.load(tmp_path / f"{rt}.npy").astype(int)
     # The labels the agent gives: the outputs restricted to the classes each packet's header allows.
-    from agent.capture.pcap import read_capture
     from agent.capture.packets import DecodeStats
     from agent.capture.parse import parse_frames
+    from agent.capture.pcap import read_capture
     from agent.detect.protocol_classes import packet_classes
 
     stats = DecodeStats()

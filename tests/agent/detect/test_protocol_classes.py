@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from agent.capture.packets import LABELS
-from agent.detect.protocol_classes import FAMILY_ANY, FAMILY_TCP, FAMILY_UDP, allowed_classes, packet_classes, restrict_scores
+from agent.detect.protocol_classes import (
+    FAMILY_ANY,
+    FAMILY_TCP,
+    FAMILY_UDP,
+    allowed_classes,
+    packet_classes,
+    restrict_scores,
+)
 from tests.agent.detect.test_decide_headers import ACK, SYN, SYNACK, batch, ip
 
 L = {name: i for i, name in enumerate(LABELS)}

@@ -7,10 +7,10 @@ import gzip
 import numpy as np
 import pytest
 
+from agent.capture.packets import DecodeStats, PacketBatch
 from agent.features.columns import COLUMNS
 from agent.features.engine import Budgets, FeatureExtractor
 from agent.features.reference import ReferenceExtractor
-from agent.capture.packets import DecodeStats, PacketBatch
 from lab.feature_tolerance import mismatches
 from lab.packet_factory import random_batch, spoofed_syn_flood
 

@@ -11,7 +11,6 @@ import textwrap
 import pytest
 
 from agent.fleet.alert_queue import PENDING_DIR, AlertQueue
-
 from lab import REPO
 
 

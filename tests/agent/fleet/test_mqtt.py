@@ -13,12 +13,12 @@ import textwrap
 import time
 
 import pytest
-from lab.mqtt_helpers import FLEET, Listener, alert, make_agent, wait_until
 
 from agent.wire import MODEL_SCHEMA, topic
-from agent.wire.rules import SCHEMA as RULESET_SCHEMA
 from agent.wire.jsonio import canonical_json
+from agent.wire.rules import SCHEMA as RULESET_SCHEMA
 from agent.wire.signing import generate_key, sign, trusted_keys
+from lab.mqtt_helpers import FLEET, Listener, alert, make_agent, wait_until
 
 PREFIX = "iotguard/v1"
 from lab import REPO

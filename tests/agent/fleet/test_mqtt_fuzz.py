@@ -18,14 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lab import netns
-from lab.mqtt_helpers import Listener, wait_until
-
 from agent.act.enforce import NftablesEnforcer
 from agent.wire import topic
 from lab import mqtt_fuzz as fz
+from lab import netns
 from lab.config_fuzz import FileCase, config_case, corpus_entry, load_file_case, profile_base, profile_case
 from lab.mqtt_fuzz_harness import Harness, bundle_problem, primed
+from lab.mqtt_helpers import Listener, wait_until
 
 CORPUS = sorted(fz.CORPUS.glob("*.json"))
 FAST = {kind: [g for g in fz.GENERATORS[kind] if g not in fz.HEAVY] for kind in fz.KINDS}

@@ -11,9 +11,9 @@ import threading
 
 import pytest
 
+from lab import REPO
 from lab.mqtt_helpers import FLEET, alert, make_agent, make_controller, plain_controller, wait_until
 
-from lab import REPO
 STREAM = 400
 
 pytestmark = pytest.mark.slow  # a real broker restarted and an agent killed mid-stream

@@ -11,14 +11,14 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from cryptography import x509
-from lab.mqtt_helpers import FLEET, Listener, alert, make_agent, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.wire import topic
 from controller.broker import MosquittoBroker, free_port, mosquitto_binary
 from controller.certs import issue, make_ca
-
 from lab import REPO
+from lab.mqtt_helpers import FLEET, Listener, alert, make_agent, wait_until
+
 PREFIX = "iotguard/v1"
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto binary not installed (apt-get install mosquitto)")
 
