@@ -20,7 +20,8 @@ A flood at one target from sources that are each too light to convict (a spoofed
 source for nearly every packet) is named by its target ("spoofed flood at 10.0.0.5 tcp/80"), so the
 responder can drop what it has in common instead of filling the rule table with addresses.
 
-The statistics use the same exact, vectorised decayed sums as the features.
+The statistics use the same exact, vectorised decayed sums as the features (``agent.detect.tracked``); the
+rules and how their hot packets become convictions live in ``agent.detect.rules``.
 """
 
 from __future__ import annotations
@@ -32,21 +33,24 @@ import numpy as np
 from agent.capture.packets import L3_IPV4, LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch, format_ip, format_mac
 from agent.detect.evidence import ACK as ACK_FLAG
 from agent.detect.evidence import Evidence, packet_evidence
-from agent.features.decayed_sums import Segments, decayed_sums, running_time
+from agent.detect.rules import (
+    anomaly_rule,
+    convict,
+    fingerprint_rule,
+    flood_rule,
+    lone_probe_rule,
+    matching,
+    model_rule,
+    rate,
+    scan_rule,
+    shape_fits,
+)
+from agent.detect.tracked import N_CLASSES, Tracked
+from agent.features.decayed_sums import Segments
 from agent.features.stream_table import StreamTable
 from agent.util import hash_words
 
-N_CLASSES = len(LABELS)
-_SCAN, _SYN, _ACK, _UDP, _UDPPLAIN = (
-    LABELS.index(c) for c in ("mirai_scan", "mirai_syn", "mirai_ack", "mirai_udp", "mirai_udpplain")
-)
-_ANOMALY = len(LABELS)
-# The closest class of a flood of each shape (Evidence.SHAPES): a ping flood is connectionless, as a UDP flood, and
-# Mirai's GRE floods wrap UDP floods.
-_SHAPE_LABELS = np.array([_SYN, _ACK, _UDP, _UDP, _SYN])
-_PORTLESS_SHAPE, _SYN_ODD_SHAPE = Evidence.SHAPES.index("portless"), Evidence.SHAPES.index("syn_odd")
-_PROBE_SHAPES = [Evidence.SHAPES.index(name) for name in ("syn_only", "ack", "portless")]  # what scanners send
-
+_SCAN = LABELS.index("mirai_scan")
 
 @dataclass
 class DecisionConfig:
@@ -123,326 +127,6 @@ class Verdict:
         )
 
 
-# --- Tracked keys -------------------------------------------------------------------------------
-# State columns: decayed sums first (weight, class scores, the table's evidence columns), then
-# bookkeeping: lifetime packet count, start of the current episode (the first packet after a quiet
-# spell), class reported last (-1: none), bit set of reported classes.
-_W = 0
-_BOOK = ("count", "episode", "hostile", "reported")
-
-
-@dataclass
-class _Tracked:
-    """Decayed sums of packets, their class scores (unless ``with_scores`` is off) and ``extras`` evidence
-    columns for a set of keys."""
-
-    budget: int
-    half_life_s: float
-    extras: tuple[str, ...]
-    with_scores: bool = True
-    table: StreamTable = field(init=False)
-
-    def __post_init__(self) -> None:
-        # The attack classes' scores only: a benign average is never asked for.
-        self.scores = slice(1, 1 + (N_CLASSES - 1 if self.with_scores else 0))
-        self.n_sums = self.scores.stop + len(self.extras)
-        self.col = {name: self.n_sums + i for i, name in enumerate(_BOOK)}
-        init = np.zeros(self.n_sums + len(_BOOK))
-        init[_W] = 1e-20
-        init[self.col["hostile"]] = -1
-        self.table = StreamTable(self.budget, init)
-        self.lam = 1.0 / self.half_life_s
-
-    def update(self, keys: np.ndarray, t: np.ndarray, scores: np.ndarray | None, extra: np.ndarray) -> dict:
-        """Per packet (in key order): decayed weight, score averages, evidence shares, counts."""
-        order = np.argsort(keys, kind="stable")
-        seg = Segments.from_sorted(keys[order])
-        ts = t[order]
-        slots, is_new = self.table.lookup(keys[order][seg.start], ts[seg.start])
-        state = self.table.state[slots]
-        t_init = self.table.t_last[slots]
-        T = running_time(ts, t_init, seg)
-        terms = np.empty((len(ts), 1, self.n_sums))
-        terms[:, 0, _W] = 1.0
-        if self.with_scores:
-            terms[:, 0, self.scores] = scores[order, 1:]
-        terms[:, 0, self.scores.stop :] = extra[order]
-        sums = decayed_sums(seg, T, np.array([self.lam]), terms, state[:, None, : self.n_sums], t_init)[:, 0, :]
-        weight = sums[:, _W]
-        count = np.arange(1, len(ts) + 1) - np.repeat(seg.start, seg.length) + state[seg.ids, self.col["count"]]
-        # An episode starts at a packet that finds less than half a packet of recent weight.
-        starts = (weight - 1.0) < 0.5
-        marked = starts | seg.first_mask(len(ts))
-        last_mark = np.maximum.accumulate(np.where(marked, np.arange(len(ts)), 0))
-        episode = np.where(starts[last_mark], ts[last_mark], state[seg.ids, self.col["episode"]])
-        return {
-            "order": order,
-            "seg": seg,
-            "slots": slots,
-            "state": state,
-            "t": ts,
-            "T": T,
-            "weight": weight,
-            "avg": sums[:, self.scores] / weight[:, None],  # attack classes 1.. of LABELS
-            "shares": sums[:, self.scores.stop :] / weight[:, None],  # extras, as decayed shares of the key's packets
-            "extra_weight": sums[:, self.scores.stop :],  # extras as decayed counts
-            "count": count,
-            "episode": episode,
-            "sums": sums,
-        }
-
-    def per_packet(self, r: dict, values: np.ndarray) -> np.ndarray:
-        """``values`` given in the key order of ``r`` back in packet order."""
-        out = np.empty_like(values)
-        out[r["order"]] = values
-        return out
-
-    def store(self, r: dict) -> None:
-        state, last = r["state"], r["seg"].last
-        state[:, : self.n_sums] = r["sums"][last]
-        state[:, self.col["count"]] = r["count"][last]
-        state[:, self.col["episode"]] = r["episode"][last]
-        self.table.state[r["slots"]] = state
-        self.table.t_last[r["slots"]] = r["T"][last]
-
-
-# --- Rules ---------------------------------------------------------------------------------------
-# Each rule gives, per packet of a table update: (hot, class index, confidence).
-
-Rule = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-def _model_rule(r: dict, cfg: DecisionConfig, t: "_Tracked | None" = None, floods_only: bool = False) -> Rule:
-    """The key's recent average score of its best attack class.  ``floods_only``: a target is flooded, never
-    "scanned" (scanners are judged by source).  With a table ``t`` that tracks the packets' shapes, the class
-    comes from the headers where one shape dominates (``_closest_by_shape``)."""
-    avg = r["avg"]
-    if floods_only:
-        avg = avg.copy()
-        avg[:, _SCAN - 1] = -1.0
-    best = avg.argmax(axis=1)
-    attack, conf = 1 + best, avg[np.arange(len(avg)), best]
-    hot = (r["weight"] >= cfg.min_packets) & (conf >= cfg.threshold)
-    if t is not None and "sweep" in t.extras:
-        attack = _closest_by_shape(r, t, attack, floods_only)
-        # A scanner probes: a key that sweeps no new hosts or ports is no scanner, whatever the model finds in
-        # its packets (a phone's telnet session to the router looks much like the scanner's brute force).
-        hot &= (attack != _SCAN) | (r["shares"][:, t.extras.index("sweep")] >= cfg.scan_min_sweep)
-    if t is not None and "kbytes" in t.extras:
-        # A flood carries volume, and lasts: Mirai's attacks have no rate option and send as fast as the bot's
-        # uplink lets them.  A few bursts of small datagrams (a sensor's readings, a test's probes) are no flood,
-        # however much each packet looks like one; over half a second at least, their volume shows it.
-        # TCP through fresh socket pairs (or with numbers no stream carries) needs no volume: Mirai's syn and ack
-        # floods draw new ports (and sequence numbers) per packet, as no benign sender's TCP does, and may carry no
-        # payload at a few dozen packets a second.
-        volume = _per_second(r, r["extra_weight"][:, t.extras.index("kbytes")], t.half_life_s, cfg.flood_min_span_s)
-        shares, x = r["shares"], t.extras.index
-        tcp = shares[:, x("syn_only")] + shares[:, x("syn_odd")] + shares[:, x("ack")]
-        tcp_fresh = (tcp >= 0.5) & (shares[:, x("fresh")] >= cfg.flood_new_socket_share * tcp)
-        hot &= (attack == _SCAN) | (volume >= cfg.flood_min_kbytes_per_s) | tcp_fresh
-    return hot, attack, conf
-
-
-def _closest_by_shape(r: dict, t: "_Tracked", attack: np.ndarray, floods_only: bool) -> np.ndarray:
-    """The model says *whether* a key's packets are an attack and of which protocol; where one shape makes up
-    most of them and the headers are decisive, they say *which* attack, whatever options it was launched with
-    (the model learned scans and floods at the payload sizes it saw).  SYNs mostly sweeping (to new hosts, or
-    short ones to ports not tried) are a scan, other SYNs a SYN flood; SYNs with odd flags a SYN flood; TCP
-    without SYN or RST through fresh socket pairs an ACK flood, or a scan when it probes (through few sockets
-    it may be a telnet session, the scanner's brute force or not); UDP mostly through fresh socket pairs
-    Mirai's udp flood, and a UDP flood the model finds through sockets reused packet after packet its udpplain,
-    which sends through one connected socket per target (as does the udp flood with both ports set, which no
-    header tells apart).  Where the headers are not decisive the model's class
-    stands.  Only the class changes: whether the key is hot stays the model's best class's average (summing
-    a protocol's classes would convict a phone's telnet session the model finds a little like a scan and a
-    little like a flood)."""
-    shares, x = r["shares"], t.extras.index
-    syn, ack, udp, syn_odd = shares[:, x("syn_only")], shares[:, x("ack")], shares[:, x("udp")], shares[:, x("syn_odd")]
-    sweep, fresh = shares[:, x("sweep")], shares[:, x("fresh")]
-    udp_class = (attack == _UDP) | (attack == _UDPPLAIN)
-    dominant = [syn >= 0.5, syn_odd >= 0.5, (ack >= 0.5) & (fresh >= 0.5 * ack), (udp >= 0.5) & (fresh >= 0.5 * udp),
-                (udp >= 0.5) & (fresh < 0.2 * udp) & udp_class]  # fmt: skip
-
-    def scan_or(flood: int, share: np.ndarray) -> np.ndarray:
-        """A scan where the shape's packets mostly sweep (never at a flooded target), else the flood."""
-        return np.where((sweep >= 0.5 * share) & (not floods_only), _SCAN, flood)
-
-    by_shape = np.select(dominant, [scan_or(_SYN, syn), _SYN, scan_or(_ACK, ack), _UDP, _UDPPLAIN], -1)
-    return np.where(by_shape >= 0, by_shape, attack)
-
-
-def _rate(r: dict, half_life_s: float) -> np.ndarray:
-    """Packets/s of each key, from its decayed weight, corrected for episodes shorter than the window."""
-    if "rate" not in r:
-        r["rate"] = _per_second(r, r["weight"], half_life_s)
-    return r["rate"]
-
-
-def _per_second(r: dict, decayed: np.ndarray, half_life_s: float, min_span_s: float | None = None) -> np.ndarray:
-    """A decayed sum of each key as an amount per second, corrected for episodes shorter than the window (but
-    taken over at least ``min_span_s``: 5% of the half-life unless given)."""
-    elapsed = np.maximum(r["t"] - r["episode"], 0.05 * half_life_s if min_span_s is None else min_span_s)
-    filled = 1.0 - np.exp2(-elapsed / half_life_s)
-    return decayed * np.log(2) / half_life_s / filled
-
-
-def _flood_rule(r: dict, t: "_Tracked", cfg: DecisionConfig, one_source: bool) -> Rule:
-    """A sustained rate of one shape (Evidence.SHAPES) with fresh sockets, from one source or at one target
-    (or one Ethernet sender, whose table holds fresh packets only).  One source's SYNs and anybody's echo
-    requests need no fresh sockets: nothing benign sends them at that rate.  A source's own RSTs are set aside:
-    they neither count against its shape (a SYN flooder's kernel refuses every SYN-ACK its flood draws) nor make
-    up a flood (a victim refusing a spoofed ACK flood sends as many RSTs as it receives ACKs).  From one source,
-    probes mostly (SYNs to new hosts, short SYNs, FIN/NULL/Xmas segments or echo requests to hosts and ports
-    not tried before) are a scan."""
-    shares = r["shares"]
-    shape_share = shares[:, : len(Evidence.SHAPES)]
-    shape = shape_share.argmax(axis=1)
-    share = shape_share[np.arange(len(shape)), shape]
-    rst = shares[:, t.extras.index("rst")] if "rst" in t.extras else np.zeros(len(shape))
-    kept = np.maximum(1.0 - rst, 1e-9)  # the share of the key's packets that are no RSTs
-    share = np.minimum(share / kept, 1.0)
-    if "fresh" in t.extras:
-        fresh = shares[:, t.extras.index("fresh")]
-        if "new_source" in t.extras:  # a never-seen source's packet opens a new socket pair too
-            fresh = np.maximum(fresh, shares[:, t.extras.index("new_source")])
-        fresh = np.clip((fresh - rst) / kept, 0.0, 1.0)  # at least this share of the other packets is fresh
-        fresh_enough = fresh >= cfg.flood_new_socket_share
-    else:
-        fresh_enough = np.ones(len(shape), dtype=bool)
-    # Nothing benign sends echo requests at a flood's rate, or one source's SYNs, and a home's GRE tunnels are PPTP's
-    # (version 1): no fresh sockets needed.
-    fresh_enough |= shape == _PORTLESS_SHAPE
-    if one_source:
-        fresh_enough |= (shape == 0) | (shape == _SYN_ODD_SHAPE)
-    hot = (
-        (r["weight"] * kept >= cfg.flood_min_packets)
-        & (_rate(r, t.half_life_s) * kept >= cfg.flood_rate)
-        & (share >= cfg.flood_shape_share)
-        & fresh_enough
-    )
-    label = _SHAPE_LABELS[shape]
-    if one_source:
-        probing = np.isin(shape, _PROBE_SHAPES) & (shares[:, t.extras.index("sweep")] >= 0.5 * share)
-        label = np.where(probing, _SCAN, label)
-    return hot, label, share
-
-
-def _scan_rule(r: dict, t: "_Tracked", cfg: DecisionConfig) -> Rule:
-    """Probes (openers to a host and port their sender had not tried) from an initiator, few of them answered,
-    after the first answers have had time to come back.  An answer the initiator itself resets was not wanted:
-    raw-socket SYNs (a stealth scan, a SYN flood at open ports) draw SYN-ACKs that the sender's kernel refuses.
-    Probes mostly with a full TCP option block (a kernel's connect(), Mirai's SYN flood at a subnet or at
-    random ports) are a SYN flood; short ones a scan.  Nothing answers UDP probes: mostly UDP, they are a scan
-    once closed ports have refused some (a peer-to-peer client trying ports of a peer behind NAT gets none)."""
-    x = t.extras.index
-    probes, answered, full = (r["extra_weight"][:, x(name)] for name in ("probe", "answered", "full_options"))
-    reset, refused, udp = (r["extra_weight"][:, x(name)] for name in ("reset", "refused", "udp"))
-    answered = np.maximum(answered - reset, 0.0)
-    unanswered = 1.0 - answered / np.maximum(probes, 1e-9)
-    mostly_udp = udp >= 0.5 * probes
-    # No SYN-ACK answers UDP, so its scans need not wait for answers: the refusals are the evidence.
-    settled = (r["t"] - r["episode"] >= cfg.scan_settle_s) | (probes >= cfg.scan_burst_probes) | mostly_udp
-    enough = np.where(mostly_udp, cfg.udp_scan_min_probes, cfg.scan_min_probes)
-    hot = (probes >= enough) & (answered <= cfg.scan_answered_max * probes) & settled
-    hot &= ~mostly_udp | (refused >= cfg.udp_scan_min_refusals)
-    return hot, np.where(full >= 0.5 * probes, _SYN, _SCAN), np.clip(unanswered, 0.0, 1.0)
-
-
-def _lone_probe_rule(r: dict, lone: np.ndarray) -> Rule:
-    """A single probe with no TCP options, to a port its sender never tried, that the model scores as a scan
-    convicts its sender: a board probed by many scanning bots sees one to three SYNs from each, and every
-    operating system's SYN carries options (only raw-socket tools leave them out).  ``lone``: per packet, in
-    the key order of ``r``."""
-    return lone, np.full(len(lone), _SCAN), np.ones(len(lone))
-
-
-def _fingerprint_rule(fingerprint: np.ndarray) -> Rule:
-    """One packet with Mirai's scanner fingerprint convicts its sender (a chance match: once in 2^32)."""
-    return fingerprint, np.full(len(fingerprint), _SCAN), np.ones(len(fingerprint))
-
-
-def _anomaly_rule(r: dict, t: "_Tracked", cfg: DecisionConfig) -> Rule:
-    share = r["shares"][:, t.extras.index("anomalous")]
-    hot = (r["weight"] >= cfg.anomaly_min_packets) & (share >= cfg.anomaly_share)
-    return hot, np.full(len(share), _ANOMALY), share
-
-
-def _combine(rules: list[tuple[Rule, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The first rule that is hot at a packet decides it (rules in order of precedence)."""
-    n = len(rules[0][0][0])
-    hot = np.zeros(n, dtype=bool)
-    label = np.zeros(n, dtype=np.int64)
-    conf = np.zeros(n)
-    basis = np.zeros(n, dtype=np.int8)  # index into the rules' names
-    for k, ((h, lab, c), _name) in enumerate(rules):
-        take = h & ~hot
-        label[take], conf[take], basis[take] = lab[take], c[take], k
-        hot |= take
-    return hot, label, conf, basis
-
-
-def _decide(t: _Tracked, r: dict, cfg: DecisionConfig, rules: list[tuple[Rule, str]]) -> tuple[np.ndarray, np.ndarray]:
-    """Find the verdicts in ``r``: for each key, the first packet at which each class becomes hot, once per
-    class until the key cools down.  So a host that floods with UDP and later scans is reported for both.
-
-    Returns (segment ids, packet positions) of the verdicts, in time order per key.
-    """
-    hot, attack, conf, basis = _combine(rules)
-    r["attack"], r["conf"], r["basis"], r["basis_names"] = attack, conf, basis, [name for _, name in rules]
-    seg, state, col = r["seg"], r["state"], t.col
-    reported = state[:, col["reported"]].astype(np.int64)  # bit c: class c already reported for this key
-    pos = np.arange(len(hot))
-    seg_ids, positions = [], []
-    for c in range(1, len(VERDICT_LABELS)):
-        cand = hot & (attack == c) & ((reported[seg.ids] >> c) & 1 == 0)
-        if c == _ANOMALY:  # a key convicted of an attack class is not also reported as anomalous
-            cand &= (reported[seg.ids] & ((1 << _ANOMALY) - 2)) == 0
-        if cand.any():
-            sid, first = np.unique(seg.ids[cand], return_index=True)
-            seg_ids.append(sid)
-            positions.append(pos[cand][first])
-            reported[sid] |= 1 << c
-    sids = np.concatenate(seg_ids) if seg_ids else np.zeros(0, np.int64)
-    at = np.concatenate(positions) if positions else np.zeros(0, np.int64)
-    by_time = np.argsort(at, kind="stable")
-    sids, at = sids[by_time], at[by_time]
-    hostile_before = state[:, col["hostile"]].copy()
-    state[sids, col["hostile"]] = attack[at]  # the latest class reported
-    # Per packet: the class its key stands convicted of at that packet (-1: none).
-    since = np.full(len(seg), len(hot))
-    np.minimum.at(since, sids, at)
-    convicted = np.where(hostile_before[seg.ids] >= 0, hostile_before[seg.ids], -1)
-    convicted = np.where(pos >= since[seg.ids], state[seg.ids, col["hostile"]], convicted)
-    r["convicted"] = convicted.astype(np.int64)
-    # Release keys that cooled down by the end of the batch: they may be reported afresh later.
-    cooled = (reported != 0) & (~hot[seg.last]) & (conf[seg.last] < cfg.release)
-    reported[cooled] = 0
-    state[cooled, col["hostile"]] = -1
-    state[:, col["reported"]] = reported
-    return sids, at
-
-
-def _shape_fits(ev: Evidence, sweep: np.ndarray, anomalous: np.ndarray) -> np.ndarray:
-    """(verdict classes, n) bool: whether each packet has the shape of each class's attack.  A scan's packets
-    are its probes."""
-    fits = np.zeros((len(VERDICT_LABELS), len(sweep)), dtype=bool)
-    fits[_SYN] = ev.syn_only | ev.syn_odd
-    fits[_SCAN] = (sweep > 0) | ev.mirai_scan
-    fits[_ACK] = ev.ack
-    fits[_UDP] = ev.udp | ev.portless
-    fits[_UDPPLAIN] = ev.udp
-    fits[_ANOMALY] = anomalous
-    return fits
-
-
-def _matching(labels: np.ndarray, fits: np.ndarray) -> np.ndarray:
-    """Keep a packet's verdict label only where the packet has the attack's shape (``_shape_fits``): a convicted
-    host's other traffic (an infected camera still streams video, a scanning bot floods too) stays the model's
-    to label."""
-    ok = (labels >= 0) & fits[np.maximum(labels, 0), np.arange(len(labels))]
-    return np.where(ok, labels, -1)
-
-
 def _attempt_key(src_hi, src_lo, dst_hi, dst_lo, dport) -> np.ndarray:
     """The attempts table's key: (source, destination, destination port)."""
     return hash_words(13, src_lo, dst_hi ^ src_hi, dst_lo, np.asarray(dport).astype(np.uint64))
@@ -496,16 +180,16 @@ class DecisionLayer:
 
     def __init__(self, config: DecisionConfig | None = None) -> None:
         self.cfg = cfg = config or DecisionConfig()
-        self.sources = _Tracked(cfg.max_sources, cfg.half_life_s, self.SOURCE_EXTRAS)
-        self.targets = _Tracked(cfg.max_targets, cfg.half_life_s, self.TARGET_EXTRAS)
+        self.sources = Tracked(cfg.max_sources, cfg.half_life_s, self.SOURCE_EXTRAS)
+        self.targets = Tracked(cfg.max_targets, cfg.half_life_s, self.TARGET_EXTRAS)
         # Source, destination subnet and protocol: a flood at one victim from a bot whose other traffic outweighs
         # it (a camera streaming video while it floods slowly) shows only in what the bot sends that victim.
-        self.pairs = _Tracked(cfg.max_sources, cfg.half_life_s, self.PAIR_EXTRAS)
-        self.initiators = _Tracked(cfg.max_sources, cfg.scan_half_life_s, self.INITIATOR_EXTRAS, with_scores=False)
+        self.pairs = Tracked(cfg.max_sources, cfg.half_life_s, self.PAIR_EXTRAS)
+        self.initiators = Tracked(cfg.max_sources, cfg.scan_half_life_s, self.INITIATOR_EXTRAS, with_scores=False)
         self.attempts = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, port) tried
         self.sequences = StreamTable(cfg.max_sources, np.array([-1.0, 0.0, -1.0]))  # per TCP socket: seq, size, ack
-        self.links = _Tracked(4096, cfg.half_life_s, (*Evidence.SHAPES, "new_source"))  # per Ethernet sender
-        self.bare_probes = _Tracked(1, cfg.half_life_s, (), with_scores=False)  # all bare probes the board sees
+        self.links = Tracked(4096, cfg.half_life_s, (*Evidence.SHAPES, "new_source"))  # per Ethernet sender
+        self.bare_probes = Tracked(1, cfg.half_life_s, (), with_scores=False)  # all bare probes the board sees
         self.packet_labels = np.zeros(0, dtype=np.int64)
         self.packet_flood_labels = np.zeros(0, dtype=np.int64)  # the part of packet_labels from floods at targets
         self.anomaly_enabled = False  # set once an anomaly score has been given
@@ -550,8 +234,8 @@ class DecisionLayer:
         self._judge_links(c, tgts, labels, flood_labels)
         self.sources.store(srcs)
         self.targets.store(tgts)
-        fits = _shape_fits(c.ev, c.sweep, c.anomalous > 0)
-        self._chunk_labels = (_matching(labels, fits), _matching(flood_labels, fits))
+        fits = shape_fits(c.ev, c.sweep, c.anomalous > 0)
+        self._chunk_labels = (matching(labels, fits), matching(flood_labels, fits))
         return _first_per_source_and_class(c.verdicts)
 
     def _chunk(
@@ -579,7 +263,7 @@ class DecisionLayer:
         # carries the kernel's 20-byte option block, and its ack flood with only FIN (or no flag) set, its payload.
         # UDP opens nothing: a UDP probe (``Evidence.udp_probe``) opens a socket pair to a host its sender already
         # talks with (a port scan tries one port after another), judged by the initiators with the closed ports'
-        # refusals (``_scan_rule``); it sweeps nothing (a UDP flood at random ports of one host sends nothing else).
+        # refusals (``scan_rule``); it sweeps nothing (a UDP flood at random ports of one host sends nothing else).
         full_options = packets.tcp_hdr_len >= 32
         sweep = probe & ~full_options & ((packets.payload_len == 0) | ev.echo)
         src_key = hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64))
@@ -593,13 +277,13 @@ class DecisionLayer:
         extra = np.column_stack([c.shape, fresh, c.sweep, packets.wire_len / 1000.0, c.anomalous, c.ev.rst])
         srcs = self.sources.update(c.src_key, packets.ts, c.scores, extra)
         rules = [
-            (_model_rule(srcs, cfg, self.sources), "model"),
-            (_fingerprint_rule(c.ev.mirai_scan[srcs["order"]]), "headers"),
-            (_flood_rule(srcs, self.sources, cfg, one_source=True), "headers"),
+            (model_rule(srcs, cfg, self.sources), "model"),
+            (fingerprint_rule(c.ev.mirai_scan[srcs["order"]]), "headers"),
+            (flood_rule(srcs, self.sources, cfg, one_source=True), "headers"),
         ]
         if self.anomaly_enabled:
-            rules.append((_anomaly_rule(srcs, self.sources, cfg), "anomaly"))
-        turned, at = _decide(self.sources, srcs, cfg, rules)
+            rules.append((anomaly_rule(srcs, self.sources, cfg), "anomaly"))
+        turned, at = convict(self.sources, srcs, cfg, rules)
         c.verdicts += [self._source_verdict(packets, srcs, s, p) for s, p in zip(turned, at)]
         labels = self.sources.per_packet(srcs, srcs["convicted"])
 
@@ -623,7 +307,7 @@ class DecisionLayer:
         seg, state = srcs["seg"], srcs["state"]
         fresh = np.zeros(len(packets))
         fresh[seg.start[state[:, self.sources.col["count"]] == 0]] = 1.0  # in key order
-        heavy = _rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
+        heavy = rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
         c.light_src = ~self.sources.per_packet(srcs, heavy)
         c.new_source = self.sources.per_packet(srcs, fresh).astype(bool)
         textra = np.column_stack([c.shape, c.ev.new_socket, c.new_source, c.light_src]).astype(np.float64)
@@ -635,11 +319,11 @@ class DecisionLayer:
         # make the share 1.
         fresh_share = tgts["shares"][:, tx.index("new_source")]
         spoofed = (fresh_share >= cfg.spoofed_share) & (fresh_share * tgts["weight"] >= cfg.min_packets)
-        hot_m, lab_m, conf_m = _model_rule(tgts, cfg, floods_only=True)
-        hot_f, lab_f, conf_f = _flood_rule(tgts, self.targets, cfg, one_source=False)
+        hot_m, lab_m, conf_m = model_rule(tgts, cfg, floods_only=True)
+        hot_f, lab_f, conf_f = flood_rule(tgts, self.targets, cfg, one_source=False)
         many = tgts["shares"][:, tx.index("light_source")] >= 0.5
         rules_t = [((hot_m & spoofed, lab_m, conf_m), "model"), ((hot_f & many, lab_f, conf_f), "headers")]
-        turned_t, at_t = _decide(self.targets, tgts, cfg, rules_t)
+        turned_t, at_t = convict(self.targets, tgts, cfg, rules_t)
         c.verdicts += [self._target_verdict(packets, tgts, s, p) for s, p in zip(turned_t, at_t)]
         # Packets of a flood at a convicted target: the flood's shape from a light source.
         flood_class = self.targets.per_packet(tgts, tgts["convicted"])
@@ -675,10 +359,10 @@ class DecisionLayer:
         # Only the initiator's own packets carry its address (answers are keyed by their receiver): a verdict
         # comes at one of them.  Its probes carry the verdict's class.
         is_probe, is_own = p_probe[inits["order"]], own[inits["order"]]  # in key order
-        hot, label, conf = _scan_rule(inits, self.initiators, cfg)
-        lone_rule = _lone_probe_rule(inits, lone[inits["order"]])
+        hot, label, conf = scan_rule(inits, self.initiators, cfg)
+        lone_rule = lone_probe_rule(inits, lone[inits["order"]])
         rules_i = [((hot & is_own, label, conf), "headers"), (lone_rule, "headers")]
-        turned_i, at_i = _decide(self.initiators, inits, cfg, rules_i)
+        turned_i, at_i = convict(self.initiators, inits, cfg, rules_i)
         # A source already convicted (a SYN flood at random ports is also a sweep of ports) is not re-reported.
         tipped = rows[inits["order"][at_i]]
         keep = is_own[at_i] & (labels[tipped] < 0)
@@ -692,7 +376,7 @@ class DecisionLayer:
         """Links: a flood from light sources to light targets (spoofed sources at a whole subnet or at random
         addresses) shows only in what one Ethernet sender puts on the wire.  Labels go into both arrays."""
         packets, cfg = c.packets, self.cfg
-        light_tgt = ~self.targets.per_packet(tgts, _rate(tgts, cfg.half_life_s) >= cfg.flood_rate)
+        light_tgt = ~self.targets.per_packet(tgts, rate(tgts, cfg.half_life_s) >= cfg.flood_rate)
         scattered = c.light_src & light_tgt & c.shaped & (c.ev.new_socket | c.new_source) & (labels < 0)
         rows = np.flatnonzero(scattered)
         if not len(rows):
@@ -701,11 +385,11 @@ class DecisionLayer:
                                   np.column_stack([c.shape[rows], c.new_source[rows]]))  # fmt: skip
         # Below a header flood's rate, the model's flood classes for what mostly comes from never-seen sources
         # (a slow spoofed flood at a subnet; internet scanners' probes are no flood class).
-        hot_m, lab_m, conf_m = _model_rule(links, cfg, floods_only=True)
+        hot_m, lab_m, conf_m = model_rule(links, cfg, floods_only=True)
         spoofed_l = links["shares"][:, self.links.extras.index("new_source")] >= cfg.link_spoofed_share
-        rules_l = [(_flood_rule(links, self.links, cfg, one_source=False), "headers"),
+        rules_l = [(flood_rule(links, self.links, cfg, one_source=False), "headers"),
                    ((hot_m & spoofed_l, lab_m, conf_m), "model")]  # fmt: skip
-        turned_l, at_l = _decide(self.links, links, cfg, rules_l)
+        turned_l, at_l = convict(self.links, links, cfg, rules_l)
         c.verdicts += [self._link_verdict(packets, links, s, p, rows) for s, p in zip(turned_l, at_l)]
         link_class = self.links.per_packet(links, links["convicted"])
         flood_labels[rows] = np.where(flood_labels[rows] < 0, link_class, flood_labels[rows])
@@ -719,7 +403,7 @@ class DecisionLayer:
         if len(rows):
             one_key = np.zeros(len(rows), dtype=np.uint64)
             seen = self.bare_probes.update(one_key, packets.ts[rows], None, np.zeros((len(rows), 0)))
-            slow = _rate(seen, self.cfg.half_life_s) < self.cfg.lone_probe_max_rate
+            slow = rate(seen, self.cfg.half_life_s) < self.cfg.lone_probe_max_rate
             out[rows] = self.bare_probes.per_packet(seen, slow)
             self.bare_probes.store(seen)
         return out
@@ -756,7 +440,7 @@ class DecisionLayer:
         key = hash_words(14, packets.src_ip_hi[rows], packets.src_ip_lo[rows], packets.dst_ip_hi[rows], subnet,
                          packets.proto[rows].astype(np.uint64))  # fmt: skip
         prs = self.pairs.update(key, packets.ts[rows], scores[rows], extra[rows, : len(self.PAIR_EXTRAS)])
-        turned_p, at_p = _decide(self.pairs, prs, cfg, [(_model_rule(prs, cfg, self.pairs, floods_only=True), "model")])
+        turned_p, at_p = convict(self.pairs, prs, cfg, [(model_rule(prs, cfg, self.pairs, floods_only=True), "model")])
         self._claim(srcs, rows[prs["order"][at_p]], prs["attack"][at_p])
         verdicts += [self._source_verdict(packets, prs, s, p, rows) for s, p in zip(turned_p, at_p)]
         labels[rows] = np.where(labels[rows] >= 0, labels[rows], self.pairs.per_packet(prs, prs["convicted"]))

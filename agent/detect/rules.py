@@ -1,0 +1,264 @@
+"""The decision stage's rules, and how the packets they find hot become convictions.
+
+Each rule reads one update of a ``Tracked`` table and gives, per packet: (hot, class index, confidence).
+``convict`` combines a table's rules in order of precedence and finds the first packet at which each key
+becomes hostile for each class.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from agent.capture.packets import LABELS, VERDICT_LABELS
+from agent.detect.evidence import Evidence
+from agent.detect.tracked import Tracked
+
+if TYPE_CHECKING:
+    from agent.detect.decide import DecisionConfig
+
+_SCAN, _SYN, _ACK, _UDP, _UDPPLAIN = (
+    LABELS.index(c) for c in ("mirai_scan", "mirai_syn", "mirai_ack", "mirai_udp", "mirai_udpplain")
+)
+_ANOMALY = len(LABELS)
+# The closest class of a flood of each shape (Evidence.SHAPES): a ping flood is connectionless, as a UDP flood, and
+# Mirai's GRE floods wrap UDP floods.
+_SHAPE_LABELS = np.array([_SYN, _ACK, _UDP, _UDP, _SYN])
+_PORTLESS_SHAPE, _SYN_ODD_SHAPE = Evidence.SHAPES.index("portless"), Evidence.SHAPES.index("syn_odd")
+_PROBE_SHAPES = [Evidence.SHAPES.index(name) for name in ("syn_only", "ack", "portless")]  # what scanners send
+
+
+
+Rule = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def model_rule(r: dict, cfg: DecisionConfig, t: "Tracked | None" = None, floods_only: bool = False) -> Rule:
+    """The key's recent average score of its best attack class.  ``floods_only``: a target is flooded, never
+    "scanned" (scanners are judged by source).  With a table ``t`` that tracks the packets' shapes, the class
+    comes from the headers where one shape dominates (``_closest_by_shape``)."""
+    avg = r["avg"]
+    if floods_only:
+        avg = avg.copy()
+        avg[:, _SCAN - 1] = -1.0
+    best = avg.argmax(axis=1)
+    attack, conf = 1 + best, avg[np.arange(len(avg)), best]
+    hot = (r["weight"] >= cfg.min_packets) & (conf >= cfg.threshold)
+    if t is not None and "sweep" in t.extras:
+        attack = _closest_by_shape(r, t, attack, floods_only)
+        # A scanner probes: a key that sweeps no new hosts or ports is no scanner, whatever the model finds in
+        # its packets (a phone's telnet session to the router looks much like the scanner's brute force).
+        hot &= (attack != _SCAN) | (r["shares"][:, t.extras.index("sweep")] >= cfg.scan_min_sweep)
+    if t is not None and "kbytes" in t.extras:
+        # A flood carries volume, and lasts: Mirai's attacks have no rate option and send as fast as the bot's
+        # uplink lets them.  A few bursts of small datagrams (a sensor's readings, a test's probes) are no flood,
+        # however much each packet looks like one; over half a second at least, their volume shows it.
+        # TCP through fresh socket pairs (or with numbers no stream carries) needs no volume: Mirai's syn and ack
+        # floods draw new ports (and sequence numbers) per packet, as no benign sender's TCP does, and may carry no
+        # payload at a few dozen packets a second.
+        volume = _per_second(r, r["extra_weight"][:, t.extras.index("kbytes")], t.half_life_s, cfg.flood_min_span_s)
+        shares, x = r["shares"], t.extras.index
+        tcp = shares[:, x("syn_only")] + shares[:, x("syn_odd")] + shares[:, x("ack")]
+        tcp_fresh = (tcp >= 0.5) & (shares[:, x("fresh")] >= cfg.flood_new_socket_share * tcp)
+        hot &= (attack == _SCAN) | (volume >= cfg.flood_min_kbytes_per_s) | tcp_fresh
+    return hot, attack, conf
+
+
+def _closest_by_shape(r: dict, t: "Tracked", attack: np.ndarray, floods_only: bool) -> np.ndarray:
+    """The model says *whether* a key's packets are an attack and of which protocol; where one shape makes up
+    most of them and the headers are decisive, they say *which* attack, whatever options it was launched with
+    (the model learned scans and floods at the payload sizes it saw).  SYNs mostly sweeping (to new hosts, or
+    short ones to ports not tried) are a scan, other SYNs a SYN flood; SYNs with odd flags a SYN flood; TCP
+    without SYN or RST through fresh socket pairs an ACK flood, or a scan when it probes (through few sockets
+    it may be a telnet session, the scanner's brute force or not); UDP mostly through fresh socket pairs
+    Mirai's udp flood, and a UDP flood the model finds through sockets reused packet after packet its udpplain,
+    which sends through one connected socket per target (as does the udp flood with both ports set, which no
+    header tells apart).  Where the headers are not decisive the model's class
+    stands.  Only the class changes: whether the key is hot stays the model's best class's average (summing
+    a protocol's classes would convict a phone's telnet session the model finds a little like a scan and a
+    little like a flood)."""
+    shares, x = r["shares"], t.extras.index
+    syn, ack, udp, syn_odd = shares[:, x("syn_only")], shares[:, x("ack")], shares[:, x("udp")], shares[:, x("syn_odd")]
+    sweep, fresh = shares[:, x("sweep")], shares[:, x("fresh")]
+    udp_class = (attack == _UDP) | (attack == _UDPPLAIN)
+    dominant = [syn >= 0.5, syn_odd >= 0.5, (ack >= 0.5) & (fresh >= 0.5 * ack), (udp >= 0.5) & (fresh >= 0.5 * udp),
+                (udp >= 0.5) & (fresh < 0.2 * udp) & udp_class]  # fmt: skip
+
+    def scan_or(flood: int, share: np.ndarray) -> np.ndarray:
+        """A scan where the shape's packets mostly sweep (never at a flooded target), else the flood."""
+        return np.where((sweep >= 0.5 * share) & (not floods_only), _SCAN, flood)
+
+    by_shape = np.select(dominant, [scan_or(_SYN, syn), _SYN, scan_or(_ACK, ack), _UDP, _UDPPLAIN], -1)
+    return np.where(by_shape >= 0, by_shape, attack)
+
+
+def rate(r: dict, half_life_s: float) -> np.ndarray:
+    """Packets/s of each key, from its decayed weight, corrected for episodes shorter than the window."""
+    if "rate" not in r:
+        r["rate"] = _per_second(r, r["weight"], half_life_s)
+    return r["rate"]
+
+
+def _per_second(r: dict, decayed: np.ndarray, half_life_s: float, min_span_s: float | None = None) -> np.ndarray:
+    """A decayed sum of each key as an amount per second, corrected for episodes shorter than the window (but
+    taken over at least ``min_span_s``: 5% of the half-life unless given)."""
+    elapsed = np.maximum(r["t"] - r["episode"], 0.05 * half_life_s if min_span_s is None else min_span_s)
+    filled = 1.0 - np.exp2(-elapsed / half_life_s)
+    return decayed * np.log(2) / half_life_s / filled
+
+
+def flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: bool) -> Rule:
+    """A sustained rate of one shape (Evidence.SHAPES) with fresh sockets, from one source or at one target
+    (or one Ethernet sender, whose table holds fresh packets only).  One source's SYNs and anybody's echo
+    requests need no fresh sockets: nothing benign sends them at that rate.  A source's own RSTs are set aside:
+    they neither count against its shape (a SYN flooder's kernel refuses every SYN-ACK its flood draws) nor make
+    up a flood (a victim refusing a spoofed ACK flood sends as many RSTs as it receives ACKs).  From one source,
+    probes mostly (SYNs to new hosts, short SYNs, FIN/NULL/Xmas segments or echo requests to hosts and ports
+    not tried before) are a scan."""
+    shares = r["shares"]
+    shape_share = shares[:, : len(Evidence.SHAPES)]
+    shape = shape_share.argmax(axis=1)
+    share = shape_share[np.arange(len(shape)), shape]
+    rst = shares[:, t.extras.index("rst")] if "rst" in t.extras else np.zeros(len(shape))
+    kept = np.maximum(1.0 - rst, 1e-9)  # the share of the key's packets that are no RSTs
+    share = np.minimum(share / kept, 1.0)
+    if "fresh" in t.extras:
+        fresh = shares[:, t.extras.index("fresh")]
+        if "new_source" in t.extras:  # a never-seen source's packet opens a new socket pair too
+            fresh = np.maximum(fresh, shares[:, t.extras.index("new_source")])
+        fresh = np.clip((fresh - rst) / kept, 0.0, 1.0)  # at least this share of the other packets is fresh
+        fresh_enough = fresh >= cfg.flood_new_socket_share
+    else:
+        fresh_enough = np.ones(len(shape), dtype=bool)
+    # Nothing benign sends echo requests at a flood's rate, or one source's SYNs, and a home's GRE tunnels are PPTP's
+    # (version 1): no fresh sockets needed.
+    fresh_enough |= shape == _PORTLESS_SHAPE
+    if one_source:
+        fresh_enough |= (shape == 0) | (shape == _SYN_ODD_SHAPE)
+    hot = (
+        (r["weight"] * kept >= cfg.flood_min_packets)
+        & (rate(r, t.half_life_s) * kept >= cfg.flood_rate)
+        & (share >= cfg.flood_shape_share)
+        & fresh_enough
+    )
+    label = _SHAPE_LABELS[shape]
+    if one_source:
+        probing = np.isin(shape, _PROBE_SHAPES) & (shares[:, t.extras.index("sweep")] >= 0.5 * share)
+        label = np.where(probing, _SCAN, label)
+    return hot, label, share
+
+
+def scan_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
+    """Probes (openers to a host and port their sender had not tried) from an initiator, few of them answered,
+    after the first answers have had time to come back.  An answer the initiator itself resets was not wanted:
+    raw-socket SYNs (a stealth scan, a SYN flood at open ports) draw SYN-ACKs that the sender's kernel refuses.
+    Probes mostly with a full TCP option block (a kernel's connect(), Mirai's SYN flood at a subnet or at
+    random ports) are a SYN flood; short ones a scan.  Nothing answers UDP probes: mostly UDP, they are a scan
+    once closed ports have refused some (a peer-to-peer client trying ports of a peer behind NAT gets none)."""
+    x = t.extras.index
+    probes, answered, full = (r["extra_weight"][:, x(name)] for name in ("probe", "answered", "full_options"))
+    reset, refused, udp = (r["extra_weight"][:, x(name)] for name in ("reset", "refused", "udp"))
+    answered = np.maximum(answered - reset, 0.0)
+    unanswered = 1.0 - answered / np.maximum(probes, 1e-9)
+    mostly_udp = udp >= 0.5 * probes
+    # No SYN-ACK answers UDP, so its scans need not wait for answers: the refusals are the evidence.
+    settled = (r["t"] - r["episode"] >= cfg.scan_settle_s) | (probes >= cfg.scan_burst_probes) | mostly_udp
+    enough = np.where(mostly_udp, cfg.udp_scan_min_probes, cfg.scan_min_probes)
+    hot = (probes >= enough) & (answered <= cfg.scan_answered_max * probes) & settled
+    hot &= ~mostly_udp | (refused >= cfg.udp_scan_min_refusals)
+    return hot, np.where(full >= 0.5 * probes, _SYN, _SCAN), np.clip(unanswered, 0.0, 1.0)
+
+
+def lone_probe_rule(r: dict, lone: np.ndarray) -> Rule:
+    """A single probe with no TCP options, to a port its sender never tried, that the model scores as a scan
+    convicts its sender: a board probed by many scanning bots sees one to three SYNs from each, and every
+    operating system's SYN carries options (only raw-socket tools leave them out).  ``lone``: per packet, in
+    the key order of ``r``."""
+    return lone, np.full(len(lone), _SCAN), np.ones(len(lone))
+
+
+def fingerprint_rule(fingerprint: np.ndarray) -> Rule:
+    """One packet with Mirai's scanner fingerprint convicts its sender (a chance match: once in 2^32)."""
+    return fingerprint, np.full(len(fingerprint), _SCAN), np.ones(len(fingerprint))
+
+
+def anomaly_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
+    share = r["shares"][:, t.extras.index("anomalous")]
+    hot = (r["weight"] >= cfg.anomaly_min_packets) & (share >= cfg.anomaly_share)
+    return hot, np.full(len(share), _ANOMALY), share
+
+
+def _combine(rules: list[tuple[Rule, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The first rule that is hot at a packet decides it (rules in order of precedence)."""
+    n = len(rules[0][0][0])
+    hot = np.zeros(n, dtype=bool)
+    label = np.zeros(n, dtype=np.int64)
+    conf = np.zeros(n)
+    basis = np.zeros(n, dtype=np.int8)  # index into the rules' names
+    for k, ((h, lab, c), _name) in enumerate(rules):
+        take = h & ~hot
+        label[take], conf[take], basis[take] = lab[take], c[take], k
+        hot |= take
+    return hot, label, conf, basis
+
+
+def convict(t: Tracked, r: dict, cfg: DecisionConfig, rules: list[tuple[Rule, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Find the verdicts in ``r``: for each key, the first packet at which each class becomes hot, once per
+    class until the key cools down.  So a host that floods with UDP and later scans is reported for both.
+
+    Returns (segment ids, packet positions) of the verdicts, in time order per key.
+    """
+    hot, attack, conf, basis = _combine(rules)
+    r["attack"], r["conf"], r["basis"], r["basis_names"] = attack, conf, basis, [name for _, name in rules]
+    seg, state, col = r["seg"], r["state"], t.col
+    reported = state[:, col["reported"]].astype(np.int64)  # bit c: class c already reported for this key
+    pos = np.arange(len(hot))
+    seg_ids, positions = [], []
+    for c in range(1, len(VERDICT_LABELS)):
+        cand = hot & (attack == c) & ((reported[seg.ids] >> c) & 1 == 0)
+        if c == _ANOMALY:  # a key convicted of an attack class is not also reported as anomalous
+            cand &= (reported[seg.ids] & ((1 << _ANOMALY) - 2)) == 0
+        if cand.any():
+            sid, first = np.unique(seg.ids[cand], return_index=True)
+            seg_ids.append(sid)
+            positions.append(pos[cand][first])
+            reported[sid] |= 1 << c
+    sids = np.concatenate(seg_ids) if seg_ids else np.zeros(0, np.int64)
+    at = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    by_time = np.argsort(at, kind="stable")
+    sids, at = sids[by_time], at[by_time]
+    hostile_before = state[:, col["hostile"]].copy()
+    state[sids, col["hostile"]] = attack[at]  # the latest class reported
+    # Per packet: the class its key stands convicted of at that packet (-1: none).
+    since = np.full(len(seg), len(hot))
+    np.minimum.at(since, sids, at)
+    convicted = np.where(hostile_before[seg.ids] >= 0, hostile_before[seg.ids], -1)
+    convicted = np.where(pos >= since[seg.ids], state[seg.ids, col["hostile"]], convicted)
+    r["convicted"] = convicted.astype(np.int64)
+    # Release keys that cooled down by the end of the batch: they may be reported afresh later.
+    cooled = (reported != 0) & (~hot[seg.last]) & (conf[seg.last] < cfg.release)
+    reported[cooled] = 0
+    state[cooled, col["hostile"]] = -1
+    state[:, col["reported"]] = reported
+    return sids, at
+
+
+def shape_fits(ev: Evidence, sweep: np.ndarray, anomalous: np.ndarray) -> np.ndarray:
+    """(verdict classes, n) bool: whether each packet has the shape of each class's attack.  A scan's packets
+    are its probes."""
+    fits = np.zeros((len(VERDICT_LABELS), len(sweep)), dtype=bool)
+    fits[_SYN] = ev.syn_only | ev.syn_odd
+    fits[_SCAN] = (sweep > 0) | ev.mirai_scan
+    fits[_ACK] = ev.ack
+    fits[_UDP] = ev.udp | ev.portless
+    fits[_UDPPLAIN] = ev.udp
+    fits[_ANOMALY] = anomalous
+    return fits
+
+
+def matching(labels: np.ndarray, fits: np.ndarray) -> np.ndarray:
+    """Keep a packet's verdict label only where the packet has the attack's shape (``shape_fits``): a convicted
+    host's other traffic (an infected camera still streams video, a scanning bot floods too) stays the model's
+    to label."""
+    ok = (labels >= 0) & fits[np.maximum(labels, 0), np.arange(len(labels))]
+    return np.where(ok, labels, -1)
