@@ -37,6 +37,12 @@ ORIGINS = ("local", "device", "all")
 TABLE_SCHEMA = "iotguard.rule-table/1"
 
 
+def entry_key(origin: str, rule_id: str) -> str:
+    """Where a rule sits in the table: local rules by their id, the fleet's under their origin too, so that a
+    device rule set and the fleet-wide one may use the same id without replacing each other's rule."""
+    return rule_id if origin == "local" else f"{origin}/{rule_id}"
+
+
 def _words(network) -> tuple[int, int]:
     """A network address as the (hi, lo) words PacketBatch uses (IPv4 mapped into IPv6)."""
     addr = network.network_address
@@ -109,11 +115,12 @@ class RuleTable:
         if self.allowed(rule.network) and rule.network.prefixlen > 0:
             log.warning("not blocking %s: allowlisted", rule.network)
             return False
-        old = self.entries.get(rule.id)
+        key = entry_key(origin, rule.id)
+        old = self.entries.get(key)
         if old is None and origin == "local" and self.count("local") >= self.max_local_rules:
             log.warning("local rule table full (%d): %s not added", self.max_local_rules, rule.id)
             return False
-        self.entries[rule.id] = TableEntry(rule, origin, old.hits if old else 0)
+        self.entries[key] = TableEntry(rule, origin, old.hits if old else 0)
         self._compiled = None
         return True
 
@@ -130,8 +137,9 @@ class RuleTable:
         kept = {k: e for k, e in self.entries.items() if e.origin != origin}
         for rule in rules:
             if not self.allowed(rule.network) or rule.network.prefixlen == 0:
-                old = self.entries.get(rule.id)
-                kept[rule.id] = TableEntry(rule, origin, old.hits if old else 0)
+                key = entry_key(origin, rule.id)
+                old = self.entries.get(key)
+                kept[key] = TableEntry(rule, origin, old.hits if old else 0)
         self.entries = kept
         self._compiled = None
 

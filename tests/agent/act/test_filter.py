@@ -74,6 +74,16 @@ def test_local_rules_are_bounded():
     assert table.count() == 30
 
 
+def test_rule_sets_of_different_origins_may_share_rule_ids():
+    table = RuleTable()
+    table.replace_origin("all", [rule("block-1", "198.51.100.7")])
+    table.replace_origin("device", [rule("block-1", "203.0.113.9")])  # an operator's own numbering
+    table.add(rule("block-1", "192.0.2.1"), origin="local")
+    assert sorted(str(r.network) for r in table.rules()) == ["192.0.2.1/32", "198.51.100.7/32", "203.0.113.9/32"]
+    table.replace_origin("device", [])
+    assert [str(r.network) for r in table.rules("all")] == ["198.51.100.7/32"]
+
+
 def test_rules_survive_restart_and_expire(tmp_path):
     path = tmp_path / "rules.json"
     table = RuleTable(path=path)

@@ -70,7 +70,8 @@ def test_the_checks_notice_an_accepted_message(world, tmp_path):
     """The harness can fail: a valid, newer rule set gets in and changes the agent's state."""
     h = primed(tmp_path, world)
     try:
-        case = fz.Case("rules-all", "valid", body=fz.render(world.ruleset("rules-all", fz.RULES_VERSION + 1)))
+        newer = world.ruleset("rules-all", fz.RULES_VERSION + 1, [world.rule(i) for i in range(3, 5)])
+        case = fz.Case("rules-all", "valid", body=fz.render(newer))
         outcome, problems = h.run(case, h.snapshot())
         assert outcome.applied and outcome.ack["status"] == "applied"
         assert "hostile message accepted" in problems
@@ -141,7 +142,7 @@ def test_hostile_messages_through_mosquitto_are_refused_then_a_valid_rule_set_ap
         listener.publish(me("rules"), world.signed(fz.render(valid)))
         ack = wait_until(lambda: [a for a in listener.json_on("/rules/ack") if a["version"] == valid["version"]], "ack")[0]
         assert ack["status"] == "applied" and agent.agent.connected
-        assert sorted(agent.rules.entries) == sorted(r["id"] for r in valid["rules"])
+        assert sorted(r.id for r in agent.rules.rules("device")) == sorted(r["id"] for r in valid["rules"])
     finally:
         agent.link.stop()
         agent.close()
