@@ -1,6 +1,6 @@
 """The 115 N-BaIoT feature columns: groups, decay rates and names, declared once (DESIGN 4).
 
-Both feature implementations (``features_reference`` and ``features``) and the
+Both feature implementations (``reference`` and ``engine``) and the
 model bundle use this layout; ``FEATURE_SCHEMA`` names it so that a model
 trained on another layout is refused.
 """

@@ -4,7 +4,7 @@ For each batch and each stream table the packets are sorted by stream, each
 stream's damped statistics are computed for all its packets at once with
 decayed prefix sums (``decayed_sums``), and the final state goes back into a
 fixed-budget ``StreamTable``.  The result equals the sequential definition
-(``features_reference``) up to floating-point rounding.
+(``agent.features.reference``) up to floating-point rounding.
 
 Pair groups (HH, HpHp) keep one table entry per unordered stream pair, with
 the statistics of both directions and the shared covariance state, so both
