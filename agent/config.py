@@ -194,9 +194,8 @@ def load_config(path: str | Path | None) -> AgentConfig:
         if not 0 < m["port"] < 65536:
             raise ConfigError(f"{path}: key 'mqtt.port' must be 1..65535, got {m['port']}")
         _check_mqtt_values(path, m)
-        paths = {k: m.pop(k) for k in ("tls_ca", "tls_cert", "tls_key", "controller_public_key")}
-        files = {k: Path(v) if v else None for k, v in paths.items()}
-        mqtt = MqttConfig(**m, **files, state_dir=Path(v["state_dir"]) / "mqtt")
+        files = {k: m.pop(k) or None for k in ("tls_ca", "tls_cert", "tls_key", "controller_public_key")}  # "": none
+        mqtt = MqttConfig(**m, **files, state_dir=Path(v["state_dir"]) / "mqtt")  # it makes the file names Paths
     return AgentConfig(
         state_dir=Path(v["state_dir"]),
         allowlist=[str(a) for a in v["allowlist"]],

@@ -629,17 +629,23 @@ BUNDLE_SPEC: dict[str, tuple[tuple[type, ...], list[Any]]] = {
 def gen_push_field(rng: random.Random, world: World, kind: str) -> Case:
     """A push field of the wrong type, with a refused value, missing, or an unknown field added."""
     name = rng.choice(list(PUSH_SPEC))
-    types, bad = PUSH_SPEC[name]
     how = rng.randrange(4)
-    if how == 0:
-        value, category = wrong_type(rng, types), "push field of wrong type"
-    elif how == 1:
-        value, category = rng.choice(bad), "push field with bad value"
-    elif how == 2:
-        value, category = {"$delete": True}, "push field missing"
+    if how < 3:
+        value, category = bad_field(rng, PUSH_SPEC[name], how, "push")
     else:
         name, value, category = rng.choice(["extra", "Version", "model", "bundle_b64"]), random_json(rng), "push extra field"
     return Case(kind, category, patch={name: to_patch(value)})
+
+
+def bad_field(rng: random.Random, spec: tuple[tuple[type, ...], list[Any]], how: int, what: str) -> tuple[Any, str]:
+    """(value, category) for a field given as (accepted types, refused values): ``how`` 0 a value of the wrong
+    type, 1 a refused value, 2 the field deleted."""
+    types, bad = spec
+    if how == 0:
+        return wrong_type(rng, types), f"{what} field of wrong type"
+    if how == 1:
+        return rng.choice(bad), f"{what} field with bad value"
+    return {"$delete": True}, f"{what} field missing"
 
 
 def to_patch(value: Any) -> Any:
@@ -674,14 +680,8 @@ def gen_tflite_garbage(rng: random.Random, world: World, kind: str) -> Case:
 def gen_bundle_field(rng: random.Random, world: World, kind: str) -> Case:
     """A bundle metadata field (quantization and self-test included) of the wrong type, refused, or missing."""
     path = rng.choice(list(BUNDLE_SPEC))
-    types, bad = BUNDLE_SPEC[path]
     how = rng.randrange(3)
-    if how == 0:
-        value, category = wrong_type(rng, types), "bundle field of wrong type"
-    elif how == 1:
-        value, category = rng.choice(bad), "bundle field with bad value"
-    else:
-        value, category = {"$delete": True}, "bundle field missing"
+    value, category = bad_field(rng, BUNDLE_SPEC[path], how, "bundle")
     if path.startswith("quantization.") and how != 2:
         category = "bad quantization"
     return Case(kind, category, patch={f"bundle.{path}": to_patch(value)})

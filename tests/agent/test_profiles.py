@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.profile import PROFILE_DIR, Profile, ProfileError, load_profile, shipped_profiles
+from lab.config_fuzz import del_dotted, set_dotted
 
 BOARDS = {
     "rpi-zero-2w": ("aarch64", 512),
@@ -79,20 +80,6 @@ def test_round_trip_of_the_test_writer(tmp_path: Path) -> None:
     assert load_profile(path) == replace(load_profile("beaglebone-black"), path=path)
 
 
-def _set(data: dict, dotted: str, value) -> None:
-    *tables, key = dotted.split(".")
-    for t in tables:
-        data = data[t]
-    data[key] = value
-
-
-def _delete(data: dict, dotted: str) -> None:
-    *tables, key = dotted.split(".")
-    for t in tables:
-        data = data[t]
-    del data[key]
-
-
 # (test id, edits to the Zero 2 W profile as {dotted key: value, or None to delete}, key reported, words in the problem)
 BROKEN = [
     ("unknown key", {"batchsize": 256}, "batchsize", "unknown key"),
@@ -123,9 +110,9 @@ def test_broken_profile_names_file_key_and_problem(tmp_path: Path, edits: dict, 
     data = base_profile()
     for dotted, value in edits.items():
         if value is None:
-            _delete(data, dotted)
+            del_dotted(data, dotted)
         else:
-            _set(data, dotted, value)
+            set_dotted(data, dotted, value)
     path = write_profile(tmp_path, data, name="rpi-zero-2w")
     with pytest.raises(ProfileError) as err:
         load_profile(path)
