@@ -120,7 +120,7 @@ def parse_bundle(meta: dict, tflite: bytes, path: Path | None = None) -> Bundle:
     where = f" ({path})" if path else ""
     if not isinstance(meta, dict):
         raise BundleError(f"bundle metadata must be a JSON object{where}")
-    if meta.get("schema") not in READ_SCHEMAS:
+    if not isinstance(meta.get("schema"), str) or meta["schema"] not in READ_SCHEMAS:  # a list is no dict key
         raise BundleError(f"bundle schema is {meta.get('schema')!r}, this agent reads {' or '.join(map(repr, READ_SCHEMAS))}{where}")
     if meta.get("feature_schema") != FEATURE_SCHEMA:
         raise BundleError(
