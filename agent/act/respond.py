@@ -136,7 +136,10 @@ class Responder:
         """Once a second: drop expired rules, retry a failed save or kernel update, renew the local rules
         whose attack goes on once half their time is up."""
         now = time.time() if now is None else now
-        if self.rules.expire(now) or self.rules.save_failed:
+        expired = self.rules.expire(now)
+        for rid in expired:  # a rule made again later starts counting its hits afresh
+            self._renewed.pop(rid, None)
+        if expired or self.rules.save_failed:
             self.rules.save()
         self.resync(now)
         due = [

@@ -69,6 +69,17 @@ def test_a_flood_at_full_rate_keeps_its_rule(responder):
     assert expiry(responder, FLOOD_RULE) == 1060.0 + BLOCK_S
 
 
+def test_a_source_blocked_again_after_its_rule_lapsed_is_renewed_on_its_new_hits(responder):
+    responder.rules.entries[SOURCE_RULE].hits += 50
+    responder.housekeeping(1060.0)  # renewed: the record says 50 hits by 1060
+    responder.housekeeping(1060.0 + BLOCK_S + 1)  # no hit since: lapsed
+    assert expiry(responder, SOURCE_RULE) is None
+    responder.act([verdict(src_ip="10.0.0.9")], now=2000.0)  # the source comes back: a new rule, 0 hits
+    responder.rules.entries[SOURCE_RULE].hits += 3
+    responder.housekeeping(2060.0)
+    assert expiry(responder, SOURCE_RULE) == 2060.0 + BLOCK_S  # not judged against the old rule's 50 hits
+
+
 def test_verdicts_become_rules_blocks_and_alerts(responder):
     spoofed = verdict("spoofed", "mirai_ack", victim_ip="10.0.0.5", victim_port=80, proto=6, src_mac="02:00:00:00:00:01")
     alerts = responder.act([verdict(src_ip="10.0.0.7", src_port=4444), spoofed, verdict(src_ip="192.168.1.1")], now=1000.0)
