@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.capture.packets import LABELS, VERDICT_LABELS, DecodeStats, format_ip
+from agent.capture.packets import LABELS, VERDICT_LABELS, DecodeStats, format_ip, format_mac
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,14 @@ def attack_case(clf, what: str, kind: str, view: str, options, seed: int, anomal
     if not mine.any():
         return Case(what, kind, view, 0, float("nan"), float("nan"), None, None)
     hostile = truth > 0
-    attackers = {format_ip(hi, lo) for hi, lo in set(zip(packets.src_ip_hi[hostile], packets.src_ip_lo[hostile]))}
+    attackers = _addresses(packets, hostile, "src")
     false_sources = sum(v.kind == "source" and v.basis != "anomaly" and v.src_ip not in attackers for v in result.verdicts)
     start = float(packets.ts[mine].min())
-    later = [v for v in result.verdicts if v.decided_at >= start - 1e-9]
+    # The first verdict on this attack: on one of its sources, its targets or the link it came over (a victim
+    # scenario's background holds internet scanners, whose verdicts say nothing about the flood).
+    sources, targets = _addresses(packets, mine, "src"), _addresses(packets, mine, "dst")
+    macs = {format_mac(m) for m in np.unique(packets.src_mac[mine])}
+    later = [v for v in result.verdicts if v.decided_at >= start - 1e-9 and _about(v, sources, targets, macs)]
     first = min(later, key=lambda v: v.decided_at) if later else None
     return Case(
         what,
@@ -111,6 +115,19 @@ def attack_case(clf, what: str, kind: str, view: str, options, seed: int, anomal
         None if first is None else first.label,
         false_sources,
     )
+
+
+def _addresses(packets, which: np.ndarray, side: str) -> set[str]:
+    hi, lo = getattr(packets, f"{side}_ip_hi")[which], getattr(packets, f"{side}_ip_lo")[which]
+    return {format_ip(h, l) for h, l in set(zip(hi.tolist(), lo.tolist()))}
+
+
+def _about(v, sources: set[str], targets: set[str], macs: set[str]) -> bool:
+    """Whether verdict ``v`` names the attack: one of its sources, one of its targets (a flood from many
+    sources), or the Ethernet sender it came from (a flood at many hosts)."""
+    if v.kind == "source":
+        return v.src_ip in sources
+    return v.victim_ip in targets if v.victim_ip is not None else v.src_mac in macs
 
 
 def attack_cases(clf) -> list[Case]:

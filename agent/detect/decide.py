@@ -68,6 +68,8 @@ class DecisionConfig:
     flood_min_kbytes_per_s: float = 8.0  # recent volume behind a model flood verdict (64 kbit/s)...
     flood_min_span_s: float = 0.5  # ...over at least this long (a 40 ms burst is no flood)
     flood_shape_share: float = 0.9  # share of one shape (Evidence.SHAPES)
+    syn_flood_rate: float = 50.0  # one source's SYNs/s through the same socket pairs (no kernel retries so fast)...
+    syn_flood_min_packets: int = 50  # ...and so many recent ones
     flood_new_socket_share: float = 0.8  # share through fresh socket pairs (random ports) or out of sequence; not for
     # one source's SYNs
     # Scans: SYNs to hosts and ports not tried before, mostly unanswered, over a longer window.
@@ -173,10 +175,10 @@ class DecisionLayer:
     its flood's target) stands convicted of at that packet, or -1; ``packet_flood_labels`` the same for
     floods from many sources alone (judged on rate and shape at the target: no model opinion beats it)."""
 
-    SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "anomalous", "rst")
+    SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst")
     TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source")
-    PAIR_EXTRAS = SOURCE_EXTRAS[: len(Evidence.SHAPES) + 3]  # shapes, fresh, sweep, kbytes
-    INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp")
+    PAIR_EXTRAS = SOURCE_EXTRAS[: len(Evidence.SHAPES) + 4]  # shapes, fresh, sweep, kbytes, id_jump
+    INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp", "udp_new_sport")
 
     def __init__(self, config: DecisionConfig | None = None) -> None:
         self.cfg = cfg = config or DecisionConfig()
@@ -187,7 +189,9 @@ class DecisionLayer:
         self.pairs = Tracked(cfg.max_sources, cfg.half_life_s, self.PAIR_EXTRAS)
         self.initiators = Tracked(cfg.max_sources, cfg.scan_half_life_s, self.INITIATOR_EXTRAS, with_scores=False)
         self.attempts = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, port) tried
+        self.udp_sports = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, source port) of UDP probes
         self.sequences = StreamTable(cfg.max_sources, np.array([-1.0, 0.0, -1.0]))  # per TCP socket: seq, size, ack
+        self.ip_ids = StreamTable(cfg.max_sources, np.array([-1.0]))  # per UDP socket pair: the last IPv4 id
         self.links = Tracked(4096, cfg.half_life_s, (*Evidence.SHAPES, "new_source"))  # per Ethernet sender
         self.bare_probes = Tracked(1, cfg.half_life_s, (), with_scores=False)  # all bare probes the board sees
         self.packet_labels = np.zeros(0, dtype=np.int64)
@@ -274,7 +278,8 @@ class DecisionLayer:
         packets, cfg = c.packets, self.cfg
         # Fresh: through a socket pair fresh for it, or with TCP numbers no stream of the pair would carry.
         fresh = c.ev.new_socket | self._out_of_sequence(packets, c.ev.ack & ~c.ev.new_socket)
-        extra = np.column_stack([c.shape, fresh, c.sweep, packets.wire_len / 1000.0, c.anomalous, c.ev.rst])
+        id_jump = self._ip_id_jumps(packets, c.ev.udp & ~c.ev.new_socket & (packets.l3 == L3_IPV4))
+        extra = np.column_stack([c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst])
         srcs = self.sources.update(c.src_key, packets.ts, c.scores, extra)
         rules = [
             (model_rule(srcs, cfg, self.sources), "model"),
@@ -342,6 +347,10 @@ class DecisionLayer:
         if not len(rows):
             return
         p_probe, p_udp, p_reset = c.probe[rows] | ev.udp_probe[rows], ev.udp_probe[rows], reset[rows]
+        # A port scan sends from one source port (nmap, masscan); a UDP flood at random ports draws one per packet.
+        sport_key = _attempt_key(packets.src_ip_hi, packets.src_ip_lo, packets.dst_ip_hi, packets.dst_ip_lo,
+                                 packets.sport)  # fmt: skip
+        p_new_sport = self._first_seen(self.udp_sports, sport_key, packets.ts, ev.udp_probe)[rows]
         own = p_probe | p_reset  # packets the initiator sent: they carry its address
         answer = rows[~own]
         init_key = c.src_key[rows]
@@ -349,7 +358,7 @@ class DecisionLayer:
                                     packets.l3[answer].astype(np.uint64))  # fmt: skip
         # INITIATOR_EXTRAS, in order.
         columns = np.column_stack([p_probe, ev.answer[rows] & ~own, p_probe & c.full_options[rows], p_reset,
-                                   ev.refusal[rows] & ~own, p_udp]).astype(float)  # fmt: skip
+                                   ev.refusal[rows] & ~own, p_udp, p_new_sport]).astype(float)  # fmt: skip
         inits = self.initiators.update(init_key, packets.ts[rows], None, columns)
         # A lone probe convicts while bare probes arrive slowly, as scanning bots come by one at a time, and not
         # at a flooded target (a spoofed flood of bare SYNs, at one target or at random ones, with random source
@@ -446,6 +455,35 @@ class DecisionLayer:
         labels[rows] = np.where(labels[rows] >= 0, labels[rows], self.pairs.per_packet(prs, prs["convicted"]))
         self.pairs.store(prs)
 
+    def _ip_id_jumps(self, packets: PacketBatch, which: np.ndarray) -> np.ndarray:
+        """Per packet (of ``which``: UDP over IPv4 through a socket pair in use): its IP id is far from the previous
+        one on its socket pair.  A kernel counts ids per socket, or sends 0 with DF (Mirai's udpplain, every
+        benign sender); raw-socket floods draw them at random (Mirai's udp, even with both ports fixed)."""
+        out = np.zeros(len(packets), dtype=bool)
+        idx = np.flatnonzero(which)
+        if not len(idx):
+            return out
+        idx, key, seg = self._by_socket_pair(packets, idx)
+        slots, _ = self.ip_ids.lookup(key[seg.start], packets.ts[idx][seg.start])
+        ids = packets.ip_id[idx].astype(np.float64)
+        before = np.empty_like(ids)
+        before[1:] = ids[:-1]
+        before[seg.start] = self.ip_ids.state[slots, 0]
+        step = np.mod(ids - before, 65536.0)
+        out[idx] = (before >= 0) & (step > 1024) & (step < 65536 - 1024)  # far ahead, or back (not a wrap-around)
+        self.ip_ids.state[slots, 0] = ids[seg.last]
+        self.ip_ids.t_last[slots] = packets.ts[idx][seg.last]
+        return out
+
+    @staticmethod
+    def _by_socket_pair(packets: PacketBatch, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, Segments]:
+        """``idx`` and their socket pairs' keys sorted by socket pair (time order within each), and the segments."""
+        p = packets
+        ports = (p.sport[idx].astype(np.uint64) << np.uint64(16)) | p.dport[idx].astype(np.uint64)
+        key = hash_words(15, p.src_ip_lo[idx], p.dst_ip_hi[idx] ^ p.src_ip_hi[idx], p.dst_ip_lo[idx], ports)
+        order = np.argsort(key, kind="stable")
+        return idx[order], key[order], Segments.from_sorted(key[order])
+
     def _out_of_sequence(self, packets: PacketBatch, ack: np.ndarray) -> np.ndarray:
         """Per packet (of ``ack``: TCP without SYN or RST): its numbers do not continue its socket pair's stream.
         The same sequence number again with data (a flood that never advances it: Mirai's ack with a fixed
@@ -456,11 +494,7 @@ class DecisionLayer:
         if not len(idx):
             return out
         p = packets
-        ports = (p.sport[idx].astype(np.uint64) << np.uint64(16)) | p.dport[idx].astype(np.uint64)
-        key = hash_words(15, p.src_ip_lo[idx], p.dst_ip_hi[idx] ^ p.src_ip_hi[idx], p.dst_ip_lo[idx], ports)
-        order = np.argsort(key, kind="stable")  # time order within each socket pair
-        idx, key = idx[order], key[order]
-        seg = Segments.from_sorted(key)
+        idx, key, seg = self._by_socket_pair(packets, idx)
         slots, _ = self.sequences.lookup(key[seg.start], p.ts[idx][seg.start])
         now = np.column_stack([p.tcp_seq[idx], p.payload_len[idx], p.tcp_ack[idx]]).astype(np.float64)
         before = np.empty_like(now)
@@ -477,6 +511,9 @@ class DecisionLayer:
         odd = (prev_seq >= 0) & (repeat | off(seq, prev_seq + prev_size))
         with_ack = (p.tcp_flags[idx] & ACK_FLAG) != 0
         odd |= with_ack & (prev_ack >= 0) & off(acked, prev_ack)
+        # The ACK flag with acknowledgement number 0: no stack sends it (but once in 2^32); Mirai's ack flood with
+        # its acknum option at 0 does, with every other number fixed and no payload to advance.
+        odd |= with_ack & (acked == 0)
         self.sequences.state[slots] = np.where(with_ack[seg.last, None], now[seg.last],
                                                np.column_stack([now[seg.last, :2], before[seg.last, 2]]))  # fmt: skip
         self.sequences.t_last[slots] = p.ts[idx][seg.last]
@@ -485,14 +522,18 @@ class DecisionLayer:
 
     def _first_attempt(self, packets: PacketBatch, opener: np.ndarray) -> np.ndarray:
         """Per packet: an opener to a (source, destination, destination port) not seen before (bounded memory)."""
-        out = np.zeros(len(packets), dtype=bool)
-        idx = np.flatnonzero(opener)
+        key = _attempt_key(packets.src_ip_hi, packets.src_ip_lo, packets.dst_ip_hi, packets.dst_ip_lo, packets.dport)
+        return self._first_seen(self.attempts, key, packets.ts, opener)
+
+    @staticmethod
+    def _first_seen(table: StreamTable, keys: np.ndarray, ts: np.ndarray, which: np.ndarray) -> np.ndarray:
+        """Per packet (of ``which``): the first with its key in ``table`` (bounded memory: LRU eviction)."""
+        out = np.zeros(len(keys), dtype=bool)
+        idx = np.flatnonzero(which)
         if not len(idx):
             return out
-        key = _attempt_key(packets.src_ip_hi[idx], packets.src_ip_lo[idx], packets.dst_ip_hi[idx],
-                           packets.dst_ip_lo[idx], packets.dport[idx])
-        uniq, first = np.unique(key, return_index=True)
-        _, is_new = self.attempts.lookup(uniq, packets.ts[idx][first])
+        uniq, first = np.unique(keys[idx], return_index=True)
+        _, is_new = table.lookup(uniq, ts[idx][first])
         out[idx[first[is_new]]] = True
         return out
 

@@ -72,16 +72,18 @@ def _closest_by_shape(r: dict, t: "Tracked", attack: np.ndarray, floods_only: bo
     without SYN or RST through fresh socket pairs an ACK flood, or a scan when it probes (through few sockets
     it may be a telnet session, the scanner's brute force or not); UDP mostly through fresh socket pairs
     Mirai's udp flood, and a UDP flood the model finds through sockets reused packet after packet its udpplain,
-    which sends through one connected socket per target (as does the udp flood with both ports set, which no
-    header tells apart).  Where the headers are not decisive the model's class
+    which sends through one connected socket per target, unless their IP ids jump about as a raw socket's do
+    (Mirai's udp flood with both ports set; with its ident option fixed too, no header tells them apart).  Where the headers are not decisive the model's class
     stands.  Only the class changes: whether the key is hot stays the model's best class's average (summing
     a protocol's classes would convict a phone's telnet session the model finds a little like a scan and a
     little like a flood)."""
     shares, x = r["shares"], t.extras.index
     syn, ack, udp, syn_odd = shares[:, x("syn_only")], shares[:, x("ack")], shares[:, x("udp")], shares[:, x("syn_odd")]
-    sweep, fresh = shares[:, x("sweep")], shares[:, x("fresh")]
+    sweep, fresh, id_jump = shares[:, x("sweep")], shares[:, x("fresh")], shares[:, x("id_jump")]
     udp_class = (attack == _UDP) | (attack == _UDPPLAIN)
-    dominant = [syn >= 0.5, syn_odd >= 0.5, (ack >= 0.5) & (fresh >= 0.5 * ack), (udp >= 0.5) & (fresh >= 0.5 * udp),
+    raw_ids = id_jump >= 0.5 * (udp - fresh)  # most reused-socket datagrams with random IP ids: a raw socket's
+    dominant = [syn >= 0.5, syn_odd >= 0.5, (ack >= 0.5) & (fresh >= 0.5 * ack),
+                (udp >= 0.5) & ((fresh >= 0.5 * udp) | (raw_ids & udp_class)),
                 (udp >= 0.5) & (fresh < 0.2 * udp) & udp_class]  # fmt: skip
 
     def scan_or(flood: int, share: np.ndarray) -> np.ndarray:
@@ -135,9 +137,16 @@ def flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: bool) -> 
     fresh_enough |= shape == _PORTLESS_SHAPE
     if one_source:
         fresh_enough |= (shape == 0) | (shape == _SYN_ODD_SHAPE)
+    min_packets, min_rate = np.full(len(shape), float(cfg.flood_min_packets)), np.full(len(shape), cfg.flood_rate)
+    if one_source and "fresh" in t.extras:
+        # One source's SYNs again and again through the same socket pairs: a kernel retries a SYN after a second,
+        # never dozens of times a second (Mirai's syn flood with both ports set).
+        at_most_fresh = shares[:, t.extras.index("fresh")] / kept  # (were none of its RSTs fresh)
+        repeated = ((shape == 0) | (shape == _SYN_ODD_SHAPE)) & (at_most_fresh < 0.5)
+        min_packets[repeated], min_rate[repeated] = cfg.syn_flood_min_packets, cfg.syn_flood_rate
     hot = (
-        (r["weight"] * kept >= cfg.flood_min_packets)
-        & (rate(r, t.half_life_s) * kept >= cfg.flood_rate)
+        (r["weight"] * kept >= min_packets)
+        & (rate(r, t.half_life_s) * kept >= min_rate)
         & (share >= cfg.flood_shape_share)
         & fresh_enough
     )
@@ -154,18 +163,20 @@ def scan_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     raw-socket SYNs (a stealth scan, a SYN flood at open ports) draw SYN-ACKs that the sender's kernel refuses.
     Probes mostly with a full TCP option block (a kernel's connect(), Mirai's SYN flood at a subnet or at
     random ports) are a SYN flood; short ones a scan.  Nothing answers UDP probes: mostly UDP, they are a scan
-    once closed ports have refused some (a peer-to-peer client trying ports of a peer behind NAT gets none)."""
+    once closed ports have refused some (a peer-to-peer client trying ports of a peer behind NAT gets none), and
+    when they come from few source ports (a flood at random ports of one host draws a new one per packet)."""
     x = t.extras.index
     probes, answered, full = (r["extra_weight"][:, x(name)] for name in ("probe", "answered", "full_options"))
     reset, refused, udp = (r["extra_weight"][:, x(name)] for name in ("reset", "refused", "udp"))
     answered = np.maximum(answered - reset, 0.0)
     unanswered = 1.0 - answered / np.maximum(probes, 1e-9)
     mostly_udp = udp >= 0.5 * probes
+    new_sport = r["extra_weight"][:, x("udp_new_sport")]
     # No SYN-ACK answers UDP, so its scans need not wait for answers: the refusals are the evidence.
     settled = (r["t"] - r["episode"] >= cfg.scan_settle_s) | (probes >= cfg.scan_burst_probes) | mostly_udp
     enough = np.where(mostly_udp, cfg.udp_scan_min_probes, cfg.scan_min_probes)
     hot = (probes >= enough) & (answered <= cfg.scan_answered_max * probes) & settled
-    hot &= ~mostly_udp | (refused >= cfg.udp_scan_min_refusals)
+    hot &= ~mostly_udp | ((refused >= cfg.udp_scan_min_refusals) & (new_sport <= 0.5 * udp))
     return hot, np.where(full >= 0.5 * probes, _SYN, _SCAN), np.clip(unanswered, 0.0, 1.0)
 
 

@@ -30,6 +30,7 @@ def one_source(n, t0=1.6e9, rate=1000.0, proto=6):
     b.port_kind[:] = 1
     b.tcp_flags[:] = 0x18 if proto == 6 else 0
     b.tcp_hdr_len[:] = 32 if proto == 6 else 0
+    b.tcp_ack[:] = 0x1234_5678 if proto == 6 else 0  # what the peer sent so far (a stack never acks 0)
     b.ts = t0 + np.arange(n) / rate
     return b
 

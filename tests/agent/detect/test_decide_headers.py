@@ -44,7 +44,7 @@ def batch(ts, src, dst, proto=6, sport=40000, dport=80, flags=SYN, seq=1, size=6
         port_kind=np.full(n, PORT_NUMBER, np.uint8), sport=col(sport, np.int32), dport=col(dport, np.int32),
         ttl=np.full(n, 64, np.uint8), ip_id=np.zeros(n, np.uint16), df=np.zeros(n, bool), frag=np.zeros(n, bool),
         ip_len=col(size, np.int32) - 14, tcp_flags=np.where(tcp, col(flags, np.uint8), 0).astype(np.uint8),
-        tcp_seq=col(seq, np.uint32), tcp_ack=np.zeros(n, np.uint32), tcp_win=np.zeros(n, np.uint16),
+        tcp_seq=col(seq, np.uint32), tcp_ack=np.full(n, 4321, np.uint32), tcp_win=np.zeros(n, np.uint16),
         tcp_hdr_len=np.where(tcp, 20, 0).astype(np.uint8), payload_len=np.zeros(n, np.int32),
         icmp_type=col(icmp_type, np.int16), gre_proto=col(gre_proto, np.int32),
     )
@@ -540,3 +540,55 @@ def test_an_ack_flood_through_one_socket_is_told_from_a_stream_by_its_numbers():
     assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_ack", "headers", "198.51.100.50"),
                                                                 ("mirai_ack", "headers", "198.51.100.51")]  # fmt: skip
     assert all(v.latency < 1.0 for v in verdicts)
+
+
+def test_an_empty_ack_flood_with_every_number_fixed_is_caught_by_its_zero_acknowledgement():
+    """Mirai's ack flood with len=0, both ports, seqnum and acknum (0) set: the same empty segment 1,300 times a
+    second.  A receiver's pure ACKs through one socket look much the same, but acknowledge what they received."""
+    ts = T0 + np.arange(2600) / 1300.0
+    flood = batch(ts, ip(198, 51, 100, 52), BOARD, sport=12345, dport=6837, flags=PSHACK, size=54, seq=1)
+    flood.tcp_ack[:] = 0
+    acks = batch(ts + 5, BOARD, ip(151, 101, 1, 1), sport=50500, dport=443, flags=ACK, seq=99, size=54)
+    acks.tcp_ack[:] = (7 + 1448 * (np.arange(2600) + 1)) % (1 << 32)
+    verdicts, labels = run(join(flood, acks))
+    assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_ack", "headers", "198.51.100.52")]
+    assert verdicts[0].latency < 1.0
+
+
+def test_a_udp_flood_of_probe_sized_datagrams_at_random_ports_is_a_flood_not_a_port_scan():
+    """Mirai's udp flood with len=64 at one host: datagrams to ever new ports, as a UDP port scan's, and refused as
+    a scan's are.  But a scanner sends from one source port (nmap, masscan), the flood from a new one per packet."""
+    rng = np.random.default_rng(27)
+    n = 3000
+    ts = T0 + np.arange(n) / 3000.0
+    flood = batch(ts, ip(203, 0, 113, 10), BOARD, proto=17, sport=rng_ports(rng, n), dport=rng_ports(rng, n), size=106)
+    refusals = batch(ts[:6] + 0.0001, BOARD, ip(203, 0, 113, 10), proto=1, sport=-1, dport=-1, icmp_type=3, size=70)
+    verdicts, labels = run(join(flood, refusals))
+    assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udp", "203.0.113.10")]
+    assert verdicts[0].latency < 1.0
+
+
+def test_a_syn_flood_through_one_socket_pair_is_caught_below_the_flood_rate():
+    """Mirai's syn flood with both ports set at 100 packets/s: the same socket pair's SYN again and again, which
+    no kernel retries faster than once a second.  A client whose SYNs go unanswered retries at 1, 3, 7, 15 s."""
+    ts = T0 + np.arange(300) / 100.0
+    flood = batch(ts, ip(69, 166, 85, 176), BOARD, sport=1024, dport=53, flags=SYN, size=74)
+    flood.tcp_hdr_len[:] = 40
+    retries = batch(T0 + np.array([0.0, 1, 3, 7, 15]), ip(192, 168, 1, 80), ip(52, 1, 2, 3), sport=50000, dport=8883,
+                    flags=SYN, size=74)  # fmt: skip
+    verdicts, labels = run(join(flood, retries))
+    assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_syn", "headers", "69.166.85.176")]
+    assert verdicts[0].latency < 1.0
+
+
+@pytest.mark.parametrize("ids, named", [("random", "mirai_udp"), ("counting", "mirai_udpplain")])
+def test_a_udp_flood_through_one_socket_is_named_by_its_ip_ids(ids, named):
+    """A UDP flood with both ports fixed, which the model finds udpplain-like (one socket, as udpplain's connected
+    one): a raw socket's random IP ids make it Mirai's udp flood, a kernel's counting ones its udpplain."""
+    rng = np.random.default_rng(28)
+    n = 2000
+    flood = batch(T0 + np.arange(n) / 1000.0, ip(62, 181, 91, 112), BOARD, proto=17, sport=53, dport=25083, size=554)
+    flood.ip_id[:] = rng.integers(0, 1 << 16, n) if ids == "random" else (4000 + np.arange(n)) % (1 << 16)
+    verdicts, labels = run(flood, scores=scan_scores(n, "mirai_udpplain"))
+    assert [(v.label, v.src_ip) for v in verdicts] == [(named, "62.181.91.112")]
+    assert (labels == LABELS.index(named)).mean() > 0.95
