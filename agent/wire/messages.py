@@ -8,6 +8,7 @@ Topics (DESIGN 7), with ``prefix`` = ``iotguard/v1`` by default::
     {prefix}/{fleet}/all/rules            controller -> agent, QoS 1, retained, signed
     {prefix}/{fleet}/{device}/rules/ack   agent -> controller, QoS 1
     {prefix}/{fleet}/{device}/model       controller -> agent, QoS 1, signed
+    {prefix}/{fleet}/{device}/alerts/ack  controller -> agent, QoS 1: alerts stored (``parse_alerts_ack``)
 
 What the controller accepts from agents (alerts, status, rules acks) is
 declared once per kind as a table of ``Field``s; ``parse_*`` return a plain
@@ -15,7 +16,17 @@ dict of checked values or raise ``MessageError(reason)``.  The topic is
 authoritative for fleet and device (the broker's ACL ties it to the sender's
 certificate); a document naming another device is refused.  What the agent
 accepts from the controller: rule sets (``agent.wire.rules``) and model pushes
-(``check_model_push``), both inside signed envelopes (``agent.wire.signing``).
+(``check_model_push``), both inside signed envelopes (``agent.wire.signing``),
+and alert confirmations (``parse_alerts_ack``), which are not signed, as
+alerts are not: the broker's ACL lets only controllers write to that topic.
+
+Alert confirmations: every alert carries its per-device ``seq`` and
+``first_pending``, the lowest seq still in the agent's queue (every lower one
+is confirmed or given up for good).  After storing a batch the controller
+publishes ``stored_through``: the highest seq such that every alert of the
+device up to it is stored, refused for good, or below the agent's
+``first_pending``.  Gaps the agent will never fill (alerts dropped from its
+full queue) thus do not hold the confirmation back.
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ DEFAULT_PREFIX = "iotguard/v1"
 ALERT_SCHEMA = "iotguard.alert/1"
 STATUS_SCHEMA = "iotguard.status/1"
 ACK_SCHEMA = "iotguard.rules-ack/1"
+ALERTS_ACK_SCHEMA = "iotguard.alerts-ack/1"
 MODEL_SCHEMA = "iotguard.model-push/1"
 MODEL_MAX_BYTES = 16 * 1024 * 1024  # envelope of a model push (base64 inflates the .tflite by 4/3)
 RULES_MAX_BYTES = rules.MAX_BYTES * 4 // 3 + 4096  # envelope around a rule set of at most MAX_BYTES
@@ -60,7 +72,7 @@ MAX_MESSAGE_DEPTH = 6
 # What the agent's detector must fill in; the client adds schema, device, fleet, seq, sent_at.
 ALERT_FIELDS = ("class", "confidence", "source", "victim", "packets", "first_seen", "last_seen", "action", "rule_id")
 # The topic kinds below {prefix}/{fleet}/{device}/.
-KINDS = ("alerts", "status", "rules", "rules/ack", "model")
+KINDS = ("alerts", "status", "rules", "rules/ack", "model", "alerts/ack")
 
 
 # --- topics ------------------------------------------------------------------
@@ -98,7 +110,7 @@ def short_reason(reason: str) -> str:
 
 
 class MessageError(Invalid):
-    """A message from an agent was refused; ``reason`` says why."""
+    """A message from an agent (or an alert confirmation from a controller) was refused; ``reason`` says why."""
 
 
 def _text(max_len: int = 256) -> Check:
@@ -106,6 +118,7 @@ def _text(max_len: int = 256) -> Check:
 
 
 NOW_MAX = 2**40  # any sane unix time
+SEQ_MAX = 2**63 - 1  # an alert's seq: a SQLite integer
 PORT = optional(integer(0, 65535))
 
 # Unknown extra fields are tolerated: newer agents may add some.
@@ -113,7 +126,9 @@ ENDPOINT_CHECKS = (Field("ip", ip_address), Field("mac", optional(_text(17)), re
 VICTIM_CHECKS = (Field("ip", optional(ip_address), required=False), Field("port", PORT, required=False))
 ALERT_CHECKS = (
     Field("schema", one_of(ALERT_SCHEMA)),
-    Field("seq", integer(1, 2**63 - 1)),
+    Field("seq", integer(1, SEQ_MAX)),
+    # Absent from agents older than alert confirmations: then gaps hold the confirmation back.
+    Field("first_pending", optional(integer(1, SEQ_MAX)), required=False),
     Field("class", one_of(*VERDICT_LABELS)),  # the model's classes, or "anomaly"
     Field("basis", optional(one_of("model", "headers", "anomaly")), required=False),
     Field("confidence", number(0.0, 1.0)),
@@ -143,6 +158,13 @@ ACK_CHECKS = (
     Field("device", _text(64)),
     Field("fleet", _text(64)),
 )
+ALERTS_ACK_CHECKS = (
+    Field("schema", one_of(ALERTS_ACK_SCHEMA)),
+    Field("stored_through", integer(0, SEQ_MAX)),  # 0: nothing stored yet
+    Field("device", _text(64)),
+    Field("fleet", _text(64)),
+    Field("sent_at", number(0, NOW_MAX), required=False),
+)
 
 
 def _parse(payload: bytes, table: tuple[Field, ...], fleet: str, device: str, what: str) -> tuple[dict, dict]:
@@ -165,7 +187,20 @@ def _parse(payload: bytes, table: tuple[Field, ...], fleet: str, device: str, wh
 
 def parse_alert(payload: bytes, fleet: str, device: str) -> dict[str, Any]:
     values, _ = _parse(payload, ALERT_CHECKS, fleet, device, "alert")
+    if values["first_pending"] is not None and values["first_pending"] > values["seq"]:
+        # The alert itself is pending when it is sent: a higher floor would confirm it unstored.
+        raise MessageError(f"alert: first_pending {values['first_pending']} is above its own seq {values['seq']}")
     return values
+
+
+def alert_seq_of(payload: bytes) -> int | None:
+    """The seq of an alert that was refused, if it has a valid one: the controller settles it as refused."""
+    try:
+        doc = load_json(payload, MAX_MESSAGE_BYTES, MAX_MESSAGE_DEPTH)
+    except ValueError:
+        return None
+    seq = doc.get("seq") if isinstance(doc, dict) else None
+    return seq if passes(integer(1, SEQ_MAX), seq) else None
 
 
 def parse_status(payload: bytes, fleet: str, device: str) -> dict[str, Any]:
@@ -180,6 +215,18 @@ def parse_ack(payload: bytes, fleet: str, device: str) -> dict[str, Any]:
 
 
 # --- controller -> agent -----------------------------------------------------
+
+
+def alerts_ack(fleet: str, device: str, stored_through: int, sent_at: float) -> dict[str, Any]:
+    """The confirmation a controller publishes on ``{prefix}/{fleet}/{device}/alerts/ack``."""
+    return {"schema": ALERTS_ACK_SCHEMA, "fleet": fleet, "device": device, "stored_through": stored_through,
+            "sent_at": sent_at}  # fmt: skip
+
+
+def parse_alerts_ack(payload: bytes, fleet: str, device: str) -> int:
+    """A confirmation for this device, checked: its ``stored_through``, or MessageError(reason)."""
+    values, _ = _parse(payload, ALERTS_ACK_CHECKS, fleet, device, "alerts ack")
+    return values["stored_through"]
 
 
 def check_model_push(doc: dict[str, Any], installed_version: int) -> tuple[dict[str, Any], bytes, int]:

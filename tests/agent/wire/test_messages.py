@@ -12,14 +12,18 @@ from agent.validate import Invalid
 from agent.wire import (
     ACK_SCHEMA,
     ALERT_SCHEMA,
+    ALERTS_ACK_SCHEMA,
     MODEL_MAX_VERSION,
     MODEL_SCHEMA,
     REASON_MAX_CHARS,
     STATUS_SCHEMA,
     MessageError,
+    alert_seq_of,
+    alerts_ack,
     check_model_push,
     parse_ack,
     parse_alert,
+    parse_alerts_ack,
     parse_status,
     parse_topic,
     short_reason,
@@ -96,6 +100,8 @@ def test_an_alert_is_checked_and_normalised():
         (alert(action="block"), "alert: action: must be one of drop, none; got 'block'"),
         (alert(rule_id="r" * 257), "alert: rule_id: must be a string of at most 256 characters"),
         (alert(device="d2"), "alert: names lab/d2 but came on the topic of lab/d1"),
+        (alert(first_pending=0), "alert: first_pending: must be in 1..9223372036854775807, got 0"),
+        (alert(seq=4, first_pending=5), "alert: first_pending 5 is above its own seq 4"),
         ({k: v for k, v in alert().items() if k != "victim"}, "alert: missing field 'victim'"),
     ],
 )
@@ -117,6 +123,44 @@ def test_status_keeps_the_whole_document_and_acks_are_checked():
     assert parse_ack(payload(ack), "lab", "d1") == {**ack, "reason": None}
     assert refusal(parse_ack, {"schema": ACK_SCHEMA}) == "rules ack: missing field 'target'"
     assert refusal(parse_ack, {**ack, "version": 2**53 + 1}) == f"rules ack: version: must be in 1..{2**53}, got {2**53 + 1}"
+
+
+def test_an_alert_may_name_its_first_pending_seq_and_a_refused_one_its_seq():
+    assert parse_alert(payload(alert(seq=9, first_pending=3)), "lab", "d1")["first_pending"] == 3
+    assert parse_alert(payload(alert()), "lab", "d1")["first_pending"] is None, "an agent older than confirmations"
+    assert alert_seq_of(payload(alert(seq=9, action="block"))) == 9
+    assert [alert_seq_of(p) for p in (b"{not json", b"[9]", payload(alert(seq=True)), payload(alert(seq=-1)))] == [None] * 4
+
+
+# --- alert confirmations (controller -> agent) --------------------------------
+
+
+def test_an_alert_confirmation_round_trips():
+    doc = alerts_ack("lab", "d1", 41, 1700000000.0)
+    assert doc == {"schema": ALERTS_ACK_SCHEMA, "fleet": "lab", "device": "d1", "stored_through": 41, "sent_at": 1700000000.0}
+    assert parse_alerts_ack(payload(doc), "lab", "d1") == 41
+    assert parse_alerts_ack(payload({**doc, "stored_through": 0, "note": "newer"}), "lab", "d1") == 0
+    assert topic(PREFIX, "lab", "d1", "alerts/ack") == "iotguard/v1/lab/d1/alerts/ack"
+    assert parse_topic(PREFIX, "iotguard/v1/lab/d1/alerts/ack") == ("lab", "d1", "alerts/ack")
+
+
+@pytest.mark.parametrize(
+    "doc, reason",
+    [
+        (b"{not json", "alerts ack: malformed JSON"),
+        (b"[]", "alerts ack: not a JSON object"),
+        ({"schema": ACK_SCHEMA}, "alerts ack: schema: must be one of iotguard.alerts-ack/1; got 'iotguard.rules-ack/1'"),
+        ({"schema": ALERTS_ACK_SCHEMA, "fleet": "lab", "device": "d1"}, "alerts ack: missing field 'stored_through'"),
+        (alerts_ack("lab", "d1", -1, 0), "alerts ack: stored_through: must be in 0..9223372036854775807, got -1"),
+        (alerts_ack("lab", "d1", 2**63, 0), f"alerts ack: stored_through: must be in 0..9223372036854775807, got {2**63}"),
+        (alerts_ack("lab", "d1", "7", 0), "alerts ack: stored_through: must be an integer, got '7'"),
+        (alerts_ack("lab", "d1", 7.0, 0), "alerts ack: stored_through: must be an integer, got 7.0"),
+        (alerts_ack("lab", "d2", 7, 0), "alerts ack: names lab/d2 but came on the topic of lab/d1"),
+        (alerts_ack("prod", "d1", 7, 0), "alerts ack: names prod/d1 but came on the topic of lab/d1"),
+    ],
+)
+def test_a_bad_alert_confirmation_is_refused_naming_the_fault(doc, reason):
+    assert refusal(parse_alerts_ack, doc).startswith(reason)
 
 
 # --- model pushes ------------------------------------------------------------
