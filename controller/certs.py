@@ -11,8 +11,9 @@
 
 With ``use_identity_as_username`` the certificate CN is the MQTT username, so
 the ACL can say, per device: publish only your own alerts, status and rules
-acks; read only your own and the fleet's rules and your model.  Controllers
-read and write everything under the prefix.  Keys are EC P-256, files 0600.
+acks; read only your own and the fleet's rules, your model and the
+confirmations of your alerts.  Controllers read and write everything under the
+prefix.  Keys are EC P-256, files 0600.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ def acl_text(prefix: str, fleet: str, devices: list[str], controllers: list[str]
             f"topic read {base}/rules",
             f"topic read {prefix}/{fleet}/{ALL_DEVICES}/rules",
             f"topic read {base}/model",
+            f"topic read {base}/alerts/ack",  # the controller's confirmations of stored alerts
             "",
         ]
     return "\n".join(lines)

@@ -2,10 +2,14 @@
 
 Threads: paho's network thread only queues incoming messages; one worker
 thread stores them in SQLite (a batch per transaction), acknowledges them to
-the broker *after* the commit (paho ``manual_ack``), then runs the policy on
-the sources the batch touched.  The controller keeps a persistent MQTT session
-(fixed client id, clean start off), so alerts that arrive while it is away
-wait at the broker.
+the broker *after* the commit (paho ``manual_ack``), confirms to each agent
+whose alerts were in the batch how far its alerts are stored
+(``{prefix}/{fleet}/{device}/alerts/ack``, see ``agent.wire.messages``), then
+runs the policy on the sources the batch touched.  The controller keeps a
+persistent MQTT session (fixed client id, clean start off), so alerts that
+arrive while it is away wait at the broker; alerts that the broker loses (it
+does not restore shared subscriptions after a restart) are sent again by the
+agent until confirmed.
 
 Replicas: start several with different ``name``s and the same database file;
 alerts and acks come through the shared subscription
@@ -40,6 +44,8 @@ from agent.wire import (
     MODEL_SCHEMA,
     MessageError,
     RuleSet,
+    alert_seq_of,
+    alerts_ack,
     canonical_json,
     load_private_key,
     make_client,
@@ -81,6 +87,7 @@ class ControllerConfig:
     share_group: str = "controllers"  # "": plain subscriptions (one replica; brokers without MQTT 5)
     session_expiry_s: int = 86400
     tick_s: float = 5.0  # how often expired blocks are swept
+    confirm_alerts: bool = True  # publish alerts/ack after storing; False: as controllers before confirmations
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
@@ -91,6 +98,7 @@ class ControllerStats:
     statuses: int = 0
     acks: int = 0
     rulesets_published: int = 0
+    confirmations: int = 0  # alerts/ack messages published
     rejected: Counter = field(default_factory=Counter)  # reason -> count
 
 
@@ -249,10 +257,12 @@ class ControllerService:
     def _process(self, batch: list[mqtt.MQTTMessage]) -> None:
         now = time.time()
         touched: dict[str, set[str]] = {}
+        floors: dict[tuple[str, str], int] = {}  # (fleet, device) with alerts in the batch -> its first_pending
         try:
             with self.store.transaction():
                 for message in batch:
-                    self._handle(message, now, touched)
+                    self._handle(message, now, touched, floors)
+                marks = {key: self.store.advance_mark(*key, floor) for key, floor in floors.items()}
         except Exception:
             # Nothing acknowledged: the broker redelivers this batch when the session resumes.
             log.exception("controller %s: storing a batch of %d messages failed", self.config.name, len(batch))
@@ -260,6 +270,8 @@ class ControllerService:
         for message in batch:
             if message.qos > 0:
                 self.client.ack(message.mid, message.qos)
+        if self.config.confirm_alerts:
+            self._confirm(marks)
         for fleet, sources in touched.items():
             try:
                 with self.store.transaction():
@@ -271,13 +283,17 @@ class ControllerService:
             except Exception:
                 log.exception("controller %s: policy for fleet %s failed", self.config.name, fleet)
 
-    def _handle(self, message: mqtt.MQTTMessage, now: float, touched: dict[str, set[str]]) -> None:
+    def _handle(self, message: mqtt.MQTTMessage, now: float, touched: dict[str, set[str]],
+                floors: dict[tuple[str, str], int]) -> None:  # fmt: skip
         parts = parse_topic(self.config.prefix, message.topic)
         try:
             if parts is None or parts.device == ALL_DEVICES:
                 raise MessageError("not an agent topic of ours")
             if parts.kind == "alerts":
+                key = (parts.fleet, parts.device)
+                floors.setdefault(key, 1)  # confirmed even if refused or a duplicate: the agent waits for it
                 alert = parse_alert(message.payload, parts.fleet, parts.device)
+                floors[key] = max(floors[key], alert["first_pending"] or 1)
                 if self.store.add_alert(alert, now):
                     self.stats.alerts_new += 1
                     touched.setdefault(parts.fleet, set()).add(alert["source"]["ip"])
@@ -297,6 +313,20 @@ class ControllerService:
             self.stats.rejected[exc.reason.split(":")[0]] += 1
             log.warning("controller %s: refused message on %s: %s", self.config.name, message.topic, exc.reason)
             self.store.add_rejected(message.topic, exc.reason, message.payload, now)
+            seq = alert_seq_of(message.payload) if parts is not None and parts.kind == "alerts" else None
+            if seq is not None and parts.device != ALL_DEVICES:
+                self.store.refuse_seq(parts.fleet, parts.device, seq)  # resending it would be refused again
+
+    def _confirm(self, marks: dict[tuple[str, str], int]) -> None:
+        """After the commit: tell each agent how far its alerts are stored, so it can forget them."""
+        for (fleet, device), mark in marks.items():
+            doc = alerts_ack(fleet, device, mark, time.time())
+            try:
+                self._publish(topic(self.config.prefix, fleet, device, "alerts/ack"), canonical_json(doc), False)
+            except RuntimeError as exc:  # the agent sends its alerts again after a while and is confirmed then
+                log.warning("controller %s: confirmation to %s/%s not sent: %s", self.config.name, fleet, device, exc)
+                continue
+            self.stats.confirmations += 1
 
     def _sweep(self) -> None:
         """Publish a new fleet rule set wherever a block expired."""

@@ -4,10 +4,14 @@ Several controller replicas on one host may share the file (WAL mode, busy
 timeout); anything that allocates a rule set version runs inside
 ``transaction()`` (BEGIN IMMEDIATE), so two replicas never issue the same one.
 Alerts are unique by (fleet, device, seq): a redelivered alert is a no-op.
+Per device, ``alert_marks`` keeps what the controller confirms to the agent
+(``stored_through``, see ``agent.wire.messages``), advanced in the same
+transaction that stores the alerts.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import sqlite3
 import threading
@@ -35,6 +39,13 @@ CREATE TABLE IF NOT EXISTS alerts (
     PRIMARY KEY (fleet, device, seq));
 CREATE INDEX IF NOT EXISTS alerts_by_source ON alerts (fleet, source_ip, received_at);
 CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (received_at);
+CREATE TABLE IF NOT EXISTS alert_marks (    -- what the controller confirms to each device
+    fleet TEXT NOT NULL, device TEXT NOT NULL,
+    stored_through INTEGER NOT NULL,         -- every seq up to it is stored, refused, or given up by the agent
+    PRIMARY KEY (fleet, device));
+CREATE TABLE IF NOT EXISTS refused_seqs (    -- alerts refused for good (kept in rejected): they hold no mark back
+    fleet TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (fleet, device, seq));
 CREATE TABLE IF NOT EXISTS rejected (       -- messages refused, kept with the reason
     topic TEXT NOT NULL, reason TEXT NOT NULL, payload BLOB, received_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (          -- what the fleet rule set is built from
@@ -126,6 +137,34 @@ class Store:
                 (alert["fleet"], alert["device"], received_at),
             )
             return cur.rowcount == 1
+
+    def refuse_seq(self, fleet: str, device: str, seq: int) -> None:
+        """An alert refused for good: sending it again would not help, so it must not hold the mark back."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO refused_seqs (fleet, device, seq) VALUES (?, ?, ?)", (fleet, device, seq))
+
+    def advance_mark(self, fleet: str, device: str, first_pending: int = 1) -> int:
+        """Advance and return the device's ``stored_through``: every seq up to it is stored, refused, or below
+        ``first_pending`` (the agent has nothing lower left to send).  Never goes back."""
+        with self.transaction() as db:
+            row = db.execute("SELECT stored_through FROM alert_marks WHERE fleet=? AND device=?", (fleet, device)).fetchone()
+            mark = max(row[0] if row else 0, first_pending - 1)
+            # Walk the settled seqs above the mark in order; cursors step lazily, so a gap costs one row.
+            cursors = [
+                (r[0] for r in db.execute(f"SELECT seq FROM {table} WHERE fleet=? AND device=? AND seq>? ORDER BY seq",
+                                          (fleet, device, mark)))  # fmt: skip
+                for table in ("alerts", "refused_seqs")
+            ]
+            for seq in heapq.merge(*cursors):
+                if seq > mark + 1:
+                    break
+                mark = seq  # the next one, or the same seq once more (stored after it was refused)
+            db.execute(
+                "INSERT INTO alert_marks (fleet, device, stored_through) VALUES (?, ?, ?) "
+                "ON CONFLICT (fleet, device) DO UPDATE SET stored_through=excluded.stored_through",
+                (fleet, device, mark),
+            )
+            return mark
 
     def set_status(self, fleet: str, device: str, status: dict[str, Any], received_at: float) -> None:
         with self.transaction() as db:
@@ -264,7 +303,7 @@ class Store:
         return [r[0] for r in self._query("SELECT seq FROM alerts WHERE fleet=? AND device=? ORDER BY seq", (fleet, device))]
 
     def count(self, table: str) -> int:
-        if table not in ("devices", "alerts", "rejected", "blocks", "rulesets", "acks", "models"):
+        if table not in ("devices", "alerts", "rejected", "blocks", "rulesets", "acks", "models", "refused_seqs"):
             raise ValueError(f"no table {table!r}")
         (row,) = self._query(f"SELECT COUNT(*) FROM {table}")
         return int(row[0])

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.wire import canonical_json, load_private_key, parse_alert, topic
+from agent.wire import canonical_json, load_private_key, parse_alert, parse_alerts_ack, topic
 from controller.broker import start_embedded_broker
 from controller.policy import Policy, PolicyConfig
 from controller.store import Store
@@ -51,7 +52,11 @@ def imported_modules(folder: Path) -> set[str]:
 
 def test_the_controller_takes_only_the_wire_contract_from_the_agent():
     from_agent = {m for m in imported_modules(REPO / "controller") if m.split(".")[0] == "agent"}
-    assert from_agent <= {"agent.wire"}, from_agent
+    assert from_agent <= {"agent.wire", "agent"}, from_agent
+    # From the package itself only the product's version (importing agent.wire runs agent/__init__.py anyway).
+    from_root = {alias.name for path in (REPO / "controller").rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.ImportFrom) and node.module == "agent" for alias in node.names}  # fmt: skip
+    assert from_root <= {"__version__"}, from_root
     assert not {m for m in imported_modules(REPO / "agent") if m.split(".")[0] == "controller"}
 
 
@@ -80,6 +85,29 @@ def test_policy_counts_distinct_devices_in_the_window_only(tmp_path):
     add("d2", 2, "10.1.2.3")
     assert policy.new_blocks(store, FLEET, {"10.1.2.3"}, now) == [], "never_block ignored"
     assert store.count("alerts") == 7
+
+
+def test_the_confirmation_mark_covers_stored_refused_and_given_up_seqs_only(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+
+    def add(seq, device="d1"):
+        store.add_alert(parse_alert(canonical_json(raw_alert(device, seq, "192.0.2.1")), FLEET, device), time.time())
+
+    assert store.advance_mark(FLEET, "d1") == 0, "nothing stored yet"
+    for seq in (1, 2, 4):
+        add(seq)
+    add(3, device="d2")  # another device's seq fills no gap
+    assert store.advance_mark(FLEET, "d1") == 2, "the missing 3 holds the mark"
+    store.refuse_seq(FLEET, "d1", 3)  # refused for good: resending it would not help
+    assert store.advance_mark(FLEET, "d1") == 4
+    add(7)
+    assert store.advance_mark(FLEET, "d1") == 4
+    assert store.advance_mark(FLEET, "d1", first_pending=6) == 5, "5 given up by the agent; 6 not stored"
+    assert store.advance_mark(FLEET, "d1", first_pending=7) == 7
+    assert store.advance_mark(FLEET, "d1", first_pending=2) == 7, "the mark never goes back"
+    add(3)  # stored after it was refused (a fixed controller): counted once
+    assert Store(tmp_path / "db.sqlite").advance_mark(FLEET, "d1") == 7, "kept in the database"
+    assert store.advance_mark(FLEET, "d2") == 0 and store.advance_mark("other", "d1") == 0
 
 
 # --- the controller against a real broker ------------------------------------
@@ -152,6 +180,43 @@ def test_duplicates_are_stored_once_and_bad_messages_are_kept_with_a_reason(brok
         controller.stop()
 
 
+def test_alerts_are_confirmed_after_the_commit_up_to_the_first_gap(broker, keys, tmp_path):
+    """Old agents (no first_pending) are confirmed too; they simply do not listen."""
+    controller = make_controller(broker.host, broker.port, tmp_path, keys.private, k_devices=99)
+    controller.start()
+    seen: list[tuple[int, list[int]]] = []  # (stored_through, seqs committed when the confirmation arrived)
+
+    def on_ack(stored_through: int) -> None:
+        with sqlite3.connect(tmp_path / "controller.sqlite") as db:  # its own connection: committed rows only
+            seen.append((stored_through, [r[0] for r in db.execute("SELECT seq FROM alerts ORDER BY seq")]))
+
+    agent = Listener(broker.host, broker.port, [topic(PREFIX, FLEET, "dev1", "alerts/ack")])
+    agent.client.on_message = lambda c, u, m: on_ack(parse_alerts_ack(m.payload, FLEET, "dev1"))
+    pub = Listener(broker.host, broker.port, [])
+    alerts = topic(PREFIX, FLEET, "dev1", "alerts")
+    try:
+        wait_until(controller.ready.is_set, "controller connected")
+        steps = [  # what the agent publishes -> the confirmation it gets
+            (raw_alert("dev1", 1, "192.0.2.1"), 1),
+            (raw_alert("dev1", 2, "192.0.2.1"), 2),
+            (raw_alert("dev1", 4, "192.0.2.1"), 2),  # 3 is missing
+            (raw_alert("dev1", 4, "192.0.2.1"), 2),  # a duplicate is confirmed too (its confirmation got lost)
+            ({**raw_alert("dev1", 3, "192.0.2.1"), "class": "bad"}, 4),  # refused for good: no longer awaited
+            ({**raw_alert("dev1", 9, "192.0.2.1"), "first_pending": 8}, 7),  # 5..7 given up, 8 still pending
+            ({**raw_alert("dev1", 8, "192.0.2.1"), "first_pending": 8}, 9),
+        ]
+        for i, (doc, stored_through) in enumerate(steps):
+            pub.publish(alerts, canonical_json(doc))
+            wait_until(lambda: len(seen) > i, f"confirmation {i + 1}")
+            assert seen[i][0] == stored_through, (i, seen)
+        assert all(set(range(1, mark + 1)) - {3, 5, 6, 7} <= set(stored) for mark, stored in seen), seen
+        assert controller.stats.confirmations == len(steps)
+    finally:
+        for client in (agent, pub):
+            client.close()
+        controller.stop()
+
+
 def test_blocks_expire_into_a_new_version(broker, keys, tmp_path):
     controller = make_controller(broker.host, broker.port, tmp_path, keys.private, k_devices=1, block_ttl_s=0.5)
     controller.start()
@@ -206,7 +271,7 @@ def test_cli_keygen_block_unblock_listings_and_model_push(broker, tmp_path):
     try:
         wait_until(lambda: agent.ready, "agent subscribed")
         out = cli("block", "192.0.2.0/24", "--fleet", FLEET, "--reason", "botnet C2", *common).stdout
-        assert re.search(r"rule set v\d+ \(1 rules\) published", out), out
+        assert re.search(r"rule set v\d+ \(1 rule\) published", out), out
         wait_until(lambda: len(recorder.versions()) == 1, "agent applied the first version")
         assert recorder.applied[0].rules[0].reason == "botnet C2" and recorder.applied[0].rules[0].expires is None
         cli("block", "2001:db8::/32", "--fleet", FLEET, "--ttl", "600", *common)
