@@ -17,11 +17,12 @@ from agent.capture.interface import CaptureError
 from agent.capture.packets import DecodeStats
 from agent.capture.pcap import CaptureFormatError
 from agent.config import ConfigError
+from agent.console import broken_pipe, output_file, program_name, version_text
 from agent.detect.anomaly import AnomalyModelError
 from agent.detect.model import BundleError
 from agent.features.columns import COLUMNS
 from agent.features.csv_file import FeatureCSVError
-from agent.profile import ProfileError
+from agent.profile import ProfileError, shipped_profiles
 
 log = logging.getLogger("agent")
 
@@ -35,15 +36,11 @@ def cmd_features(args: argparse.Namespace) -> int:
     from agent.pipeline import features_from_capture
 
     stats = DecodeStats()
-    out = sys.stdout if args.output == "-" else open(args.output, "w", newline="")
-    try:
+    with output_file(args.output, newline="") as out:
         out.write(",".join(("index",) + COLUMNS) + "\n")
         for fb in features_from_capture(args.capture, stats, batch_size=args.batch_size):
             rows = np.column_stack([fb.packets.index.astype(np.float64), fb.features])
             np.savetxt(out, rows, delimiter=",", fmt=["%d"] + ["%.17g"] * len(COLUMNS))
-    finally:
-        if out is not sys.stdout:
-            out.close()
     _report_skipped(stats)
     return 0
 
@@ -61,6 +58,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from agent.detect.anomaly import load_anomaly
     from agent.detect.decide import DecisionConfig, DecisionLayer
     from agent.pipeline import detect_capture
+    from agent.report import counted, describe_verdict
 
     classifier = _classifier(args)
     anomaly = load_anomaly("report" if args.anomaly == "on" else "off", args.anomaly_model)
@@ -68,7 +66,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     result = detect_capture(args.capture, classifier, decision, keep_per_packet=True, anomaly=anomaly)
     if args.per_packet:
         # label: what the whole pipeline says of the packet (Detection.final_labels); model_label: the model's.
-        with open(args.per_packet, "w") as fh:
+        with output_file(args.per_packet) as fh:
             fh.write("index,label,confidence,model_label\n")
             names = np.asarray(VERDICT_LABELS)[result.final_labels()]
             model_names = np.asarray(LABELS)[result.labels]
@@ -99,15 +97,16 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(json.dumps({"type": "summary", **summary}))
     else:
         for v in result.verdicts:
-            print(v.describe())
+            print(describe_verdict(v))
         print(
-            f"summary: {result.packets} packets ({result.stats.total_skipped} skipped), "
-            f"{summary['hostile_sources']} hostile sources, {summary['spoofed_floods']} spoofed floods; "
+            f"summary: {counted(result.packets, 'packet')} ({result.stats.total_skipped} skipped), "
+            f"{counted(summary['hostile_sources'], 'hostile source')}, {counted(summary['spoofed_floods'], 'spoofed flood')}; "
             f"per packet: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
             + " (model alone: " + ", ".join(f"{k} {v}" for k, v in model_counts.items() if v) + ")"
             + f"; model {summary['model']} on {summary['runtime']}"
         )
-    return 0
+    # A script or CI job can gate on the verdict: 1 when anything was judged hostile (2 stays "error").
+    return 1 if args.fail_on_detect and result.verdicts else 0
 
 
 def cmd_classify_features(args: argparse.Namespace) -> int:
@@ -117,14 +116,10 @@ def cmd_classify_features(args: argparse.Namespace) -> int:
     rows = read_feature_csv(args.features_csv)
     classifier = _classifier(args)
     labels, confidence = classifier.predict(rows)
-    out = sys.stdout if args.output == "-" else open(args.output, "w")
-    try:
+    with output_file(args.output) as out:
         out.write("row,label,confidence\n")
         for i, (k, c) in enumerate(zip(labels.tolist(), confidence.tolist())):
             out.write(f"{i},{LABELS[k]},{c:.4f}\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
     return 0
 
 
@@ -132,19 +127,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from pathlib import Path
+
+    from agent.capture.interface import interface_index
     from agent.config import load_config
     from agent.live import LiveAgent
     from agent.profile import load_profile
+    from agent.util import removed_on_failure
 
     profile = load_profile(args.profile)
     config = load_config(args.config)
     LiveAgent.check_privileges(args.enforcement or profile.enforcement)
-    agent = LiveAgent(profile, config, interface=args.interface, enforcement=args.enforcement)
+    interface_index(args.interface or profile.interface)  # a typo stops us before anything is created
     stop, reload_request = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload_request.set())
-    agent.start()
+    # The fleet link makes its folders under the state folder as it is built: a failed start takes them back.
+    with removed_on_failure(Path(config.state_dir)):
+        agent = LiveAgent(profile, config, interface=args.interface, enforcement=args.enforcement)
+        agent.start()  # stops what it started when a stage fails
     try:
         agent.run(stop, reload_request, reload_config=lambda: load_config(args.config))
     finally:
@@ -169,8 +171,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m agent", description="IoTGuard agent: on-board Mirai detection.")
+    parser = argparse.ArgumentParser(prog=program_name("python -m agent"), description="IoTGuard agent: on-board Mirai detection.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("features", help="write the 115 N-BaIoT features of every decoded packet of a capture as CSV")
@@ -193,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anomaly", choices=("on", "off"), default="on",
                    help="run the anomaly detector beside the model; its verdicts are labelled anomaly (default: on)")
     p.add_argument("--anomaly-model", default="", help="anomaly model file (default: the bundled one)")
+    p.add_argument("--fail-on-detect", action="store_true",
+                   help="exit with status 1 when any verdict is reported (anomaly verdicts too; --anomaly off "
+                        "leaves them out), 0 when none; errors stay status 2")
     add_model_options(p)
     p.set_defaults(func=cmd_detect)
 
@@ -203,14 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_classify_features)
 
     p = sub.add_parser("run", help="run the live agent on an interface until SIGTERM/SIGINT (SIGHUP reloads)")
-    p.add_argument("--profile", required=True, help="firmware profile: a name in firmware_profiles/ or a TOML path")
+    p.add_argument("--profile", required=True, help=f"firmware profile: {', '.join(shipped_profiles())} or a TOML path")
     p.add_argument("--interface", help="capture interface (default: the profile's)")
     p.add_argument("--config", help="agent configuration TOML (state_dir, allowlist, mqtt, ...)")
     p.add_argument("--enforcement", choices=("nftables", "none"), help="override the profile's enforcement backend")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("doctor", help="check this board: runtime, model, interface, capabilities, nftables, broker, certificates")
-    p.add_argument("--profile", required=True, help="firmware profile: a name in firmware_profiles/ or a TOML path")
+    p.add_argument("--profile", required=True, help=f"firmware profile: {', '.join(shipped_profiles())} or a TOML path")
     p.add_argument("--interface", help="capture interface (default: the profile's)")
     p.add_argument("--config", help="agent configuration TOML")
     p.set_defaults(func=cmd_doctor)
@@ -231,6 +237,8 @@ def run_command(func, args: argparse.Namespace) -> int:
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (... | head): not a failure of ours worth a traceback
+        return broken_pipe()
 
 
 def main(argv: list[str] | None = None) -> int:

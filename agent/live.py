@@ -20,7 +20,7 @@ from agent.act.allowlist import effective_allowlist
 from agent.act.enforce import Enforcer, make_enforcer
 from agent.act.filter import RuleTable
 from agent.act.respond import Responder, ResponseConfig
-from agent.capture.interface import LiveCapture
+from agent.capture.interface import LiveCapture, interface_index
 from agent.capture.packets import LABELS, DecodeStats, FrameBatch
 from agent.capture.parse import parse_frames
 from agent.config import AgentConfig
@@ -106,19 +106,35 @@ class LiveAgent:
         require(caps, "to capture traffic and install kernel drop rules")
 
     def check(self) -> None:
+        """What start() needs, checked before it creates anything (state folder, kernel table)."""
         self.check_privileges(self.enforcement)
+        interface_index(self.interface)
         self.enforcer.check()
 
     def start(self) -> None:
+        """Start every stage, or (on failure) none: what was started is stopped again, and the error raised."""
         self.check()
         Path(self.config.state_dir).mkdir(parents=True, exist_ok=True)
-        self.enforcer.start()
-        loaded = self.responder.restore()
-        log.info("agent on %s: %d saved rules re-applied, enforcement %s", self.interface, loaded, self.enforcement)
-        blocks = self.profile.capture_ring_kb // RING_BLOCK_KB
-        self.capture = LiveCapture(self.interface, block_size=RING_BLOCK_KB * 1024, block_count=blocks, snaplen=256).open()
-        if self.fleet is not None:
-            self.fleet.start()
+        undo = []  # what to stop if a later stage fails; each stop is safe on a stage that did not start
+        try:
+            undo.append(self.enforcer.stop)
+            self.enforcer.start()
+            loaded = self.responder.restore()
+            log.info("agent on %s: %d saved rules re-applied, enforcement %s", self.interface, loaded, self.enforcement)
+            blocks = self.profile.capture_ring_kb // RING_BLOCK_KB
+            self.capture = LiveCapture(self.interface, block_size=RING_BLOCK_KB * 1024, block_count=blocks, snaplen=256).open()
+            undo.append(self.capture.close)
+            if self.fleet is not None:
+                undo.append(self.fleet.stop)
+                self.fleet.start()
+        except BaseException:
+            for step in reversed(undo):
+                try:
+                    step()
+                except Exception as exc:  # the start's own error is the one to report
+                    log.warning("while undoing a failed start: %s", exc)
+            self.capture = None
+            raise
 
     def reload(self, config: AgentConfig) -> None:
         """SIGHUP: new allowlist, thresholds and anomaly mode, rules re-read from disk and re-applied."""

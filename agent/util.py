@@ -82,6 +82,24 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
             os.close(fd)
 
 
+@contextlib.contextmanager
+def removed_on_failure(directory: Path) -> Iterator[None]:
+    """If the body fails, remove ``directory`` and the parents of it that did not exist before, as long as
+    they hold nothing but empty folders (files are never deleted): a start that failed leaves no state
+    folder behind that was not there before."""
+    directory = Path(directory).absolute()
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    try:
+        yield
+    except BaseException:
+        if missing:
+            top = missing[-1]  # the outermost folder the body may have created
+            for folder, _, _ in os.walk(top, topdown=False):  # children before their parents
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)  # only empty folders go
+        raise
+
+
 # --- Give freed heap memory back to the kernel (glibc keeps it otherwise, and RSS only grows) ---
 # The feature stage allocates and frees many medium-sized numpy temporaries per
 # batch; glibc's allocator keeps the freed pages in its arenas, so a long run's

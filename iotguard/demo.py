@@ -25,6 +25,7 @@ from agent.capture.packets import LABELS
 from agent.detect.decide import DecisionLayer
 from agent.detect.model import Classifier, load_bundle
 from agent.pipeline import detect_capture
+from agent.report import counted, describe_verdict
 
 SAMPLE = Path(agent.__file__).with_name("samples") / "mirai_demo.pcap"
 
@@ -44,9 +45,9 @@ def run_demo(capture: Path = SAMPLE, model: str | None = None, runtime: str = "a
     print(f"capture {capture.name}: {result.packets} packets, model {bundle.version} on {classifier.runtime}")
     if result.stats.total_skipped:
         print(result.stats.summary(), file=sys.stderr)
-    print(f"\n{len(result.verdicts)} verdicts:")
+    print(f"\n{counted(len(result.verdicts), 'verdict')}:")
     for v in result.verdicts:
-        print("  " + v.describe())
+        print("  " + describe_verdict(v))
     truth = read_labels(capture)
     if truth is not None:
         y = np.array([truth[i] for i in result.index.tolist()])
@@ -80,7 +81,7 @@ def fleet_round_trip(verdicts: list, timeout: float = 30.0) -> int:
     from controller.service import BrokerSettings, ControllerConfig, ControllerService
 
     sources = [v for v in verdicts if v.kind == "source"]
-    print(f"\nfleet loop: {len(sources)} hostile sources to report")
+    print(f"\nfleet loop: {counted(len(sources), 'hostile source')} to report")
     with tempfile.TemporaryDirectory(prefix="iotguard-demo-") as tmp:
         tmp = Path(tmp)
         try:
@@ -118,11 +119,11 @@ def fleet_round_trip(verdicts: list, timeout: float = 30.0) -> int:
             elapsed = time.time() - start
             time.sleep(0.5)  # let the acknowledgement reach the controller
             store = service.store
-            print(f"  controller stored {store.count('alerts')} alerts")
+            print(f"  controller stored {counted(store.count('alerts'), 'alert')}")
             for rs in store.rulesets("demo")[:1]:
                 acks = store.acks("demo", rs["target"], rs["version"])
                 who = ", ".join("{} ({})".format(a["device"], a["status"]) for a in acks) or "nobody yet"
-                print(f"  controller signed rule set '{rs['target']}' v{rs['version']} with {rs['rules']} rules; acknowledged by: {who}")
+                print(f"  controller signed rule set '{rs['target']}' v{rs['version']} with {counted(rs['rules'], 'rule')}; acknowledged by: {who}")
             applied = sorted(str(r.network) for r in rules.rules("all"))
             ok = wanted <= {a.split("/")[0] for a in applied}
             print(f"  agent applied the fleet rules: {', '.join(applied) or 'none'}")

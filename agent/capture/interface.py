@@ -140,6 +140,14 @@ class CaptureError(RuntimeError):
     """Live capture could not start or continue; the message says why."""
 
 
+def interface_index(name: str) -> int:
+    """The interface's index in this network namespace; CaptureError naming it when there is none."""
+    try:
+        return socket.if_nametoindex(name)
+    except (OSError, ValueError):  # ValueError: a name with a NUL byte
+        raise CaptureError(f"network interface {name!r} does not exist (in this network namespace)") from None
+
+
 class _SockFilter(ctypes.Structure):
     _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
 
@@ -291,12 +299,7 @@ class LiveCapture:
             return self
         if not has_capability("CAP_NET_RAW"):
             raise PrivilegeError(["CAP_NET_RAW"], "to open an AF_PACKET socket for live capture")
-        try:
-            ifindex = socket.if_nametoindex(self.interface)
-        except OSError:
-            raise CaptureError(
-                f"network interface {self.interface!r} does not exist (in this network namespace)"
-            ) from None
+        ifindex = interface_index(self.interface)
         try:
             # Protocol 0: the socket receives nothing until bind(), so no frame
             # arrives before the ring and the snap length filter are in place.

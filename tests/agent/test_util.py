@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from agent.util import TMP_PREFIX, atomic_path, hash_words, write_atomically
+from agent.util import TMP_PREFIX, atomic_path, hash_words, removed_on_failure, write_atomically
 
 
 def test_an_atomic_write_replaces_the_file_whole_with_its_mode(tmp_path):
@@ -27,6 +27,27 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path
             tmp.write_bytes(b"half")
             raise OSError(28, "No space left on device")
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["rules.json"]
+
+
+def test_a_failed_start_takes_back_the_folders_it_created_but_never_files(tmp_path):
+    state = tmp_path / "var" / "lib" / "iotguard"
+    with pytest.raises(RuntimeError):
+        with removed_on_failure(state):
+            (state / "mqtt" / "pending").mkdir(parents=True)
+            raise RuntimeError("capture failed")
+    assert list(tmp_path.iterdir()) == [], "every folder the body made is gone, up to the first that existed"
+
+    with pytest.raises(RuntimeError):
+        with removed_on_failure(state):
+            (state / "mqtt").mkdir(parents=True)
+            (state / "rules.json").write_text("{}")
+            raise RuntimeError("capture failed")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "var", "var/lib", "var/lib/iotguard", "var/lib/iotguard/rules.json"]  # fmt: skip
+
+    with removed_on_failure(state):  # success, and a folder that existed: nothing removed
+        (state / "mqtt").mkdir()
+    assert (state / "mqtt").is_dir()
 
 
 def test_stream_key_hashes_are_stable_and_order_sensitive():

@@ -23,8 +23,8 @@ def run_demo(*options: str) -> str:
 
 
 def verdict_lines(out: str) -> list[str]:
-    """The lines under "N verdicts:", up to the blank line after them."""
-    match = re.search(r"^(\d+) verdicts:\n((?:  .*\n)*)", out, re.MULTILINE)
+    """The lines under "N verdicts:" ("1 verdict:"), up to the blank line after them."""
+    match = re.search(r"^(\d+) verdicts?:\n((?:  .*\n)*)", out, re.MULTILINE)
     assert match, out
     lines = [line.strip() for line in match.group(2).splitlines()]
     assert len(lines) == int(match.group(1))

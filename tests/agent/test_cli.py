@@ -1,0 +1,127 @@
+"""``python -m agent`` as a user runs it: errors are one line on standard error with a non-zero status and leave
+nothing half-written; ``detect`` prints times in ISO 8601, names its latency and can fail on a detection."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+import agent
+from lab import REPO, netns
+
+SAMPLE = REPO / "agent" / "samples" / "mirai_demo.pcap"
+ENV = dict(os.environ, PYTHONPATH=str(REPO), TZ="UTC")
+
+
+def run_agent(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent", *args], cwd=cwd, env=ENV, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
+def one_error_line(stderr: str, *, after_logs: bool = False) -> str:
+    """The single line a failed command writes (after INFO log lines when the model was loaded first)."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if not (after_logs and line.startswith("INFO"))]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+def test_version_is_the_packages():
+    done = run_agent("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"python -m agent {agent.__version__}"
+
+
+def test_features_into_a_closed_pipe_ends_with_one_line(tmp_path):
+    # What `python -m agent features X.pcap | head -1` does: the reader leaves after the first line.
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "features", str(SAMPLE)], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline().startswith("index,MI_dir_L5_weight,")
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, stderr  # 128 + SIGPIPE, what a shell shows for `... | head`
+    assert one_error_line(stderr) == "error: output closed before the end (broken pipe)"
+
+
+def test_a_capture_given_as_features_csv_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "labels.csv"
+    done = run_agent("classify-features", str(SAMPLE), "-o", str(out))
+    assert done.returncode == 2
+    assert "not a text CSV file" in one_error_line(done.stderr)
+    assert not out.exists()
+
+
+def test_features_of_a_file_that_is_no_capture_leave_no_output_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a capture at all, just some words in a text file\n")
+    out = tmp_path / "features.csv"
+    done = run_agent("features", str(tmp_path / "notes.txt"), "-o", str(out))
+    assert done.returncode == 2
+    one_error_line(done.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"], "no half-written CSV, no temporary file"
+
+
+def test_features_to_a_file_are_complete(tmp_path):
+    """The output written beside and renamed at the end is the whole CSV."""
+    out = tmp_path / "features.csv"
+    done = run_agent("features", str(SAMPLE), "-o", str(out), "--batch-size", "20000")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.csv"]
+    with open(out) as fh:
+        rows = sum(1 for _ in fh) - 1
+    assert f"{rows} packets decoded" in done.stderr
+
+
+def synth(tmp_path: Path, scenario: str, seconds: str) -> Path:
+    out = tmp_path / f"{scenario}.pcap"
+    subprocess.run([sys.executable, "-m", "convert", "synth", "--scenario", scenario, "--seconds", seconds,
+                    "--seed", "1", "-o", str(out)], cwd=REPO, env=ENV, check=True, capture_output=True)  # fmt: skip
+    return out
+
+
+def test_fail_on_detect_gates_on_verdicts(tmp_path):
+    hostile = run_agent("detect", str(SAMPLE), "--fail-on-detect")
+    assert hostile.returncode == 1, hostile.stderr
+    assert "Traceback" not in hostile.stderr
+    quiet = run_agent("detect", str(synth(tmp_path, "lan_services", "20")), "--fail-on-detect")
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert "0 hostile sources, 0 spoofed floods" in quiet.stdout
+    assert run_agent("detect", str(SAMPLE)).returncode == 0, "without the option a detection is no failure"
+
+
+def test_detect_prints_iso_times_and_names_the_latency():
+    verdicts = [json.loads(line) for line in run_agent("detect", str(SAMPLE), "--jsonl").stdout.splitlines()]
+    verdicts = [v for v in verdicts if v["type"] == "verdict"]
+    lines = run_agent("detect", str(SAMPLE)).stdout.splitlines()[: len(verdicts)]
+    assert verdicts and len(lines) == len(verdicts)
+    for v, line in zip(verdicts, lines):
+        first = datetime.fromtimestamp(v["first_seen"]).astimezone().isoformat(timespec="milliseconds")
+        last = datetime.fromtimestamp(v["last_seen"]).astimezone().isoformat(timespec="milliseconds")
+        assert f" first {first} last {last} " in line, line
+        assert first.endswith("+00:00")  # TZ=UTC: local time, offset included
+        whose = "flood's" if v["kind"] == "spoofed" else "source's"
+        assert line.endswith(f" latency {v['latency_s'] * 1000:.1f} ms since the {whose} first packet"), line
+        assert str(v["first_seen"]) not in line, "unix seconds are for the JSON output"
+
+
+@pytest.mark.slow
+@pytest.mark.netns
+@pytest.mark.skipif(netns.skip_reason() is not None, reason=str(netns.skip_reason()))
+def test_run_on_a_missing_interface_creates_nothing(tmp_path):
+    """No state folder and no kernel table are left behind (checked in a namespace of its own)."""
+    state = tmp_path / "var" / "lib" / "iotguard"
+    config = tmp_path / "agent.toml"
+    config.write_text(f'state_dir = "{state}"\n')
+    with netns.namespace("run") as ns:
+        done = ns.run(sys.executable, "-m", "agent", "run", "--profile", "x86_64-gateway", "--interface", "nosuch0",
+                      "--config", str(config), "--enforcement", "nftables", check=False, env=ENV, cwd=REPO)  # fmt: skip
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert one_error_line(done.stderr, after_logs=True) == (
+            "error: network interface 'nosuch0' does not exist (in this network namespace)"
+        )
+        assert "iotguard" not in ns.run("nft", "list", "tables").stdout
+    assert not (tmp_path / "var").exists()
