@@ -16,30 +16,37 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from agent import __version__
 from agent.wire import DEFAULT_PREFIX, generate_key, key_id, load_private_key, save_keypair
 from controller.broker import AmqttBroker, BrokerError, start_embedded_broker
 from controller.certs import write_pki
 from controller.policy import PolicyConfig
-from controller.service import (
-    BrokerSettings,
-    ControllerConfig,
-    ControllerService,
-    FleetRules,
-    publish_once,
-)
+from controller.oneshot import broker_session
+from controller.service import BrokerSettings, ControllerConfig, ControllerService, FleetRules
 from controller.store import Store
 
 log = logging.getLogger("controller")
 
 DEFAULT_DB = "iotguard-controller.sqlite"
 DEFAULT_KEY = "signing.key"
+CONTROLLER_TABLES = {"devices", "alerts", "rulesets"}  # what tells the controller's database from another
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer killed by a closed pipe
+
+
+class UsageError(Exception):
+    """What the user asked for cannot be done; the message says why (one line, exit status 2)."""
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -83,8 +90,44 @@ def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -
         print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
 
 
-def _when(ts: float | None) -> str | None:
-    return None if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun if n == 1 else noun + 's'}"
+
+
+def _when(ts: float | None, as_json: bool = False) -> str | None:
+    """Local time: ISO 8601 with the UTC offset in tables; the JSON output keeps its established format."""
+    if ts is None:
+        return None
+    if as_json:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+def _check_database(path: Path) -> None:
+    """An existing file given as --db must be the controller's database: neither read as one nor written to
+    (the schema added to it) when it is some other file."""
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"{path}: not an SQLite database ({exc})") from None
+    if tables and not CONTROLLER_TABLES <= tables:
+        raise UsageError(f"{path}: an SQLite database, but not the controller's (no {', '.join(sorted(CONTROLLER_TABLES - tables))} table)")
+
+
+def _database(args: argparse.Namespace, view: bool = False) -> Path:
+    """--db, checked; a read-only ``view`` needs an existing database (it must not create one: a wrong folder
+    or a forgotten --db would show an empty fleet and leave a stray database behind)."""
+    path = Path(args.db)
+    if path.exists():
+        _check_database(path)
+    elif view:
+        how = "give --db FILE" if str(path) == DEFAULT_DB else "check the path"
+        raise UsageError(f"no controller database at {path} ({how}: the file that 'run' keeps its fleet in)")
+    return path
 
 
 # --- commands ----------------------------------------------------------------
@@ -108,12 +151,13 @@ def cmd_certs(args: argparse.Namespace) -> int:
         args.out, _names(args.devices), _names(args.controllers), fleet=args.fleet, prefix=args.prefix,
         listen_host=host, port=port, hosts=tuple(_names(args.hosts)),
     )
-    print(f"wrote CA, broker, {len(issued) - 2} client certificates, mosquitto.conf and acl to {args.out}")
+    print(f"wrote CA, broker, {_counted(len(issued) - 2, 'client certificate')}, mosquitto.conf and acl to {args.out}")
     print(f"start the broker with: mosquitto -c {args.out / 'mosquitto.conf'}  (keep {issued['ca'].key} offline)")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    _database(args)
     broker = None
     if args.broker is None:
         try:
@@ -148,10 +192,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    rows = Store(args.db).devices(args.fleet)
+    rows = Store(_database(args, view=True)).devices(args.fleet)
     for r in rows:
         status = r.pop("status") or {}
-        r["last_seen"] = _when(r["last_seen"])
+        r["last_seen"] = _when(r["last_seen"], args.json)
         for k in ("packets_per_s", "drops", "model_version", "ruleset_version", "alerts_queued", "alerts_dropped"):
             r[k] = status.get(k)
     _print_rows(rows, ["fleet", "device", "state", "last_seen", "packets_per_s", "drops", "model_version",
@@ -160,67 +204,70 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    rows = Store(args.db).recent_alerts(args.limit, args.fleet)
+    rows = Store(_database(args, view=True)).recent_alerts(args.limit, args.fleet)
     for r in rows:
-        r["received"] = _when(r["received_at"])
+        r["received"] = _when(r["received_at"], args.json)
     _print_rows(rows, ["received", "fleet", "device", "seq", "class", "confidence", "source_ip", "victim_ip",
                        "packets", "action"], args.json)
     return 0
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
-    store = Store(args.db)
+    store = Store(_database(args, view=True))
     rows = store.rulesets(args.fleet, args.limit)
     for r in rows:
-        r["issued"] = _when(r["issued_at"])
+        r["issued"] = _when(r["issued_at"], args.json)
     _print_rows(rows, ["fleet", "target", "version", "issued", "rules", "applied", "rejected"], args.json)
     if args.blocks and args.fleet:
-        blocks = [vars(b) | {"expires": _when(b.expires)} for b in store.blocks(args.fleet, time.time())]
+        blocks = [vars(b) | {"expires": _when(b.expires, args.json)} for b in store.blocks(args.fleet, time.time())]
         print()
         _print_rows(blocks, ["source", "origin", "reason", "expires"], args.json)
     return 0
 
 
-def _fleet_rules(args: argparse.Namespace, outbox: list) -> FleetRules:
-    return FleetRules(Store(args.db), load_private_key(args.key), args.prefix, lambda t, p, r: outbox.append((t, p, r)))
+@contextmanager
+def _fleet_rules(args: argparse.Namespace) -> Iterator[FleetRules]:
+    """Database and key first, then the broker, all before anything changes.  Each message is published
+    inside the database transaction that records it and waits for the broker's acknowledgement, so a rule
+    set or block the broker did not take is rolled back: nothing is recorded as issued unless published."""
+    db, key = _database(args), load_private_key(args.key)
+    with broker_session(_broker_settings(args), f"iotguard-cli-{time.time_ns()}") as session:
+        yield FleetRules(Store(db), key, args.prefix, session.publish)
 
 
 def cmd_block(args: argparse.Namespace) -> int:
-    outbox: list = []
-    ruleset = _fleet_rules(args, outbox).block(args.fleet, args.source, args.reason, args.ttl)
-    publish_once(_broker_settings(args), f"iotguard-cli-{time.time_ns()}", outbox)
-    print(f"blocked {args.source} in fleet {args.fleet}: rule set v{ruleset.version} ({len(ruleset.rules)} rules) published")
+    with _fleet_rules(args) as rules:
+        ruleset = rules.block(args.fleet, args.source, args.reason, args.ttl)
+    print(f"blocked {args.source} in fleet {args.fleet}: rule set v{ruleset.version} ({_counted(len(ruleset.rules), 'rule')}) published")
     return 0
 
 
 def cmd_unblock(args: argparse.Namespace) -> int:
-    outbox: list = []
-    ruleset = _fleet_rules(args, outbox).unblock(args.fleet, args.source)
+    with _fleet_rules(args) as rules:
+        ruleset = rules.unblock(args.fleet, args.source)
     if ruleset is None:
         print(f"{args.source} is not blocked in fleet {args.fleet}")
         return 1
-    publish_once(_broker_settings(args), f"iotguard-cli-{time.time_ns()}", outbox)
-    print(f"unblocked {args.source} in fleet {args.fleet}: rule set v{ruleset.version} ({len(ruleset.rules)} rules) published")
+    print(f"unblocked {args.source} in fleet {args.fleet}: rule set v{ruleset.version} ({_counted(len(ruleset.rules), 'rule')}) published")
     return 0
 
 
 def cmd_push_model(args: argparse.Namespace) -> int:
-    outbox: list = []
-    rules = _fleet_rules(args, outbox)
-    devices = _names(args.devices) if args.devices else [d["device"] for d in rules.store.devices(args.fleet)]
-    if not devices:
-        print(f"no devices known in fleet {args.fleet}; name them with --devices")
-        return 1
-    meta = json.loads(args.meta.read_text())
-    version = rules.push_model(args.fleet, devices, meta, args.tflite.read_bytes(), args.version)
-    publish_once(_broker_settings(args), f"iotguard-cli-{time.time_ns()}", outbox)
-    print(f"model v{version} sent to {len(devices)} devices of fleet {args.fleet}")
+    meta, tflite = json.loads(args.meta.read_text()), args.tflite.read_bytes()  # read before connecting
+    with _fleet_rules(args) as rules:
+        devices = _names(args.devices) if args.devices else [d["device"] for d in rules.store.devices(args.fleet)]
+        if not devices:
+            print(f"no devices known in fleet {args.fleet}; name them with --devices")
+            return 1
+        version = rules.push_model(args.fleet, devices, meta, tflite, args.version)
+    print(f"model v{version} sent to {_counted(len(devices), 'device')} of fleet {args.fleet}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m controller", description=__doc__,
+    parser = argparse.ArgumentParser(prog=_program_name(), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -292,12 +339,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _program_name() -> str:
+    """``iotguard-controller`` when run as the console script, else ``python -m controller``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name.startswith("iotguard-") else "python -m controller"
+
+
+def _broken_pipe() -> int:
+    """Standard output closed early (``... | head``): one line, and no second failure when Python flushes it."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    print("error: output closed before the end (broken pipe)", file=sys.stderr)
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except BrokenPipeError:
+        return _broken_pipe()
+    except sqlite3.DatabaseError as exc:  # e.g. a database damaged after the check at start
+        print(f"error: database {getattr(args, 'db', '')}: {exc}", file=sys.stderr)
+        return 2
+    except (UsageError, OSError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
