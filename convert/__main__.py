@@ -7,17 +7,32 @@ Subcommands:
   anomaly       train the anomaly detector on benign traffic (default: agent/model/anomaly.json)
   real-check    the model on the real captures and N-BaIoT rows in ../shared/data
   demo-capture  rebuild the capture the agent's demo runs on
+
+Default outputs are the repository's own files in a source checkout and folders under the current
+directory in a normal install (convert/paths.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from pathlib import Path
 
+from agent.capture.pcap import CaptureFormatError
+from agent.console import broken_pipe, program_name, version_text
+from agent.detect.model import BundleError
+from agent.features.csv_file import FeatureCSVError
+
+from .paths import default_output, default_shared_data
+
 log = logging.getLogger("convert")
+
+
+class UsageError(Exception):
+    """What the user asked for cannot be done; the message says why (one line, exit status 2)."""
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -33,6 +48,13 @@ def _synth(args: argparse.Namespace) -> int:
         return 2
     if args.scenario not in SCENARIOS:
         print(f"synth: unknown scenario {args.scenario!r}; see --list", file=sys.stderr)
+        return 2
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        print(f"synth: --seconds must be a positive number of seconds, got {args.seconds:g}", file=sys.stderr)
+        return 2
+    folder = Path(args.output).parent
+    if not folder.is_dir():  # checked first: a typo in the path must not cost a whole synthesis, nor make folders
+        print(f"synth: {folder}: no such directory (create it first)", file=sys.stderr)
         return 2
     try:
         options = _option_space(args)
@@ -125,18 +147,30 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     anomaly.add_arguments(p)
     p.set_defaults(func=anomaly.run)
     p = sub.add_parser("real-check", help="score a model bundle on the real captures and N-BaIoT rows of ../shared/data")
-    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    p.add_argument("--data", type=Path, default=default_shared_data(),
+                   help="folder with real/ and nbaiot/ (default: %(default)s; $IOTGUARD_SHARED_DATA, else "
+                        "../shared/data beside a source checkout, else ./data)")
     p.add_argument("--model", help="bundle JSON (default: the agent's bundled model)")
     p.set_defaults(func=_real_check)
     p = sub.add_parser("demo-capture", help="rebuild agent/samples/mirai_demo.pcap (the agent demo's capture)")
+    p.add_argument("-o", "--output", type=Path, default=default_output("agent/samples/mirai_demo.pcap", "mirai_demo.pcap"),
+                   help="capture to write (default: %(default)s; the agent's own in a source checkout)")
     p.set_defaults(func=_demo_capture)
 
 
 def _real_check(args: argparse.Namespace) -> int:
     from agent.detect.model import Classifier, load_bundle
 
-    from .real_check import markdown, run
+    from .real_check import markdown, missing_files, run
 
+    # Checked before any work: one line saying what is missing, not a traceback half-way through.
+    hint = "give --data DIR holding real/ and nbaiot/, or set IOTGUARD_SHARED_DATA"
+    if not args.data.is_dir():
+        raise UsageError(f"real-check: no data folder at {args.data} ({hint})")
+    missing = missing_files(args.data)
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise UsageError(f"real-check: {missing[0]}{more} not found ({hint})")
     clf = Classifier(load_bundle(args.model) if args.model else load_bundle())
     print(markdown(run(args.data, clf)))
     return 0
@@ -145,18 +179,32 @@ def _real_check(args: argparse.Namespace) -> int:
 def _demo_capture(args: argparse.Namespace) -> int:
     from .demo_capture import make_demo_capture
 
-    print("wrote", make_demo_capture())
+    if not args.output.parent.is_dir():
+        raise UsageError(f"demo-capture: {args.output.parent}: no such directory")
+    print("wrote", make_demo_capture(args.output))
     return 0
 
 
+# Errors in what the user gave: one line on standard error, exit status 2, no traceback.
+USER_ERRORS = (UsageError, CaptureFormatError, FeatureCSVError, BundleError, FileNotFoundError, IsADirectoryError,
+               NotADirectoryError, PermissionError)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program_name("python -m convert"), description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
     _add_synth(sub)
     _add_build(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return broken_pipe()
 
 
 if __name__ == "__main__":

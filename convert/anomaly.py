@@ -33,6 +33,7 @@ from agent.features.columns import N_FEATURES
 from agent.pipeline import features_from_capture
 
 from .dataset import SynthJob, cache_file, save_cache, synth_features
+from .paths import default_output
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,9 @@ def build(recipe: AnomalyRecipe, benign_pcaps: list[Path] = (), synthetic: bool 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benign-pcap", type=Path, nargs="+", default=[], help="benign captures of your own network")
     p.add_argument("--no-synthetic", action="store_true", help="learn only from --benign-pcap captures")
-    p.add_argument("--out", type=Path, default=DEFAULT_MODEL.parent, help="output folder (default: the agent's model folder)")
+    p.add_argument("--out", type=Path, default=default_output("agent/model", "model"),
+                   help="output folder (default: %(default)s; the agent's model folder in a source checkout, "
+                        "./model in a normal install)")
     p.add_argument("--name", default=DEFAULT_MODEL.stem, help="file name without .json (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="processes for synthesis and features")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.capture.packets import LABELS
-from agent.detect.model import DEFAULT_BUNDLE, restrict_logits
+from agent.detect.model import restrict_logits
 
 from .dataset import (
     SPLITS,
@@ -34,6 +34,7 @@ from .dataset import (
     synth_rows,
 )
 from .metrics import score
+from .paths import default_output
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,9 @@ def _self_test_row(int8: np.ndarray, y: np.ndarray, c: int) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=str(DEFAULT_BUNDLE.parent), help="bundle directory (default: the agent's model folder)")
+    p.add_argument("--out", default=str(default_output("agent/model", "model")),
+                   help="bundle directory (default: %(default)s; the agent's model folder in a source checkout, "
+                        "./model in a normal install, whose own model is never overwritten)")
     p.add_argument("--name", default="default", help="bundle name (default: %(default)s)")
     p.add_argument("--seed", type=int, default=7, help="training seed (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=40)

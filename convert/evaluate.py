@@ -20,9 +20,9 @@ from agent.detect.model import restrict_logits
 
 from .baselines import baselines, stratified_subsample
 from .metrics import confusion, score
+from .paths import default_output, default_shared_data
 
 log = logging.getLogger(__name__)
-DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def _timed_predict(predict, X: np.ndarray) -> tuple[np.ndarray, float]:
@@ -141,7 +141,9 @@ def plots(results: list[dict], cm: np.ndarray, out: Path) -> list[Path]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=DOCS, help="where the table and plots go (default: docs/)")
+    p.add_argument("--out", type=Path, default=default_output("docs", "evaluation"),
+                   help="where the tables and plots go (default: %(default)s; docs/ in a source checkout, "
+                        "./evaluation in a normal install)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--test-rows", type=int, default=30_000, help="stratified test rows scored by every model")
@@ -149,7 +151,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", choices=("all", "baselines", "generalisation"), default="all",
                    help="baselines: the algorithms on the test scenarios (evaluation.md); generalisation: a model "
                         "trained without whole option values and backgrounds, tested on them (generalisation.md)")
-    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
+    p.add_argument("--data", type=Path, default=default_shared_data(),
                    help="the shared data folder, for the real benign captures (default: %(default)s)")
 
 

@@ -72,6 +72,14 @@ def capture_row(path: Path, clf: Classifier, expected: str, anomaly=None) -> Row
     return _row(path.name, result.labels, result.final_labels(), expected, result.verdicts, t0)
 
 
+def missing_files(shared_data: Path) -> list[Path]:
+    """The files the check reads that are not in ``shared_data`` (all of them when the folder is missing)."""
+    wanted = [shared_data / "real" / name for name in BENIGN_CAPTURES]
+    wanted += [shared_data / "real" / name for name, _ in ATTACK_CAPTURES]
+    wanted += [shared_data / "nbaiot" / name for name, _ in NBAIOT_ROWS]
+    return [path for path in wanted if not path.is_file()]
+
+
 def run(shared_data: Path, clf: Classifier, anomaly=None) -> list[Row]:
     rows = []
     for name in BENIGN_CAPTURES:
