@@ -1,13 +1,13 @@
 """Firmware profiles: what the agent may use on one board (DESIGN 8).
 
-A profile is a TOML file; the shipped ones are package data in ``agent/firmware_profiles/`` (one per
+A profile is a TOML file; the shipped ones are package data in ``firmware_profiles/`` (one per
 board), so a normal install, an editable one and a source checkout all find them.  The schema
 below is declared once as data (key, type, default, meaning); ``load_profile``
 checks a file against it and raises ``ProfileError`` naming the file, the key
 and the problem, so that a typo in a profile stops the agent at start-up
 instead of misbehaving on the board.
 
-    profile = load_profile("rpi-zero-2w")        # agent/firmware_profiles/rpi-zero-2w.toml
+    profile = load_profile("rpi-zero-2w")        # firmware_profiles/rpi-zero-2w.toml
     profile = load_profile("/etc/iotguard/board.toml")
 """
 
@@ -24,10 +24,10 @@ from agent.detect.model import INFER_BATCH
 from agent.features.engine import ENTRY_BYTES, Budgets
 from agent.validate import Check, Field, Invalid, fields, instance_of
 
-# Where bare profile names are looked up (override: IOTGUARD_PROFILE_DIR): the agent package's data, found
+# Where bare profile names are looked up (override: IOTGUARD_PROFILE_DIR): the firmware_profiles package's data, found
 # through importlib.resources so that it is wherever pip put the package.  The agent is installed as plain
 # files (never zipped: it needs its model and profiles as files), so the traversable is a real directory.
-PROFILE_DIR = Path(str(resources.files("agent").joinpath("firmware_profiles")))
+PROFILE_DIR = Path(str(resources.files("firmware_profiles")))
 
 REQUIRED = object()  # marks a key without default
 
@@ -124,7 +124,7 @@ class Profile:
 
 
 def profile_path(path_or_name: str | os.PathLike) -> Path:
-    """A bare name (no slash, no .toml) means a shipped profile: agent/firmware_profiles/NAME.toml."""
+    """A bare name (no slash, no .toml) means a shipped profile: firmware_profiles/NAME.toml."""
     text = os.fspath(path_or_name)
     if "/" not in text and not text.endswith(".toml"):
         base = Path(os.environ.get("IOTGUARD_PROFILE_DIR") or PROFILE_DIR)

@@ -17,7 +17,7 @@ import agent
 from agent.profile import shipped_profiles
 from lab import REPO
 
-PACKAGES = ("agent", "controller", "convert", "iotguard")
+PACKAGES = ("agent", "controller", "convert", "iotguard", "firmware_profiles")
 PROJECT_FILES = ("setup.cfg", "pyproject.toml", "README.md")
 
 
@@ -39,7 +39,7 @@ def installed(tmp_path_factory) -> Path:
     pip("wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp / "dist"), "./src", cwd=tmp)
     (wheel,) = (tmp / "dist").glob("iotguard-*.whl")
     with zipfile.ZipFile(wheel) as zf:
-        shipped = {Path(n).stem for n in zf.namelist() if n.startswith("agent/firmware_profiles/") and n.endswith(".toml")}
+        shipped = {Path(n).stem for n in zf.namelist() if n.startswith("firmware_profiles/") and n.endswith(".toml")}
     assert shipped == set(shipped_profiles()), "every firmware profile is package data"
     pip("install", "-q", "--no-deps", "--no-index", "--target", str(tmp / "site"), str(wheel), cwd=tmp)
     return tmp / "site"
