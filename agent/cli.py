@@ -58,7 +58,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from agent.detect.anomaly import load_anomaly
     from agent.detect.decide import DecisionConfig, DecisionLayer
     from agent.pipeline import detect_capture
-    from agent.report import counted, describe_verdict
+    from agent.report import counted
 
     classifier = _classifier(args)
     anomaly = load_anomaly("report" if args.anomaly == "on" else "off", args.anomaly_model)
@@ -97,7 +97,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(json.dumps({"type": "summary", **summary}))
     else:
         for v in result.verdicts:
-            print(describe_verdict(v))
+            print(v.describe())
         print(
             f"summary: {counted(result.packets, 'packet')} ({result.stats.total_skipped} skipped), "
             f"{counted(summary['hostile_sources'], 'hostile source')}, {counted(summary['spoofed_floods'], 'spoofed flood')}; "

@@ -25,7 +25,7 @@ from agent.capture.packets import LABELS
 from agent.detect.decide import DecisionLayer
 from agent.detect.model import Classifier, load_bundle
 from agent.pipeline import detect_capture
-from agent.report import counted, describe_verdict
+from agent.report import counted
 
 SAMPLE = Path(agent.__file__).with_name("samples") / "mirai_demo.pcap"
 
@@ -47,7 +47,7 @@ def run_demo(capture: Path = SAMPLE, model: str | None = None, runtime: str = "a
         print(result.stats.summary(), file=sys.stderr)
     print(f"\n{counted(len(result.verdicts), 'verdict')}:")
     for v in result.verdicts:
-        print("  " + describe_verdict(v))
+        print("  " + v.describe())
     truth = read_labels(capture)
     if truth is not None:
         y = np.array([truth[i] for i in result.index.tolist()])

@@ -48,6 +48,7 @@ from agent.detect.rules import (
 from agent.detect.tracked import N_CLASSES, Tracked
 from agent.features.decayed_sums import Segments
 from agent.features.stream_table import StreamTable
+from agent.report import iso_time
 from agent.util import hash_words
 
 _SCAN = LABELS.index("mirai_scan")
@@ -116,6 +117,8 @@ class Verdict:
         return d
 
     def describe(self) -> str:
+        """One line for people: class, who, basis, confidence, packets, first and last packet (local ISO 8601), and
+        the latency from the first packet of the source (or flood) to the packet that decided the verdict."""
         if self.kind == "spoofed" and self.victim_ip is None:
             who = f"spoofed flood from {self.src_mac} at many hosts, proto {self.proto}"
         elif self.kind == "spoofed":
@@ -123,9 +126,11 @@ class Verdict:
             who = f"spoofed flood at {self.victim_ip} proto {self.proto}{port}"
         else:
             who = f"{self.src_ip} ({self.src_mac})"
+        whose = "flood's" if self.kind == "spoofed" else "source's"
         return (
             f"{self.label:15s} {who:45s} [{self.basis}] conf {self.confidence:.3f} packets {self.packets:8d} "
-            f"first {self.first_seen:.6f} last {self.last_seen:.6f} after {self.latency * 1000:.1f} ms"
+            f"first {iso_time(self.first_seen)} last {iso_time(self.last_seen)} "
+            f"latency {self.latency * 1000:.1f} ms since the {whose} first packet"
         )
 
 
