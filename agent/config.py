@@ -21,6 +21,7 @@ names the file, the key and the problem.
     tls_ca = "/etc/iotguard/ca.pem"
     tls_cert = "/etc/iotguard/device.pem"
     tls_key = "/etc/iotguard/device.key"
+    confirm_alerts = "auto"                       # auto | always | off: keep alerts until the controller confirms them
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from agent.wire import ALL_DEVICES, DEFAULT_PREFIX, NAME_RE
 
 REQUIRED = object()
 ANOMALY_MODES = ("off", "report", "enforce")
+CONFIRM_MODES = ("auto", "always", "off")  # when alerts wait for the controller's confirmation (agent/fleet/mqtt.py)
 
 
 class ConfigError(ValueError):
@@ -67,6 +69,8 @@ class MqttConfig:
     password: str | None = None
     controller_public_key: Path | None = None  # verifies rule sets and model pushes (the fleet link needs it)
     status_interval_s: float = 30.0  # how often the agent publishes its status
+    confirm_alerts: str = "auto"  # one of CONFIRM_MODES
+    confirm_timeout_s: float = 60.0  # an alert the broker acknowledged but no controller confirmed is sent again
 
     def __post_init__(self) -> None:
         for what in ("fleet", "device"):
@@ -77,6 +81,10 @@ class MqttConfig:
             raise ValueError(f"device name {ALL_DEVICES!r} is reserved for the fleet-wide rule set")
         if self.protocol not in ("5", "3.1.1"):
             raise ValueError(f"protocol must be '5' or '3.1.1', got {self.protocol!r}")
+        if self.confirm_alerts not in CONFIRM_MODES:
+            raise ValueError(f"confirm_alerts must be one of {', '.join(CONFIRM_MODES)}, got {self.confirm_alerts!r}")
+        if not self.confirm_timeout_s > 0:
+            raise ValueError(f"confirm_timeout_s must be positive, got {self.confirm_timeout_s}")
         self.state_dir = Path(self.state_dir)
         for what in ("tls_ca", "tls_cert", "tls_key", "controller_public_key"):
             if getattr(self, what) is not None:
@@ -122,6 +130,7 @@ MQTT_KEYS: dict[str, tuple[type | tuple, Any]] = {
     "tls_cert": (str, ""),
     "tls_key": (str, ""),
     "status_interval_s": ((int, float), MqttConfig.status_interval_s),
+    "confirm_alerts": (str, MqttConfig.confirm_alerts),
 }
 
 
@@ -164,6 +173,9 @@ def _check_mqtt_values(path: Path, m: dict) -> None:
         raise ConfigError(f"{path}: key 'mqtt.prefix' must be a topic prefix without wildcards, got {m['prefix']!r}")
     if not _seconds(m["status_interval_s"]):
         raise ConfigError(f"{path}: key 'mqtt.status_interval_s' must be a positive number, got {m['status_interval_s']}")
+    if m["confirm_alerts"] not in CONFIRM_MODES:
+        raise ConfigError(f"{path}: key 'mqtt.confirm_alerts' must be one of {', '.join(CONFIRM_MODES)}, "
+                          f"got {m['confirm_alerts']!r}")  # fmt: skip
 
 
 def load_config(path: str | Path | None) -> AgentConfig:

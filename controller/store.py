@@ -147,8 +147,8 @@ class Store:
         """Advance and return the device's ``stored_through``: every seq up to it is stored, refused, or below
         ``first_pending`` (the agent has nothing lower left to send).  Never goes back."""
         with self.transaction() as db:
-            row = db.execute("SELECT stored_through FROM alert_marks WHERE fleet=? AND device=?", (fleet, device)).fetchone()
-            mark = max(row[0] if row else 0, first_pending - 1)
+            row = db.execute("SELECT stored_through FROM alert_marks WHERE fleet=? AND device=?", (fleet, device))
+            mark = max(next(row, (0,))[0], first_pending - 1)
             # Walk the settled seqs above the mark in order; cursors step lazily, so a gap costs one row.
             cursors = [
                 (r[0] for r in db.execute(f"SELECT seq FROM {table} WHERE fleet=? AND device=? AND seq>? ORDER BY seq",

@@ -56,7 +56,7 @@ CONFIG_BASE: dict[str, Any] = {
     "threshold": 0.7, "min_packets": 10, "max_local_rules": 1024, "model": "",
     "mqtt": {"host": "broker.lan", "port": 8883, "fleet": "home", "device": "pi-kitchen",
              "controller_public_key": "/etc/iotguard/controller.pub", "prefix": "iotguard/v1", "tls_ca": "",
-             "tls_cert": "", "tls_key": "", "status_interval_s": 30},
+             "tls_cert": "", "tls_key": "", "status_interval_s": 30, "confirm_alerts": "auto"},
 }  # fmt: skip
 # key -> (types taken, refused values of those types)
 CONFIG_SPEC: dict[str, tuple[tuple[type, ...], list[Any]]] = {
@@ -78,6 +78,7 @@ CONFIG_SPEC: dict[str, tuple[tuple[type, ...], list[Any]]] = {
     "mqtt.tls_cert": ((str,), []),
     "mqtt.tls_key": ((str,), []),
     "mqtt.status_interval_s": ((int, float), BAD_SECONDS),
+    "mqtt.confirm_alerts": ((str,), ["", "on", "Auto", "never"]),
 }
 CONFIG_REQUIRED = ("mqtt.host", "mqtt.fleet", "mqtt.device", "mqtt.controller_public_key")
 

@@ -53,7 +53,10 @@ class FleetLink:
         return self.client.send_alert(alert)
 
     def summary(self) -> dict:
-        """Alert accounting and update counts: queued alerts were either sent, are pending, or were dropped."""
+        """Alert accounting and update counts: queued alerts were either sent, are pending, or were dropped.
+
+        Of the sent ones, ``alerts_confirmed`` were confirmed stored by a controller and ``alerts_unconfirmed``
+        were let go at the broker's acknowledgement to make room in the full queue."""
         c = self.client
         return {
             "connected": c.connected,
@@ -62,6 +65,10 @@ class FleetLink:
             "alerts_sent": c.stats.alerts_sent,
             "alerts_pending": len(c.queue),
             "alerts_dropped": c.queue.dropped,
+            "alerts_confirmed": c.stats.alerts_confirmed,
+            "alerts_unconfirmed": c.queue.released,
+            "alerts_resent": c.stats.alerts_resent,
+            "awaiting_confirmation": c.holding,
             "rules_applied": c.stats.rules_applied,
             "rules_rejected": c.stats.rules_rejected,
         }

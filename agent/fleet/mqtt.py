@@ -5,9 +5,28 @@ with the controller (``agent.wire``, topics in ``agent.wire.messages``).
 
 Alerts are never lost to a broker outage: ``send_alert`` stores the alert in
 the on-disk ``AlertQueue`` and a sender thread publishes from there, at most
-``max_inflight`` at a time; an alert leaves the disk only when its PUBACK
-arrives (paho re-sends unacknowledged ones after a reconnect).  The controller
-deduplicates by (device, seq), so the rare double delivery is harmless.
+``max_inflight`` at a time (paho re-sends unacknowledged ones after a
+reconnect).  A PUBACK only says the broker has the alert; a broker restart can
+still lose it (mosquitto does not restore shared subscriptions, so it reaches
+no controller).  So where the controller confirms what it stored (on
+``{prefix}/{fleet}/{device}/alerts/ack``), the alert stays on disk until a
+confirmation covers it, and is sent again with the same seq when none came
+``confirm_timeout_s`` after its PUBACK (then after twice that, and so on).
+``confirm_alerts`` chooses when to wait for confirmations:
+
+    auto    (default) once this device has received one confirmation (remembered on
+            disk); before that, and for ever with a controller too old to confirm, an
+            alert leaves the disk at its PUBACK, as before confirmations existed
+    always  from the first alert (a fleet whose controllers all confirm: a new
+            device's first alerts are covered too); a controller that never
+            confirms gets every alert again and again, and the queue fills
+    off     never (and no subscription to the confirmations)
+
+A confirmation is not signed (alerts are not either; the broker's ACL lets
+only controllers write to the topic).  One that does not parse, names another
+device, or covers a seq this device has not sent yet is refused with a log
+line and changes nothing.  The controller deduplicates by (device, seq), so
+double deliveries are harmless.
 
 A rule set is applied only if its signature, schema, fleet, target and version
 (strictly newer than the last applied one for that target) are all good.  The
@@ -29,7 +48,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
 from agent.config import MqttConfig
-from agent.fleet.alert_queue import AlertQueue
+from agent.fleet.alert_queue import Acked, AlertQueue
 from agent.util import write_atomically
 from agent.wire import (
     ACK_SCHEMA,
@@ -38,6 +57,7 @@ from agent.wire import (
     MODEL_MAX_BYTES,
     RULES_MAX_BYTES,
     STATUS_SCHEMA,
+    MessageError,
     SignatureError,
     TrustedKeys,
     canonical_json,
@@ -45,6 +65,7 @@ from agent.wire import (
     load_json,
     make_client,
     open_envelope,
+    parse_alerts_ack,
 )
 from agent.wire import rules as rs
 from agent.wire import short_reason, topic
@@ -67,8 +88,14 @@ class _Applied:
 
 @dataclass
 class AgentStats:
-    alerts_sent: int = 0  # acknowledged by the broker
+    # alerts_sent: alerts that left the queue delivered: confirmed by a controller, or acknowledged by the
+    # broker where no confirmation is awaited (or let go unconfirmed to make room: queue.released)
+    alerts_sent: int = 0
+    alerts_confirmed: int = 0  # of those, covered by a controller's confirmation
+    alerts_resent: int = 0  # publishes again of alerts the broker had acknowledged but no controller confirmed
     alerts_rejected_by_broker: int = 0  # PUBACK with an error reason (MQTT 5): dropped, logged
+    confirmations: int = 0  # controller confirmations accepted
+    confirmations_refused: int = 0  # malformed, for another device, or beyond what this device has sent
     rules_applied: int = 0
     rules_rejected: int = 0
     models_applied: int = 0
@@ -113,6 +140,7 @@ class AgentMqtt:
         self.topic_status = topic(c.prefix, c.fleet, c.device, "status")
         self.topic_ack = topic(c.prefix, c.fleet, c.device, "rules/ack")
         self.topic_model = topic(c.prefix, c.fleet, c.device, "model")
+        self.topic_alerts_ack = topic(c.prefix, c.fleet, c.device, "alerts/ack")
         # rules topic -> the target its rule sets must name
         self.rules_topics = {
             topic(c.prefix, c.fleet, c.device, "rules"): c.device,
@@ -125,11 +153,11 @@ class AgentMqtt:
         self._stopping = threading.Event()
         self._sender: threading.Thread | None = None
         # mid -> alert seq (None for status/acks).  PUBACK can arrive before publish() has returned
-        # the mid to us, so unmatched PUBACKs wait in _early_acks; _mid_lock guards both.
+        # the mid to us, so unmatched PUBACKs wait in _early_acks; _mid_lock guards both, and the stats
+        # that two threads count.
         self._mid_lock = threading.Lock()
         self._mids: dict[int, int | None] = {}
         self._early_acks: set[int] = set()
-        self._inflight: set[int] = set()  # seqs handed to paho
 
         self.client = make_client(
             f"iotguard-{c.fleet}-{c.device}", c.protocol, c.tls_ca, c.tls_cert, c.tls_key, c.username, c.password
@@ -140,7 +168,7 @@ class AgentMqtt:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda client, userdata, mid, codes, properties: self._subscribed.set()
+        self.client.on_subscribe = self._on_subscribe
 
     # --- life cycle ----------------------------------------------------------
 
@@ -178,13 +206,27 @@ class AgentMqtt:
 
     # --- alerts --------------------------------------------------------------
 
+    @property
+    def holding(self) -> bool:
+        """Whether alerts wait on disk for a controller's confirmation after their PUBACK."""
+        mode = self.config.confirm_alerts
+        return mode == "always" or (mode == "auto" and self.queue.confirmations)
+
+    def _count(self, **increments: int) -> None:
+        """Add to the stats; the agent thread and paho's network thread both count."""
+        with self._mid_lock:
+            for name, n in increments.items():
+                setattr(self.stats, name, getattr(self.stats, name) + n)
+
     def send_alert(self, alert: dict[str, Any]) -> int:
         """Queue an alert durably and return its seq; it is published as soon as the broker is reachable."""
         missing = [f for f in ALERT_FIELDS if f not in alert]
         if missing:
             raise ValueError(f"alert lacks field(s): {', '.join(missing)}")
         doc = {**alert, "schema": ALERT_SCHEMA, "device": self.config.device, "fleet": self.config.fleet}
+        released = self.queue.released
         seq = self.queue.put(doc)
+        self._count(alerts_sent=self.queue.released - released)  # let go unconfirmed: the broker had them
         self._wake.set()
         return seq
 
@@ -195,15 +237,18 @@ class AgentMqtt:
             self._wake.clear()
             if not self._connected.is_set():
                 continue
-            with self._mid_lock:
-                busy = set(self._inflight)
-            room = self.config.max_inflight - len(busy)
+            room = self.config.max_inflight - self.queue.in_flight()
             if room <= 0:
                 continue
-            for item in self.queue.peek(room, skip=busy):
-                message = {**item.alert, "sent_at": time.time()}
-                with self._mid_lock:
-                    self._inflight.add(item.seq)
+            # Every seq below the first pending one is delivered or given up: the controller need not wait for it.
+            first_pending = self.queue.first_pending()
+            resend_after = self.config.confirm_timeout_s if self.holding else None
+            for item in self.queue.take(room, time.time(), resend_after):
+                if item.resend:
+                    self._count(alerts_resent=1)
+                    log.info("%s: alert seq %d not confirmed by a controller: sending it again", self.config.device,
+                             item.seq)  # fmt: skip
+                message = {**item.alert, "sent_at": time.time(), "first_pending": first_pending}
                 self._publish(self.topic_alerts, canonical_json(message), retain=False, seq=item.seq)
 
     def _publish(self, name: str, payload: bytes, retain: bool, seq: int | None = None) -> None:
@@ -212,8 +257,7 @@ class AgentMqtt:
             # Not queued by paho at all (e.g. its own queue full): the alert stays on disk for the next pass.
             log.warning("%s: publish to %s failed: %s", self.config.device, name, mqtt.error_string(info.rc))
             if seq is not None:
-                with self._mid_lock:
-                    self._inflight.discard(seq)
+                self.queue.unsend(seq)
             return
         with self._mid_lock:
             if info.mid in self._early_acks:
@@ -238,16 +282,29 @@ class AgentMqtt:
                 log.error("%s: broker refused alert seq %d: %s", self.config.device, seq, reason_code)
 
     def _delivered(self, seq: int, ok: bool) -> None:
-        if not self.queue.ack(seq):
-            # Each seq is published once per process, so it was not pending because the full queue
-            # dropped it while paho held it in flight (paho re-sends those after a reconnect).
-            self.queue.uncount_drop()
-        with self._mid_lock:
-            self._inflight.discard(seq)
-        if ok:
-            self.stats.alerts_sent += 1
-        else:
-            self.stats.alerts_rejected_by_broker += 1
+        outcome = self.queue.broker_acked(seq, time.time(), hold=ok and self.holding)
+        if outcome in (Acked.DELIVERED, Acked.UNDROPPED):
+            self._count(**{"alerts_sent" if ok else "alerts_rejected_by_broker": 1})
+        self._wake.set()
+
+    def _handle_confirmation(self, payload: bytes) -> None:
+        """A controller stored this device's alerts up to some seq: forget them."""
+        try:
+            through = parse_alerts_ack(payload, self.config.fleet, self.config.device)
+            if through > self.queue.sent_through:
+                # Forged, or a controller database that outlived this device's state: acting on it would
+                # drop alerts no controller has.
+                raise MessageError(f"it confirms alerts up to seq {through}, but this device has sent only up to "
+                                   f"seq {self.queue.sent_through}")  # fmt: skip
+        except MessageError as exc:
+            self._count(confirmations_refused=1)
+            log.warning("%s: alert confirmation refused, nothing changed: %s", self.config.device, exc.reason)
+            return
+        if self.queue.note_confirmations():
+            log.info("%s: the controller confirms stored alerts: alerts now wait on disk for its confirmation",
+                     self.config.device)  # fmt: skip
+        confirmed = self.queue.confirm(through)
+        self._count(confirmations=1, alerts_confirmed=confirmed, alerts_sent=confirmed)
         self._wake.set()
 
     # --- status --------------------------------------------------------------
@@ -290,10 +347,19 @@ class AgentMqtt:
             return
         self.stats.connects += 1
         log.info("%s: connected to %s:%d", self.config.device, self.config.host, self.config.port)
-        client.subscribe([(name, 1) for name in self.rules_topics] + [(self.topic_model, 1)])
+        topics = [*self.rules_topics, self.topic_model]
+        if self.config.confirm_alerts != "off":
+            topics.append(self.topic_alerts_ack)
+        client.subscribe([(name, 1) for name in topics])
         self._connected.set()
         self._publish(self.topic_status, canonical_json(self.status()), retain=True)
         self._wake.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: list, properties: Any) -> None:
+        refused = [str(c) for c in codes if c.is_failure]
+        if refused:  # e.g. an ACL from before confirmations: no alerts/ack, so alerts leave at their PUBACK
+            log.error("%s: broker refused a subscription: %s", self.config.device, ", ".join(refused))
+        self._subscribed.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._connected.clear()
@@ -313,6 +379,8 @@ class AgentMqtt:
                 self._handle_rules(self.rules_topics[name], message.payload)
             elif name == self.topic_model:
                 self._handle_model(message.payload)
+            elif name == self.topic_alerts_ack and self.config.confirm_alerts != "off":
+                self._handle_confirmation(message.payload)
             else:
                 log.warning("%s: message on unexpected topic %s ignored", self.config.device, name)
         except Exception:  # a bug here must not kill paho's network thread

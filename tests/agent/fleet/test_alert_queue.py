@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from agent.fleet.alert_queue import PENDING_DIR, AlertQueue
+from agent.fleet.alert_queue import PENDING_DIR, Acked, AlertQueue
 from lab import REPO
 
 
@@ -68,6 +68,71 @@ def test_damaged_state_file_is_rebuilt_from_pending_files(tmp_path):
     (tmp_path / "state.json").write_text("{")
     q = AlertQueue(tmp_path)
     assert q.corrupt == 1 and q.put({"n": 3}) == 4
+
+
+# --- delivery: take, PUBACK, confirmation, resend ------------------------------
+
+
+def take(q: AlertQueue, now: float, limit: int = 10, resend_after_s: float | None = None) -> list[tuple[int, bool]]:
+    return [(a.seq, a.resend) for a in q.take(limit, now, resend_after_s)]
+
+
+def test_held_alerts_wait_for_the_confirmation_and_are_resent_with_a_doubling_wait(tmp_path):
+    q = AlertQueue(tmp_path)
+    for i in range(3):
+        q.put({"n": i})
+    assert take(q, 0.0, limit=2) == [(1, False), (2, False)] and q.in_flight() == 2
+    assert take(q, 0.0) == [(3, False)], "an alert being sent is not handed out twice"
+    assert [q.broker_acked(seq, 10.0, hold=True) for seq in (1, 2, 3)] == [Acked.HELD] * 3
+    assert q.held_seqs() == [1, 2, 3] and q.in_flight() == 0 and len(q) == 3
+    assert take(q, 10.0, resend_after_s=5) == [], "not yet due"
+    assert take(q, 15.0, resend_after_s=5) == [(1, True), (2, True), (3, True)], "same seqs, after the wait"
+    q.broker_acked(1, 15.0, hold=True)
+    assert take(q, 24.0, resend_after_s=5) == [], "the second wait is twice as long"
+    assert take(q, 25.0, resend_after_s=5) == [(1, True)]
+    assert q.confirm(2) == 2 and q.pending_seqs() == q.held_seqs() == [3]
+    assert q.broker_acked(1, 26.0, hold=True) is Acked.GONE, "a late PUBACK of a confirmed alert changes nothing"
+    assert q.confirm(2) == 0
+    assert AlertQueue(tmp_path).pending_seqs() == [3], "confirmed alerts are gone from the disk"
+
+
+def test_without_hold_a_puback_removes_the_alert_and_a_failed_publish_hands_it_out_again(tmp_path):
+    q = AlertQueue(tmp_path)
+    for i in range(3):
+        q.put({"n": i})
+    assert take(q, 0.0) == [(1, False), (2, False), (3, False)]
+    q.unsend(2)
+    assert q.broker_acked(1, 0.0, hold=False) is Acked.DELIVERED and q.pending_seqs() == [2, 3]
+    assert take(q, 0.0) == [(2, False)] and q.in_flight() == 2
+    assert take(q, 99.0, resend_after_s=1) == [], "nothing held, nothing resent"
+
+
+def test_a_full_queue_lets_go_of_acknowledged_alerts_first_then_drops_the_oldest(tmp_path):
+    q = AlertQueue(tmp_path, max_items=3)
+    for i in range(3):
+        q.put({"n": i})
+    take(q, 0.0, limit=2)
+    q.broker_acked(2, 0.0, hold=True)  # 1 is still being sent
+    q.put({"n": 3})
+    assert q.pending_seqs() == [1, 3, 4] and (q.released, q.dropped) == (1, 0), "2 had reached the broker"
+    q.put({"n": 4})
+    assert q.pending_seqs() == [3, 4, 5] and (q.released, q.dropped) == (1, 1), "then the oldest, as before"
+    assert q.broker_acked(1, 0.0, hold=True) is Acked.UNDROPPED and q.dropped == 0, "it reached the broker after all"
+    assert AlertQueue(tmp_path, max_items=3).dropped == 0, "and the drop count on disk says so"
+    assert q.broker_acked(1, 0.0, hold=True) is Acked.GONE
+
+
+def test_the_confirmation_flag_and_the_sent_bound_survive_a_restart(tmp_path):
+    q = AlertQueue(tmp_path)
+    q.put({"n": 0})
+    q.put({"n": 1})
+    assert (q.confirmations, q.sent_through, q.first_pending()) == (False, 0, 1)
+    take(q, 0.0, limit=1)
+    assert q.sent_through == 1, "seq 2 has not been sent: a confirmation of it is forged"
+    assert q.note_confirmations() and not q.note_confirmations()
+    q = AlertQueue(tmp_path)
+    assert q.confirmations and q.sent_through == 2, "the last run may have sent both"
+    assert q.held_seqs() == [] and take(q, 0.0) == [(1, False), (2, False)], "after a restart everything goes again"
 
 
 def test_invalid_bound_is_refused(tmp_path):

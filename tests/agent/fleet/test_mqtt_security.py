@@ -57,6 +57,7 @@ def test_generated_files_and_config(pki):
     assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "dev1"
     acl = (out / "acl").read_text()
     assert f"topic write {PREFIX}/{FLEET}/dev1/alerts" in acl and f"topic read {PREFIX}/{FLEET}/all/rules" in acl
+    assert f"topic read {PREFIX}/{FLEET}/dev1/alerts/ack" in acl
 
 
 def test_device_cannot_publish_to_another_devices_rules(pki):
@@ -158,6 +159,7 @@ def test_agent_and_controller_work_end_to_end_over_tls(pki, keys, tmp_path):
         agent.send_alert(alert("192.0.2.200"))
         wait_until(lambda: len(recorder.versions()) == 1, "rule set applied over TLS")
         wait_until(lambda: controller.store.rulesets()[0]["applied"] == 1, "ack over TLS")
+        wait_until(lambda: agent.stats.confirmations and not len(agent.queue), "alert confirmed (the ACL lets dev1 read it)")
         assert controller.store.devices()[0]["state"] == "online"
     finally:
         agent.stop()
