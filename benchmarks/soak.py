@@ -17,9 +17,11 @@ attacker, benign peer), with everything real:
 
 Every 10 s it samples the agent's RSS; the agent logs a status line (frames,
 drops, alert accounting) every minute.  At the end it reports RSS over time,
-packets processed, kernel drops, alerts the agent queued / sent / dropped and
-alerts the controller stored, episodes detected, benign datagrams delivered,
-and checks that no alert was lost beyond what the queue reports as dropped.
+packets processed, kernel drops, alerts the agent queued / sent / dropped /
+confirmed / resent and alerts the controller stored, episodes detected, benign
+datagrams delivered, and checks that no alert was lost beyond what the queue
+reports as dropped: every seq the agent handed out is stored by the
+controller, still in the agent's queue, or counted as dropped.
 
     python benchmarks/soak.py [--minutes 30] [--out FILE]
 
@@ -112,11 +114,17 @@ def statuses(run: AgentRun) -> list[tuple[float, dict]]:
     return out
 
 
-def alerts_stored(db: Path) -> int:
+def alerts_stored(db: Path) -> set[int]:
+    """The seqs of the alerts the controller stored (the soak has one device)."""
     if not db.exists():
-        return 0
+        return set()
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
-        return con.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
+        return {row[0] for row in con.execute("SELECT seq FROM alerts")}
+
+
+def alerts_pending(queue: Path) -> set[int]:
+    """The seqs still in the agent's on-disk queue (files named by seq), e.g. stored but not yet confirmed."""
+    return {int(p.stem) for p in (queue / "pending").glob("*.json") if p.stem.isdigit()}
 
 
 def soak(args: argparse.Namespace, work: Path) -> dict:
@@ -158,7 +166,8 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
                 stored = alerts_stored(work / "controller.sqlite")
         finally:
             broker.stop()
-    return summarise(args, run, rss, benign, broker, episodes, stored)
+    pending = alerts_pending(work / "agent" / "state" / "mqtt" / "alerts")
+    return summarise(args, run, rss, benign, broker, episodes, stored, pending)
 
 
 def episode(k: int, atk, ips: dict, run: AgentRun, at: float) -> dict:
@@ -181,12 +190,15 @@ def episode(k: int, atk, ips: dict, run: AgentRun, at: float) -> dict:
     return row
 
 
-def summarise(args, run: AgentRun, rss: list, benign: BenignPeer, broker: Broker, episodes: list, stored: int) -> dict:
+def summarise(args, run: AgentRun, rss: list, benign: BenignPeer, broker: Broker, episodes: list, stored: set[int],
+              pending: set[int]) -> dict:  # fmt: skip
     s = run.summary or {}
     fleet = s.get("fleet", {})
     status = statuses(run)
     queued = fleet.get("alerts_queued", 0)
-    lost = queued - stored - fleet.get("alerts_dropped", 0) - fleet.get("alerts_pending", 0)
+    # By seq: an alert still queued may be stored already (its confirmation not yet in), so counts would overlap.
+    accounted = {seq for seq in stored | pending if seq <= queued}
+    lost = queued - len(accounted) - fleet.get("alerts_dropped", 0)
     rss_mb = [r[1] for r in rss]
     report = {
         "minutes": args.minutes,
@@ -205,7 +217,9 @@ def summarise(args, run: AgentRun, rss: list, benign: BenignPeer, broker: Broker
         "alerts_sent": fleet.get("alerts_sent"),
         "alerts_dropped": fleet.get("alerts_dropped"),
         "alerts_pending_at_end": fleet.get("alerts_pending"),
-        "alerts_stored_by_controller": stored,
+        "alerts_confirmed": fleet.get("alerts_confirmed"),  # of the sent, confirmed stored by the controller
+        "alerts_resent": fleet.get("alerts_resent"),  # sent again: acknowledged by the broker, not confirmed in time
+        "alerts_stored_by_controller": len(stored),
         "alerts_lost": lost,  # queued but neither stored, dropped by the bounded queue, nor pending: must be 0
         "mqtt_connects": fleet.get("connects"),
         "fleet_rule_sets_applied": fleet.get("rules_applied"),
@@ -242,7 +256,8 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         report = soak(args, work)
     keys = ("minutes", "broker_restarts", "episodes", "episodes_detected", "frames", "kernel_drops", "alerts_queued",
-            "alerts_sent", "alerts_dropped", "alerts_stored_by_controller", "alerts_lost", "benign_datagrams_sent",
+            "alerts_sent", "alerts_dropped", "alerts_confirmed", "alerts_resent", "alerts_stored_by_controller",
+            "alerts_lost", "benign_datagrams_sent",
             "benign_datagrams_received", "rss_mb")  # fmt: skip
     for key in keys:
         print(f"{key:28s} {report[key]}")
