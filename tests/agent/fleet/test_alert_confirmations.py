@@ -1,7 +1,7 @@
 """Not one alert lost end to end: the controller confirms what it stored, the agent holds and resends the rest.
 
 Real mosquitto, a real controller service (shared subscription unless said otherwise) and the agent's
-client.  Mosquitto 2.0.11 does not restore shared subscriptions after a restart, and SIGKILL loses
+fleet link or its MQTT client.  Mosquitto 2.0.11 does not restore shared subscriptions after a restart, and SIGKILL loses
 whatever it had not saved: alerts it acknowledged to the agent then reach no controller, and only the
 agent's resend of unconfirmed alerts brings them in.
 """
@@ -12,10 +12,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent.act.enforce import NoneEnforcer
+from agent.act.filter import RuleTable
+from agent.act.respond import Responder
+from agent.config import MqttConfig
 from agent.fleet.alert_queue import AlertQueue
+from agent.fleet.link import FleetLink
 from agent.fleet.mqtt import AgentMqtt
 from agent.wire import alerts_ack, canonical_json, topic
 from lab.mqtt_helpers import FLEET, Listener, alert, make_agent, make_controller, wait_until
@@ -25,7 +32,14 @@ ACK_TOPIC = topic(PREFIX, FLEET, "dev1", "alerts/ack")
 STREAM = 300
 
 
-def stream(agent: AgentMqtt, count: int, fault_at: int, fault: Callable[[], None]) -> list[int]:
+def make_link(broker, public_key: Path, state_dir: Path, **config: Any) -> FleetLink:
+    """The fleet link as the live agent has it (a responder without kernel enforcement)."""
+    mqtt = MqttConfig(host=broker.host, port=broker.port, fleet=FLEET, device="dev1", state_dir=state_dir,
+                      controller_public_key=public_key, reconnect_min_s=1, reconnect_max_s=1, **config)  # fmt: skip
+    return FleetLink(mqtt, Responder(RuleTable(), NoneEnforcer()), threading.Lock())
+
+
+def stream(agent: AgentMqtt | FleetLink, count: int, fault_at: int, fault: Callable[[], None]) -> list[int]:
     """Send ``count`` alerts from a thread, a few ms apart; run ``fault()`` here once ``fault_at`` were sent."""
     seqs: list[int] = []
 
@@ -67,19 +81,26 @@ def test_broker_restarted_mid_stream_every_alert_is_stored_exactly_once(broker, 
     """SIGTERM: alerts sent after the restart, before the controller's shared subscription is back, reach no
     one.  SIGKILL: also those the broker had acknowledged and not yet passed on, and the controller's session."""
     controller = make_controller(broker.host, broker.port, tmp_path, keys.private, k_devices=99)
-    agent, _ = make_agent(broker.host, broker.port, tmp_path / "dev1", "dev1", keys.trusted, confirm_timeout_s=1)
+    link = make_link(broker, keys.public, tmp_path / "dev1", confirm_timeout_s=1)
+    agent = link.client
     controller.start()
-    agent.start()
+    link.start()
     try:
         wait_until(lambda: controller.ready.is_set() and agent.ready, "connected")
         first = learn_confirmations(agent)
         # The controller comes back after the agent (as with its doubling reconnect delay in the soak).
         controller.client.reconnect_delay_set(3, 3)
-        seqs = [first] + stream(agent, STREAM, STREAM // 3, lambda: broker.restart(kill=kill))
+        seqs = [first] + stream(link, STREAM, STREAM // 3, lambda: broker.restart(kill=kill))
         assert_stored_exactly_once(agent, controller, seqs)
-        assert agent.stats.connects >= 2, "the agent never saw the broker go away"
+        summary = link.summary()
+        assert summary["connects"] >= 2, "the agent never saw the broker go away"
+        assert summary["alerts_resent"] > 0, "nothing was lost on the way: the test would show nothing"
+        assert {k: summary[k] for k in ("alerts_queued", "alerts_sent", "alerts_pending", "alerts_dropped",
+                                        "alerts_unconfirmed", "awaiting_confirmation")} == {
+            "alerts_queued": len(seqs), "alerts_sent": len(seqs), "alerts_pending": 0, "alerts_dropped": 0,
+            "alerts_unconfirmed": 0, "awaiting_confirmation": True}  # fmt: skip
     finally:
-        agent.stop()
+        link.stop()
         controller.stop()
 
 
