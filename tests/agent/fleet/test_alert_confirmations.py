@@ -1,9 +1,9 @@
 """Not one alert lost end to end: the controller confirms what it stored, the agent holds and resends the rest.
 
 Real mosquitto, a real controller service (shared subscription unless said otherwise) and the agent's
-fleet link or its MQTT client.  Mosquitto 2.0.11 does not restore shared subscriptions after a restart, and SIGKILL loses
-whatever it had not saved: alerts it acknowledged to the agent then reach no controller, and only the
-agent's resend of unconfirmed alerts brings them in.
+fleet link or its MQTT client.  Mosquitto 2.0.11 does not restore shared subscriptions after a restart,
+and SIGKILL loses whatever it had not saved: alerts it acknowledged to the agent then reach no
+controller, and only the agent's resend of unconfirmed alerts brings them in.
 """
 
 from __future__ import annotations
