@@ -7,6 +7,10 @@ Alerts are unique by (fleet, device, seq): a redelivered alert is a no-op.
 Per device, ``alert_marks`` keeps what the controller confirms to the agent
 (``stored_through``, see ``agent.wire.messages``), advanced in the same
 transaction that stores the alerts.
+
+Schema versions (``PRAGMA user_version``): 1 is ``SCHEMA`` as it stood before versions were recorded;
+each later version is one step of ``MIGRATIONS``, applied in order inside one transaction when a store
+opens the file.  A database from a newer controller is refused rather than written to.
 """
 
 from __future__ import annotations
@@ -67,6 +71,20 @@ CREATE TABLE IF NOT EXISTS models (
     meta TEXT NOT NULL, pushed_at REAL NOT NULL, targets TEXT NOT NULL);
 """
 
+SCHEMA_VERSION = 2
+MIGRATIONS: dict[int, tuple[str, ...]] = {  # version -> the statements that reach it from the one before
+    2: (  # access tokens of the dashboard, its API and /metrics (controller/tokens.py): only the hash is kept
+        "CREATE TABLE IF NOT EXISTS tokens ("
+        " id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL CHECK (role IN ('viewer', 'admin')),"
+        " sha256 TEXT NOT NULL UNIQUE, created_at REAL NOT NULL, last_used REAL, revoked_at REAL)",
+    ),
+}
+
+
+class SchemaError(sqlite3.DatabaseError):
+    """The database was written by a newer controller (its schema version is above ours)."""
+
+
 ALERT_COLUMNS = (
     "fleet", "device", "seq", "class", "confidence", "source_ip", "source_mac", "source_port",
     "victim_ip", "victim_port", "packets", "first_seen", "last_seen", "action", "rule_id", "sent_at", "received_at",
@@ -94,6 +112,21 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring the file to SCHEMA_VERSION; replicas opening it at once serialise on BEGIN IMMEDIATE."""
+        with self.transaction() as db:
+            version = max(db.execute("PRAGMA user_version").fetchone()[0], 1)
+            if version > SCHEMA_VERSION:
+                raise SchemaError(f"schema version {version} is newer than this controller's ({SCHEMA_VERSION}): upgrade it")
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[step]:  # not executescript: it would commit half-way
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def schema_version(self) -> int:
+        return int(self._query("PRAGMA user_version")[0][0])
 
     def close(self) -> None:
         self._db.close()
@@ -307,3 +340,115 @@ class Store:
             raise ValueError(f"no table {table!r}")
         (row,) = self._query(f"SELECT COUNT(*) FROM {table}")
         return int(row[0])
+
+    # --- access tokens (controller/tokens.py) --------------------------------
+
+    def add_token(self, token_id: str, name: str, role: str, sha256: str, created_at: float) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO tokens (id, name, role, sha256, created_at) VALUES (?, ?, ?, ?, ?)",
+                       (token_id, name, role, sha256, created_at))  # fmt: skip
+
+    def token_rows(self, sha256: str | None = None, token_id: str | None = None) -> list[dict[str, Any]]:
+        """Tokens (hash left out), oldest first; or the one with this hash or id."""
+        rows = self._query(
+            "SELECT id, name, role, created_at, last_used, revoked_at FROM tokens"
+            " WHERE (? IS NULL OR sha256=?) AND (? IS NULL OR id=?) ORDER BY created_at, id",
+            (sha256, sha256, token_id, token_id),
+        )
+        return [dict(r) for r in rows]
+
+    def touch_token(self, token_id: str, now: float) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE tokens SET last_used=? WHERE id=?", (now, token_id))
+
+    def revoke_token(self, token_id: str, now: float) -> bool:
+        """False if there is no such token or it was already revoked."""
+        with self.transaction() as db:
+            return db.execute("UPDATE tokens SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
+                              (now, token_id)).rowcount > 0  # fmt: skip
+
+    # --- dashboard and metrics reads -----------------------------------------
+
+    @staticmethod
+    def _alert_filter(fleet: str | None, device: str | None, cls: str | None, since: float | None,
+                      until: float | None) -> tuple[str, tuple]:  # fmt: skip
+        return (
+            "(? IS NULL OR fleet=?) AND (? IS NULL OR device=?) AND (? IS NULL OR class=?)"
+            " AND received_at >= COALESCE(?, -1e300) AND received_at < COALESCE(?, 1e300)",
+            (fleet, fleet, device, device, cls, cls, since, until),
+        )
+
+    def alerts(self, fleet: str | None = None, device: str | None = None, cls: str | None = None,
+               since: float | None = None, until: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Alerts received in [since, until), newest first."""
+        where, args = self._alert_filter(fleet, device, cls, since, until)
+        rows = self._query(f"SELECT * FROM alerts WHERE {where} ORDER BY received_at DESC, seq DESC LIMIT ?", (*args, limit))
+        return [dict(r) for r in rows]
+
+    def alert_counts(self, bucket_s: float, since: float, until: float, fleet: str | None = None,
+                     device: str | None = None, cls: str | None = None) -> list[tuple[int, str, int]]:
+        """(bucket index from ``since``, class, alerts) for the alerts received in [since, until)."""
+        where, args = self._alert_filter(fleet, device, cls, since, until)
+        rows = self._query(
+            f"SELECT CAST((received_at - ?) / ? AS INTEGER) AS bucket, class, COUNT(*) FROM alerts WHERE {where}"
+            " GROUP BY bucket, class ORDER BY bucket, class",
+            (since, bucket_s, *args),
+        )
+        return [(int(r[0]), r[1], int(r[2])) for r in rows]
+
+    def active_blocks(self, now: float) -> list[Block]:
+        """The active blocks of every fleet."""
+        rows = self._query("SELECT * FROM blocks WHERE expires IS NULL OR expires>? ORDER BY fleet, created_at, source", (now,))
+        return [Block(**dict(r)) for r in rows]
+
+    def latest_rulesets(self) -> dict[tuple[str, str], int]:
+        """(fleet, target) -> the newest version issued."""
+        return {(r[0], r[1]): int(r[2]) for r in self._query("SELECT fleet, target, MAX(version) FROM rulesets GROUP BY fleet, target")}
+
+    def last_acks(self) -> dict[tuple[str, str, str], dict[str, Any]]:
+        """(fleet, device, target) -> the device's last rules ack (version, status, reason, received_at)."""
+        rows = self._query(  # SQLite takes the bare columns from the row holding the MAX
+            "SELECT fleet, device, target, version, status, reason, MAX(received_at) AS received_at FROM acks"
+            " GROUP BY fleet, device, target"
+        )
+        return {(r["fleet"], r["device"], r["target"]): dict(r) for r in rows}
+
+    def models(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Model pushes, newest first, with their metadata and targets ("fleet/device") decoded."""
+        rows = self._query("SELECT * FROM models ORDER BY pushed_at DESC, version DESC LIMIT ?", (limit,))
+        return [dict(r) | {"meta": json.loads(r["meta"]), "targets": json.loads(r["targets"])} for r in rows]
+
+    def recent_rejected(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self._query("SELECT topic, reason, received_at FROM rejected ORDER BY rowid DESC LIMIT ?", (limit,))
+        return [dict(r) for r in rows]
+
+    def alert_totals_after(self, rowid: int) -> tuple[int, list[tuple[str, str, int]]]:
+        """For counters kept incrementally: the highest alert rowid, and (fleet, class, alerts) above ``rowid``."""
+        with self._lock:  # counted up to the top read first, so a row inserted meanwhile waits for the next call
+            (top,) = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM alerts").fetchone()
+            rows = self._db.execute("SELECT fleet, class, COUNT(*) FROM alerts WHERE rowid>? AND rowid<=? GROUP BY fleet, class",
+                                    (rowid, top)).fetchall()  # fmt: skip
+        return int(top), [(r[0], r[1], int(r[2])) for r in rows]
+
+    def ruleset_totals(self) -> list[tuple[str, int]]:
+        """(fleet, rule sets issued): rows are never deleted, so these only grow."""
+        return [(r[0], int(r[1])) for r in self._query("SELECT fleet, COUNT(*) FROM rulesets GROUP BY fleet")]
+
+    def ack_latencies_after(self, rowid: int) -> tuple[int, list[float]]:
+        """The highest ack rowid, and for each first 'applied' ack above ``rowid`` of a rule set this database
+        issued: seconds from issue to the ack's arrival."""
+        with self._lock:
+            (top,) = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM acks").fetchone()
+            rows = self._db.execute(
+                "SELECT a.received_at - r.issued_at FROM acks a JOIN rulesets r"
+                " ON r.fleet=a.fleet AND r.target=a.target AND r.version=a.version"
+                " WHERE a.rowid>? AND a.rowid<=? AND a.status='applied' AND NOT EXISTS (SELECT 1 FROM acks b"
+                "  WHERE b.fleet=a.fleet AND b.target=a.target AND b.version=a.version AND b.device=a.device"
+                "  AND b.status='applied' AND b.rowid<a.rowid)",
+                (rowid, top),
+            ).fetchall()
+        return int(top), [float(r[0]) for r in rows]
+
+    def online_devices(self) -> list[tuple[str, str, int]]:
+        """(fleet, state, devices)."""
+        return [(r[0], r[1], int(r[2])) for r in self._query("SELECT fleet, state, COUNT(*) FROM devices GROUP BY fleet, state")]

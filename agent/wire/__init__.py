@@ -36,6 +36,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "messages": (
         "ACK_SCHEMA",
         "ALERTS_ACK_SCHEMA",
+        "ALERT_CLASSES",
         "ALERT_FIELDS",
         "ALERT_SCHEMA",
         "DEFAULT_PREFIX",

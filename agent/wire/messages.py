@@ -71,6 +71,7 @@ MAX_MESSAGE_DEPTH = 6
 
 # What the agent's detector must fill in; the client adds schema, device, fleet, seq, sent_at.
 ALERT_FIELDS = ("class", "confidence", "source", "victim", "packets", "first_seen", "last_seen", "action", "rule_id")
+ALERT_CLASSES = VERDICT_LABELS  # what an alert's class may be: the model's classes, or "anomaly"
 # The topic kinds below {prefix}/{fleet}/{device}/.
 KINDS = ("alerts", "status", "rules", "rules/ack", "model", "alerts/ack")
 
