@@ -9,6 +9,7 @@
     block       block an address or CIDR fleet-wide (signed, published retained)
     unblock     lift a block
     push-model  sign and send a model bundle to devices
+    token       create, list or revoke access tokens of the dashboard, its API and /metrics
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ from agent import __version__
 from agent.wire import DEFAULT_PREFIX, generate_key, key_id, load_private_key, save_keypair
 from controller.broker import AmqttBroker, BrokerError, start_embedded_broker
 from controller.certs import write_pki
+from controller.http_api import Backend, DashboardServer, HttpSettings
+from controller.metrics import ProcessView
 from controller.policy import PolicyConfig
-from controller.oneshot import broker_session
+from controller.oneshot import fleet_rules
 from controller.service import BrokerSettings, ControllerConfig, ControllerService, FleetRules
 from controller.store import Store
+from controller.tokens import ROLES, Tokens
 
 log = logging.getLogger("controller")
 
@@ -179,15 +183,60 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    try:
+        web = _dashboard(args, service) if args.http else None  # bound before the service starts: a taken port stops here
+    except UsageError:
+        if broker is not None:
+            broker.stop()
+        raise
     service.start()
+    if web is not None:
+        web.start()
+        print(f"dashboard on {web.url}/ (log in with a token: {_program_name()} token create --db {args.db})", flush=True)
     if not service.ready.wait(10):
         print(f"broker {args.broker[0]}:{args.broker[1]} not reachable yet; retrying in the background", flush=True)
     print(f"controller replica {args.name!r} running (database {args.db}); Ctrl-C to stop", flush=True)
     stop.wait()
+    if web is not None:
+        web.stop()
     service.stop()
     if broker is not None:
         broker.stop()
     print(f"stopped: {service.stats}")
+    return 0
+
+
+def _dashboard(args: argparse.Namespace, service: ControllerService) -> DashboardServer:
+    host, port = args.http
+    if (args.http_cert is None) != (args.http_key is None):
+        raise UsageError("--http-cert and --http-key go together")
+    stats = service.stats
+    process = ProcessView(rejected=lambda: dict(stats.rejected), duplicates=lambda: stats.alerts_duplicate,
+                          connected=service.ready.is_set)  # fmt: skip
+    backend = Backend(Path(args.db), args.key, _broker_settings(args), args.prefix, process)
+    try:
+        return DashboardServer(HttpSettings(host, port, args.http_cert, args.http_key, args.http_refresh), backend)
+    except OSError as exc:
+        raise UsageError(f"cannot serve the dashboard on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    tokens = Tokens(Store(_database(args, view=args.action != "create")))
+    if args.action == "create":
+        token, secret = tokens.create(args.role, args.name)
+        print(secret)
+        print(f"token {token.id} ({token.role}, {token.name!r}) created; the line above is shown only this once",
+              file=sys.stderr)  # fmt: skip
+        return 0
+    if args.action == "revoke":
+        if not tokens.revoke(args.id):
+            print(f"no active token {args.id}")
+            return 1
+        print(f"token {args.id} revoked")
+        return 0
+    rows = [vars(t) | {"created": _when(t.created_at, args.json), "last_used": _when(t.last_used, args.json),
+                       "revoked": _when(t.revoked_at, args.json)} for t in tokens.list()]  # fmt: skip
+    _print_rows(rows, ["id", "name", "role", "created", "last_used", "revoked"], args.json)
     return 0
 
 
@@ -231,8 +280,8 @@ def _fleet_rules(args: argparse.Namespace) -> Iterator[FleetRules]:
     inside the database transaction that records it and waits for the broker's acknowledgement, so a rule
     set or block the broker did not take is rolled back: nothing is recorded as issued unless published."""
     db, key = _database(args), load_private_key(args.key)
-    with broker_session(_broker_settings(args), f"iotguard-cli-{time.time_ns()}") as session:
-        yield FleetRules(Store(db), key, args.prefix, session.publish)
+    with fleet_rules(lambda: Store(db), key, args.prefix, _broker_settings(args), f"iotguard-cli-{time.time_ns()}") as rules:
+        yield rules
 
 
 def cmd_block(args: argparse.Namespace) -> int:
@@ -301,7 +350,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=float, default=3600.0, help="seconds a policy block lasts (0: until unblocked)")
     p.add_argument("--min-confidence", type=float, default=0.5)
     p.add_argument("--never-block", default="", help="comma-separated CIDRs never blocked by policy")
+    g = p.add_argument_group("dashboard")
+    g.add_argument("--http", type=_host_port, help="serve the dashboard, JSON API and /metrics on HOST:PORT")
+    g.add_argument("--http-cert", type=Path, help="certificate for HTTPS (with --http-key)")
+    g.add_argument("--http-key", type=Path)
+    g.add_argument("--http-refresh", type=int, default=10, help="seconds between the page's refreshes (0: never)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("token", help="access tokens of the dashboard, API and /metrics")
+    actions = p.add_subparsers(dest="action", required=True)
+    t = actions.add_parser("create", help="print a new token (once; only its hash is stored)")
+    t.add_argument("--role", choices=ROLES, default="viewer", help="viewer reads; admin also unblocks")
+    t.add_argument("--name", default="", help="who or what uses it (default: the role)")
+    t = actions.add_parser("list", help="tokens (never their secrets)")
+    t.add_argument("--json", action="store_true")
+    t = actions.add_parser("revoke", help="revoke a token by its id (ends its sessions too)")
+    t.add_argument("id")
+    for t in actions.choices.values():
+        common(t)
+    p.set_defaults(func=cmd_token)
 
     for name, func, helptext in (("devices", cmd_devices, "list devices"), ("alerts", cmd_alerts, "recent alerts"),
                                  ("rules", cmd_rules, "rule set versions")):

@@ -10,14 +10,16 @@ not published.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.wire import make_client
-from controller.service import BrokerSettings
+from controller.service import BrokerSettings, FleetRules
+from controller.store import Store
 
 
 class BrokerUnreachable(RuntimeError):
@@ -70,3 +72,13 @@ def broker_session(broker: BrokerSettings, client_id: str, timeout: float = 10.0
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+@contextmanager
+def fleet_rules(open_store: Callable[[], Store], key: Ed25519PrivateKey, prefix: str, broker: BrokerSettings,
+                client_id: str) -> Iterator[FleetRules]:  # fmt: skip
+    """FleetRules on a broker session of its own, what ``block``, ``unblock``, ``push-model`` and the
+    dashboard's unblock go through: connected before the store is even opened (an unreachable broker leaves
+    no database behind), and every rule set recorded only once the broker acknowledged it."""
+    with broker_session(broker, client_id) as session:
+        yield FleetRules(open_store(), key, prefix, session.publish)

@@ -40,7 +40,9 @@ def installed(tmp_path_factory) -> Path:
     (wheel,) = (tmp / "dist").glob("iotguard-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         shipped = {Path(n).stem for n in zf.namelist() if n.startswith("firmware_profiles/") and n.endswith(".toml")}
+        static = {n for n in zf.namelist() if n.startswith("controller/static/")}
     assert shipped == set(shipped_profiles()), "every firmware profile is package data"
+    assert static == {"controller/static/dashboard.css", "controller/static/dashboard.js"}, "the dashboard's files"
     pip("install", "-q", "--no-deps", "--no-index", "--target", str(tmp / "site"), str(wheel), cwd=tmp)
     return tmp / "site"
 
