@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlencode
 
 from agent.wire import ALERT_CLASSES
 from controller.fleet_view import RANGES, AlertQuery
@@ -22,7 +23,8 @@ CLASS_COLOURS = {
     "mirai_udpplain": "#D55E00", "anomaly": "#CC79A7", "benign": "#999999",
 }  # fmt: skip
 SPARE_COLOURS = ("#F0E442", "#000000", "#882255", "#44AA99")
-CHART_W, CHART_H, PAD_L, PAD_B, PAD_T = 720, 220, 44, 28, 10
+CHART_W, CHART_H, PAD_L, PAD_B, PAD_T = 960, 220, 44, 28, 10
+PAGE_ALERTS, MORE_ALERTS = 25, 200  # alerts listed on the page, and after "show more"
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,13 @@ def fmt(value: Any, digits: int = 1) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def mb(value: Any) -> str:
-    return "-" if value is None else f"{value / 1e6:,.1f} MB"
+def size(value: Any) -> str:
+    if value is None:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:,.1f} {unit}"
+    return f"{value:.0f} B"
 
 
 def age(seconds: float) -> str:
@@ -120,7 +127,7 @@ def login_page(error: str | None = None) -> bytes:
 
 
 def fleet_page(viewer: Viewer, view: dict[str, Any], query: AlertQuery, alerts: list[dict[str, Any]],
-               chart: dict[str, Any], flash: str | None, refresh_s: int) -> bytes:  # fmt: skip
+               chart: dict[str, Any], flash: str | None, refresh_s: int, params: dict[str, str] | None = None) -> bytes:  # fmt: skip
     devices = view["devices"]
     online = sum(d["online"] for d in devices)
     header = el("header",
@@ -142,7 +149,8 @@ def fleet_page(viewer: Viewer, view: dict[str, Any], query: AlertQuery, alerts: 
                  devices_table(devices), id="live-devices", data_live=True),
               id="devices"),
            el("section", el("h2", "Alerts"), alert_filters(query, devices),
-              el("div", alert_chart(chart), alerts_table(alerts), id="live-alerts", data_live=True), id="alerts"),
+              el("div", alert_chart(chart), alerts_table(alerts), more_alerts(alerts, query, params or {}),
+                 id="live-alerts", data_live=True), id="alerts"),
            el("section", el("h2", "Active blocks"),
               el("div", blocks_table(view["blocks"], viewer), id="live-blocks", data_live=True), id="blocks"),
            el("section", el("h2", "Rule sets"),
@@ -168,7 +176,7 @@ def devices_table(devices: list[dict[str, Any]]) -> Markup:
             state,
             [utc(d["last_heartbeat"]), el("small", " ", age(d["heartbeat_age_s"]))],
             fmt(d["packets_per_s"]), fmt(d["drops"]), "-" if d["cpu_percent"] is None else f"{d['cpu_percent']:.0f}%",
-            mb(d["rss_bytes"]), model_cell(d), rules_cell(d), fmt(d["alerts_queued"]),
+            size(d["rss_bytes"]), model_cell(d), rules_cell(d), fmt(d["alerts_queued"]),
         ])  # fmt: skip
     return table(["Device", "State", "Last heartbeat", "Packets/s", "Drops", "CPU", "RSS", "Model", "Rule sets",
                   "Alerts queued"], rows, "No device has reported yet.", "devices")  # fmt: skip
@@ -219,6 +227,7 @@ def alert_filters(q: AlertQuery, devices: list[dict[str, Any]]) -> Markup:
               el("label", "To", time_input("until", q.until, q.range)),
               el("input", type="hidden", name="tz", value="0"),
               el("input", type="hidden", name="fleet", value=q.fleet) if q.fleet else None,
+              el("input", type="hidden", name="limit", value=q.limit) if q.limit != PAGE_ALERTS else None,
               el("button", "Filter", type="submit"),
               el("a", "clear", href="/#alerts"),
               method="get", action="/", class_="filters")  # fmt: skip
@@ -262,7 +271,7 @@ def alert_chart(chart: dict[str, Any]) -> Markup:
             label = f"{cls}: {counts[i]} alert{'s' if counts[i] != 1 else ''} from {short_time(start, bucket)} UTC"
             shapes.append(el("rect", el("title", label), x=f"{PAD_L + i * bar_w + bar_w * 0.1:.1f}", y=f"{y:.1f}",
                              width=f"{max(bar_w * 0.8, 1):.1f}", height=f"{h:.1f}", fill=palette[cls]))  # fmt: skip
-    for i in sorted({0, n // 2, n}):  # x labels: start, middle, end
+    for i in sorted({0, n // 4, n // 2, 3 * n // 4, n}):  # x labels: start, quarters, end
         anchor = "start" if i == 0 else "end" if i == n else "middle"
         shapes.append(el("text", short_time(chart["since"] + i * bucket, bucket), x=f"{PAD_L + i * bar_w:.1f}",
                          y=CHART_H - 8, text_anchor=anchor))  # fmt: skip
@@ -316,6 +325,15 @@ def alerts_table(alerts: list[dict[str, Any]]) -> Markup:
                  "No alerts match.", "alerts")  # fmt: skip
 
 
+def more_alerts(alerts: list[dict[str, Any]], q: AlertQuery, params: dict[str, str]) -> Markup | None:
+    """The list stops at the query's limit: say so, and link to a longer one with the same filters."""
+    if len(alerts) < q.limit:
+        return None
+    more = urlencode({**params, "limit": MORE_ALERTS}) if q.limit < MORE_ALERTS else None
+    return el("p", f"The newest {q.limit} alerts. ", el("a", f"Show {MORE_ALERTS}", href=f"/?{more}#alerts") if more else None,
+              class_="caption")  # fmt: skip
+
+
 def blocks_table(blocks: list[dict[str, Any]], viewer: Viewer) -> Markup:
     rows = []
     for b in blocks:
@@ -346,7 +364,7 @@ def models_table(models: list[dict[str, Any]]) -> Markup:
     for m in models:
         targets = [el("li", t["target"], " ", badge("installed", "ok") if t["installed"] else
                       badge(f"reports {t['reported'] or 'nothing'}", "warn")) for t in m["targets"]]  # fmt: skip
-        rows.append([m["version"], m["bundle_version"] or "-", mb(m["bytes"]), el("code", m["sha256"][:12]),
+        rows.append([m["version"], m["bundle_version"] or "-", size(m["bytes"]), el("code", m["sha256"][:12]),
                      utc(m["pushed_at"]), el("ul", targets, class_="acks")])  # fmt: skip
     return table(["Version", "Bundle", "Size", "sha256", "Pushed", "Devices"], rows, "No model pushed yet.")
 

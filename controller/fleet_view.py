@@ -83,12 +83,12 @@ class AlertQuery:
     limit: int = 100
 
     @classmethod
-    def from_params(cls, params: dict[str, str], now: float) -> AlertQuery:
+    def from_params(cls, params: dict[str, str], now: float, default_limit: int = 100) -> AlertQuery:
         """From query parameters: fleet, device, class, range, since, until, tz, limit (empty means unset)."""
         p = {k: v.strip() for k, v in params.items() if v.strip()}
         try:
             tz = int(p["tz"]) if "tz" in p else None
-            limit = int(p.get("limit", 100))
+            limit = int(p.get("limit", default_limit))
         except ValueError:
             raise QueryError("tz and limit must be integers") from None
         if not 1 <= limit <= MAX_ALERTS:

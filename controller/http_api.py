@@ -301,17 +301,17 @@ class Handler(BaseHTTPRequestHandler):
             return self._redirect("/login")
         now = time.time()
         try:
-            query = fleet_view.AlertQuery.from_params(self.query, now)
+            query = fleet_view.AlertQuery.from_params(self.query, now, default_limit=dashboard.PAGE_ALERTS)
             problem = None
         except fleet_view.QueryError as exc:
-            query, problem = fleet_view.AlertQuery(), str(exc)
+            query, problem = fleet_view.AlertQuery(limit=dashboard.PAGE_ALERTS), str(exc)
         store = self.app.store
         view = fleet_view.summary(store, now)
         flash, auth.session.flash = auth.session.flash, None
         viewer = dashboard.Viewer(auth.token.name, auth.token.role, auth.session.csrf)
         self._html(dashboard.fleet_page(viewer, view, query, fleet_view.alerts(store, query),
                                         fleet_view.chart(store, query, now), problem or flash,
-                                        self.app.settings.refresh_s))  # fmt: skip
+                                        self.app.settings.refresh_s, self.query))  # fmt: skip
 
     def login_form(self) -> None:
         if (auth := self._auth()) is not None and auth.session is not None:
