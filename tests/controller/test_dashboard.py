@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from html.parser import HTMLParser
@@ -21,7 +25,7 @@ from controller.service import BrokerSettings
 from controller.store import Store
 from lab import REPO
 from lab.dashboard_lab import DashboardLab, WebClient
-from lab.mqtt_helpers import FLEET, Listener, alert, make_agent, wait_until
+from lab.mqtt_helpers import FLEET, Listener, alert, make_agent, needs_mosquitto, wait_until
 
 PREFIX = "iotguard/v1"
 API = ("/api/devices", "/api/alerts", "/api/blocks", "/api/rulesets", "/api/models", "/metrics")
@@ -412,3 +416,30 @@ def test_web_client_is_not_a_browser_without_origin(lab, broker, keys, tmp_path)
     block(broker, keys, tmp_path, "192.0.2.3")
     done = WebClient(*lab.server.address).request("POST", "/api/unblock", lab.admin, body={"fleet": FLEET, "source": "192.0.2.3"})
     assert done.status == 200 and done.json()["rules"] == 0
+
+
+@pytest.mark.slow
+@needs_mosquitto
+def test_controller_run_with_http_serves_the_dashboard(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    base = [sys.executable, "-m", "controller", "--log-level", "WARNING"]
+    db, key = tmp_path / "c.sqlite", tmp_path / "signing.key"
+    subprocess.run([*base, "keygen", "--out", str(tmp_path)], env=env, check=True, capture_output=True, timeout=60)
+    token = subprocess.run([*base, "token", "create", "--db", str(db)], env=env, check=True, capture_output=True,
+                           text=True, timeout=60).stdout.strip()  # fmt: skip
+    proc = subprocess.Popen([*base, "run", "--db", str(db), "--key", str(key), "--http", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        (url,) = [m.group(1) for line in lines if (m := re.match(r"dashboard on (http://127\.0\.0\.1:\d+)/", line))]
+        host, port = url.removeprefix("http://").split(":")
+        web = WebClient(host, int(port))
+        assert web.get("/api/devices").status == 401
+        assert web.get("/api/devices", token).json() == {"devices": []}
+        wait_until(lambda: "iotguard_controller_mqtt_connected 1" in web.get("/metrics", token).text, "connected")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
