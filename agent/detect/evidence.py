@@ -5,12 +5,12 @@ trained on.  A flood, a scan or Mirai's own scanner also show in plain header fa
 options the attacker chose (payload size, ports, TTL, ToS, ...):
 
 * the packet's shape: SYN only; SYN with other flags ("syn_odd": Mirai's syn attack lets the operator set
-  any flag bits, e.g. SYN-FIN-PSH-ACK), except the plain SYN-ACK that answers a SYN; other TCP without SYN
-  or RST ("ack": Mirai's ack flood sets ACK and maybe PSH or URG, other tools flood with FIN, PSH, URG or
-  no flag at all); UDP; ICMP echo requests (ping floods and sweeps, which no Mirai class has: the closest
+  any flag bits, e.g. SYN-FIN-PSH-ACK), except the plain SYN-ACK that answers a SYN; other TCP without SYN,
+  but for a bare RST ("ack": Mirai's ack flood sets ACK and maybe PSH or URG, or any bits, RST among them;
+  other tools flood with FIN, PSH, URG or no flag at all); UDP; ICMP echo requests (ping floods and sweeps, which no Mirai class has: the closest
   is the connectionless UDP flood); GRE version 0 carrying IPv4 or Ethernet ("tunnel": Mirai's greip and
   greeth floods wrap UDP floods in GRE, so the closest class is the UDP flood; PPTP's GRE is version 1).
-  SYN-ACKs and RSTs answer somebody: a victim's replies never count;
+  SYN-ACKs and bare RSTs (RST or RST-ACK, no data) answer somebody: a victim's replies never count;
 * whether its socket pair is fresh: floods draw fresh ports per packet, ordinary traffic reuses its
   connections.  The feature engine already tracks every socket pair, so this is read off its weights: a
   stream created by this very packet has weight 1 at every decay.  ``opens_socket_pair`` asks whether
@@ -58,7 +58,7 @@ class Evidence:
     """Per-packet booleans, aligned with the packet batch they were computed from."""
 
     syn_only: np.ndarray
-    ack: np.ndarray  # TCP without SYN or RST
+    ack: np.ndarray  # TCP without SYN and no bare RST
     syn_odd: np.ndarray  # SYN with other flags, not a plain SYN-ACK
     udp: np.ndarray
     echo: np.ndarray  # ICMP echo request
@@ -68,7 +68,7 @@ class Evidence:
     opener: np.ndarray  # TCP without ACK or RST, or an echo request: reaches for a host or port
     answer: np.ndarray  # SYN-ACK, echo reply or time exceeded
     synack: np.ndarray  # a plain SYN-ACK (an answer if its receiver sent the SYN: see DecisionLayer)
-    rst: np.ndarray  # TCP with RST: an answer, or a scanner's kernel refusing the SYN-ACKs its probes drew
+    rst: np.ndarray  # a bare RST (or RST-ACK): an answer, or a scanner's kernel refusing the SYN-ACKs it drew
     udp_probe: np.ndarray  # probe-sized UDP opening a socket pair to a host its sender talked with recently
     refusal: np.ndarray  # ICMP destination unreachable
 
@@ -100,11 +100,14 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     counts as using a fresh socket pair."""
     tcp = (packets.proto == 6) & ~packets.frag  # a later fragment has no TCP header (its flags read 0)
     flags = packets.tcp_flags
+    # A stack's RST is bare: RST or RST-ACK, no data.  RST with FIN, PSH, URG or SYN, or with a payload, answers
+    # nobody: Mirai's floods take any flag bits (an ack flood with RST among them was never judged).
+    rst = tcp & ((flags & (RST | SYN | FIN | PSH | URG)) == RST) & (packets.payload_len == 0)
     syn_only = tcp & ((flags & (SYN | ACK | RST | FIN)) == SYN)
-    ack = tcp & ((flags & (SYN | RST)) == 0)
+    ack = tcp & ((flags & SYN) == 0) & ~rst
     opener = tcp & ((flags & (ACK | RST)) == 0)
     synack = tcp & ((flags & (SYN | ACK | RST | FIN | PSH | URG)) == (SYN | ACK))  # ECN bits allowed
-    syn_odd = tcp & ((flags & (SYN | RST)) == SYN) & ~syn_only & ~synack
+    syn_odd = tcp & ((flags & SYN) == SYN) & ~syn_only & ~synack
     v4, v6 = packets.proto == 1, packets.proto == 58
 
     def icmp(types: tuple[int, int]) -> np.ndarray:
@@ -123,5 +126,5 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         udp_probe = udp & probe_sized & known_host & opens_socket_pair(features)
     tunnel = (packets.proto == 47) & np.isin(packets.gre_proto, GRE_FLOODS)
     return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, opener | echo,
-                    synack | icmp(ECHO_REPLIES) | icmp(TIME_EXCEEDED), synack, tcp & ((flags & RST) != 0),
+                    synack | icmp(ECHO_REPLIES) | icmp(TIME_EXCEEDED), synack, rst,
                     udp_probe, icmp(UNREACHABLE))  # fmt: skip

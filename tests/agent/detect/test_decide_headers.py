@@ -592,3 +592,24 @@ def test_a_udp_flood_through_one_socket_is_named_by_its_ip_ids(ids, named):
     verdicts, labels = run(flood, scores=scan_scores(n, "mirai_udpplain"))
     assert [(v.label, v.src_ip) for v in verdicts] == [(named, "62.181.91.112")]
     assert (labels == LABELS.index(named)).mean() > 0.95
+
+
+def test_an_ack_flood_with_rst_among_its_flags_is_a_flood_and_bare_rsts_answer():
+    """Mirai's ack flood takes any flag bits: FIN-RST-PSH-ACK-URG with 1,000-byte payloads from three bots is a
+    flood.  A stack's RST is bare (RST or RST-ACK, no data): a board refusing a flood the same way is no flooder."""
+    rng = np.random.default_rng(29)
+    n = 3000
+    ts = T0 + np.arange(n) / 1500.0
+    bots = ip(70, 37, 248, 9) + np.arange(n) % 3
+    flood = batch(ts, bots, BOARD, sport=rng_ports(rng, n), dport=rng_ports(rng, n), flags=0x3D, size=1054,
+                  seq=2046361600)  # fmt: skip
+    flood.payload_len[:] = 1000
+    flood.tcp_ack[:] = rng.integers(1, 1 << 32, n)
+    refusals = batch(ts + 0.0001, BOARD, bots, sport=flood.dport, dport=flood.sport, flags=0x14, size=54)
+    both = join(flood, refusals)
+    scores = np.where((both.src_ip_lo != np.uint64(0xFFFF_0000_0000) | np.uint64(BOARD))[:, None],
+                      scan_scores(2 * n, "mirai_ack"), benign_scores(2 * n))  # fmt: skip
+    verdicts, labels = run(both, scores=scores)
+    assert {(v.label, v.src_ip) for v in verdicts if v.kind == "source"} == {("mirai_ack", f"70.37.248.{9 + k}")
+                                                                           for k in range(3)}  # fmt: skip
+    assert all(v.latency < 1.0 for v in verdicts)
