@@ -16,12 +16,13 @@ from agent.act.enforce import EnforcementError
 from agent.capture.interface import CaptureError
 from agent.capture.packets import DecodeStats
 from agent.capture.pcap import CaptureFormatError
-from agent.config import ConfigError
+from agent.config import AgentConfig, ConfigError, EventsConfig
 from agent.console import broken_pipe, output_file, program_name, version_text
 from agent.detect.anomaly import AnomalyModelError
 from agent.detect.model import BundleError
 from agent.features.columns import COLUMNS
 from agent.features.csv_file import FeatureCSVError
+from agent.metrics import Listen, MetricsError, parse_listen
 from agent.profile import ProfileError, shipped_profiles
 
 log = logging.getLogger("agent")
@@ -137,6 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     profile = load_profile(args.profile)
     config = load_config(args.config)
+    apply_run_options(config, args)
     LiveAgent.check_privileges(args.enforcement or profile.enforcement)
     interface_index(args.interface or profile.interface)  # a typo stops us before anything is created
     stop, reload_request = threading.Event(), threading.Event()
@@ -152,6 +154,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         agent.stop()
     return 0
+
+
+def apply_run_options(config: AgentConfig, args: argparse.Namespace) -> None:
+    """--metrics and --events win over the configuration file (the file's rotation settings stay)."""
+    if args.metrics is not None:
+        config.metrics = args.metrics
+    if args.events is not None:
+        keep = {"max_bytes": config.events.max_bytes, "backups": config.events.backups} if config.events else {}
+        config.events = EventsConfig(args.events, **keep)
+
+
+def listen_option(text: str) -> Listen:
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -213,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interface", help="capture interface (default: the profile's)")
     p.add_argument("--config", help="agent configuration TOML (state_dir, allowlist, mqtt, ...)")
     p.add_argument("--enforcement", choices=("nftables", "none"), help="override the profile's enforcement backend")
+    p.add_argument("--metrics", metavar="HOST:PORT", type=listen_option,
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (a port alone: on 127.0.0.1)")
+    p.add_argument("--events", metavar="FILE", help="write verdicts, rule changes and fleet updates to FILE as JSON lines")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("doctor", help="check this board: runtime, model, interface, capabilities, nftables, broker, certificates")
@@ -226,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Errors in what the user gave (files, configuration, privileges): one line on standard error, exit 2.
 USER_ERRORS = (CaptureFormatError, FileNotFoundError, IsADirectoryError, PermissionError, FeatureCSVError, BundleError,
-               ConfigError, ProfileError, EnforcementError, CaptureError, AnomalyModelError)  # fmt: skip
+               ConfigError, ProfileError, EnforcementError, CaptureError, AnomalyModelError, MetricsError)  # fmt: skip
 
 
 def run_command(func, args: argparse.Namespace) -> int:

@@ -11,6 +11,12 @@ names the file, the key and the problem.
     min_packets = 10
     anomaly = "report"                            # off | report | enforce: verdicts of the anomaly detector
     anomaly_model = ""                            # its model file; empty: the bundled default
+    metrics = "127.0.0.1:9464"                    # Prometheus /metrics (HOST:PORT, or a port on 127.0.0.1); "" off
+
+    [events]                                      # optional: verdicts, rule changes, fleet updates as JSON lines
+    path = "/var/log/iotguard/events.jsonl"
+    max_bytes = 10485760                          # rotated to events.jsonl.1 ... when a line would pass this
+    backups = 5                                   # rotated files kept
 
     [mqtt]                                        # optional: without it the agent runs alone
     host = "broker.lan"
@@ -22,6 +28,8 @@ names the file, the key and the problem.
     tls_cert = "/etc/iotguard/device.pem"
     tls_key = "/etc/iotguard/device.key"
     confirm_alerts = "auto"                       # auto | always | off: keep alerts until the controller confirms them
+    home_assistant = false                        # publish Home Assistant discovery configs (retained)
+    discovery_prefix = "homeassistant"
 """
 
 from __future__ import annotations
@@ -34,12 +42,16 @@ from typing import Any
 
 from agent.act.respond import ResponseConfig
 from agent.detect.decide import DecisionConfig
-from agent.validate import Field, Invalid, fields, instance_of, network, passes
+from agent.events import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES
+from agent.metrics import Listen, parse_listen
+from agent.validate import Field, Invalid, boolean, fields, instance_of, network, passes
 from agent.wire import ALL_DEVICES, DEFAULT_PREFIX, NAME_RE
 
 REQUIRED = object()
 ANOMALY_MODES = ("off", "report", "enforce")
 CONFIRM_MODES = ("auto", "always", "off")  # when alerts wait for the controller's confirmation (agent/fleet/mqtt.py)
+EVENTS_MIN_BYTES = 1024  # below this a size was surely meant in other units (10 meaning 10 MB)
+EVENTS_MAX_BACKUPS = 1000
 
 
 class ConfigError(ValueError):
@@ -71,6 +83,8 @@ class MqttConfig:
     status_interval_s: float = 30.0  # how often the agent publishes its status
     confirm_alerts: str = "auto"  # one of CONFIRM_MODES
     confirm_timeout_s: float = 60.0  # an alert the broker acknowledged but no controller confirmed is sent again
+    home_assistant: bool = False  # publish Home Assistant discovery configs (agent/fleet/home_assistant.py)
+    discovery_prefix: str = "homeassistant"  # Home Assistant's default
 
     def __post_init__(self) -> None:
         for what in ("fleet", "device"):
@@ -92,6 +106,18 @@ class MqttConfig:
 
 
 @dataclass
+class EventsConfig:
+    """The event log (agent/events.py): one JSON object per line, rotated by size."""
+
+    path: Path
+    max_bytes: int = DEFAULT_MAX_BYTES
+    backups: int = DEFAULT_BACKUPS
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+
+@dataclass
 class AgentConfig:
     state_dir: Path = Path("/var/lib/iotguard")
     allowlist: list[str] = field(default_factory=list)
@@ -103,6 +129,8 @@ class AgentConfig:
     anomaly: str = "report"
     anomaly_model: str = ""
     mqtt: MqttConfig | None = None
+    metrics: Listen | None = None  # where /metrics is served; None: not at all
+    events: EventsConfig | None = None
     path: Path | None = None
 
 
@@ -117,7 +145,14 @@ KEYS: dict[str, tuple[type | tuple, Any]] = {
     "model": (str, AgentConfig.model),  # a bundle JSON; empty: the bundled default
     "anomaly": (str, AgentConfig.anomaly),  # off: not run; report: its verdicts are alerts; enforce: they block too
     "anomaly_model": (str, AgentConfig.anomaly_model),  # an anomaly model file; empty: the bundled default
+    "metrics": ((str, int), ""),  # HOST:PORT or a port (on 127.0.0.1); "": no metrics endpoint
+    "events": (dict, None),
     "mqtt": (dict, None),
+}
+EVENTS_KEYS: dict[str, tuple[type | tuple, Any]] = {
+    "path": (str, REQUIRED),
+    "max_bytes": (int, DEFAULT_MAX_BYTES),
+    "backups": (int, DEFAULT_BACKUPS),
 }
 MQTT_KEYS: dict[str, tuple[type | tuple, Any]] = {
     "host": (str, REQUIRED),
@@ -131,6 +166,8 @@ MQTT_KEYS: dict[str, tuple[type | tuple, Any]] = {
     "tls_key": (str, ""),
     "status_interval_s": ((int, float), MqttConfig.status_interval_s),
     "confirm_alerts": (str, MqttConfig.confirm_alerts),
+    "home_assistant": (bool, MqttConfig.home_assistant),
+    "discovery_prefix": (str, MqttConfig.discovery_prefix),
 }
 
 
@@ -139,7 +176,8 @@ def _check(path: Path, table: dict, keys: dict, where: str = "") -> dict:
     checks = []
     for key, (kind, default) in keys.items():
         want = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        checks.append(Field(key, instance_of(kind, want), required=default is REQUIRED, default=default))
+        check = boolean if kind is bool else instance_of(kind, want)  # instance_of never takes a bool
+        checks.append(Field(key, check, required=default is REQUIRED, default=default))
     try:
         return fields(table, checks, refuse_unknown=True)
     except Invalid as exc:
@@ -176,6 +214,30 @@ def _check_mqtt_values(path: Path, m: dict) -> None:
     if m["confirm_alerts"] not in CONFIRM_MODES:
         raise ConfigError(f"{path}: key 'mqtt.confirm_alerts' must be one of {', '.join(CONFIRM_MODES)}, "
                           f"got {m['confirm_alerts']!r}")  # fmt: skip
+    prefix = m["discovery_prefix"]
+    if not prefix or any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/"):
+        raise ConfigError(f"{path}: key 'mqtt.discovery_prefix' must be a topic prefix without wildcards or "
+                          f"leading/trailing '/', got {prefix!r}")  # fmt: skip
+
+
+def _events(path: Path, table: dict) -> EventsConfig:
+    e = _check(path, table, EVENTS_KEYS, "events.")
+    if not e["path"]:
+        raise ConfigError(f"{path}: key 'events.path' must not be empty")
+    if e["max_bytes"] < EVENTS_MIN_BYTES:
+        raise ConfigError(f"{path}: key 'events.max_bytes' must be at least {EVENTS_MIN_BYTES}, got {e['max_bytes']}")
+    if not 0 <= e["backups"] <= EVENTS_MAX_BACKUPS:
+        raise ConfigError(f"{path}: key 'events.backups' must be in 0..{EVENTS_MAX_BACKUPS}, got {e['backups']}")
+    return EventsConfig(Path(e["path"]), e["max_bytes"], e["backups"])
+
+
+def _metrics(path: Path, value: str | int) -> Listen | None:
+    if value == "":
+        return None
+    try:
+        return parse_listen(value)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: key 'metrics' {exc}") from None
 
 
 def load_config(path: str | Path | None) -> AgentConfig:
@@ -208,6 +270,8 @@ def load_config(path: str | Path | None) -> AgentConfig:
         _check_mqtt_values(path, m)
         files = {k: m.pop(k) or None for k in ("tls_ca", "tls_cert", "tls_key", "controller_public_key")}  # "": none
         mqtt = MqttConfig(**m, **files, state_dir=Path(v["state_dir"]) / "mqtt")  # it makes the file names Paths
+    metrics = _metrics(path, v["metrics"])
+    events = _events(path, v["events"]) if v["events"] is not None else None
     return AgentConfig(
         state_dir=Path(v["state_dir"]),
         allowlist=[str(a) for a in v["allowlist"]],
@@ -219,5 +283,7 @@ def load_config(path: str | Path | None) -> AgentConfig:
         anomaly=v["anomaly"],
         anomaly_model=v["anomaly_model"],
         mqtt=mqtt,
+        metrics=metrics,
+        events=events,
         path=path,
     )

@@ -7,6 +7,7 @@ status is non-zero when any check fails.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import shutil
 import socket
@@ -159,8 +160,36 @@ def check_certificates(m) -> list[Check]:
     return out
 
 
+def check_outputs(config: AgentConfig) -> list[Check]:
+    """What the start finds for /metrics (a taken address stops it) and the event log (an unwritable one loses events)."""
+    out = []
+    if config.metrics is not None:
+        listen = config.metrics
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in listen.host else socket.AF_INET) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the metrics server binds
+                s.bind((listen.host, listen.port))
+            out.append(Check("metrics", "ok", f"http://{listen}/metrics can be served"))
+        except (OSError, OverflowError) as exc:
+            out.append(Check("metrics", "FAIL", f"{listen}: {getattr(exc, 'strerror', None) or exc}",
+                             "choose another address in `metrics` or --metrics, or stop what listens there "
+                             "(a running agent holds its own)"))  # fmt: skip
+    if config.events is not None:
+        folder = Path(config.events.path).absolute().parent
+        while not folder.exists() and folder != folder.parent:  # the agent makes missing folders
+            folder = folder.parent
+        if folder.is_dir() and os.access(folder, os.W_OK):
+            out.append(Check("event log", "ok", f"{config.events.path} (rotated at {config.events.max_bytes} bytes, "
+                                                f"{config.events.backups} kept)"))  # fmt: skip
+        else:
+            out.append(Check("event log", "warn", f"{config.events.path}: {folder} is not a writable folder",
+                             "events are lost (and counted) until it is; fix `[events] path`"))  # fmt: skip
+    return out
+
+
 def run_doctor(profile: Profile, config: AgentConfig, interface: str | None = None) -> int:
     checks = check_platform(profile) + check_model(profile, config) + check_system(profile, interface or profile.interface, config)
+    checks += check_outputs(config)
     for c in checks:
         print(f"[{c.status:4s}] {c.name:20s} {c.detail}")
         if c.fix and c.status != "ok":

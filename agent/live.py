@@ -3,14 +3,23 @@
 ``LiveAgent`` wires the stages together for one interface.  It owns no
 detection logic itself; each stage lives in its own module.  Signals:
 SIGTERM/SIGINT stop it cleanly (rules saved, kernel table removed), SIGHUP
-reloads the configuration's allowlist and the saved rules.
+reloads the configuration's allowlist and the saved rules (the metrics address
+and the event log stay as they started).
+
+What operators read, besides the log: ``/metrics`` for Prometheus
+(agent/metrics.py: ``snapshot`` copies the counters kept here, so a scrape
+costs the packet path nothing but a short hold of the lock), the event log
+(agent/events.py), and the status heartbeat, which carries the current
+packet rate and ``under_attack`` (Home Assistant reads both).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,13 +37,22 @@ from agent.detect.anomaly import AnomalyModelError, load_anomaly
 from agent.detect.decide import DecisionConfig, DecisionLayer
 from agent.detect.model import Bundle, Classifier, load_bundle
 from agent.detect.protocol_classes import packet_classes
+from agent.events import EventLog, NoEvents
 from agent.features.engine import FeatureExtractor
+from agent.fleet.home_assistant import DeviceInfo
+from agent.metrics import AgentSnapshot, MetricsServer, families
 from agent.profile import RING_BLOCK_KB, Profile
 from agent.util import release_free_memory, require
+
+try:
+    import psutil
+except ImportError:  # an agent dependency; without it /metrics lacks CPU and memory
+    psutil = None
 
 log = logging.getLogger(__name__)
 
 STATUS_LOG_S = 60.0  # a summary line in the log this often: what an operator (or the soak run) reads
+ATTACK_HOLD_S = 60.0  # "under attack" until this long after the last verdict or packet a rule dropped
 
 
 @dataclass
@@ -45,6 +63,7 @@ class Counters:
     classified: int = 0
     verdicts: int = 0
     per_class: list = field(default_factory=lambda: [0] * 6)
+    verdict_kinds: Counter = field(default_factory=Counter)  # (class, basis) -> verdicts; changed under the lock
     started: float = field(default_factory=time.time)
 
 
@@ -68,23 +87,37 @@ class LiveAgent:
         allow = self._allowlist(config)
         self.rules = RuleTable(allow, config.max_local_rules, path=state / "rules.json")
         self.enforcer: Enforcer = make_enforcer(self.enforcement, allow=allow)
+        self.device_id = config.mqtt.device if config.mqtt else socket.gethostname()
+        e = config.events
+        self.events = EventLog(e.path, self.device_id, e.max_bytes, e.backups) if e else NoEvents()
         self.responder = Responder(
             self.rules,
             self.enforcer,
             ResponseConfig(block_seconds=config.block_seconds, block_anomalies=config.anomaly == "enforce",
                            flood_rate=self.decision.cfg.flood_rate),
+            events=self.events,
         )
         self.capture: LiveCapture | None = None
         self.lock = threading.Lock()  # the MQTT thread changes rules and model while capture runs
         self.fleet = None
         if config.mqtt is not None:
+            import agent
             from agent.fleet.link import FleetLink  # paho is imported only by agents in a fleet
 
             self.fleet = FleetLink(config.mqtt, self.responder, self.lock, swap_model=self._swap_model,
-                                   make_classifier=self._make_classifier)  # fmt: skip
+                                   make_classifier=self._make_classifier, events=self.events,
+                                   device_info=DeviceInfo(model=profile.name, sw_version=agent.__version__))  # fmt: skip
+        self.metrics: MetricsServer | None = None
+        if config.metrics is not None:
+            self.metrics = MetricsServer(config.metrics, lambda: families(self.snapshot()))
+        self._process = psutil.Process() if psutil is not None else None
         self._last_housekeeping = 0.0
         self._last_status = 0.0
         self._last_status_log = time.time()
+        self._last_hostile = 0.0  # wall time of the last verdict, or of the last packet a rule dropped
+        self._filtered_seen = 0
+        self._status_mark = (self.counters.started, 0)  # (time, frames) of the last status: its packet rate
+        self._status_attack = False  # under_attack as the last status said
 
     @staticmethod
     def _allowlist(config: AgentConfig) -> list[str]:
@@ -117,6 +150,9 @@ class LiveAgent:
         Path(self.config.state_dir).mkdir(parents=True, exist_ok=True)
         undo = []  # what to stop if a later stage fails; each stop is safe on a stage that did not start
         try:
+            if self.metrics is not None:  # first: an address in use fails the start before anything else
+                undo.append(self.metrics.stop)
+                self.metrics.start()
             undo.append(self.enforcer.stop)
             self.enforcer.start()
             loaded = self.responder.restore()
@@ -135,6 +171,9 @@ class LiveAgent:
                     log.warning("while undoing a failed start: %s", exc)
             self.capture = None
             raise
+        self.events.write("agent_started", interface=self.interface, profile=self.profile.name,
+                          enforcement=self.enforcement, model=self.classifier.bundle.version,
+                          runtime=self.classifier.runtime, rules_restored=loaded)  # fmt: skip
 
     def reload(self, config: AgentConfig) -> None:
         """SIGHUP: new allowlist, thresholds and anomaly mode, rules re-read from disk and re-applied."""
@@ -158,7 +197,13 @@ class LiveAgent:
         finally:
             if self.capture is not None:
                 self.capture.close()
-        log.info("agent stopped: %s", self.summary())
+            if self.metrics is not None:
+                self.metrics.stop()
+        summary = self.summary()
+        log.info("agent stopped: %s", summary)
+        self.events.write("agent_stopped", frames=summary["frames"], verdicts=summary["verdicts"],
+                          rules=summary["rules"], kernel_drops=summary["kernel_drops"])  # fmt: skip
+        self.events.close()
 
     def run(self, stop: threading.Event, reload_request: threading.Event | None = None, reload_config=None) -> None:
         assert self.capture is not None, "start() first"
@@ -196,8 +241,13 @@ class LiveAgent:
             c.per_class[k] += n
         odd = self.anomaly.score(feats) if self.anomaly is not None else None
         verdicts = self.decision.update(packets, scores, feats, odd)
+        if not verdicts:
+            return []
         c.verdicts += len(verdicts)
+        self._last_hostile = time.time()
         with self.lock:
+            for v in verdicts:
+                c.verdict_kinds[(v.label, v.basis)] += 1
             alerts = self.responder.act(verdicts)
         if self.fleet is not None:
             for a in alerts:
@@ -214,17 +264,59 @@ class LiveAgent:
         if now - self._last_status_log >= STATUS_LOG_S:
             self._last_status_log = now
             log.info("status: %s", self.summary())
-        if self.fleet is not None and now - self._last_status >= self.config.mqtt.status_interval_s:
-            self._last_status = now
+        if self.counters.filtered != self._filtered_seen:  # a rule still drops an attacker's packets
+            self._filtered_seen = self.counters.filtered
+            self._last_hostile = now
+        attack = self.under_attack(now)
+        # The status goes out every status_interval_s, and at once when under_attack changes (Home Assistant).
+        if self.fleet is not None and (now - self._last_status >= self.config.mqtt.status_interval_s
+                                       or attack != self._status_attack):  # fmt: skip
+            self._last_status, self._status_attack = now, attack
             stats = self.capture.stats() if self.capture is not None else None
-            elapsed = max(now - self.counters.started, 1e-9)
+            (then, frames), self._status_mark = self._status_mark, (now, self.counters.frames)
             self.fleet.client.publish_status(
-                packets_per_s=round(self.counters.frames / elapsed, 1),
+                packets_per_s=round((self.counters.frames - frames) / max(now - then, 1e-3), 1),  # since the last one
                 drops=getattr(stats, "kernel_drops", 0),
                 model_version=self.classifier.bundle.version,
+                under_attack=attack,
             )
         with self.lock:
             self.responder.housekeeping(now)
+
+    def under_attack(self, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return now - self._last_hostile < ATTACK_HOLD_S
+
+    def snapshot(self) -> AgentSnapshot:
+        """The numbers /metrics shows (called from the metrics server's thread)."""
+        now = time.time()
+        c = self.counters
+        with self.lock:  # the MQTT thread swaps rule sets and the model
+            rules = {"local": 0, "fleet": 0}
+            for e in self.rules.entries.values():
+                if e.rule.active(now):
+                    rules["local" if e.origin == "local" else "fleet"] += 1
+            verdicts = dict(c.verdict_kinds)
+            bundle, runtime = self.classifier.bundle.version, self.classifier.runtime
+        kernel_drops = None
+        if self.capture is not None:
+            try:
+                kernel_drops = self.capture.stats().kernel_drops
+            except OSError:  # closing as we read
+                pass
+        rss = cpu = None
+        if self._process is not None:
+            times = self._process.cpu_times()
+            rss, cpu = self._process.memory_info().rss, times.user + times.system
+        logging_events = not isinstance(self.events, NoEvents)
+        return AgentSnapshot(
+            now=now, started=c.started, frames=c.frames, decoded=c.decoded, filtered=c.filtered,
+            per_class=dict(zip(LABELS, list(c.per_class))), verdicts=verdicts, rules=rules,
+            model_version=bundle, runtime=runtime, under_attack=self.under_attack(now), kernel_drops=kernel_drops,
+            rss_bytes=rss, cpu_seconds=cpu, fleet=self.fleet.summary() if self.fleet is not None else None,
+            events_written=self.events.written if logging_events else None,
+            event_failures=self.events.failures if logging_events else None,
+        )  # fmt: skip
 
     def summary(self) -> dict:
         c = self.counters

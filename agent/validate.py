@@ -142,6 +142,13 @@ def instance_of(kinds: type | tuple[type, ...], want: str, name_of: Callable[[An
     return check
 
 
+def boolean(value: Any) -> bool:
+    """true or false, nothing that merely converts to one (1, "yes")."""
+    if not isinstance(value, bool):
+        raise Invalid(f"must be true or false, got {type_name(value)} {value!r}")
+    return value
+
+
 def integer(low: int, high: int, got: Callable[[Any], str] = repr) -> Check:
     """An integer in low..high (not a bool); ``got`` shows a value that is no integer at all."""
 

@@ -53,10 +53,12 @@ TOML_VALUES: list[Any] = [
 BAD_SECONDS = [0, -1, -0.5, float("nan"), float("inf"), float("-inf"), 10**400]  # TOML integers have no size limit
 CONFIG_BASE: dict[str, Any] = {
     "state_dir": "/var/lib/iotguard", "allowlist": ["192.168.1.1", "10.0.0.0/8", "2001:db8::1"], "block_seconds": 600,
-    "threshold": 0.7, "min_packets": 10, "max_local_rules": 1024, "model": "",
+    "threshold": 0.7, "min_packets": 10, "max_local_rules": 1024, "model": "", "metrics": "127.0.0.1:9464",
+    "events": {"path": "/var/log/iotguard/events.jsonl", "max_bytes": 10485760, "backups": 5},
     "mqtt": {"host": "broker.lan", "port": 8883, "fleet": "home", "device": "pi-kitchen",
              "controller_public_key": "/etc/iotguard/controller.pub", "prefix": "iotguard/v1", "tls_ca": "",
-             "tls_cert": "", "tls_key": "", "status_interval_s": 30, "confirm_alerts": "auto"},
+             "tls_cert": "", "tls_key": "", "status_interval_s": 30, "confirm_alerts": "auto",
+             "home_assistant": True, "discovery_prefix": "homeassistant"},
 }  # fmt: skip
 # key -> (types taken, refused values of those types)
 CONFIG_SPEC: dict[str, tuple[tuple[type, ...], list[Any]]] = {
@@ -67,6 +69,11 @@ CONFIG_SPEC: dict[str, tuple[tuple[type, ...], list[Any]]] = {
     "min_packets": ((int,), [0, -5]),
     "max_local_rules": ((int,), [0, -1]),
     "model": ((str,), []),
+    "metrics": ((str, int), ["x", "0", "board:70000", "::1:9464", "[::1]", 0, -1, 65536, 10**30]),
+    "events": ((dict,), []),
+    "events.path": ((str,), [""]),
+    "events.max_bytes": ((int,), [0, -1, 1023, -(10**30)]),
+    "events.backups": ((int,), [-1, 1001, 10**30]),
     "mqtt": ((dict,), []),
     "mqtt.host": ((str,), [""]),
     "mqtt.port": ((int,), [0, -1, 65536, 10**30]),
@@ -79,8 +86,10 @@ CONFIG_SPEC: dict[str, tuple[tuple[type, ...], list[Any]]] = {
     "mqtt.tls_key": ((str,), []),
     "mqtt.status_interval_s": ((int, float), BAD_SECONDS),
     "mqtt.confirm_alerts": ((str,), ["", "on", "Auto", "never"]),
+    "mqtt.home_assistant": ((bool,), []),
+    "mqtt.discovery_prefix": ((str,), ["", "#", "home/+", "/homeassistant", "homeassistant/"]),
 }
-CONFIG_REQUIRED = ("mqtt.host", "mqtt.fleet", "mqtt.device", "mqtt.controller_public_key")
+CONFIG_REQUIRED = ("mqtt.host", "mqtt.fleet", "mqtt.device", "mqtt.controller_public_key", "events.path")
 
 
 @dataclass

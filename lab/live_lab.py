@@ -15,11 +15,18 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from agent.capture.packets import LABELS
-from lab import netns
+from lab import REPO, netns
+
+if TYPE_CHECKING:
+    from agent.live import LiveAgent
+
+DEMO_CAPTURE = REPO / "agent" / "samples" / "mirai_demo.pcap"  # benign traffic with every Mirai variant over it
 
 DEVICE_IP, ATTACKER_IP, PEER_IP = "10.77.0.1", "10.77.0.66", "10.77.0.20"
 DEVICE_MAC, ATTACKER_MAC, PEER_MAC = "02:77:00:00:00:01", "02:77:00:00:00:66", "02:77:00:00:00:20"
@@ -154,3 +161,31 @@ def nft_counters(dev: netns.NetNamespace) -> int:
                 if "counter" in expr:
                     total += expr["counter"]["packets"]
     return total
+
+
+# --- the live agent without capture: the bundled capture handed to process() ---------------------
+
+
+def offline_agent(state_dir: str | Path, **config: Any) -> LiveAgent:
+    """A LiveAgent on the x86_64 profile with no capture and no kernel enforcement (no root needed);
+    ``config``: AgentConfig fields (mqtt, metrics, events, ...)."""
+    from agent.config import AgentConfig
+    from agent.live import LiveAgent
+    from agent.profile import load_profile
+
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    return LiveAgent(load_profile("x86_64-gateway"), AgentConfig(state_dir=Path(state_dir), **config), enforcement="none")
+
+
+def feed_capture(agent: LiveAgent, capture: Path = DEMO_CAPTURE, skip: int = 0, batches: int | None = None) -> list[dict]:
+    """Run batches ``skip`` .. ``skip + batches`` of the profile's size from ``capture`` through the agent's
+    pipeline (all of them by default); the alerts it raised."""
+    from itertools import islice
+
+    from agent.capture.pcap import read_capture
+
+    alerts = []
+    stop = None if batches is None else skip + batches
+    for frames in islice(read_capture(capture, batch_size=agent.profile.batch_size), skip, stop):
+        alerts += agent.process(frames)
+    return alerts

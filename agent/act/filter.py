@@ -143,8 +143,9 @@ class RuleTable:
         self.entries = kept
         self._compiled = None
 
-    def expire(self, now: float) -> list[str]:
-        gone = [k for k, e in self.entries.items() if not e.rule.active(now)]
+    def expire(self, now: float) -> dict[str, TableEntry]:
+        """Remove the rules whose time is up; what was removed, by key (the responder reports each)."""
+        gone = {k: e for k, e in self.entries.items() if not e.rule.active(now)}
         for k in gone:
             del self.entries[k]
         if gone:

@@ -10,6 +10,10 @@ the attack lasts.  A spoofed flood (a new source per packet) must not fill the
 rule table, so it gets one rule on what the flood has in common: its
 protocol and destination port (any source), bounded in number like every local
 rule.  Allowlisted addresses are never blocked (the rule table refuses them).
+
+Being the one place rules change, it also writes what happened to the event
+log (agent/events.py): each verdict, and each block added, renewed, expired or
+removed (local rules, and the fleet's as its rule sets change them).
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.act.enforce import BlockEntry, EnforcementError, Enforcer
-from agent.act.filter import RuleTable
+from agent.act.filter import RuleTable, entry_key
 from agent.detect.decide import DecisionConfig, Verdict
+from agent.events import NoEvents
 from agent.wire.rules import Rule
 
 log = logging.getLogger(__name__)
@@ -82,6 +88,7 @@ class Responder:
     rules: RuleTable
     enforcer: Enforcer
     config: ResponseConfig = field(default_factory=ResponseConfig)
+    events: Any = field(default_factory=NoEvents)  # an agent.events.EventLog, or NoEvents
     kernel_stale: bool = field(default=False, init=False)  # a kernel update failed: it lacks rules the table has
     enforcement_errors: int = field(default=0, init=False)
     _last_resync: float = field(default=0.0, init=False, repr=False)
@@ -115,18 +122,28 @@ class Responder:
         except Exception:
             self.rules.replace_origin(origin, previous)
             raise
+        before, after = {r.id: r for r in previous}, {r.id: r for r in self.rules.rules(origin)}
+        for rid in after.keys() - before.keys():
+            self.events.write("block_added", **rule_fields(after[rid], origin))
+        for rid in before.keys() - after.keys():
+            self.events.write("block_removed", **rule_fields(before[rid], origin))
 
     def act(self, verdicts: list[Verdict], now: float | None = None) -> list[dict]:
         now = time.time() if now is None else now
         new_entries, sent = [], []
         for v in verdicts:
             rule = rule_for(v, now, self.config)
-            action, rule_id = "none", None
+            action, rule_id, existed = "none", None, False
+            if rule is not None:
+                existed = entry_key("local", rule.id) in self.rules.entries
             if rule is not None and self.rules.add(rule, origin="local"):
                 action, rule_id = "drop", rule.id
                 new_entries.append(block_entry(rule, now))
             sent.append(alert_document(v, action, rule_id))
             log.warning("hostile: %s -> %s", v.describe(), action)
+            self.events.write("verdict", **v.to_dict(), action=action, rule_id=rule_id)
+            if rule_id is not None:
+                self.events.write("block_renewed" if existed else "block_added", **rule_fields(rule, "local"))
         if new_entries:
             self._block(new_entries, now)
             self.rules.save()
@@ -137,8 +154,9 @@ class Responder:
         whose attack goes on once half their time is up."""
         now = time.time() if now is None else now
         expired = self.rules.expire(now)
-        for rid in expired:  # a rule made again later starts counting its hits afresh
+        for rid, entry in expired.items():  # a rule made again later starts counting its hits afresh
             self._renewed.pop(rid, None)
+            self.events.write("block_expired", **rule_fields(entry.rule, entry.origin), hits=entry.hits)
         if expired or self.rules.save_failed:
             self.rules.save()
         self.resync(now)
@@ -168,7 +186,9 @@ class Responder:
         for rid in active_rule_ids:
             if rid in self.rules.entries:
                 self.rules.renew(rid, now + self.config.block_seconds)
-                entries.append(block_entry(self.rules.entries[rid].rule, now))
+                entry = self.rules.entries[rid]
+                entries.append(block_entry(entry.rule, now))
+                self.events.write("block_renewed", **rule_fields(entry.rule, entry.origin), hits=entry.hits)
         if entries:
             self._block(entries, now)
 
@@ -198,6 +218,12 @@ class Responder:
             return
         self.kernel_stale = False
         log.info("kernel enforcement back: %d rules re-applied", self.rules.count())
+
+
+def rule_fields(rule: Rule, origin: str) -> dict:
+    """A rule as an event's fields: its JSON form, the id named as alerts name it, and where it came from."""
+    doc = rule.to_json()
+    return {"rule_id": doc.pop("id"), "origin": origin, **doc}
 
 
 def alert_document(v: Verdict, action: str, rule_id: str | None) -> dict:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from agent.act.respond import Responder
 from agent.config import MqttConfig
 from agent.detect.model import Bundle, Classifier, parse_bundle
+from agent.fleet.home_assistant import DeviceInfo
 from agent.fleet.mqtt import AgentMqtt
 from agent.wire.rules import ALL_DEVICES, RuleSet
 from agent.wire.signing import load_public_key, trusted_keys
@@ -34,6 +35,8 @@ class FleetLink:
         lock: threading.Lock,
         swap_model: Callable[[Classifier], None] | None = None,
         make_classifier: Callable[[Bundle], Classifier] = Classifier,
+        events: Any = None,
+        device_info: DeviceInfo | None = None,
     ) -> None:
         if config.controller_public_key is None:
             raise ValueError("the fleet link needs the controller's public key to verify rule sets and models")
@@ -41,7 +44,8 @@ class FleetLink:
         self.responder, self.lock = responder, lock
         self.swap_model, self.make_classifier = swap_model, make_classifier
         keys = trusted_keys([load_public_key(config.controller_public_key)])
-        self.client = AgentMqtt(config, keys, self.apply_rules, self.on_model if swap_model else None)
+        self.client = AgentMqtt(config, keys, self.apply_rules, self.on_model if swap_model else None,
+                                events=events, device_info=device_info)  # fmt: skip
 
     def start(self) -> None:
         self.client.start()
@@ -71,6 +75,7 @@ class FleetLink:
             "awaiting_confirmation": c.holding,
             "rules_applied": c.stats.rules_applied,
             "rules_rejected": c.stats.rules_rejected,
+            "ruleset_version": c.ruleset_versions(),
         }
 
     def apply_rules(self, ruleset: RuleSet) -> None:

@@ -32,6 +32,11 @@ A rule set is applied only if its signature, schema, fleet, target and version
 (strictly newer than the last applied one for that target) are all good.  The
 last applied envelope of each target is kept on disk and re-applied by
 ``start``, so a rebooted board enforces its rules before it reaches a broker.
+
+Rule sets and model pushes, applied or refused, are also written to the
+agent's event log (``events``, agent/events.py).  With ``home_assistant`` set,
+every connection also publishes the Home Assistant discovery configs
+(agent/fleet/home_assistant.py), retained, before the status they read.
 """
 
 from __future__ import annotations
@@ -48,13 +53,16 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
 from agent.config import MqttConfig
+from agent.events import NoEvents
 from agent.fleet.alert_queue import Acked, AlertQueue
+from agent.fleet.home_assistant import DeviceInfo, discovery_messages
 from agent.util import write_atomically
 from agent.wire import (
     ACK_SCHEMA,
     ALERT_FIELDS,
     ALERT_SCHEMA,
     MODEL_MAX_BYTES,
+    MODEL_MAX_VERSION,
     RULES_MAX_BYTES,
     STATUS_SCHEMA,
     MessageError,
@@ -78,6 +86,12 @@ except ImportError:  # an agent dependency; without it the status simply lacks C
 log = logging.getLogger(__name__)
 
 # --- the client --------------------------------------------------------------
+
+
+def _agent_version() -> str:
+    import agent
+
+    return agent.__version__
 
 
 @dataclass
@@ -111,7 +125,9 @@ class AgentMqtt:
     ``apply_rules(ruleset)`` is called once per accepted rule set, for the
     ``all`` target and the device's own target separately (the filter keeps one
     set per target); it raises to reject.  ``on_model(bundle_meta, tflite)``
-    installs a model and raises to keep the old one.
+    installs a model and raises to keep the old one.  ``events`` (an
+    ``agent.events.EventLog``) records rule sets and models applied or refused;
+    ``device_info`` is what Home Assistant's device registry shows.
     """
 
     def __init__(
@@ -120,11 +136,15 @@ class AgentMqtt:
         keys: TrustedKeys,
         apply_rules: Callable[[rs.RuleSet], None],
         on_model: Callable[[dict[str, Any], bytes], None] | None = None,
+        events: Any = None,
+        device_info: DeviceInfo | None = None,
     ) -> None:
         self.config = config
         self.keys = keys
         self.apply_rules = apply_rules
         self.on_model = on_model
+        self.events = events if events is not None else NoEvents()
+        self.device_info = device_info or DeviceInfo(model="unknown", sw_version=_agent_version())
         self.stats = AgentStats()
         self.queue = AlertQueue(config.state_dir / "alerts", config.queue_max_items)
         self._rules_dir = config.state_dir / "rules"
@@ -152,12 +172,12 @@ class AgentMqtt:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._sender: threading.Thread | None = None
-        # mid -> alert seq (None for status/acks).  PUBACK can arrive before publish() has returned
-        # the mid to us, so unmatched PUBACKs wait in _early_acks; _mid_lock guards both, and the stats
-        # that two threads count.
+        # mid -> (alert seq or None, topic).  PUBACK can arrive before publish() has returned the mid to
+        # us, so unmatched PUBACKs wait in _early_acks with their reason code; _mid_lock guards both, and the
+        # stats that two threads count.
         self._mid_lock = threading.Lock()
-        self._mids: dict[int, int | None] = {}
-        self._early_acks: set[int] = set()
+        self._mids: dict[int, tuple[int | None, str]] = {}
+        self._early_acks: dict[int, Any] = {}
 
         self.client = make_client(
             f"iotguard-{c.fleet}-{c.device}", c.protocol, c.tls_ca, c.tls_cert, c.tls_key, c.username, c.password
@@ -260,26 +280,30 @@ class AgentMqtt:
                 self.queue.unsend(seq)
             return
         with self._mid_lock:
-            if info.mid in self._early_acks:
-                self._early_acks.discard(info.mid)
-                acked = True
-            else:
-                self._mids[info.mid] = seq
-                acked = False
-        if acked and seq is not None:
-            self._delivered(seq, ok=True)
+            reason_code = self._early_acks.pop(info.mid, None)
+            if reason_code is None:
+                self._mids[info.mid] = (seq, name)
+        if reason_code is not None:
+            self._acked(seq, name, reason_code)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         # Runs inside paho's message lock: only bookkeeping here, no publish().
         with self._mid_lock:
             if mid not in self._mids:
-                self._early_acks.add(mid)
+                self._early_acks[mid] = reason_code
                 return
-            seq = self._mids.pop(mid)
+            seq, name = self._mids.pop(mid)
+        self._acked(seq, name, reason_code)
+
+    def _acked(self, seq: int | None, name: str, reason_code: Any) -> None:
+        """The broker's PUBACK (MQTT 5 says why it refused; 3.1.1 brokers drop refused messages silently)."""
+        failed = bool(getattr(reason_code, "is_failure", False))
         if seq is not None:
-            self._delivered(seq, ok=not reason_code.is_failure)
-            if reason_code.is_failure:
+            self._delivered(seq, ok=not failed)
+            if failed:
                 log.error("%s: broker refused alert seq %d: %s", self.config.device, seq, reason_code)
+        elif failed:  # e.g. Home Assistant discovery outside what the broker's ACL lets this device write
+            log.warning("%s: broker refused the publish to %s: %s", self.config.device, name, reason_code)
 
     def _delivered(self, seq: int, ok: bool) -> None:
         outcome = self.queue.broker_acked(seq, time.time(), hold=ok and self.holding)
@@ -322,7 +346,7 @@ class AgentMqtt:
             rss_bytes=None,
             model_version=self.model_version or None,
             model_error=self.stats.model_error,
-            ruleset_version={target: a.version for target, a in self._applied.items()},
+            ruleset_version=self.ruleset_versions(),
             rules_error=self.stats.last_rules_error,
             alerts_queued=len(self.queue),
             alerts_dropped=self.queue.dropped,
@@ -332,6 +356,16 @@ class AgentMqtt:
         doc.update(self._metrics)
         doc["sent_at"] = time.time()
         return doc
+
+    def ruleset_versions(self) -> dict[str, int]:
+        """Target -> version of the rule set applied last."""
+        return {target: a.version for target, a in list(self._applied.items())}
+
+    def publish_discovery(self) -> None:
+        """Home Assistant's discovery configs, retained (agent/fleet/home_assistant.py)."""
+        c = self.config
+        for name, payload in discovery_messages(c.discovery_prefix, c.fleet, c.device, self.topic_status, self.device_info):
+            self._publish(name, payload, retain=True)
 
     def publish_status(self, **metrics: Any) -> None:
         """Record the agent's metrics (packets_per_s, drops, model_version, ...) and publish the status."""
@@ -352,6 +386,8 @@ class AgentMqtt:
             topics.append(self.topic_alerts_ack)
         client.subscribe([(name, 1) for name in topics])
         self._connected.set()
+        if self.config.home_assistant:  # again on every connection: a broker without persistence forgets them
+            self.publish_discovery()
         self._publish(self.topic_status, canonical_json(self.status()), retain=True)
         self._wake.set()
 
@@ -420,6 +456,7 @@ class AgentMqtt:
             self.stats.rules_rejected += 1
             self.stats.last_rules_error = reason
             log.error("%s: rule set for %s rejected: %s", self.config.device, target, reason)
+            self.events.write("ruleset_refused", target=target, version=version, reason=reason)
             self._ack(target, version, "rejected", reason)
             self._publish(self.topic_status, canonical_json(self.status()), retain=True)  # carries rules_error
             return
@@ -428,6 +465,8 @@ class AgentMqtt:
         self.stats.rules_applied += 1
         self.stats.last_rules_error = None
         log.info("%s: applied rule set %s v%d (%d rules)", self.config.device, target, ruleset.version, len(ruleset.rules))
+        self.events.write("ruleset_applied", target=target, version=ruleset.version, rules=len(ruleset.rules),
+                          issued_at=ruleset.issued_at)  # fmt: skip
         self._ack(target, ruleset.version, "applied", None)
         self._publish(self.topic_status, canonical_json(self.status()), retain=True)  # new ruleset_version
 
@@ -455,8 +494,12 @@ class AgentMqtt:
                 self.apply_rules(ruleset)
             except Exception as exc:
                 log.error("%s: stored rule set %s not re-applied: %s", self.config.device, path, exc)
+                self.events.write("ruleset_refused", target=target, version=None, reason=short_reason(str(exc)),
+                                  restored=True)  # fmt: skip
                 continue
             self._applied[target] = _Applied(ruleset.version, digest)
+            self.events.write("ruleset_applied", target=target, version=ruleset.version, rules=len(ruleset.rules),
+                              issued_at=ruleset.issued_at, restored=True)  # fmt: skip
         try:
             self.model_version = int(load_json(self._model_state.read_bytes())["version"])
         except FileNotFoundError:
@@ -467,8 +510,10 @@ class AgentMqtt:
     # --- models --------------------------------------------------------------
 
     def _handle_model(self, envelope: bytes) -> None:
+        version = None
         try:
             doc = open_envelope(envelope, self.keys, max_bytes=MODEL_MAX_BYTES)
+            version = doc.get("version") if isinstance(doc, dict) else None
             meta, tflite, version = check_model_push(doc, self.model_version)
             if self.on_model is None:
                 raise ValueError("this agent takes no model updates")
@@ -480,11 +525,15 @@ class AgentMqtt:
             self.stats.models_rejected += 1
             self.stats.model_error = short_reason(str(exc))
             log.error("%s: model update rejected: %s", self.config.device, self.stats.model_error)
+            known = isinstance(version, int) and not isinstance(version, bool) and 0 < version <= MODEL_MAX_VERSION
+            self.events.write("model_refused", version=version if known else None, reason=self.stats.model_error)
         else:
             write_atomically(self._model_state, canonical_json({"version": version}))
             self.model_version = version
             self.stats.models_applied += 1
             self.stats.model_error = None
             log.info("%s: model version %d installed (%d bytes)", self.config.device, version, len(tflite))
+            self.events.write("model_accepted", version=version, bundle=str(meta.get("version", "unknown")),
+                              bytes=len(tflite))  # fmt: skip
         if self._connected.is_set():
             self._publish(self.topic_status, canonical_json(self.status()), retain=True)
