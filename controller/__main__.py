@@ -3,6 +3,7 @@
     keygen      make the Ed25519 key that signs rule sets and models
     certs       make a CA, broker/device/controller certificates, mosquitto.conf and ACL
     run         run a controller replica (starts its own broker when --broker is not given)
+    migrate     bring the database's schema to this version (what run does at start) and print it
     devices     list devices, online/offline
     alerts      list recent alerts
     rules       list rule set versions and how many devices applied them
@@ -33,6 +34,7 @@ from agent import __version__
 from agent.wire import DEFAULT_PREFIX, generate_key, key_id, load_private_key, save_keypair
 from controller.broker import AmqttBroker, BrokerError, start_embedded_broker
 from controller.certs import write_pki
+from controller.db import connect, database_errors, is_url, redact
 from controller.http_api import Backend, DashboardServer, HttpSettings
 from controller.metrics import ProcessView
 from controller.policy import PolicyConfig
@@ -122,9 +124,31 @@ def _check_database(path: Path) -> None:
         raise UsageError(f"{path}: an SQLite database, but not the controller's (no {', '.join(sorted(CONTROLLER_TABLES - tables))} table)")
 
 
-def _database(args: argparse.Namespace, view: bool = False) -> Path:
+def _check_postgres(url: str, view: bool) -> None:
+    """A PostgreSQL database given as --db must be reachable, and hold the controller's tables (a view) or
+    nothing but them (anything else: the schema is created there)."""
+    try:
+        db = connect(url)
+    except ImportError:
+        raise UsageError('PostgreSQL needs psycopg: pip install "psycopg[binary]"') from None
+    except database_errors() as exc:
+        raise UsageError(f"cannot open {redact(url)}: {str(exc).strip().splitlines()[0]}") from None
+    try:
+        tables = db.tables()
+    finally:
+        db.close()
+    if tables and not CONTROLLER_TABLES <= tables:
+        raise UsageError(f"{redact(url)}: a database, but not the controller's (no {', '.join(sorted(CONTROLLER_TABLES - tables))} table)")
+    if not tables and view:
+        raise UsageError(f"{redact(url)} holds no controller tables yet (run 'migrate' or 'run' there first)")
+
+
+def _database(args: argparse.Namespace, view: bool = False) -> str | Path:
     """--db, checked; a read-only ``view`` needs an existing database (it must not create one: a wrong folder
     or a forgotten --db would show an empty fleet and leave a stray database behind)."""
+    if is_url(args.db):
+        _check_postgres(args.db, view)
+        return args.db
     path = Path(args.db)
     if path.exists():
         _check_database(path)
@@ -154,18 +178,43 @@ def cmd_certs(args: argparse.Namespace) -> int:
     issued = write_pki(
         args.out, _names(args.devices), _names(args.controllers), fleet=args.fleet, prefix=args.prefix,
         listen_host=host, port=port, hosts=tuple(_names(args.hosts)),
+        discovery_prefix=args.discovery_prefix if args.home_assistant else None,
     )
     print(f"wrote CA, broker, {_counted(len(issued) - 2, 'client certificate')}, mosquitto.conf and acl to {args.out}")
     print(f"start the broker with: mosquitto -c {args.out / 'mosquitto.conf'}  (keep {issued['ca'].key} offline)")
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    db = _database(args)
+    before = _schema_version(db)
+    store = Store(db)
+    try:
+        version = store.schema_version()
+    finally:
+        store.close()
+    change = f"migrated from version {before}" if before != version else "already current"
+    print(f"{redact(db)}: schema version {version} ({change})")
+    return 0
+
+
+def _schema_version(db: str | Path) -> int:
+    """The version a database is at before any migration (0: none recorded, or nothing there yet)."""
+    if not is_url(db) and not Path(db).exists():
+        return 0
+    conn = connect(db)
+    try:
+        return conn.schema_version()
+    finally:
+        conn.close()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    _database(args)
+    db = _database(args)
     broker = None
     if args.broker is None:
-        try:
-            broker = start_embedded_broker(Path(args.db).resolve().parent / "broker")
+        try:  # beside an SQLite file; in the working folder for a PostgreSQL database
+            broker = start_embedded_broker((Path.cwd() if is_url(db) else Path(db).resolve().parent) / "broker")
         except BrokerError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -174,7 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if isinstance(broker, AmqttBroker):  # MQTT 3.1.1 only: no shared subscriptions
             args.protocol, args.share_group = "3.1.1", ""
     config = ControllerConfig(
-        db=args.db, signing_key=args.key, broker=_broker_settings(args), name=args.name, prefix=args.prefix,
+        db=db, signing_key=args.key, broker=_broker_settings(args), name=args.name, prefix=args.prefix,
         share_group=args.share_group,
         policy=PolicyConfig(k_devices=args.k, window_s=args.window, block_ttl_s=args.ttl or None,
                             min_confidence=args.min_confidence, never_block=tuple(_names(args.never_block))),
@@ -192,10 +241,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     service.start()
     if web is not None:
         web.start()
-        print(f"dashboard on {web.url}/ (log in with a token: {_program_name()} token create --db {args.db})", flush=True)
+        print(f"dashboard on {web.url}/ (log in with a token: {_program_name()} token create --db {redact(db)})", flush=True)
     if not service.ready.wait(10):
         print(f"broker {args.broker[0]}:{args.broker[1]} not reachable yet; retrying in the background", flush=True)
-    print(f"controller replica {args.name!r} running (database {args.db}); Ctrl-C to stop", flush=True)
+    print(f"controller replica {args.name!r} running (database {redact(db)}); Ctrl-C to stop", flush=True)
     stop.wait()
     if web is not None:
         web.stop()
@@ -213,7 +262,7 @@ def _dashboard(args: argparse.Namespace, service: ControllerService) -> Dashboar
     stats = service.stats
     process = ProcessView(rejected=lambda: dict(stats.rejected), duplicates=lambda: stats.alerts_duplicate,
                           connected=service.ready.is_set)  # fmt: skip
-    backend = Backend(Path(args.db), args.key, _broker_settings(args), args.prefix, process)
+    backend = Backend(service.config.db, args.key, _broker_settings(args), args.prefix, process)
     try:
         return DashboardServer(HttpSettings(host, port, args.http_cert, args.http_key, args.http_refresh), backend)
     except OSError as exc:
@@ -333,10 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default=DEFAULT_PREFIX)
     p.add_argument("--listen", type=_host_port, default=("0.0.0.0", 8883), help="broker listener HOST:PORT")
     p.add_argument("--hosts", default="localhost,127.0.0.1", help="names/addresses in the broker certificate")
+    p.add_argument("--home-assistant", action="store_true",
+                   help="let devices publish Home Assistant discovery configs; a client certificate for Home Assistant")
+    p.add_argument("--discovery-prefix", default="homeassistant", help="Home Assistant's discovery prefix")
     p.set_defaults(func=cmd_certs)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--db", type=Path, default=Path(DEFAULT_DB))
+        p.add_argument("--db", default=DEFAULT_DB, metavar="FILE|URL",
+                       help="SQLite file (default %(default)s) or postgresql://USER@HOST:PORT/NAME")
         p.add_argument("--prefix", default=DEFAULT_PREFIX)
 
     p = sub.add_parser("run", help="run a controller replica")
@@ -356,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--http-key", type=Path)
     g.add_argument("--http-refresh", type=int, default=10, help="seconds between the page's refreshes (0: never)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("migrate", help="apply the schema migrations and print the schema version")
+    common(p)
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("token", help="access tokens of the dashboard, API and /metrics")
     actions = p.add_subparsers(dest="action", required=True)
@@ -428,8 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except BrokenPipeError:
         return _broken_pipe()
-    except sqlite3.DatabaseError as exc:  # e.g. a database damaged after the check at start
-        print(f"error: database {getattr(args, 'db', '')}: {exc}", file=sys.stderr)
+    except database_errors() as exc:  # e.g. a database damaged after the check at start
+        print(f"error: database {redact(getattr(args, 'db', ''))}: {str(exc).strip()}", file=sys.stderr)
         return 2
     except (UsageError, OSError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -82,7 +82,7 @@ class HttpSettings:
 class Backend:
     """What the web server needs of the controller it runs beside."""
 
-    db: Path
+    db: Path | str  # an SQLite file, or a PostgreSQL URL
     signing_key: Path
     broker: BrokerSettings
     prefix: str

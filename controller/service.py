@@ -11,11 +11,14 @@ arrive while it is away wait at the broker; alerts that the broker loses (it
 does not restore shared subscriptions after a restart) are sent again by the
 agent until confirmed.
 
-Replicas: start several with different ``name``s and the same database file;
-alerts and acks come through the shared subscription
-``$share/{share_group}/...`` so each message reaches one replica.  Status is
-subscribed normally, because retained messages are not sent to shared
-subscriptions.
+Replicas: start several with different ``name``s and the same database (an
+SQLite file on one host, PostgreSQL across machines); they share state only
+through the database and the broker (see ``controller.store``).  Alerts and
+acks come through the shared subscription ``$share/{share_group}/...`` so each
+message reaches one replica.  Status is subscribed normally, because retained
+messages are not sent to shared subscriptions.  A rule set is published and
+acknowledged by the broker before the transaction that allocated its version
+commits, so the broker receives the versions of all replicas in order.
 """
 
 from __future__ import annotations
@@ -61,7 +64,9 @@ from controller.store import Block, Store
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX = 1000  # messages per SQLite transaction
+BATCH_MAX = 1000  # messages per database transaction
+ATTEMPTS = 3  # of a batch's transaction, when the database reports a deadlock between replicas
+PUBACK_WAIT_S = 10.0  # for a rule set's PUBACK, inside the transaction that issued its version
 Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
 
 
@@ -79,7 +84,7 @@ class BrokerSettings:
 
 @dataclass
 class ControllerConfig:
-    db: Path
+    db: Path | str  # an SQLite file, or a PostgreSQL URL
     signing_key: Path
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     name: str = "controller"  # replica name: the MQTT client id is derived from it
@@ -206,10 +211,21 @@ class ControllerService:
 
     def _publish(self, name: str, payload: bytes, retain: bool) -> None:
         info = self.client.publish(name, payload, qos=1, retain=retain)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: paho sends it after reconnecting
-            raise RuntimeError(f"publish to {name} failed: {mqtt.error_string(info.rc)}")
         if retain:
+            # A rule set: acknowledged by the broker before its version's transaction commits, so that
+            # another replica's next version cannot overtake it; otherwise rolled back (the next report of the
+            # source, or the next sweep, tries again).
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise RuntimeError(f"rule set to {name} not published: {mqtt.error_string(info.rc)}")
+            try:
+                info.wait_for_publish(PUBACK_WAIT_S)
+            except (RuntimeError, ValueError) as exc:
+                raise RuntimeError(f"rule set to {name} not published: {exc}") from None
+            if not info.is_published():
+                raise RuntimeError(f"rule set to {name} not acknowledged by the broker within {PUBACK_WAIT_S:g} s")
             self.stats.rulesets_published += 1
+        elif info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: paho sends it after reconnecting
+            raise RuntimeError(f"publish to {name} failed: {mqtt.error_string(info.rc)}")
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
@@ -256,17 +272,27 @@ class ControllerService:
 
     def _process(self, batch: list[mqtt.MQTTMessage]) -> None:
         now = time.time()
-        touched: dict[str, set[str]] = {}
-        floors: dict[tuple[str, str], int] = {}  # (fleet, device) with alerts in the batch -> its first_pending
-        try:
-            with self.store.transaction():
-                for message in batch:
-                    self._handle(message, now, touched, floors)
-                marks = {key: self.store.advance_mark(*key, floor) for key, floor in floors.items()}
-        except Exception:
-            # Nothing acknowledged: the broker redelivers this batch when the session resumes.
-            log.exception("controller %s: storing a batch of %d messages failed", self.config.name, len(batch))
-            return
+        for attempt in range(1, ATTEMPTS + 1):
+            touched: dict[str, set[str]] = {}
+            floors: dict[tuple[str, str], int] = {}  # (fleet, device) with alerts in the batch -> its first_pending
+            stats = (self.stats.alerts_new, self.stats.alerts_duplicate, self.stats.statuses, self.stats.acks,
+                     self.stats.rejected.copy())  # fmt: skip
+            try:
+                with self.store.transaction():
+                    for message in batch:
+                        self._handle(message, now, touched, floors)
+                    # Sorted: replicas lock the marks in one order, which keeps them out of deadlocks.
+                    marks = {key: self.store.advance_mark(*key, floors[key]) for key in sorted(floors)}
+                break
+            except Exception as exc:
+                (self.stats.alerts_new, self.stats.alerts_duplicate, self.stats.statuses, self.stats.acks,
+                 self.stats.rejected) = stats  # fmt: skip
+                if attempt < ATTEMPTS and self.store.is_transient(exc):
+                    log.warning("controller %s: batch rolled back (%s); trying again", self.config.name, exc)
+                    continue
+                # Nothing acknowledged: the broker redelivers this batch when the session resumes.
+                log.exception("controller %s: storing a batch of %d messages failed", self.config.name, len(batch))
+                return
         for message in batch:
             if message.qos > 0:
                 self.client.ack(message.mid, message.qos)
@@ -275,9 +301,10 @@ class ControllerService:
         for fleet, sources in touched.items():
             try:
                 with self.store.transaction():
-                    blocks = self.policy.new_blocks(self.store, fleet, sources, now)
-                    for block in blocks:
-                        self.store.put_block(block)
+                    # Reporters are counted in the database, after the commit above: across replicas, whoever
+                    # commits last sees every report.  Another replica may add the same block meanwhile.
+                    candidates = self.policy.new_blocks(self.store, fleet, sources, now)
+                    blocks = [b for b in candidates if self.store.add_policy_block(b)]
                     if blocks:
                         self.rules.publish_fleet_rules(fleet, now)
             except Exception:
@@ -329,10 +356,12 @@ class ControllerService:
             self.stats.confirmations += 1
 
     def _sweep(self) -> None:
-        """Publish a new fleet rule set wherever a block expired."""
+        """Publish a new fleet rule set wherever a block expired, in the transaction that deletes them (one
+        replica at a time: a failed publish keeps the blocks for the next sweep)."""
         try:
-            for fleet in self.store.expire_blocks(time.time()):
-                self.rules.publish_fleet_rules(fleet)
+            with self.store.transaction():
+                for fleet in self.store.expire_blocks(time.time()):
+                    self.rules.publish_fleet_rules(fleet)
         except Exception:
             log.exception("controller %s: expiry sweep failed", self.config.name)
 

@@ -1,22 +1,34 @@
-"""The controller's SQLite database: devices, alerts, blocks, rule set versions, acks, model pushes.
+"""The controller's database: devices, alerts, blocks, rule set versions, acks, model pushes.
 
-Several controller replicas on one host may share the file (WAL mode, busy
-timeout); anything that allocates a rule set version runs inside
-``transaction()`` (BEGIN IMMEDIATE), so two replicas never issue the same one.
-Alerts are unique by (fleet, device, seq): a redelivered alert is a no-op.
-Per device, ``alert_marks`` keeps what the controller confirms to the agent
-(``stored_through``, see ``agent.wire.messages``), advanced in the same
-transaction that stores the alerts.
+SQLite (a file, the default) or PostgreSQL (``postgresql://USER@HOST:PORT/NAME``, for replicas on several
+machines); the SQL is written once and ``controller.db`` holds the few differences.  Replicas share state
+only through the database (and the broker):
 
-Schema versions (``PRAGMA user_version``): 1 is ``SCHEMA`` as it stood before versions were recorded;
-each later version is one step of ``MIGRATIONS``, applied in order inside one transaction when a store
-opens the file.  A database from a newer controller is refused rather than written to.
+* alerts are unique by (fleet, device, seq): whichever replica gets a redelivered alert, it is stored once
+  (``ON CONFLICT DO NOTHING``; on PostgreSQL a concurrent insert of the same key waits for the first);
+* the K-devices policy counts reporters in the database, after the batch that stored the alerts committed,
+  so of two replicas storing reports of one source the later to commit sees both;
+* a policy block is inserted only where no active one is (``add_policy_block``), so only one replica
+  publishes a rule set for it;
+* rule set versions come from a counter row (``ruleset_versions``) bumped with ``UPDATE ... RETURNING`` in
+  the transaction that publishes the rule set: the row stays locked until the commit, so replicas never
+  issue the same version, and one issued later is higher (SQLite: BEGIN IMMEDIATE has the same effect);
+* the expiry sweep runs on one replica at a time (``try_lock``: an advisory lock on PostgreSQL).
+
+Per device, ``alert_marks`` keeps what the controller confirms to the agent (``stored_through``, see
+``agent.wire.messages``), advanced in the same transaction that stores the alerts; it never goes back.
+
+Schema versions (``PRAGMA user_version`` / the ``schema_version`` table): 1 is ``SCHEMA`` as it stood
+before versions were recorded; each later version is one step of ``MIGRATIONS``, applied in order inside
+one transaction when a store opens the database (``controller migrate`` does only that).  A database from
+a newer controller is refused rather than written to.
 """
 
 from __future__ import annotations
 
 import heapq
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -25,14 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA = """
+from controller.db import SQLITE, Connection, Row, connect, redact, statements
+
+log = logging.getLogger(__name__)
+
+# SQLite's spelling; {rowid}: tables read in insertion order (an identity column on PostgreSQL).
+SCHEMA_TEMPLATE = """
 CREATE TABLE IF NOT EXISTS devices (
     fleet TEXT NOT NULL, device TEXT NOT NULL,
     state TEXT NOT NULL,            -- online / offline (from status and last will) / unknown
     status TEXT,                    -- the last status document, JSON
     last_seen REAL NOT NULL,
     PRIMARY KEY (fleet, device));
-CREATE TABLE IF NOT EXISTS alerts (
+CREATE TABLE IF NOT EXISTS alerts ({rowid}
     fleet TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL,
     class TEXT NOT NULL, confidence REAL NOT NULL,
     source_ip TEXT NOT NULL, source_mac TEXT, source_port INTEGER,
@@ -50,7 +67,7 @@ CREATE TABLE IF NOT EXISTS alert_marks (    -- what the controller confirms to e
 CREATE TABLE IF NOT EXISTS refused_seqs (    -- alerts refused for good (kept in rejected): they hold no mark back
     fleet TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (fleet, device, seq));
-CREATE TABLE IF NOT EXISTS rejected (       -- messages refused, kept with the reason
+CREATE TABLE IF NOT EXISTS rejected ({rowid}       -- messages refused, kept with the reason
     topic TEXT NOT NULL, reason TEXT NOT NULL, payload BLOB, received_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (          -- what the fleet rule set is built from
     fleet TEXT NOT NULL, source TEXT NOT NULL,
@@ -62,7 +79,7 @@ CREATE TABLE IF NOT EXISTS rulesets (
     issued_at REAL NOT NULL, rules INTEGER NOT NULL,
     envelope TEXT NOT NULL,                  -- the signed message as published
     PRIMARY KEY (fleet, target, version));
-CREATE TABLE IF NOT EXISTS acks (
+CREATE TABLE IF NOT EXISTS acks ({rowid}
     fleet TEXT NOT NULL, device TEXT NOT NULL, target TEXT NOT NULL, version INTEGER,
     status TEXT NOT NULL, reason TEXT, received_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS acks_by_version ON acks (fleet, target, version);
@@ -71,12 +88,20 @@ CREATE TABLE IF NOT EXISTS models (
     meta TEXT NOT NULL, pushed_at REAL NOT NULL, targets TEXT NOT NULL);
 """
 
-SCHEMA_VERSION = 2
+SCHEMA = SQLITE.ddl(SCHEMA_TEMPLATE)  # as SQLite controllers before schema versions created it
+
+SCHEMA_VERSION = 3
 MIGRATIONS: dict[int, tuple[str, ...]] = {  # version -> the statements that reach it from the one before
     2: (  # access tokens of the dashboard, its API and /metrics (controller/tokens.py): only the hash is kept
         "CREATE TABLE IF NOT EXISTS tokens ("
         " id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL CHECK (role IN ('viewer', 'admin')),"
         " sha256 TEXT NOT NULL UNIQUE, created_at REAL NOT NULL, last_used REAL, revoked_at REAL)",
+    ),
+    3: (  # the last rule set version issued per (fleet, target): a row to lock and bump, shared by replicas
+        "CREATE TABLE IF NOT EXISTS ruleset_versions ("
+        " fleet TEXT NOT NULL, target TEXT NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (fleet, target))",
+        "INSERT INTO ruleset_versions (fleet, target, version)"
+        " SELECT fleet, target, MAX(version) FROM rulesets GROUP BY fleet, target",
     ),
 }
 
@@ -102,51 +127,59 @@ class Block:
 
 
 class Store:
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, target: Path | str) -> None:
+        """``target``: an SQLite file, or a PostgreSQL URL (postgresql://USER@HOST:PORT/NAME)."""
+        self.target = target
         # One connection, used under a lock: the service's worker, the tick and CLI calls share it.
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
+        self._db: Connection = connect(target)
+        self.dialect = self._db.dialect
         self._lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
         self._migrate()
 
     def _migrate(self) -> None:
-        """Bring the file to SCHEMA_VERSION; replicas opening it at once serialise on BEGIN IMMEDIATE."""
+        """Bring the database to SCHEMA_VERSION; replicas opening it at once wait for each other (BEGIN
+        IMMEDIATE on SQLite, an advisory lock on PostgreSQL)."""
         with self.transaction() as db:
-            version = max(db.execute("PRAGMA user_version").fetchone()[0], 1)
-            if version > SCHEMA_VERSION:
-                raise SchemaError(f"schema version {version} is newer than this controller's ({SCHEMA_VERSION}): upgrade it")
-            for step in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[step]:  # not executescript: it would commit half-way
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.lock("migrate")
+            found = db.schema_version()
+            if found > SCHEMA_VERSION:
+                raise SchemaError(f"schema version {found} is newer than this controller's ({SCHEMA_VERSION}): upgrade it")
+            for statement in statements(self.dialect.ddl(SCHEMA_TEMPLATE)):  # not executescript: it commits
+                db.execute(statement)
+            for step in range(max(found, 1) + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[step]:
+                    db.execute(self.dialect.ddl(statement))
+            if found != SCHEMA_VERSION:
+                db.set_schema_version(SCHEMA_VERSION)
+                log.info("database %s: schema version %d -> %d", redact(self.target), found, SCHEMA_VERSION)
 
     def schema_version(self) -> int:
-        return int(self._query("PRAGMA user_version")[0][0])
+        with self._lock:
+            return self._db.schema_version()
 
     def close(self) -> None:
         self._db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT (rolled back on error); nests as a no-op."""
+    def transaction(self) -> Iterator[Connection]:
+        """BEGIN (IMMEDIATE on SQLite) ... COMMIT, rolled back on error; nests as a no-op."""
         with self._lock:
             if self._db.in_transaction:
                 yield self._db
                 return
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.begin()
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.rollback()
                 raise
-            self._db.execute("COMMIT")
+            self._db.commit()
 
-    def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+    def is_transient(self, exc: BaseException) -> bool:
+        """A failure worth trying the transaction again for (a deadlock between replicas, a busy file)."""
+        return self._db.is_transient(exc)
+
+    def _query(self, sql: str, args: tuple = ()) -> list[Row]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
@@ -163,10 +196,11 @@ class Store:
         )
         with self.transaction() as db:
             cur = db.execute(
-                f"INSERT OR IGNORE INTO alerts ({', '.join(ALERT_COLUMNS)}) VALUES ({', '.join('?' * len(row))})", row
+                f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) VALUES ({', '.join('?' * len(row))}) ON CONFLICT DO NOTHING",
+                row,
             )
             db.execute(
-                "INSERT OR IGNORE INTO devices (fleet, device, state, last_seen) VALUES (?, ?, 'unknown', ?)",
+                "INSERT INTO devices (fleet, device, state, last_seen) VALUES (?, ?, 'unknown', ?) ON CONFLICT DO NOTHING",
                 (alert["fleet"], alert["device"], received_at),
             )
             return cur.rowcount == 1
@@ -174,7 +208,8 @@ class Store:
     def refuse_seq(self, fleet: str, device: str, seq: int) -> None:
         """An alert refused for good: sending it again would not help, so it must not hold the mark back."""
         with self.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO refused_seqs (fleet, device, seq) VALUES (?, ?, ?)", (fleet, device, seq))
+            db.execute("INSERT INTO refused_seqs (fleet, device, seq) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                       (fleet, device, seq))  # fmt: skip
 
     def advance_mark(self, fleet: str, device: str, first_pending: int = 1) -> int:
         """Advance and return the device's ``stored_through``: every seq up to it is stored, refused, or below
@@ -192,12 +227,14 @@ class Store:
                 if seq > mark + 1:
                     break
                 mark = seq  # the next one, or the same seq once more (stored after it was refused)
-            db.execute(
+            # The larger of the two: another replica may have advanced it meanwhile (PostgreSQL).
+            higher = self.dialect.greatest.format("alert_marks.stored_through", "excluded.stored_through")
+            (row,) = db.execute(
                 "INSERT INTO alert_marks (fleet, device, stored_through) VALUES (?, ?, ?) "
-                "ON CONFLICT (fleet, device) DO UPDATE SET stored_through=excluded.stored_through",
+                f"ON CONFLICT (fleet, device) DO UPDATE SET stored_through={higher} RETURNING stored_through",
                 (fleet, device, mark),
-            )
-            return mark
+            ).fetchall()
+            return int(row[0])
 
     def set_status(self, fleet: str, device: str, status: dict[str, Any], received_at: float) -> None:
         with self.transaction() as db:
@@ -248,30 +285,57 @@ class Store:
             "SELECT 1 FROM blocks WHERE fleet=? AND source=? AND (expires IS NULL OR expires>?)", (fleet, source, now)
         ))
 
+    _PUT_BLOCK = (
+        "INSERT INTO blocks (fleet, source, origin, reason, created_at, expires) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (fleet, source) DO UPDATE SET origin=excluded.origin, reason=excluded.reason,"
+        " created_at=excluded.created_at, expires=excluded.expires"
+    )
+
     def put_block(self, block: Block) -> None:
+        """Add or replace the block of ``block.source`` (a manual block)."""
         with self.transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO blocks (fleet, source, origin, reason, created_at, expires) VALUES (?, ?, ?, ?, ?, ?)",
-                (block.fleet, block.source, block.origin, block.reason, block.created_at, block.expires),
-            )
+            db.execute(self._PUT_BLOCK, (block.fleet, block.source, block.origin, block.reason, block.created_at,
+                                         block.expires))  # fmt: skip
+
+    def add_policy_block(self, block: Block) -> bool:
+        """Add the block unless an active one of the source is there; True if added.  Of replicas deciding
+        the same block at once, one adds it (PostgreSQL: the second insert waits for the first's commit)."""
+        with self.transaction() as db:
+            cur = db.execute(self._PUT_BLOCK + " WHERE blocks.expires IS NOT NULL AND blocks.expires <= ?",
+                             (block.fleet, block.source, block.origin, block.reason, block.created_at, block.expires,
+                              block.created_at))  # fmt: skip
+            return cur.rowcount == 1
 
     def remove_block(self, fleet: str, source: str) -> bool:
         with self.transaction() as db:
             return db.execute("DELETE FROM blocks WHERE fleet=? AND source=?", (fleet, source)).rowcount > 0
 
     def expire_blocks(self, now: float) -> list[str]:
-        """Delete expired blocks; return the fleets whose rule set changed."""
+        """Delete expired blocks; return the fleets whose rule set changed (publish them in the same
+        transaction).  One replica sweeps at a time: another one sweeping now means nothing to do here."""
         with self.transaction() as db:
-            fleets = [r[0] for r in db.execute("SELECT DISTINCT fleet FROM blocks WHERE expires IS NOT NULL AND expires<=?", (now,))]
-            db.execute("DELETE FROM blocks WHERE expires IS NOT NULL AND expires<=?", (now,))
-        return fleets
+            if not db.try_lock("expiry sweep"):
+                return []
+            rows = db.execute("DELETE FROM blocks WHERE expires IS NOT NULL AND expires<=? RETURNING fleet", (now,))
+            return sorted({r[0] for r in rows})
 
     # --- rule sets, acks, models ---------------------------------------------
 
     def next_ruleset_version(self, fleet: str, target: str, floor: int = 0) -> int:
-        """One more than the last version issued, and at least ``floor``."""
-        (row,) = self._query("SELECT COALESCE(MAX(version), 0) FROM rulesets WHERE fleet=? AND target=?", (fleet, target))
-        return max(int(row[0]) + 1, floor)
+        """Allocate a version: one more than the last one allocated (by any replica), and at least ``floor``.
+        Call it inside the transaction that records and publishes the rule set: the counter row stays locked
+        until the commit, so versions are issued and published in order."""
+        greatest = self.dialect.greatest
+        with self.transaction() as db:
+            (row,) = db.execute(
+                "INSERT INTO ruleset_versions (fleet, target, version)"
+                f" SELECT ?, ?, {greatest.format('COALESCE(MAX(version), 0) + 1', '?')}"
+                " FROM rulesets WHERE fleet=? AND target=?"
+                " ON CONFLICT (fleet, target) DO UPDATE SET"
+                f" version={greatest.format('ruleset_versions.version + 1', 'excluded.version')} RETURNING version",
+                (fleet, target, floor, fleet, target),
+            ).fetchall()
+            return int(row[0])
 
     def add_ruleset(self, fleet: str, target: str, version: int, issued_at: float, rules: int, envelope: str) -> None:
         with self.transaction() as db:
@@ -307,7 +371,9 @@ class Store:
     def add_model(self, version: int, sha256: str, size: int, meta: dict[str, Any], pushed_at: float, targets: list[str]) -> None:
         with self.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO models (version, sha256, bytes, meta, pushed_at, targets) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO models (version, sha256, bytes, meta, pushed_at, targets) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (version) DO UPDATE SET sha256=excluded.sha256, bytes=excluded.bytes, meta=excluded.meta,"
+                " pushed_at=excluded.pushed_at, targets=excluded.targets",
                 (version, sha256, size, json.dumps(meta), pushed_at, json.dumps(targets)),
             )
 
@@ -327,7 +393,7 @@ class Store:
 
     def recent_alerts(self, limit: int = 20, fleet: str | None = None) -> list[dict[str, Any]]:
         rows = self._query(
-            "SELECT * FROM alerts WHERE (? IS NULL OR fleet=?) ORDER BY received_at DESC, seq DESC LIMIT ?",
+            f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE (? IS NULL OR fleet=?) ORDER BY received_at DESC, seq DESC LIMIT ?",
             (fleet, fleet, limit),
         )
         return [dict(r) for r in rows]
@@ -382,7 +448,8 @@ class Store:
                since: float | None = None, until: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Alerts received in [since, until), newest first."""
         where, args = self._alert_filter(fleet, device, cls, since, until)
-        rows = self._query(f"SELECT * FROM alerts WHERE {where} ORDER BY received_at DESC, seq DESC LIMIT ?", (*args, limit))
+        rows = self._query(f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE {where}"
+                           " ORDER BY received_at DESC, seq DESC LIMIT ?", (*args, limit))  # fmt: skip
         return [dict(r) for r in rows]
 
     def alert_counts(self, bucket_s: float, since: float, until: float, fleet: str | None = None,
@@ -390,7 +457,8 @@ class Store:
         """(bucket index from ``since``, class, alerts) for the alerts received in [since, until)."""
         where, args = self._alert_filter(fleet, device, cls, since, until)
         rows = self._query(
-            f"SELECT CAST((received_at - ?) / ? AS INTEGER) AS bucket, class, COUNT(*) FROM alerts WHERE {where}"
+            f"SELECT {self.dialect.trunc_int.format('(received_at - ?) / ?')} AS bucket, class, COUNT(*)"
+            f" FROM alerts WHERE {where}"
             " GROUP BY bucket, class ORDER BY bucket, class",
             (since, bucket_s, *args),
         )
@@ -407,9 +475,10 @@ class Store:
 
     def last_acks(self) -> dict[tuple[str, str, str], dict[str, Any]]:
         """(fleet, device, target) -> the device's last rules ack (version, status, reason, received_at)."""
-        rows = self._query(  # SQLite takes the bare columns from the row holding the MAX
-            "SELECT fleet, device, target, version, status, reason, MAX(received_at) AS received_at FROM acks"
-            " GROUP BY fleet, device, target"
+        rows = self._query(
+            "SELECT fleet, device, target, version, status, reason, received_at FROM ("
+            " SELECT *, ROW_NUMBER() OVER (PARTITION BY fleet, device, target ORDER BY received_at DESC, rowid DESC) AS n"
+            " FROM acks) AS newest WHERE n = 1"
         )
         return {(r["fleet"], r["device"], r["target"]): dict(r) for r in rows}
 

@@ -94,7 +94,7 @@ def make_agent(
 
 
 def make_controller(broker_host: str, broker_port: int, tmp_path: Path, key_path: Path, name: str = "c1",
-                    db: Path | None = None, **policy: Any) -> ControllerService:
+                    db: Path | str | None = None, **policy: Any) -> ControllerService:
     config = ControllerConfig(
         db=db or tmp_path / "controller.sqlite",
         signing_key=key_path,

@@ -92,13 +92,13 @@ def test_block_without_a_broker_issues_nothing(tmp_path, broker):
     assert rows(db, "blocks") == blocks and rows(db, "rulesets") == rulesets and rows(db, "models") == []
 
 
-def test_listings_print_iso_times_and_keep_their_json(tmp_path):
-    db = tmp_path / "fleet.sqlite"
-    store = Store(db)
+def test_listings_print_iso_times_and_keep_their_json(database):
+    db = str(database)
+    store = Store(database)
     store.add_ruleset(FLEET, "all", 7, 1_700_000_000.5, 2, "{}")
     store.close()
-    table = cli("rules", "--db", str(db)).stdout
+    table = cli("rules", "--db", db).stdout
     assert re.search(r"\b2023-11-14T22:13:20\+00:00\b", table), table
-    (row,) = json.loads(cli("rules", "--db", str(db), "--json").stdout)
+    (row,) = json.loads(cli("rules", "--db", db, "--json").stdout)
     assert row["issued_at"] == 1_700_000_000.5
     assert row["issued"] == datetime.fromtimestamp(1_700_000_000.5).strftime("%Y-%m-%d %H:%M:%S"), "as before"

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from agent.wire import canonical_json, load_private_key, parse_alert, parse_alerts_ack, topic
 from controller.broker import start_embedded_broker
+from controller.db import connect
 from controller.policy import Policy, PolicyConfig
 from controller.store import Store
 from lab import REPO
@@ -63,8 +63,8 @@ def test_the_controller_takes_only_the_wire_contract_from_the_agent():
 # --- store and policy, no broker ---------------------------------------------
 
 
-def test_policy_counts_distinct_devices_in_the_window_only(tmp_path):
-    store = Store(tmp_path / "db.sqlite")
+def test_policy_counts_distinct_devices_in_the_window_only(database):
+    store = Store(database)
     policy = Policy(PolicyConfig(k_devices=2, window_s=60, never_block=("10.0.0.0/8",), min_confidence=0.5))
     now = time.time()
 
@@ -87,8 +87,8 @@ def test_policy_counts_distinct_devices_in_the_window_only(tmp_path):
     assert store.count("alerts") == 7
 
 
-def test_the_confirmation_mark_covers_stored_refused_and_given_up_seqs_only(tmp_path):
-    store = Store(tmp_path / "db.sqlite")
+def test_the_confirmation_mark_covers_stored_refused_and_given_up_seqs_only(database):
+    store = Store(database)
 
     def add(seq, device="d1"):
         store.add_alert(parse_alert(canonical_json(raw_alert(device, seq, "192.0.2.1")), FLEET, device), time.time())
@@ -106,15 +106,15 @@ def test_the_confirmation_mark_covers_stored_refused_and_given_up_seqs_only(tmp_
     assert store.advance_mark(FLEET, "d1", first_pending=7) == 7
     assert store.advance_mark(FLEET, "d1", first_pending=2) == 7, "the mark never goes back"
     add(3)  # stored after it was refused (a fixed controller): counted once
-    assert Store(tmp_path / "db.sqlite").advance_mark(FLEET, "d1") == 7, "kept in the database"
+    assert Store(database).advance_mark(FLEET, "d1") == 7, "kept in the database"
     assert store.advance_mark(FLEET, "d2") == 0 and store.advance_mark("other", "d1") == 0
 
 
 # --- the controller against a real broker ------------------------------------
 
 
-def test_k_devices_policy_end_to_end(broker, keys, tmp_path):
-    controller = make_controller(broker.host, broker.port, tmp_path, keys.private, k_devices=2)
+def test_k_devices_policy_end_to_end(broker, keys, tmp_path, database):
+    controller = make_controller(broker.host, broker.port, tmp_path, keys.private, db=database, k_devices=2)
     controller.start()
     agents = [make_agent(broker.host, broker.port, tmp_path / d, d, keys.trusted) for d in ("dev1", "dev2", "dev3")]
     for agent, _ in agents:
@@ -154,8 +154,8 @@ def test_k_devices_policy_end_to_end(broker, keys, tmp_path):
         controller.stop()
 
 
-def test_duplicates_are_stored_once_and_bad_messages_are_kept_with_a_reason(broker, keys, tmp_path):
-    controller = make_controller(broker.host, broker.port, tmp_path, keys.private)
+def test_duplicates_are_stored_once_and_bad_messages_are_kept_with_a_reason(broker, keys, tmp_path, database):
+    controller = make_controller(broker.host, broker.port, tmp_path, keys.private, db=database)
     controller.start()
     pub = Listener(broker.host, broker.port, [])
     try:
@@ -180,15 +180,15 @@ def test_duplicates_are_stored_once_and_bad_messages_are_kept_with_a_reason(brok
         controller.stop()
 
 
-def test_alerts_are_confirmed_after_the_commit_up_to_the_first_gap(broker, keys, tmp_path):
+def test_alerts_are_confirmed_after_the_commit_up_to_the_first_gap(broker, keys, tmp_path, database):
     """Old agents (no first_pending) are confirmed too; they simply do not listen."""
-    controller = make_controller(broker.host, broker.port, tmp_path, keys.private, k_devices=99)
+    controller = make_controller(broker.host, broker.port, tmp_path, keys.private, db=database, k_devices=99)
     controller.start()
     seen: list[tuple[int, list[int]]] = []  # (stored_through, seqs committed when the confirmation arrived)
+    reader = connect(database)  # a connection of its own: committed rows only
 
     def on_ack(stored_through: int) -> None:
-        with sqlite3.connect(tmp_path / "controller.sqlite") as db:  # its own connection: committed rows only
-            seen.append((stored_through, [r[0] for r in db.execute("SELECT seq FROM alerts ORDER BY seq")]))
+        seen.append((stored_through, [r[0] for r in reader.execute("SELECT seq FROM alerts ORDER BY seq")]))
 
     agent = Listener(broker.host, broker.port, [topic(PREFIX, FLEET, "dev1", "alerts/ack")])
     agent.client.on_message = lambda c, u, m: on_ack(parse_alerts_ack(m.payload, FLEET, "dev1"))
@@ -215,10 +215,12 @@ def test_alerts_are_confirmed_after_the_commit_up_to_the_first_gap(broker, keys,
         for client in (agent, pub):
             client.close()
         controller.stop()
+        reader.close()
 
 
-def test_blocks_expire_into_a_new_version(broker, keys, tmp_path):
-    controller = make_controller(broker.host, broker.port, tmp_path, keys.private, k_devices=1, block_ttl_s=0.5)
+def test_blocks_expire_into_a_new_version(broker, keys, tmp_path, database):
+    controller = make_controller(broker.host, broker.port, tmp_path, keys.private, db=database, k_devices=1,
+                                 block_ttl_s=0.5)  # fmt: skip
     controller.start()
     agent, recorder = make_agent(broker.host, broker.port, tmp_path / "dev1", "dev1", keys.trusted)
     agent.start()

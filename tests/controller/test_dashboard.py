@@ -33,16 +33,19 @@ HOSTILE = '<img src=x onerror="alert(1)">'
 
 
 @pytest.fixture
-def lab(broker, keys, tmp_path):
-    lab = DashboardLab.start(broker.host, broker.port, tmp_path, keys.private, k_devices=99)
+def lab(request, broker, keys, tmp_path):
+    """The controller and its dashboard on SQLite, or on PostgreSQL where a test is parametrized with
+    ``indirect=["lab"]``."""
+    db = request.getfixturevalue("postgres_db") if getattr(request, "param", "sqlite") == "postgresql" else None
+    lab = DashboardLab.start(broker.host, broker.port, tmp_path, keys.private, db=db, k_devices=99)
     wait_until(lab.controller.ready.is_set, "controller connected")
     yield lab
     lab.stop()
 
 
-def block(broker, keys, tmp_path, *sources: str) -> int:
+def block(broker, keys, db, *sources: str) -> int:
     """Block sources as ``controller block`` does; the version of the last rule set."""
-    with fleet_rules(lambda: Store(tmp_path / "controller.sqlite"), _key(keys), PREFIX,
+    with fleet_rules(lambda: Store(db), _key(keys), PREFIX,
                      BrokerSettings(broker.host, broker.port), "test-block") as rules:  # fmt: skip
         return [rules.block(FLEET, s, "seen scanning", None) for s in sources][-1].version
 
@@ -79,6 +82,7 @@ def test_without_a_valid_token_the_api_says_401_and_the_page_sends_to_the_login(
     assert bad.status == 401 and "not valid" in bad.text and "set-cookie" not in bad.headers
 
 
+@pytest.mark.parametrize("lab", ["sqlite", "postgresql"], indirect=True)
 def test_devices_and_alerts_with_their_filters(lab, broker, keys, tmp_path):
     agents = [make_agent(broker.host, broker.port, tmp_path / d, d, keys.trusted) for d in ("dev1", "dev2")]
     for a, _ in agents:
@@ -127,6 +131,7 @@ def test_devices_and_alerts_with_their_filters(lab, broker, keys, tmp_path):
 # --- unblock ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("lab", ["sqlite", "postgresql"], indirect=True)
 def test_viewers_cannot_unblock_and_an_admin_unblock_publishes_a_signed_rule_set(lab, broker, keys, tmp_path):
     agent, recorder = make_agent(broker.host, broker.port, tmp_path / "dev1", "dev1", keys.trusted)
     agent.start()
@@ -134,7 +139,7 @@ def test_viewers_cannot_unblock_and_an_admin_unblock_publishes_a_signed_rule_set
     web = lab.client()
     try:
         wait_until(lambda: agent.ready, "agent connected")
-        first = block(broker, keys, tmp_path, "192.0.2.0/24", "198.51.100.7")
+        first = block(broker, keys, lab.controller.config.db, "192.0.2.0/24", "198.51.100.7")
         wait_until(lambda: recorder.versions()[-1:] == [first], "agent applied the blocks")
         blocks = web.get("/api/blocks", lab.viewer).json()["blocks"]
         assert sorted(b["source"] for b in blocks) == ["192.0.2.0/24", "198.51.100.7/32"]
@@ -172,7 +177,7 @@ def test_viewers_cannot_unblock_and_an_admin_unblock_publishes_a_signed_rule_set
 
 
 def test_an_unblock_the_broker_does_not_take_changes_nothing(lab, broker, keys, tmp_path):
-    block(broker, keys, tmp_path, "192.0.2.9")
+    block(broker, keys, lab.controller.config.db, "192.0.2.9")
     lab.server.backend.broker = BrokerSettings(broker.host, 1)  # nothing listens there
     done = lab.client().request("POST", "/api/unblock", lab.admin, body={"fleet": FLEET, "source": "192.0.2.9"})
     assert done.status == 503 and "nothing changed" in done.json()["error"]
@@ -180,7 +185,7 @@ def test_an_unblock_the_broker_does_not_take_changes_nothing(lab, broker, keys, 
 
 
 def test_cross_site_requests_are_refused(lab, broker, keys, tmp_path):
-    block(broker, keys, tmp_path, "192.0.2.0/24")
+    block(broker, keys, lab.controller.config.db, "192.0.2.0/24")
     web = lab.client()
     login = web.login(lab.admin)
     cookie = login.headers["set-cookie"]
@@ -212,7 +217,7 @@ def test_cross_site_requests_are_refused(lab, broker, keys, tmp_path):
     assert lab.tokens.store.count("blocks") == 0 and lab.tokens.store.count("rulesets") == 2
     assert "Unblocked 192.0.2.0/24 in fleet lab" in web.get("/").text
     # A viewer's session may not unblock even with its own CSRF token.
-    block(broker, keys, tmp_path, "192.0.2.1")
+    block(broker, keys, lab.controller.config.db, "192.0.2.1")
     viewer = lab.client()
     viewer.login(lab.viewer)
     page = viewer.get("/").text
@@ -256,7 +261,7 @@ def test_hostile_strings_are_escaped_everywhere_on_the_page(lab, broker, keys, t
                      "source": {"ip": HOSTILE, "mac": HOSTILE, "port": None}, "victim": {"ip": HOSTILE},
                      "packets": 1, "first_seen": 0, "last_seen": 0, "action": HOSTILE, "rule_id": HOSTILE,
                      "sent_at": 0}, time.time())  # fmt: skip
-    block(broker, keys, tmp_path, "192.0.2.0/24")
+    block(broker, keys, lab.controller.config.db, "192.0.2.0/24")
     with store.transaction() as db:
         db.execute("UPDATE blocks SET reason=?", (HOSTILE,))
         db.execute("INSERT INTO acks VALUES (?, ?, 'all', 1, 'rejected', ?, ?)", (FLEET, HOSTILE, HOSTILE, time.time()))
@@ -337,6 +342,7 @@ def value(families: dict, family: str, suffix: str = "", **labels: str) -> float
     return sum(v for n, lab, v in families[family]["samples"] if n == family + suffix and labels.items() <= lab.items())
 
 
+@pytest.mark.parametrize("lab", ["sqlite", "postgresql"], indirect=True)
 def test_metrics_parse_as_prometheus_text_and_count_the_fleet(lab, broker, keys, tmp_path):
     agents = [make_agent(broker.host, broker.port, tmp_path / d, d, keys.trusted) for d in ("dev1", "dev2")]
     for a, _ in agents:
@@ -350,7 +356,7 @@ def test_metrics_parse_as_prometheus_text_and_count_the_fleet(lab, broker, keys,
         wait_until(lambda: lab.tokens.store.count("alerts") == 4, "alerts stored")
         before = parse_prometheus(web.get("/metrics", lab.viewer).text)
         assert value(before, "iotguard_controller_rulesets_issued_total") == 0
-        block(broker, keys, tmp_path, "203.0.113.1", "203.0.113.2")
+        block(broker, keys, lab.controller.config.db, "203.0.113.1", "203.0.113.2")
         wait_until(lambda: all(len(r.versions()) == 2 for _, r in agents), "both devices applied both rule sets")
         wait_until(lambda: lab.tokens.store.count("acks") == 4, "acks stored")
         agents[1][0].stop()
@@ -413,7 +419,7 @@ def test_the_page_is_made_for_phones_too(lab):
 
 def test_web_client_is_not_a_browser_without_origin(lab, broker, keys, tmp_path):
     """Scripts (curl with a bearer token) send no Origin: they may act with an admin token."""
-    block(broker, keys, tmp_path, "192.0.2.3")
+    block(broker, keys, lab.controller.config.db, "192.0.2.3")
     done = WebClient(*lab.server.address).request("POST", "/api/unblock", lab.admin, body={"fleet": FLEET, "source": "192.0.2.3"})
     assert done.status == 200 and done.json()["rules"] == 0
 

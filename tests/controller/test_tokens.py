@@ -29,17 +29,17 @@ def test_a_database_from_before_schema_versions_gains_the_tokens_table_and_keeps
         old.executescript(SCHEMA)
         old.execute("INSERT INTO blocks VALUES ('lab', '192.0.2.0/24', 'manual', 'kept', 1.0, NULL)")
     store = Store(db)
-    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert store.schema_version() == SCHEMA_VERSION == 3
     assert [b.reason for b in store.blocks("lab", 0)] == ["kept"]
     assert store.token_rows() == []
     store.close()
     Store(db).close()  # opening again is a no-op
     with sqlite3.connect(db) as newer:
-        newer.execute("PRAGMA user_version = 3")
+        newer.execute("PRAGMA user_version = 4")
     with pytest.raises(SchemaError, match="newer than this controller"):
         Store(db)
     done = cli("token", "list", "--db", str(db))
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "schema version 3 is newer" in done.stderr
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "schema version 4 is newer" in done.stderr
 
 
 def test_tokens_are_stored_as_their_hash_only_and_revoking_ends_them(tmp_path):

@@ -1,0 +1,143 @@
+"""The store on SQLite and PostgreSQL: migrations (``controller migrate``), the CLI views, and what replicas
+on several machines rely on: versions allocated in the database, one policy block per source, one sweeper."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from controller.db import POSTGRES, SQLITE, connect, redact
+from controller.store import SCHEMA, SCHEMA_VERSION, Block, Store
+from lab import REPO
+from lab.mqtt_helpers import FLEET
+
+ENV = dict(os.environ, PYTHONPATH=str(REPO), TZ="UTC")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "controller", "--log-level", "WARNING", *args], env=ENV,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_the_dialects_differ_only_where_they_must():
+    ddl = "CREATE TABLE t ({rowid} a REAL NOT NULL, b INTEGER, c BLOB, d TEXT, e REAL)"
+    assert SQLITE.ddl(ddl) == "CREATE TABLE t ( a REAL NOT NULL, b INTEGER, c BLOB, d TEXT, e REAL)"
+    assert POSTGRES.ddl(ddl) == ("CREATE TABLE t (rowid BIGINT GENERATED ALWAYS AS IDENTITY, a DOUBLE PRECISION NOT NULL,"
+                                 " b BIGINT, c BYTEA, d TEXT, e DOUBLE PRECISION)")  # fmt: skip
+    assert redact("postgresql://ctl:secret@db.lan:5432/fleet") == "postgresql://ctl@db.lan:5432/fleet"
+    assert "REAL" not in POSTGRES.ddl(SCHEMA.replace("  ", " ")), "a 4-byte float column on PostgreSQL"
+
+
+def test_migrate_prints_the_version_and_the_views_work_on_both(database):
+    target = str(database)
+    if POSTGRES.name in target:  # an empty PostgreSQL database: the views refuse it rather than create tables
+        done = cli("rules", "--db", target)
+        assert done.returncode == 2 and "holds no controller tables" in done.stderr, done.stderr
+    first = cli("migrate", "--db", target)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip().endswith(f"schema version {SCHEMA_VERSION} (migrated from version 0)"), first.stdout
+    again = cli("migrate", "--db", target)
+    assert again.stdout.strip().endswith(f"schema version {SCHEMA_VERSION} (already current)"), again.stdout
+    store = Store(target)
+    store.add_alert({"fleet": FLEET, "device": "d1", "seq": 1, "class": "mirai_syn", "confidence": 0.9,
+                     "source": {"ip": "192.0.2.1", "mac": None, "port": None}, "victim": None, "packets": 3,
+                     "first_seen": 1.0, "last_seen": 2.0, "action": "drop", "rule_id": None, "sent_at": 2.5},
+                    1_700_000_000.25)  # fmt: skip
+    store.add_ruleset(FLEET, "all", 7, 1_700_000_000.5, 2, "{}")
+    store.close()
+    assert "192.0.2.1" in cli("alerts", "--db", target).stdout
+    assert "d1" in cli("devices", "--db", target).stdout
+    rules = cli("rules", "--db", target, "--json")
+    assert '"version": 7' in rules.stdout and '"issued_at": 1700000000.5' in rules.stdout, "timestamps kept exactly"
+
+
+def test_a_version_2_database_migrates_and_keeps_issuing_above_its_rule_sets(tmp_path):
+    db = tmp_path / "v2.sqlite"
+    with sqlite3.connect(db) as old:  # as the controller before version 3 left it
+        old.executescript(SCHEMA)
+        old.execute("INSERT INTO rulesets VALUES ('lab', 'all', 5000, 1.0, 0, '{}')")
+        old.execute("PRAGMA user_version = 2")
+    store = Store(db)
+    assert store.schema_version() == SCHEMA_VERSION
+    assert store.next_ruleset_version("lab", "all") == 5001, "the counter starts above the versions issued"
+    assert store.next_ruleset_version("other", "all", floor=10) == 10
+
+
+def test_versions_only_grow_and_respect_the_floor(database):
+    store = Store(database)
+    assert store.next_ruleset_version(FLEET, "all", floor=100) == 100
+    assert store.next_ruleset_version(FLEET, "all", floor=50) == 101, "a lower floor never goes back"
+    assert store.next_ruleset_version(FLEET, "all", floor=200) == 200
+    assert store.next_ruleset_version(FLEET, "dev1") == 1, "per target"
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.next_ruleset_version(FLEET, "all")
+            raise RuntimeError("the publish failed")
+    assert store.next_ruleset_version(FLEET, "all") == 201, "a rolled back allocation is reused, never skipped past"
+
+
+def test_replicas_allocate_distinct_increasing_versions(database):
+    """Stores on their own connections, as replicas are: each version is issued once, and in the order the
+    transactions commit (what the broker then sees, since a rule set is published before its commit)."""
+    replicas = [Store(database) for _ in range(4)]
+    committed: list[int] = []
+    guard = threading.Lock()
+
+    def issue(store: Store) -> None:
+        for _ in range(15):
+            with store.transaction():
+                version = store.next_ruleset_version(FLEET, "all", floor=int(time.time()))
+                time.sleep(0.001)  # the publish, while the counter row is held
+                store.add_ruleset(FLEET, "all", version, time.time(), 0, "{}")
+                with guard:  # appended before the commit, still holding the row: commit order
+                    committed.append(version)
+
+    threads = [threading.Thread(target=issue, args=(s,)) for s in replicas]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(committed) == 60 and committed == sorted(set(committed)), committed
+    assert replicas[0].count("rulesets") == 60
+
+
+def test_one_policy_block_per_source_and_an_expired_one_is_replaced(database):
+    a, b = Store(database), Store(database)
+    now = time.time()
+    block = Block(FLEET, "192.0.2.1/32", "policy", "reported by 3 devices", now, now + 60)
+    assert a.add_policy_block(block)
+    assert not b.add_policy_block(block), "another replica adds the same block again"
+    a.put_block(Block(FLEET, "198.51.100.0/24", "policy", "old", now - 120, now - 60))  # expired, not yet swept
+    renewed = Block(FLEET, "198.51.100.0/24", "policy", "again", now, now + 60)
+    assert b.add_policy_block(renewed) and [x.reason for x in a.blocks(FLEET, now)] == ["reported by 3 devices", "again"]
+
+
+def test_one_replica_sweeps_expired_blocks_at_a_time(database):
+    a, b = Store(database), Store(database)
+    now = time.time()
+    for fleet in ("f1", "f2"):
+        a.put_block(Block(fleet, "192.0.2.1/32", "policy", "x", now - 10, now - 1))
+    a.put_block(Block("f3", "192.0.2.1/32", "policy", "x", now - 10, now + 60))
+    if POSTGRES.name in str(database):
+        with a.transaction():  # replica a is sweeping: b finds the lock taken and leaves it to a
+            assert a.expire_blocks(now) == ["f1", "f2"]
+            assert b.expire_blocks(now) == []
+    else:
+        assert a.expire_blocks(now) == ["f1", "f2"]
+    assert b.expire_blocks(now) == [] and a.count("blocks") == 1, "swept once"
+
+
+def test_postgres_rows_read_by_name_and_position(postgres_db):
+    db = connect(postgres_db)
+    try:
+        (row,) = db.execute("SELECT 1 AS one, ? AS two, ? IS NULL AS nothing", ("x", None)).fetchall()
+        assert (row[0], row["two"], dict(row)) == (1, "x", {"one": 1, "two": "x", "nothing": True})
+        assert db.execute("SELECT '100%' AS p").fetchone()["p"] == "100%", "a literal % is not a placeholder"
+    finally:
+        db.close()
