@@ -16,14 +16,13 @@ last will says ``offline``: no topic of its own to publish or allow.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from agent.wire.jsonio import canonical_json
+from agent.wire.messages import discovery_topics
 
 MANUFACTURER = "IoTGuard"
-_NODE_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 # Templates on the status document (agent.fleet.mqtt: AgentMqtt.status).  A field the document lacks (the last
 # will has only the state) gives "unknown" (None) instead of a template warning in Home Assistant's log.
@@ -38,19 +37,6 @@ class DeviceInfo:
 
     model: str  # the firmware profile, e.g. rpi-4b
     sw_version: str  # the agent's version
-
-
-def node_id(fleet: str, device: str) -> str:
-    return _NODE_UNSAFE.sub("_", f"iotguard_{fleet}_{device}")
-
-
-def discovery_topics(prefix: str, fleet: str, device: str) -> dict[str, str]:
-    """Entity -> its discovery config topic."""
-    node = node_id(fleet, device)
-    return {
-        "under_attack": f"{prefix}/binary_sensor/{node}/under_attack/config",
-        "packets_per_s": f"{prefix}/sensor/{node}/packets_per_s/config",
-    }
 
 
 def discovery_configs(discovery_prefix: str, fleet: str, device: str, status_topic: str,
@@ -103,8 +89,3 @@ def discovery_messages(discovery_prefix: str, fleet: str, device: str, status_to
     """(topic, payload) pairs to publish retained."""
     configs = discovery_configs(discovery_prefix, fleet, device, status_topic, info)
     return [(name, canonical_json(doc)) for name, doc in configs.items()]
-
-
-def acl_lines(discovery_prefix: str, fleet: str, device: str) -> list[str]:
-    """What a device's block in the broker's ACL needs to publish its discovery configs."""
-    return [f"topic write {name}" for name in discovery_topics(discovery_prefix, fleet, device).values()]

@@ -53,6 +53,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "alert_seq_of",
         "alerts_ack",
         "check_model_push",
+        "discovery_node",
+        "discovery_topics",
         "parse_ack",
         "parse_alert",
         "parse_alerts_ack",

@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from typing import Any, NamedTuple
 
 from agent.capture.packets import VERDICT_LABELS
@@ -99,6 +100,22 @@ def parse_topic(prefix: str, name: str) -> TopicParts | None:
     if len(parts) != 3 or parts[2] not in KINDS or not all(rules.NAME_RE.match(p) for p in parts[:2]):
         return None
     return TopicParts(*parts)
+
+
+def discovery_node(fleet: str, device: str) -> str:
+    """A board's Home Assistant node id: ``iotguard_<fleet>_<device>``, every character other than letters,
+    digits, ``_`` and ``-`` replaced by ``_`` (what discovery topics allow)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", f"iotguard_{fleet}_{device}")
+
+
+def discovery_topics(discovery_prefix: str, fleet: str, device: str) -> dict[str, str]:
+    """A board's Home Assistant discovery config topics, entity -> topic (the agent publishes them, the broker's
+    ACL must let it)."""
+    node = discovery_node(fleet, device)
+    return {
+        "under_attack": f"{discovery_prefix}/binary_sensor/{node}/under_attack/config",
+        "packets_per_s": f"{discovery_prefix}/sensor/{node}/packets_per_s/config",
+    }
 
 
 def short_reason(reason: str) -> str:

@@ -18,8 +18,7 @@ from cryptography.hazmat.primitives import serialization
 import agent
 import agent.live
 from agent.config import MqttConfig
-from agent.fleet.home_assistant import acl_lines, node_id
-from agent.wire import topic
+from agent.wire import discovery_node, topic
 from controller.broker import MosquittoBroker, free_port, mosquitto_binary
 from controller.certs import issue, write_pki
 from lab.live_lab import feed_capture, offline_agent
@@ -55,7 +54,7 @@ def test_discovery_configs_are_retained_and_the_states_follow_the_heartbeat(brok
         board.housekeeping(force=True)  # the first heartbeat: quiet
         ha = Listener(broker.host, broker.port, ["homeassistant/#", status_topic])
         found = wait_until(lambda: len(configs(ha)) == 2 and configs(ha), "both discovery configs")
-        node = node_id(FLEET, "pi.kitchen")
+        node = discovery_node(FLEET, "pi.kitchen")
         assert node == "iotguard_lab_pi_kitchen"  # '.' is not allowed in a discovery topic
         sensor = f"homeassistant/sensor/{node}/packets_per_s/config"
         binary = f"homeassistant/binary_sensor/{node}/under_attack/config"
@@ -122,55 +121,47 @@ def _tls(out, folder: str, name: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("grant", ["device block", "pattern"])
-def test_the_generated_acl_refuses_discovery_until_the_documented_lines_are_added(grant, keys, tmp_path, caplog):
-    port = free_port()
-    out = tmp_path / "pki"
-    write_pki(out, devices=["dev1"], controllers=["c1"], fleet=FLEET, listen_host="127.0.0.1", port=port)
-    # Home Assistant's own client certificate, and what it may read (README: Home Assistant).
-    ca_key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), None)
-    ca_cert = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
-    key, cert = issue(ca_key, ca_cert, "homeassistant", server=False)
-    (out / "ha").mkdir()
-    (out / "ha" / "homeassistant.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (out / "ha" / "homeassistant.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    generated = (out / "acl").read_text()
-    ha_block = f"\nuser homeassistant\ntopic read homeassistant/#\ntopic read {PREFIX}/{FLEET}/+/status\n"
-    (out / "acl").write_text(generated + ha_block)
-    broker = MosquittoBroker(out / "run", port=port, config=(out / "mosquitto.conf").read_text()).start()
-    board, _ = make_agent(broker.host, broker.port, tmp_path / "dev1", "dev1", keys.trusted, home_assistant=True,
-                          tls_ca=out / "ca.crt", tls_cert=out / "devices" / "dev1.crt", tls_key=out / "devices" / "dev1.key")
-    try:
-        with caplog.at_level(logging.WARNING, logger="agent.fleet.mqtt"):
-            board.start()
-            ha = Listener(broker.host, broker.port, ["homeassistant/#", topic(PREFIX, FLEET, "dev1", "status")],
-                          client_id="homeassistant", **_tls(out, "ha", "homeassistant"))
-            wait_until(lambda: statuses(ha), "dev1's heartbeat, which Home Assistant may read")
-            def warned() -> list[str]:
-                return [r.getMessage() for r in caplog.records if "refused the publish" in r.getMessage()]
+def test_the_acl_of_certs_refuses_discovery_unless_made_with_home_assistant(keys, tmp_path, caplog):
+    """``controller certs`` without --home-assistant: the broker refuses the discovery configs (the agent logs it);
+    with it, each device may publish its own and Home Assistant's certificate reads them and the status."""
+    for home_assistant in (False, True):
+        port = free_port()
+        out = tmp_path / f"pki-{home_assistant}"
+        write_pki(out, devices=["dev1"], controllers=["c1"], fleet=FLEET, listen_host="127.0.0.1", port=port,
+                  discovery_prefix="homeassistant" if home_assistant else None)  # fmt: skip
+        if not home_assistant:  # no certificate for Home Assistant was made: issue one, as an operator might
+            ca_key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), None)
+            ca_cert = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
+            key, cert = issue(ca_key, ca_cert, "homeassistant", server=False)
+            (out / "clients").mkdir()
+            (out / "clients" / "homeassistant.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            (out / "clients" / "homeassistant.key").write_bytes(key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+            with open(out / "acl", "a") as acl:  # ...and let it read, so that only the devices' grant is missing
+                acl.write(f"\nuser homeassistant\ntopic read homeassistant/#\ntopic read {PREFIX}/{FLEET}/+/status\n")
+        broker = MosquittoBroker(out / "run", port=port, config=(out / "mosquitto.conf").read_text()).start()
+        board, _ = make_agent(broker.host, broker.port, tmp_path / f"dev1-{home_assistant}", "dev1", keys.trusted,
+                              home_assistant=True, tls_ca=out / "ca.crt", tls_cert=out / "devices" / "dev1.crt",
+                              tls_key=out / "devices" / "dev1.key")  # fmt: skip
+        caplog.clear()
+        try:
+            with caplog.at_level(logging.WARNING, logger="agent.fleet.mqtt"):
+                board.start()
+                ha = Listener(broker.host, broker.port, ["homeassistant/#", topic(PREFIX, FLEET, "dev1", "status")],
+                              client_id="homeassistant", **_tls(out, "clients", "homeassistant"))  # fmt: skip
+                wait_until(lambda: statuses(ha), "dev1's heartbeat, which Home Assistant may read")
 
-            refused = wait_until(lambda: len(warned()) == 2 and warned(), "the agent's warnings")
-            assert all("homeassistant/" in m and "Not authorized" in m for m in refused), refused
-            assert not configs(ha)
-            ha.close()
+                def warned() -> list[str]:
+                    return [r.getMessage() for r in caplog.records if "refused the publish" in r.getMessage()]
 
-            if grant == "device block":  # the lines acl_lines() prints, in dev1's block
-                lines = "".join(line + "\n" for line in acl_lines("homeassistant", FLEET, "dev1"))
-                acl = generated.replace("user dev1\n", "user dev1\n" + lines)
-            else:  # one line for every device of the fleet whose name needs no replacing
-                acl = f"pattern write homeassistant/+/iotguard_{FLEET}_%u/+/config\n" + generated
-            assert acl != generated
-            (out / "acl").write_text(acl + ha_block)
-            caplog.clear()
-            connects = board.stats.connects
-            broker.restart()
-            wait_until(lambda: board.stats.connects > connects and board.ready, "the agent back after the broker restart")
-            ha = Listener(broker.host, broker.port, ["homeassistant/#"], client_id="homeassistant",
-                          **_tls(out, "ha", "homeassistant"))
-            wait_until(lambda: len(configs(ha)) == 2, "the retained discovery configs")
-            assert not warned()
-            ha.close()
-    finally:
-        board.stop()
-        broker.stop()
+                if home_assistant:
+                    wait_until(lambda: len(configs(ha)) == 2, "the retained discovery configs")
+                    assert not warned()
+                else:
+                    refused = wait_until(lambda: len(warned()) == 2 and warned(), "the agent's warnings")
+                    assert all("homeassistant/" in m and "Not authorized" in m for m in refused), refused
+                    assert not configs(ha)
+                ha.close()
+        finally:
+            board.stop()
+            broker.stop()
