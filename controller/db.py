@@ -186,20 +186,34 @@ class PostgresConnection:
         import psycopg  # only needed for PostgreSQL: the controller extra installs it
 
         self._psycopg = psycopg
+        self._url = url
+        self._db = self._connect()
+
+    def _connect(self) -> Any:
         # Client-side binding, as sqlite3 does: '(? IS NULL OR fleet = ?)' needs no parameter types.
         # Autocommit: transactions are explicit (BEGIN ... COMMIT), as on the SQLite connection.
-        self._db = psycopg.connect(url, autocommit=True, cursor_factory=psycopg.ClientCursor, connect_timeout=30)
+        psycopg = self._psycopg
+        return psycopg.connect(self._url, autocommit=True, cursor_factory=psycopg.ClientCursor, connect_timeout=30)
+
+    def _usable(self) -> Any:
+        """The connection; a new one if the last was lost (a server restart, a failover): the statement that
+        met the loss failed, the next one works again.  Never inside a transaction: a lost one is gone."""
+        if self._db.closed:
+            log.warning("database connection lost; connecting again to %s", redact(self._url))
+            self._db = self._connect()
+        return self._db
 
     @property
     def in_transaction(self) -> bool:
-        return self._db.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE
+        status = self._psycopg.pq.TransactionStatus
+        return self._db.info.transaction_status in (status.INTRANS, status.INERROR, status.ACTIVE)
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
-        cursor = self._db.cursor(row_factory=_rows)
+        cursor = (self._db if self.in_transaction else self._usable()).cursor(row_factory=_rows)
         return cursor.execute(_pyformat(sql), tuple(args))  # () too: "%%" is unescaped only with parameters
 
     def begin(self) -> None:
-        self._db.execute("BEGIN")
+        self._usable().execute("BEGIN")
 
     def commit(self) -> None:
         self._db.execute("COMMIT")
@@ -233,7 +247,8 @@ class PostgresConnection:
 
     def is_transient(self, exc: BaseException) -> bool:
         errors = self._psycopg.errors
-        return isinstance(exc, (errors.DeadlockDetected, errors.SerializationFailure))
+        lost = isinstance(exc, self._psycopg.OperationalError) and self._db.closed  # connected again next time
+        return lost or isinstance(exc, (errors.DeadlockDetected, errors.SerializationFailure))
 
     def close(self) -> None:
         self._db.close()

@@ -65,7 +65,7 @@ from controller.store import Block, Store
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 1000  # messages per database transaction
-ATTEMPTS = 3  # of a batch's transaction, when the database reports a deadlock between replicas
+ATTEMPTS = 3  # of a batch's transaction, after a deadlock between replicas or a lost database connection
 PUBACK_WAIT_S = 10.0  # for a rule set's PUBACK, inside the transaction that issued its version
 Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
 

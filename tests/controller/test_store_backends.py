@@ -141,3 +141,29 @@ def test_postgres_rows_read_by_name_and_position(postgres_db):
         assert db.execute("SELECT '100%' AS p").fetchone()["p"] == "100%", "a literal % is not a placeholder"
     finally:
         db.close()
+
+
+def test_a_lost_postgres_connection_is_made_again(postgres_db):
+    """A server restart or failover ends the store's connection: the statement that meets it fails, the
+    following ones work on a new connection."""
+    store = Store(postgres_db)
+    store.add_ruleset(FLEET, "all", 1, 1.0, 0, "{}")
+
+    def cut() -> None:
+        admin = connect(postgres_db)
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                      " AND pid <> pg_backend_pid()")  # fmt: skip
+        admin.close()
+
+    cut()
+    with pytest.raises(Exception):
+        store.count("rulesets")
+    assert store.count("rulesets") == 1
+    cut()
+    with pytest.raises(Exception) as lost:
+        with store.transaction():  # as the service's batch: worth trying again
+            store.add_ruleset(FLEET, "all", 9, 1.0, 0, "{}")
+    assert store.is_transient(lost.value), lost.value
+    with store.transaction():
+        store.add_ruleset(FLEET, "all", store.next_ruleset_version(FLEET, "all"), 2.0, 0, "{}")
+    assert [r["version"] for r in store.rulesets()] == [2, 1]
