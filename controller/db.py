@@ -8,6 +8,10 @@ functions).  What still differs is here and small:
 * column types: SQLite's REAL/INTEGER/BLOB are DOUBLE PRECISION/BIGINT/BYTEA (PostgreSQL's REAL is only
   4 bytes: it would round timestamps to minutes);
 * ``rowid``: implicit in SQLite, an identity column of that name in PostgreSQL (``Dialect.rowid``);
+* reading rows added since the last read (the metrics' counters): SQLite has one writer, so rows appear
+  in rowid order and "above the last rowid" is exact; on PostgreSQL identity values are taken at insert
+  and committed in any order, so rows carry the inserting transaction's id (``xid``) and a read takes those
+  below the oldest transaction still running (``pg_snapshot_xmin``), all of which are settled;
 * a few functions: ``Dialect.greatest`` (MAX(a, b) vs GREATEST), ``Dialect.trunc_int``;
 * the schema version: ``PRAGMA user_version`` vs a one-row ``schema_version`` table;
 * locking: SQLite's BEGIN IMMEDIATE takes the one write lock, so ``lock`` and ``try_lock`` have nothing
@@ -81,6 +85,10 @@ class Dialect:
     rowid: str  # the column definition giving a table a ``rowid`` ("" where it is implicit)
     greatest: str  # the larger of two values, e.g. greatest.format("a", "b")
     trunc_int: str  # a number truncated toward zero to an integer, e.g. trunc_int.format("x")
+    mark_column: str  # what orders a table's rows for reading "what is new since the last mark"
+    mark_type: str
+    mark_now: str  # the mark below which every row of {table} is settled (committed or never to be)
+    extra_ddl: tuple[str, ...] = ()  # indexes on what only this dialect has
 
     def ddl(self, template: str) -> str:
         """A schema template (SQLite types, ``{rowid}`` where a table needs one) in this dialect."""
@@ -91,10 +99,16 @@ class Dialect:
         return text
 
 
-SQLITE = Dialect("sqlite", {}, "", "MAX({}, {})", "CAST({} AS INTEGER)")
+SQLITE = Dialect(
+    "sqlite", {}, "", "MAX({}, {})", "CAST({} AS INTEGER)",
+    "rowid", "INTEGER", "SELECT COALESCE(MAX(rowid), 0) + 1 FROM {table}",
+)
 POSTGRES = Dialect(
     "postgresql", {"REAL": "DOUBLE PRECISION", "INTEGER": "BIGINT", "BLOB": "BYTEA"},
-    "rowid BIGINT GENERATED ALWAYS AS IDENTITY,", "GREATEST({}, {})", "CAST(TRUNC({}) AS BIGINT)",
+    "rowid BIGINT GENERATED ALWAYS AS IDENTITY, xid xid8 NOT NULL DEFAULT pg_current_xact_id(),",
+    "GREATEST({}, {})", "CAST(TRUNC({}) AS BIGINT)",
+    "xid", "xid8", "SELECT CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT)",
+    ("CREATE INDEX IF NOT EXISTS alerts_by_xid ON alerts (xid)", "CREATE INDEX IF NOT EXISTS acks_by_xid ON acks (xid)"),
 )
 
 

@@ -3,7 +3,8 @@
 Counted from the database, so the numbers hold across restarts and include what other replicas and the
 one-shot commands wrote: alerts stored per fleet and class, rule sets issued per fleet, and the histogram
 of seconds from a rule set's issue to each device's first 'applied' ack.  The counters are kept
-incrementally (rows above the last rowid seen), so a scrape reads only what is new.  Replicas that share
+incrementally (rows settled since the mark of the last scrape, see ``Store.alert_totals_after``), so a
+scrape reads only what is new.  Replicas that share
 one database therefore report the same totals: scrape one of them, or aggregate with max().
 
 From this replica's process: messages it refused and duplicates it dropped, whether its MQTT session is
@@ -77,20 +78,20 @@ class Metrics:
         self.store = store
         self.process = process or ProcessView()
         self._lock = threading.Lock()  # scrapes may overlap
-        self._alert_rowid = 0
+        self._alert_mark = 0
         self._alerts: dict[tuple[str, str], int] = {}
-        self._ack_rowid = 0
+        self._ack_mark = 0
         self._latency = Histogram()
 
     def _catch_up(self) -> None:
-        top, rows = self.store.alert_totals_after(self._alert_rowid)
+        top, rows = self.store.alert_totals_after(self._alert_mark)
         for fleet, cls, n in rows:
             self._alerts[(fleet, cls)] = self._alerts.get((fleet, cls), 0) + n
-        self._alert_rowid = top
-        top, latencies = self.store.ack_latencies_after(self._ack_rowid)
+        self._alert_mark = top
+        top, latencies = self.store.ack_latencies_after(self._ack_mark)
         for seconds in latencies:
             self._latency.observe(seconds)
-        self._ack_rowid = top
+        self._ack_mark = top
 
     def render(self) -> str:
         with self._lock:

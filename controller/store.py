@@ -144,8 +144,8 @@ class Store:
             found = db.schema_version()
             if found > SCHEMA_VERSION:
                 raise SchemaError(f"schema version {found} is newer than this controller's ({SCHEMA_VERSION}): upgrade it")
-            for statement in statements(self.dialect.ddl(SCHEMA_TEMPLATE)):  # not executescript: it commits
-                db.execute(statement)
+            for statement in (*statements(self.dialect.ddl(SCHEMA_TEMPLATE)), *self.dialect.extra_ddl):
+                db.execute(statement)  # one by one, not executescript: it would commit half-way
             for step in range(max(found, 1) + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[step]:
                     db.execute(self.dialect.ddl(statement))
@@ -491,32 +491,42 @@ class Store:
         rows = self._query("SELECT topic, reason, received_at FROM rejected ORDER BY rowid DESC LIMIT ?", (limit,))
         return [dict(r) for r in rows]
 
-    def alert_totals_after(self, rowid: int) -> tuple[int, list[tuple[str, str, int]]]:
-        """For counters kept incrementally: the highest alert rowid, and (fleet, class, alerts) above ``rowid``."""
-        with self._lock:  # counted up to the top read first, so a row inserted meanwhile waits for the next call
-            (top,) = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM alerts").fetchone()
-            rows = self._db.execute("SELECT fleet, class, COUNT(*) FROM alerts WHERE rowid>? AND rowid<=? GROUP BY fleet, class",
-                                    (rowid, top)).fetchall()  # fmt: skip
-        return int(top), [(r[0], r[1], int(r[2])) for r in rows]
+    def _settled_mark(self, table: str) -> int:
+        """Every row of ``table`` below this mark is settled: counted once read (see ``controller.db``)."""
+        return int(self._db.execute(self.dialect.mark_now.format(table=table)).fetchone()[0])
+
+    def _new_rows(self, alias: str = "") -> str:
+        """The rows in [the last mark, this one): a read-only window over settled rows."""
+        column, kind = f"{alias}{self.dialect.mark_column}", self.dialect.mark_type
+        return f"{column} >= CAST(? AS {kind}) AND {column} < CAST(? AS {kind})"
+
+    def alert_totals_after(self, mark: int) -> tuple[int, list[tuple[str, str, int]]]:
+        """For counters kept incrementally: a new mark, and (fleet, class, alerts) of the alerts settled from
+        ``mark`` (0 the first time) up to it."""
+        with self._lock:  # the mark read first, so a row being inserted meanwhile waits for the next call
+            top = self._settled_mark("alerts")
+            rows = self._db.execute(f"SELECT fleet, class, COUNT(*) FROM alerts WHERE {self._new_rows()} GROUP BY fleet, class",
+                                    (str(mark), str(top))).fetchall()  # fmt: skip
+        return top, [(r[0], r[1], int(r[2])) for r in rows]
 
     def ruleset_totals(self) -> list[tuple[str, int]]:
         """(fleet, rule sets issued): rows are never deleted, so these only grow."""
         return [(r[0], int(r[1])) for r in self._query("SELECT fleet, COUNT(*) FROM rulesets GROUP BY fleet")]
 
-    def ack_latencies_after(self, rowid: int) -> tuple[int, list[float]]:
-        """The highest ack rowid, and for each first 'applied' ack above ``rowid`` of a rule set this database
-        issued: seconds from issue to the ack's arrival."""
+    def ack_latencies_after(self, mark: int) -> tuple[int, list[float]]:
+        """A new mark, and for each first 'applied' ack settled from ``mark`` up to it of a rule set this
+        database issued: seconds from issue to the ack's arrival."""
         with self._lock:
-            (top,) = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM acks").fetchone()
+            top = self._settled_mark("acks")
             rows = self._db.execute(
                 "SELECT a.received_at - r.issued_at FROM acks a JOIN rulesets r"
                 " ON r.fleet=a.fleet AND r.target=a.target AND r.version=a.version"
-                " WHERE a.rowid>? AND a.rowid<=? AND a.status='applied' AND NOT EXISTS (SELECT 1 FROM acks b"
+                f" WHERE {self._new_rows('a.')} AND a.status='applied' AND NOT EXISTS (SELECT 1 FROM acks b"
                 "  WHERE b.fleet=a.fleet AND b.target=a.target AND b.version=a.version AND b.device=a.device"
                 "  AND b.status='applied' AND b.rowid<a.rowid)",
-                (rowid, top),
+                (str(mark), str(top)),
             ).fetchall()
-        return int(top), [float(r[0]) for r in rows]
+        return top, [float(r[0]) for r in rows]
 
     def online_devices(self) -> list[tuple[str, str, int]]:
         """(fleet, state, devices)."""
