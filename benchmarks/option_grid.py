@@ -33,7 +33,7 @@ COMMON = {"dport": (53, 80, 0), "ttl": (1, 128, 255), "tos": (0xB8,), "ident": (
 GRID: dict[str, dict[str, tuple]] = {
     "mirai_ack": {"payload_len": PAYLOADS, "rate_pps": RATES, **COMMON, "sport": (53,), "df": (True,),
                   "source": ("random", "fixed"), "payload_random": (False,),
-                  "tcp_flags": (ACK | PSH, ACK | PSH | FIN | URG, FIN, 0)},  # fmt: skip
+                  "tcp_flags": (ACK | PSH, ACK | PSH | FIN | URG, ACK | PSH | FIN | URG | RST, FIN, 0)},  # fmt: skip
     "mirai_syn": {"rate_pps": RATES, **COMMON, "sport": (53,), "df": (False,), "source": ("random", "fixed"),
                   "tcp_flags": (SYN | ACK, SYN | URG | PSH)},  # fmt: skip
     "mirai_udp": {"payload_len": PAYLOADS, "rate_pps": RATES, **COMMON, "sport": (53,), "df": (True,),

@@ -89,6 +89,13 @@ class Evidence:
         return np.stack([getattr(self, name) for name in self.SHAPES], axis=1).astype(np.float64)
 
 
+def bare_rst(packets: PacketBatch) -> np.ndarray:
+    """Per packet: a stack's RST, bare (RST or RST-ACK, no data).  RST with FIN, PSH, URG or SYN, or with a
+    payload, answers nobody: Mirai's floods take any flag bits."""
+    tcp = (packets.proto == 6) & ~packets.frag
+    return tcp & ((packets.tcp_flags & (RST | SYN | FIN | PSH | URG)) == RST) & (packets.payload_len == 0)
+
+
 def opens_socket_pair(features: np.ndarray) -> np.ndarray:
     """Per packet (its 115 features): the packet created its socket pair's stream (or the pair had been quiet
     for minutes)."""
@@ -100,9 +107,7 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     counts as using a fresh socket pair."""
     tcp = (packets.proto == 6) & ~packets.frag  # a later fragment has no TCP header (its flags read 0)
     flags = packets.tcp_flags
-    # A stack's RST is bare: RST or RST-ACK, no data.  RST with FIN, PSH, URG or SYN, or with a payload, answers
-    # nobody: Mirai's floods take any flag bits (an ack flood with RST among them was never judged).
-    rst = tcp & ((flags & (RST | SYN | FIN | PSH | URG)) == RST) & (packets.payload_len == 0)
+    rst = bare_rst(packets)  # (an ack flood with RST among its flags was taken for answers and never judged)
     syn_only = tcp & ((flags & (SYN | ACK | RST | FIN)) == SYN)
     ack = tcp & ((flags & SYN) == 0) & ~rst
     opener = tcp & ((flags & (ACK | RST)) == 0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from agent.capture.packets import LABELS, PacketBatch
-from agent.detect.evidence import ACK, RST, SYN, opens_socket_pair
+from agent.detect.evidence import ACK, SYN, bare_rst, opens_socket_pair
 
 FAMILY_OTHER, FAMILY_TCP, FAMILY_UDP = 0, 1, 2
 FAMILY_ANY = -1  # unknown (rows of an N-BaIoT CSV): every class allowed
@@ -48,8 +48,9 @@ def allowed_classes(family: np.ndarray) -> np.ndarray:
 def packet_classes(packets: PacketBatch, features: np.ndarray | None = None) -> np.ndarray:
     """(n, 6) bool: the classes each packet's header allows, its TCP flags included; with the packets'
     features, also whether it opens a new socket pair: Mirai's udpplain sends through one connected socket
-    per target, and its scanner's TCP without SYN or RST (brute-force sessions) goes through connections
-    its SYNs opened, so a UDP packet or such a TCP segment opening a socket pair is neither."""
+    per target, and its scanner's TCP without SYN (brute-force sessions; its kernel's RSTs are bare) goes
+    through connections its SYNs opened, so a UDP packet or such a TCP segment opening a socket pair is neither
+    (an ack flood with RST among its flags scored half a scan, as the scanner's RSTs are labelled)."""
     out = allowed_classes(protocol_family(packets))
     tcp = (packets.proto == 6) & ~packets.frag
     flags = packets.tcp_flags & (SYN | ACK)
@@ -58,8 +59,8 @@ def packet_classes(packets: PacketBatch, features: np.ndarray | None = None) -> 
     if features is not None:
         fresh = opens_socket_pair(features)
         out[fresh & (packets.proto == 17) & ~packets.frag, LABELS.index("mirai_udpplain")] = False
-        no_syn_rst = tcp & ((packets.tcp_flags & (SYN | RST)) == 0)
-        out[fresh & no_syn_rst, LABELS.index("mirai_scan")] = False
+        no_syn = tcp & ((packets.tcp_flags & SYN) == 0) & ~bare_rst(packets)
+        out[fresh & no_syn, LABELS.index("mirai_scan")] = False
     return out
 
 

@@ -49,6 +49,18 @@ def test_packets_opening_a_socket_pair_are_no_udpplain_and_no_scanner_session():
     assert allowed[:, L["mirai_udp"]][:4].all() and allowed[:, L["mirai_ack"]][4:].all()
 
 
+def test_a_fresh_segment_with_rst_among_odd_flags_is_no_scanner_packet_and_a_bare_rst_may_be():
+    """The scanner's kernel refuses SYN-ACKs with bare RSTs (labelled mirai_scan): those stay possible.  A segment
+    with RST, FIN, PSH and URG set and data (Mirai's ack flood with flags 61) is no scanner's."""
+    from agent.features.engine import FeatureExtractor
+
+    t = 1.7e9 + np.arange(4) * 0.01
+    b = batch(t, ip(10, 0, 0, 1), ip(10, 0, 0, 2), sport=[1, 2, 3, 4], flags=[0x3D, 0x3D, 0x04, 0x14])
+    b.payload_len[:2] = 5
+    allowed = packet_classes(b, FeatureExtractor().update(b))
+    assert allowed[:, L["mirai_scan"]].tolist() == [False, False, True, True]
+
+
 def test_restricted_scores_are_rescaled_and_fall_back_to_benign():
     scores = np.array([[0.1, 0.6, 0.0, 0.0, 0.3, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
     out = restrict_scores(scores, allowed_classes(np.array([FAMILY_UDP, FAMILY_UDP])))
