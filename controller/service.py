@@ -1,7 +1,7 @@
 """The running controller: ingest alerts, status and acks; decide blocks; sign and push rules and models.
 
 Threads: paho's network thread only queues incoming messages; one worker
-thread stores them in SQLite (a batch per transaction), acknowledges them to
+thread stores them in the database (a batch per transaction), acknowledges them to
 the broker *after* the commit (paho ``manual_ack``), confirms to each agent
 whose alerts were in the batch how far its alerts are stored
 (``{prefix}/{fleet}/{device}/alerts/ack``, see ``agent.wire.messages``), then

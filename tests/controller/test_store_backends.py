@@ -195,3 +195,47 @@ def test_counters_read_incrementally_count_rows_committed_out_of_order_once(data
     mark, rows = reader.alert_totals_after(mark)
     total += sum(n for _, _, n in rows)
     assert total == 2 and reader.alert_totals_after(mark)[1] == [], "an alert counted never, or twice"
+
+
+@pytest.mark.slow
+def test_controller_run_on_postgresql_from_the_command_line(postgres_db, broker, keys, tmp_path):
+    """``controller run --db postgresql://...``: alerts stored there, the password never printed."""
+    from lab.mqtt_helpers import alert, make_agent, wait_until
+
+    url = postgres_db.replace("://iotguard@", "://iotguard:s3cret-pw@")  # trust authentication ignores it
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller", "--log-level", "INFO", "run", "--db", url, "--key", str(keys.private),
+         "--broker", f"{broker.host}:{broker.port}", "--name", "pg1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=work)  # fmt: skip
+    agent, _ = make_agent(broker.host, broker.port, tmp_path / "dev1", "dev1", keys.trusted)
+    try:
+        lines = []
+        while not lines or "running" not in lines[-1]:  # printed once subscribed
+            lines.append(proc.stdout.readline())
+            assert lines[-1], "".join(lines)
+        agent.start()
+        wait_until(lambda: agent.ready, "agent connected")
+        agent.send_alert(alert("192.0.2.5"))
+        store = Store(postgres_db)
+        wait_until(lambda: store.count("alerts") == 1, "alert stored in PostgreSQL by the CLI controller")
+        proc.send_signal(subprocess.signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        out = "".join(lines) + proc.stdout.read()
+        assert "alerts_new=1" in out and redact(url) in out and "s3cret-pw" not in out, out
+        assert list(work.iterdir()) == [], "an SQLite file beside the PostgreSQL database"
+    finally:
+        agent.stop()
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+def test_an_unreachable_postgres_is_one_line_and_no_password():
+    pytest.importorskip("psycopg")
+    for command in ("devices", "migrate", "run"):
+        done = cli(command, "--db", "postgresql://ctl:s3cret-pw@127.0.0.1:1/fleet")
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        (line,) = done.stderr.splitlines()
+        assert line.startswith("error: cannot open postgresql://ctl@127.0.0.1:1/fleet") and "s3cret" not in line, line
