@@ -239,3 +239,28 @@ def test_an_unreachable_postgres_is_one_line_and_no_password():
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
         (line,) = done.stderr.splitlines()
         assert line.startswith("error: cannot open postgresql://ctl@127.0.0.1:1/fleet") and "s3cret" not in line, line
+
+
+def test_replicas_opening_a_new_database_at_once_migrate_it_once(database):
+    """Replicas started together: one creates the schema while the others wait (an advisory lock on
+    PostgreSQL, whose CREATE TABLE IF NOT EXISTS is not safe against a concurrent one)."""
+    opened: list[Store] = []
+    failed: list[BaseException] = []
+    start = threading.Barrier(5)
+
+    def open_store() -> None:
+        start.wait()
+        try:
+            opened.append(Store(database))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failed and len(opened) == 5, failed
+    assert {s.schema_version() for s in opened} == {SCHEMA_VERSION}
+    for s in opened:
+        s.close()
