@@ -24,6 +24,7 @@ commits, so the broker receives the versions of all replicas in order.
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import ipaddress
 import logging
@@ -275,8 +276,7 @@ class ControllerService:
         for attempt in range(1, ATTEMPTS + 1):
             touched: dict[str, set[str]] = {}
             floors: dict[tuple[str, str], int] = {}  # (fleet, device) with alerts in the batch -> its first_pending
-            stats = (self.stats.alerts_new, self.stats.alerts_duplicate, self.stats.statuses, self.stats.acks,
-                     self.stats.rejected.copy())  # fmt: skip
+            before = copy.deepcopy(self.stats)
             try:
                 with self.store.transaction():
                     for message in batch:
@@ -285,8 +285,7 @@ class ControllerService:
                     marks = {key: self.store.advance_mark(*key, floors[key]) for key in sorted(floors)}
                 break
             except Exception as exc:
-                (self.stats.alerts_new, self.stats.alerts_duplicate, self.stats.statuses, self.stats.acks,
-                 self.stats.rejected) = stats  # fmt: skip
+                vars(self.stats).update(vars(before))  # the same object (the metrics read it): counted again on retry
                 if attempt < ATTEMPTS and self.store.is_transient(exc):
                     log.warning("controller %s: batch rolled back (%s); trying again", self.config.name, exc)
                     continue

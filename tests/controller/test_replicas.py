@@ -106,3 +106,30 @@ def test_reports_reaching_different_replicas_give_one_rule_set_per_source_in_ver
             client.close()
         for c in replicas:
             c.stop()
+
+
+def test_a_batch_rolled_back_by_a_deadlock_is_stored_once_on_the_next_attempt(broker, keys, tmp_path):
+    import sqlite3
+
+    controller = make_controller(broker.host, broker.port, tmp_path, keys.private, k_devices=99)
+    advance, failures = controller.store.advance_mark, []
+
+    def advance_mark(*args):  # the last statement of the batch's transaction fails once, as a deadlock would
+        if not failures:
+            failures.append(args)
+            raise sqlite3.OperationalError("database is locked")
+        return advance(*args)
+
+    controller.store.advance_mark = advance_mark
+    controller.start()
+    pub = Listener(broker.host, broker.port, [topic(PREFIX, FLEET, "dev1", "alerts/ack")])
+    try:
+        wait_until(controller.ready.is_set, "controller subscribed")
+        pub.publish(topic(PREFIX, FLEET, "dev1", "alerts"), canonical_json(raw_alert("dev1", 1, "192.0.2.1")))
+        wait_until(lambda: pub.json_on("alerts/ack"), "the alert confirmed")
+        assert failures and controller.store.alert_seqs(FLEET, "dev1") == [1]
+        assert (controller.stats.alerts_new, controller.stats.alerts_duplicate) == (1, 0), "counted once"
+        assert pub.json_on("alerts/ack")[0]["stored_through"] == 1
+    finally:
+        pub.close()
+        controller.stop()
