@@ -10,8 +10,8 @@ only through the database (and the broker):
   so of two replicas storing reports of one source the later to commit sees both;
 * a policy block is inserted only where no active one is (``add_policy_block``), so only one replica
   publishes a rule set for it;
-* rule set versions come from a counter row (``ruleset_versions``) bumped with ``UPDATE ... RETURNING`` in
-  the transaction that publishes the rule set: the row stays locked until the commit, so replicas never
+* rule set versions come from a counter row (``ruleset_versions``) bumped with ``INSERT ... ON CONFLICT DO
+  UPDATE ... RETURNING`` in the transaction that publishes the rule set: the row stays locked until the commit, so replicas never
   issue the same version, and one issued later is higher (SQLite: BEGIN IMMEDIATE has the same effect);
 * the expiry sweep runs on one replica at a time (``try_lock``: an advisory lock on PostgreSQL).
 
