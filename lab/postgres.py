@@ -54,13 +54,23 @@ class PostgresServer:
     def url_of(self, database: str) -> str:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
 
-    def _as_owner(self, *argv: str) -> None:
+    def _as_owner(self, *argv: str, check: bool = True) -> None:
         command = [*argv] if os.geteuid() != 0 else ["runuser", "-u", RUN_AS, "--", *argv]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-        if done.returncode != 0:
+        if check and done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv[:2])} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
 
     def start(self) -> PostgresServer:
+        try:
+            return self._start()
+        except BaseException:
+            if self.port:  # pg_ctl ran: a server that came up too slowly is stopped before its folder goes
+                self._as_owner(str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop",
+                               check=False)  # fmt: skip
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
+
+    def _start(self) -> PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(self.folder, RUN_AS)
         data, sockets = self.folder / "data", self.folder / "sockets"
