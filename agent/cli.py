@@ -35,11 +35,12 @@ def _report_skipped(stats: DecodeStats) -> None:
 
 def cmd_features(args: argparse.Namespace) -> int:
     from agent.pipeline import features_from_capture
+    from agent.progress import file_progress
 
     stats = DecodeStats()
-    with output_file(args.output, newline="") as out:
+    with output_file(args.output, newline="") as out, file_progress("reading", args.capture) as progress:
         out.write(",".join(("index",) + COLUMNS) + "\n")
-        for fb in features_from_capture(args.capture, stats, batch_size=args.batch_size):
+        for fb in features_from_capture(args.capture, stats, batch_size=args.batch_size, progress=progress):
             rows = np.column_stack([fb.packets.index.astype(np.float64), fb.features])
             np.savetxt(out, rows, delimiter=",", fmt=["%d"] + ["%.17g"] * len(COLUMNS))
     _report_skipped(stats)
@@ -58,22 +59,20 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from agent.capture.packets import LABELS, VERDICT_LABELS
     from agent.detect.anomaly import load_anomaly
     from agent.detect.decide import DecisionConfig, DecisionLayer
+    from agent.per_packet import write_per_packet
     from agent.pipeline import detect_capture
-    from agent.report import counted
+    from agent.progress import file_progress
+    from agent.report import counted, reported_line
 
     classifier = _classifier(args)
     anomaly = load_anomaly("report" if args.anomaly == "on" else "off", args.anomaly_model)
     decision = DecisionLayer(DecisionConfig(threshold=args.threshold, min_packets=args.min_packets))
-    result = detect_capture(args.capture, classifier, decision, keep_per_packet=True, anomaly=anomaly)
+    with file_progress("detecting", args.capture) as progress:
+        result = detect_capture(args.capture, classifier, decision, keep_per_packet=True, anomaly=anomaly,
+                                progress=progress)  # fmt: skip
     if args.per_packet:
-        # label: what the whole pipeline says of the packet (Detection.final_labels); model_label: the model's.
-        with output_file(args.per_packet) as fh:
-            fh.write("index,label,confidence,model_label\n")
-            names = np.asarray(VERDICT_LABELS)[result.final_labels()]
-            model_names = np.asarray(LABELS)[result.labels]
-            rows = zip(result.index.tolist(), names.tolist(), result.confidence.tolist(), model_names.tolist())
-            for i, name, conf, model_name in rows:
-                fh.write(f"{i},{name},{conf:.4f},{model_name}\n")
+        with output_file(args.per_packet, newline="") as fh:
+            write_per_packet(fh, args.capture, result)
     if args.int8_out:
         np.save(args.int8_out, result.int8_scores)
     _report_skipped(result.stats)
@@ -89,6 +88,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         "model_per_class_packets": model_counts,
         "hostile_sources": sum(v.kind == "source" for v in result.verdicts),
         "spoofed_floods": sum(v.kind == "spoofed" for v in result.verdicts),
+        # The live agent alerts the controller on source verdicts only (report.reported_line says why).
+        "alerts_to_controller": sum(v.kind == "source" for v in result.verdicts),
         "model": classifier.bundle.version,
         "runtime": classifier.runtime,
     }
@@ -106,6 +107,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
             + " (model alone: " + ", ".join(f"{k} {v}" for k, v in model_counts.items() if v) + ")"
             + f"; model {summary['model']} on {summary['runtime']}"
         )
+        if result.verdicts:
+            print(reported_line(result.verdicts))
     # A script or CI job can gate on the verdict: 1 when anything was judged hostile (2 stays "error").
     return 1 if args.fail_on_detect and result.verdicts else 0
 
@@ -201,11 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_features)
 
     from agent.detect.decide import DecisionConfig
+    from agent.per_packet import HEADER as PER_PACKET_HEADER
 
     p = sub.add_parser("detect", help="detect Mirai in a capture: one line per hostile source and a summary")
     p.add_argument("capture", help="pcap or pcapng file")
     p.add_argument("--jsonl", action="store_true", help="print verdicts and the summary as JSON lines")
-    p.add_argument("--per-packet", metavar="OUT.csv", help="write index,label,confidence,model_label for every decoded packet")
+    p.add_argument("--per-packet", metavar="OUT.csv",
+                   help="write a CSV row per decoded packet, columns " + ", ".join(PER_PACKET_HEADER) + " (label: the "
+                        "pipeline's class, model_label: the model's; time: ISO 8601 UTC, ts: unix seconds; src, dst: "
+                        "IP, or MAC for non-IP frames; ports empty when the packet has none; proto: IP protocol "
+                        "number, proto_name: tcp, udp, icmp, ..., arp or ethernet)")
     p.add_argument("--int8-out", metavar="OUT.npy", help="save the model's raw int8 outputs (packets x classes) as .npy")
     p.add_argument("--threshold", type=float, default=DecisionConfig.threshold,
                    help="average attack score of a source's recent packets that makes it hostile (default %(default)s)")

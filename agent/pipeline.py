@@ -19,6 +19,7 @@ from agent.capture.parse import parse_frames
 from agent.capture.pcap import read_capture
 from agent.detect.protocol_classes import packet_classes
 from agent.features.engine import Budgets, FeatureExtractor
+from agent.progress import Progress
 from agent.util import release_free_memory
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,31 @@ class FeatureBatch:
     features: np.ndarray  # (n, 115) float64
 
 
-def packets_from_capture(path: str | Path, stats: DecodeStats, batch_size: int = DEFAULT_BATCH) -> Iterator[PacketBatch]:
-    for frames in read_capture(path, batch_size=batch_size, stats=stats):
+def packets_from_capture(
+    path: str | Path, stats: DecodeStats, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None
+) -> Iterator[PacketBatch]:
+    """Parsed packets of a capture file; ``progress`` (its total the file's size) counts the bytes read."""
+    frames_batches = read_capture(path, batch_size=batch_size, stats=stats)
+    overhead = _record_overhead(path) if progress is not None else 0
+    for frames in frames_batches:
+        if progress is not None:
+            # The reader hides its file position: a record's header plus its captured bytes (pcapng pads to 4).
+            padded = (frames.cap_len + 3) // 4 * 4 if overhead == PCAPNG_RECORD_OVERHEAD else frames.cap_len
+            progress.update(int(padded.sum()) + overhead * len(frames))
         packets = parse_frames(frames, stats=stats)
         if len(packets):
             yield packets
+    if progress is not None and progress.total:
+        progress.done = progress.total  # the whole file was read (skipped records and blocks included)
+
+
+PCAP_RECORD_OVERHEAD = 16  # pcap record header
+PCAPNG_RECORD_OVERHEAD = 32  # enhanced packet block: 28-byte header, 4-byte trailing length
+
+
+def _record_overhead(path: str | Path) -> int:
+    with open(path, "rb") as fh:
+        return PCAPNG_RECORD_OVERHEAD if fh.read(4) == b"\x0a\x0d\x0d\x0a" else PCAP_RECORD_OVERHEAD
 
 
 def features_from_capture(
@@ -44,9 +65,10 @@ def features_from_capture(
     stats: DecodeStats,
     budgets: Budgets | None = None,
     batch_size: int = DEFAULT_BATCH,
+    progress: Progress | None = None,
 ) -> Iterator[FeatureBatch]:
     extractor = FeatureExtractor(budgets or Budgets())
-    for packets in packets_from_capture(path, stats, batch_size):
+    for packets in packets_from_capture(path, stats, batch_size, progress):
         yield FeatureBatch(packets, extractor.update(packets))
 
 
@@ -85,10 +107,11 @@ def detect_capture(
     batch_size: int = DEFAULT_BATCH,
     keep_per_packet: bool = True,
     anomaly=None,
+    progress: Progress | None = None,
 ) -> Detection:
     """Run capture -> parse -> features -> model (and anomaly detector) -> decide over a capture file."""
     stats = DecodeStats()
-    batches = packets_from_capture(path, stats, batch_size)
+    batches = packets_from_capture(path, stats, batch_size, progress)
     return detect_packets(batches, stats, classifier, decision, budgets, keep_per_packet, anomaly)
 
 

@@ -25,14 +25,12 @@ from agent.capture.pcap import CaptureFormatError
 from agent.console import broken_pipe, program_name, version_text
 from agent.detect.model import BundleError
 from agent.features.csv_file import FeatureCSVError
+from agent.progress import Progress
 
 from .paths import default_output, default_shared_data
+from .usage import UsageError
 
 log = logging.getLogger("convert")
-
-
-class UsageError(Exception):
-    """What the user asked for cannot be done; the message says why (one line, exit status 2)."""
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -61,11 +59,15 @@ def _synth(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"synth: {exc}", file=sys.stderr)
         return 2
-    started = time.perf_counter()
-    synth = synthesise(args.scenario, args.seconds, args.seed, options=options)
-    built = time.perf_counter()
-    pcap, labels, meta = write(synth, args.output)
-    done = time.perf_counter()
+    # The synthesiser reports nothing while it works: a stage line says which of its two steps runs.
+    with Progress(f"synth: synthesising {args.seconds:g} s of {args.scenario}") as progress:
+        started = time.perf_counter()
+        synth = synthesise(args.scenario, args.seconds, args.seed, options=options)
+        built = time.perf_counter()
+        progress.stage(f"synth: writing {len(synth)} packets ({built - started:.1f} s to synthesise)")
+        pcap, labels, meta = write(synth, args.output)
+        done = time.perf_counter()
+        progress.stage(f"synth: {len(synth)} packets written")
     counts = ", ".join(f"{k} {v}" for k, v in synth.meta["packets_per_label"].items() if v)
     log.info(
         "%s: %d packets (%s) in %.2f s (+%.2f s writing): %s, %s, %s",

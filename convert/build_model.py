@@ -12,15 +12,18 @@ import argparse
 import json
 import logging
 import multiprocessing
+import tempfile
 import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from agent.capture.packets import LABELS
 from agent.detect.model import restrict_logits
+from agent.progress import Progress
 
 from .dataset import (
     SPLITS,
@@ -35,6 +38,7 @@ from .dataset import (
 )
 from .metrics import score
 from .paths import default_output
+from .usage import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +123,18 @@ def build_splits(
 ) -> dict[str, Dataset]:
     splits = {s: Dataset.empty() for s in SPLITS}
     if recipe is not None:
-        for split in SPLITS:
-            tasks = [(job, recipe.cap(job), recipe.seed) for job in recipe.jobs(split)]
-            if workers > 1:
-                with multiprocessing.get_context("fork").Pool(workers) as pool:
-                    results = pool.map(_job_rows, tasks)
-            else:
-                results = [_job_rows(t) for t in tasks]
-            for name, X, y, family in results:  # in job order, whatever the worker finished first
-                splits[split].add(X, y, name, family)
+        total = sum(len(recipe.jobs(split)) for split in SPLITS)
+        with Progress("synthesising captures", total, unit="captures") as progress:
+            for split in SPLITS:
+                progress.stage(f"synthesising captures ({split})")
+                tasks = [(job, recipe.cap(job), recipe.seed) for job in recipe.jobs(split)]
+                if workers > 1:
+                    with multiprocessing.get_context("fork").Pool(workers) as pool:
+                        results = list(_counted(pool.imap(_job_rows, tasks), progress))
+                else:
+                    results = list(_counted(map(_job_rows, tasks), progress))
+                for name, X, y, family in results:  # in job order, whatever the worker finished first
+                    splits[split].add(X, y, name, family)
     if nbaiot:
         add_nbaiot(splits, nbaiot, cap=recipe.cap_per_class if recipe else 10_000, seed=7)
     if benign_pcaps:
@@ -135,6 +142,12 @@ def build_splits(
     for split, ds in splits.items():
         log.info("%s: %d rows %s", split, len(ds), ds.class_counts())
     return splits
+
+
+def _counted(items: Iterable, progress: Progress) -> Iterator:
+    for item in items:
+        progress.update(1)
+        yield item
 
 
 def cached_splits(recipe: Recipe, workers: int = 2) -> dict[str, Dataset]:
@@ -164,6 +177,7 @@ def train_bundle(splits: dict[str, Dataset], out_dir: Path, name: str, seed: int
     from .train import train_cnn
 
     tr, va, te = splits["train"], splits["val"], splits["test"]
+    log.info("training the CNN on %d rows (validation %d, test %d), up to %d epochs", len(tr), len(va), len(te), epochs)
     trained = train_cnn(tr.X, tr.y, va.X, va.y, seed=seed, epochs=epochs, allowed_train=tr.allowed(), allowed_val=va.allowed())
     pre = trained.preprocessor
     rep = representative_sample(pre.transform(tr.X), tr.y, seed=seed)
@@ -220,17 +234,61 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "./model in a normal install, whose own model is never overwritten)")
     p.add_argument("--name", default="default", help="bundle name (default: %(default)s)")
     p.add_argument("--seed", type=int, default=7, help="training seed (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=40, help="training epochs at most (default: %(default)s)")
     p.add_argument("--nbaiot", type=Path, help="directory of N-BaIoT CSVs (N.benign.csv, N.mirai.udp.csv, ...)")
     p.add_argument("--benign-pcap", type=Path, nargs="+", default=[], help="benign captures of your own network")
     p.add_argument("--no-synthetic", action="store_true", help="train only on --nbaiot / --benign-pcap data")
     p.add_argument("--workers", type=int, default=2, help="processes for synthesis and features")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything ``train`` can be told is wrong before it spends minutes synthesising (UsageError, or the
+    capture reader's own error for a file that is no capture)."""
+    from agent.capture.pcap import read_capture
+
+    from .dataset import nbaiot_files
+
+    if args.no_synthetic and not args.nbaiot:
+        raise UsageError("train: --no-synthetic needs --nbaiot (benign captures alone have no attacks to learn)")
+    if args.epochs < 1:
+        raise UsageError(f"train: --epochs must be at least 1, got {args.epochs}")
+    if args.workers < 1:
+        raise UsageError(f"train: --workers must be at least 1, got {args.workers}")
+    if not args.name or args.name != Path(args.name).name or args.name.startswith("."):
+        raise UsageError(f"train: --name {args.name!r} must be a plain file name (no folders, no leading dot)")
+    check_writable_folder(Path(args.out))
+    if args.nbaiot:
+        if not args.nbaiot.is_dir():
+            raise UsageError(f"train: --nbaiot {args.nbaiot}: no such directory")
+        try:
+            files = nbaiot_files(args.nbaiot)
+        except ValueError as exc:
+            raise UsageError(f"train: --nbaiot {exc}") from None
+        for path, _ in files:
+            with open(path, "rb"):  # unreadable: PermissionError, one line
+                pass
+    for path in args.benign_pcap:
+        read_capture(path)  # reads the file's header: missing, unreadable or not a capture fails here
+
+
+def check_writable_folder(folder: Path) -> None:
+    """``folder`` (made later if missing, like its missing parents) can take the bundle: its nearest existing
+    ancestor is a folder where a file can be created.  Tried for real (root passes every permission check)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"train: --out {folder}: {existing} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UsageError(f"train: --out {folder}: cannot write in {existing} ({exc.strerror})") from None
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     recipe = None if args.no_synthetic else default_recipe()
-    if recipe is None and not args.nbaiot:
-        raise SystemExit("error: --no-synthetic needs --nbaiot (benign captures alone have no attacks to learn)")
     if recipe is not None and not args.nbaiot and not args.benign_pcap:
         splits = cached_splits(recipe, workers=args.workers)
     else:

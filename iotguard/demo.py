@@ -8,8 +8,10 @@ with the truth.
 Then the fleet loop runs on this machine: an embedded broker (mosquitto when
 installed, else the pure-Python amqtt), the controller with a fresh signing
 key and a policy of one reporting device, and this agent's MQTT link.  The
-agent's alerts go to the controller, which blocks the sources fleet-wide in a
-signed rule set; the agent verifies and applies it and acknowledges.
+agent's alerts on hostile sources go to the controller, which blocks the
+sources fleet-wide in a signed rule set; the agent verifies and applies it and
+acknowledges.  Spoofed-flood verdicts are not sent, as the live agent sends
+none: their sources are forged, and the agent blocks them on the board alone.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from agent.capture.packets import LABELS
 from agent.detect.decide import DecisionLayer
 from agent.detect.model import Classifier, load_bundle
 from agent.pipeline import detect_capture
-from agent.report import counted
+from agent.report import counted, reported_line
 
 SAMPLE = Path(agent.__file__).with_name("samples") / "mirai_demo.pcap"
 
@@ -80,8 +82,8 @@ def fleet_round_trip(verdicts: list, timeout: float = 30.0) -> int:
     from controller.policy import PolicyConfig
     from controller.service import BrokerSettings, ControllerConfig, ControllerService
 
-    sources = [v for v in verdicts if v.kind == "source"]
-    print(f"\nfleet loop: {counted(len(sources), 'hostile source')} to report")
+    sources = [v for v in verdicts if v.kind == "source"]  # what the live agent sends too (agent/live.py)
+    print(f"\nfleet loop, {reported_line(verdicts)}")
     with tempfile.TemporaryDirectory(prefix="iotguard-demo-") as tmp:
         tmp = Path(tmp)
         try:

@@ -62,3 +62,45 @@ def test_a_source_checkout_rebuilds_the_repositorys_own_files():
     assert default_output("agent/model", "model") == REPO / "agent" / "model"
     assert default_shared_data() == Path(os.environ.get("IOTGUARD_SHARED_DATA") or REPO.parent / "shared" / "data")
     assert f"default: {REPO / 'agent' / 'model'}" in " ".join(convert("train", "--help").stdout.split())
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--name", "sub/model"], "must be a plain file name"),
+        (["--no-synthetic"], "--no-synthetic needs --nbaiot"),
+        (["--nbaiot", "{tmp}/missing"], "no such directory"),
+        (["--nbaiot", "{tmp}"], "no N-BaIoT files"),
+        (["--benign-pcap", "{tmp}/missing.pcap"], "missing.pcap: cannot read"),
+        (["--benign-pcap", "{tmp}/notes.txt"], "not a pcap or pcapng file"),
+        (["--out", "{tmp}/notes.txt/model"], "notes.txt is not a folder"),
+    ],
+)
+def test_train_checks_its_arguments_before_synthesising(tmp_path, options, message):
+    """Each mistake stops train at once (timeout 120 s: a run that synthesised first would not finish)."""
+    (tmp_path / "notes.txt").write_text("not a capture, only some words in a text file\n")
+    out = tmp_path / "out"
+    args = [o.replace("{tmp}", str(tmp_path)) for o in options]
+    line = one_line(convert("train", "--out", str(out), *args) if "--out" not in options else convert("train", *args))
+    assert message in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"], "nothing made"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write in any folder")
+def test_train_refuses_an_output_folder_it_cannot_write(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    assert "cannot write in" in one_line(convert("train", "--out", str(locked / "model")))
+
+
+def test_synth_shows_its_stage_on_a_terminal_only(tmp_path):
+    from lab.tty import run_with_tty_stderr
+
+    argv = [sys.executable, "-m", "convert", "synth", "--scenario", "camera", "--seconds", "5", "-o"]
+    status, _, shown = run_with_tty_stderr(argv + [str(tmp_path / "a.pcap")], cwd=REPO, env=ENV, timeout=120)
+    assert status == 0, shown
+    assert "\rsynth: synthesising 5 s of camera" in shown and "packets written" in shown, shown
+    piped = convert(*argv[3:], str(tmp_path / "b.pcap"))
+    assert piped.returncode == 0 and "\r" not in piped.stderr and "synthesising" not in piped.stderr, piped.stderr

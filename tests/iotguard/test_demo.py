@@ -53,6 +53,14 @@ def test_demo_names_every_attacker_and_completes_the_fleet_round_trip():
     out = run_demo()
     check_detection(out)
     assert "round trip complete" in out, out
+    # Only source verdicts become alerts (as on the board); the output says why spoofed floods do not.
+    verdicts = verdict_lines(out)
+    floods = sum(v.split()[1] == "spoofed" for v in verdicts)
+    sources = len(verdicts) - floods
+    assert floods and sources, out
+    assert f"\nfleet loop, to the controller: {sources} alerts (one per source verdict, " in out, out
+    assert f"; {floods} spoofed-flood verdicts not sent: their sources are forged" in out, out
+    assert f"controller stored {sources} alerts" in out, out
     applied = re.search(r"agent applied the fleet rules: (.*)$", out, re.MULTILINE)
     assert applied, out
     blocked = {rule.split("/")[0] for rule in applied.group(1).split(", ")}
