@@ -55,6 +55,10 @@ def output_file(path: str, newline: str | None = None) -> Iterator[TextIO]:
     if path == "-":
         yield sys.stdout
         return
+    if os.path.exists(path) and not os.path.isfile(path):  # /dev/null, a FIFO: write to it, never rename over it
+        with open(path, "w", newline=newline) as fh:
+            yield fh
+        return
     with atomic_path(Path(path), _file_mode()) as tmp:
         with open(tmp, "w", newline=newline) as fh:
             yield fh

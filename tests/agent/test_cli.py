@@ -213,3 +213,23 @@ def test_progress_is_shown_on_a_terminal_only():
     status, _, shown = run_with_tty_stderr([sys.executable, "-m", "agent", "features", str(SAMPLE), "-o", os.devnull],
                                            cwd=REPO, env=ENV)  # fmt: skip
     assert status == 0 and "\rreading: " in shown and "(100%)" in shown, shown
+
+
+def test_output_to_a_fifo_or_device_is_written_to_not_renamed_over(tmp_path):
+    """``-o /dev/null`` as root once replaced /dev/null with a regular file (the output was renamed into place).
+    A FIFO stands in for the device here: it must still be a FIFO afterwards, and its reader gets the output."""
+    import stat
+    import threading
+
+    from agent.console import output_file
+
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    with output_file(str(fifo)) as fh:
+        fh.write("a,b\n")
+    reader.join(timeout=10)
+    assert stat.S_ISFIFO(fifo.stat().st_mode), "the FIFO was replaced by a regular file"
+    assert got == ["a,b\n"]
