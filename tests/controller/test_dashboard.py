@@ -43,6 +43,20 @@ def lab(request, broker, keys, tmp_path):
     lab.stop()
 
 
+@pytest.fixture
+def two_agents(broker, keys, tmp_path):
+    """Devices dev1 and dev2 connected to the broker: (agent client, its applied rules) each."""
+    agents = [make_agent(broker.host, broker.port, tmp_path / d, d, keys.trusted) for d in ("dev1", "dev2")]
+    for a, _ in agents:
+        a.start()
+    try:
+        wait_until(lambda: all(a.ready for a, _ in agents), "agents connected")
+        yield agents
+    finally:
+        for a, _ in agents:
+            a.stop()
+
+
 def block(broker, keys, db, *sources: str) -> int:
     """Block sources as ``controller block`` does; the version of the last rule set."""
     with fleet_rules(lambda: Store(db), _key(keys), PREFIX,
@@ -83,49 +97,42 @@ def test_without_a_valid_token_the_api_says_401_and_the_page_sends_to_the_login(
 
 
 @pytest.mark.parametrize("lab", ["sqlite", "postgresql"], indirect=True)
-def test_devices_and_alerts_with_their_filters(lab, broker, keys, tmp_path):
-    agents = [make_agent(broker.host, broker.port, tmp_path / d, d, keys.trusted) for d in ("dev1", "dev2")]
-    for a, _ in agents:
-        a.start()
+def test_devices_and_alerts_with_their_filters(lab, two_agents):
+    agents = two_agents
     web = lab.client()
-    try:
-        wait_until(lambda: all(a.ready for a, _ in agents), "agents connected")
-        agents[0][0].publish_status(packets_per_s=12.5, drops=3, model_version="bundle-7")
-        agents[0][0].send_alert(alert("203.0.113.5", "mirai_syn"))
-        agents[0][0].send_alert(alert("203.0.113.6", "mirai_udp"))
-        agents[1][0].send_alert(alert("203.0.113.5", "mirai_scan"))
-        wait_until(lambda: len(web.get("/api/alerts", lab.viewer).json()["alerts"]) == 3, "3 alerts listed")
+    agents[0][0].publish_status(packets_per_s=12.5, drops=3, model_version="bundle-7")
+    agents[0][0].send_alert(alert("203.0.113.5", "mirai_syn"))
+    agents[0][0].send_alert(alert("203.0.113.6", "mirai_udp"))
+    agents[1][0].send_alert(alert("203.0.113.5", "mirai_scan"))
+    wait_until(lambda: len(web.get("/api/alerts", lab.viewer).json()["alerts"]) == 3, "3 alerts listed")
 
-        def devices():
-            return {d["device"]: d for d in web.get("/api/devices", lab.viewer).json()["devices"]}
+    def devices():
+        return {d["device"]: d for d in web.get("/api/devices", lab.viewer).json()["devices"]}
 
-        d1 = wait_until(lambda: (d := devices().get("dev1")) and d["packets_per_s"] == 12.5 and d, "dev1's heartbeat")
-        assert d1["online"] and d1["state"] == "online" and d1["drops"] == 3 and d1["model_version"] == "bundle-7"
-        assert abs(d1["last_heartbeat"] - time.time()) < 60 and d1["rules"] == [] and d1["rules_current"] is None
+    d1 = wait_until(lambda: (d := devices().get("dev1")) and d["packets_per_s"] == 12.5 and d, "dev1's heartbeat")
+    assert d1["online"] and d1["state"] == "online" and d1["drops"] == 3 and d1["model_version"] == "bundle-7"
+    assert abs(d1["last_heartbeat"] - time.time()) < 60 and d1["rules"] == [] and d1["rules_current"] is None
 
-        def count(**params):
-            query = "&".join(f"{k}={v}" for k, v in params.items())
-            done = web.get(f"/api/alerts?{query}", lab.viewer)
-            assert done.status == 200, done.text
-            return len(done.json()["alerts"])
+    def count(**params):
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        done = web.get(f"/api/alerts?{query}", lab.viewer)
+        assert done.status == 200, done.text
+        return len(done.json()["alerts"])
 
-        assert count(device="dev1") == 2 and count(device="dev2") == 1
-        assert count(**{"class": "mirai_udp"}) == 1 and count(device="dev2", **{"class": "mirai_syn"}) == 0
-        assert count(fleet=FLEET, range="1h") == 3 and count(fleet="other") == 0
-        iso = datetime.fromtimestamp(time.time() + 3600, timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-        assert count(since=iso) == 0 and count(until=f"{time.time() - 3600:.0f}") == 0
-        assert count(since=f"{time.time() - 60:.0f}", until=iso) == 3
-        assert web.get("/api/alerts?since=yesterday", lab.viewer).status == 400
-        chart = web.get("/api/alerts?device=dev1", lab.viewer).json()["chart"]
-        assert {c: sum(s) for c, s in chart["series"].items()} == {"mirai_syn": 1, "mirai_udp": 1}
-        assert chart["buckets"] in (48, 49) and chart["bucket_s"] == 1800  # 24 h in half hours, from a round time
+    assert count(device="dev1") == 2 and count(device="dev2") == 1
+    assert count(**{"class": "mirai_udp"}) == 1 and count(device="dev2", **{"class": "mirai_syn"}) == 0
+    assert count(fleet=FLEET, range="1h") == 3 and count(fleet="other") == 0
+    iso = datetime.fromtimestamp(time.time() + 3600, timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+    assert count(since=iso) == 0 and count(until=f"{time.time() - 3600:.0f}") == 0
+    assert count(since=f"{time.time() - 60:.0f}", until=iso) == 3
+    assert web.get("/api/alerts?since=yesterday", lab.viewer).status == 400
+    chart = web.get("/api/alerts?device=dev1", lab.viewer).json()["chart"]
+    assert {c: sum(s) for c, s in chart["series"].items()} == {"mirai_syn": 1, "mirai_udp": 1}
+    assert chart["buckets"] in (48, 49) and chart["bucket_s"] == 1800  # 24 h in half hours, from a round time
 
-        agents[1][0].stop()
-        wait_until(lambda: devices()["dev2"]["state"] == "offline", "dev2 offline (its last status)")
-        assert not devices()["dev2"]["online"]
-    finally:
-        for a, _ in agents:
-            a.stop()
+    agents[1][0].stop()
+    wait_until(lambda: devices()["dev2"]["state"] == "offline", "dev2 offline (its last status)")
+    assert not devices()["dev2"]["online"]
 
 
 # --- unblock ----------------------------------------------------------------------------
@@ -343,45 +350,38 @@ def value(families: dict, family: str, suffix: str = "", **labels: str) -> float
 
 
 @pytest.mark.parametrize("lab", ["sqlite", "postgresql"], indirect=True)
-def test_metrics_parse_as_prometheus_text_and_count_the_fleet(lab, broker, keys, tmp_path):
-    agents = [make_agent(broker.host, broker.port, tmp_path / d, d, keys.trusted) for d in ("dev1", "dev2")]
-    for a, _ in agents:
-        a.start()
+def test_metrics_parse_as_prometheus_text_and_count_the_fleet(lab, two_agents, broker, keys):
+    agents = two_agents
     web = lab.client()
-    try:
-        wait_until(lambda: all(a.ready for a, _ in agents), "agents connected")
-        for source, cls in (("203.0.113.1", "mirai_syn"), ("203.0.113.2", "mirai_syn"), ("203.0.113.3", "mirai_udp")):
-            agents[0][0].send_alert(alert(source, cls))
-        agents[1][0].send_alert(alert("203.0.113.1", "mirai_syn"))
-        wait_until(lambda: lab.tokens.store.count("alerts") == 4, "alerts stored")
-        before = parse_prometheus(web.get("/metrics", lab.viewer).text)
-        assert value(before, "iotguard_controller_rulesets_issued_total") == 0
-        block(broker, keys, lab.controller.config.db, "203.0.113.1", "203.0.113.2")
-        wait_until(lambda: all(len(r.versions()) == 2 for _, r in agents), "both devices applied both rule sets")
-        wait_until(lambda: lab.tokens.store.count("acks") == 4, "acks stored")
-        agents[1][0].stop()
-        wait_until(lambda: [d["state"] for d in lab.tokens.store.devices()] == ["online", "offline"], "dev2 offline")
+    for source, cls in (("203.0.113.1", "mirai_syn"), ("203.0.113.2", "mirai_syn"), ("203.0.113.3", "mirai_udp")):
+        agents[0][0].send_alert(alert(source, cls))
+    agents[1][0].send_alert(alert("203.0.113.1", "mirai_syn"))
+    wait_until(lambda: lab.tokens.store.count("alerts") == 4, "alerts stored")
+    before = parse_prometheus(web.get("/metrics", lab.viewer).text)
+    assert value(before, "iotguard_controller_rulesets_issued_total") == 0
+    block(broker, keys, lab.controller.config.db, "203.0.113.1", "203.0.113.2")
+    wait_until(lambda: all(len(r.versions()) == 2 for _, r in agents), "both devices applied both rule sets")
+    wait_until(lambda: lab.tokens.store.count("acks") == 4, "acks stored")
+    agents[1][0].stop()
+    wait_until(lambda: [d["state"] for d in lab.tokens.store.devices()] == ["online", "offline"], "dev2 offline")
 
-        done = web.get("/metrics", lab.viewer)
-        assert done.status == 200 and done.headers["content-type"].startswith("text/plain; version=0.0.4")
-        m = parse_prometheus(done.text)
-        assert m["iotguard_controller_alerts_ingested_total"]["type"] == "counter"
-        assert value(m, "iotguard_controller_alerts_ingested_total", fleet=FLEET, **{"class": "mirai_syn"}) == 3
-        assert value(m, "iotguard_controller_alerts_ingested_total", fleet=FLEET, **{"class": "mirai_udp"}) == 1
-        assert value(m, "iotguard_controller_devices_online", fleet=FLEET) == 1
-        assert value(m, "iotguard_controller_devices", fleet=FLEET, state="offline") == 1
-        assert value(m, "iotguard_controller_rulesets_issued_total", fleet=FLEET) == 2
-        latency = "iotguard_controller_ruleset_ack_latency_seconds"
-        assert m[latency]["type"] == "histogram" and value(m, latency, "_count") == 4
-        assert 0 <= value(m, latency, "_sum") < 4 * 30, "issue to ack within seconds here"
-        assert value(m, latency, "_bucket", le="+Inf") == 4
-        assert value(m, "iotguard_controller_mqtt_connected") == 1
-        # Counters only grow, also when read again (kept incrementally).
-        again = parse_prometheus(web.get("/metrics", lab.admin).text)
-        assert value(again, "iotguard_controller_alerts_ingested_total") == 4 and value(again, latency, "_count") == 4
-    finally:
-        for a, _ in agents:
-            a.stop()
+    done = web.get("/metrics", lab.viewer)
+    assert done.status == 200 and done.headers["content-type"].startswith("text/plain; version=0.0.4")
+    m = parse_prometheus(done.text)
+    assert m["iotguard_controller_alerts_ingested_total"]["type"] == "counter"
+    assert value(m, "iotguard_controller_alerts_ingested_total", fleet=FLEET, **{"class": "mirai_syn"}) == 3
+    assert value(m, "iotguard_controller_alerts_ingested_total", fleet=FLEET, **{"class": "mirai_udp"}) == 1
+    assert value(m, "iotguard_controller_devices_online", fleet=FLEET) == 1
+    assert value(m, "iotguard_controller_devices", fleet=FLEET, state="offline") == 1
+    assert value(m, "iotguard_controller_rulesets_issued_total", fleet=FLEET) == 2
+    latency = "iotguard_controller_ruleset_ack_latency_seconds"
+    assert m[latency]["type"] == "histogram" and value(m, latency, "_count") == 4
+    assert 0 <= value(m, latency, "_sum") < 4 * 30, "issue to ack within seconds here"
+    assert value(m, latency, "_bucket", le="+Inf") == 4
+    assert value(m, "iotguard_controller_mqtt_connected") == 1
+    # Counters only grow, also when read again (kept incrementally).
+    again = parse_prometheus(web.get("/metrics", lab.admin).text)
+    assert value(again, "iotguard_controller_alerts_ingested_total") == 4 and value(again, latency, "_count") == 4
 
 
 def test_the_prometheus_parser_of_these_tests_refuses_what_is_not_the_text_format():
