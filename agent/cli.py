@@ -17,7 +17,7 @@ from agent.capture.interface import CaptureError
 from agent.capture.packets import DecodeStats
 from agent.capture.pcap import CaptureFormatError
 from agent.config import AgentConfig, ConfigError, EventsConfig
-from agent.console import broken_pipe, output_file, program_name, version_text
+from agent.console import add_logging_flags, broken_pipe, configure_logging, output_file, program_name, version_text
 from agent.detect.anomaly import AnomalyModelError
 from agent.detect.model import BundleError
 from agent.features.columns import COLUMNS
@@ -193,7 +193,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=program_name("python -m agent"), description="IoTGuard agent: on-board Mirai detection.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_logging_flags(parser)
     parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -260,7 +260,7 @@ USER_ERRORS = (CaptureFormatError, FileNotFoundError, IsADirectoryError, Permiss
 
 def run_command(func, args: argparse.Namespace) -> int:
     """Run one subcommand with the logging the user asked for; a user error is a message, not a traceback."""
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args)
     try:
         return func(args)
     except USER_ERRORS as exc:

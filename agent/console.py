@@ -6,6 +6,8 @@ The controller takes nothing but the wire contract from the agent, so it keeps i
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -17,6 +19,22 @@ import agent
 from agent.util import atomic_path
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer killed by a closed pipe
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_TIME = "%Y-%m-%dT%H:%M:%S%z"  # ISO 8601 with the UTC offset, as every time the commands print
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    """The same logging flags on every command line of the project (agent, controller, converter)."""
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="what is logged (default: info)")
+    parser.add_argument("-v", "--verbose", action="store_const", dest="log_level", const="debug",
+                        help="the same as --log-level debug")  # fmt: skip
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, datefmt=LOG_TIME)
 
 
 def program_name(module_form: str) -> str:

@@ -366,7 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=_program_name(), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", default="INFO")
+    # As the agent's and the converter's (agent.console.add_logging_flags; the controller imports only agent.wire).
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info", type=str.lower,
+                        help="what is logged (default: info)")
+    parser.add_argument("-v", "--verbose", action="store_const", dest="log_level", const="debug",
+                        help="the same as --log-level debug")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("keygen", help="make the signing key pair")
@@ -480,7 +484,8 @@ def _broken_pipe() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%Y-%m-%dT%H:%M:%S%z")  # ISO 8601, as every time the commands print
     try:
         return args.func(args)
     except BrokenPipeError:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from agent.capture.pcap import CaptureFormatError
-from agent.console import broken_pipe, program_name, version_text
+from agent.console import add_logging_flags, broken_pipe, configure_logging, program_name, version_text
 from agent.detect.model import BundleError
 from agent.features.csv_file import FeatureCSVError
 from agent.progress import Progress
@@ -195,11 +195,12 @@ USER_ERRORS = (UsageError, CaptureFormatError, FeatureCSVError, BundleError, Fil
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=program_name("python -m convert"), description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=version_text())
+    add_logging_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_synth(sub)
     _add_build(sub)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    configure_logging(args)
     try:
         return args.func(args)
     except USER_ERRORS as exc:

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 from agent.cli import add_model_options, run_command
+from agent.console import add_logging_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m iotguard", description="IoTGuard: the agent and the controller together.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_logging_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="detect Mirai in the capture bundled with the agent, then the fleet round trip")
     p.add_argument("--capture", help="another capture (with OUT.labels.csv beside it for the comparison)")
