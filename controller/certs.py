@@ -8,6 +8,8 @@
     OUT/controllers/NAME.crt NAME.key one per controller replica, CN = controller name
     OUT/clients/homeassistant.crt .key  Home Assistant's (with ``discovery_prefix``: ``certs --home-assistant``)
     OUT/mosquitto.conf                TLS listener, require_certificate, use_identity_as_username
+    OUT/broker-data/                  the broker's persistence (made as root: it and broker.key belong to the user
+                                      mosquitto, which the broker drops to; every other key stays root's)
     OUT/acl                           per-user topic rules
 
 With ``use_identity_as_username`` the certificate CN is the MQTT username, so
@@ -22,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,8 @@ from agent.wire import ALL_DEVICES, DEFAULT_PREFIX, NAME_RE, discovery_topics
 
 CA_DAYS = 3650
 LEAF_DAYS = 825  # the longest validity clients commonly accept for server certificates
+BROKER_USER = "mosquitto"  # the user mosquitto drops to when started as root (its default `user`)
+BROKER_DATA = "broker-data"  # the broker's persistence folder, the only one it writes
 HOME_ASSISTANT = "homeassistant"  # the username (certificate CN) of Home Assistant's MQTT client
 
 
@@ -157,7 +162,7 @@ def mosquitto_conf(out: Path, listen_host: str, port: int, persistence: bool = T
         "allow_anonymous false",
         f"acl_file {out / 'acl'}",
         f"persistence {'true' if persistence else 'false'}",
-        f"persistence_location {out}/",
+        f"persistence_location {out / BROKER_DATA}/",
         "max_queued_messages 100000",
         f"listener {port} {listen_host}",
         f"cafile {out / 'ca.crt'}",
@@ -213,4 +218,19 @@ def write_pki(
 
     (out / "acl").write_text(acl_text(prefix, fleet, devices, controllers, discovery_prefix))
     (out / "mosquitto.conf").write_text(mosquitto_conf(out, listen_host, port))
+    (out / BROKER_DATA).mkdir(exist_ok=True)
+    _hand_to_broker_user(issued["broker"].key, out / BROKER_DATA)
     return issued
+
+
+def _hand_to_broker_user(*paths: Path) -> None:
+    """Started as root, mosquitto drops to the user ``mosquitto`` before it reads its key and writes its data: made
+    by root, those must be that user's (the CA key and the clients' keys stay root's).  Nothing to do otherwise."""
+    if os.geteuid() != 0:
+        return
+    try:
+        user = pwd.getpwnam(BROKER_USER)
+    except KeyError:  # no mosquitto package here: whoever runs the broker owns the files already
+        return
+    for path in paths:
+        os.chown(path, user.pw_uid, user.pw_gid)

@@ -102,3 +102,43 @@ def test_listings_print_iso_times_and_keep_their_json(database):
     (row,) = json.loads(cli("rules", "--db", db, "--json").stdout)
     assert row["issued_at"] == 1_700_000_000.5
     assert row["issued"] == datetime.fromtimestamp(1_700_000_000.5).strftime("%Y-%m-%d %H:%M:%S"), "as before"
+
+
+def test_the_broker_command_that_certs_prints_starts_mosquitto_as_root():
+    """As root, mosquitto drops to the user mosquitto before reading its key: a root-only key stopped the printed
+    command with "Unable to load server key file".  Only the broker's key and data folder are handed over."""
+    import pytest
+
+    from controller.broker import free_port, mosquitto_binary
+
+    if os.geteuid() != 0 or mosquitto_binary() is None:
+        pytest.skip("needs root and mosquitto (apt-get install mosquitto)")
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="iotguard-certs-"))  # pytest's folders are 0700: the broker's user must reach it
+    base.chmod(0o755)
+    out = base / "pki"
+    port = free_port()
+    done = cli("certs", "--out", str(out), "--devices", "dev1", "--listen", f"127.0.0.1:{port}")
+    assert done.returncode == 0, done.stderr
+    command = re.search(r"start the broker with: (mosquitto -c \S+)", done.stdout).group(1).split()
+    broker = subprocess.Popen([mosquitto_binary(), *command[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)  # fmt: skip
+    try:
+        import socket
+        import time
+
+        deadline = time.monotonic() + 10
+        while broker.poll() is None and time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert broker.poll() is None, broker.stdout.read()
+        assert (out / "ca.key").stat().st_uid == 0 and (out / "devices" / "dev1.key").stat().st_uid == 0
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)
+        shutil.rmtree(base)
