@@ -1,4 +1,4 @@
-"""Command line of the fleet controller: ``python -m controller COMMAND``.
+"""Command line of the fleet controller: python -m controller COMMAND (or iotguard-controller COMMAND).
 
     keygen      make the Ed25519 key that signs rule sets and models
     certs       make a CA, broker/device/controller certificates, mosquitto.conf and ACL

@@ -1,4 +1,4 @@
-"""Command line of the build-time converter: ``python -m convert SUBCOMMAND ...``.
+"""Command line of the build-time converter: python -m convert SUBCOMMAND (or iotguard-convert SUBCOMMAND).
 
 Subcommands:
   synth         generate a labelled capture (pcap + labels.csv + meta.json) from a named scenario
