@@ -1,55 +1,56 @@
-"""Benchmark: 1,000 simulated devices on one mosquitto, with 1 and 2 controller replicas.
+"""Benchmark: many simulated devices on one mosquitto, controller replicas on PostgreSQL or SQLite.
 
-Measures
-  * alerts/s ingested (stored in SQLite) by the controller replicas, while the
-    devices publish as fast as the broker takes them (``live``), and from a
-    backlog the broker held while the replicas were away (``backlog``: the
-    controllers' own speed, without the devices competing for the CPU);
-  * fleet rule push latency: from publishing a new signed ``all`` rule set to
-    each device's ack being stored by a controller; p50, p99 and the time until
-    all devices acked.
+What is real: mosquitto, PostgreSQL (lab/postgres.py: a local server with fsync off, as in the tests), the
+controller replicas (``python -m controller run`` processes, as deployed) and one MQTT connection per device
+(its own client id, session, subscriptions and status).  What is simulated: the devices themselves.  Each is a
+paho client driven with many others from one selector loop in a few worker processes (``--processes``); it
+publishes alerts like the agent's (QoS 1, per-device seq), keeps each until a controller confirms it on
+``alerts/ack`` and sends it again after ``RESEND_S`` (doubling) without one, reconnects after a broker restart,
+and verifies and acks signed rule sets with the agent's own code (``agent.wire.signing``, ``agent.wire.rules``).
+No packet capture or detection runs on them.
 
-Devices are light: a few processes, each driving a few hundred paho clients
-from one selector loop.  Each device verifies the signature and validates the
-rule set with the agent's own code (``agent.wire.signing``, ``agent.wire.rules``)
-before it acks.  Controllers are real ``python -m controller run`` processes
-sharing one SQLite file.
+Measures, per setup (default: PostgreSQL with 3 replicas, then SQLite with 1):
+  * live: alerts stored per second while the devices send at ``--rate`` for ``--seconds``;
+  * backlog: the replicas leave (their sessions stay at the broker), every device sends ``--backlog`` alerts,
+    the replicas come back: alerts stored per second from their first stored batch;
+  * push: a new signed fleet rule set, from publishing it to each device's ack stored, p50/p99/max;
+  * CPU (cores busy, from process CPU times) and peak memory (PSS) of the replicas, the database server, mosquitto and
+    the device workers, per phase.
 
-    python benchmarks/mqtt_scale.py --out results/mqtt_scale.json
+``--broker-restarts``: instead, one long run (default 600 s at 1,000 alerts/s, the broker restarted every 60 s,
+SIGTERM and SIGKILL in turn) that checks every (device, seq) sent is stored exactly once.
 
-This is a benchmark, not a test: numbers depend on the machine (and on what
-else runs on it).
+    python benchmarks/mqtt_scale.py                                   # 10,000 devices (slow on a small machine)
+    python benchmarks/mqtt_scale.py --devices 1000 --seconds 30       # scaled down
+    python benchmarks/mqtt_scale.py --broker-restarts --devices 1000 --rate 1000 --seconds 600
+
+This is a benchmark, not a test: numbers depend on the machine (and on what else runs on it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
+import math
 import multiprocessing as mp
 import os
-import platform
 import selectors
-import signal
-import sqlite3
-import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.wire import (
-    ACK_SCHEMA,
-    ALERT_SCHEMA,
-    STATUS_SCHEMA,
-    make_client,
-    topic,
-)
-from agent.wire.jsonio import canonical_json
-from agent.wire.rules import RuleSetError, parse_ruleset
-from agent.wire.signing import (
+import psutil  # noqa: E402
+
+from agent.wire import ACK_SCHEMA, ALERT_SCHEMA, STATUS_SCHEMA, make_client, topic  # noqa: E402
+from agent.wire.jsonio import canonical_json, load_json  # noqa: E402
+from agent.wire.rules import RuleSetError, parse_ruleset  # noqa: E402
+from agent.wire.signing import (  # noqa: E402
     SignatureError,
     generate_key,
     load_private_key,
@@ -58,43 +59,76 @@ from agent.wire.signing import (
     save_keypair,
     trusted_keys,
 )
-from controller.broker import MosquittoBroker, mosquitto_binary
-from controller.service import BrokerSettings, FleetRules, publish_once
-from controller.store import Store
+from benchmarks.common import save  # noqa: E402
+from controller.broker import MosquittoBroker, mosquitto_binary  # noqa: E402
+from controller.db import connect  # noqa: E402
+from controller.service import BrokerSettings, FleetRules, publish_once  # noqa: E402
+from controller.store import Store  # noqa: E402
+from lab.controller_procs import Replica, start_replicas  # noqa: E402
+
+log = logging.getLogger("mqtt_scale")
 
 PREFIX = "iotguard/v1"
 FLEET = "bench"
-WAIT_S = 300.0
+WAIT_S = 600.0
+RESEND_S = 10.0  # an unconfirmed alert is sent again after this (doubling), as the agent does after 60 s
 
 
 # --- simulated devices (run in worker processes) -----------------------------
 
 
 class SimDevice:
-    """One device: publishes alerts, verifies and acks rule sets.  Driven by the worker's selector loop."""
+    """One device's MQTT side; driven by the worker's selector loop through paho's socket callbacks."""
 
-    def __init__(self, name: str, port: int, keys: dict, want_write: set) -> None:
+    def __init__(self, name: str, keys: dict, selector: selectors.BaseSelector) -> None:
         self.name = name
         self.keys = keys
+        self.selector = selector
         self.seq = 0
-        self.pending_alerts: set[int] = set()
+        self.unconfirmed: dict[int, tuple[bytes, float, float]] = {}  # seq -> (payload, resend at, wait)
         self.applied: dict[str, int] = {}
         self.connected = False
-        self.client = make_client(f"iotguard-{FLEET}-{name}", "5", None, None, None)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_publish = lambda c, u, mid, rc, p: self.pending_alerts.discard(mid)
-        self.client.on_socket_register_write = lambda c, u, s: want_write.add(self)
-        self.client.on_socket_unregister_write = lambda c, u, s: want_write.discard(self)
-        self.port = port
+        self.down_since: float | None = None
+        self.resent = 0
+        c = self.client = make_client(f"iotguard-{FLEET}-{name}", "5", None, None, None)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_socket_open = lambda cl, u, sock: selector.register(sock, selectors.EVENT_READ, self)
+        c.on_socket_close = lambda cl, u, sock: self._forget(sock)
+        both = selectors.EVENT_READ | selectors.EVENT_WRITE
+        c.on_socket_register_write = lambda cl, u, sock: selector.modify(sock, both, self)
+        c.on_socket_unregister_write = lambda cl, u, sock: self._read_only(sock)
+        self.topic_alerts = topic(PREFIX, FLEET, name, "alerts")
+
+    def _forget(self, sock) -> None:
+        try:
+            self.selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
+    def _read_only(self, sock) -> None:
+        try:
+            self.selector.modify(sock, selectors.EVENT_READ, self)
+        except (KeyError, ValueError):
+            pass
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        client.subscribe([(topic(PREFIX, FLEET, self.name, "rules"), 1), (topic(PREFIX, FLEET, "all", "rules"), 1)])
+        client.subscribe([(topic(PREFIX, FLEET, self.name, "rules"), 1), (topic(PREFIX, FLEET, "all", "rules"), 1),
+                          (topic(PREFIX, FLEET, self.name, "alerts/ack"), 1)])  # fmt: skip
         status = {"schema": STATUS_SCHEMA, "state": "online", "device": self.name, "fleet": FLEET}
         client.publish(topic(PREFIX, FLEET, self.name, "status"), canonical_json(status), qos=1, retain=True)
-        self.connected = True
+        self.connected, self.down_since = True, None
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected, self.down_since = False, time.monotonic()
 
     def _on_message(self, client, userdata, message) -> None:
+        if message.topic.endswith("/alerts/ack"):
+            through = int(load_json(message.payload)["stored_through"])
+            for seq in [s for s in self.unconfirmed if s <= through]:
+                del self.unconfirmed[seq]
+            return
         target = message.topic.split("/")[-2]
         try:
             ruleset = parse_ruleset(open_envelope(message.payload, self.keys))
@@ -104,69 +138,99 @@ class SimDevice:
             return
         self.applied[target] = ruleset.version
         ack = {"schema": ACK_SCHEMA, "target": target, "version": ruleset.version, "status": "applied",
-               "reason": None, "device": self.name, "fleet": FLEET}
+               "reason": None, "device": self.name, "fleet": FLEET}  # fmt: skip
         client.publish(topic(PREFIX, FLEET, self.name, "rules/ack"), canonical_json(ack), qos=1)
 
-    def send_alerts(self, count: int) -> None:
+    def send_alert(self) -> None:
         now = time.time()
-        for _ in range(count):
-            self.seq += 1
-            doc = {"schema": ALERT_SCHEMA, "seq": self.seq, "class": "mirai_syn", "confidence": 0.9,
-                   "source": {"ip": f"198.51.100.{self.seq % 250}", "mac": None, "port": 4444},
-                   "victim": {"ip": "192.168.0.2", "port": 23}, "packets": 10, "first_seen": now, "last_seen": now,
-                   "action": "drop", "rule_id": None, "device": self.name, "fleet": FLEET, "sent_at": now}
-            info = self.client.publish(topic(PREFIX, FLEET, self.name, "alerts"), canonical_json(doc), qos=1)
-            self.pending_alerts.add(info.mid)
+        self.seq += 1
+        doc = {"schema": ALERT_SCHEMA, "seq": self.seq, "class": "mirai_syn", "confidence": 0.9,
+               "source": {"ip": f"198.51.100.{self.seq % 250}", "mac": None, "port": 4444},
+               "victim": {"ip": "192.168.0.2", "port": 23}, "packets": 10, "first_seen": now, "last_seen": now,
+               "action": "drop", "rule_id": None, "device": self.name, "fleet": FLEET, "sent_at": now}  # fmt: skip
+        payload = canonical_json(doc)
+        self.unconfirmed[self.seq] = (payload, time.monotonic() + RESEND_S, RESEND_S)
+        self.client.publish(self.topic_alerts, payload, qos=1)
+
+    def resend_due(self, now: float) -> None:
+        if not self.connected:
+            return
+        for seq, (payload, due, wait) in list(self.unconfirmed.items()):
+            if due <= now:
+                self.unconfirmed[seq] = (payload, now + 2 * wait, 2 * wait)
+                self.client.publish(self.topic_alerts, payload, qos=1)
+                self.resent += 1
 
 
 def device_worker(names: list[str], port: int, public_key_path: str, conn) -> None:
+    """Runs ``names`` until told to stop; commands: ("rate", alerts/s, seconds), ("burst", per device), ("counts",)."""
     keys = trusted_keys([load_public_key(Path(public_key_path))])
-    want_write: set[SimDevice] = set()
-    devices = [SimDevice(n, port, keys, want_write) for n in names]
     selector = selectors.DefaultSelector()
+    devices = [SimDevice(n, keys, selector) for n in names]
     for d in devices:
         d.client.connect("127.0.0.1", port, keepalive=120)
-        selector.register(d.client.socket(), selectors.EVENT_READ, d)
-    waiting_alerts = False
-    reported_ready = False
-    last_misc = time.monotonic()
+    plan: tuple[float, float, float] | None = None  # (rate, start, end)
+    sent_in_plan, turn = 0, 0
+    reported_ready, last_misc = False, time.monotonic()
     while True:
         if conn.poll():
-            command, arg = conn.recv()
-            if command == "alerts":
+            command = conn.recv()
+            if command[0] == "rate":
+                plan, sent_in_plan = (command[1], time.monotonic(), time.monotonic() + command[2]), 0
+            elif command[0] == "burst":
                 for d in devices:
-                    d.send_alerts(arg)
-                waiting_alerts = True
-            elif command == "stop":
+                    for _ in range(command[1]):
+                        d.send_alert()
+            elif command[0] == "counts":
+                conn.send(("counts", {d.name: d.seq for d in devices}, sum(len(d.unconfirmed) for d in devices),
+                           sum(d.resent for d in devices), sum(d.connected for d in devices)))  # fmt: skip
+            elif command[0] == "stop":
                 for d in devices:
                     d.client.disconnect()
-                conn.send(("stopped", None))
+                conn.send(("stopped",))
                 return
-        for key, _ in selector.select(timeout=0.005):
-            key.data.client.loop_read()
-        for d in list(want_write):
-            d.client.loop_write()
-        if time.monotonic() - last_misc > 1.0:
-            last_misc = time.monotonic()
+        now = time.monotonic()
+        if plan is not None:
+            rate, start, end = plan
+            due = int((min(now, end) - start) * rate) - sent_in_plan
+            for _ in range(max(0, due)):
+                devices[turn % len(devices)].send_alert()
+                turn += 1
+                sent_in_plan += 1
+            if now >= end:
+                plan = None
+                conn.send(("rate_done", sent_in_plan))
+        for key, events in selector.select(timeout=0.002):
+            client = key.data.client
+            if events & selectors.EVENT_READ:
+                client.loop_read()
+            if events & selectors.EVENT_WRITE:
+                client.loop_write()
+        if now - last_misc > 0.5:
+            last_misc = now
             for d in devices:
                 d.client.loop_misc()
+                d.resend_due(now)
+                if not d.connected and d.down_since is not None and now - d.down_since > 1.0:
+                    d.down_since = now
+                    try:
+                        d.client.reconnect()
+                    except OSError:
+                        pass  # the broker is still down: next round
         if not reported_ready and all(d.connected for d in devices):
             reported_ready = True
             conn.send(("ready", len(devices)))
-        if waiting_alerts and not any(d.pending_alerts for d in devices):
-            waiting_alerts = False
-            conn.send(("alerts_done", time.time()))
 
 
 class DeviceFleet:
     def __init__(self, count: int, processes: int, port: int, public_key: Path) -> None:
-        names = [f"dev{i:04d}" for i in range(count)]
-        self.pipes = []
-        self.procs = []
+        names = [f"dev{i:05d}" for i in range(count)]
+        self.pipes, self.procs = [], []
         ctx = mp.get_context("spawn")
         for p in range(processes):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=device_worker, args=(names[p::processes], port, str(public_key), child), daemon=True)
+            share = names[p::processes]
+            proc = ctx.Process(target=device_worker, args=(share, port, str(public_key), child), daemon=True)
             proc.start()
             self.pipes.append(parent)
             self.procs.append(proc)
@@ -174,65 +238,164 @@ class DeviceFleet:
             self._expect(pipe, "ready")
 
     @staticmethod
-    def _expect(pipe, what: str):
-        if not pipe.poll(WAIT_S):
+    def _expect(pipe, what: str, timeout: float = WAIT_S) -> tuple:
+        if not pipe.poll(timeout):
             raise RuntimeError(f"device worker did not report {what!r}")
-        message, value = pipe.recv()
-        if message != what:
-            raise RuntimeError(f"device worker said {message!r}, expected {what!r}")
-        return value
+        message = pipe.recv()
+        if message[0] != what:
+            raise RuntimeError(f"device worker said {message[0]!r}, expected {what!r}")
+        return message
 
-    def send_alerts(self, per_device: int) -> float:
-        """Every device publishes ``per_device`` alerts; returns when the broker acked them all (unix time)."""
+    def run_rate(self, rate: float, seconds: float) -> int:
+        """All devices together send ``rate`` alerts/s for ``seconds``; returns how many were sent."""
         for pipe in self.pipes:
-            pipe.send(("alerts", per_device))
-        return max(self._expect(pipe, "alerts_done") for pipe in self.pipes)
+            pipe.send(("rate", rate / len(self.pipes), seconds))
+        return sum(self._expect(pipe, "rate_done", seconds + WAIT_S)[1] for pipe in self.pipes)
+
+    def start_rate(self, rate: float, seconds: float) -> None:
+        for pipe in self.pipes:
+            pipe.send(("rate", rate / len(self.pipes), seconds))
+
+    def wait_rate(self, seconds: float) -> int:
+        return sum(self._expect(pipe, "rate_done", seconds + WAIT_S)[1] for pipe in self.pipes)
+
+    def burst(self, per_device: int) -> None:
+        for pipe in self.pipes:
+            pipe.send(("burst", per_device))
+
+    def counts(self) -> tuple[dict[str, int], int, int, int]:
+        """(seqs sent per device, alerts unconfirmed, alerts resent, devices connected)."""
+        seqs: dict[str, int] = {}
+        unconfirmed = resent = connected = 0
+        for pipe in self.pipes:
+            pipe.send(("counts",))
+            _, s, u, r, c = self._expect(pipe, "counts")
+            seqs.update(s)
+            unconfirmed, resent, connected = unconfirmed + u, resent + r, connected + c
+        return seqs, unconfirmed, resent, connected
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
 
     def stop(self) -> None:
         for pipe in self.pipes:
-            pipe.send(("stop", None))
+            pipe.send(("stop",))
         for pipe, proc in zip(self.pipes, self.procs):
             try:
-                self._expect(pipe, "stopped")
+                self._expect(pipe, "stopped", 30)
             except (RuntimeError, EOFError):
                 pass
             proc.join(10)
 
 
-# --- controllers -------------------------------------------------------------
+# --- resources ---------------------------------------------------------------
 
 
-class Controllers:
-    """``n`` replica processes of ``python -m controller run`` on one database."""
+class Usage:
+    """CPU (cores busy) and peak memory (PSS: shared pages split between their users) of process groups between
+    ``start()`` and ``stop()``, sampled every 0.5 s.
 
-    def __init__(self, n: int, port: int, db: Path, key: Path, workdir: Path) -> None:
-        self.procs: list[tuple[str, subprocess.Popen, Path]] = []
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        for i in range(n):
-            name = f"c{i + 1}"
-            log = workdir / f"{name}.log"
-            with open(log, "w") as out:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "controller", "--log-level", "INFO", "run", "--broker", f"127.0.0.1:{port}",
-                     "--db", str(db), "--key", str(key), "--name", name, "--k", "1000000"],
-                    stdout=out, stderr=subprocess.STDOUT, env=env,
-                )
-            self.procs.append((name, proc, log))
-        for name, _, log in self.procs:
-            wait_for(lambda log=log: ": subscribed" in log.read_text(), f"controller {name} subscribed")
+    Groups are callables returning pids, read at every sample: replicas and database backends come and go."""
 
-    def stop(self) -> dict[str, str]:
-        """SIGTERM each replica; returns its final stats line."""
-        stats = {}
-        for name, proc, log in self.procs:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
-            lines = [line for line in log.read_text().splitlines() if line.startswith("stopped:")]
-            stats[name] = lines[-1] if lines else "(no stats)"
-        return stats
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+        self.groups = groups
+        self._stop = threading.Event()
+
+    def start(self) -> Usage:
+        self.first: dict[int, float] = {}
+        self.last: dict[tuple[str, int], float] = {}
+        self.peak_rss = {g: 0 for g in self.groups}
+        self.t0 = time.monotonic()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._sample()
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        for group, pids in self.groups.items():
+            rss = 0
+            for pid in pids():
+                try:
+                    p = psutil.Process(pid)
+                    cpu = sum(p.cpu_times()[:2])
+                    rss += p.memory_full_info().pss  # shared pages (PostgreSQL's buffers) counted once
+                except psutil.Error:
+                    continue
+                self.first.setdefault(pid, cpu)
+                self.last[(group, pid)] = cpu
+            self.peak_rss[group] = max(self.peak_rss[group], rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._sample()
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(5)
+        self._sample()
+        wall = time.monotonic() - self.t0
+        out = {}
+        for group in self.groups:
+            cpu = sum(v - self.first[pid] for (g, pid), v in self.last.items() if g == group)
+            out[group] = {"cpu_cores": round(cpu / wall, 2), "peak_pss_mb": round(self.peak_rss[group] / 2**20, 1)}
+        return out
 
 
-def wait_for(condition, what: str, timeout: float = WAIT_S, poll: float = 0.02) -> None:
+def children_of(pid: int | None) -> list[int]:
+    if pid is None:
+        return []
+    try:
+        p = psutil.Process(pid)
+        return [pid] + [c.pid for c in p.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+# --- the database ------------------------------------------------------------
+
+
+class Database:
+    """Where the replicas store: an SQLite file, or a fresh database on a local PostgreSQL server."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind = kind
+        self.server = None
+        if kind == "sqlite":
+            self.target: str | Path = workdir / "controller.sqlite"
+        else:
+            from lab.postgres import PostgresServer, postgres_bin
+
+            if postgres_bin() is None:
+                raise SystemExit("PostgreSQL server binaries not installed (apt-get install postgresql)")
+            folder = Path(tempfile.mkdtemp(prefix="iotguard-pg-bench-"))
+            self.server = PostgresServer(postgres_bin(), folder).start()
+            self.target = self.server.create_database()
+        Store(self.target)  # the schema, before the replicas race to create it
+        self.con = connect(self.target)
+
+    def scalar(self, sql: str, args: tuple = ()) -> float:
+        return self.con.execute(sql, args).fetchone()[0]
+
+    def alerts(self) -> int:
+        return int(self.scalar("SELECT COUNT(*) FROM alerts"))
+
+    def server_pids(self) -> list[int]:
+        if self.server is None:
+            return []
+        pidfile = self.server.folder / "data" / "postmaster.pid"
+        try:
+            return children_of(int(pidfile.read_text().split()[0]))
+        except (OSError, ValueError, IndexError):
+            return []
+
+    def close(self) -> None:
+        self.con.close()
+        if self.server is not None:
+            self.server.stop()
+
+
+def wait_for(condition, what: str, timeout: float = WAIT_S, poll: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -240,92 +403,182 @@ def wait_for(condition, what: str, timeout: float = WAIT_S, poll: float = 0.02) 
         time.sleep(poll)
 
 
-def count_alerts(db: Path) -> int:
-    with sqlite3.connect(db, timeout=30) as con:
-        return con.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
-
-
-def replica_split(stats: dict[str, str]) -> dict[str, int]:
-    out = {}
-    for name, line in stats.items():
-        marker = "alerts_new="
-        out[name] = int(line.split(marker)[1].split(",")[0]) if marker in line else -1
-    return out
+def stop_all(replicas: list[Replica]) -> dict[str, str]:
+    return {r.name: r.stop() for r in replicas}
 
 
 # --- measurements ------------------------------------------------------------
 
 
-def measure_ingest(devices: DeviceFleet, n_devices: int, replicas: int, per_device: int, port: int, db: Path,
-                   key: Path, workdir: Path) -> tuple[dict, Controllers]:
-    total = n_devices * per_device
-    controllers = Controllers(replicas, port, db, key, workdir)
-    base = count_alerts(db)
+def measure_live(fleet: DeviceFleet, db: Database, rate: float, seconds: float) -> dict:
+    base = db.alerts()
     t0 = time.time()
-    published = devices.send_alerts(per_device)
-    wait_for(lambda: count_alerts(db) >= base + total, f"{total} live alerts stored", poll=0.05)
+    sent = fleet.run_rate(rate, seconds)
+    t_sent = time.time()
+    stored_when_sent = db.alerts() - base
+    wait_for(lambda: db.alerts() - base >= sent, f"{sent} live alerts stored")
     t1 = time.time()
-    live = {"alerts": total, "publish_per_s": total / (published - t0), "ingest_per_s": total / (t1 - t0)}
+    return {"alerts": sent, "sent_per_s": round(sent / (t_sent - t0)), "stored_per_s": round(sent / (t1 - t0)),
+            "stored_while_sending_per_s": round(stored_when_sent / (t_sent - t0)),
+            "drain_after_sending_s": round(t1 - t_sent, 2)}  # fmt: skip
 
-    # Backlog: the replicas leave (their sessions stay at the broker), the devices send, the replicas return.
-    split_live = replica_split(controllers.stop())
-    devices.send_alerts(per_device)
-    base = count_alerts(db)
+
+def measure_backlog(fleet: DeviceFleet, db: Database, replicas: list[Replica], per_device: int, devices: int) -> dict:
+    """The replicas leave, the devices send, the replicas come back and work through what waited."""
+    stop_all(replicas)
+    base = db.alerts()
+    total = per_device * devices
+    fleet.burst(per_device)
+    time.sleep(max(2.0, total / 20000))  # the broker takes them in (devices hold them until confirmed anyway)
     away = time.time()
-    controllers = Controllers(replicas, port, db, key, workdir)
-    try:
-        wait_for(lambda: count_alerts(db) >= base + total, f"{total} backlog alerts stored", timeout=120, poll=0.05)
-        done = time.time()
-        # From the controllers' first stored batch (their own clock), not from process start-up.
-        with sqlite3.connect(db, timeout=30) as con:
-            (first,) = con.execute("SELECT MIN(received_at) FROM alerts WHERE received_at > ?", (away,)).fetchone()
-        backlog = {"alerts": total, "ingest_per_s": total / (done - first)}
-    except RuntimeError:
-        backlog = {"alerts": total, "ingest_per_s": None, "stored": count_alerts(db) - base,
-                   "note": "broker did not hold the backlog for the shared subscription"}
-    return {"replicas": replicas, "live": live, "live_split": split_live, "backlog": backlog}, controllers
+    for r in replicas:
+        r.start()
+    wait_for(lambda: db.alerts() - base >= total, f"{total} backlog alerts stored")
+    done = time.time()
+    first = db.scalar("SELECT MIN(received_at) FROM alerts WHERE received_at > ?", (away,))
+    return {"alerts": total, "stored_per_s": round(total / (done - first)),
+            "first_batch_after_start_s": round(first - away, 2)}
 
 
-def measure_push(devices_count: int, pushes: int, db: Path, key: Path, port: int) -> dict:
+def measure_push(devices: int, pushes: int, db: Database, key: Path, port: int) -> dict:
     outbox: list[tuple[str, bytes, bool]] = []
-    rules = FleetRules(Store(db), load_private_key(key), PREFIX, lambda t, p, r: outbox.append((t, p, r)))
+    rules = FleetRules(Store(db.target), load_private_key(key), PREFIX, lambda t, p, r: outbox.append((t, p, r)))
     latencies: list[float] = []
     all_acked: list[float] = []
 
     def ack_times(version: int) -> list[float]:
-        """When a controller stored each device's first "applied" ack of ``version``."""
-        with sqlite3.connect(db, timeout=30) as con:
-            return [r[0] for r in con.execute(
-                "SELECT MIN(received_at) FROM acks WHERE fleet=? AND target='all' AND version=? AND status='applied' "
-                "GROUP BY device", (FLEET, version))]
+        rows = db.con.execute("SELECT MIN(received_at) FROM acks WHERE fleet=? AND target='all' AND version=? "
+                              "AND status='applied' GROUP BY device", (FLEET, version)).fetchall()  # fmt: skip
+        return [r[0] for r in rows]
 
     for i in range(pushes):
         outbox.clear()
         version = rules.block(FLEET, f"203.0.113.{i}", "benchmark", None).version
         t0 = time.time()
         publish_once(BrokerSettings("127.0.0.1", port), f"bench-push-{i}", outbox)
-        wait_for(lambda v=version: len(ack_times(v)) >= devices_count, f"{devices_count} acks of v{version}", poll=0.05)
+        wait_for(lambda v=version: len(ack_times(v)) >= devices, f"{devices} acks of v{version}")
         times = [t - t0 for t in ack_times(version)]
         latencies += times
-        all_acked.append(max(times))
+        all_acked.append(round(max(times), 3))
     latencies.sort()
 
     def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, round(p / 100 * (len(latencies) - 1)))]
+        return round(latencies[min(len(latencies) - 1, round(p / 100 * (len(latencies) - 1)))], 3)
 
-    return {"pushes": pushes, "acks": len(latencies), "p50_s": pct(50), "p99_s": pct(99), "max_s": latencies[-1],
-            "all_acked_s_per_push": all_acked}
+    return {"pushes": pushes, "acks": len(latencies), "p50_s": pct(50), "p99_s": pct(99), "max_s": pct(100),
+            "all_acked_s_per_push": all_acked}  # fmt: skip
+
+
+def exactly_once(fleet: DeviceFleet, db: Database) -> dict:
+    """Every (device, seq) sent stored exactly once: per device, as many rows as seqs, distinct, up to its last."""
+    sent, unconfirmed, resent, _ = fleet.counts()
+    rows = db.con.execute("SELECT device, COUNT(*), COUNT(DISTINCT seq), MAX(seq) FROM alerts "
+                          "GROUP BY device").fetchall()
+    stored = {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+    missing = sum(n - stored.get(d, (0, 0, 0))[1] for d, n in sent.items())
+    twice = sum(count - distinct for count, distinct, _ in stored.values())
+    return {"alerts_sent": sum(sent.values()), "alerts_stored": sum(v[0] for v in stored.values()),
+            "missing": missing, "stored_twice": twice, "unconfirmed_at_end": unconfirmed, "resent": resent,
+            "exactly_once": missing == 0 and twice == 0}  # fmt: skip
+
+
+class Setup:
+    """Broker, database, replicas and devices of one run."""
+
+    def __init__(self, args, kind: str, replicas: int, work: Path) -> None:
+        self.work = work / f"{kind}-{replicas}"
+        self.work.mkdir()
+        self.db = Database(kind, self.work)
+        self.broker = MosquittoBroker(self.work / "broker", config=None).start()
+        self.replicas = start_replicas(replicas, self.broker.port, self.db.target, work / "signing.key", self.work,
+                                       WAIT_S)
+        log.info("%s, %d replicas: starting %d devices in %d processes", kind, replicas, args.devices, args.processes)
+        t0 = time.monotonic()
+        self.fleet = DeviceFleet(args.devices, args.processes, self.broker.port, work / "signing.pub")
+        self.connect_s = round(time.monotonic() - t0, 1)
+        self.usage = Usage({
+            "replicas": lambda: [r.pid for r in self.replicas if r.alive()],
+            "database": self.db.server_pids,
+            "mosquitto": lambda: children_of(self.broker.process.pid if self.broker.process else None),
+            "devices": self.fleet.pids,
+        })
+
+    def close(self) -> None:
+        self.fleet.stop()
+        stop_all(self.replicas)
+        self.broker.stop()
+        self.db.close()
+
+
+def run_setup(args, kind: str, replicas: int, work: Path) -> dict:
+    s = Setup(args, kind, replicas, work)
+    try:
+        run: dict = {"db": kind, "replicas": replicas, "connect_s": s.connect_s}
+        s.usage.start()
+        run["live"] = measure_live(s.fleet, s.db, args.rate, args.seconds)
+        run["live"]["usage"] = s.usage.stop()
+        log.info("%s x%d live: %s", kind, replicas, run["live"])
+        s.usage.start()
+        run["backlog"] = measure_backlog(s.fleet, s.db, s.replicas, args.backlog, args.devices)
+        run["backlog"]["usage"] = s.usage.stop()
+        log.info("%s x%d backlog: %s", kind, replicas, run["backlog"])
+        s.usage.start()
+        run["push"] = measure_push(args.devices, args.pushes, s.db, work / "signing.key", s.broker.port)
+        run["push"]["usage"] = s.usage.stop()
+        log.info("%s x%d push: %s", kind, replicas, run["push"])
+        wait_for(lambda: s.fleet.counts()[1] == 0, "every alert confirmed")
+        run["check"] = exactly_once(s.fleet, s.db)
+        run["replica_stats"] = stop_all(s.replicas)
+        return run
+    finally:
+        s.close()
+
+
+def run_broker_restarts(args, work: Path) -> dict:
+    kind, replicas = args.setups.split(",")[0].split(":")
+    s = Setup(args, kind, int(replicas), work)
+    try:
+        restarts = []
+        s.usage.start()
+        s.fleet.start_rate(args.rate, args.seconds)
+        t0 = time.monotonic()
+        i = 0
+        while time.monotonic() - t0 + args.restart_every < args.seconds:
+            time.sleep(max(0.0, t0 + (i + 1) * args.restart_every - time.monotonic()))
+            kill = i % 2 == 1
+            s.broker.restart(kill=kill)
+            restarts.append({"at_s": round(time.monotonic() - t0, 1), "signal": "SIGKILL" if kill else "SIGTERM"})
+            log.info("broker restarted (%s) at %.0f s", restarts[-1]["signal"], restarts[-1]["at_s"])
+            i += 1
+        sent = s.fleet.wait_rate(args.seconds)
+        t_sent = time.monotonic()
+        wait_for(lambda: s.fleet.counts()[1] == 0, "every alert confirmed", timeout=1800, poll=1.0)
+        usage = s.usage.stop()
+        check = exactly_once(s.fleet, s.db)
+        return {"db": kind, "replicas": int(replicas), "rate": args.rate, "seconds": args.seconds, "alerts": sent,
+                "restarts": restarts, "all_confirmed_after_sending_s": round(time.monotonic() - t_sent, 1),
+                "check": check, "usage": usage, "replica_stats": stop_all(s.replicas)}  # fmt: skip
+    finally:
+        s.close()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--processes", type=int, default=4, help="device worker processes")
-    parser.add_argument("--alerts-per-device", type=int, default=20)
-    parser.add_argument("--pushes", type=int, default=5, help="rule pushes per replica count")
-    parser.add_argument("--replicas", default="1,2")
-    parser.add_argument("--out", type=Path, required=True, help="JSON results file")
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--processes", type=int, default=0, help="device worker processes (default: one per 1,000)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="alerts/s from all devices together")
+    parser.add_argument("--seconds", type=float, default=None, help="live phase s (default 30; 600 with --broker-restarts)")
+    parser.add_argument("--backlog", type=int, default=2, help="alerts per device sent while the replicas are away")
+    parser.add_argument("--pushes", type=int, default=3, help="fleet rule set pushes per setup")
+    parser.add_argument("--setups", default="postgresql:3,sqlite:1", help="DB:REPLICAS,... (first only with restarts)")
+    parser.add_argument("--broker-restarts", action="store_true", help="long exactly-once run, broker restarted")
+    parser.add_argument("--restart-every", type=float, default=60.0)
+    parser.add_argument("--out", help="JSON results file (default benchmarks/results/mqtt_scale.json, "
+                        "mqtt_scale_restarts.json with --broker-restarts)")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.processes = args.processes or max(1, math.ceil(args.devices / 1000))
+    args.seconds = args.seconds or (600.0 if args.broker_restarts else 30.0)
     if mosquitto_binary() is None:
         print("mosquitto is not installed (apt-get install mosquitto)", file=sys.stderr)
         return 2
@@ -333,37 +586,27 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="iotguard-bench-"))
     key = generate_key()
     save_keypair(key, work / "signing.key", work / "signing.pub")
-    broker = MosquittoBroker(work / "broker", config=None).start()
-    results = {"devices": args.devices, "device_processes": args.processes, "alerts_per_device": args.alerts_per_device,
-               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-               "runs": []}
-    fleet = DeviceFleet(args.devices, args.processes, broker.port, work / "signing.pub")
-    try:
-        for replicas in (int(r) for r in args.replicas.split(",")):
-            db = work / f"controller-{replicas}.sqlite"
-            run, controllers = measure_ingest(fleet, args.devices, replicas, args.alerts_per_device, broker.port, db,
-                                              work / "signing.key", work)
-            run["push"] = measure_push(args.devices, args.pushes, db, work / "signing.key", broker.port)
-            run["backlog_split"] = replica_split(controllers.stop())
-            results["runs"].append(run)
-            print(f"replicas={replicas}: done", flush=True)
-    finally:
-        fleet.stop()
-        broker.stop()
-
-    print()
-    print(f"{args.devices} devices in {args.processes} processes, one mosquitto, {os.cpu_count()} CPUs")
-    print(f"{'replicas':>8} {'live alerts/s':>14} {'backlog alerts/s':>17} {'push p50 ms':>12} {'push p99 ms':>12} "
-          f"{'all acked ms':>13}  split (live / backlog)")
-    for run in results["runs"]:
-        backlog = run["backlog"]["ingest_per_s"]
-        push = run["push"]
-        print(f"{run['replicas']:>8} {run['live']['ingest_per_s']:>14.0f} {backlog if backlog is None else round(backlog):>17} "
-              f"{push['p50_s'] * 1000:>12.0f} {push['p99_s'] * 1000:>12.0f} {max(push['all_acked_s_per_push']) * 1000:>13.0f}"
-              f"  {run['live_split']} / {run['backlog_split']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {args.out}")
+    results: dict = {"command": " ".join(["python", "benchmarks/mqtt_scale.py", *sys.argv[1:]]),
+                     "devices": args.devices, "device_processes": args.processes, "rate": args.rate,
+                     "seconds": args.seconds, "simulated": "devices: one MQTT connection each, many per process; "
+                     "no capture or detection"}  # fmt: skip
+    if args.broker_restarts:
+        results["broker_restarts"] = run_broker_restarts(args, work)
+        print(results["broker_restarts"]["check"])
+    else:
+        results["runs"] = []
+        for setup in args.setups.split(","):
+            kind, replicas = setup.split(":")
+            results["runs"].append(run_setup(args, kind, int(replicas), work))
+        print(f"\n{args.devices} devices in {args.processes} processes, one mosquitto, {os.cpu_count()} CPUs")
+        print(f"{'db':>10} {'replicas':>8} {'live stored/s':>13} {'backlog stored/s':>16} {'push p50 s':>10} "
+              f"{'push p99 s':>10} {'exactly once':>12}")  # fmt: skip
+        for run in results["runs"]:
+            print(f"{run['db']:>10} {run['replicas']:>8} {run['live']['stored_per_s']:>13} "
+                  f"{run['backlog']['stored_per_s']:>16} {run['push']['p50_s']:>10} {run['push']['p99_s']:>10} "
+                  f"{str(run['check']['exactly_once']):>12}")  # fmt: skip
+    path = save(results, args.out, "mqtt_scale_restarts" if args.broker_restarts else "mqtt_scale")
+    print(f"wrote {path}")
     return 0
 
 

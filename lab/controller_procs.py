@@ -34,8 +34,9 @@ class Replica:
 
     def __init__(self, name: str, port: int, db: str | Path, key: Path, workdir: Path, k: int = 1_000_000) -> None:
         self.name = name
-        self.argv = [sys.executable, "-m", "controller", "--log-level", "INFO", "run", "--broker", f"127.0.0.1:{port}",
-                     "--db", str(with_app_name(db, name)), "--key", str(key), "--name", name, "--k", str(k)]  # fmt: skip
+        self.argv = [sys.executable, "-m", "controller", "--log-level", "INFO", "run",
+                     "--broker", f"127.0.0.1:{port}", "--db", str(with_app_name(db, name)), "--key", str(key),
+                     "--name", name, "--k", str(k)]  # fmt: skip
         self.log = workdir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
