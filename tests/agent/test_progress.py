@@ -8,6 +8,7 @@ import pty
 
 from agent import progress as progress_module
 from agent.progress import Progress
+from lab.tty import drain
 
 
 def test_a_terminal_sees_the_line_and_its_end():
@@ -15,7 +16,7 @@ def test_a_terminal_sees_the_line_and_its_end():
     with os.fdopen(slave, "w") as tty:
         with Progress("reading", 2_000_000, unit="B", stream=tty) as p:
             p.update(1_000_000)
-        shown = os.read(master, 4096).decode()
+    shown = drain(master).decode()
     os.close(master)
     # The pty turns "\n" into "\r\n".
     assert "\rreading: 0 B of 2.0 MB (0%)" in shown
