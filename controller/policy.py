@@ -60,7 +60,7 @@ class Policy:
             devices = store.reporters(fleet, ip, now - c.window_s, c.min_confidence)
             if devices >= c.k_devices:
                 expires = None if c.block_ttl_s is None else now + c.block_ttl_s
-                reason = f"reported by {devices} devices within {c.window_s:g} s"
+                reason = f"reported by {devices} device{'' if devices == 1 else 's'} within {c.window_s:g} s"
                 blocks.append(Block(fleet, network, "policy", reason, now, expires))
                 log.info("fleet %s: blocking %s (%s)", fleet, network, reason)
         return blocks
