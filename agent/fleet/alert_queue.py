@@ -254,6 +254,17 @@ class AlertQueue:
         self._next_resend_scan = now + RESEND_SCAN_S
         return due
 
+    def reconnected(self, now: float) -> int:
+        """The broker connection is back: a confirmation sent while it was away never arrives, so every held alert
+        starts its resend wait afresh (one resend_after_s from now, not the doubled wait of earlier resends).
+        Returns how many are held."""
+        with self._lock:
+            held = [d for d in self._seqs.values() if not d.sending and d.acked_at is not None]
+            for d in held:
+                d.acked_at, d.resends = now, 0
+            self._next_resend_scan = 0.0
+            return len(held)
+
     def unsend(self, seq: int) -> None:
         """The network did not take alert ``seq`` after all: hand it out again."""
         with self._lock:

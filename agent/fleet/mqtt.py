@@ -381,6 +381,7 @@ class AgentMqtt:
             return
         self.stats.connects += 1
         log.info("%s: connected to %s:%d", self.config.device, self.config.host, self.config.port)
+        self.queue.reconnected(time.time())  # confirmations sent while the broker was away are lost
         topics = [*self.rules_topics, self.topic_model]
         if self.config.confirm_alerts != "off":
             topics.append(self.topic_alerts_ack)

@@ -96,6 +96,24 @@ def test_held_alerts_wait_for_the_confirmation_and_are_resent_with_a_doubling_wa
     assert AlertQueue(tmp_path).pending_seqs() == [3], "confirmed alerts are gone from the disk"
 
 
+def test_a_reconnection_restarts_the_resend_wait_of_held_alerts(tmp_path):
+    """Confirmations sent while the broker was away never arrive: after a reconnection every held alert is resent
+    one wait later, not after the doubled waits it had reached (up to 64x: a minute or more in the restart test)."""
+    q = AlertQueue(tmp_path)
+    for i in range(2):
+        q.put({"n": i})
+    take(q, 0.0)
+    for seq in (1, 2):
+        q.broker_acked(seq, 0.0, hold=True)
+    for t in (5.0, 15.0, 35.0, 75.0):  # resent after 5, 10, 20, 40 s: the next wait is 80 s
+        assert take(q, t, resend_after_s=5) == [(1, True), (2, True)]
+        for seq in (1, 2):
+            q.broker_acked(seq, t, hold=True)
+    assert take(q, 100.0, resend_after_s=5) == []
+    assert q.reconnected(100.0) == 2
+    assert take(q, 104.0, resend_after_s=5) == [] and take(q, 105.0, resend_after_s=5) == [(1, True), (2, True)]
+
+
 def test_without_hold_a_puback_removes_the_alert_and_a_failed_publish_hands_it_out_again(tmp_path):
     q = AlertQueue(tmp_path)
     for i in range(3):
