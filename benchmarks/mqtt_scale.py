@@ -71,7 +71,7 @@ log = logging.getLogger("mqtt_scale")
 PREFIX = "iotguard/v1"
 FLEET = "bench"
 WAIT_S = 600.0
-RESEND_S = 10.0  # an unconfirmed alert is sent again after this (doubling), as the agent does after 60 s
+RESEND_S = 60.0  # an unconfirmed alert is sent again after this (doubling), as the agent (confirm_timeout_s)
 
 
 # --- simulated devices (run in worker processes) -----------------------------
