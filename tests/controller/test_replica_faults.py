@@ -109,20 +109,20 @@ def test_a_replica_killed_mid_batch_loses_nothing_and_stores_nothing_twice(broke
 @pytest.mark.slow
 def test_broker_restarted_every_5_s_under_load_every_alert_is_stored_exactly_once(broker, keys, tmp_path,
                                                                                    postgres_db):  # fmt: skip
-    """Compressed: 6 restarts, 5 s apart, SIGTERM and SIGKILL in turn.  Mosquitto does not restore shared
+    """Compressed: 5 restarts, 5 s apart, SIGTERM and SIGKILL in turn.  Mosquitto does not restore shared
     subscriptions, and SIGKILL also loses what it had acknowledged but not saved: only the agents' resends of
     unconfirmed alerts bring those in."""
     replicas = start_replicas(3, broker.port, postgres_db, keys.private, tmp_path)
     agents = start_agents(broker, keys, tmp_path)
     try:
         with Sender(agents) as sender:
-            for i in range(6):
+            for i in range(5):
                 time.sleep(5)
                 broker.restart(kill=i % 2 == 1)
             wait_until(lambda: all(a.connected for a in agents), "agents back on the broker")
             time.sleep(2)
         assert_each_stored_exactly_once(agents, sender, postgres_db)
-        assert sender.total() >= 2000, f"only {sender.total()} alerts sent: not under load"
+        assert sender.total() >= 1800, f"only {sender.total()} alerts sent: not under load"
         assert sum(a.stats.alerts_resent for a in agents) > 0, "nothing lost on the way: the test would show nothing"
         assert all(r.alive() for r in replicas)
     finally:
