@@ -321,8 +321,8 @@ class AgentMqtt:
                 raise MessageError(f"it confirms alerts up to seq {through}, but this device has sent only up to "
                                    f"seq {self.queue.sent_through}")  # fmt: skip
         except MessageError as exc:
-            self._count(confirmations_refused=1)
             log.warning("%s: alert confirmation refused, nothing changed: %s", self.config.device, exc.reason)
+            self._count(confirmations_refused=1)  # after the log line: whoever waits on the count sees both
             return
         if self.queue.note_confirmations():
             log.info("%s: the controller confirms stored alerts: alerts now wait on disk for its confirmation",

@@ -37,7 +37,10 @@ def test_log_in_see_the_fleet_watch_an_alert_arrive_and_unblock(broker, keys, tm
         wait_until(lambda: all(r.versions()[-1:] == [first] for _, r in agents), "blocks applied")
 
         def text(css: str) -> str:
-            return " ".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, css))
+            # In one script: the page's refresh replaces its live parts, and an element found before a refresh and
+            # read after it is stale.
+            return driver.execute_script("return Array.from(document.querySelectorAll(arguments[0]))"
+                                         ".map(e => e.innerText).join(' ')", css)  # fmt: skip
 
         driver.get(lab.url + "/")
         assert driver.current_url == lab.url + "/login"
@@ -58,8 +61,11 @@ def test_log_in_see_the_fleet_watch_an_alert_arrive_and_unblock(broker, keys, tm
         assert "mirai_syn" in text("#alerts table") and "mirai_syn (1)" in text("#alerts ul.legend")
         assert len(driver.find_elements(By.CSS_SELECTOR, "#alerts svg.chart rect")) == 1
 
-        row = next(r for r in driver.find_elements(By.CSS_SELECTOR, "#blocks tbody tr") if "192.0.2.0/24" in r.text)
-        row.find_element(By.CSS_SELECTOR, "button.danger").click()
+        clicked = driver.execute_script("for (const r of document.querySelectorAll('#blocks tbody tr'))"
+                                        " if (r.innerText.includes(arguments[0])) {"
+                                        " r.querySelector('button.danger').click(); return true; }"
+                                        " return false;", "192.0.2.0/24")  # fmt: skip
+        assert clicked, "no Unblock button for 192.0.2.0/24"
         wait_until(lambda: "Unblocked 192.0.2.0/24 in fleet lab" in text("p.flash"), "the unblock confirmed")
         assert "192.0.2.0/24" not in text("#blocks") and "203.0.113.66/32" in text("#blocks")
         wait_until(lambda: all(len(r.versions()) >= 3 for _, r in agents), "the agents applied the unblock")
