@@ -65,8 +65,8 @@ def start_agents(broker, keys, tmp_path: Path) -> list[AgentMqtt]:
 
 
 def assert_each_stored_exactly_once(agents: list[AgentMqtt], sender: Sender, db: str) -> None:
-    # Up to three minutes: after repeated restarts a replica's (and an agent's) reconnection backoff grows to paho's
-    # two-minute ceiling, and held alerts are resent only once a replica subscribes again.
+    # Up to three minutes: after repeated restarts the replicas' and agents' reconnection backoff grows (to 30 s), held
+    # alerts are resent only once a replica subscribes again, and on 2 busy CPUs each step takes longer.
     wait_until(lambda: all(len(a.queue) == 0 for a in agents), "every alert confirmed", timeout=180)
     store = Store(db)
     for device, seqs in sender.sent.items():
