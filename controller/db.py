@@ -26,6 +26,7 @@ import functools
 import hashlib
 import logging
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +143,17 @@ class SqliteConnection:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # Switching a new file to WAL can answer "database is locked" at once, without waiting the busy timeout,
+        # while another connection (a replica started at the same moment) switches it: try again for a while.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         self._db.execute("PRAGMA synchronous=NORMAL")
 
     @property
