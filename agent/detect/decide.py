@@ -353,9 +353,7 @@ class DecisionLayer:
             return
         p_probe, p_udp, p_reset = c.probe[rows] | ev.udp_probe[rows], ev.udp_probe[rows], reset[rows]
         # A port scan sends from one source port (nmap, masscan); a UDP flood at random ports draws one per packet.
-        sport_key = _attempt_key(packets.src_ip_hi, packets.src_ip_lo, packets.dst_ip_hi, packets.dst_ip_lo,
-                                 packets.sport)  # fmt: skip
-        p_new_sport = self._first_seen(self.udp_sports, sport_key, packets.ts, ev.udp_probe)[rows]
+        p_new_sport = self._first_seen(self.udp_sports, packets, ev.udp_probe, "sport")[rows]
         own = p_probe | p_reset  # packets the initiator sent: they carry its address
         answer = rows[~own]
         init_key = c.src_key[rows]
@@ -527,18 +525,20 @@ class DecisionLayer:
 
     def _first_attempt(self, packets: PacketBatch, opener: np.ndarray) -> np.ndarray:
         """Per packet: an opener to a (source, destination, destination port) not seen before (bounded memory)."""
-        key = _attempt_key(packets.src_ip_hi, packets.src_ip_lo, packets.dst_ip_hi, packets.dst_ip_lo, packets.dport)
-        return self._first_seen(self.attempts, key, packets.ts, opener)
+        return self._first_seen(self.attempts, packets, opener, "dport")
 
     @staticmethod
-    def _first_seen(table: StreamTable, keys: np.ndarray, ts: np.ndarray, which: np.ndarray) -> np.ndarray:
-        """Per packet (of ``which``): the first with its key in ``table`` (bounded memory: LRU eviction)."""
-        out = np.zeros(len(keys), dtype=bool)
+    def _first_seen(table: StreamTable, packets: PacketBatch, which: np.ndarray, port: str) -> np.ndarray:
+        """Per packet (of ``which``): the first with its (source, destination, ``port``) in ``table`` (bounded
+        memory: LRU eviction).  Keys are hashed for ``which`` only: on the hot path most packets are neither."""
+        out = np.zeros(len(packets), dtype=bool)
         idx = np.flatnonzero(which)
         if not len(idx):
             return out
-        uniq, first = np.unique(keys[idx], return_index=True)
-        _, is_new = table.lookup(uniq, ts[idx][first])
+        p = packets
+        keys = _attempt_key(p.src_ip_hi[idx], p.src_ip_lo[idx], p.dst_ip_hi[idx], p.dst_ip_lo[idx], getattr(p, port)[idx])
+        uniq, first = np.unique(keys, return_index=True)
+        _, is_new = table.lookup(uniq, p.ts[idx][first])
         out[idx[first[is_new]]] = True
         return out
 
