@@ -102,6 +102,27 @@ def check_model(profile: Profile, config: AgentConfig) -> list[Check]:
     return out
 
 
+def check_features() -> list[Check]:
+    """Which feature engine runs; the compiled kernel must agree with numpy on the bundled sample capture."""
+    from agent.capture.packets import DecodeStats, PacketBatch
+    from agent.features import native
+    from agent.features.columns import COLUMNS
+    from agent.features.engine import FeatureExtractor
+    from agent.pipeline import packets_from_capture
+
+    if native.load() is None:
+        return [Check("feature engine", "warn", "numpy only: the compiled kernel was not built or is switched off",
+                      "install a C compiler (apt install gcc) and reinstall the agent, about 3x faster")]  # fmt: skip
+    sample = Path(__file__).with_name("samples") / "mirai_demo.pcap"
+    packets = PacketBatch.concat(list(packets_from_capture(sample, DecodeStats()))).take(slice(0, 2000))
+    fast, slow = FeatureExtractor(backend="c").update(packets), FeatureExtractor(backend="numpy").update(packets)
+    cols = [i for i, name in enumerate(COLUMNS) if name.endswith(("_weight", "_mean"))]
+    if not np.allclose(fast[:, cols], slow[:, cols], rtol=1e-6, atol=1e-9):
+        return [Check("feature engine", "FAIL", "the compiled kernel disagrees with the numpy engine",
+                      "set IOTGUARD_FEATURES=numpy and report the board")]  # fmt: skip
+    return [Check("feature engine", "ok", f"compiled kernel ({native.library_path().name}), agrees with numpy")]
+
+
 def check_system(profile: Profile, interface: str, config: AgentConfig) -> list[Check]:
     from agent.util import missing_capabilities
 
@@ -188,7 +209,7 @@ def check_outputs(config: AgentConfig) -> list[Check]:
 
 
 def run_doctor(profile: Profile, config: AgentConfig, interface: str | None = None) -> int:
-    checks = check_platform(profile) + check_model(profile, config) + check_system(profile, interface or profile.interface, config)
+    checks = check_platform(profile) + check_model(profile, config) + check_features() + check_system(profile, interface or profile.interface, config)
     checks += check_outputs(config)
     for c in checks:
         print(f"[{c.status:4s}] {c.name:20s} {c.detail}")

@@ -19,6 +19,7 @@ import numpy as np
 
 from agent.capture.packets import L3_ARP, L3_OTHER, PORT_NUMBER, PacketBatch
 from agent.features.columns import LAMBDAS, N_FEATURES
+from agent.features import native
 from agent.features.decayed_sums import Segments, decayed_sums, previous_time, running_time
 from agent.features.stream_table import StreamTable
 from agent.util import hash_words
@@ -95,6 +96,15 @@ def _group_by(keys: np.ndarray) -> tuple[np.ndarray, Segments]:
     return order, Segments.from_sorted(keys[order])
 
 
+def _packet_slots(table: StreamTable, keys: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the compiled kernel: each packet's table slot, whether it opened a new entry, and those slots."""
+    unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)  # first: stable
+    slots, is_new = table.lookup(unique, t[first])
+    opened = np.zeros(len(keys), dtype=np.uint8)
+    opened[first[is_new]] = 1
+    return slots[inverse.ravel()], opened, slots[is_new]
+
+
 def _unsort(rows: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Rows computed in ``order`` back in packet order."""
     inverse = np.empty_like(order)
@@ -143,6 +153,14 @@ class SingleStreams:
         stats = np.empty((n, NL, 3))
         stats[..., 0], stats[..., 1], stats[..., 2] = w, mu, var
         return _unsort(stats.reshape(n, 3 * NL), order)
+
+    def update_native(self, lib, keys: np.ndarray, t: np.ndarray, x: np.ndarray, out: np.ndarray, column: int) -> None:
+        """``update`` through the compiled kernel, written into ``out[:, column : column + 3 * L]``."""
+        slots, _, new_slots = _packet_slots(self.table, keys, t)
+        if self.jitter:
+            self.table.t_last[new_slots] = 0.0
+        lib.iotguard_single_update(len(keys), t, x, slots, int(self.jitter), self.table.state, self.table.t_last,
+                                   LAM, NL, native.out_pointer(out, column), out.shape[1])
 
 
 # Pair table state columns (each block of NL values, one per lambda).
@@ -227,6 +245,16 @@ class PairStreams:
 
         return _unsort(_pair_columns(mine[..., 0], mu_a, var_a, mu_b, var_b, cov).reshape(n, 7 * NL), order)
 
+    def update_native(self, lib, key_a: np.ndarray, key_b: np.ndarray, t: np.ndarray, x: np.ndarray, out: np.ndarray,
+                      column: int) -> None:
+        """``update`` through the compiled kernel, written into ``out[:, column : column + 7 * L]``."""
+        direction = (key_a > key_b).view(np.uint8)
+        self_paired = (key_a == key_b).view(np.uint8)
+        pair_key = hash_words(6, np.minimum(key_a, key_b), np.maximum(key_a, key_b))
+        slots, created, _ = _packet_slots(self.table, pair_key, t)
+        lib.iotguard_pair_update(len(key_a), t, x, slots, direction, self_paired, created, self.table.state,
+                                 self.table.t_last, LAM, NL, native.out_pointer(out, column), out.shape[1])
+
 
 def _reverse_moments(j: np.ndarray, d: np.ndarray, selfp: np.ndarray, seg: Segments, mu_a: np.ndarray,
                      var_a: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -281,8 +309,14 @@ class FeatureExtractor:
 
     budgets: Budgets = field(default_factory=Budgets)
     max_batch: int = 8192  # packets per internal step: bounds temporary memory, and stays cache-friendly
+    backend: str = "auto"  # "c": the compiled kernel (native.py), "numpy", or "auto": c when it was built
 
     def __post_init__(self) -> None:
+        if self.backend not in ("auto", "c", "numpy"):
+            raise ValueError(f"unknown feature backend {self.backend!r}: auto, c or numpy")
+        self._lib = None if self.backend == "numpy" else native.load()
+        if self.backend == "c" and self._lib is None:
+            raise RuntimeError(f"the compiled feature kernel is not available (build it from {native.SOURCE})")
         b = self.budgets
         self.mi = SingleStreams(b.mi_dir)
         self.h = SingleStreams(b.h)
@@ -297,14 +331,23 @@ class FeatureExtractor:
         step = max(1, min(self.budgets.smallest, self.max_batch))
         for lo in range(0, n, step):
             hi = min(n, lo + step)
-            out[lo:hi] = self._update_chunk(batch.take(slice(lo, hi)))
+            self._update_chunk(batch.take(slice(lo, hi)), out[lo:hi])
         return out
 
-    def _update_chunk(self, batch: PacketBatch) -> np.ndarray:
+    def _update_chunk(self, batch: PacketBatch, out: np.ndarray) -> None:
+        """Features of one chunk, written into ``out`` (a C-contiguous block of rows)."""
         keys = stream_keys(batch)
         t = batch.ts.astype(np.float64)
         x = batch.wire_len.astype(np.float64)
-        return np.concatenate(
+        if self._lib is not None:
+            lib, c = self._lib, 3 * NL
+            self.mi.update_native(lib, keys.mi, t, x, out, 0)
+            self.h.update_native(lib, keys.h, t, x, out, c)
+            self.hh.update_native(lib, keys.hh_a, keys.hh_b, t, x, out, 2 * c)
+            self.jit.update_native(lib, keys.hh_a, t, x, out, 2 * c + 7 * NL)
+            self.hphp.update_native(lib, keys.hphp_a, keys.hphp_b, t, x, out, 3 * c + 7 * NL)
+            return
+        np.concatenate(
             [
                 self.mi.update(keys.mi, t, x),
                 self.h.update(keys.h, t, x),
@@ -313,6 +356,7 @@ class FeatureExtractor:
                 self.hphp.update(keys.hphp_a, keys.hphp_b, t, x),
             ],
             axis=1,
+            out=out,
         )
 
     @property

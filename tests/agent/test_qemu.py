@@ -139,6 +139,33 @@ def test_features_match_x86_64(target: str, shared_data: Path) -> None:
     assert not problems, "\n".join(problems[:20])
 
 
+CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-gcc", "armv7l": "arm-linux-gnueabihf-gcc"}
+
+
+def test_compiled_feature_kernel_matches_x86_64(target: str, shared_data: Path, tmp_path: Path) -> None:
+    """kernel.c cross-compiled for the board (as a build on the board would make it) gives the x86_64 features."""
+    import shutil
+    import subprocess
+
+    from agent.features.native import SOURCE
+    from lab.feature_tolerance import mismatches
+
+    cc = shutil.which(CROSS_COMPILERS[TARGETS[target].machine])
+    if cc is None:
+        pytest.skip(f"no {CROSS_COMPILERS[TARGETS[target].machine]} (.ci/run installs the cross compilers)")
+    lib = tmp_path / "kernel.so"
+    subprocess.run([cc, "-O2", "-fPIC", "-shared", "-Wall", "-Werror", "-o", str(lib), str(SOURCE), "-lm"], check=True)
+    env = {"IOTGUARD_FEATURES_LIB": str(lib)}
+    probe = run_python(target, ["-c", "from agent.features import native; print(native.backend())"], env=env)
+    assert probe.stdout.strip().splitlines()[-1:] == ["c"], probe.stderr[-2000:]
+    capture = str(shared_data / "real" / FEATURE_CAPTURE)
+    _, want, want_summary = _features(run_native(["-m", "agent", "features", capture], env={"IOTGUARD_FEATURES": "numpy"}), "x86_64")
+    _, got, got_summary = _features(run_python(target, ["-m", "agent", "features", capture], env=env), target)
+    assert got_summary == want_summary and got.shape == want.shape
+    problems = mismatches(got[:, 1:], want[:, 1:])
+    assert not problems, "\n".join(problems[:20])
+
+
 EMULATED_PROFILES = [name for name in shipped_profiles() if load_profile(name).qemu]
 
 

@@ -18,7 +18,7 @@ from agent.profile import shipped_profiles
 from lab import REPO
 
 PACKAGES = ("agent", "controller", "convert", "iotguard", "firmware_profiles")
-PROJECT_FILES = ("setup.cfg", "pyproject.toml", "README.md")
+PROJECT_FILES = ("setup.cfg", "setup.py", "pyproject.toml", "README.md")
 
 
 def pip(*args: str, cwd: Path) -> None:
@@ -35,14 +35,16 @@ def installed(tmp_path_factory) -> Path:
     for name in PROJECT_FILES:
         shutil.copy2(REPO / name, src / name)
     for name in PACKAGES:
-        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
     pip("wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp / "dist"), "./src", cwd=tmp)
     (wheel,) = (tmp / "dist").glob("iotguard-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         shipped = {Path(n).stem for n in zf.namelist() if n.startswith("firmware_profiles/") and n.endswith(".toml")}
         static = {n for n in zf.namelist() if n.startswith("controller/static/")}
+        kernel = [n for n in zf.namelist() if n.startswith("agent/features/_kernel") and n.endswith(".so")]
     assert shipped == set(shipped_profiles()), "every firmware profile is package data"
     assert static == {"controller/static/dashboard.css", "controller/static/dashboard.js"}, "the dashboard's files"
+    assert len(kernel) == 1, "the wheel carries the compiled feature kernel (a C compiler is installed here)"
     pip("install", "-q", "--no-deps", "--no-index", "--target", str(tmp / "site"), str(wheel), cwd=tmp)
     return tmp / "site"
 
@@ -58,6 +60,8 @@ def run(installed: Path, cwd: Path, *command: str) -> subprocess.CompletedProces
 def test_console_scripts_and_doctor_run_from_any_folder(installed, tmp_path):
     where = run(installed, tmp_path, sys.executable, "-c", "import agent, controller, convert; print(agent.__file__)")
     assert Path(where.stdout.strip()).is_relative_to(installed), "the installed copy, not the checkout"
+    backend = run(installed, tmp_path, sys.executable, "-c", "from agent.features import native; print(native.backend())")
+    assert backend.stdout.strip() == "c", backend.stderr
     for tool in ("iotguard-agent", "iotguard-controller", "iotguard-convert"):
         done = run(installed, tmp_path, str(installed / "bin" / tool), "--version")
         assert done.returncode == 0 and done.stdout.strip() == f"{tool} {agent.__version__}", done.stderr

@@ -1,4 +1,5 @@
-"""The feature engines against the golden values, against each other, and within their memory budget."""
+"""The numpy feature engine against the golden values, against the scalar reference, and within its memory budget
+(test_native.py holds the compiled kernel to the same)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def _load_golden(shared_data, name: str, capture: str) -> tuple[np.ndarray, Pack
 @pytest.mark.parametrize("name,capture", GOLDEN, ids=[g[0] for g in GOLDEN])
 def test_batch_engine_matches_golden(shared_data, name, capture):
     want, packets = _load_golden(shared_data, name, capture)
-    got = np.concatenate([FeatureExtractor().update(packets)])
+    got = np.concatenate([FeatureExtractor(backend="numpy").update(packets)])
     assert mismatches(got, want) == []
 
 
@@ -72,24 +73,24 @@ def _in_batches(extractor: FeatureExtractor, packets: PacketBatch, sizes: list[i
 def test_batch_engine_matches_reference(seed, options):
     packets = random_batch(3000, seed, **options)
     want = ReferenceExtractor().process(packets)
-    got = _in_batches(FeatureExtractor(), packets, [700, 1, 13, 2000])
+    got = _in_batches(FeatureExtractor(backend="numpy"), packets, [700, 1, 13, 2000])
     assert mismatches(got, want) == []
 
 
 def test_batch_boundaries_do_not_matter():
     packets = random_batch(4000, 7)
-    whole = FeatureExtractor().update(packets)
-    pieces = _in_batches(FeatureExtractor(), packets, [1, 5, 333, 64])
+    whole = FeatureExtractor(backend="numpy").update(packets)
+    pieces = _in_batches(FeatureExtractor(backend="numpy"), packets, [1, 5, 333, 64])
     assert mismatches(pieces, whole) == []
 
 
 def test_evicted_stream_restarts_from_nothing():
     packets = random_batch(600, 8, hosts=30, ports=30)
-    small = FeatureExtractor(Budgets(mi_dir=20, h=20, hh=20, hh_jit=20, hphp=20))
+    small = FeatureExtractor(Budgets(mi_dir=20, h=20, hh=20, hh_jit=20, hphp=20), backend="numpy")
     got = _in_batches(small, packets, [10])
     assert all(len(t) <= 20 for t in small.tables.values())
     assert sum(t.evicted for t in small.tables.values()) > 0
-    full = FeatureExtractor().update(packets)
+    full = FeatureExtractor(backend="numpy").update(packets)
     differs = ~np.isclose(got, full, rtol=1e-9, atol=1e-9).all(axis=1)
     assert differs.any(), "a budget of 20 streams must change some features"
     # A packet whose H stream restarted shows weight exactly 1 (first packet of a new stream).
@@ -100,7 +101,7 @@ def test_evicted_stream_restarts_from_nothing():
 @pytest.mark.slow
 def test_spoofed_flood_stays_within_budget():
     budget = 100_000
-    extractor = FeatureExtractor(Budgets(budget, budget, budget, budget, budget))
+    extractor = FeatureExtractor(Budgets(budget, budget, budget, budget, budget), backend="numpy")
     total, batch = 1_000_000, 65536
     peak = 0
     for i, lo in enumerate(range(0, total, batch)):

@@ -1,0 +1,120 @@
+"""The compiled feature kernel (kernel.c through ctypes) against the scalar reference and the numpy engine.
+
+The kernel is compiled here from the checkout's kernel.c, so these tests never run a stale build.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from agent.features import native
+from agent.features.engine import Budgets, FeatureExtractor
+from agent.features.reference import ReferenceExtractor
+from lab.feature_tolerance import mismatches
+from lab.packet_factory import random_batch, spoofed_syn_flood
+from tests.agent.features.test_engine import GOLDEN, _in_batches, _load_golden
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler (.ci/run installs gcc)")
+    lib = tmp_path_factory.mktemp("kernel") / "kernel.so"
+    subprocess.run([cc, "-O2", "-fPIC", "-shared", "-Wall", "-Werror", "-o", str(lib), str(native.SOURCE), "-lm"],
+                   check=True)  # fmt: skip
+    return lib
+
+
+@pytest.fixture
+def compiled(kernel, monkeypatch):
+    """FeatureExtractor(backend="c") runs the kernel just compiled."""
+    monkeypatch.setenv("IOTGUARD_FEATURES_LIB", str(kernel))
+    monkeypatch.delenv("IOTGUARD_FEATURES", raising=False)
+    native.load.cache_clear()
+    yield
+    native.load.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "seed,options",
+    [
+        (0, {}),
+        (1, {"disorder": 0.1}),
+        (2, {"hosts": 3, "ports": 2}),
+        (3, {"mean_gap": 20.0}),
+        (4, {"hosts": 40, "ports": 30, "mean_gap": 1e-4, "long_gaps": False}),
+    ],
+)
+def test_kernel_matches_reference(compiled, seed, options):
+    packets = random_batch(3000, seed, **options)
+    want = ReferenceExtractor().process(packets)
+    got = _in_batches(FeatureExtractor(backend="c"), packets, [700, 1, 13, 2000])
+    assert mismatches(got, want) == []
+
+
+@pytest.mark.parametrize("name,capture", GOLDEN, ids=[g[0] for g in GOLDEN])
+def test_kernel_matches_golden(compiled, shared_data, name, capture):
+    want, packets = _load_golden(shared_data, name, capture)
+    assert mismatches(FeatureExtractor(backend="c").update(packets), want) == []
+
+
+def test_kernel_and_numpy_evict_alike(compiled):
+    """Both paths share the stream tables, so a full table evicts the same streams either way."""
+    packets = random_batch(600, 8, hosts=30, ports=30)
+    small = Budgets(mi_dir=20, h=20, hh=20, hh_jit=20, hphp=20)
+    fast, slow = FeatureExtractor(small, backend="c"), FeatureExtractor(small, backend="numpy")
+    got, want = _in_batches(fast, packets, [10]), _in_batches(slow, packets, [10])
+    assert mismatches(got, want) == []
+    assert [t.evicted for t in fast.tables.values()] == [t.evicted for t in slow.tables.values()] != [0] * 5
+
+
+def test_kernel_on_a_spoofed_flood(compiled):
+    packets = spoofed_syn_flood(20_000, seed=3, t0=1.6e9)
+    b = Budgets(5000, 5000, 5000, 5000, 5000)
+    got = FeatureExtractor(b, backend="c").update(packets)
+    assert np.isfinite(got).all()
+    assert mismatches(got, FeatureExtractor(b, backend="numpy").update(packets)) == []
+
+
+def test_backend_choice(compiled, monkeypatch):
+    assert native.backend() == "c" and FeatureExtractor()._lib is not None
+    monkeypatch.setenv("IOTGUARD_FEATURES", "numpy")  # the switch a user has when a build misbehaves
+    native.load.cache_clear()
+    assert native.backend() == "numpy" and FeatureExtractor()._lib is None
+    with pytest.raises(RuntimeError, match="compiled feature kernel is not available"):
+        FeatureExtractor(backend="c")
+    with pytest.raises(ValueError, match="unknown feature backend"):
+        FeatureExtractor(backend="fortran")
+
+
+def test_unloadable_library_falls_back_with_a_warning(tmp_path, monkeypatch, caplog):
+    broken = tmp_path / "kernel.so"
+    broken.write_bytes(b"not a shared object")
+    monkeypatch.setenv("IOTGUARD_FEATURES_LIB", str(broken))
+    native.load.cache_clear()
+    try:
+        assert native.load() is None
+        assert "cannot load the feature kernel" in caplog.text
+    finally:
+        native.load.cache_clear()
+
+
+def test_a_build_of_another_kernel_version_is_refused(tmp_path, monkeypatch, caplog):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler (.ci/run installs gcc)")
+    source = tmp_path / "old.c"
+    source.write_text("int iotguard_kernel_abi(void) { return 99; }\n")
+    subprocess.run([cc, "-fPIC", "-shared", "-o", str(tmp_path / "old.so"), str(source)], check=True)
+    monkeypatch.setenv("IOTGUARD_FEATURES_LIB", str(tmp_path / "old.so"))
+    native.load.cache_clear()
+    try:
+        assert native.load() is None
+        assert f"built for kernel ABI 99, this agent needs {native.KERNEL_ABI}" in caplog.text
+    finally:
+        native.load.cache_clear()
