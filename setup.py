@@ -1,7 +1,7 @@
 """Only the optional C part of the build; the project's metadata and options live in setup.cfg.
 
-kernel.c is a plain C library (no Python API) that agent/features/native.py loads with ctypes.  It is
-optional: without a C compiler the install still succeeds and the feature engine runs on numpy alone.
+agent/native/*.c make a plain C library (no Python API) that agent/native loads with ctypes.  It is optional:
+without a C compiler the install still succeeds and the pipeline runs on numpy alone.
 """
 
 from setuptools import Extension, setup
@@ -9,9 +9,9 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "agent.features._kernel",
-            sources=["agent/features/kernel.c"],
-            extra_compile_args=["-O2"],
+            "agent.native._kernels",
+            sources=["agent/native/features.c", "agent/native/model_input.c"],
+            extra_compile_args=["-O2", "-ffp-contract=off"],  # as agent.native.CFLAGS
             libraries=["m"],
             optional=True,
         )

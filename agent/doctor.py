@@ -102,25 +102,31 @@ def check_model(profile: Profile, config: AgentConfig) -> list[Check]:
     return out
 
 
-def check_features() -> list[Check]:
-    """Which feature engine runs; the compiled kernel must agree with numpy on the bundled sample capture."""
+def check_native() -> list[Check]:
+    """Whether the compiled kernels run; on the bundled sample they must agree with the numpy paths."""
+    from agent import native
     from agent.capture.packets import DecodeStats, PacketBatch
-    from agent.features import native
+    from agent.detect.model import load_bundle
     from agent.features.columns import COLUMNS
     from agent.features.engine import FeatureExtractor
     from agent.pipeline import packets_from_capture
 
     if native.load() is None:
-        return [Check("feature engine", "warn", "numpy only: the compiled kernel was not built or is switched off",
-                      "install a C compiler (apt install gcc) and reinstall the agent, about 3x faster")]  # fmt: skip
+        return [Check("compiled kernels", "warn", "numpy only: the kernels were not built or are switched off",
+                      "install a C compiler (apt install gcc) and reinstall the agent: features and model input "
+                      "run several times faster")]  # fmt: skip
     sample = Path(__file__).with_name("samples") / "mirai_demo.pcap"
     packets = PacketBatch.concat(list(packets_from_capture(sample, DecodeStats()))).take(slice(0, 2000))
     fast, slow = FeatureExtractor(backend="c").update(packets), FeatureExtractor(backend="numpy").update(packets)
     cols = [i for i, name in enumerate(COLUMNS) if name.endswith(("_weight", "_mean"))]
-    if not np.allclose(fast[:, cols], slow[:, cols], rtol=1e-6, atol=1e-9):
-        return [Check("feature engine", "FAIL", "the compiled kernel disagrees with the numpy engine",
-                      "set IOTGUARD_FEATURES=numpy and report the board")]  # fmt: skip
-    return [Check("feature engine", "ok", f"compiled kernel ({native.library_path().name}), agrees with numpy")]
+    bundle = load_bundle()
+    q = bundle.input_q
+    same_input = np.array_equal(bundle.preprocessor.quantize(slow, q.scale, q.zero_point),
+                                bundle.preprocessor.quantize(slow, q.scale, q.zero_point, backend="numpy"))  # fmt: skip
+    if not np.allclose(fast[:, cols], slow[:, cols], rtol=1e-6, atol=1e-9) or not same_input:
+        return [Check("compiled kernels", "FAIL", "the compiled kernels disagree with the numpy paths",
+                      "set IOTGUARD_NATIVE=off and report the board")]  # fmt: skip
+    return [Check("compiled kernels", "ok", f"{native.library_path().name}, agree with the numpy paths")]
 
 
 def check_system(profile: Profile, interface: str, config: AgentConfig) -> list[Check]:
@@ -209,7 +215,7 @@ def check_outputs(config: AgentConfig) -> list[Check]:
 
 
 def run_doctor(profile: Profile, config: AgentConfig, interface: str | None = None) -> int:
-    checks = check_platform(profile) + check_model(profile, config) + check_features() + check_system(profile, interface or profile.interface, config)
+    checks = check_platform(profile) + check_model(profile, config) + check_native() + check_system(profile, interface or profile.interface, config)
     checks += check_outputs(config)
     for c in checks:
         print(f"[{c.status:4s}] {c.name:20s} {c.detail}")

@@ -193,9 +193,8 @@ class Classifier:
 
     def quantize(self, features: np.ndarray) -> np.ndarray:
         """Raw (n, 115) features -> int8 model inputs (n, 5, 23)."""
-        x = self.bundle.preprocessor.transform(features)
         q = self.bundle.input_q
-        return np.clip(np.round(x / q.scale) + q.zero_point, -128, 127).astype(np.int8)
+        return self.bundle.preprocessor.quantize(features, q.scale, q.zero_point)
 
     def predict_int8(self, features: np.ndarray) -> np.ndarray:
         """Raw int8 outputs (n, 6), exactly as the interpreter returns them (logits or probabilities, see

@@ -20,10 +20,11 @@ All parameters travel in the model bundle; nothing is fitted on the board.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from agent import native
 from agent.features.columns import COLUMNS, GROUPS, LAMBDAS, N_FEATURES
 
 KNOTS = 257
@@ -58,7 +59,7 @@ def _noise_floors() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per column (N-BaIoT order): the column holding its group's mean (or -1), and how the floor
     below which its values are rounding noise scales with that mean (DESIGN 4's tolerances):
     variance-like columns 1e-6 * (1 + mu^2), std 1e-3 * (1 + |mu|), covariance and pcc likewise."""
-    mean_of = np.full(N_FEATURES, -1)
+    mean_of = np.full(N_FEATURES, -1, dtype=np.int64)  # int64 on 32-bit boards too (the C kernel reads it)
     quad = np.zeros(N_FEATURES)  # floor = quad * (1 + mu^2) + lin * (1 + |mu|)
     lin = np.zeros(N_FEATURES)
     for i, name in enumerate(COLUMNS):
@@ -107,6 +108,7 @@ class Preprocessor:
     caps: np.ndarray  # (115,) upper caps, N-BaIoT order
     knots_x: list[np.ndarray]  # per grid position: increasing raw values
     knots_y: list[np.ndarray]  # per grid position: where they map in [-1, 1]
+    _flat: tuple | None = field(default=None, init=False, repr=False, compare=False)  # the knots as one array
 
     @classmethod
     def fit(cls, features: np.ndarray, max_rows: int = 200_000, seed: int = 0) -> "Preprocessor":
@@ -126,6 +128,29 @@ class Preprocessor:
         for j in range(N_FEATURES):
             xs, ys = self.knots_x[j], self.knots_y[j]
             out[:, j] = np.interp(X[:, j], xs, ys) if len(xs) > 1 else 0.0
+        return out.reshape(-1, *GRID_SHAPE)
+
+    def quantize(self, features: np.ndarray, scale: float, zero_point: int, backend: str = "auto") -> np.ndarray:
+        """(n, 115) raw features -> (n, 5, 23) int8 model inputs: ``transform``, then the model's input
+        quantisation.  The compiled kernel (agent/native/model_input.c) gives the same bytes in one pass;
+        ``backend="numpy"`` forces the numpy path it is tested against."""
+        lib = None if backend == "numpy" else native.load()
+        if lib is None:
+            x = self.transform(features)
+            return np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
+        X = np.ascontiguousarray(features, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != N_FEATURES:
+            raise ValueError(f"features must have shape (n, {N_FEATURES}), got {X.shape}")
+        if self._flat is None:
+            sizes = [len(x) for x in self.knots_x]
+            self._flat = (np.ascontiguousarray(self.order, dtype=np.int64), np.ascontiguousarray(self.caps, np.float64),
+                          np.concatenate(self.knots_x), np.concatenate(self.knots_y),
+                          np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))  # fmt: skip
+        order, caps, kx, ky, start = self._flat
+        out = np.empty((len(X), N_FEATURES), dtype=np.int8)
+        guess = np.full(N_FEATURES, -1, dtype=np.int64)
+        lib.iotguard_model_input(len(X), N_FEATURES, X, order, caps, _MEAN_OF, _QUAD, _LIN, kx, ky, start, scale,
+                                 zero_point, guess, out)  # fmt: skip
         return out.reshape(-1, *GRID_SHAPE)
 
     def to_json(self) -> dict:

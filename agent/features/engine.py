@@ -19,7 +19,7 @@ import numpy as np
 
 from agent.capture.packets import L3_ARP, L3_OTHER, PORT_NUMBER, PacketBatch
 from agent.features.columns import LAMBDAS, N_FEATURES
-from agent.features import native
+from agent import native
 from agent.features.decayed_sums import Segments, decayed_sums, previous_time, running_time
 from agent.features.stream_table import StreamTable
 from agent.util import hash_words
@@ -309,14 +309,14 @@ class FeatureExtractor:
 
     budgets: Budgets = field(default_factory=Budgets)
     max_batch: int = 8192  # packets per internal step: bounds temporary memory, and stays cache-friendly
-    backend: str = "auto"  # "c": the compiled kernel (native.py), "numpy", or "auto": c when it was built
+    backend: str = "auto"  # "c": the compiled kernel (agent/native), "numpy", or "auto": c when it was built
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "c", "numpy"):
             raise ValueError(f"unknown feature backend {self.backend!r}: auto, c or numpy")
         self._lib = None if self.backend == "numpy" else native.load()
         if self.backend == "c" and self._lib is None:
-            raise RuntimeError(f"the compiled feature kernel is not available (build it from {native.SOURCE})")
+            raise RuntimeError("the compiled feature kernel is not available (a C compiler builds it at install, see agent/native)")
         b = self.budgets
         self.mi = SingleStreams(b.mi_dir)
         self.h = SingleStreams(b.h)

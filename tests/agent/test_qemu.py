@@ -142,24 +142,44 @@ def test_features_match_x86_64(target: str, shared_data: Path) -> None:
 CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-gcc", "armv7l": "arm-linux-gnueabihf-gcc"}
 
 
-def test_compiled_feature_kernel_matches_x86_64(target: str, shared_data: Path, tmp_path: Path) -> None:
-    """kernel.c cross-compiled for the board (as a build on the board would make it) gives the x86_64 features."""
+# On the board: the compiled model input against numpy's, over the features of a real capture.
+COMPARE_MODEL_INPUT = r"""
+import json, sys
+import numpy as np
+from agent import native
+from agent.capture.packets import DecodeStats, PacketBatch
+from agent.detect.model import load_bundle
+from agent.features.engine import FeatureExtractor
+from agent.pipeline import packets_from_capture
+packets = PacketBatch.concat(list(packets_from_capture(sys.argv[1], DecodeStats())))
+X = FeatureExtractor().update(packets)
+b = load_bundle()
+c = b.preprocessor.quantize(X, b.input_q.scale, b.input_q.zero_point)
+n = b.preprocessor.quantize(X, b.input_q.scale, b.input_q.zero_point, backend="numpy")
+print(json.dumps({"backend": native.backend(), "rows": len(X), "differ": int((c != n).sum())}))
+"""
+
+
+def test_compiled_kernels_match_numpy_on_the_board(target: str, shared_data: Path, tmp_path: Path) -> None:
+    """agent/native cross-compiled for the board (as a build on the board makes it): the features match x86_64's
+    numpy engine, the model input matches the board's own numpy path byte for byte."""
     import shutil
     import subprocess
 
-    from agent.features.native import SOURCE
+    from agent import native
     from lab.feature_tolerance import mismatches
 
     cc = shutil.which(CROSS_COMPILERS[TARGETS[target].machine])
     if cc is None:
         pytest.skip(f"no {CROSS_COMPILERS[TARGETS[target].machine]} (.ci/run installs the cross compilers)")
-    lib = tmp_path / "kernel.so"
-    subprocess.run([cc, "-O2", "-fPIC", "-shared", "-Wall", "-Werror", "-o", str(lib), str(SOURCE), "-lm"], check=True)
-    env = {"IOTGUARD_FEATURES_LIB": str(lib)}
-    probe = run_python(target, ["-c", "from agent.features import native; print(native.backend())"], env=env)
-    assert probe.stdout.strip().splitlines()[-1:] == ["c"], probe.stderr[-2000:]
+    lib = tmp_path / "kernels.so"
+    subprocess.run(native.compile_command(cc, lib) + ["-Werror"], check=True)
+    env = {"IOTGUARD_NATIVE_LIB": str(lib)}
     capture = str(shared_data / "real" / FEATURE_CAPTURE)
-    _, want, want_summary = _features(run_native(["-m", "agent", "features", capture], env={"IOTGUARD_FEATURES": "numpy"}), "x86_64")
+    got = _json_line(run_python(target, ["-c", COMPARE_MODEL_INPUT, capture], env=env), target)
+    assert got["backend"] == "c" and got["rows"] > 100
+    assert got["differ"] == 0, f"{got['differ']} int8 model inputs differ from numpy's on {target}"
+    _, want, want_summary = _features(run_native(["-m", "agent", "features", capture], env={"IOTGUARD_NATIVE": "off"}), "x86_64")
     _, got, got_summary = _features(run_python(target, ["-m", "agent", "features", capture], env=env), target)
     assert got_summary == want_summary and got.shape == want.shape
     problems = mismatches(got[:, 1:], want[:, 1:])

@@ -41,10 +41,10 @@ def installed(tmp_path_factory) -> Path:
     with zipfile.ZipFile(wheel) as zf:
         shipped = {Path(n).stem for n in zf.namelist() if n.startswith("firmware_profiles/") and n.endswith(".toml")}
         static = {n for n in zf.namelist() if n.startswith("controller/static/")}
-        kernel = [n for n in zf.namelist() if n.startswith("agent/features/_kernel") and n.endswith(".so")]
+        kernel = [n for n in zf.namelist() if n.startswith("agent/native/_kernels") and n.endswith(".so")]
     assert shipped == set(shipped_profiles()), "every firmware profile is package data"
     assert static == {"controller/static/dashboard.css", "controller/static/dashboard.js"}, "the dashboard's files"
-    assert len(kernel) == 1, "the wheel carries the compiled feature kernel (a C compiler is installed here)"
+    assert len(kernel) == 1, "the wheel carries the compiled kernels (a C compiler is installed here)"
     pip("install", "-q", "--no-deps", "--no-index", "--target", str(tmp / "site"), str(wheel), cwd=tmp)
     return tmp / "site"
 
@@ -60,7 +60,7 @@ def run(installed: Path, cwd: Path, *command: str) -> subprocess.CompletedProces
 def test_console_scripts_and_doctor_run_from_any_folder(installed, tmp_path):
     where = run(installed, tmp_path, sys.executable, "-c", "import agent, controller, convert; print(agent.__file__)")
     assert Path(where.stdout.strip()).is_relative_to(installed), "the installed copy, not the checkout"
-    backend = run(installed, tmp_path, sys.executable, "-c", "from agent.features import native; print(native.backend())")
+    backend = run(installed, tmp_path, sys.executable, "-c", "from agent import native; print(native.backend())")
     assert backend.stdout.strip() == "c", backend.stderr
     for tool in ("iotguard-agent", "iotguard-controller", "iotguard-convert"):
         done = run(installed, tmp_path, str(installed / "bin" / tool), "--version")

@@ -1,6 +1,6 @@
-"""The compiled feature kernel (kernel.c through ctypes) against the scalar reference and the numpy engine.
+"""The compiled kernels (agent/native/*.c through ctypes) against the numpy paths and the scalar reference.
 
-The kernel is compiled here from the checkout's kernel.c, so these tests never run a stale build.
+The library is compiled here from the checkout's sources, so these tests never run a stale build.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from agent.features import native
+from agent import native
+from agent.detect.model import load_bundle
 from agent.features.engine import Budgets, FeatureExtractor
 from agent.features.reference import ReferenceExtractor
 from lab.feature_tolerance import mismatches
@@ -24,17 +25,16 @@ def kernel(tmp_path_factory):
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler (.ci/run installs gcc)")
-    lib = tmp_path_factory.mktemp("kernel") / "kernel.so"
-    subprocess.run([cc, "-O2", "-fPIC", "-shared", "-Wall", "-Werror", "-o", str(lib), str(native.SOURCE), "-lm"],
-                   check=True)  # fmt: skip
+    lib = tmp_path_factory.mktemp("kernel") / "kernels.so"
+    subprocess.run(native.compile_command(cc, lib) + ["-Werror"], check=True)
     return lib
 
 
 @pytest.fixture
 def compiled(kernel, monkeypatch):
-    """FeatureExtractor(backend="c") runs the kernel just compiled."""
-    monkeypatch.setenv("IOTGUARD_FEATURES_LIB", str(kernel))
-    monkeypatch.delenv("IOTGUARD_FEATURES", raising=False)
+    """backend="c" / "auto" run the library just compiled."""
+    monkeypatch.setenv("IOTGUARD_NATIVE_LIB", str(kernel))
+    monkeypatch.delenv("IOTGUARD_NATIVE", raising=False)
     native.load.cache_clear()
     yield
     native.load.cache_clear()
@@ -50,6 +50,9 @@ def compiled(kernel, monkeypatch):
         (4, {"hosts": 40, "ports": 30, "mean_gap": 1e-4, "long_gaps": False}),
     ],
 )
+# --- features.c ----------------------------------------------------------------------------------
+
+
 def test_kernel_matches_reference(compiled, seed, options):
     packets = random_batch(3000, seed, **options)
     want = ReferenceExtractor().process(packets)
@@ -81,9 +84,45 @@ def test_kernel_on_a_spoofed_flood(compiled):
     assert mismatches(got, FeatureExtractor(b, backend="numpy").update(packets)) == []
 
 
+# --- model_input.c -------------------------------------------------------------------------------
+
+
+def _hostile_features(seed: int, n: int = 20_000) -> np.ndarray:
+    """Real feature rows scaled into every range (tiny, huge, negative, zero) with NaN and +-inf sprinkled in."""
+    rng = np.random.default_rng(seed)
+    real = FeatureExtractor(backend="numpy").update(random_batch(3000, seed, hosts=20, ports=10))
+    X = real[rng.integers(0, len(real), n)] * rng.choice([1, -1, 1e-7, 1e7, 0], size=(n, real.shape[1]),
+                                                         p=[0.6, 0.1, 0.1, 0.1, 0.1])  # fmt: skip
+    for value in (np.nan, np.inf, -np.inf, 1e308, 5e-324):
+        X[rng.random(X.shape) < 0.01] = value
+    return X
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_model_input_gives_the_numpy_bytes(compiled, seed):
+    pre, q = load_bundle().preprocessor, load_bundle().input_q
+    plain = FeatureExtractor(backend="numpy").update(random_batch(5000, seed))
+    for X in (plain, _hostile_features(seed)):
+        with np.errstate(all="ignore"):
+            want = pre.quantize(X, q.scale, q.zero_point, backend="numpy")
+        got = pre.quantize(X, q.scale, q.zero_point)
+        assert got.dtype == np.int8 and got.shape == want.shape == (len(X), 5, 23)
+        assert np.array_equal(got, want), f"{int((got != want).sum())} of {got.size} int8 inputs differ"
+    assert len(np.unique(want.reshape(-1))) > 100, "the input should reach most int8 levels"
+
+
+def test_model_input_refuses_a_wrong_shape(compiled):
+    pre, q = load_bundle().preprocessor, load_bundle().input_q
+    with pytest.raises(ValueError, match="shape"):
+        pre.quantize(np.zeros((4, 114)), q.scale, q.zero_point)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
 def test_backend_choice(compiled, monkeypatch):
     assert native.backend() == "c" and FeatureExtractor()._lib is not None
-    monkeypatch.setenv("IOTGUARD_FEATURES", "numpy")  # the switch a user has when a build misbehaves
+    monkeypatch.setenv("IOTGUARD_NATIVE", "off")  # the switch a user has when a build misbehaves
     native.load.cache_clear()
     assert native.backend() == "numpy" and FeatureExtractor()._lib is None
     with pytest.raises(RuntimeError, match="compiled feature kernel is not available"):
@@ -95,11 +134,11 @@ def test_backend_choice(compiled, monkeypatch):
 def test_unloadable_library_falls_back_with_a_warning(tmp_path, monkeypatch, caplog):
     broken = tmp_path / "kernel.so"
     broken.write_bytes(b"not a shared object")
-    monkeypatch.setenv("IOTGUARD_FEATURES_LIB", str(broken))
+    monkeypatch.setenv("IOTGUARD_NATIVE_LIB", str(broken))
     native.load.cache_clear()
     try:
         assert native.load() is None
-        assert "cannot load the feature kernel" in caplog.text
+        assert "cannot load the compiled kernels" in caplog.text
     finally:
         native.load.cache_clear()
 
@@ -111,7 +150,7 @@ def test_a_build_of_another_kernel_version_is_refused(tmp_path, monkeypatch, cap
     source = tmp_path / "old.c"
     source.write_text("int iotguard_kernel_abi(void) { return 99; }\n")
     subprocess.run([cc, "-fPIC", "-shared", "-o", str(tmp_path / "old.so"), str(source)], check=True)
-    monkeypatch.setenv("IOTGUARD_FEATURES_LIB", str(tmp_path / "old.so"))
+    monkeypatch.setenv("IOTGUARD_NATIVE_LIB", str(tmp_path / "old.so"))
     native.load.cache_clear()
     try:
         assert native.load() is None

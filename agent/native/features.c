@@ -1,6 +1,6 @@
 /* The per-packet N-BaIoT recurrences in C: the optional fast path of the feature engine.
  *
- * Plain C with no Python API, loaded with ctypes (agent/features/native.py), so one
+ * Plain C with no Python API, loaded with ctypes (agent/native), so one
  * file builds with any C compiler for any board (also cross-compiled for the QEMU
  * tests).  The numpy engine (engine.py) stays the fallback and the tests compare the
  * two.  Each function walks the packets in order and updates the stream tables'
@@ -14,8 +14,8 @@
 #include <math.h>
 #include <stdint.h>
 
-/* Raise with KERNEL_ABI in native.py whenever a signature or a state layout changes: a stale build is refused. */
-int32_t iotguard_kernel_abi(void) { return 1; }
+/* Raise with KERNEL_ABI in agent/native/__init__.py whenever a signature or a state layout changes: a stale build is refused. */
+int32_t iotguard_kernel_abi(void) { return 2; }
 
 enum { W0, LS0, SS0, W1, LS1, SS1, R0, R1, CF3, W3, MU0, VAR0, MU1, VAR1, PAIR_WIDTH };
 

@@ -1,0 +1,96 @@
+"""The optional compiled kernels, plain C loaded with ctypes: the hot loops of two pipeline stages.
+
+* features.c: the per-packet N-BaIoT recurrences (agent/features/engine.py's fast path);
+* model_input.c: raw features -> int8 model input (agent/detect/preprocess.py + quantisation).
+
+``pip install`` compiles both into one library, ``agent/native/_kernels*.so``, when the machine has a C
+compiler; the build is optional, and without it (or with ``IOTGUARD_NATIVE=off``) every stage runs its numpy
+path, which the tests hold the kernels to.  ``IOTGUARD_NATIVE_LIB=PATH`` loads a library built by hand
+(``compile_command``; the QEMU tests cross-compile it for each board that way).  No Python API is used, so
+the same files build with any C compiler for any board.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from functools import cache
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+SOURCES = (HERE / "features.c", HERE / "model_input.c")
+# -ffp-contract=off: no fused multiply-add, so the kernels round exactly as numpy's loops do on every CPU.
+CFLAGS = ("-O2", "-ffp-contract=off")
+KERNEL_ABI = 2  # iotguard_kernel_abi() in features.c: raise both whenever a function or a state layout changes
+
+_f64 = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
+_i64 = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
+_u8 = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
+_i8 = np.ctypeslib.ndpointer(np.int8, flags="C_CONTIGUOUS")
+_n, _ptr = ctypes.c_int64, ctypes.c_void_p
+SIGNATURES = {
+    "iotguard_single_update": [_n, _f64, _f64, _i64, ctypes.c_int32, _f64, _f64, _f64, _n, _ptr, _n],
+    "iotguard_pair_update": [_n, _f64, _f64, _i64, _u8, _u8, _u8, _f64, _f64, _f64, _n, _ptr, _n],
+    "iotguard_model_input": [_n, _n, _f64, _i64, _f64, _i64, _f64, _f64, _f64, _f64, _i64, ctypes.c_float,
+                             ctypes.c_int32, _i64, _i8],
+}
+
+
+def compile_command(cc: str, output: Path) -> list[str]:
+    """The command that builds the library with compiler ``cc`` (a cross compiler for another board)."""
+    return [cc, *CFLAGS, "-fPIC", "-shared", "-Wall", "-o", str(output), *map(str, SOURCES), "-lm"]
+
+
+def library_path() -> Path | None:
+    """The library to load, or None: IOTGUARD_NATIVE_LIB, else the one pip built beside this module."""
+    if os.environ.get("IOTGUARD_NATIVE_LIB"):
+        return Path(os.environ["IOTGUARD_NATIVE_LIB"])
+    for suffix in EXTENSION_SUFFIXES:
+        if (HERE / f"_kernels{suffix}").exists():
+            return HERE / f"_kernels{suffix}"
+    return None
+
+
+@cache
+def load() -> ctypes.CDLL | None:
+    """The kernel library, or None when it is absent, switched off, or fails to load (logged once)."""
+    if os.environ.get("IOTGUARD_NATIVE", "auto") == "off":
+        return None
+    path = library_path()
+    if path is None:
+        log.debug("no compiled kernels: the numpy paths run")
+        return None
+    try:
+        return load_library(path)
+    except OSError as exc:
+        log.warning("cannot load the compiled kernels %s (%s): the numpy paths run", path, exc)
+        return None
+
+
+def load_library(path: Path) -> ctypes.CDLL:
+    """Load a built library and declare its functions' signatures (OSError when it cannot be used)."""
+    lib = ctypes.CDLL(str(path))
+    lib.iotguard_kernel_abi.restype = ctypes.c_int32
+    if lib.iotguard_kernel_abi() != KERNEL_ABI:  # built from other sources: rebuild (pip install -e .)
+        raise OSError(f"built for kernel ABI {lib.iotguard_kernel_abi()}, this agent needs {KERNEL_ABI}")
+    for name, argtypes in SIGNATURES.items():
+        getattr(lib, name).restype = None
+        getattr(lib, name).argtypes = argtypes
+    return lib
+
+
+def out_pointer(out: np.ndarray, column: int) -> int:
+    """Address of ``out[0, column]`` in a C-contiguous (n, width) float64 array: where a table's columns start."""
+    assert out.dtype == np.float64 and out.flags.c_contiguous and 0 <= column < out.shape[1]
+    return out.ctypes.data + column * out.itemsize
+
+
+def backend() -> str:
+    """"c" when the compiled kernels are in use, else "numpy" (shown by ``agent doctor``)."""
+    return "c" if load() is not None else "numpy"
