@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: a cached large mixed capture, timing, results files."""
+"""Helpers shared by the benchmark scripts: cached large captures (mixed, realistic), timing, results files."""
 
 from __future__ import annotations
 
@@ -30,6 +30,19 @@ def mixed_capture(packets: int = 1_000_000, seed: int = 42) -> Path:
         seconds *= max(1.2, 1.1 * packets / max(len(synth.frames), 1))
     write(synth, path)
     assert sum(len(b) for b in read_capture(path)) >= packets
+    return path
+
+
+def realistic_capture(packets: int = 1_000_000, seed: int = 42) -> Path:
+    """A corpus of realistic shape of at least ``packets`` records (built once, cached; see benchmarks/corpus.py):
+    real benign captures replayed as many re-addressed homes, under synthesised and real Mirai attacks, many
+    of them spoofed.  Its ``.meta.json`` beside it holds the class mix, distinct sources and streams."""
+    from benchmarks.corpus import VERSION, build_realistic
+
+    path = CACHE / "bench" / f"realistic_{packets}_{seed}_v{VERSION}.pcap"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_realistic(path, packets, seed)
     return path
 
 
