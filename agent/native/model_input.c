@@ -24,31 +24,19 @@ static double round_mantissa(double v)
 }
 
 /* Index j with xs[j] <= v < xs[j + 1] (n - 1 when v == xs[n - 1]); xs strictly increasing, xs[0] <= v <= xs[n - 1].
- * Starts from the previous row's answer: neighbouring packets mostly fall in the same interval. */
+ * Else branch-free bisection: the compiler turns the step into a conditional move, so no mispredicted jumps. */
 static int64_t interval(const double *xs, int64_t n, double v, int64_t guess)
 {
-    if (v >= xs[n - 1])
-        return n - 1;
-    int64_t lo = 0, hi = n - 1; /* xs[lo] <= v < xs[hi] */
-    if (guess >= 0 && guess < n - 1) {
-        if (xs[guess] <= v) {
-            if (v < xs[guess + 1])
-                return guess;
-            lo = guess + 1; /* often the next interval up */
-            if (lo + 1 < n && v < xs[lo + 1])
-                return lo;
-        } else {
-            hi = guess;
-        }
+    if (guess >= 0 && guess < n - 1 && xs[guess] <= v && v < xs[guess + 1]) /* consecutive packets: mostly the same interval */
+        return guess;
+    const double *base = xs;
+    int64_t len = n;
+    while (len > 1) {
+        int64_t half = len / 2;
+        base = base[half] <= v ? base + half : base;
+        len -= half;
     }
-    while (hi - lo > 1) {
-        int64_t mid = lo + (hi - lo) / 2;
-        if (xs[mid] <= v)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    return lo;
+    return base - xs;
 }
 
 /* np.interp(v, xs, ys) for one finite v, with numpy's own formula and special cases. */

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 
 from agent.capture.packets import LABELS, VERDICT_LABELS
-from agent.detect.model import BundleError, installed_runtimes, load_bundle, parse_bundle, restrict_logits
+from agent.detect.model import (
+    BundleError,
+    Classifier,
+    distinct_rows,
+    installed_runtimes,
+    load_bundle,
+    parse_bundle,
+    restrict_logits,
+)
+from agent.features.engine import FeatureExtractor
 from lab import REPO
 
 
@@ -127,3 +136,29 @@ def test_classify_features_rejects_a_csv_without_the_columns(tmp_path):
     bad.write_text("a,b\n1,2\n")
     res = run_agent("classify-features", str(bad))
     assert res.returncode == 2 and "N-BaIoT columns missing" in res.stderr
+
+
+def test_distinct_rows_are_exact():
+    rng = np.random.default_rng(5)
+    rows = rng.integers(-128, 128, size=(50, 115), dtype=np.int8)[rng.integers(0, 50, 3000)]
+    first, inverse = distinct_rows(rows)
+    assert len(first) == 50 and np.array_equal(rows[first][inverse], rows)
+    unique = rng.integers(-128, 128, size=(40, 115), dtype=np.int8)
+    first, inverse = distinct_rows(unique)  # nothing repeats: every row stands for itself
+    assert inverse is None and np.array_equal(first, np.arange(40))
+
+
+def test_running_each_distinct_input_once_changes_no_output(bundle):
+    """Floods repeat inputs: the classifier runs each distinct row once per span, and every output is the one
+    the row gets when all rows run (int8 inference: a row's output depends on that row alone)."""
+    from lab.packet_factory import random_batch, spoofed_syn_flood
+
+    features = np.concatenate([FeatureExtractor().update(random_batch(3000, 1, hosts=3, ports=2)),
+                               FeatureExtractor().update(spoofed_syn_flood(9000, seed=2, t0=1.6e9))])  # fmt: skip
+    clf = Classifier(bundle, batch_size=256)
+    fast = clf.predict_int8(features)
+    clf.distinct = False
+    every = clf.predict_int8(features)
+    assert np.array_equal(fast, every)
+    q = np.concatenate([clf.quantize(features[lo : lo + 256]) for lo in range(0, len(features), 256)])
+    assert len(np.unique(q.reshape(len(q), -1), axis=0)) < len(features) / 4, "the test needs repeated inputs"
