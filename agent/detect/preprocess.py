@@ -100,6 +100,13 @@ def _knots(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return xs, ys
 
 
+def _model_input_kernel():
+    """agent/native/model_input.c's one function, or None (numpy path)."""
+    v = native
+    return v.function("iotguard_model_input", [v.n, v.n, v.f64, v.i64, v.f64, v.i64, v.f64, v.f64, v.f64, v.f64,
+                                               v.i64, v.f32, v.i32, v.i64, v.i8])  # fmt: skip
+
+
 @dataclass
 class Preprocessor:
     """``transform`` maps (n, 115) raw features to (n, 5, 23) float32 model inputs in [-1, 1]."""
@@ -134,8 +141,8 @@ class Preprocessor:
         """(n, 115) raw features -> (n, 5, 23) int8 model inputs: ``transform``, then the model's input
         quantisation.  The compiled kernel (agent/native/model_input.c) gives the same bytes in one pass;
         ``backend="numpy"`` forces the numpy path it is tested against."""
-        lib = None if backend == "numpy" else native.load()
-        if lib is None:
+        kernel = None if backend == "numpy" else _model_input_kernel()
+        if kernel is None:
             x = self.transform(features)
             return np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
         X = np.ascontiguousarray(features, dtype=np.float64)
@@ -149,7 +156,7 @@ class Preprocessor:
         order, caps, kx, ky, start = self._flat
         out = np.empty((len(X), N_FEATURES), dtype=np.int8)
         guess = np.full(N_FEATURES, -1, dtype=np.int64)
-        lib.iotguard_model_input(len(X), N_FEATURES, X, order, caps, _MEAN_OF, _QUAD, _LIN, kx, ky, start, scale,
+        kernel(len(X), N_FEATURES, X, order, caps, _MEAN_OF, _QUAD, _LIN, kx, ky, start, scale,
                                  zero_point, guess, out)  # fmt: skip
         return out.reshape(-1, *GRID_SHAPE)
 

@@ -154,13 +154,13 @@ class SingleStreams:
         stats[..., 0], stats[..., 1], stats[..., 2] = w, mu, var
         return _unsort(stats.reshape(n, 3 * NL), order)
 
-    def update_native(self, lib, keys: np.ndarray, t: np.ndarray, x: np.ndarray, out: np.ndarray, column: int) -> None:
+    def update_native(self, kernel: "_Kernel", keys: np.ndarray, t: np.ndarray, x: np.ndarray, out: np.ndarray, column: int) -> None:
         """``update`` through the compiled kernel, written into ``out[:, column : column + 3 * L]``."""
         slots, _, new_slots = _packet_slots(self.table, keys, t)
         if self.jitter:
             self.table.t_last[new_slots] = 0.0
-        lib.iotguard_single_update(len(keys), t, x, slots, int(self.jitter), self.table.state, self.table.t_last,
-                                   LAM, NL, native.out_pointer(out, column), out.shape[1])
+        kernel.single(len(keys), t, x, slots, int(self.jitter), self.table.state, self.table.t_last, LAM, NL,
+                      native.out_pointer(out, column), out.shape[1])
 
 
 # Pair table state columns (each block of NL values, one per lambda).
@@ -245,15 +245,15 @@ class PairStreams:
 
         return _unsort(_pair_columns(mine[..., 0], mu_a, var_a, mu_b, var_b, cov).reshape(n, 7 * NL), order)
 
-    def update_native(self, lib, key_a: np.ndarray, key_b: np.ndarray, t: np.ndarray, x: np.ndarray, out: np.ndarray,
+    def update_native(self, kernel: "_Kernel", key_a: np.ndarray, key_b: np.ndarray, t: np.ndarray, x: np.ndarray, out: np.ndarray,
                       column: int) -> None:
         """``update`` through the compiled kernel, written into ``out[:, column : column + 7 * L]``."""
         direction = (key_a > key_b).view(np.uint8)
         self_paired = (key_a == key_b).view(np.uint8)
         pair_key = hash_words(6, np.minimum(key_a, key_b), np.maximum(key_a, key_b))
         slots, created, _ = _packet_slots(self.table, pair_key, t)
-        lib.iotguard_pair_update(len(key_a), t, x, slots, direction, self_paired, created, self.table.state,
-                                 self.table.t_last, LAM, NL, native.out_pointer(out, column), out.shape[1])
+        kernel.pair(len(key_a), t, x, slots, direction, self_paired, created, self.table.state, self.table.t_last,
+                    LAM, NL, native.out_pointer(out, column), out.shape[1])
 
 
 def _reverse_moments(j: np.ndarray, d: np.ndarray, selfp: np.ndarray, seg: Segments, mu_a: np.ndarray,
@@ -304,6 +304,23 @@ def _pair_columns(weight: np.ndarray, mu_a: np.ndarray, var_a: np.ndarray, mu_b:
 
 
 @dataclass
+class _Kernel:
+    """The compiled recurrences of agent/native/features.c (signatures declared here, where they are called)."""
+
+    single: object
+    pair: object
+
+    @classmethod
+    def load(cls) -> "_Kernel | None":
+        v = native
+        single = v.function("iotguard_single_update", [v.n, v.f64, v.f64, v.i64, v.i32, v.f64, v.f64, v.f64, v.n,
+                                                       v.ptr, v.n])  # fmt: skip
+        pair = v.function("iotguard_pair_update", [v.n, v.f64, v.f64, v.i64, v.u8, v.u8, v.u8, v.f64, v.f64, v.f64,
+                                                   v.n, v.ptr, v.n])  # fmt: skip
+        return cls(single, pair) if single and pair else None
+
+
+@dataclass
 class FeatureExtractor:
     """The agent's feature stage: ``update(batch)`` returns (n, 115) float64 features in N-BaIoT order."""
 
@@ -314,8 +331,8 @@ class FeatureExtractor:
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "c", "numpy"):
             raise ValueError(f"unknown feature backend {self.backend!r}: auto, c or numpy")
-        self._lib = None if self.backend == "numpy" else native.load()
-        if self.backend == "c" and self._lib is None:
+        self._kernel = None if self.backend == "numpy" else _Kernel.load()
+        if self.backend == "c" and self._kernel is None:
             raise RuntimeError("the compiled feature kernel is not available (a C compiler builds it at install, see agent/native)")
         b = self.budgets
         self.mi = SingleStreams(b.mi_dir)
@@ -339,13 +356,13 @@ class FeatureExtractor:
         keys = stream_keys(batch)
         t = batch.ts.astype(np.float64)
         x = batch.wire_len.astype(np.float64)
-        if self._lib is not None:
-            lib, c = self._lib, 3 * NL
-            self.mi.update_native(lib, keys.mi, t, x, out, 0)
-            self.h.update_native(lib, keys.h, t, x, out, c)
-            self.hh.update_native(lib, keys.hh_a, keys.hh_b, t, x, out, 2 * c)
-            self.jit.update_native(lib, keys.hh_a, t, x, out, 2 * c + 7 * NL)
-            self.hphp.update_native(lib, keys.hphp_a, keys.hphp_b, t, x, out, 3 * c + 7 * NL)
+        if self._kernel is not None:
+            kernel, c = self._kernel, 3 * NL
+            self.mi.update_native(kernel, keys.mi, t, x, out, 0)
+            self.h.update_native(kernel, keys.h, t, x, out, c)
+            self.hh.update_native(kernel, keys.hh_a, keys.hh_b, t, x, out, 2 * c)
+            self.jit.update_native(kernel, keys.hh_a, t, x, out, 2 * c + 7 * NL)
+            self.hphp.update_native(kernel, keys.hphp_a, keys.hphp_b, t, x, out, 3 * c + 7 * NL)
             return
         np.concatenate(
             [

@@ -3,7 +3,8 @@
 * features.c: the per-packet N-BaIoT recurrences (agent/features/engine.py's fast path);
 * model_input.c: raw features -> int8 model input (agent/detect/preprocess.py + quantisation).
 
-``pip install`` compiles both into one library, ``agent/native/_kernels*.so``, when the machine has a C
+Each stage declares the signatures of the functions it calls (``function``).  ``pip install`` compiles every
+C file here into one library, ``agent/native/_kernels*.so``, when the machine has a C
 compiler; the build is optional, and without it (or with ``IOTGUARD_NATIVE=off``) every stage runs its numpy
 path, which the tests hold the kernels to.  ``IOTGUARD_NATIVE_LIB=PATH`` loads a library built by hand
 (``compile_command``; the QEMU tests cross-compile it for each board that way).  No Python API is used, so
@@ -24,22 +25,18 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-SOURCES = (HERE / "features.c", HERE / "model_input.c")
+SOURCES = tuple(sorted(HERE.glob("*.c")))  # every C file here goes into the one library (setup.py builds the same)
 # -ffp-contract=off: no fused multiply-add, so the kernels round exactly as numpy's loops do on every CPU.
 CFLAGS = ("-O2", "-ffp-contract=off")
-KERNEL_ABI = 2  # iotguard_kernel_abi() in features.c: raise both whenever a function or a state layout changes
+KERNEL_ABI = 2  # iotguard_kernel_abi() in abi.c: raise both whenever a state layout shared with Python changes
 
-_f64 = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
-_i64 = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
-_u8 = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
-_i8 = np.ctypeslib.ndpointer(np.int8, flags="C_CONTIGUOUS")
-_n, _ptr = ctypes.c_int64, ctypes.c_void_p
-SIGNATURES = {
-    "iotguard_single_update": [_n, _f64, _f64, _i64, ctypes.c_int32, _f64, _f64, _f64, _n, _ptr, _n],
-    "iotguard_pair_update": [_n, _f64, _f64, _i64, _u8, _u8, _u8, _f64, _f64, _f64, _n, _ptr, _n],
-    "iotguard_model_input": [_n, _n, _f64, _i64, _f64, _i64, _f64, _f64, _f64, _f64, _i64, ctypes.c_float,
-                             ctypes.c_int32, _i64, _i8],
-}
+# Argument types for the signatures the stages declare (``function``).
+f64 = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
+i64 = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
+u64 = np.ctypeslib.ndpointer(np.uint64, flags="C_CONTIGUOUS")
+u8 = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
+i8 = np.ctypeslib.ndpointer(np.int8, flags="C_CONTIGUOUS")
+n, ptr, i32, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int32, ctypes.c_float
 
 
 def compile_command(cc: str, output: Path) -> list[str]:
@@ -74,15 +71,33 @@ def load() -> ctypes.CDLL | None:
 
 
 def load_library(path: Path) -> ctypes.CDLL:
-    """Load a built library and declare its functions' signatures (OSError when it cannot be used)."""
+    """Load a built library (OSError when it cannot be used: not a library, or built from other sources)."""
     lib = ctypes.CDLL(str(path))
     lib.iotguard_kernel_abi.restype = ctypes.c_int32
     if lib.iotguard_kernel_abi() != KERNEL_ABI:  # built from other sources: rebuild (pip install -e .)
         raise OSError(f"built for kernel ABI {lib.iotguard_kernel_abi()}, this agent needs {KERNEL_ABI}")
-    for name, argtypes in SIGNATURES.items():
-        getattr(lib, name).restype = None
-        getattr(lib, name).argtypes = argtypes
     return lib
+
+
+def function(name: str, argtypes: list) -> ctypes._CFuncPtr | None:
+    """Kernel function ``name`` with its signature declared (next to the code that calls it), or None when
+    the library is not loaded or lacks it (built from older sources: logged).  Rename a function whenever its
+    signature changes, so that a stale build can never be called with the wrong arguments."""
+    lib = load()
+    if lib is None:
+        return None
+    try:
+        fn = getattr(lib, name)
+    except AttributeError:
+        _missing(name)
+        return None
+    fn.restype, fn.argtypes = None, argtypes
+    return fn
+
+
+@cache
+def _missing(name: str) -> None:
+    log.warning("the compiled kernels lack %s (an older build: pip install -e .): its numpy path runs", name)
 
 
 def out_pointer(out: np.ndarray, column: int) -> int:

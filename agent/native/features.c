@@ -14,9 +14,6 @@
 #include <math.h>
 #include <stdint.h>
 
-/* Raise with KERNEL_ABI in agent/native/__init__.py whenever a signature or a state layout changes: a stale build is refused. */
-int32_t iotguard_kernel_abi(void) { return 2; }
-
 enum { W0, LS0, SS0, W1, LS1, SS1, R0, R1, CF3, W3, MU0, VAR0, MU1, VAR1, PAIR_WIDTH };
 
 static double mean_of(double w, double ls) { return w > 0 ? ls / w : 0.0; }

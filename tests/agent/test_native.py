@@ -121,10 +121,10 @@ def test_model_input_refuses_a_wrong_shape(compiled):
 
 
 def test_backend_choice(compiled, monkeypatch):
-    assert native.backend() == "c" and FeatureExtractor()._lib is not None
+    assert native.backend() == "c" and FeatureExtractor()._kernel is not None
     monkeypatch.setenv("IOTGUARD_NATIVE", "off")  # the switch a user has when a build misbehaves
     native.load.cache_clear()
-    assert native.backend() == "numpy" and FeatureExtractor()._lib is None
+    assert native.backend() == "numpy" and FeatureExtractor()._kernel is None
     with pytest.raises(RuntimeError, match="compiled feature kernel is not available"):
         FeatureExtractor(backend="c")
     with pytest.raises(ValueError, match="unknown feature backend"):
@@ -155,5 +155,24 @@ def test_a_build_of_another_kernel_version_is_refused(tmp_path, monkeypatch, cap
     try:
         assert native.load() is None
         assert f"built for kernel ABI 99, this agent needs {native.KERNEL_ABI}" in caplog.text
+    finally:
+        native.load.cache_clear()
+
+
+def test_a_build_without_a_function_falls_back_to_numpy(tmp_path, monkeypatch, caplog):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler (.ci/run installs gcc)")
+    source = tmp_path / "abi_only.c"
+    source.write_text((native.HERE / "abi.c").read_text())
+    subprocess.run([cc, "-fPIC", "-shared", "-o", str(tmp_path / "abi_only.so"), str(source)], check=True)
+    monkeypatch.setenv("IOTGUARD_NATIVE_LIB", str(tmp_path / "abi_only.so"))
+    native.load.cache_clear()
+    native._missing.cache_clear()
+    try:
+        assert native.load() is not None and FeatureExtractor()._kernel is None
+        assert "lack iotguard_single_update" in caplog.text
+        packets = random_batch(500, 3)
+        assert mismatches(FeatureExtractor().update(packets), FeatureExtractor(backend="numpy").update(packets)) == []
     finally:
         native.load.cache_clear()
