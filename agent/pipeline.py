@@ -18,6 +18,7 @@ from agent.capture.packets import DecodeStats, PacketBatch
 from agent.capture.parse import parse_frames
 from agent.capture.pcap import read_capture
 from agent.detect.protocol_classes import packet_classes
+from agent.features.columns import N_FEATURES
 from agent.features.engine import Budgets, FeatureExtractor
 from agent.progress import Progress
 from agent.util import release_free_memory
@@ -139,8 +140,11 @@ def detect_packets(
                               "anomaly": []}  # fmt: skip
     total = batches = 0
     verdicts: list = []
+    features = None  # one buffer for every batch's features: each batch's are used before the next's
     for packets in packet_batches:
-        fb = FeatureBatch(packets, extractor.update(packets))
+        if features is None or len(features) < len(packets):
+            features = np.empty((len(packets), N_FEATURES))
+        fb = FeatureBatch(packets, extractor.update(packets, out=features))
         q = classifier.predict_int8(fb.features)
         # The classes the packet's protocol allows: the features cannot tell a UDP flood from an ACK flood.
         scores = classifier.scores_from_int8(q, packet_classes(packets, fb.features))

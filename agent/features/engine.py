@@ -97,12 +97,17 @@ def _group_by(keys: np.ndarray) -> tuple[np.ndarray, Segments]:
 
 
 def _packet_slots(table: StreamTable, keys: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For the compiled kernel: each packet's table slot, whether it opened a new entry, and those slots."""
-    unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)  # first: stable
-    slots, is_new = table.lookup(unique, t[first])
+    """For the compiled kernel: each packet's table slot, whether it opened a new entry, and the new slots."""
+    slots = table.find(keys)
     opened = np.zeros(len(keys), dtype=np.uint8)
-    opened[first[is_new]] = 1
-    return slots[inverse.ravel()], opened, slots[is_new]
+    missing = np.flatnonzero(slots < 0)
+    if not len(missing):
+        return slots, opened, missing
+    new_keys, first, inverse = np.unique(keys[missing], return_index=True, return_inverse=True)  # first: stable
+    new_slots = table.insert(new_keys, t[missing[first]], protected=slots[slots >= 0])
+    slots[missing] = new_slots[inverse.reshape(-1)]
+    opened[missing[first]] = 1
+    return slots, opened, new_slots
 
 
 def _unsort(rows: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -122,11 +127,11 @@ def _mean_var(w: np.ndarray, ls: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray
 class SingleStreams:
     """MI_dir, H and HH_jit: one stream per key. State columns: w, LS, SS (per lambda)."""
 
-    def __init__(self, budget: int, jitter: bool = False) -> None:
+    def __init__(self, budget: int, jitter: bool = False, index: str = "auto") -> None:
         self.jitter = jitter
         init = np.zeros((3, NL))
         init[0] = W_INIT
-        self.table = StreamTable(budget, init.ravel())
+        self.table = StreamTable(budget, init.ravel(), index)
 
     def update(self, keys: np.ndarray, t: np.ndarray, x: np.ndarray) -> np.ndarray:
         """(n, 3 * L) columns weight, mean, variance per lambda, in packet order."""
@@ -173,10 +178,10 @@ _WIDTH = 14
 class PairStreams:
     """HH and HpHp: directed streams paired with their reverse, one entry per unordered pair."""
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, index: str = "auto") -> None:
         init = np.zeros((_WIDTH, NL))
         init[[_W0, _W1, _W3]] = W_INIT
-        self.table = StreamTable(budget, init.ravel())
+        self.table = StreamTable(budget, init.ravel(), index)
 
     def update(self, key_a: np.ndarray, key_b: np.ndarray, t: np.ndarray, x: np.ndarray) -> np.ndarray:
         """(n, 7 * L) columns weight, mean, std, magnitude, radius, covariance, pcc per lambda."""
@@ -335,15 +340,18 @@ class FeatureExtractor:
         if self.backend == "c" and self._kernel is None:
             raise RuntimeError("the compiled feature kernel is not available (a C compiler builds it at install, see agent/native)")
         b = self.budgets
-        self.mi = SingleStreams(b.mi_dir)
-        self.h = SingleStreams(b.h)
-        self.hh = PairStreams(b.hh)
-        self.jit = SingleStreams(b.hh_jit, jitter=True)
-        self.hphp = PairStreams(b.hphp)
+        index = "sorted" if self.backend == "numpy" else "auto"  # numpy: no compiled part at all
+        self.mi = SingleStreams(b.mi_dir, index=index)
+        self.h = SingleStreams(b.h, index=index)
+        self.hh = PairStreams(b.hh, index)
+        self.jit = SingleStreams(b.hh_jit, jitter=True, index=index)
+        self.hphp = PairStreams(b.hphp, index)
 
-    def update(self, batch: PacketBatch) -> np.ndarray:
+    def update(self, batch: PacketBatch, out: np.ndarray | None = None) -> np.ndarray:
+        """(n, 115) features of the batch.  ``out``: a float64 array of at least n rows to write them into (the
+        result is then a view of it): reusing one spares the kernel zeroing tens of megabytes per batch."""
         n = len(batch)
-        out = np.empty((n, N_FEATURES))
+        out = np.empty((n, N_FEATURES)) if out is None or len(out) < n else out[:n]
         # A chunk never holds more streams than the smallest table can take at once.
         step = max(1, min(self.budgets.smallest, self.max_batch))
         for lo in range(0, n, step):
