@@ -103,8 +103,8 @@ def _knots(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _model_input_kernel():
     """agent/native/model_input.c's one function, or None (numpy path)."""
     v = native
-    return v.function("iotguard_model_input", [v.n, v.n, v.f64, v.i64, v.f64, v.i64, v.f64, v.f64, v.f64, v.f64,
-                                               v.i64, v.f32, v.i32, v.i64, v.i8])  # fmt: skip
+    return v.function("iotguard_model_input_v2", [v.n, v.n, v.f64, v.i64, v.f64, v.i64, v.f64, v.f64, v.f64,
+                                                  v.f64, v.f64, v.i64, v.f32, v.i32, v.i64, v.i8])  # fmt: skip
 
 
 @dataclass
@@ -150,14 +150,16 @@ class Preprocessor:
             raise ValueError(f"features must have shape (n, {N_FEATURES}), got {X.shape}")
         if self._flat is None:
             sizes = [len(x) for x in self.knots_x]
+            # np.interp's slope of each interval (one unused value after each column's last knot)
+            slopes = [np.append((y[1:] - y[:-1]) / (x[1:] - x[:-1]), 0.0) for x, y in zip(self.knots_x, self.knots_y)]
             self._flat = (np.ascontiguousarray(self.order, dtype=np.int64), np.ascontiguousarray(self.caps, np.float64),
-                          np.concatenate(self.knots_x), np.concatenate(self.knots_y),
+                          np.concatenate(self.knots_x), np.concatenate(self.knots_y), np.concatenate(slopes),
                           np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))  # fmt: skip
-        order, caps, kx, ky, start = self._flat
+        order, caps, kx, ky, slopes, start = self._flat
         out = np.empty((len(X), N_FEATURES), dtype=np.int8)
         guess = np.full(N_FEATURES, -1, dtype=np.int64)
-        kernel(len(X), N_FEATURES, X, order, caps, _MEAN_OF, _QUAD, _LIN, kx, ky, start, scale,
-                                 zero_point, guess, out)  # fmt: skip
+        kernel(len(X), N_FEATURES, X, order, caps, _MEAN_OF, _QUAD, _LIN, kx, ky, slopes, start, scale, zero_point,
+               guess, out)
         return out.reshape(-1, *GRID_SHAPE)
 
     def to_json(self) -> dict:

@@ -39,8 +39,9 @@ static int64_t interval(const double *xs, int64_t n, double v, int64_t guess)
     return base - xs;
 }
 
-/* np.interp(v, xs, ys) for one finite v, with numpy's own formula and special cases. */
-static double interp(const double *xs, const double *ys, int64_t n, double v, int64_t *guess)
+/* np.interp(v, xs, ys) for one finite v, with numpy's own formula and special cases; slopes[j] is numpy's
+ * (ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j]), computed once by the caller. */
+static double interp(const double *xs, const double *ys, const double *slopes, int64_t n, double v, int64_t *guess)
 {
     if (v > xs[n - 1])
         return ys[n - 1];
@@ -50,7 +51,7 @@ static double interp(const double *xs, const double *ys, int64_t n, double v, in
     *guess = j;
     if (j == n - 1 || xs[j] == v)
         return ys[j];
-    double slope = (ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j]);
+    double slope = slopes[j];
     double y = slope * (v - xs[j]) + ys[j];
     if (isnan(y)) {
         y = slope * (v - xs[j + 1]) + ys[j + 1];
@@ -62,12 +63,12 @@ static double interp(const double *xs, const double *ys, int64_t n, double v, in
 
 /* features: n x ncols raw rows (N-BaIoT order).  order[g]: the raw column at grid position g.  caps, mean_of
  * (-1: none), quad, lin: per raw column (preprocess.column_caps and _noise_floors).  Grid position g's knots are
- * knots_x/knots_y[knot_start[g] : knot_start[g + 1]].  guess: ncols scratch values (start at -1).
+ * knots_x/knots_y/slopes[knot_start[g] : knot_start[g + 1]].  guess: ncols scratch values (start at -1).
  * out: n x ncols int8 = clip(rint(interp / scale) + zero_point). */
-void iotguard_model_input(int64_t n, int64_t ncols, const double *features, const int64_t *order, const double *caps,
-                          const int64_t *mean_of, const double *quad, const double *lin, const double *knots_x,
-                          const double *knots_y, const int64_t *knot_start, float scale, int32_t zero_point,
-                          int64_t *guess, int8_t *out)
+void iotguard_model_input_v2(int64_t n, int64_t ncols, const double *features, const int64_t *order,
+                             const double *caps, const int64_t *mean_of, const double *quad, const double *lin,
+                             const double *knots_x, const double *knots_y, const double *slopes,
+                             const int64_t *knot_start, float scale, int32_t zero_point, int64_t *guess, int8_t *out)
 {
     double capped[ncols];
     for (int64_t i = 0; i < n; i++) {
@@ -88,7 +89,7 @@ void iotguard_model_input(int64_t n, int64_t ncols, const double *features, cons
                 v = 0.0;
             else if (isinf(v))
                 v = v > 0 ? DBL_MAX : -DBL_MAX;
-            float y = nk > 1 ? (float)interp(knots_x + k, knots_y + k, nk, v, &guess[g]) : 0.0f;
+            float y = nk > 1 ? (float)interp(knots_x + k, knots_y + k, slopes + k, nk, v, &guess[g]) : 0.0f;
             float q = rintf(y / scale) + (float)zero_point;
             out[i * ncols + g] = (int8_t)(q < -128.0f ? -128.0f : (q > 127.0f ? 127.0f : q));
         }
