@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent import native
 from agent.capture.packets import LINKTYPE_ETHERNET, FrameBatch
 from agent.util import PrivilegeError, has_capability
 
@@ -190,10 +191,36 @@ class _BlockFrames:
     ts: np.ndarray
     wire_len: np.ndarray
     cap_len: np.ndarray
-    data: bytes
+    data: bytes | np.ndarray  # the frames' bytes one after another (uint8 from the compiled reader)
+
+
+def _ring_kernel():
+    """agent/native/ring.c's block reader (signature declared here), or None."""
+    v = native
+    return v.function("iotguard_ring_block", [v.ptr, v.n, v.n, v.f64, v.i64, v.i64, v.u8, v.n], restype=ctypes.c_int64)
 
 
 def read_block(ring: mmap.mmap, start: int, block_size: int) -> _BlockFrames | None:
+    """Copy the frames of the ready block at ``start`` out of the ring (None: inconsistent descriptor).
+
+    One pass in C (agent/native/ring.c) where the kernels were built, else ``read_block_python``.
+    """
+    kernel = _ring_kernel()
+    if kernel is None:
+        return read_block_python(ring, start, block_size)
+    most = block_size // 64 + 1  # frames of the usual shape; a block with more takes the Python path
+    ts, wire_len, cap_len = np.empty(most), np.empty(most, dtype=np.int64), np.empty(most, dtype=np.int64)
+    data = np.empty(block_size + 4 * most, dtype=np.uint8)
+    at = np.frombuffer(ring, dtype=np.uint8).ctypes.data + start  # the array is dropped at once: close() stays possible
+    n = kernel(at, block_size, most, ts, wire_len, cap_len, data, len(data))
+    if n == -1:
+        return None
+    if n < 0:
+        return read_block_python(ring, start, block_size)
+    return _BlockFrames(ts=ts[:n], wire_len=wire_len[:n], cap_len=cap_len[:n], data=data[: int(cap_len[:n].sum())])
+
+
+def read_block_python(ring: mmap.mmap, start: int, block_size: int) -> _BlockFrames | None:
     """Copy the frames of the ready block at ``start`` out of the ring.
 
     Frames are variable-length and chained by tp_next_offset, so a short loop
@@ -205,6 +232,8 @@ def read_block(ring: mmap.mmap, start: int, block_size: int) -> _BlockFrames | N
     num, first, blk_len = (words[(start + BD[f]) >> 2] for f in ("num_pkts", "offset_to_first_pkt", "blk_len"))
     end = start + block_size
     if num and (first < BLOCK_DESC_LEN or first + TPACKET3_HDRLEN > block_size or blk_len > block_size):
+        return None
+    if num > block_size // 4:  # frames start 4-aligned and move forward: a damaged count, not a list to allocate
         return None
     offsets = [0] * num
     pieces: list[bytes] = []
@@ -451,7 +480,7 @@ class LiveCapture:
             cap_len=cap_len,
             offset=offset,
             linktype=np.full(n, self.linktype, dtype=np.uint16),
-            buf=np.frombuffer(b"".join(p.data for p in parts), dtype=np.uint8),
+            buf=np.concatenate([np.frombuffer(p.data, dtype=np.uint8) for p in parts]),
         )
 
     def _handle_socket_error(self) -> None:

@@ -79,7 +79,7 @@ def load_library(path: Path) -> ctypes.CDLL:
     return lib
 
 
-def function(name: str, argtypes: list) -> ctypes._CFuncPtr | None:
+def function(name: str, argtypes: list, restype=None) -> ctypes._CFuncPtr | None:
     """Kernel function ``name`` with its signature declared (next to the code that calls it), or None when
     the library is not loaded or lacks it (built from older sources: logged).  Rename a function whenever its
     signature changes, so that a stale build can never be called with the wrong arguments."""
@@ -91,7 +91,7 @@ def function(name: str, argtypes: list) -> ctypes._CFuncPtr | None:
     except AttributeError:
         _missing(name)
         return None
-    fn.restype, fn.argtypes = None, argtypes
+    fn.restype, fn.argtypes = restype, argtypes
     return fn
 
 

@@ -27,7 +27,9 @@ from agent.capture.interface import (
     CaptureError,
     LiveCapture,
     pack_layout,
+    _ring_kernel,
     read_block,
+    read_block_python,
 )
 from agent.util import PrivilegeError, capability_bit, has_capability, missing_capabilities, require
 from lab import REPO, netns
@@ -166,33 +168,69 @@ def fake_block(frames: list[tuple[bytes, int]], block_size: int = 4096, vlan_tci
     return ring
 
 
-def test_block_frames_are_copied_out():
+@pytest.fixture(params=["python", "compiled"])
+def read(request):
+    """Both block readers: the compiled one (agent/native/ring.c) must do exactly what the Python one does."""
+    if request.param == "python":
+        return read_block_python
+    if _ring_kernel() is None:
+        pytest.skip("the compiled kernels are not built here (.ci/run builds them)")
+    return read_block
+
+
+def test_block_frames_are_copied_out(read):
     frames = [(bytes(range(60)), 60), (b"\xab" * 100, 1500)]
-    frames_out = read_block(fake_block(frames), 0, 4096)
-    assert frames_out.data == frames[0][0] + frames[1][0]
+    frames_out = read(fake_block(frames), 0, 4096)
+    assert bytes(frames_out.data) == frames[0][0] + frames[1][0]
     assert frames_out.cap_len.tolist() == [60, 100] and frames_out.wire_len.tolist() == [60, 1500]
     assert frames_out.ts.tolist() == pytest.approx([1_700_000_000.5, 1_700_000_001.5], abs=1e-6)
-    tagged = read_block(fake_block(frames[:1], vlan_tci=0x2007), 0, 4096)
-    assert tagged.data == frames[0][0][:12] + bytes.fromhex("81002007") + frames[0][0][12:]
+    tagged = read(fake_block(frames[:1], vlan_tci=0x2007), 0, 4096)
+    assert bytes(tagged.data) == frames[0][0][:12] + bytes.fromhex("81002007") + frames[0][0][12:]
     assert tagged.cap_len.tolist() == [64] and tagged.wire_len.tolist() == [64]
+    short = read(fake_block([(b"\x01" * 5, 5)], vlan_tci=7), 0, 4096)  # shorter than two MACs: the tag follows it
+    assert bytes(short.data) == b"\x01" * 5 + bytes.fromhex("81000007")
 
 
 @pytest.mark.parametrize(
     "field, value",
     [("num_pkts", 500), ("offset_to_first_pkt", 8), ("offset_to_first_pkt", 4090), ("blk_len", 1 << 20)],
 )
-def test_inconsistent_block_descriptors_are_refused(field, value):
+def test_inconsistent_block_descriptors_are_refused(read, field, value):
     ring = fake_block([(bytes(60), 60)] * 3)
     offset = {name: i * 4 for i, (name, _, _) in enumerate(BLOCK_DESC[:6])}[field]
     ring[offset : offset + 4] = struct.pack("=I", value)
-    assert read_block(ring, 0, 4096) is None
+    assert read(ring, 0, 4096) is None
 
 
-def test_frame_running_past_its_block_is_refused():
+def test_frame_running_past_its_block_is_refused(read):
     ring = fake_block([(bytes(60), 60)])
     snaplen_at = BLOCK_DESC_LEN + 12
     ring[snaplen_at : snaplen_at + 4] = struct.pack("=I", 5000)
-    assert read_block(ring, 0, 4096) is None
+    assert read(ring, 0, 4096) is None
+
+
+def test_compiled_reader_matches_python_on_damaged_blocks():
+    """Random blocks with random bytes overwritten (descriptor and frame headers alike): both readers refuse
+    the same blocks and copy the same frames out of the others."""
+    if _ring_kernel() is None:
+        pytest.skip("the compiled kernels are not built here (.ci/run builds them)")
+    rng = np.random.default_rng(4)
+    outcomes = set()
+    for trial in range(400):
+        frames = [(rng.integers(0, 256, int(rng.integers(1, 300)), dtype=np.uint8).tobytes(), int(rng.integers(1, 2000)))
+                  for _ in range(int(rng.integers(0, 8)))]  # fmt: skip
+        ring = fake_block(frames, vlan_tci=int(rng.integers(0, 65536)) if rng.random() < 0.3 else None)
+        for _ in range(int(rng.integers(0, 4))):
+            at = int(rng.integers(0, 400))
+            ring[at : at + 2] = rng.integers(0, 256, 2, dtype=np.uint8).tobytes()
+        want, got = read_block_python(ring, 0, 4096), read_block(ring, 0, 4096)
+        outcomes.add(want is None)
+        assert (got is None) == (want is None), trial
+        if want is not None:
+            assert bytes(got.data) == bytes(want.data), trial
+            for name in ("ts", "wire_len", "cap_len"):
+                assert np.array_equal(getattr(got, name), getattr(want, name)), (trial, name)
+    assert outcomes == {True, False}, "the damage should refuse some blocks and spare others"
 
 
 # -- options and errors --------------------------------------------------------
