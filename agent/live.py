@@ -15,7 +15,9 @@ packet rate and ``under_attack`` (Home Assistant reads both).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import socket
 import threading
 import time
@@ -52,6 +54,7 @@ except ImportError:  # an agent dependency; without it /metrics lacks CPU and me
 log = logging.getLogger(__name__)
 
 STATUS_LOG_S = 60.0  # a summary line in the log this often: what an operator (or the soak run) reads
+PIPELINE_DEPTH = 4  # sensed batches waiting for the judge: bounds the memory a burst can take
 ATTACK_HOLD_S = 60.0  # "under attack" until this long after the last verdict or packet a rule dropped
 
 
@@ -206,34 +209,98 @@ class LiveAgent:
         self.events.close()
 
     def run(self, stop: threading.Event, reload_request: threading.Event | None = None, reload_config=None) -> None:
+        """Process frames until ``stop`` is set.  On a board with two cores or more the stages run as a pipeline:
+        one thread captures, parses, filters and computes features while the calling thread classifies, decides
+        and acts on the batch before (the compiled kernels, numpy and the interpreter release the GIL)."""
         assert self.capture is not None, "start() first"
-        for frames in self.capture.batches(stop):
-            # The ring hands over every ready block at once (thousands of frames after a burst);
-            # pipeline batches of the profile's size keep the temporaries small.
-            for batch in frames.split(self.profile.batch_size):
-                self.process(batch)
-            self.housekeeping()
-            if reload_request is not None and reload_request.is_set():
-                reload_request.clear()
-                self.reload(reload_config() if reload_config else self.config)
+        if self.profile.cores < 2:
+            for frames in self.capture.batches(stop):
+                # The ring hands over every ready block at once (thousands of frames after a burst);
+                # pipeline batches of the profile's size keep the temporaries small.
+                for batch in frames.split(self.profile.batch_size):
+                    self.process(batch)
+                self._between_batches(reload_request, reload_config)
+        else:
+            self._run_pipelined(stop, reload_request, reload_config)
         # batches() also returns on stop while idle; housekeeping once more
         self.housekeeping(force=True)
+
+    def _run_pipelined(self, stop: threading.Event, reload_request, reload_config) -> None:
+        # Bounded: a slow judge stalls the sensor, the ring then fills and the kernel counts the drops.
+        sensed: queue.Queue = queue.Queue(maxsize=PIPELINE_DEPTH)
+        failure: list[BaseException] = []
+
+        def sensor() -> None:
+            try:
+                for frames in self.capture.batches(stop):
+                    for batch in frames.split(self.profile.batch_size):
+                        item = self.sense(batch)
+                        while item is not None and not stop.is_set():
+                            try:
+                                sensed.put(item, timeout=0.2)
+                                break
+                            except queue.Full:
+                                continue
+            except BaseException as exc:  # handed to the calling thread, which stops the agent with it
+                failure.append(exc)
+            finally:
+                with contextlib.suppress(queue.Full):
+                    sensed.put(None, timeout=1.0)  # the end mark (the judge also stops on ``stop``)
+
+        thread = threading.Thread(target=sensor, name="sensor", daemon=True)
+        thread.start()
+        try:
+            while thread.is_alive() or not sensed.empty():
+                try:
+                    item = sensed.get(timeout=0.2)
+                except queue.Empty:
+                    self._between_batches(reload_request, reload_config)
+                    continue
+                if item is None:
+                    break
+                self.judge(*item)
+                self._between_batches(reload_request, reload_config)
+        finally:
+            stop.set()
+            while thread.is_alive():  # drain, so a sensor blocked on a full queue sees the stop
+                with contextlib.suppress(queue.Empty):
+                    sensed.get(timeout=0.1)
+            thread.join()
+        if failure:
+            raise failure[0]
+
+    def _between_batches(self, reload_request, reload_config) -> None:
+        self.housekeeping()
+        if reload_request is not None and reload_request.is_set():
+            reload_request.clear()
+            self.reload(reload_config() if reload_config else self.config)
 
     # --- the pipeline ----------------------------------------------------------------
 
     def process(self, frames: FrameBatch) -> list[dict]:
+        """One batch through every stage; returns the alerts it raised."""
+        item = self.sense(frames)
+        return self.judge(*item) if item is not None else []
+
+    def sense(self, frames: FrameBatch) -> tuple | None:
+        """parse -> filter -> features: (packets, features), or None when the rules dropped every packet."""
         c = self.counters
         c.frames += len(frames)
         packets = parse_frames(frames, self.decode)
         c.decoded += len(packets)
         with self.lock:
             filtered = self.rules.apply(packets)
-            classifier = self.classifier
         c.filtered += filtered.dropped
         packets = packets.take(filtered.keep)
         if not len(packets):
-            return []
-        feats = self.features.update(packets)
+            return None
+        return packets, self.features.update(packets)
+
+    def judge(self, packets, feats: np.ndarray) -> list[dict]:
+        """model -> decide -> act/report for sensed packets; returns the alerts raised."""
+        c = self.counters
+        with self.lock:
+            classifier = self.classifier
         scores = classifier.predict_scores(feats, packet_classes(packets, feats))
         labels = scores.argmax(axis=1)
         c.classified += len(packets)
