@@ -4,8 +4,9 @@ Each header is declared once, in agent/capture/headers.py, as a table of
 fields (name, format, default) shared with the synthesiser.  ``_read`` gathers
 the whole header of every frame that has one with a single numpy fancy-index
 (frame offset + header position + 0..size-1) and slices the fields out of that
-block at the table's offsets; frames without the header read 0.  There is no per-packet Python loop: the only
-loops are over VLAN tags (2 rounds) and IPv6 extension headers (a few
+block at the table's offsets; frames without the header read 0 (when agent/native is
+built, its compiled reader does the same in one pass, given the table's offsets and widths).
+There is no per-packet Python loop: the only loops are over VLAN tags (2 rounds) and IPv6 extension headers (a few
 rounds), each vectorised over the batch.
 
 Link layers (``LINK_LAYERS``): Ethernet, Linux cooked v1/v2 (SLL, SLL2:
@@ -56,9 +57,11 @@ bad_frame_bounds (a FrameBatch whose offsets point outside its buffer).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
+from agent import native
 from agent.capture.headers import (
     ARP,
     ETHERNET,
@@ -115,8 +118,13 @@ def _read(header: Header, buf: np.ndarray, start: np.ndarray, present: np.ndarra
     """Every field of ``header`` for all frames: read at ``buf[start]`` where ``present``, 0 elsewhere.
 
     The caller guarantees ``start + header.size`` bytes are captured wherever ``present`` is set.
-    Integer fields come back as int64, 8-byte fields and MACs as uint64.
+    Integer fields come back as int64, 8-byte fields and MACs as uint64.  The compiled reader
+    (agent/native/capture.c) runs when it is built; the numpy gather below is its fallback and the
+    tests hold the two to the same columns.
     """
+    out = _read_native(header, buf, start, present)
+    if out is not None:
+        return out
     rows = np.flatnonzero(present)
     block = buf[start[rows, None] + np.arange(header.size)]  # (rows, size) uint8: one gather
     out = {}
@@ -125,6 +133,48 @@ def _read(header: Header, buf: np.ndarray, start: np.ndarray, present: np.ndarra
         column[rows] = _big_endian(block[:, offset : offset + width])
         out[name] = column
     return out
+
+
+# iotguard_read_header_fields (agent/native/capture.c): buf, buf_len, n, start, present, nfields, offsets, widths,
+# size, out (nfields, n), status.
+_READ_SIGNATURE = [native.u8, native.n, native.n, native.i64, native.u8, native.n, native.i64, native.i64,
+                   native.n, native.i64, native.i64]
+
+
+@cache
+def _span_arrays(header: Header) -> tuple[np.ndarray, np.ndarray]:
+    """The offsets and widths of ``header``'s fields, as the compiled reader takes them."""
+    return (np.array([offset for _, offset, _ in header.spans], dtype=np.int64),
+            np.array([width for _, _, width in header.spans], dtype=np.int64))
+
+
+def _read_native(header: Header, buf: np.ndarray, start: np.ndarray, present: np.ndarray) -> dict | None:
+    """``_read`` through the compiled reader, or None (not built, arrays it does not take, a frame out of bounds:
+    the numpy gather then runs and behaves as it always has)."""
+    kernel = native.function("iotguard_read_header_fields", _READ_SIGNATURE)
+    if kernel is None:
+        return None
+    n = len(start)
+    plain = (buf.dtype == np.uint8 and buf.ndim == 1 and buf.flags.c_contiguous and start.dtype == np.int64
+             and start.ndim == 1 and start.flags.c_contiguous and present.dtype == bool and present.shape == (n,))
+    if not plain:
+        return None
+    offsets, widths = _span_arrays(header)
+    if not present.any():  # nothing to read: every field 0
+        out = np.zeros((len(offsets), n), dtype=np.int64)
+        return _columns(header, out)
+    out = np.empty((len(offsets), n), dtype=np.int64)
+    status = np.ones(1, dtype=np.int64)
+    kernel(buf, len(buf), n, start, np.ascontiguousarray(present).view(np.uint8), len(offsets), offsets, widths,
+           header.size, out, status)
+    if status[0] != 0:
+        return None
+    return _columns(header, out)
+
+
+def _columns(header: Header, out: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows of the reader's (fields, n) output by field name: uint64 for 8-byte fields and MACs, else int64."""
+    return {name: out[k].view(np.uint64) if width > 4 else out[k] for k, (name, _, width) in enumerate(header.spans)}
 
 
 def _big_endian(columns: np.ndarray) -> np.ndarray:
@@ -184,6 +234,14 @@ SLL_RECEIVED = (0, 1, 2, 3)  # to us, broadcast, multicast, to another host (4: 
 MIN_ETHERTYPE = 0x0600  # smaller SLL protocols are Linux pseudo-protocols (802.3, 802.2 LLC, CAN, ...)
 FAMILY_ETHERTYPE = {2: ETHERTYPE_IPV4, 24: ETHERTYPE_IPV6, 28: ETHERTYPE_IPV6, 30: ETHERTYPE_IPV6}  # AF_INET,
 # AF_INET6 on NetBSD/OpenBSD, FreeBSD, macOS
+
+
+def _one_of(values: np.ndarray, choices: tuple[int, ...]) -> np.ndarray:
+    """``np.isin(values, choices)`` for a few integer choices, without isin's set machinery (called per batch)."""
+    out = values == choices[0]
+    for choice in choices[1:]:
+        out |= values == choice
+    return out
 
 
 def _extension_size(kind: np.ndarray, length: np.ndarray) -> np.ndarray:
@@ -246,7 +304,7 @@ def _decode_vlan_tags(
     """Step over up to two VLAN tags: the inner EtherType, where L3 starts, and the outermost tag's id (-1: none)."""
     vlan = np.full(len(l3), -1, dtype=np.int64)
     for _ in range(MAX_VLAN_TAGS):
-        tagged = drops.alive & np.isin(ethertype, VLAN_TPIDS)
+        tagged = drops.alive & _one_of(ethertype, VLAN_TPIDS)
         if not tagged.any():
             break
         drops.drop(tagged & (l3 + VLAN_TAG.size > end), "truncated_ethernet")
@@ -278,7 +336,7 @@ def _decode_l4(buf: np.ndarray, ip: dict, end: np.ndarray, drops: _Drops) -> dic
     tcp = _read(TCP, buf, l4, is_tcp)
     udp = _read(UDP, buf, l4, is_udp)
     # A truncated ICMP header is no reason to skip the packet: its type is then unknown (-1).
-    is_icmp = has_l4 & drops.alive & np.isin(proto, (IP_PROTO_ICMP, IP_PROTO_ICMPV6)) & (l4_room >= ICMP_TYPE.size)
+    is_icmp = has_l4 & drops.alive & _one_of(proto, (IP_PROTO_ICMP, IP_PROTO_ICMPV6)) & (l4_room >= ICMP_TYPE.size)
     icmp = _read(ICMP_TYPE, buf, l4, is_icmp)
     is_gre = has_l4 & drops.alive & (proto == IP_PROTO_GRE) & (l4_room >= GRE.size)
     gre = _read(GRE, buf, l4, is_gre)
@@ -318,8 +376,11 @@ def _packet_batch(
     dst_lo = np.select([ipv4_like, is6], [IPV4_MAPPED_LO_PREFIX | dst_v4, ip6["dst_lo"]], link["dst_mac"])
     tcp = l4["tcp"]
 
+    everything = len(keep) == len(frames)  # nothing dropped: the columns need no gather, only a copy
+
     def column(values: np.ndarray, dtype: type) -> np.ndarray:
-        return np.asarray(values)[keep].astype(dtype)
+        values = np.asarray(values)
+        return values.astype(dtype) if everything else values[keep].astype(dtype)
 
     return PacketBatch(
         index=column(frames.index, np.int64),
@@ -476,7 +537,7 @@ def _decode_ipv6(buf: np.ndarray, l3: np.ndarray, end: np.ndarray, is6: np.ndarr
     pos = l3 + IPV6.size
     frag = np.zeros(len(l3), dtype=bool)
     for _ in range(MAX_IPV6_EXTENSIONS):
-        chain = is6 & drops.alive & ~frag & np.isin(next_header, IPV6_EXTENSIONS)
+        chain = is6 & drops.alive & ~frag & _one_of(next_header, IPV6_EXTENSIONS)
         if not chain.any():
             break
         drops.drop(chain & (pos + IPV6_EXTENSION.size > np.minimum(end, ip_end)), "truncated_ip")

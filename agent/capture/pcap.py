@@ -1,8 +1,9 @@
 """Read pcap and pcapng capture files as FrameBatch objects; write classic pcap.
 
-Pure Python + numpy.  ``read_capture`` checks the file header at call time (a
-file that is not a capture raises ``CaptureFormatError`` before anything is
-yielded) and returns an iterator of ``FrameBatch``.  Everything wrong *inside*
+Python + numpy; the classic pcap record walk runs compiled when agent/native is built
+(agent/native/capture.c, ``_walk_records``), with the Python loop as its fallback.
+``read_capture`` checks the file header at call time (a file that is not a capture raises
+``CaptureFormatError`` before anything is yielded) and returns an iterator of ``FrameBatch``.  Everything wrong *inside*
 a capture (truncated or corrupt records, unknown blocks, link types the
 parser does not read) is counted in ``DecodeStats`` under a reason and
 skipped; reading goes on wherever the file structure still allows it.  Every
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent import native
 from agent.capture.packets import LINKTYPE_ETHERNET, SUPPORTED_LINKTYPES, DecodeStats, FrameBatch
 
 log = logging.getLogger(__name__)
@@ -219,7 +221,8 @@ def _locate_records(data: bytes, endian: str) -> tuple[np.ndarray, int]:
     """Start positions of the complete records in ``data`` and the position after the last one.
 
     This is the one per-record Python loop: each record's position depends on the previous
-    record's length.  It reads only the captured-length field (about 8 M records/s).
+    record's length.  It reads only the captured-length field (about 8 M records/s).  The fallback of
+    the compiled walk (``_walk_records``).
     """
     cap_len_at = struct.Struct(endian + "I").unpack_from
     starts = array("q")
@@ -236,9 +239,47 @@ def _locate_records(data: bytes, endian: str) -> tuple[np.ndarray, int]:
     return np.frombuffer(starts, dtype=np.int64), pos
 
 
+# The record header's fields as the walk returns them (all 4-byte unsigned, PCAP_RECORD_HEADER).
+RECORD_FIELDS = ("ts_sec", "ts_frac", "cap_len", "wire_len")
+_RECORD_FIELD_AT = np.array([layout_dtype(PCAP_RECORD_HEADER, "<").fields[name][1] for name in RECORD_FIELDS])
+assert all(fmt == "I" for name, fmt, _ in PCAP_RECORD_HEADER if name in RECORD_FIELDS)
+# iotguard_pcap_records (agent/native/capture.c): the same walk as _locate_records, header fields included.
+_RECORDS_SIGNATURE = [native.u8, native.n, native.i32, native.n, native.i64, native.n, native.n,
+                      native.i64, native.i64, native.i64, native.i64, native.i64, native.i64]
+
+
+def _walk_records(data: bytes, buf: np.ndarray, endian: str) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+    """The complete, sane records at the start of ``data`` (``buf``: the same bytes as uint8).
+
+    Returns their start positions, their header fields (int64, ``RECORD_FIELDS``) and where the walk
+    stopped: after the last record, or at the first record whose captured length exceeds MAX_FRAME_LEN
+    (a corrupt header: the caller stops there).  The compiled walk runs when it is built; this loop is the
+    fallback, and the tests hold the two to the same results.
+    """
+    kernel = native.function("iotguard_pcap_records", _RECORDS_SIGNATURE)
+    if kernel is not None:
+        capacity = len(data) // PCAP_RECORD_HEADER_LEN  # every record takes at least its header
+        columns = np.empty((1 + len(RECORD_FIELDS), capacity), dtype=np.int64)
+        result = np.zeros(3, dtype=np.int64)
+        kernel(buf, len(data), int(endian == ">"), PCAP_RECORD_HEADER_LEN, _RECORD_FIELD_AT, MAX_FRAME_LEN,
+               capacity, *columns, result)
+        if result[2] == 0:
+            count = int(result[0])
+            fields = {name: columns[1 + k, :count] for k, name in enumerate(RECORD_FIELDS)}
+            return columns[0, :count], fields, int(result[1])
+    starts, end = _locate_records(data, endian)
+    record = layout_dtype(PCAP_RECORD_HEADER, endian)
+    hdr = buf[starts[:, None] + np.arange(PCAP_RECORD_HEADER_LEN)].view(record).reshape(-1)
+    fields = {name: hdr[name].astype(np.int64) for name in RECORD_FIELDS}
+    absurd = np.flatnonzero(fields["cap_len"] > MAX_FRAME_LEN)
+    if len(absurd):
+        cut = int(absurd[0])
+        end = int(starts[cut])
+        starts, fields = starts[:cut], {name: column[:cut] for name, column in fields.items()}
+    return starts, fields, end
+
+
 def _read_pcap(path: Path, header: _PcapHeader, batch_size: int, stats: DecodeStats) -> Iterator[FrameBatch]:
-    record = layout_dtype(PCAP_RECORD_HEADER, header.endian)
-    header_bytes = np.arange(PCAP_RECORD_HEADER_LEN)
     cap_len_at = struct.Struct(header.endian + "I").unpack_from
     snap_limit = _snap_limit(header.snaplen)
     supported = header.linktype in SUPPORTED_LINKTYPES
@@ -249,33 +290,28 @@ def _read_pcap(path: Path, header: _PcapHeader, batch_size: int, stats: DecodeSt
         while True:
             chunk = f.read(CHUNK_SIZE)
             data = tail + chunk if tail else chunk
-            starts, end = _locate_records(data, header.endian)
             buf = np.frombuffer(data, dtype=np.uint8)
-            hdr = buf[starts[:, None] + header_bytes].view(record).reshape(-1)
-            cap = hdr["cap_len"].astype(np.int64)
+            starts, fields, end = _walk_records(data, buf, header.endian)
             # A record whose captured length is absurd means the header is garbage; nothing after
-            # it can be trusted (there is no marker to resync on), so stop there.
-            absurd = np.flatnonzero(cap > MAX_FRAME_LEN)
-            corrupt = len(absurd) > 0 or (
-                end + PCAP_RECORD_HEADER_LEN <= len(data) and cap_len_at(data, end + 8)[0] > MAX_FRAME_LEN
-            )
-            if len(absurd):
-                hdr, cap, starts = hdr[: absurd[0]], cap[: absurd[0]], starts[: absurd[0]]
+            # it can be trusted (there is no marker to resync on), so the walk stops there, and so do we.
+            corrupt = end + PCAP_RECORD_HEADER_LEN <= len(data) and cap_len_at(data, end + 8)[0] > MAX_FRAME_LEN
+            cap, wire = fields["cap_len"], fields["wire_len"]
             n = len(starts)
             index = np.arange(next_index, next_index + n, dtype=np.int64)
             next_index += n
-            wire = hdr["wire_len"].astype(np.int64)
             keep = (cap <= snap_limit) & (cap <= wire)
             stats.add("bad_record_length", n - int(keep.sum()))
             if not supported:
                 stats.add(f"unsupported_linktype:{header.linktype}", int(keep.sum()))
                 keep[:] = False
-            if keep.any():
-                ts = hdr["ts_sec"].astype(np.float64) + hdr["ts_frac"] / header.units_per_second
-                kept = int(keep.sum())
+            kept = int(keep.sum())
+            if kept:
+                ts = fields["ts_sec"].astype(np.float64) + fields["ts_frac"] / header.units_per_second
+                if kept < n:  # (nearly always every record is kept: no gather then)
+                    index, ts, wire, cap, starts = index[keep], ts[keep], wire[keep], cap[keep], starts[keep]
                 yield from _batches(
-                    buf, index[keep], ts[keep], wire[keep], cap[keep],
-                    starts[keep] + PCAP_RECORD_HEADER_LEN, np.full(kept, header.linktype), batch_size,
+                    buf, index, ts, wire, cap, starts + PCAP_RECORD_HEADER_LEN, np.full(kept, header.linktype),
+                    batch_size,
                 )
             if corrupt:
                 stats.add("corrupt_record")
