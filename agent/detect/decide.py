@@ -27,6 +27,7 @@ rules and how their hot packets become convictions live in ``agent.detect.rules`
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -45,7 +46,7 @@ from agent.detect.rules import (
     scan_rule,
     shape_fits,
 )
-from agent.detect.tracked import N_CLASSES, Tracked
+from agent.detect.tracked import N_CLASSES, Tracked, argsort_keys
 from agent.features.decayed_sums import Segments
 from agent.features.stream_table import StreamTable
 from agent.report import iso_time
@@ -139,6 +140,28 @@ def _attempt_key(src_hi, src_lo, dst_hi, dst_lo, dport) -> np.ndarray:
     return hash_words(13, src_lo, dst_hi ^ src_hi, dst_lo, np.asarray(dport).astype(np.uint64))
 
 
+def _columns(*columns: np.ndarray) -> np.ndarray:
+    """``np.column_stack(columns)`` as float64 (C-contiguous: what the tables' compiled sums read), filled in place."""
+    widths = [1 if col.ndim == 1 else col.shape[1] for col in columns]
+    out = np.empty((len(columns[0]), sum(widths)))
+    at = 0
+    for col, width in zip(columns, widths):
+        out[:, at : at + width] = col if col.ndim == 2 else col[:, None]
+        at += width
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _ip_text(hi: int, lo: int) -> str:
+    """``format_ip`` of Python ints, remembered: verdicts name the same victims again and again."""
+    return format_ip(hi, lo)
+
+
+@lru_cache(maxsize=4096)
+def _mac_text(mac: int) -> str:
+    return format_mac(mac)
+
+
 def _first_per_source_and_class(verdicts: list[Verdict]) -> list[Verdict]:
     """In time order; of a source's verdicts of one class from several tables (source, pair, initiator) in one
     batch, the earliest."""
@@ -168,9 +191,10 @@ class _Chunk:
     new_source: np.ndarray | None = None  # from a source seen for the first time (targets)
     verdicts: list[Verdict] = field(default_factory=list)
 
-    @property
+    @cached_property
     def shaped(self) -> np.ndarray:
-        return self.shape.sum(axis=1) > 0  # of one of the shapes a flood can have
+        """Of one of the shapes a flood can have (a row of ``shape`` not all zero)."""
+        return np.logical_or.reduce([getattr(self.ev, name) for name in Evidence.SHAPES])
 
 
 class DecisionLayer:
@@ -284,7 +308,7 @@ class DecisionLayer:
         # Fresh: through a socket pair fresh for it, or with TCP numbers no stream of the pair would carry.
         fresh = c.ev.new_socket | self._out_of_sequence(packets, c.ev.ack & ~c.ev.new_socket)
         id_jump = self._ip_id_jumps(packets, c.ev.udp & ~c.ev.new_socket & (packets.l3 == L3_IPV4))
-        extra = np.column_stack([c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst])
+        extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst)
         srcs = self.sources.update(c.src_key, packets.ts, c.scores, extra)
         rules = [
             (model_rule(srcs, cfg, self.sources), "model"),
@@ -294,7 +318,7 @@ class DecisionLayer:
         if self.anomaly_enabled:
             rules.append((anomaly_rule(srcs, self.sources, cfg), "anomaly"))
         turned, at = convict(self.sources, srcs, cfg, rules)
-        c.verdicts += [self._source_verdict(packets, srcs, s, p) for s, p in zip(turned, at)]
+        c.verdicts += self._source_verdicts(packets, srcs, turned, at)
         labels = self.sources.per_packet(srcs, srcs["convicted"])
 
         # Pairs: the model's flood classes (scans are judged by source) for sources not convicted of the class
@@ -320,7 +344,7 @@ class DecisionLayer:
         heavy = rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
         c.light_src = ~self.sources.per_packet(srcs, heavy)
         c.new_source = self.sources.per_packet(srcs, fresh).astype(bool)
-        textra = np.column_stack([c.shape, c.ev.new_socket, c.new_source, c.light_src]).astype(np.float64)
+        textra = _columns(c.shape, c.ev.new_socket, c.new_source, c.light_src)
         tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64))
         tgts = self.targets.update(tgt_key, packets.ts, c.scores, textra)
         tx = self.TARGET_EXTRAS
@@ -360,8 +384,8 @@ class DecisionLayer:
         init_key[~own] = hash_words(11, packets.dst_ip_hi[answer], packets.dst_ip_lo[answer],
                                     packets.l3[answer].astype(np.uint64))  # fmt: skip
         # INITIATOR_EXTRAS, in order.
-        columns = np.column_stack([p_probe, ev.answer[rows] & ~own, p_probe & c.full_options[rows], p_reset,
-                                   ev.refusal[rows] & ~own, p_udp, p_new_sport]).astype(float)  # fmt: skip
+        columns = _columns(p_probe, ev.answer[rows] & ~own, p_probe & c.full_options[rows], p_reset,
+                           ev.refusal[rows] & ~own, p_udp, p_new_sport)  # fmt: skip
         inits = self.initiators.update(init_key, packets.ts[rows], None, columns)
         # A lone probe convicts while bare probes arrive slowly, as scanning bots come by one at a time, and not
         # at a flooded target (a spoofed flood of bare SYNs, at one target or at random ones, with random source
@@ -379,7 +403,7 @@ class DecisionLayer:
         tipped = rows[inits["order"][at_i]]
         keep = is_own[at_i] & (labels[tipped] < 0)
         self._claim(srcs, tipped[keep], inits["attack"][at_i][keep])
-        c.verdicts += [self._source_verdict(packets, inits, s, p, rows) for s, p in zip(turned_i[keep], at_i[keep])]
+        c.verdicts += self._source_verdicts(packets, inits, turned_i[keep], at_i[keep], rows)
         scan_labels = self.initiators.per_packet(inits, np.where(is_probe, inits["convicted"], -1))
         labels[rows] = np.where(labels[rows] >= 0, labels[rows], scan_labels)
         self.initiators.store(inits)
@@ -394,7 +418,7 @@ class DecisionLayer:
         if not len(rows):
             return
         links = self.links.update(packets.src_mac[rows], packets.ts[rows], c.scores[rows],
-                                  np.column_stack([c.shape[rows], c.new_source[rows]]))  # fmt: skip
+                                  _columns(c.shape[rows], c.new_source[rows]))  # fmt: skip
         # Below a header flood's rate, the model's flood classes for what mostly comes from never-seen sources
         # (a slow spoofed flood at a subnet; internet scanners' probes are no flood class).
         hot_m, lab_m, conf_m = model_rule(links, cfg, floods_only=True)
@@ -402,7 +426,7 @@ class DecisionLayer:
         rules_l = [(flood_rule(links, self.links, cfg, one_source=False), "headers"),
                    ((hot_m & spoofed_l, lab_m, conf_m), "model")]  # fmt: skip
         turned_l, at_l = convict(self.links, links, cfg, rules_l)
-        c.verdicts += [self._link_verdict(packets, links, s, p, rows) for s, p in zip(turned_l, at_l)]
+        c.verdicts += self._link_verdicts(packets, links, turned_l, at_l, rows)
         link_class = self.links.per_packet(links, links["convicted"])
         flood_labels[rows] = np.where(flood_labels[rows] < 0, link_class, flood_labels[rows])
         labels[rows] = np.where(labels[rows] < 0, link_class, labels[rows])
@@ -454,7 +478,7 @@ class DecisionLayer:
         prs = self.pairs.update(key, packets.ts[rows], scores[rows], extra[rows, : len(self.PAIR_EXTRAS)])
         turned_p, at_p = convict(self.pairs, prs, cfg, [(model_rule(prs, cfg, self.pairs, floods_only=True), "model")])
         self._claim(srcs, rows[prs["order"][at_p]], prs["attack"][at_p])
-        verdicts += [self._source_verdict(packets, prs, s, p, rows) for s, p in zip(turned_p, at_p)]
+        verdicts += self._source_verdicts(packets, prs, turned_p, at_p, rows)
         labels[rows] = np.where(labels[rows] >= 0, labels[rows], self.pairs.per_packet(prs, prs["convicted"]))
         self.pairs.store(prs)
 
@@ -478,13 +502,12 @@ class DecisionLayer:
         self.ip_ids.t_last[slots] = packets.ts[idx][seg.last]
         return out
 
-    @staticmethod
-    def _by_socket_pair(packets: PacketBatch, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, Segments]:
+    def _by_socket_pair(self, packets: PacketBatch, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, Segments]:
         """``idx`` and their socket pairs' keys sorted by socket pair (time order within each), and the segments."""
         p = packets
         ports = (p.sport[idx].astype(np.uint64) << np.uint64(16)) | p.dport[idx].astype(np.uint64)
         key = hash_words(15, p.src_ip_lo[idx], p.dst_ip_hi[idx] ^ p.src_ip_hi[idx], p.dst_ip_lo[idx], ports)
-        order = np.argsort(key, kind="stable")
+        order = argsort_keys(key, self.sources._sort)
         return idx[order], key[order], Segments.from_sorted(key[order])
 
     def _out_of_sequence(self, packets: PacketBatch, ack: np.ndarray) -> np.ndarray:
@@ -527,8 +550,7 @@ class DecisionLayer:
         """Per packet: an opener to a (source, destination, destination port) not seen before (bounded memory)."""
         return self._first_seen(self.attempts, packets, opener, "dport")
 
-    @staticmethod
-    def _first_seen(table: StreamTable, packets: PacketBatch, which: np.ndarray, port: str) -> np.ndarray:
+    def _first_seen(self, table: StreamTable, packets: PacketBatch, which: np.ndarray, port: str) -> np.ndarray:
         """Per packet (of ``which``): the first with its (source, destination, ``port``) in ``table`` (bounded
         memory: LRU eviction).  Keys are hashed for ``which`` only: on the hot path most packets are neither."""
         out = np.zeros(len(packets), dtype=bool)
@@ -537,41 +559,73 @@ class DecisionLayer:
             return out
         p = packets
         keys = _attempt_key(p.src_ip_hi[idx], p.src_ip_lo[idx], p.dst_ip_hi[idx], p.dst_ip_lo[idx], getattr(p, port)[idx])
-        uniq, first = np.unique(keys, return_index=True)
+        # np.unique(keys, return_index=True): the sorted distinct keys and where each first occurs.
+        order = argsort_keys(keys, self.sources._sort)
+        sorted_keys = keys[order]
+        distinct = np.ones(len(keys), dtype=bool)
+        distinct[1:] = sorted_keys[1:] != sorted_keys[:-1]
+        uniq, first = sorted_keys[distinct], order[distinct]
         _, is_new = table.lookup(uniq, p.ts[idx][first])
         out[idx[first[is_new]]] = True
         return out
 
-    def _common(self, r: dict, seg_id: int, pos: int) -> dict:
-        end = r["seg"].last[seg_id]
-        return dict(
-            label=VERDICT_LABELS[int(r["attack"][pos])],
-            confidence=float(r["conf"][pos]),
-            packets=int(r["count"][end]),
-            first_seen=float(r["episode"][pos]),  # the start of this episode of the key's traffic
-            last_seen=float(r["t"][end]),
-            decided_at=float(r["t"][pos]),
-            basis=r["basis_names"][int(r["basis"][pos])],
-        )
+    @staticmethod
+    def _common(r: dict, seg_ids: np.ndarray, at: np.ndarray) -> list[dict]:
+        """The fields every verdict has, for the verdicts of ``r`` at segments ``seg_ids``, packets ``at`` (key
+        order), read off the arrays for all of them at once."""
+        seg = r["seg"]
+        end = seg.start[seg_ids] + seg.length[seg_ids] - 1
+        names = r["basis_names"]
+        rows = zip(r["attack"][at].tolist(), r["conf"][at].tolist(), r["count"][end].tolist(),
+                   r["episode"][at].tolist(), r["t"][end].tolist(), r["t"][at].tolist(), r["basis"][at].tolist())
+        return [
+            dict(
+                label=VERDICT_LABELS[attack],
+                confidence=conf,
+                packets=int(count),
+                first_seen=first,  # the start of this episode of the key's traffic
+                last_seen=last,
+                decided_at=decided,
+                basis=names[basis],
+            )
+            for attack, conf, count, first, last, decided, basis in rows
+        ]
 
-    def _source_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int, rows=None) -> Verdict:
-        """``rows``: where the packets ``r`` was updated with sit in ``packets`` (None: all of them)."""
-        i = int(r["order"][pos]) if rows is None else int(rows[r["order"][pos]])
-        return Verdict(
-            kind="source",
-            src_ip=format_ip(packets.src_ip_hi[i], packets.src_ip_lo[i]),
-            src_mac=format_mac(packets.src_mac[i]),
-            src_port=int(packets.sport[i]) if packets.port_kind[i] == PORT_NUMBER else None,
-            victim_ip=format_ip(packets.dst_ip_hi[i], packets.dst_ip_lo[i]),
-            victim_port=int(packets.dport[i]) if packets.port_kind[i] == PORT_NUMBER else None,
-            proto=int(packets.proto[i]),
-            **self._common(r, seg_id, pos),
-        )
+    def _source_verdicts(self, packets: PacketBatch, r: dict, seg_ids: np.ndarray, at: np.ndarray, rows=None) -> list:
+        """Source verdicts of ``r`` at segments ``seg_ids``, packets ``at`` (key order).  ``rows``: where the packets
+        ``r`` was updated with sit in ``packets`` (None: all of them)."""
+        if not len(at):
+            return []
+        i = r["order"][at] if rows is None else rows[r["order"][at]]
+        p = packets
+        ported = (p.port_kind[i] == PORT_NUMBER).tolist()
+        fields = zip(p.src_ip_hi[i].tolist(), p.src_ip_lo[i].tolist(), p.src_mac[i].tolist(), p.sport[i].tolist(),
+                     p.dst_ip_hi[i].tolist(), p.dst_ip_lo[i].tolist(), p.dport[i].tolist(), p.proto[i].tolist(), ported,
+                     self._common(r, seg_ids, at))  # fmt: skip
+        return [
+            Verdict(
+                kind="source",
+                src_ip=_ip_text(src_hi, src_lo),
+                src_mac=_mac_text(mac),
+                src_port=int(sport) if has_ports else None,
+                victim_ip=_ip_text(dst_hi, dst_lo),
+                victim_port=int(dport) if has_ports else None,
+                proto=int(proto),
+                **common,
+            )
+            for src_hi, src_lo, mac, sport, dst_hi, dst_lo, dport, proto, has_ports, common in fields
+        ]
 
-    def _link_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int, rows: np.ndarray) -> Verdict:
-        i = int(rows[r["order"][pos]])
-        return Verdict(kind="spoofed", src_mac=format_mac(packets.src_mac[i]), proto=int(packets.proto[i]),
-                       **self._common(r, seg_id, pos))
+    def _link_verdicts(self, packets: PacketBatch, r: dict, seg_ids: np.ndarray, at: np.ndarray,
+                       rows: np.ndarray) -> list:
+        if not len(at):
+            return []
+        i = rows[r["order"][at]]
+        return [
+            Verdict(kind="spoofed", src_mac=_mac_text(mac), proto=int(proto), **common)
+            for mac, proto, common in zip(packets.src_mac[i].tolist(), packets.proto[i].tolist(),
+                                          self._common(r, seg_ids, at))
+        ]
 
     def _target_verdict(self, packets: PacketBatch, r: dict, seg_id: int, pos: int) -> Verdict:
         i = int(r["order"][pos])
@@ -584,5 +638,5 @@ class DecisionLayer:
             victim_ip=format_ip(packets.dst_ip_hi[i], packets.dst_ip_lo[i]),
             victim_port=int(ports[0]) if len(ports) == 1 and ports[0] >= 0 else None,
             proto=int(packets.proto[i]),
-            **self._common(r, seg_id, pos),
+            **self._common(r, np.array([seg_id]), np.array([pos]))[0],
         )

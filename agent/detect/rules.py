@@ -33,16 +33,26 @@ _PROBE_SHAPES = [Evidence.SHAPES.index(name) for name in ("syn_only", "ack", "po
 Rule = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
+def _argmax_rows(a: np.ndarray, skip: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``a.argmax(axis=1)`` and the maxima (the first column of the maximum), column by column (the tables' columns
+    are contiguous: ``Tracked.update``).  Column ``skip`` counts as -1 (below every score or share)."""
+    best = np.zeros(len(a), dtype=np.int64)
+    value = a[:, 0].copy() if skip != 0 else np.full(len(a), -1.0)
+    for j in range(1, a.shape[1]):
+        if j == skip:
+            continue
+        column = a[:, j]
+        np.copyto(best, j, where=column > value)
+        np.maximum(value, column, out=value)
+    return best, value
+
+
 def model_rule(r: dict, cfg: DecisionConfig, t: "Tracked | None" = None, floods_only: bool = False) -> Rule:
     """The key's recent average score of its best attack class.  ``floods_only``: a target is flooded, never
     "scanned" (scanners are judged by source).  With a table ``t`` that tracks the packets' shapes, the class
     comes from the headers where one shape dominates (``_closest_by_shape``)."""
-    avg = r["avg"]
-    if floods_only:
-        avg = avg.copy()
-        avg[:, _SCAN - 1] = -1.0
-    best = avg.argmax(axis=1)
-    attack, conf = 1 + best, avg[np.arange(len(avg)), best]
+    best, conf = _argmax_rows(r["avg"], skip=_SCAN - 1 if floods_only else None)
+    attack = 1 + best
     hot = (r["weight"] >= cfg.min_packets) & (conf >= cfg.threshold)
     if t is not None and "sweep" in t.extras:
         attack = _closest_by_shape(r, t, attack, floods_only)
@@ -119,8 +129,7 @@ def flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: bool) -> 
     not tried before) are a scan."""
     shares = r["shares"]
     shape_share = shares[:, : len(Evidence.SHAPES)]
-    shape = shape_share.argmax(axis=1)
-    share = shape_share[np.arange(len(shape)), shape]
+    shape, share = _argmax_rows(shape_share)
     rst = shares[:, t.extras.index("rst")] if "rst" in t.extras else np.zeros(len(shape))
     kept = np.maximum(1.0 - rst, 1e-9)  # the share of the key's packets that are no RSTs
     share = np.minimum(share / kept, 1.0)
@@ -225,14 +234,23 @@ def convict(t: Tracked, r: dict, cfg: DecisionConfig, rules: list[tuple[Rule, st
     reported = state[:, col["reported"]].astype(np.int64)  # bit c: class c already reported for this key
     pos = np.arange(len(hot))
     seg_ids, positions = [], []
+    hot_at = np.flatnonzero(hot)  # only hot packets can convict
+    hot_seg, hot_attack = seg.ids[hot_at], attack[hot_at]
     for c in range(1, len(VERDICT_LABELS)):
-        cand = hot & (attack == c) & ((reported[seg.ids] >> c) & 1 == 0)
+        of_class = hot_attack == c
+        if not of_class.any():
+            continue
+        cand_seg, cand_at = hot_seg[of_class], hot_at[of_class]
+        ok = (reported[cand_seg] >> c) & 1 == 0
         if c == _ANOMALY:  # a key convicted of an attack class is not also reported as anomalous
-            cand &= (reported[seg.ids] & ((1 << _ANOMALY) - 2)) == 0
-        if cand.any():
-            sid, first = np.unique(seg.ids[cand], return_index=True)
+            ok &= (reported[cand_seg] & ((1 << _ANOMALY) - 2)) == 0
+        cand_seg, cand_at = cand_seg[ok], cand_at[ok]
+        if len(cand_seg):
+            # Each key's first candidate (key order: segment ids ascend, packets in time order within each).
+            first = np.flatnonzero(np.concatenate(([True], cand_seg[1:] != cand_seg[:-1])))
+            sid = cand_seg[first]
             seg_ids.append(sid)
-            positions.append(pos[cand][first])
+            positions.append(cand_at[first])
             reported[sid] |= 1 << c
     sids = np.concatenate(seg_ids) if seg_ids else np.zeros(0, np.int64)
     at = np.concatenate(positions) if positions else np.zeros(0, np.int64)
