@@ -194,6 +194,9 @@ class SqliteConnection:
         self._db.close()
 
 
+MANY_PARAMETERS = 50  # above this a statement's values are bound by ``PostgresConnection._bound``
+
+
 @functools.lru_cache(maxsize=512)
 def _pyformat(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")  # no '?' in the store's literals
@@ -212,6 +215,8 @@ class PostgresConnection:
 
         self._psycopg = psycopg
         self._url = url
+        self._tx: Any = None  # the adapters binding values into long statements (``_bound``), of connection _tx_of
+        self._tx_of: Any = None
         self._db = self._connect()
 
     def _connect(self) -> Any:
@@ -234,8 +239,28 @@ class PostgresConnection:
         return self._db.info.transaction_status in (status.INTRANS, status.INERROR, status.ACTIVE)
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
-        cursor = (self._db if self.in_transaction else self._usable()).cursor(row_factory=_rows)
+        db = self._db if self.in_transaction else self._usable()
+        cursor = db.cursor(row_factory=_rows)
+        if len(args) > MANY_PARAMETERS:
+            return cursor.execute(self._bound(db, sql, args))
         return cursor.execute(_pyformat(sql), tuple(args))  # () too: "%%" is unescaped only with parameters
+
+    def _bound(self, db: Any, sql: str, args: Sequence[Any]) -> bytes:
+        """A statement with many parameters (a multi-row INSERT or VALUES list) with its values bound in, as
+        psycopg's client-side binding does (the same literals), but split on '?' once: psycopg caches the
+        parsing of short statements only and parses a long one with a regular expression each time, which cost
+        more than the rest of a batch's work."""
+        pieces = sql.split("?")  # no '?' in the store's literals
+        if len(pieces) != len(args) + 1:
+            raise ValueError(f"{len(pieces) - 1} placeholders, {len(args)} values")
+        if self._tx is None or self._tx_of is not db:
+            self._tx, self._tx_of = self._psycopg.adapt.Transformer.from_context(db), db
+        literal = self._tx.as_literal
+        out = [pieces[0].encode()]
+        for value, piece in zip(args, pieces[1:]):
+            out.append(b"NULL" if value is None else literal(value))
+            out.append(piece.encode())
+        return b"".join(out)
 
     def begin(self) -> None:
         self._usable().execute("BEGIN")

@@ -52,12 +52,14 @@ class Policy:
     def new_blocks(self, store: Store, fleet: str, sources: set[str], now: float) -> list[Block]:
         """The reported sources that now cross the K-devices threshold and are not yet blocked."""
         c = self.config
+        candidates = {ip: host_network(ip) for ip in sorted(sources) if not c.protected(ip)}
+        # One statement each for the whole batch's sources, not two per source.
+        blocked = store.blocked_among(fleet, list(candidates.values()), now) if candidates else set()
+        candidates = {ip: network for ip, network in candidates.items() if network not in blocked}
+        counts = store.reporters_of(fleet, list(candidates), now - c.window_s, c.min_confidence) if candidates else {}
         blocks = []
-        for ip in sorted(sources):
-            network = host_network(ip)
-            if c.protected(ip) or store.is_blocked(fleet, network, now):
-                continue
-            devices = store.reporters(fleet, ip, now - c.window_s, c.min_confidence)
+        for ip, network in candidates.items():
+            devices = counts.get(ip, 0)
             if devices >= c.k_devices:
                 expires = None if c.block_ttl_s is None else now + c.block_ttl_s
                 reason = f"reported by {devices} device{'' if devices == 1 else 's'} within {c.window_s:g} s"

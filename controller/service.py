@@ -24,7 +24,6 @@ commits, so the broker receives the versions of all replicas in order.
 from __future__ import annotations
 
 import base64
-import copy
 import hashlib
 import ipaddress
 import logging
@@ -66,6 +65,7 @@ from controller.store import Block, Store
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 1000  # messages per database transaction
+RECEIVE_MAXIMUM = 2 * BATCH_MAX  # QoS 1 messages the broker may send ahead of their acknowledgement (MQTT 5)
 ATTEMPTS = 3  # of a batch's transaction, after a deadlock between replicas or a lost database connection
 PUBACK_WAIT_S = 10.0  # for a rule set's PUBACK, inside the transaction that issued its version
 Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
@@ -166,6 +166,19 @@ class FleetRules:
         return version
 
 
+@dataclass
+class _Batch:
+    """What one batch of messages stores, read and checked before its transaction."""
+
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    statuses: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # (fleet, device, status)
+    acks: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # (fleet, device, rules ack)
+    rejected: list[tuple[str, str, bytes]] = field(default_factory=list)  # (topic, reason, payload)
+    refused: list[tuple[str, str, int]] = field(default_factory=list)  # (fleet, device, seq) refused for good
+    floors: dict[tuple[str, str], int] = field(default_factory=dict)  # (fleet, device) with alerts -> first_pending
+    reasons: Counter = field(default_factory=Counter)  # refusal reason -> count
+
+
 class ControllerService:
     def __init__(self, config: ControllerConfig, store: Store | None = None) -> None:
         self.config = config
@@ -197,6 +210,9 @@ class ControllerService:
         if b.protocol == "5":
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = self.config.session_expiry_s
+            # Without it the broker sends at most its max_inflight_messages (mosquitto: 20) unacknowledged
+            # messages, and a replica acknowledges only after its batch commits: batches of 20 at most.
+            properties.ReceiveMaximum = RECEIVE_MAXIMUM
             kwargs = {"clean_start": False, "properties": properties}
         self._worker = threading.Thread(target=self._work, name=f"controller-{self.config.name}", daemon=True)
         self._worker.start()
@@ -272,26 +288,45 @@ class ControllerService:
                 self._sweep()
 
     def _process(self, batch: list[mqtt.MQTTMessage]) -> None:
+        """Store a batch in one transaction of a few multi-row statements (not several per message), then
+        acknowledge it to the broker, confirm once per device, and run the policy once per fleet."""
         now = time.time()
+        work = _Batch()
+        for message in batch:
+            self._read(message, work)  # checks only: nothing is stored or counted until the commit
         for attempt in range(1, ATTEMPTS + 1):
-            touched: dict[str, set[str]] = {}
-            floors: dict[tuple[str, str], int] = {}  # (fleet, device) with alerts in the batch -> its first_pending
-            before = copy.deepcopy(self.stats)
             try:
                 with self.store.transaction():
-                    for message in batch:
-                        self._handle(message, now, touched, floors)
-                    # Sorted: replicas lock the marks in one order, which keeps them out of deadlocks.
-                    marks = {key: self.store.advance_mark(*key, floors[key]) for key in sorted(floors)}
+                    if work.rejected:
+                        self.store.add_rejected_many(work.rejected, now)
+                    if work.refused:
+                        self.store.refuse_seqs(work.refused)  # resending them would be refused again
+                    new = self.store.add_alerts(work.alerts, now) if work.alerts else []
+                    if work.statuses:
+                        self.store.set_statuses(work.statuses, now)
+                    if work.acks:
+                        self.store.add_acks(work.acks, now)
+                    # In key order: replicas lock the marks in one order, which keeps them out of deadlocks.
+                    marks = self.store.advance_marks(work.floors)
                 break
             except Exception as exc:
-                vars(self.stats).update(vars(before))  # the same object (the metrics read it): counted again on retry
                 if attempt < ATTEMPTS and self.store.is_transient(exc):
                     log.warning("controller %s: batch rolled back (%s); trying again", self.config.name, exc)
                     continue
                 # Nothing acknowledged: the broker redelivers this batch when the session resumes.
                 log.exception("controller %s: storing a batch of %d messages failed", self.config.name, len(batch))
                 return
+        touched: dict[str, set[str]] = {}
+        for alert, is_new in zip(work.alerts, new):
+            if is_new:
+                touched.setdefault(alert["fleet"], set()).add(alert["source"]["ip"])
+        fresh = sum(new)
+        stats = self.stats
+        stats.alerts_new += fresh
+        stats.alerts_duplicate += len(new) - fresh
+        stats.statuses += len(work.statuses)
+        stats.acks += len(work.acks)
+        stats.rejected.update(work.reasons)
         for message in batch:
             if message.qos > 0:
                 self.client.ack(message.mid, message.qos)
@@ -299,49 +334,47 @@ class ControllerService:
             self._confirm(marks)
         for fleet, sources in touched.items():
             try:
+                # Reporters are counted in the database, after the commit above: across replicas, whoever
+                # commits last sees every report.  Another replica may add the same block meanwhile: only one
+                # adds it (add_policy_block), so the counting needs no transaction of its own.
+                candidates = self.policy.new_blocks(self.store, fleet, sources, now)
+                if not candidates:
+                    continue
                 with self.store.transaction():
-                    # Reporters are counted in the database, after the commit above: across replicas, whoever
-                    # commits last sees every report.  Another replica may add the same block meanwhile.
-                    candidates = self.policy.new_blocks(self.store, fleet, sources, now)
                     blocks = [b for b in candidates if self.store.add_policy_block(b)]
                     if blocks:
                         self.rules.publish_fleet_rules(fleet, now)
             except Exception:
                 log.exception("controller %s: policy for fleet %s failed", self.config.name, fleet)
 
-    def _handle(self, message: mqtt.MQTTMessage, now: float, touched: dict[str, set[str]],
-                floors: dict[tuple[str, str], int]) -> None:  # fmt: skip
+    def _read(self, message: mqtt.MQTTMessage, work: _Batch) -> None:
+        """Check one message and add it to what the batch stores; a refused one is kept with its reason."""
         parts = parse_topic(self.config.prefix, message.topic)
         try:
             if parts is None or parts.device == ALL_DEVICES:
                 raise MessageError("not an agent topic of ours")
             if parts.kind == "alerts":
                 key = (parts.fleet, parts.device)
+                floors = work.floors
                 floors.setdefault(key, 1)  # confirmed even if refused or a duplicate: the agent waits for it
                 alert = parse_alert(message.payload, parts.fleet, parts.device)
                 floors[key] = max(floors[key], alert["first_pending"] or 1)
-                if self.store.add_alert(alert, now):
-                    self.stats.alerts_new += 1
-                    touched.setdefault(parts.fleet, set()).add(alert["source"]["ip"])
-                else:
-                    self.stats.alerts_duplicate += 1
+                work.alerts.append(alert)
             elif parts.kind == "status":
                 if not message.payload:
                     return  # a cleared retained status
-                self.store.set_status(parts.fleet, parts.device, parse_status(message.payload, parts.fleet, parts.device), now)
-                self.stats.statuses += 1
+                work.statuses.append((parts.fleet, parts.device, parse_status(message.payload, parts.fleet, parts.device)))
             elif parts.kind == "rules/ack":
-                self.store.add_ack(parts.fleet, parts.device, parse_ack(message.payload, parts.fleet, parts.device), now)
-                self.stats.acks += 1
+                work.acks.append((parts.fleet, parts.device, parse_ack(message.payload, parts.fleet, parts.device)))
             else:
                 raise MessageError(f"controller does not take {parts.kind!r} messages")
         except MessageError as exc:
-            self.stats.rejected[exc.reason.split(":")[0]] += 1
+            work.reasons[exc.reason.split(":")[0]] += 1
             log.warning("controller %s: refused message on %s: %s", self.config.name, message.topic, exc.reason)
-            self.store.add_rejected(message.topic, exc.reason, message.payload, now)
+            work.rejected.append((message.topic, exc.reason, message.payload))
             seq = alert_seq_of(message.payload) if parts is not None and parts.kind == "alerts" else None
             if seq is not None and parts.device != ALL_DEVICES:
-                self.store.refuse_seq(parts.fleet, parts.device, seq)  # resending it would be refused again
+                work.refused.append((parts.fleet, parts.device, seq))
 
     def _confirm(self, marks: dict[tuple[str, str], int]) -> None:
         """After the commit: tell each agent how far its alerts are stored, so it can forget them."""

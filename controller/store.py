@@ -26,7 +26,6 @@ a newer controller is refused rather than written to.
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import sqlite3
@@ -116,6 +115,20 @@ ALERT_COLUMNS = (
 )
 
 
+CHUNK_ROWS = 500  # rows per multi-row statement (SQLite allows 32,766 parameters: 500 alerts take 8,500)
+
+
+def _chunks(items: list) -> Iterator[list]:
+    for i in range(0, len(items), CHUNK_ROWS):
+        yield items[i : i + CHUNK_ROWS]
+
+
+def _values(rows: int, columns: int) -> str:
+    """``(?, ?), (?, ?), ...``: the VALUES of a multi-row statement."""
+    row = f"({', '.join('?' * columns)})"
+    return ", ".join([row] * rows)
+
+
 @dataclass(frozen=True)
 class Block:
     fleet: str
@@ -187,89 +200,173 @@ class Store:
 
     def add_alert(self, alert: dict[str, Any], received_at: float) -> bool:
         """Store one checked alert; False if (fleet, device, seq) was already there."""
-        src, victim = alert["source"], alert["victim"] or {}
-        row = (
-            alert["fleet"], alert["device"], alert["seq"], alert["class"], alert["confidence"],
-            src["ip"], src["mac"], src["port"], victim.get("ip"), victim.get("port"),
-            alert["packets"], alert["first_seen"], alert["last_seen"], alert["action"], alert["rule_id"],
-            alert["sent_at"], received_at,
-        )
+        return self.add_alerts([alert], received_at)[0]
+
+    def add_alerts(self, alerts: list[dict[str, Any]], received_at: float) -> list[bool]:
+        """Store checked alerts (a batch: a few multi-row statements); for each, True if it is new, False if
+        its (fleet, device, seq) was already stored (or came earlier in ``alerts``).  Rows go in key order, so
+        replicas storing overlapping batches take the row locks in one order."""
+        first: dict[tuple[str, str, int], int] = {}  # key -> index of its first alert here
+        for i, a in enumerate(alerts):
+            first.setdefault((a["fleet"], a["device"], a["seq"]), i)
+        rows = []
+        for key in sorted(first):
+            a = alerts[first[key]]
+            src, victim = a["source"], a["victim"] or {}
+            rows.append((
+                a["fleet"], a["device"], a["seq"], a["class"], a["confidence"],
+                src["ip"], src["mac"], src["port"], victim.get("ip"), victim.get("port"),
+                a["packets"], a["first_seen"], a["last_seen"], a["action"], a["rule_id"],
+                a["sent_at"], received_at,
+            ))  # fmt: skip
+        stored: set[tuple[str, str, int]] = set()
         with self.transaction() as db:
-            cur = db.execute(
-                f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) VALUES ({', '.join('?' * len(row))}) ON CONFLICT DO NOTHING",
-                row,
-            )
-            db.execute(
-                "INSERT INTO devices (fleet, device, state, last_seen) VALUES (?, ?, 'unknown', ?) ON CONFLICT DO NOTHING",
-                (alert["fleet"], alert["device"], received_at),
-            )
-            return cur.rowcount == 1
+            for chunk in _chunks(rows):
+                cur = db.execute(
+                    f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) VALUES {_values(len(chunk), len(ALERT_COLUMNS))}"
+                    " ON CONFLICT DO NOTHING RETURNING fleet, device, seq",
+                    [v for row in chunk for v in row],
+                )
+                stored.update((r[0], r[1], int(r[2])) for r in cur.fetchall())
+            devices = sorted({(a["fleet"], a["device"]) for a in alerts})
+            for chunk in _chunks(devices):
+                db.execute(
+                    f"INSERT INTO devices (fleet, device, state, last_seen) VALUES {_values(len(chunk), 4)}"
+                    " ON CONFLICT DO NOTHING",
+                    [v for fleet, device in chunk for v in (fleet, device, 'unknown', received_at)],
+                )
+        return [(a["fleet"], a["device"], a["seq"]) in stored and first[(a["fleet"], a["device"], a["seq"])] == i
+                for i, a in enumerate(alerts)]  # fmt: skip
 
     def refuse_seq(self, fleet: str, device: str, seq: int) -> None:
         """An alert refused for good: sending it again would not help, so it must not hold the mark back."""
+        self.refuse_seqs([(fleet, device, seq)])
+
+    def refuse_seqs(self, keys: list[tuple[str, str, int]]) -> None:
+        """``refuse_seq`` for each (fleet, device, seq)."""
         with self.transaction() as db:
-            db.execute("INSERT INTO refused_seqs (fleet, device, seq) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                       (fleet, device, seq))  # fmt: skip
+            for chunk in _chunks(sorted(set(keys))):
+                db.execute(f"INSERT INTO refused_seqs (fleet, device, seq) VALUES {_values(len(chunk), 3)} ON CONFLICT DO NOTHING",
+                           [v for key in chunk for v in key])  # fmt: skip
 
     def advance_mark(self, fleet: str, device: str, first_pending: int = 1) -> int:
         """Advance and return the device's ``stored_through``: every seq up to it is stored, refused, or below
         ``first_pending`` (the agent has nothing lower left to send).  Never goes back."""
+        return self.advance_marks({(fleet, device): first_pending})[(fleet, device)]
+
+    MARK_WINDOW = 256  # seqs above a mark read per device and round: a gap costs at most this many rows
+
+    def advance_marks(self, floors: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+        """``advance_mark`` for many devices at once, (fleet, device) -> first_pending: a few statements for the
+        whole batch.  Marks are written in key order, which keeps replicas out of deadlocks."""
+        keys = sorted(floors)
+        if not keys:
+            return {}
+        marks = {key: max(0, floors[key] - 1) for key in keys}
+        higher = self.dialect.greatest
         with self.transaction() as db:
-            row = db.execute("SELECT stored_through FROM alert_marks WHERE fleet=? AND device=?", (fleet, device))
-            mark = max(next(row, (0,))[0], first_pending - 1)
-            # Walk the settled seqs above the mark in order; cursors step lazily, so a gap costs one row.
-            cursors = [
-                (r[0] for r in db.execute(f"SELECT seq FROM {table} WHERE fleet=? AND device=? AND seq>? ORDER BY seq",
-                                          (fleet, device, mark)))  # fmt: skip
-                for table in ("alerts", "refused_seqs")
-            ]
-            for seq in heapq.merge(*cursors):
-                if seq > mark + 1:
-                    break
-                mark = seq  # the next one, or the same seq once more (stored after it was refused)
+            # The settled seqs (stored or refused) just above each mark, a window at a time: the mark moves up
+            # while the next seq is there; a device whose whole window was settled reads the next one.  The first
+            # round starts from the stored mark (if higher), read in the same statement.
+            pending, first = keys, True
+            while pending:
+                lows = {key: marks[key] for key in pending}
+                settled: dict[tuple[str, str], set[int]] = {key: set() for key in pending}
+                for chunk in _chunks(pending):
+                    low = higher.format("COALESCE(m.stored_through, 0)", "w.lo") if first else "w.lo"
+                    window = (
+                        f"WITH w (fleet, device, lo) AS (VALUES {_values(len(chunk), 3)}),"
+                        f" b AS (SELECT w.fleet, w.device, {low} AS lo FROM w"
+                        + (" LEFT JOIN alert_marks m ON m.fleet=w.fleet AND m.device=w.device" if first else "") + ") "
+                    )  # fmt: skip
+                    select = ("SELECT b.fleet, b.device, b.lo, t.seq FROM b {join} {table} t ON t.fleet=b.fleet"
+                              " AND t.device=b.device AND t.seq>b.lo AND t.seq<=b.lo+?")  # fmt: skip
+                    rows = db.execute(
+                        window + select.format(join="LEFT JOIN", table="alerts") + " UNION ALL "
+                        + select.format(join="JOIN", table="refused_seqs"),
+                        [*(v for key in chunk for v in (*key, lows[key])), self.MARK_WINDOW, self.MARK_WINDOW],
+                    )  # fmt: skip
+                    for r in rows:
+                        key = (r[0], r[1])
+                        lows[key] = max(lows[key], int(r[2]))
+                        if r[3] is not None:
+                            settled[key].add(int(r[3]))
+                for key in pending:
+                    seqs, mark = settled[key], lows[key]
+                    while mark + 1 in seqs:
+                        mark += 1
+                    marks[key] = mark
+                pending = [key for key in pending if marks[key] == lows[key] + self.MARK_WINDOW]
+                first = False
             # The larger of the two: another replica may have advanced it meanwhile (PostgreSQL).
-            higher = self.dialect.greatest.format("alert_marks.stored_through", "excluded.stored_through")
-            (row,) = db.execute(
-                "INSERT INTO alert_marks (fleet, device, stored_through) VALUES (?, ?, ?) "
-                f"ON CONFLICT (fleet, device) DO UPDATE SET stored_through={higher} RETURNING stored_through",
-                (fleet, device, mark),
-            ).fetchall()
-            return int(row[0])
+            higher_mark = higher.format("alert_marks.stored_through", "excluded.stored_through")
+            out = {}
+            for chunk in _chunks(keys):
+                rows = db.execute(
+                    f"INSERT INTO alert_marks (fleet, device, stored_through) VALUES {_values(len(chunk), 3)} "
+                    f"ON CONFLICT (fleet, device) DO UPDATE SET stored_through={higher_mark} RETURNING fleet, device, stored_through",
+                    [v for key in chunk for v in (*key, marks[key])],
+                ).fetchall()
+                out.update(((r[0], r[1]), int(r[2])) for r in rows)
+            return out
 
     def set_status(self, fleet: str, device: str, status: dict[str, Any], received_at: float) -> None:
+        self.set_statuses([(fleet, device, status)], received_at)
+
+    def set_statuses(self, statuses: list[tuple[str, str, dict[str, Any]]], received_at: float) -> None:
+        """(fleet, device, status) in the order received: each device keeps its last."""
+        last = {(fleet, device): status for fleet, device, status in statuses}
         with self.transaction() as db:
-            db.execute(
-                "INSERT INTO devices (fleet, device, state, status, last_seen) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (fleet, device) DO UPDATE SET state=excluded.state, status=excluded.status, "
-                "last_seen=excluded.last_seen",
-                (fleet, device, status["state"], json.dumps(status), received_at),
-            )
+            for chunk in _chunks(sorted(last)):
+                db.execute(
+                    f"INSERT INTO devices (fleet, device, state, status, last_seen) VALUES {_values(len(chunk), 5)} "
+                    "ON CONFLICT (fleet, device) DO UPDATE SET state=excluded.state, status=excluded.status, "
+                    "last_seen=excluded.last_seen",
+                    [v for key in chunk for v in (*key, last[key]["state"], json.dumps(last[key]), received_at)],
+                )
 
     def add_ack(self, fleet: str, device: str, ack: dict[str, Any], received_at: float) -> None:
+        self.add_acks([(fleet, device, ack)], received_at)
+
+    def add_acks(self, acks: list[tuple[str, str, dict[str, Any]]], received_at: float) -> None:
+        """(fleet, device, checked rules ack), stored in this order."""
         with self.transaction() as db:
-            db.execute(
-                "INSERT INTO acks (fleet, device, target, version, status, reason, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (fleet, device, ack["target"], ack["version"], ack["status"], ack["reason"], received_at),
-            )
+            for chunk in _chunks(acks):
+                db.execute(
+                    f"INSERT INTO acks (fleet, device, target, version, status, reason, received_at) VALUES {_values(len(chunk), 7)}",
+                    [v for fleet, device, a in chunk
+                     for v in (fleet, device, a["target"], a["version"], a["status"], a["reason"], received_at)],
+                )  # fmt: skip
 
     def add_rejected(self, topic: str, reason: str, payload: bytes, received_at: float) -> None:
+        self.add_rejected_many([(topic, reason, payload)], received_at)
+
+    def add_rejected_many(self, rejected: list[tuple[str, str, bytes]], received_at: float) -> None:
+        """(topic, reason, payload) of refused messages, kept in this order."""
         with self.transaction() as db:
-            db.execute(
-                "INSERT INTO rejected (topic, reason, payload, received_at) VALUES (?, ?, ?, ?)",
-                (topic, reason, payload[:65536], received_at),
-            )
+            for chunk in _chunks(rejected):
+                db.execute(f"INSERT INTO rejected (topic, reason, payload, received_at) VALUES {_values(len(chunk), 4)}",
+                           [v for topic, reason, payload in chunk for v in (topic, reason, payload[:65536], received_at)])
 
     # --- policy inputs -------------------------------------------------------
 
     def reporters(self, fleet: str, source_ip: str, since: float, min_confidence: float) -> int:
         """How many distinct devices reported ``source_ip`` since ``since``."""
-        (row,) = self._query(
-            # Anomaly alerts say "unusual", not "hostile": they are kept and listed but block nothing fleet-wide.
-            "SELECT COUNT(DISTINCT device) FROM alerts WHERE fleet=? AND source_ip=? AND received_at>=? AND confidence>=?"
-            " AND class != 'anomaly'",
-            (fleet, source_ip, since, min_confidence),
-        )
-        return int(row[0])
+        return self.reporters_of(fleet, [source_ip], since, min_confidence).get(source_ip, 0)
+
+    def reporters_of(self, fleet: str, source_ips: list[str], since: float, min_confidence: float) -> dict[str, int]:
+        """``reporters`` of each of ``source_ips`` (one statement a chunk); sources nobody reported are left out."""
+        out: dict[str, int] = {}
+        for chunk in _chunks(sorted(set(source_ips))):
+            rows = self._query(
+                # Anomaly alerts say "unusual", not "hostile": they are kept and listed but block nothing fleet-wide.
+                "SELECT source_ip, COUNT(DISTINCT device) FROM alerts WHERE fleet=? AND source_ip IN"
+                f" ({', '.join('?' * len(chunk))}) AND received_at>=? AND confidence>=? AND class != 'anomaly'"
+                " GROUP BY source_ip",
+                (fleet, *chunk, since, min_confidence),
+            )
+            out.update((r[0], int(r[1])) for r in rows)
+        return out
 
     # --- blocks --------------------------------------------------------------
 
@@ -281,9 +378,19 @@ class Store:
         return [Block(**dict(r)) for r in rows]
 
     def is_blocked(self, fleet: str, source: str, now: float) -> bool:
-        return bool(self._query(
-            "SELECT 1 FROM blocks WHERE fleet=? AND source=? AND (expires IS NULL OR expires>?)", (fleet, source, now)
-        ))
+        return bool(self.blocked_among(fleet, [source], now))
+
+    def blocked_among(self, fleet: str, sources: list[str], now: float) -> set[str]:
+        """Those of ``sources`` (networks in CIDR form) that have an active block."""
+        out: set[str] = set()
+        for chunk in _chunks(sorted(set(sources))):
+            rows = self._query(
+                f"SELECT source FROM blocks WHERE fleet=? AND source IN ({', '.join('?' * len(chunk))})"
+                " AND (expires IS NULL OR expires>?)",
+                (fleet, *chunk, now),
+            )
+            out.update(r[0] for r in rows)
+        return out
 
     _PUT_BLOCK = (
         "INSERT INTO blocks (fleet, source, origin, reason, created_at, expires) VALUES (?, ?, ?, ?, ?, ?)"

@@ -110,6 +110,33 @@ def test_the_confirmation_mark_covers_stored_refused_and_given_up_seqs_only(data
     assert store.advance_mark(FLEET, "d2") == 0 and store.advance_mark("other", "d1") == 0
 
 
+def test_a_batch_stores_each_alert_once_and_advances_every_mark_as_one_at_a_time_would(database):
+    """The batch path (a few multi-row statements per batch) against the one-alert-at-a-time answers."""
+    store = Store(database)
+
+    def doc(device, seq):
+        return parse_alert(canonical_json(raw_alert(device, seq, f"192.0.2.{seq % 7}")), FLEET, device)
+
+    now = time.time()
+    batch = [doc("d1", s) for s in range(1, 601)] + [doc("d2", 2), doc("d1", 5), doc("d3", 1), doc("d2", 2)]
+    new = store.add_alerts(batch, now)
+    assert new == [True] * 600 + [True, False, True, False], "a repeat, in the batch or stored, is not new"
+    assert store.add_alerts([doc("d1", 600), doc("d1", 602)], now) == [False, True]
+    assert store.count("alerts") == 603 and store.alert_seqs(FLEET, "d2") == [2]
+    store.refuse_seqs([(FLEET, "d2", 1), (FLEET, "d2", 1), (FLEET, "d3", 3)])
+    floors = {(FLEET, "d1"): 1, (FLEET, "d2"): 1, (FLEET, "d3"): 1, (FLEET, "d4"): 5}
+    # d1: 600 in a row (longer than a read window), 601 missing; d2: 1 refused, 2 stored; d3: 2 missing;
+    # d4: nothing stored, but the agent gave up everything below 5.
+    assert store.advance_marks(floors) == {(FLEET, "d1"): 600, (FLEET, "d2"): 2, (FLEET, "d3"): 1, (FLEET, "d4"): 4}
+    store.add_alerts([doc("d1", 601), doc("d3", 2)], now)
+    assert store.advance_marks({(FLEET, "d1"): 1, (FLEET, "d3"): 1}) == {(FLEET, "d1"): 602, (FLEET, "d3"): 3}
+    assert store.advance_marks({(FLEET, "d4"): 2}) == {(FLEET, "d4"): 4}, "the mark never goes back"
+    assert store.reporters_of(FLEET, ["192.0.2.1", "192.0.2.2", "198.51.100.1"], now - 60, 0.5) == {
+        "192.0.2.1": store.reporters(FLEET, "192.0.2.1", now - 60, 0.5),
+        "192.0.2.2": store.reporters(FLEET, "192.0.2.2", now - 60, 0.5),
+    }
+
+
 # --- the controller against a real broker ------------------------------------
 
 

@@ -24,16 +24,15 @@ def raw_alert(device: str, seq: int, source: str) -> dict:
 
 def _recording(store: Store, name: str, seen: list[tuple[str, str]], guard: threading.Lock) -> None:
     """Note which replica stored each alert's source."""
-    add = store.add_alert
+    add = store.add_alerts
 
-    def add_alert(alert, received_at):
-        new = add(alert, received_at)
-        if new:
-            with guard:
-                seen.append((name, alert["source"]["ip"]))
+    def add_alerts(alerts, received_at):
+        new = add(alerts, received_at)
+        with guard:
+            seen.extend((name, alert["source"]["ip"]) for alert, is_new in zip(alerts, new) if is_new)
         return new
 
-    store.add_alert = add_alert
+    store.add_alerts = add_alerts
 
 
 def _slow_policy(controller) -> None:
@@ -112,15 +111,15 @@ def test_a_batch_rolled_back_by_a_deadlock_is_stored_once_on_the_next_attempt(br
     import sqlite3
 
     controller = make_controller(broker.host, broker.port, tmp_path, keys.private, k_devices=99)
-    advance, failures = controller.store.advance_mark, []
+    advance, failures = controller.store.advance_marks, []
 
-    def advance_mark(*args):  # the last statement of the batch's transaction fails once, as a deadlock would
+    def advance_marks(*args):  # the last statement of the batch's transaction fails once, as a deadlock would
         if not failures:
             failures.append(args)
             raise sqlite3.OperationalError("database is locked")
         return advance(*args)
 
-    controller.store.advance_mark = advance_mark
+    controller.store.advance_marks = advance_marks
     controller.start()
     pub = Listener(broker.host, broker.port, [topic(PREFIX, FLEET, "dev1", "alerts/ack")])
     try:
