@@ -72,6 +72,8 @@ class DecisionConfig:
     flood_shape_share: float = 0.9  # share of one shape (Evidence.SHAPES)
     syn_flood_rate: float = 50.0  # one source's SYNs/s through the same socket pairs (no kernel retries so fast)...
     syn_flood_min_packets: int = 50  # ...and so many recent ones
+    small_udp_flood_rate: float = 1000.0  # one source's small datagrams/s that nothing answers: a flood through...
+    small_udp_max_bytes: float = 300.0  # ...one socket (udpplain), when they average at most this many bytes a frame
     flood_new_socket_share: float = 0.8  # share through fresh socket pairs (random ports) or out of sequence; not for
     # one source's SYNs
     # Scans: SYNs to hosts and ports not tried before, mostly unanswered, over a longer window.
@@ -204,7 +206,7 @@ class DecisionLayer:
     its flood's target) stands convicted of at that packet, or -1; ``packet_flood_labels`` the same for
     floods from many sources alone (judged on rate and shape at the target: no model opinion beats it)."""
 
-    SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst")
+    SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst", "one_way")
     TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source")
     PAIR_EXTRAS = SOURCE_EXTRAS[: len(Evidence.SHAPES) + 4]  # shapes, fresh, sweep, kbytes, id_jump
     INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp", "udp_new_sport")
@@ -308,7 +310,8 @@ class DecisionLayer:
         # Fresh: through a socket pair fresh for it, or with TCP numbers no stream of the pair would carry.
         fresh = c.ev.new_socket | self._out_of_sequence(packets, c.ev.ack & ~c.ev.new_socket)
         id_jump = self._ip_id_jumps(packets, c.ev.udp & ~c.ev.new_socket & (packets.l3 == L3_IPV4))
-        extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst)
+        extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst,
+                         c.ev.one_way)
         srcs = self.sources.update(c.src_key, packets.ts, c.scores, extra)
         rules = [
             (model_rule(srcs, cfg, self.sources), "model"),

@@ -51,6 +51,10 @@ NEW_STREAM_WEIGHT = 1.5
 SOCKET_WEIGHT = COLUMNS.index("HpHp_L0.01_weight")  # half-life 100 s
 RECENT_SOCKET_WEIGHT = COLUMNS.index("HpHp_L1_weight")  # half-life 1 s
 HOST_WEIGHT = COLUMNS.index("HH_L0.01_weight")  # half-life 100 s
+# A socket pair's own mean size and its magnitude sqrt(mean^2 + reverse mean^2): equal while the reverse direction
+# has sent nothing on the pair (the reverse mean is kept from its last own packet, whatever the decay rate).
+SOCKET_MEAN = COLUMNS.index("HpHp_L0.01_mean")
+SOCKET_MAGNITUDE = COLUMNS.index("HpHp_L0.01_magnitude")
 
 
 @dataclass
@@ -71,6 +75,7 @@ class Evidence:
     rst: np.ndarray  # a bare RST (or RST-ACK): an answer, or a scanner's kernel refusing the SYN-ACKs it drew
     udp_probe: np.ndarray  # probe-sized UDP opening a socket pair to a host its sender talked with recently
     refusal: np.ndarray  # ICMP destination unreachable
+    one_way: np.ndarray  # UDP on a socket pair whose other end has sent nothing back on it
 
     SHAPES = ("syn_only", "ack", "udp", "portless", "syn_odd")
 
@@ -123,8 +128,9 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     fingerprint = syn_only & (packets.l3 == L3_IPV4) & (packets.tcp_seq.astype(np.uint32) == packets.dst_ipv4)
     udp = packets.proto == 17  # a fragmented datagram's later fragments too: all of a flood's volume
     if features is None:
-        new_socket = udp_probe = np.zeros(len(packets), dtype=bool)
+        new_socket = udp_probe = one_way = np.zeros(len(packets), dtype=bool)
     else:
+        one_way = udp & (features[:, SOCKET_MAGNITUDE] <= features[:, SOCKET_MEAN] * (1 + 1e-6))
         new_socket = features[:, RECENT_SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
         known_host = features[:, HOST_WEIGHT] >= NEW_STREAM_WEIGHT
         probe_sized = (packets.payload_len <= UDP_PROBE_BYTES) & ~packets.frag
@@ -132,4 +138,4 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     tunnel = (packets.proto == 47) & np.isin(packets.gre_proto, GRE_FLOODS)
     return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, opener | echo,
                     synack | icmp(ECHO_REPLIES) | icmp(TIME_EXCEEDED), synack, rst,
-                    udp_probe, icmp(UNREACHABLE))  # fmt: skip
+                    udp_probe, icmp(UNREACHABLE), one_way)  # fmt: skip

@@ -26,6 +26,7 @@ _ANOMALY = len(LABELS)
 # Mirai's GRE floods wrap UDP floods.
 _SHAPE_LABELS = np.array([_SYN, _ACK, _UDP, _UDP, _SYN])
 _PORTLESS_SHAPE, _SYN_ODD_SHAPE = Evidence.SHAPES.index("portless"), Evidence.SHAPES.index("syn_odd")
+_UDP_SHAPE = Evidence.SHAPES.index("udp")
 _PROBE_SHAPES = [Evidence.SHAPES.index(name) for name in ("syn_only", "ack", "portless")]  # what scanners send
 
 
@@ -146,6 +147,16 @@ def flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: bool) -> 
     fresh_enough |= shape == _PORTLESS_SHAPE
     if one_source:
         fresh_enough |= (shape == 0) | (shape == _SYN_ODD_SHAPE)
+    small_udp = np.zeros(len(shape), dtype=bool)
+    if one_source and "one_way" in t.extras:
+        # Small datagrams through one socket pair, faster than a thousand a second, and nothing ever sent back on
+        # it: Mirai's udpplain with short payloads (no benign stream of that shape: a QUIC download's ACKs are
+        # answered by the download itself, a camera's one-way video is large datagrams, a call's 50 a second).
+        one_way = np.clip((shares[:, t.extras.index("one_way")]) / kept, 0.0, 1.0)
+        mean_bytes = 1000.0 * shares[:, t.extras.index("kbytes")] / kept
+        small_udp = ((shape == _UDP_SHAPE) & (one_way >= 0.9) & (mean_bytes <= cfg.small_udp_max_bytes)
+                     & (rate(r, t.half_life_s) * kept >= cfg.small_udp_flood_rate))  # fmt: skip
+        fresh_enough |= small_udp
     min_packets, min_rate = np.full(len(shape), float(cfg.flood_min_packets)), np.full(len(shape), cfg.flood_rate)
     if one_source and "fresh" in t.extras:
         # One source's SYNs again and again through the same socket pairs: a kernel retries a SYN after a second,
@@ -160,6 +171,10 @@ def flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: bool) -> 
         & fresh_enough
     )
     label = _SHAPE_LABELS[shape]
+    if small_udp.any():  # through one connected socket, as udpplain sends, unless the IP ids jump as a raw socket's
+        id_jump, fresh_share = shares[:, t.extras.index("id_jump")], shares[:, t.extras.index("fresh")]
+        one_socket = small_udp & (fresh_share < 0.2 * share) & (id_jump < 0.5 * share)
+        label = np.where(one_socket, _UDPPLAIN, label)
     if one_source:
         probing = np.isin(shape, _PROBE_SHAPES) & (shares[:, t.extras.index("sweep")] >= 0.5 * share)
         label = np.where(probing, _SCAN, label)

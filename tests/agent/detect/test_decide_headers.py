@@ -613,3 +613,22 @@ def test_an_ack_flood_with_rst_among_its_flags_is_a_flood_and_bare_rsts_answer()
     assert {(v.label, v.src_ip) for v in verdicts if v.kind == "source"} == {("mirai_ack", f"70.37.248.{9 + k}")
                                                                            for k in range(3)}  # fmt: skip
     assert all(v.latency < 1.0 for v in verdicts)
+
+
+def test_small_datagrams_through_one_socket_that_nothing_answers_are_a_udpplain_flood():
+    """Mirai's udpplain with a short payload (32 bytes, one connected socket, counting IP ids) at 5,000 a second:
+    the headers convict it though the model finds it benign.  The same rate of small datagrams on a socket pair
+    the other end answers on (a QUIC download's ACKs) is no flood, nor is a camera's one-way stream of large ones."""
+    n = 5000
+    ts = T0 + np.arange(n) / 5000.0
+    flood = batch(ts, ip(203, 8, 58, 232), BOARD, proto=17, sport=41000, dport=7777, size=74)
+    flood.ip_id[:] = (100 + np.arange(n)) % (1 << 16)
+    verdicts, labels = run(flood)
+    assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_udpplain", "headers", "203.8.58.232")]
+    assert verdicts[0].latency < 1.0 and (labels == LABELS.index("mirai_udpplain")).mean() > 0.9
+
+    acks = batch(ts, BOARD, ip(142, 250, 1, 1), proto=17, sport=51000, dport=443, size=80)
+    data = batch(ts + 0.0001, ip(142, 250, 1, 1), BOARD, proto=17, sport=443, dport=51000, size=1392)
+    camera = batch(T0 + np.arange(n) / 1500.0, ip(192, 168, 1, 30), ip(192, 168, 1, 40), proto=17, sport=5004,
+                   dport=5004, size=1300)  # fmt: skip
+    assert run(join(acks, data, camera))[0] == []
