@@ -7,6 +7,7 @@ names the file, the key and the problem.
     state_dir = "/var/lib/iotguard"
     allowlist = ["192.168.1.10", "10.0.0.0/24"]   # never blocked; gateways, DNS and the broker are added by themselves
     block_seconds = 600
+    block = true                                  # false: monitor only (verdicts reported, nothing dropped locally)
     threshold = 0.7
     min_packets = 10
     anomaly = "report"                            # off | report | enforce: verdicts of the anomaly detector
@@ -122,6 +123,7 @@ class AgentConfig:
     state_dir: Path = Path("/var/lib/iotguard")
     allowlist: list[str] = field(default_factory=list)
     block_seconds: float = ResponseConfig.block_seconds
+    block: bool = True  # False: verdicts are logged and reported, no local rule drops anything (fleet rules still do)
     threshold: float = DecisionConfig.threshold
     min_packets: int = DecisionConfig.min_packets
     max_local_rules: int = 1024
@@ -139,6 +141,7 @@ KEYS: dict[str, tuple[type | tuple, Any]] = {
     "state_dir": (str, str(AgentConfig.state_dir)),
     "allowlist": (list, []),
     "block_seconds": ((int, float), AgentConfig.block_seconds),
+    "block": (bool, AgentConfig.block),
     "threshold": ((int, float), AgentConfig.threshold),
     "min_packets": (int, AgentConfig.min_packets),
     "max_local_rules": (int, AgentConfig.max_local_rules),
@@ -276,6 +279,7 @@ def load_config(path: str | Path | None) -> AgentConfig:
         state_dir=Path(v["state_dir"]),
         allowlist=[str(a) for a in v["allowlist"]],
         block_seconds=float(v["block_seconds"]),
+        block=v["block"],
         threshold=float(v["threshold"]),
         min_packets=v["min_packets"],
         max_local_rules=v["max_local_rules"],

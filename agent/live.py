@@ -96,7 +96,8 @@ class LiveAgent:
         self.responder = Responder(
             self.rules,
             self.enforcer,
-            ResponseConfig(block_seconds=config.block_seconds, block_anomalies=config.anomaly == "enforce",
+            ResponseConfig(block_seconds=config.block_seconds, block_sources=config.block, block_floods=config.block,
+                           block_anomalies=config.block and config.anomaly == "enforce",
                            flood_rate=self.decision.cfg.flood_rate),
             events=self.events,
         )
@@ -186,7 +187,9 @@ class LiveAgent:
             except AnomalyModelError as exc:
                 log.error("anomaly model not reloaded, the old one stays: %s", exc)
         self.decision.cfg.threshold, self.decision.cfg.min_packets = config.threshold, config.min_packets
-        self.responder.config.block_anomalies = config.anomaly == "enforce"
+        rc = self.responder.config
+        rc.block_sources = rc.block_floods = config.block
+        rc.block_anomalies = config.block and config.anomaly == "enforce"
         self.config = config
         self.responder.reload(self._allowlist(config))
         log.info("reloaded configuration and %d rules", self.rules.count())

@@ -263,13 +263,15 @@ def agent(
 ) -> Iterator[AgentRun]:
     """Start the agent with a fresh state directory, wait until it captures, stop it with SIGTERM afterwards.
 
-    ``defended=False`` sets min_packets so high that no verdict is ever raised: no rule then
+    ``defended=False`` sets min_packets so high that no source verdict is raised and turns blocking off
+    (``block = false``: the header verdicts on floods at the board are still logged, but make no rule): nothing
     drops the flood early in the agent's own filter, and every frame goes through features and model.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "agent.toml"
     min_packets = 10 if defended else NEVER
-    config.write_text(f'state_dir = "{workdir / "state"}"\nmin_packets = {min_packets}\n{extra_config}')
+    block = "true" if defended else "false"
+    config.write_text(f'state_dir = "{workdir / "state"}"\nmin_packets = {min_packets}\nblock = {block}\n{extra_config}')
     log_path = workdir / "agent.log"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(

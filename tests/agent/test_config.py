@@ -41,6 +41,7 @@ def test_values_that_are_taken(tmp_path):
     assert config.events == EventsConfig(Path("/var/log/iotguard/events.jsonl"), DEFAULT_MAX_BYTES, DEFAULT_BACKUPS)
     config = load(tmp_path, '[events]\npath = "e.jsonl"\nmax_bytes = 1024\nbackups = 0\n')
     assert (config.events.max_bytes, config.events.backups) == (1024, 0)
+    assert load(tmp_path, "").block is True and load(tmp_path, "block = false\n").block is False
     config = load(tmp_path, MQTT + 'home_assistant = true\ndiscovery_prefix = "ha/discovery"\n')
     assert config.mqtt.home_assistant is True and config.mqtt.discovery_prefix == "ha/discovery"
 
@@ -58,6 +59,7 @@ def test_values_that_are_taken(tmp_path):
     ("[events]\nmax_bytes = 2048\n", "missing key events.'path'"),
     ('[events]\npath = "e"\nrotate = true\n', "unknown key events.'rotate' (known: backups, max_bytes, path)"),
     ('events = "e.jsonl"\n', "key 'events' must be dict, got str 'e.jsonl'"),
+    ('block = "no"\n', "key 'block' must be true or false, got str 'no'"),
     (MQTT + 'home_assistant = "yes"\n', "key mqtt.'home_assistant' must be true or false, got str 'yes'"),
     (MQTT + "home_assistant = 1\n", "key mqtt.'home_assistant' must be true or false, got int 1"),
     (MQTT + 'discovery_prefix = "home/#"\n', "key 'mqtt.discovery_prefix' must be a topic prefix without wildcards"),

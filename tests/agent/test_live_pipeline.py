@@ -43,9 +43,9 @@ class StandInCapture:
         pass
 
 
-def run_agent(tmp_path: Path, cores: int, fail: bool = False) -> LiveAgent:
+def run_agent(tmp_path: Path, cores: int, fail: bool = False, block: bool = True) -> LiveAgent:
     profile = dataclasses.replace(load_profile("x86_64-gateway"), cores=cores, threads=1)
-    agent = LiveAgent(profile, AgentConfig(state_dir=tmp_path / f"state{cores}"), enforcement="none")
+    agent = LiveAgent(profile, AgentConfig(state_dir=tmp_path / f"state{cores}", block=block), enforcement="none")
     agent.capture = StandInCapture(fail)
     agent.run(threading.Event())
     return agent
@@ -68,3 +68,11 @@ def test_pipelined_and_sequential_runs_agree(tmp_path):
 def test_a_capture_failure_stops_the_agent_with_its_error(tmp_path, cores):
     with pytest.raises(CaptureError, match="was removed"):
         run_agent(tmp_path, cores=cores, fail=True)
+
+
+def test_monitor_only_reports_verdicts_and_drops_nothing(tmp_path):
+    """``block = false``: every verdict is logged and reported, no local rule is made, every frame is classified."""
+    agent = run_agent(tmp_path, cores=2, block=False)
+    c = agent.counters
+    assert c.verdicts >= 10 and not agent.rules.entries
+    assert c.filtered == 0 and c.classified == c.frames == 74_841
