@@ -13,7 +13,9 @@ Measures, per setup (default: PostgreSQL with 3 replicas, then SQLite with 1):
   * live: alerts stored per second while the devices send at ``--rate`` for ``--seconds``;
   * backlog: the replicas leave (their sessions stay at the broker), every device sends ``--backlog`` alerts,
     the replicas come back: alerts stored per second from their first stored batch;
-  * push: a new signed fleet rule set, from publishing it to each device's ack stored, p50/p99/max;
+  * push: a new signed fleet rule set, from publishing it to each device's ack stored, p50/p99/max; and split
+    in two: until the device published its ack (broker fan-out, the device's signature check), and from then
+    until the ack was stored (the controller);
   * CPU (cores busy, from process CPU times) and peak memory (PSS) of the replicas, the database server, mosquitto and
     the device workers, per phase.
 
@@ -87,6 +89,7 @@ class SimDevice:
         self.seq = 0
         self.unconfirmed: dict[int, tuple[bytes, float, float]] = {}  # seq -> (payload, resend at, wait)
         self.applied: dict[str, int] = {}
+        self.acked_at: dict[int, float] = {}  # rule set version -> when this device published its ack
         self.connected = False
         self.down_since: float | None = None
         self.resent = 0
@@ -140,6 +143,7 @@ class SimDevice:
         ack = {"schema": ACK_SCHEMA, "target": target, "version": ruleset.version, "status": "applied",
                "reason": None, "device": self.name, "fleet": FLEET}  # fmt: skip
         client.publish(topic(PREFIX, FLEET, self.name, "rules/ack"), canonical_json(ack), qos=1)
+        self.acked_at[ruleset.version] = time.time()
 
     def send_alert(self) -> None:
         now = time.time()
@@ -184,6 +188,8 @@ def device_worker(names: list[str], port: int, public_key_path: str, conn) -> No
             elif command[0] == "counts":
                 conn.send(("counts", {d.name: d.seq for d in devices}, sum(len(d.unconfirmed) for d in devices),
                            sum(d.resent for d in devices), sum(d.connected for d in devices)))  # fmt: skip
+            elif command[0] == "acked":
+                conn.send(("acked", {d.name: d.acked_at[command[1]] for d in devices if command[1] in d.acked_at}))
             elif command[0] == "stop":
                 for d in devices:
                     d.client.disconnect()
@@ -274,6 +280,14 @@ class DeviceFleet:
             unconfirmed, resent, connected = unconfirmed + u, resent + r, connected + c
         return seqs, unconfirmed, resent, connected
 
+    def acked(self, version: int) -> dict[str, float]:
+        """device -> when it published its ack of rule set ``version`` (its own clock: the same machine)."""
+        out: dict[str, float] = {}
+        for pipe in self.pipes:
+            pipe.send(("acked", version))
+            out.update(self._expect(pipe, "acked")[1])
+        return out
+
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
@@ -338,7 +352,8 @@ class Usage:
         out = {}
         for group in self.groups:
             cpu = sum(v - self.first[pid] for (g, pid), v in self.last.items() if g == group)
-            out[group] = {"cpu_cores": round(cpu / wall, 2), "peak_pss_mb": round(self.peak_rss[group] / 2**20, 1)}
+            out[group] = {"cpu_cores": round(cpu / wall, 2), "cpu_s": round(cpu, 2),
+                          "peak_pss_mb": round(self.peak_rss[group] / 2**20, 1)}
         return out
 
 
@@ -440,16 +455,21 @@ def measure_backlog(fleet: DeviceFleet, db: Database, replicas: list[Replica], p
             "first_batch_after_start_s": round(first - away, 2)}
 
 
-def measure_push(devices: int, pushes: int, db: Database, key: Path, port: int) -> dict:
+def measure_push(fleet: DeviceFleet, devices: int, pushes: int, db: Database, key: Path, port: int) -> dict:
+    """From publishing a fleet rule set to each device's ack stored; split into the devices' part (the broker's
+    fan-out, their signature check, their ack published: ``acks_sent_*``) and the controller's (from the ack
+    published to it stored: ``stored_after_sent_*``)."""
     outbox: list[tuple[str, bytes, bool]] = []
     rules = FleetRules(Store(db.target), load_private_key(key), PREFIX, lambda t, p, r: outbox.append((t, p, r)))
     latencies: list[float] = []
+    sent: list[float] = []
+    storing: list[float] = []
     all_acked: list[float] = []
 
-    def ack_times(version: int) -> list[float]:
-        rows = db.con.execute("SELECT MIN(received_at) FROM acks WHERE fleet=? AND target='all' AND version=? "
+    def ack_times(version: int) -> dict[str, float]:
+        rows = db.con.execute("SELECT device, MIN(received_at) FROM acks WHERE fleet=? AND target='all' AND version=? "
                               "AND status='applied' GROUP BY device", (FLEET, version)).fetchall()  # fmt: skip
-        return [r[0] for r in rows]
+        return {r[0]: r[1] for r in rows}
 
     for i in range(pushes):
         outbox.clear()
@@ -457,16 +477,21 @@ def measure_push(devices: int, pushes: int, db: Database, key: Path, port: int) 
         t0 = time.time()
         publish_once(BrokerSettings("127.0.0.1", port), f"bench-push-{i}", outbox)
         wait_for(lambda v=version: len(ack_times(v)) >= devices, f"{devices} acks of v{version}")
-        times = [t - t0 for t in ack_times(version)]
+        stored, published = ack_times(version), fleet.acked(version)
+        times = [t - t0 for t in stored.values()]
         latencies += times
+        sent += [t - t0 for t in published.values()]
+        storing += [stored[d] - t for d, t in published.items() if d in stored]
         all_acked.append(round(max(times), 3))
-    latencies.sort()
 
-    def pct(p: float) -> float:
-        return round(latencies[min(len(latencies) - 1, round(p / 100 * (len(latencies) - 1)))], 3)
+    def pct(values: list[float], p: float) -> float:
+        values = sorted(values)
+        return round(values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))], 3) if values else math.nan
 
-    return {"pushes": pushes, "acks": len(latencies), "p50_s": pct(50), "p99_s": pct(99), "max_s": pct(100),
-            "all_acked_s_per_push": all_acked}  # fmt: skip
+    return {"pushes": pushes, "acks": len(latencies), "p50_s": pct(latencies, 50), "p99_s": pct(latencies, 99),
+            "max_s": pct(latencies, 100), "all_acked_s_per_push": all_acked,
+            "acks_sent_p50_s": pct(sent, 50), "acks_sent_p99_s": pct(sent, 99),
+            "stored_after_sent_p50_s": pct(storing, 50), "stored_after_sent_p99_s": pct(storing, 99)}  # fmt: skip
 
 
 def exactly_once(fleet: DeviceFleet, db: Database) -> dict:
@@ -510,6 +535,12 @@ class Setup:
         self.db.close()
 
 
+def per_message(phase: dict, messages: int) -> None:
+    """CPU milliseconds of the replicas and of the database server per message (alert or ack) of a phase."""
+    for group in ("replicas", "database"):
+        phase[f"{group}_cpu_ms_per_message"] = round(1000 * phase["usage"][group]["cpu_s"] / max(1, messages), 3)
+
+
 def run_setup(args, kind: str, replicas: int, work: Path) -> dict:
     s = Setup(args, kind, replicas, work)
     try:
@@ -517,14 +548,17 @@ def run_setup(args, kind: str, replicas: int, work: Path) -> dict:
         s.usage.start()
         run["live"] = measure_live(s.fleet, s.db, args.rate, args.seconds)
         run["live"]["usage"] = s.usage.stop()
+        per_message(run["live"], run["live"]["alerts"])
         log.info("%s x%d live: %s", kind, replicas, run["live"])
         s.usage.start()
         run["backlog"] = measure_backlog(s.fleet, s.db, s.replicas, args.backlog, args.devices)
         run["backlog"]["usage"] = s.usage.stop()
+        per_message(run["backlog"], run["backlog"]["alerts"])
         log.info("%s x%d backlog: %s", kind, replicas, run["backlog"])
         s.usage.start()
-        run["push"] = measure_push(args.devices, args.pushes, s.db, work / "signing.key", s.broker.port)
+        run["push"] = measure_push(s.fleet, args.devices, args.pushes, s.db, work / "signing.key", s.broker.port)
         run["push"]["usage"] = s.usage.stop()
+        per_message(run["push"], run["push"]["acks"])
         log.info("%s x%d push: %s", kind, replicas, run["push"])
         wait_for(lambda: s.fleet.counts()[1] == 0, "every alert confirmed")
         run["check"] = exactly_once(s.fleet, s.db)

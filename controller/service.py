@@ -65,8 +65,10 @@ from controller.store import Block, Store
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 1000  # messages per database transaction
+BATCH_LINGER_S = 0.02  # a batch waits this long for more messages (each batch costs a few statements and a commit)
 RECEIVE_MAXIMUM = 2 * BATCH_MAX  # QoS 1 messages the broker may send ahead of their acknowledgement (MQTT 5)
 ATTEMPTS = 3  # of a batch's transaction, after a deadlock between replicas or a lost database connection
+RECHECK_S = 1.0  # a device left behind its batch's highest stored seq has its mark looked at again after this
 PUBACK_WAIT_S = 10.0  # for a rule set's PUBACK, inside the transaction that issued its version
 Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
 
@@ -188,6 +190,8 @@ class ControllerService:
         self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
+        # (fleet, device) -> (the mark last confirmed, when to look again): see _process.
+        self._lagging: dict[tuple[str, str], tuple[int, float]] = {}
         self.ready = threading.Event()  # connected and subscribed
         b = config.broker
         self.client = make_client(
@@ -275,14 +279,23 @@ class ControllerService:
         next_sweep = time.monotonic() + self.config.tick_s
         while not self._stopping.is_set():
             batch = []
+            wait = min(1.0, self.config.tick_s)
+            if self._lagging:
+                wait = max(0.01, min(wait, min(due for _, due in self._lagging.values()) - time.monotonic()))
             try:
-                batch.append(self._inbox.get(timeout=min(1.0, self.config.tick_s)))
+                batch.append(self._inbox.get(timeout=wait))
+                deadline = time.monotonic() + BATCH_LINGER_S
                 while len(batch) < BATCH_MAX:
-                    batch.append(self._inbox.get_nowait())
+                    try:
+                        batch.append(self._inbox.get_nowait())
+                    except queue.Empty:
+                        batch.append(self._inbox.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 pass
             if batch:
                 self._process(batch)
+            if self._lagging:
+                self._recheck()
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.config.tick_s
                 self._sweep()
@@ -332,6 +345,18 @@ class ControllerService:
                 self.client.ack(message.mid, message.qos)
         if self.config.confirm_alerts:
             self._confirm(marks)
+            # A device whose alerts here were stored above the mark confirmed: the seqs between may be in another
+            # replica's batch committed at the same moment (neither saw the other's rows), so that neither
+            # confirmed the whole run.  Looked at once more shortly, rather than left to the agent's resending.
+            top: dict[tuple[str, str], int] = {}
+            for alert in work.alerts:
+                key = (alert["fleet"], alert["device"])
+                top[key] = max(top.get(key, 0), alert["seq"])
+            due = time.monotonic() + RECHECK_S
+            for key, mark in marks.items():
+                self._lagging.pop(key, None)  # this confirmation is the newest
+                if mark < top.get(key, 0):
+                    self._lagging[key] = (mark, due)
         for fleet, sources in touched.items():
             try:
                 # Reporters are counted in the database, after the commit above: across replicas, whoever
@@ -375,6 +400,22 @@ class ControllerService:
             seq = alert_seq_of(message.payload) if parts is not None and parts.kind == "alerts" else None
             if seq is not None and parts.device != ALL_DEVICES:
                 work.refused.append((parts.fleet, parts.device, seq))
+
+    def _recheck(self) -> None:
+        """Confirm again the lagging devices (see _process) whose mark moved since their last confirmation."""
+        now = time.monotonic()
+        due = {key: mark for key, (mark, at) in self._lagging.items() if at <= now}
+        if not due:
+            return
+        for key in due:
+            del self._lagging[key]
+        try:
+            with self.store.transaction():
+                marks = self.store.advance_marks({key: 1 for key in due})
+        except Exception as exc:  # the agent sends its alerts again after a while and is confirmed then
+            log.warning("controller %s: marks of %d devices not looked at again: %s", self.config.name, len(due), exc)
+            return
+        self._confirm({key: mark for key, mark in marks.items() if mark > due[key]})
 
     def _confirm(self, marks: dict[tuple[str, str], int]) -> None:
         """After the commit: tell each agent how far its alerts are stored, so it can forget them."""

@@ -9,6 +9,7 @@ must be stored exactly once.  The long version of the broker test (a restart a m
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -120,7 +121,21 @@ def test_broker_restarted_every_5_s_under_load_every_alert_is_stored_exactly_onc
         with Sender(agents) as sender:
             for i in range(5):
                 time.sleep(5)
-                broker.restart(kill=i % 2 == 1)
+                if i == 1:
+                    # Once, the replicas come back after the agents (as loaded ones would): until they subscribe
+                    # again the broker has no shared subscription to route alerts to, so some are certainly lost.
+                    # (Replicas that keep up leave nothing queued at the broker for a restart to lose.)
+                    for r in replicas:
+                        r.proc.send_signal(signal.SIGSTOP)
+                    try:
+                        broker.restart(kill=True)
+                        wait_until(lambda: all(a.connected for a in agents), "agents back on the broker")
+                        time.sleep(2)
+                    finally:
+                        for r in replicas:
+                            r.proc.send_signal(signal.SIGCONT)
+                else:
+                    broker.restart(kill=i % 2 == 1)
             wait_until(lambda: all(a.connected for a in agents), "agents back on the broker")
             time.sleep(2)
         assert_each_stored_exactly_once(agents, sender, postgres_db)
