@@ -143,6 +143,9 @@ class SimDevice:
         ack = {"schema": ACK_SCHEMA, "target": target, "version": ruleset.version, "status": "applied",
                "reason": None, "device": self.name, "fleet": FLEET}  # fmt: skip
         client.publish(topic(PREFIX, FLEET, self.name, "rules/ack"), canonical_json(ack), qos=1)
+        # Out now, as a device alone would: otherwise it waits for the worker's next select(), after every other
+        # device of the worker that got the rule set in this one has checked its signature.
+        client.loop_write()
         self.acked_at[ruleset.version] = time.time()
 
     def send_alert(self) -> None:
