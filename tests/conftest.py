@@ -12,8 +12,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from lab import SHARED_DATA  # noqa: E402
 
 # The broker and keys fixtures (a real mosquitto per test); a PostgreSQL server per session and the
-# database fixture (each test parametrized over SQLite and PostgreSQL).
-pytest_plugins = ("lab.mqtt_helpers", "lab.postgres")
+# database fixture (each test parametrized over SQLite and PostgreSQL); the compiled kernels built from
+# this checkout (native_library, compiled).
+pytest_plugins = ("lab.mqtt_helpers", "lab.postgres", "lab.native_build")
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,6 @@ The library is compiled here from the checkout's sources, so these tests never r
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -16,28 +14,9 @@ from agent.detect.model import load_bundle
 from agent.features.engine import Budgets, FeatureExtractor
 from agent.features.reference import ReferenceExtractor
 from lab.feature_tolerance import mismatches
+from lab.native_build import build, use_library
 from lab.packet_factory import random_batch, spoofed_syn_flood
 from tests.agent.features.test_engine import GOLDEN, _in_batches, _load_golden
-
-
-@pytest.fixture(scope="module")
-def kernel(tmp_path_factory):
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler (.ci/run installs gcc)")
-    lib = tmp_path_factory.mktemp("kernel") / "kernels.so"
-    subprocess.run(native.compile_command(cc, lib) + ["-Werror"], check=True)
-    return lib
-
-
-@pytest.fixture
-def compiled(kernel, monkeypatch):
-    """backend="c" / "auto" run the library just compiled."""
-    monkeypatch.setenv("IOTGUARD_NATIVE_LIB", str(kernel))
-    monkeypatch.delenv("IOTGUARD_NATIVE", raising=False)
-    native.load.cache_clear()
-    yield
-    native.load.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -134,8 +113,7 @@ def test_backend_choice(compiled, monkeypatch):
 def test_unloadable_library_falls_back_with_a_warning(tmp_path, monkeypatch, caplog):
     broken = tmp_path / "kernel.so"
     broken.write_bytes(b"not a shared object")
-    monkeypatch.setenv("IOTGUARD_NATIVE_LIB", str(broken))
-    native.load.cache_clear()
+    use_library(monkeypatch, broken)
     try:
         assert native.load() is None
         assert "cannot load the compiled kernels" in caplog.text
@@ -144,14 +122,9 @@ def test_unloadable_library_falls_back_with_a_warning(tmp_path, monkeypatch, cap
 
 
 def test_a_build_of_another_kernel_version_is_refused(tmp_path, monkeypatch, caplog):
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler (.ci/run installs gcc)")
     source = tmp_path / "old.c"
     source.write_text("int iotguard_kernel_abi(void) { return 99; }\n")
-    subprocess.run([cc, "-fPIC", "-shared", "-o", str(tmp_path / "old.so"), str(source)], check=True)
-    monkeypatch.setenv("IOTGUARD_NATIVE_LIB", str(tmp_path / "old.so"))
-    native.load.cache_clear()
+    use_library(monkeypatch, build([source], tmp_path / "old.so"))
     try:
         assert native.load() is None
         assert f"built for kernel ABI 99, this agent needs {native.KERNEL_ABI}" in caplog.text
@@ -160,15 +133,7 @@ def test_a_build_of_another_kernel_version_is_refused(tmp_path, monkeypatch, cap
 
 
 def test_a_build_without_a_function_falls_back_to_numpy(tmp_path, monkeypatch, caplog):
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler (.ci/run installs gcc)")
-    source = tmp_path / "abi_only.c"
-    source.write_text((native.HERE / "abi.c").read_text())
-    subprocess.run([cc, "-fPIC", "-shared", "-o", str(tmp_path / "abi_only.so"), str(source)], check=True)
-    monkeypatch.setenv("IOTGUARD_NATIVE_LIB", str(tmp_path / "abi_only.so"))
-    native.load.cache_clear()
-    native._missing.cache_clear()
+    use_library(monkeypatch, build([native.HERE / "abi.c"], tmp_path / "abi_only.so"))
     try:
         assert native.load() is not None and FeatureExtractor()._kernel is None
         assert "lack iotguard_single_update" in caplog.text

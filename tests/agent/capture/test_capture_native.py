@@ -10,9 +10,7 @@ files, on every link type the reader supports, and on frame batches with impossi
 from __future__ import annotations
 
 import random
-import shutil
 import struct
-import subprocess
 from dataclasses import fields
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from agent.capture.pcap import MAX_FRAME_LEN, PCAP_RECORD_HEADER_LEN, CaptureFor
 from lab import SHARED_DATA, TEST_DATA
 from lab.capture_fuzz import frame_batch, random_capture, random_frame
 from lab.link_layers import from_ethernet, pcap_bytes, pcapng_bytes
+from lab.native_build import use_library
 from tests.agent.capture.test_linktypes import random_record
 
 REAL = sorted(p.name for p in (SHARED_DATA / "real").glob("*.pcap*")) if (SHARED_DATA / "real").is_dir() else []
@@ -35,28 +34,15 @@ CORPUS = sorted(p for p in (TEST_DATA / "fuzz_corpus").iterdir() if p.suffix in 
 KERNELS = ("iotguard_pcap_records", "iotguard_read_header_fields")
 
 
-@pytest.fixture(scope="module")
-def kernel(tmp_path_factory):
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler (.ci/run installs gcc)")
-    lib = tmp_path_factory.mktemp("kernel") / "kernels.so"
-    subprocess.run(native.compile_command(cc, lib) + ["-Werror"], check=True)
-    return lib
-
-
 @pytest.fixture
-def both(kernel, monkeypatch):
+def both(native_library, monkeypatch):
     """``both(run)``: (what ``run()`` returns with the compiled kernels, what it returns without them)."""
 
     def run_both(run):
-        monkeypatch.setenv("IOTGUARD_NATIVE_LIB", str(kernel))
-        monkeypatch.delenv("IOTGUARD_NATIVE", raising=False)
-        native.load.cache_clear()
+        use_library(monkeypatch, native_library)
         assert all(native.function(name, []) is not None for name in KERNELS), "the kernels were not built"
         compiled = run()
-        monkeypatch.setenv("IOTGUARD_NATIVE", "off")
-        native.load.cache_clear()
+        use_library(monkeypatch, None)
         assert native.load() is None
         python = run()
         return compiled, python

@@ -7,8 +7,6 @@ the same either way.  The library is compiled here from the checkout's sources (
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,29 +17,10 @@ from agent.capture.packets import LABELS, PacketBatch
 from agent.detect.decide import DecisionConfig, DecisionLayer
 from agent.detect.tracked import Tracked, argsort_keys, sort_kernel
 from agent.features.engine import FeatureExtractor
+from lab.native_build import use_library
 from lab.packet_factory import random_batch, spoofed_syn_flood
 
 DEMO = Path(__file__).resolve().parents[3] / "agent" / "samples" / "mirai_demo.pcap"
-
-
-@pytest.fixture(scope="module")
-def kernel(tmp_path_factory):
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler (.ci/run installs gcc)")
-    lib = tmp_path_factory.mktemp("kernel") / "kernels.so"
-    subprocess.run(native.compile_command(cc, lib) + ["-Werror"], check=True)
-    return lib
-
-
-@pytest.fixture
-def compiled(kernel, monkeypatch):
-    """The library just compiled is the one loaded."""
-    monkeypatch.setenv("IOTGUARD_NATIVE_LIB", str(kernel))
-    monkeypatch.delenv("IOTGUARD_NATIVE", raising=False)
-    native.load.cache_clear()
-    yield
-    native.load.cache_clear()
 
 
 def _numpy(table: Tracked) -> Tracked:
@@ -182,18 +161,13 @@ def test_decision_layer_alike_with_and_without_kernels(compiled, seed):
     assert raised > 0  # the comparison covered verdicts
 
 
-def test_demo_capture_alike_with_and_without_kernels(kernel, monkeypatch):
+def test_demo_capture_alike_with_and_without_kernels(native_library, monkeypatch):
     from agent.detect.model import Classifier, load_bundle
     from agent.pipeline import detect_capture
 
     runs = {}
-    for mode in ("off", "compiled"):
-        native.load.cache_clear()
-        if mode == "off":
-            monkeypatch.setenv("IOTGUARD_NATIVE", "off")
-        else:
-            monkeypatch.delenv("IOTGUARD_NATIVE", raising=False)
-            monkeypatch.setenv("IOTGUARD_NATIVE_LIB", str(kernel))
+    for mode, library in (("off", None), ("compiled", native_library)):
+        use_library(monkeypatch, library)
         runs[mode] = detect_capture(DEMO, Classifier(load_bundle()))
     native.load.cache_clear()
     off, c = runs["off"], runs["compiled"]
