@@ -18,6 +18,7 @@ from agent import native
 
 
 EVICT_SLACK = 8  # a full table evicts at least budget / EVICT_SLACK entries at once
+EVICT_SAMPLE = 4096  # ages sampled to find the eviction bound in a large table
 
 
 class SortedIndex:
@@ -117,6 +118,7 @@ class StreamTable:
         self.free = np.empty(0, dtype=np.int64)  # slots given back by eviction
         self.fresh = 0  # slots fresh..budget-1 were never used (not even counted in RSS yet)
         self.evicted = 0
+        self._rng = np.random.default_rng(0)  # eviction's age samples: the same victims on every run
 
     def __len__(self) -> int:
         return len(self.index)
@@ -169,11 +171,26 @@ class StreamTable:
         self.fresh += len(new)
         return np.concatenate([reused, new])
 
+    def _oldest(self, age: np.ndarray, count: int) -> np.ndarray:
+        """Slots of the ``count`` smallest ages.  A large table first finds the age below which about that many
+        lie from a sample, so that only those few are sorted out (a full partition of 100,000 ages for every
+        eviction cost a spoofed flood more than its features); the same smallest ages, ties aside."""
+        if len(age) > 4 * EVICT_SAMPLE:
+            sample = age[self._rng.integers(0, len(age), EVICT_SAMPLE)]
+            share = min(1.0, 1.25 * count / len(age) + 0.01)  # aim a little above ``count``
+            bound = np.quantile(sample, share)
+            candidates = np.flatnonzero(age <= bound)
+            # Exact when the candidates hold the ``count`` smallest: all ages at or below the bound are in them.
+            if len(candidates) >= count and np.isfinite(bound):
+                pick = np.argpartition(age[candidates], count - 1)[:count]
+                return candidates[pick].astype(np.int64)
+        return np.argpartition(age, count - 1)[:count].astype(np.int64)
+
     def _evict(self, count: int, protected: np.ndarray) -> None:
         """Drop the ``count`` least recently updated entries, sparing the ``protected`` slots."""
         age = np.where(self.in_use[: self.fresh], self.t_last[: self.fresh], np.inf)
         age[protected] = np.inf
-        victims = np.argpartition(age, count - 1)[:count].astype(np.int64)
+        victims = self._oldest(age, count)
         self.index.remove(victims)
         self.in_use[victims] = False
         self.free = np.concatenate([self.free, victims])

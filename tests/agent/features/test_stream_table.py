@@ -77,3 +77,17 @@ def test_hash_and_sorted_index_agree_under_churn():
         probe = rng.choice(universe, size=30)
         assert hashed.find(probe).tolist() == plain.find(probe).tolist(), f"step {step}"
         assert len(hashed) == len(plain) == len(key_of)
+
+
+def test_eviction_in_a_large_table_picks_exactly_the_least_recently_updated():
+    """The sampled bound only narrows the search: the evicted are the oldest, as a full partition finds them."""
+    rng = np.random.default_rng(3)
+    budget = 50_000
+    table = StreamTable(budget, np.zeros(1), "sorted")
+    keys = rng.permutation(np.arange(1, budget + 1, dtype=np.uint64))
+    t = rng.random(budget) * 1000
+    table.lookup(keys, t)
+    table.lookup(np.arange(budget + 1, budget + 10_001, dtype=np.uint64), np.full(10_000, 2000.0))
+    gone = ~table.contains(keys)
+    assert table.evicted == gone.sum() >= 10_000 and len(table) <= budget
+    assert t[gone].max() <= np.sort(t)[table.evicted - 1]  # exactly the oldest (random times: no ties)
