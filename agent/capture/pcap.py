@@ -241,7 +241,9 @@ def _locate_records(data: bytes, endian: str) -> tuple[np.ndarray, int]:
 
 # The record header's fields as the walk returns them (all 4-byte unsigned, PCAP_RECORD_HEADER).
 RECORD_FIELDS = ("ts_sec", "ts_frac", "cap_len", "wire_len")
-_RECORD_FIELD_AT = np.array([layout_dtype(PCAP_RECORD_HEADER, "<").fields[name][1] for name in RECORD_FIELDS])
+# int64 on 32-bit boards too (the compiled walk reads them as such)
+_RECORD_FIELD_AT = np.array([layout_dtype(PCAP_RECORD_HEADER, "<").fields[name][1] for name in RECORD_FIELDS],
+                            dtype=np.int64)
 assert all(fmt == "I" for name, fmt, _ in PCAP_RECORD_HEADER if name in RECORD_FIELDS)
 # iotguard_pcap_records (agent/native/capture.c): the same walk as _locate_records, header fields included.
 _RECORDS_SIGNATURE = [native.u8, native.n, native.i32, native.n, native.i64, native.n, native.n,
