@@ -19,6 +19,7 @@ from agent.detect.anomaly import (
     AnomalyModelError,
     _content_sha256,
     load_anomaly,
+    repeated_rows,
 )
 from agent.features.columns import N_FEATURES
 from convert.dataset import SynthJob, synth_features
@@ -105,6 +106,30 @@ def test_vectorised_score_equals_the_plain_per_row_computation(trained, traffic)
     got = trained.score(rows)
     np.testing.assert_allclose(got, expected, rtol=2e-4, atol=1e-6)
     assert (expected > 1).any() and (expected < 1).any()  # both sides of the threshold were checked
+
+
+def test_repeated_rows_are_scored_once_and_alike(trained, traffic):
+    """A spoofed flood's rows repeat: each run of equal rows is scored once, every row gets its own score.
+    Rows equal but for a column beyond its cap (a new jitter stream's absolute time) count as equal; a NaN
+    or a change in any other column starts a new run."""
+    rng = np.random.default_rng(9)
+    distinct = np.concatenate([traffic["held_out"][:30], traffic["flood"][:30]])
+    rows = np.repeat(distinct[rng.integers(0, len(distinct), 60)], 50, axis=0)  # runs of 50
+    caps = trained.caps
+    capped = int(np.flatnonzero(np.isfinite(caps))[0])
+    rows[:, capped] = caps[capped] + 1.0 + np.arange(len(rows))  # beyond the cap, different in every row
+    rows[125, 3] = np.nan
+    rows[130, 10] += 1e-3 * max(1.0, abs(rows[130, 10]))
+    first, inverse = repeated_rows(rows, caps)
+    assert inverse is not None and 60 <= len(first) <= 64
+    assert inverse[125] not in (inverse[124], inverse[126]) and inverse[130] not in (inverse[129], inverse[131])
+    others = np.flatnonzero(~np.isfinite(caps))
+    same = rows[first][inverse][:, others] == rows[:, others]
+    assert same.all(axis=1).sum() == len(rows) - 1  # all but the NaN row (NaN != NaN)
+    got = trained.score(rows)
+    one_by_one = np.concatenate([trained.score(rows[i : i + 1]) for i in range(0, len(rows), 97)])
+    np.testing.assert_allclose(got[::97], one_by_one, rtol=1e-5)
+    assert repeated_rows(rng.random((500, N_FEATURES)), caps)[1] is None  # nothing repeats: no grouping
 
 
 def test_bad_rows_get_a_score_and_bad_shapes_a_clear_error(trained):
