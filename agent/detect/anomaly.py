@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.detect.preprocess import column_caps
+from agent.detect.preprocess import column_caps, repeated_rows
 from agent.features.columns import COLUMNS, FEATURE_SCHEMA, N_FEATURES
 
 log = logging.getLogger(__name__)
@@ -320,25 +320,6 @@ class _Scorer:
         D = np.tanh(self.oW2 @ H + self.ob2)
         D -= R
         return np.sqrt(np.einsum("ij,ij->j", D, D, dtype=np.float64) / (4 * self.groups))
-
-
-def repeated_rows(X: np.ndarray, caps: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(first, inverse)``: row ``i`` scores as row ``first[inverse[i]]`` does, or ``(all rows, None)`` when few
-    rows repeat.  Rows are grouped into runs of consecutive rows equal to the one before them, once each column
-    is capped (the scorer clips a column at its cap): a spoofed flood's packets, every one from a new source,
-    have the very same features but for the new jitter streams' first value (the packet's absolute time), and
-    scoring each run once is what makes the detector affordable there.  A row with a NaN starts a run of its own."""
-    n = len(X)
-    if n < 64:
-        return np.arange(n), None
-    same = X[1:] == X[:-1]
-    for c in np.flatnonzero(np.isfinite(caps)):  # both beyond the cap: alike to the scorer
-        same[:, c] |= (X[1:, c] >= caps[c]) & (X[:-1, c] >= caps[c])
-    starts = np.ones(n, dtype=bool)
-    starts[1:] = ~same.all(axis=1)
-    if starts.sum() > n // 2:
-        return np.arange(n), None
-    return np.flatnonzero(starts), np.cumsum(starts) - 1
 
 
 def _slices(sizes: list[int]) -> list[slice]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.capture.packets import LABELS
-from agent.detect.preprocess import GRID_SHAPE, Preprocessor
+from agent.detect.preprocess import GRID_SHAPE, Preprocessor, repeated_rows
 from agent.detect.protocol_classes import restrict_scores
 from agent.features.columns import FEATURE_SCHEMA
 from agent.util import hash_words
@@ -226,14 +226,20 @@ class Classifier:
         width = int(np.prod(GRID_SHAPE))
         rows = np.empty((min(n, DISTINCT_SPAN), width), dtype=np.int8)
         for lo in range(0, n, DISTINCT_SPAN):
-            span = rows[: min(DISTINCT_SPAN, n - lo)]
+            span_features = features[lo : lo + DISTINCT_SPAN]
+            # Runs of rows alike once capped (a spoofed flood's) are preprocessed once, then every distinct input.
+            runs, run_of = (repeated_rows(span_features, self.bundle.preprocessor.caps) if self.distinct
+                            else (None, None))  # fmt: skip
+            todo = span_features if run_of is None else span_features[runs]
+            span = rows[: len(todo)]
             # Preprocess one inference batch at a time: bounded temporaries however large the input.
             for at in range(0, len(span), self.batch_size):
-                part = self.quantize(features[lo + at : lo + at + self.batch_size])
+                part = self.quantize(todo[at : at + self.batch_size])
                 span[at : at + len(part)] = part.reshape(len(part), width)
             first, inverse = distinct_rows(span) if self.distinct else (np.arange(len(span)), None)
             results = self._invoke(span[first])
-            out[lo : lo + len(span)] = results if inverse is None else results[inverse]
+            results = results if inverse is None else results[inverse]
+            out[lo : lo + len(span_features)] = results if run_of is None else results[run_of]
         return out
 
     def _invoke(self, rows: np.ndarray) -> np.ndarray:

@@ -107,6 +107,30 @@ def _model_input_kernel():
                                                   v.f64, v.f64, v.i64, v.f32, v.i32, v.i64, v.i8])  # fmt: skip
 
 
+def repeated_rows(X: np.ndarray, caps: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(first, inverse)``: row ``i`` preprocesses (and scores) as row ``first[inverse[i]]`` does, or
+    ``(all rows, None)`` when few rows repeat.  Rows are grouped into runs of consecutive rows equal to the one
+    before them once each column is capped (``caps``: both the model's preprocessing and the anomaly detector
+    clip a column there): a spoofed flood's packets, every one from a new source, have the very same features
+    but for the new jitter streams' first value (the packet's absolute time), and handling each run once is what
+    makes the model and the anomaly detector affordable there.  A row with a NaN starts a run of its own."""
+    n = len(X)
+    if n < 64:
+        return np.arange(n), None
+    # First one column (the first uncapped): most rows differing there already starts too many runs.
+    probe = int(np.flatnonzero(~np.isfinite(caps))[0])
+    if np.count_nonzero(X[1:, probe] != X[:-1, probe]) >= n // 2:
+        return np.arange(n), None
+    same = X[1:] == X[:-1]
+    for c in np.flatnonzero(np.isfinite(caps)):  # both beyond the cap: alike to the scorer
+        same[:, c] |= (X[1:, c] >= caps[c]) & (X[:-1, c] >= caps[c])
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = ~same.all(axis=1)
+    if starts.sum() > n // 2:
+        return np.arange(n), None
+    return np.flatnonzero(starts), np.cumsum(starts) - 1
+
+
 @dataclass
 class Preprocessor:
     """``transform`` maps (n, 115) raw features to (n, 5, 23) float32 model inputs in [-1, 1]."""
