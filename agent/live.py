@@ -79,7 +79,7 @@ class LiveAgent:
         self.counters = Counters()
         self.decode = DecodeStats()
         b = profile.budgets
-        self.features = FeatureExtractor(b, max_batch=profile.batch_size)
+        self.features = FeatureExtractor(b, max_batch=profile.max_batch)
         self.classifier = self._make_classifier(load_bundle(config.model) if config.model else load_bundle())
         self.anomaly = load_anomaly(config.anomaly, config.anomaly_model)
         # As many tracked sources and targets as the profile allows source streams.
@@ -218,9 +218,9 @@ class LiveAgent:
         assert self.capture is not None, "start() first"
         if self.profile.cores < 2:
             for frames in self.capture.batches(stop):
-                # The ring hands over every ready block at once (thousands of frames after a burst);
-                # pipeline batches of the profile's size keep the temporaries small.
-                for batch in frames.split(self.profile.batch_size):
+                # The ring hands over every ready block at once: what arrived since the last round, up to the
+                # profile's largest batch, goes through at once (few frames when idle, many under load).
+                for batch in frames.split(self.profile.max_batch):
                     self.process(batch)
                 self._between_batches(reload_request, reload_config)
         else:
@@ -236,7 +236,7 @@ class LiveAgent:
         def sensor() -> None:
             try:
                 for frames in self.capture.batches(stop):
-                    for batch in frames.split(self.profile.batch_size):
+                    for batch in frames.split(self.profile.max_batch):
                         item = self.sense(batch)
                         while item is not None and not stop.is_set():
                             try:
