@@ -109,14 +109,13 @@ def check_native() -> list[Check]:
     from agent.detect.model import load_bundle
     from agent.features.columns import COLUMNS
     from agent.features.engine import FeatureExtractor
-    from agent.pipeline import packets_from_capture
+    from agent.pipeline import SAMPLE_CAPTURE, packets_from_capture
 
     if native.load() is None:
         return [Check("compiled kernels", "warn", "numpy only: the kernels were not built or are switched off",
                       "install a C compiler (apt install gcc) and reinstall the agent: features and model input "
                       "run several times faster")]  # fmt: skip
-    sample = Path(__file__).with_name("samples") / "mirai_demo.pcap"
-    packets = PacketBatch.concat(list(packets_from_capture(sample, DecodeStats()))).take(slice(0, 2000))
+    packets = PacketBatch.concat(list(packets_from_capture(SAMPLE_CAPTURE, DecodeStats()))).take(slice(0, 2000))
     fast, slow = FeatureExtractor(backend="c").update(packets), FeatureExtractor(backend="numpy").update(packets)
     cols = [i for i, name in enumerate(COLUMNS) if name.endswith(("_weight", "_mean"))]
     bundle = load_bundle()

@@ -26,6 +26,7 @@ from agent.util import release_free_memory
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 65536
+SAMPLE_CAPTURE = Path(__file__).with_name("samples") / "mirai_demo.pcap"  # the bundled demo capture
 
 
 @dataclass

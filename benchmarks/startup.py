@@ -48,8 +48,8 @@ marks["profile"] = time.perf_counter()
 agent = LiveAgent(profile, AgentConfig(state_dir=work / "state", mqtt=mqtt), interface="lo", enforcement="none")
 marks["agent"] = time.perf_counter()  # model bundle, interpreter, anomaly detector, tables, fleet link built
 from agent.capture.pcap import read_capture
-sample = Path(sys.modules["agent"].__file__).with_name("samples") / "mirai_demo.pcap"
-frames = next(iter(read_capture(sample, batch_size=profile.batch_size)))
+from agent.pipeline import SAMPLE_CAPTURE
+frames = next(iter(read_capture(SAMPLE_CAPTURE, batch_size=profile.batch_size)))
 agent.process(frames)
 marks["first_batch"] = time.perf_counter()
 rss = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024

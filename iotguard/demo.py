@@ -22,14 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-import agent
 from agent.capture.packets import LABELS
 from agent.detect.decide import DecisionLayer
 from agent.detect.model import Classifier, load_bundle
-from agent.pipeline import detect_capture
+from agent.pipeline import SAMPLE_CAPTURE, detect_capture
 from agent.report import counted, reported_line
 
-SAMPLE = Path(agent.__file__).with_name("samples") / "mirai_demo.pcap"
+SAMPLE = SAMPLE_CAPTURE
 
 
 def read_labels(capture: Path) -> dict[int, int] | None:

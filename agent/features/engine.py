@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from agent import native
 from agent.capture.packets import L3_ARP, L3_OTHER, PORT_NUMBER, PacketBatch
 from agent.features.columns import LAMBDAS, N_FEATURES
-from agent import native
 from agent.features.decayed_sums import Segments, decayed_sums, previous_time, running_time
 from agent.features.stream_table import StreamTable
 from agent.util import hash_words
@@ -187,9 +187,8 @@ class PairStreams:
         """(n, 7 * L) columns weight, mean, std, magnitude, radius, covariance, pcc per lambda."""
         n = len(key_a)
         # Direction 0 is the stream with the smaller key; a stream paired with itself is direction 0.
-        direction = (key_a > key_b).astype(np.int64)
-        self_paired = key_a == key_b
-        pair_key = hash_words(6, np.minimum(key_a, key_b), np.maximum(key_a, key_b))
+        pair_key, direction, self_paired = _pairing(key_a, key_b)
+        direction = direction.astype(np.int64)
         order, seg = _group_by(pair_key)  # "pair order": by pair, then time
         ts, xs, d, selfp = t[order], x[order], direction[order], self_paired[order]
         slots, is_new = self.table.lookup(pair_key[order][seg.start], ts[seg.start])
@@ -253,12 +252,16 @@ class PairStreams:
     def update_native(self, kernel: "_Kernel", key_a: np.ndarray, key_b: np.ndarray, t: np.ndarray, x: np.ndarray, out: np.ndarray,
                       column: int) -> None:
         """``update`` through the compiled kernel, written into ``out[:, column : column + 7 * L]``."""
-        direction = (key_a > key_b).view(np.uint8)
-        self_paired = (key_a == key_b).view(np.uint8)
-        pair_key = hash_words(6, np.minimum(key_a, key_b), np.maximum(key_a, key_b))
+        pair_key, direction, self_paired = _pairing(key_a, key_b)
         slots, created, _ = _packet_slots(self.table, pair_key, t)
-        kernel.pair(len(key_a), t, x, slots, direction, self_paired, created, self.table.state, self.table.t_last,
-                    LAM, NL, native.out_pointer(out, column), out.shape[1])
+        kernel.pair(len(key_a), t, x, slots, direction.view(np.uint8), self_paired.view(np.uint8), created,
+                    self.table.state, self.table.t_last, LAM, NL, native.out_pointer(out, column), out.shape[1])
+
+
+def _pairing(key_a: np.ndarray, key_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per packet: its pair's key (one per unordered stream pair), its direction in the pair (True: 1, the
+    stream with the larger key) and whether the stream is its own reverse (then direction 0)."""
+    return hash_words(6, np.minimum(key_a, key_b), np.maximum(key_a, key_b)), key_a > key_b, key_a == key_b
 
 
 def _reverse_moments(j: np.ndarray, d: np.ndarray, selfp: np.ndarray, seg: Segments, mu_a: np.ndarray,

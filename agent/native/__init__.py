@@ -82,17 +82,22 @@ def load_library(path: Path) -> ctypes.CDLL:
 def function(name: str, argtypes: list, restype=None) -> ctypes._CFuncPtr | None:
     """Kernel function ``name`` with its signature declared (next to the code that calls it), or None when
     the library is not loaded or lacks it (built from older sources: logged).  Rename a function whenever its
-    signature changes, so that a stale build can never be called with the wrong arguments."""
+    signature changes, so that a stale build can never be called with the wrong arguments.  A signature is
+    declared once per loaded library, not on each call: the stages ask for their functions on every batch."""
     lib = load()
     if lib is None:
         return None
-    try:
-        fn = getattr(lib, name)
-    except AttributeError:
-        _missing(name)
-        return None
-    fn.restype, fn.argtypes = restype, argtypes
-    return fn
+    declared = lib.__dict__.setdefault("_iotguard_declared", {})  # (not through CDLL.__getattr__: a symbol lookup)
+    signature = (tuple(argtypes), restype)
+    if name not in declared or declared[name][1] != signature:
+        try:
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = restype, argtypes
+        except AttributeError:
+            _missing(name)
+            fn = None
+        declared[name] = (fn, signature)
+    return declared[name][0]
 
 
 @cache
