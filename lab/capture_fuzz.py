@@ -345,13 +345,13 @@ def random_pcap(rng: random.Random, records: int) -> Capture:
             stopped = True
         elif damage in ("cap_past_end", "header_cut"):
             outcomes.append(Outcome(AT_EOF, "truncated_record", record=False))
-        elif cap > snap_limit(snaplen) or cap > wire:
-            if cap > snap_limit(snaplen):
-                labels.append("record:cap_over_snaplen")
+        elif cap > wire:
             outcomes.append(Outcome(pos, "bad_record_length"))
         elif (linktype & 0xFFFF) not in SUPPORTED_LINKTYPES:  # the upper bits carry FCS information
             outcomes.append(Outcome(pos, f"unsupported_linktype:{linktype & 0xFFFF}"))
         else:
+            if cap > snap_limit(snaplen):  # read whole, as Wireshark does
+                labels.append("record:cap_over_snaplen")
             outcomes.append(Outcome(pos, None, ts=sec + frac / units, wire=wire, frame=data))
     data = pcap_bytes(rows, endian, nano, snaplen, linktype, version)
     if "record:header_cut" in labels:
@@ -615,7 +615,7 @@ def _model_pcapng(data: bytes, blocks: list[_Block], truncated: bool) -> Capture
                 last_ts = iface.offset + ts_units / iface.units
             if cap > room:
                 out.append(Outcome(end, "corrupt_block"))
-            elif cap > snap_limit(iface.snaplen) or cap > wire:
+            elif cap > wire:
                 out.append(Outcome(end, "bad_record_length"))
             elif iface.linktype not in SUPPORTED_LINKTYPES:
                 out.append(Outcome(end, f"unsupported_linktype:{iface.linktype}"))

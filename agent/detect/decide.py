@@ -33,7 +33,7 @@ import numpy as np
 
 from agent.capture.packets import L3_IPV4, LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch, format_ip, format_mac
 from agent.detect.evidence import ACK as ACK_FLAG
-from agent.detect.evidence import Evidence, packet_evidence
+from agent.detect.evidence import Evidence, datagram_heads, inherit_headers, packet_evidence
 from agent.detect.rules import (
     anomaly_rule,
     convict,
@@ -279,6 +279,10 @@ class DecisionLayer:
         """What every table of the decision stage reads: the chunk's evidence, probes and answers."""
         n = len(packets)
         ev = packet_evidence(packets, features)
+        heads = datagram_heads(packets)
+        if heads is not None:  # later fragments: their first fragment's headers and the model's scores of it
+            inherit_headers(ev, heads)
+            scores = scores[heads]
         if anomaly is not None:
             self.anomaly_enabled = True
         anomalous = np.zeros(n) if anomaly is None else (anomaly > 1.0).astype(np.float64)

@@ -22,6 +22,10 @@ options the attacker chose (payload size, ports, TTL, ToS, ...):
   ``tcph->seq = iph->daddr``); a random sequence number matches by chance once in 2^32 packets;
 * probe openers: TCP without ACK or RST (SYN, and the FIN, NULL and Xmas probes of stealth scans) and ICMP
   echo requests, which reach for a host or port;
+* a later IP fragment carries no transport header: it takes its datagram's header facts (and, in the decision
+  stage, its model scores) from the first fragment (``datagram_heads``), so a flood of large fragmented packets
+  (hping3 ``-d 3000``, the "fragmentation" floods of public datasets) has the shape of its protocol's flood
+  throughout instead of two thirds of packets with no shape;
 * answers to them: SYN-ACKs, echo replies and a router's ICMP time exceeded (a scanner's probes mostly go
   unanswered; a traceroute's are answered hop by hop);
 * for UDP, which opens nothing: a probe-sized datagram (a scanner's probes are empty or a protocol's
@@ -39,6 +43,7 @@ import numpy as np
 from agent.capture.headers import ACK, FIN, PSH, RST, SYN, URG  # noqa: F401  (the flags, for the stages after)
 from agent.capture.packets import L3_IPV4, PacketBatch
 from agent.features.columns import COLUMNS
+from agent.util import hash_words
 
 ECHO_REQUESTS, ECHO_REPLIES = (8, 128), (0, 129)  # ICMP, ICMPv6
 UNREACHABLE = (3, 1)  # ICMP, ICMPv6 destination unreachable
@@ -92,6 +97,37 @@ class Evidence:
     def shape(self) -> np.ndarray:
         """(n, len(SHAPES)) float columns: the shapes a flood can have."""
         return np.stack([getattr(self, name) for name in self.SHAPES], axis=1).astype(np.float64)
+
+
+# What a later fragment takes from its datagram's first fragment: the facts of the transport header.
+INHERITED = ("syn_only", "ack", "syn_odd", "udp", "echo", "tunnel", "new_socket", "one_way")
+
+
+def datagram_heads(packets: PacketBatch) -> np.ndarray | None:
+    """Per packet, the packet whose transport header stands for it: itself, or for a later IP fragment, which has
+    none, the packet before it between the same two hosts with the same protocol that is no later fragment (its
+    datagram's first fragment: fragments are sent in order, and a flood's datagrams one after another).  A later
+    fragment with no such packet in the batch stands for itself.  None when the batch has no later fragment
+    (nearly always: nothing to do)."""
+    frag = packets.frag
+    if not frag.any():
+        return None
+    key = hash_words(14, packets.src_ip_hi, packets.src_ip_lo, packets.dst_ip_hi, packets.dst_ip_lo,
+                     packets.proto.astype(np.uint64))  # fmt: skip
+    order = np.argsort(key, kind="stable")
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = key[order[1:]] != key[order[:-1]]
+    # In key order, each position points at the latest head at or before it within its run of one flow.
+    head_at = np.maximum.accumulate(np.where(~frag[order] | first, np.arange(len(order)), 0))
+    heads = np.empty(len(order), dtype=np.int64)
+    heads[order] = order[head_at]
+    return heads
+
+
+def inherit_headers(ev: "Evidence", heads: np.ndarray) -> None:
+    """Later fragments take their datagram's transport facts (``INHERITED``) from their heads (``datagram_heads``)."""
+    for name in INHERITED:
+        setattr(ev, name, getattr(ev, name)[heads])
 
 
 def bare_rst(packets: PacketBatch) -> np.ndarray:

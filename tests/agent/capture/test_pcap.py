@@ -6,6 +6,7 @@ code under test; real captures are compared with dpkt.
 
 from __future__ import annotations
 
+import logging
 import struct
 
 import dpkt
@@ -262,14 +263,19 @@ def test_absurd_length_in_last_record_header(tmp_path):
     assert dict(stats.skipped) == {"corrupt_record": 1}
 
 
-def test_record_longer_than_snaplen_or_wire_is_skipped(tmp_path):
+def test_record_longer_than_wire_is_skipped_and_longer_than_snaplen_read_whole(tmp_path, caplog):
+    """A writer's snaplen may be below what it writes (dpkt's default 1500 for 1514-byte frames): Wireshark reads
+    such records whole, and so do we; a captured length above the wire length is damage."""
     records = five_records({1: ("wire", 10)})  # cap_len 61 > wire_len 10
     records[3] = (5, 0, ether_frame(3, 150), None, None)  # 150 > snaplen 100
     path = tmp_path / "s.pcap"
     path.write_bytes(pcap_bytes(records, snaplen=100))
-    batches, stats = read_all(path)
-    assert flatten(batches)["index"] == [0, 2, 4]
-    assert dict(stats.skipped) == {"bad_record_length": 2}
+    with caplog.at_level(logging.INFO, logger="agent.capture.pcap"):
+        batches, stats = read_all(path)
+    assert flatten(batches)["index"] == [0, 2, 3, 4]
+    assert flatten(batches)["cap_len"][2] == len(ether_frame(3, 150))
+    assert dict(stats.skipped) == {"bad_record_length": 1}
+    assert "1 records longer than the file's snapshot length 100, read whole" in caplog.text
 
 
 def test_unsupported_linktype_is_counted(tmp_path):

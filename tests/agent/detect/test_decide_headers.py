@@ -632,3 +632,43 @@ def test_small_datagrams_through_one_socket_that_nothing_answers_are_a_udpplain_
     camera = batch(T0 + np.arange(n) / 1500.0, ip(192, 168, 1, 30), ip(192, 168, 1, 40), proto=17, sport=5004,
                    dport=5004, size=1300)  # fmt: skip
     assert run(join(acks, data, camera))[0] == []
+
+
+def fragmented(first: PacketBatch, pieces: int = 3) -> PacketBatch:
+    """Each packet of ``first`` as the first fragment of a datagram of ``pieces`` 1,514-byte frames: the later
+    fragments follow it at once, with no transport header (no ports, flags or ICMP type)."""
+    tails = []
+    for k in range(1, pieces):
+        tail = first.take(np.arange(len(first)))
+        tail.ts = first.ts + 1e-6 * k
+        tail.frag[:] = True
+        tail.port_kind[:] = 0  # PORT_NONE
+        tail.sport[:], tail.dport[:], tail.tcp_flags[:], tail.icmp_type[:] = -1, -1, 0, -1
+        tails.append(tail)
+    return join(first, *tails)
+
+
+@pytest.mark.parametrize("proto,flags,icmp_type,label", [(6, ACK, -1, "mirai_ack"), (17, 0, -1, "mirai_udp"),
+                                                          (1, 0, ECHO_REQUEST, "mirai_udp")])  # fmt: skip
+def test_a_flood_of_fragmented_datagrams_has_its_protocols_shape_in_every_fragment(proto, flags, icmp_type, label):
+    """hping3 ``-d 3000`` floods (the "fragmentation" floods of CIC-IoT-2023): two frames of three carry no transport
+    header; they take their first fragment's, so the flood is one shape throughout and named on the headers."""
+    rng = np.random.default_rng(21)
+    n = 2000
+    ts = T0 + np.arange(n) / 1000.0
+    ports = (rng_ports(rng, n), rng_ports(rng, n)) if proto != 1 else (-1, -1)
+    heads = batch(ts, ip(203, 0, 113, 60), BOARD, proto=proto, sport=ports[0], dport=ports[1], flags=flags,
+                  icmp_type=icmp_type, size=1514)  # fmt: skip
+    verdicts, labels = run(fragmented(heads))
+    assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [(label, "headers", "203.0.113.60")]
+    assert verdicts[0].latency < 1.0
+    assert (labels == LABELS.index(label)).mean() > 0.95  # the later fragments carry the verdict's class too
+
+
+def test_large_datagrams_fragmented_through_one_socket_pair_are_no_flood():
+    """A camera's 4,000-byte datagrams to one viewer port, 300 a second in 900 frames: one stream, no flood."""
+    n = 3000
+    ts = T0 + np.arange(n) / 300.0
+    heads = batch(ts, ip(192, 168, 1, 30), ip(192, 168, 1, 10), proto=17, sport=5004, dport=5004, size=1514)
+    verdicts, _ = run(fragmented(heads))
+    assert verdicts == []
