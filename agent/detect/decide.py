@@ -86,6 +86,9 @@ class DecisionConfig:
     lone_probe_max_rate: float = 20.0  # bare SYN probes/s (all the board sees) below which one convicts its sender
     udp_scan_min_probes: int = 10  # a scan of mostly UDP probes needs so many (nmap -sU sends ~25, then waits)
     udp_scan_min_refusals: float = 3.0  # recent ICMP unreachables behind a scan of mostly UDP probes
+    # A traceroute: routers answer its probes with ICMP time exceeded, hop after hop (a flood's TTL stays put, and a
+    # router answers it once a second at most).  A source that draws this share of its recent packets is tracing.
+    tracing_share: float = 0.1
     # Anomaly verdicts: most recent packets anomalous (only when an anomaly detector runs).
     anomaly_share: float = 0.8
     anomaly_min_packets: int = 20
@@ -164,6 +167,12 @@ def _mac_text(mac: int) -> str:
     return format_mac(mac)
 
 
+def _unless(rule: tuple[np.ndarray, np.ndarray, np.ndarray], ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``rule`` hot only where ``ok``."""
+    hot, label, conf = rule
+    return hot & ok, label, conf
+
+
 def _first_per_source_and_class(verdicts: list[Verdict]) -> list[Verdict]:
     """In time order; of a source's verdicts of one class from several tables (source, pair, initiator) in one
     batch, the earliest."""
@@ -206,7 +215,7 @@ class DecisionLayer:
     its flood's target) stands convicted of at that packet, or -1; ``packet_flood_labels`` the same for
     floods from many sources alone (judged on rate and shape at the target: no model opinion beats it)."""
 
-    SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst", "one_way")
+    SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst", "one_way", "traced")
     TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source")
     PAIR_EXTRAS = SOURCE_EXTRAS[: len(Evidence.SHAPES) + 4]  # shapes, fresh, sweep, kbytes, id_jump
     INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp", "udp_new_sport")
@@ -314,16 +323,27 @@ class DecisionLayer:
         # Fresh: through a socket pair fresh for it, or with TCP numbers no stream of the pair would carry.
         fresh = c.ev.new_socket | self._out_of_sequence(packets, c.ev.ack & ~c.ev.new_socket)
         id_jump = self._ip_id_jumps(packets, c.ev.udp & ~c.ev.new_socket & (packets.l3 == L3_IPV4))
+        traced = c.ev.time_exceeded
         extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst,
-                         c.ev.one_way)
-        srcs = self.sources.update(c.src_key, packets.ts, c.scores, extra)
+                         c.ev.one_way, traced)
+        # A router's time exceeded counts for the source whose packet it answers (its receiver), as benign: a
+        # traceroute's small datagrams to ever new ports look like a UDP flood at random ports to the model.
+        key = c.src_key
+        if traced.any():
+            key = key.copy()
+            key[traced] = hash_words(11, packets.dst_ip_hi[traced], packets.dst_ip_lo[traced],
+                                     packets.l3[traced].astype(np.uint64))  # fmt: skip
+        srcs = self.sources.update(key, packets.ts, c.scores, extra)
+        # Neither a tracing source nor a router's answer (it carries the router's address) convicts.
+        tracing = srcs["shares"][:, self.SOURCE_EXTRAS.index("traced")] >= cfg.tracing_share
+        calm = ~(tracing | traced[srcs["order"]])
         rules = [
-            (model_rule(srcs, cfg, self.sources), "model"),
+            (_unless(model_rule(srcs, cfg, self.sources), calm), "model"),
             (fingerprint_rule(c.ev.mirai_scan[srcs["order"]]), "headers"),
-            (flood_rule(srcs, self.sources, cfg, one_source=True), "headers"),
+            (_unless(flood_rule(srcs, self.sources, cfg, one_source=True), calm), "headers"),
         ]
         if self.anomaly_enabled:
-            rules.append((anomaly_rule(srcs, self.sources, cfg), "anomaly"))
+            rules.append((_unless(anomaly_rule(srcs, self.sources, cfg), calm), "anomaly"))
         turned, at = convict(self.sources, srcs, cfg, rules)
         c.verdicts += self._source_verdicts(packets, srcs, turned, at)
         labels = self.sources.per_packet(srcs, srcs["convicted"])
@@ -334,7 +354,7 @@ class DecisionLayer:
         # most its source's packets): benign sources and convicted ones cost nothing here.
         attack_mass = (srcs["avg"] * srcs["weight"][:, None]).max(axis=1)
         rows = np.flatnonzero((self.sources.per_packet(srcs, attack_mass) >= cfg.threshold * cfg.min_packets)
-                              & (labels < 0))  # fmt: skip
+                              & (labels < 0) & self.sources.per_packet(srcs, calm))  # fmt: skip
         if len(rows):
             self._judge_pairs(packets, c.scores, extra, rows, srcs, labels, c.verdicts)
         return srcs, labels

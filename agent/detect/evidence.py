@@ -81,6 +81,7 @@ class Evidence:
     udp_probe: np.ndarray  # probe-sized UDP opening a socket pair to a host its sender talked with recently
     refusal: np.ndarray  # ICMP destination unreachable
     one_way: np.ndarray  # UDP on a socket pair whose other end has sent nothing back on it
+    time_exceeded: np.ndarray  # ICMP time exceeded: a router answering a packet whose TTL ran out
 
     SHAPES = ("syn_only", "ack", "udp", "portless", "syn_odd")
 
@@ -174,4 +175,4 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     tunnel = (packets.proto == 47) & np.isin(packets.gre_proto, GRE_FLOODS)
     return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, opener | echo,
                     synack | icmp(ECHO_REPLIES) | icmp(TIME_EXCEEDED), synack, rst,
-                    udp_probe, icmp(UNREACHABLE), one_way)  # fmt: skip
+                    udp_probe, icmp(UNREACHABLE), one_way, icmp(TIME_EXCEEDED))  # fmt: skip

@@ -672,3 +672,43 @@ def test_large_datagrams_fragmented_through_one_socket_pair_are_no_flood():
     heads = batch(ts, ip(192, 168, 1, 30), ip(192, 168, 1, 10), proto=17, sport=5004, dport=5004, size=1514)
     verdicts, _ = run(fragmented(heads))
     assert verdicts == []
+
+
+def udp_scores(n: int) -> np.ndarray:
+    s = np.full((n, len(LABELS)), 0.002)
+    s[:, LABELS.index("mirai_udp")] = 0.99
+    return s
+
+
+def test_a_traceroute_is_no_flood_and_a_flood_that_dies_at_the_first_router_still_is():
+    """traceroute's UDP probes (small, to a new port each, 200 a second) look like a UDP flood at random ports to
+    the model; the routers answering them hop after hop with time exceeded say it is a trace.  A flood launched
+    with TTL 1 draws time exceeded from the first router too, but once a second (a router's ICMP rate limit)."""
+    rng = np.random.default_rng(22)
+    tracer, target = ip(192, 168, 1, 40), ip(8, 8, 8, 8)
+    ts = T0 + np.arange(90) * 0.005
+    probes = batch(ts, tracer, target, proto=17, sport=rng_ports(rng, 90), dport=33434 + np.arange(90), size=74)
+    probes.ttl[:] = 1 + np.arange(90) // 3
+    hops = np.flatnonzero(probes.ttl <= 12)  # beyond hop 12 nobody answers: * * *
+    routers = ip(100, 64, 0, 1) + probes.ttl[hops].astype(np.int64)
+    answers = batch(ts[hops] + 0.002 * probes.ttl[hops], routers, tracer, proto=1, sport=-1, dport=-1,
+                    icmp_type=11, size=70)  # fmt: skip
+    trace = join(probes, answers)
+    scores = np.where((trace.proto == 17)[:, None], udp_scores(len(trace)), benign_scores(len(trace)))
+    verdicts, _ = run(trace, scores=scores)
+    assert verdicts == []
+
+    n = 3000
+    ts = T0 + np.arange(n) / 3000.0
+    flood = batch(ts, ip(192, 168, 1, 41), ip(198, 51, 100, 7), proto=17, sport=rng_ports(rng, n),
+                  dport=rng_ports(rng, n), size=554)  # fmt: skip
+    flood.ttl[:] = 1
+    limited = np.flatnonzero(np.diff(np.floor(ts), prepend=-1) > 0)  # the first packet of each second
+    limited = np.union1d(limited, np.arange(6))  # and a burst of 6 at the start
+    gateway_answers = batch(ts[limited] + 0.001, ip(192, 168, 1, 1), ip(192, 168, 1, 41), proto=1, sport=-1,
+                            dport=-1, icmp_type=11, size=70)  # fmt: skip
+    both = join(flood, gateway_answers)
+    scores = np.where((both.proto == 17)[:, None], udp_scores(len(both)), benign_scores(len(both)))
+    verdicts, _ = run(both, scores=scores)
+    assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udp", "192.168.1.41")]
+    assert verdicts[0].latency < 1.0
