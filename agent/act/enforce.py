@@ -13,6 +13,7 @@ decide stage hands over ``BlockEntry`` items and a backend applies them.
         set allow4 { type ipv4_addr; flags interval; auto-merge; }        the allowlist (and allow6)
         chain prerouting {
             type filter hook prerouting priority raw; policy accept;
+            iif "lo" accept                                              the board talking to itself
             ip saddr @allow4 accept                                      never blocked, whatever the rules
             ip saddr @blocked4 counter drop comment "blocked4"
             ...
@@ -298,6 +299,9 @@ class NftablesEnforcer:
         lines += [f"    {s.declaration()}" for s in SETS]
         lines += [f"    set {name} {{ type {kind}; flags interval; auto-merge; }}" for name, _, kind, _ in ALLOW_SETS]
         lines += ["    chain prerouting {", "        type filter hook prerouting priority raw; policy accept;"]
+        # The board talking to itself never drops: a verdict may name the board's own address (a flood forging it
+        # as its source, Mirai running on the board), and its own connections to that address go through "lo".
+        lines += ['        iif "lo" accept comment "loopback"']
         lines += [f'        {match} @{name} accept comment "{name}"' for name, _, _, match in ALLOW_SETS]
         lines += [f"        {s.rule()}" for s in SETS]
         lines += ["    }", "}"]

@@ -190,9 +190,9 @@ def test_start_creates_the_table_and_stop_removes_it(link):
         assert sets == {"allow4", "allow6", "blocked4", "blocked4_net", "blocked4_port", "blocked6", "blocked6_net",
                         "blocked6_port"}  # fmt: skip
         assert [(c["hook"], c["prio"], c["policy"]) for c in chains] == [("prerouting", -300, "accept")]
-        assert sorted(rules) == sorted(sets)
+        assert sorted(rules) == sorted(sets | {"loopback"})
         e.start()  # again: replaces, does not fail or duplicate
-        assert len([i for i in table_json(link.b, e.table) if "rule" in i]) == 8
+        assert len([i for i in table_json(link.b, e.table) if "rule" in i]) == 9
     finally:
         e.stop()
     assert e.table not in link.b.run("nft", "list", "tables").stdout
@@ -213,6 +213,24 @@ def test_blocked_address_is_dropped_and_others_still_arrive(link, traffic, enfor
     enforcer.unblock([BlockEntry(attacker)])
     assert traffic.delivered(attacker, link.ip4_b)
     enforcer.unblock([BlockEntry(attacker)])  # unblocking what is not blocked is harmless
+
+
+@needs_nft
+def test_the_boards_own_address_blocked_never_drops_its_connections_to_itself(link, traffic, enforcer):
+    """A flood forging the board's own address as its source (CIC-IoT's "SynonymousIP" flood) convicts that address;
+    the board's connections to itself (through lo) still pass."""
+    board = link.ip4_b
+    enforcer.block([BlockEntry(board)])
+    assert enforcer.counters()["blocked4"]["elements"] == 1
+    own = link.b.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        own.bind((board, 0))
+        own.sendto(b"to myself", (board, PORT))
+        seen: list = []
+        netns.wait_until(lambda: seen.extend(traffic.received(board)) or (board, b"to myself") in seen,
+                         "the board's datagram to its own address", 10)  # fmt: skip
+    finally:
+        own.close()
 
 
 @needs_nft
