@@ -36,6 +36,7 @@ from agent.detect.evidence import ACK as ACK_FLAG
 from agent.detect.evidence import Evidence, datagram_heads, inherit_headers, packet_evidence
 from agent.detect.rules import (
     anomaly_rule,
+    connection_flood_rule,
     convict,
     fingerprint_rule,
     flood_rule,
@@ -74,6 +75,8 @@ class DecisionConfig:
     syn_flood_min_packets: int = 50  # ...and so many recent ones
     small_udp_flood_rate: float = 1000.0  # one source's small datagrams/s that nothing answers: a flood through...
     small_udp_max_bytes: float = 300.0  # ...one socket (udpplain), when they average at most this many bytes a frame
+    connect_flood_rate: float = 100.0  # one source's SYNs a second to services it tried before: an HTTP flood...
+    connect_flood_min: int = 150  # ...with so many recent SYNs behind it
     flood_new_socket_share: float = 0.8  # share through fresh socket pairs (random ports) or out of sequence; not for
     # one source's SYNs
     # Scans: SYNs to hosts and ports not tried before, mostly unanswered, over a longer window.
@@ -215,7 +218,8 @@ class DecisionLayer:
     its flood's target) stands convicted of at that packet, or -1; ``packet_flood_labels`` the same for
     floods from many sources alone (judged on rate and shape at the target: no model opinion beats it)."""
 
-    SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst", "one_way", "traced")
+    SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst", "one_way", "traced",
+                     "reconnect")
     TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source")
     PAIR_EXTRAS = SOURCE_EXTRAS[: len(Evidence.SHAPES) + 4]  # shapes, fresh, sweep, kbytes, id_jump
     INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp", "udp_new_sport")
@@ -325,7 +329,7 @@ class DecisionLayer:
         id_jump = self._ip_id_jumps(packets, c.ev.udp & ~c.ev.new_socket & (packets.l3 == L3_IPV4))
         traced = c.ev.time_exceeded
         extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst,
-                         c.ev.one_way, traced)
+                         c.ev.one_way, traced, c.ev.syn_only & ~c.probe)
         # A router's time exceeded counts for the source whose packet it answers (its receiver), as benign: a
         # traceroute's small datagrams to ever new ports look like a UDP flood at random ports to the model.
         key = c.src_key
@@ -341,6 +345,7 @@ class DecisionLayer:
             (_unless(model_rule(srcs, cfg, self.sources), calm), "model"),
             (fingerprint_rule(c.ev.mirai_scan[srcs["order"]]), "headers"),
             (_unless(flood_rule(srcs, self.sources, cfg, one_source=True), calm), "headers"),
+            (connection_flood_rule(srcs, self.sources, cfg), "headers"),
         ]
         if self.anomaly_enabled:
             rules.append((_unless(anomaly_rule(srcs, self.sources, cfg), calm), "anomaly"))

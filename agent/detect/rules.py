@@ -181,6 +181,20 @@ def flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: bool) -> 
     return hot, label, share
 
 
+def connection_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
+    """One source connecting again and again to services it has connected to before (SYNs to a host and port it
+    already tried), faster than ``connect_flood_rate`` a second and sustained (``connect_flood_min`` recent ones):
+    an HTTP flood or a connect() flood, whose complete handshakes and requests leave SYNs a fifth of its packets,
+    too few for a SYN flood's shape (a source of SYNs alone is ``flood_rule``'s, at a flood's rate; SYNs to ports
+    not tried before are a scan's).  Nothing benign in a home reconnects a hundred times a second for seconds on end
+    (a browser opens a few dozen connections in a burst); the closest Mirai class is the SYN flood."""
+    again = r["shares"][:, t.extras.index("reconnect")]
+    syn = r["shares"][:, t.extras.index("syn_only")]
+    hot = (again * rate(r, t.half_life_s) >= cfg.connect_flood_rate) & (again * r["weight"] >= cfg.connect_flood_min)
+    hot &= syn < cfg.flood_shape_share
+    return hot, np.full(len(syn), _SYN), np.minimum(again * rate(r, t.half_life_s) / cfg.connect_flood_rate, 1.0)
+
+
 def scan_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     """Probes (openers to a host and port their sender had not tried) from an initiator, few of them answered,
     after the first answers have had time to come back.  An answer the initiator itself resets was not wanted:

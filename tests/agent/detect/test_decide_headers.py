@@ -712,3 +712,34 @@ def test_a_traceroute_is_no_flood_and_a_flood_that_dies_at_the_first_router_stil
     verdicts, _ = run(both, scores=scores)
     assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udp", "192.168.1.41")]
     assert verdicts[0].latency < 1.0
+
+
+def connections(ts, client: int, server: int, rng) -> PacketBatch:
+    """A client's complete HTTP exchanges with a server, one per time in ``ts``: handshake, request, response,
+    FIN both ways (9 packets, each connection from a new source port)."""
+    n = len(ts)
+    sport = rng.integers(32768, 61000, n)
+    steps = [  # (delay, from client, flags, size)
+        (0.0, True, SYN, 74), (0.0002, False, SYNACK, 74), (0.0004, True, ACK, 66), (0.0005, True, PSHACK, 160),
+        (0.0007, False, ACK, 66), (0.0015, False, PSHACK, 700), (0.0017, True, FIN | ACK, 66),
+        (0.0019, False, FIN | ACK, 66), (0.0021, True, ACK, 66),
+    ]
+    parts = []
+    for delay, from_client, flags, size in steps:
+        a, b = (client, server) if from_client else (server, client)
+        ports = dict(sport=sport, dport=80) if from_client else dict(sport=80, dport=sport)
+        parts.append(batch(ts + delay, a, b, flags=flags, size=size, seq=rng.integers(0, 2**32, n), **ports))
+    return join(*parts)
+
+
+def test_an_http_flood_is_a_connection_flood_and_a_browsers_page_loads_are_not():
+    """150 complete HTTP exchanges a second from one client (an HTTP flood: SYNs only a ninth of its packets) are
+    reported within 1.5 s; a browser opening 60 connections at once every 30 s is not."""
+    rng = np.random.default_rng(23)
+    flood = connections(T0 + np.sort(rng.uniform(0, 5, 750)), ip(203, 0, 113, 77), BOARD, rng)
+    verdicts, _ = run(flood)
+    assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_syn", "headers", "203.0.113.77")]
+    assert verdicts[0].latency < 1.5
+    loads = T0 + np.concatenate([30.0 * k + np.sort(rng.uniform(0, 1.0, 60)) for k in range(5)])
+    verdicts, _ = run(connections(loads, ip(192, 168, 1, 23), ip(93, 184, 216, 34), rng))
+    assert verdicts == []
