@@ -45,7 +45,7 @@ SWEPT_NET = "10.198.5.0/24"  # behind the board: absent hosts, but their packets
 SWEPT_ALIVE = "10.198.5.7"  # the one host of SWEPT_NET that answers (an address of the board)
 MAX_LATENCY_S = 1.0
 DEBS = {"tcpdump": "tcpdump", "hping3": "hping3", "nmap": "nmap", "masscan": "masscan", "curl": "curl",
-        "ping": "iputils-ping"}  # fmt: skip
+        "ping": "iputils-ping", "ab": "apache2-utils"}  # fmt: skip
 
 
 def _missing(*tools: str) -> str | None:
@@ -347,6 +347,18 @@ ATTACKS = [
            frozenset({"mirai_ack"}), proto=6, ok_codes=HPING_OK),
     Attack("hping3-xmas-flood", "hping3", _hping("-F", "-P", "-U", "-p", "80", "-c", "2000", *FLOOD_PACE),
            frozenset({"mirai_ack"}), proto=6, ok_codes=HPING_OK),
+    # Datagrams of 3,000 bytes in fragments of a 1,400-byte MTU: two frames of three carry no transport header.
+    Attack("hping3-ack-fragment-flood", "hping3", _hping("-A", "-p", "80", "-d", "3000", "-m", "1400", "-c", "1500",
+                                                         *FLOOD_PACE),
+           frozenset({"mirai_ack"}), proto=6, ok_codes=HPING_OK),  # fmt: skip
+    Attack("hping3-udp-fragment-flood", "hping3", _hping("-2", "-p", "53", "-d", "3000", "-m", "1400", "-c", "1500",
+                                                         *FLOOD_PACE),
+           frozenset({"mirai_udp", "mirai_udpplain"}), proto=17, ok_codes=HPING_OK),  # fmt: skip
+    Attack("hping3-icmp-fragment-flood", "hping3", _hping("-1", "-d", "3000", "-m", "1400", "-c", "1500", *FLOOD_PACE),
+           frozenset({"mirai_udp"}), proto=1, ok_codes=HPING_OK),
+    # An HTTP flood: complete connections and requests, one connection per request (ApacheBench, no keep-alive).
+    Attack("ab-http-flood", "ab", lambda lab: ["ab", "-q", "-n", "3000", "-c", "4", f"http://{lab.board_ip}/index.html"],
+           frozenset({"mirai_syn"}), proto=6),
     Attack("nmap-syn-scan", "nmap", _nmap("-sS", "-p1-1000"), SCAN),
     Attack("nmap-connect-scan", "nmap", _nmap("-sT", "-p1-1000"), SCAN, gaps={"named": CONNECT_SCAN_MISLABELLED}),
     Attack("nmap-fin-scan", "nmap", _nmap("-sF", "-p1-1000"), SCAN),
