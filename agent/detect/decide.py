@@ -35,6 +35,7 @@ from agent.capture.packets import L3_IPV4, LABELS, PORT_NUMBER, VERDICT_LABELS, 
 from agent.detect.evidence import ACK as ACK_FLAG
 from agent.detect.evidence import Evidence, datagram_heads, inherit_headers, packet_evidence
 from agent.detect.rules import (
+    EPHEMERAL_PORTS,
     anomaly_rule,
     connection_flood_rule,
     convict,
@@ -200,6 +201,8 @@ class _Chunk:
     probe: np.ndarray  # openers to a host and port their sender had not tried
     sweep: np.ndarray  # short, empty probes: what scanners send
     full_options: np.ndarray  # TCP with a header of 32 bytes or more (the kernel's option block)
+    full_probe: np.ndarray  # SYNs with the full option block to a host and port their sender had not tried
+    kernel_probe: np.ndarray  # ...from an ephemeral port (32768 and up), as a kernel's connect() sends them
     src_key: np.ndarray
     light_src: np.ndarray | None = None  # from a source too light to be a flood on its own (targets)
     new_source: np.ndarray | None = None  # from a source seen for the first time (targets)
@@ -219,10 +222,10 @@ class DecisionLayer:
     floods from many sources alone (judged on rate and shape at the target: no model opinion beats it)."""
 
     SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst", "one_way", "traced",
-                     "reconnect")
+                     "reconnect", "full_probe", "kernel_probe")
     TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source")
     PAIR_EXTRAS = SOURCE_EXTRAS[: len(Evidence.SHAPES) + 4]  # shapes, fresh, sweep, kbytes, id_jump
-    INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp", "udp_new_sport")
+    INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp", "udp_new_sport", "kernel_probe")
 
     def __init__(self, config: DecisionConfig | None = None) -> None:
         self.cfg = cfg = config or DecisionConfig()
@@ -233,7 +236,8 @@ class DecisionLayer:
         self.pairs = Tracked(cfg.max_sources, cfg.half_life_s, self.PAIR_EXTRAS)
         self.initiators = Tracked(cfg.max_sources, cfg.scan_half_life_s, self.INITIATOR_EXTRAS, with_scores=False)
         self.attempts = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, port) tried
-        self.udp_sports = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, source port) of UDP probes
+        # (source, destination, source port) of UDP probes, and of full-option SYN probes (their ports + 65536)
+        self.udp_sports = StreamTable(cfg.max_sources, np.zeros(0))
         self.sequences = StreamTable(cfg.max_sources, np.array([-1.0, 0.0, -1.0]))  # per TCP socket: seq, size, ack
         self.ip_ids = StreamTable(cfg.max_sources, np.array([-1.0]))  # per UDP socket pair: the last IPv4 id
         self.links = Tracked(4096, cfg.half_life_s, (*Evidence.SHAPES, "new_source"))  # per Ethernet sender
@@ -319,7 +323,13 @@ class DecisionLayer:
         full_options = packets.tcp_hdr_len >= 32
         sweep = probe & ~full_options & ((packets.payload_len == 0) | ev.echo)
         src_key = hash_words(11, packets.src_ip_hi, packets.src_ip_lo, packets.l3.astype(np.uint64))
-        return _Chunk(packets, scores, ev, ev.shape(), anomalous, probe, sweep, full_options, src_key)
+        # A kernel's connect() takes a new ephemeral port for each connection (not one port for all, as a flood
+        # with its source port option set sends).
+        full_probe = probe & full_options & ev.syn_only
+        in_range = full_probe & (packets.sport >= EPHEMERAL_PORTS)
+        kernel_probe = in_range & self._first_seen(self.udp_sports, packets, in_range, packets.sport + 65536)
+        return _Chunk(packets, scores, ev, ev.shape(), anomalous, probe, sweep, full_options, full_probe, kernel_probe,
+                      src_key)
 
     def _judge_sources(self, c: _Chunk) -> tuple[dict, np.ndarray]:
         """Sources (and the pairs of the ones not convicted yet); the class each packet's source is convicted of."""
@@ -329,7 +339,7 @@ class DecisionLayer:
         id_jump = self._ip_id_jumps(packets, c.ev.udp & ~c.ev.new_socket & (packets.l3 == L3_IPV4))
         traced = c.ev.time_exceeded
         extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst,
-                         c.ev.one_way, traced, c.ev.syn_only & ~c.probe)
+                         c.ev.one_way, traced, c.ev.syn_only & ~c.probe, c.full_probe, c.kernel_probe)
         # A router's time exceeded counts for the source whose packet it answers (its receiver), as benign: a
         # traceroute's small datagrams to ever new ports look like a UDP flood at random ports to the model.
         key = c.src_key
@@ -409,7 +419,7 @@ class DecisionLayer:
             return
         p_probe, p_udp, p_reset = c.probe[rows] | ev.udp_probe[rows], ev.udp_probe[rows], reset[rows]
         # A port scan sends from one source port (nmap, masscan); a UDP flood at random ports draws one per packet.
-        p_new_sport = self._first_seen(self.udp_sports, packets, ev.udp_probe, "sport")[rows]
+        p_new_sport = self._first_seen(self.udp_sports, packets, ev.udp_probe, packets.sport)[rows]
         own = p_probe | p_reset  # packets the initiator sent: they carry its address
         answer = rows[~own]
         init_key = c.src_key[rows]
@@ -417,7 +427,7 @@ class DecisionLayer:
                                     packets.l3[answer].astype(np.uint64))  # fmt: skip
         # INITIATOR_EXTRAS, in order.
         columns = _columns(p_probe, ev.answer[rows] & ~own, p_probe & c.full_options[rows], p_reset,
-                           ev.refusal[rows] & ~own, p_udp, p_new_sport)  # fmt: skip
+                           ev.refusal[rows] & ~own, p_udp, p_new_sport, c.kernel_probe[rows])  # fmt: skip
         inits = self.initiators.update(init_key, packets.ts[rows], None, columns)
         # A lone probe convicts while bare probes arrive slowly, as scanning bots come by one at a time, and not
         # at a flooded target (a spoofed flood of bare SYNs, at one target or at random ones, with random source
@@ -580,17 +590,17 @@ class DecisionLayer:
 
     def _first_attempt(self, packets: PacketBatch, opener: np.ndarray) -> np.ndarray:
         """Per packet: an opener to a (source, destination, destination port) not seen before (bounded memory)."""
-        return self._first_seen(self.attempts, packets, opener, "dport")
+        return self._first_seen(self.attempts, packets, opener, packets.dport)
 
-    def _first_seen(self, table: StreamTable, packets: PacketBatch, which: np.ndarray, port: str) -> np.ndarray:
-        """Per packet (of ``which``): the first with its (source, destination, ``port``) in ``table`` (bounded
+    def _first_seen(self, table: StreamTable, packets: PacketBatch, which: np.ndarray, ports: np.ndarray) -> np.ndarray:
+        """Per packet (of ``which``): the first with its (source, destination, ``ports``) in ``table`` (bounded
         memory: LRU eviction).  Keys are hashed for ``which`` only: on the hot path most packets are neither."""
         out = np.zeros(len(packets), dtype=bool)
         idx = np.flatnonzero(which)
         if not len(idx):
             return out
         p = packets
-        keys = _attempt_key(p.src_ip_hi[idx], p.src_ip_lo[idx], p.dst_ip_hi[idx], p.dst_ip_lo[idx], getattr(p, port)[idx])
+        keys = _attempt_key(p.src_ip_hi[idx], p.src_ip_lo[idx], p.dst_ip_hi[idx], p.dst_ip_lo[idx], ports[idx])
         # np.unique(keys, return_index=True): the sorted distinct keys and where each first occurs.
         order = argsort_keys(keys, self.sources._sort)
         sorted_keys = keys[order]

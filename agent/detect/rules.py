@@ -48,6 +48,26 @@ def _argmax_rows(a: np.ndarray, skip: int | None = None) -> tuple[np.ndarray, np
     return best, value
 
 
+def sweeping(r: dict, t: "Tracked") -> np.ndarray:
+    """Each key's share of recent packets that probe as scanners do: short, empty probes (``sweep``), and a connect
+    scan's probes, SYNs with the kernel's full option block to hosts and ports not tried, when all of them (97%)
+    come from new ephemeral ports, as a kernel's connect() takes one per connection (32768 and up: Linux, Windows,
+    BSD, macOS).  Mirai's
+    SYN flood at random ports sends the same SYNs from random source ports, half of them below 32768."""
+    shares, x = r["shares"], t.extras.index
+    out = shares[:, x("sweep")]
+    if "full_probe" in t.extras:
+        full, kernel = shares[:, x("full_probe")], shares[:, x("kernel_probe")]
+        connect_scan = (kernel >= KERNEL_PORTED * full) & (full * r["weight"] >= CONNECT_SCAN_MIN)
+        out = out + np.where(connect_scan, full, 0.0)
+    return out
+
+
+KERNEL_PORTED = 0.97  # share of full-option probes from new ephemeral ports that makes them a connect scan's...
+CONNECT_SCAN_MIN = 20  # ...once there are so many recent ones (random ports all land there by chance once in 10^6)
+EPHEMERAL_PORTS = 32768  # the lowest port a kernel's connect() takes (Linux; Windows and BSD start at 49152)
+
+
 def model_rule(r: dict, cfg: DecisionConfig, t: "Tracked | None" = None, floods_only: bool = False) -> Rule:
     """The key's recent average score of its best attack class.  ``floods_only``: a target is flooded, never
     "scanned" (scanners are judged by source).  With a table ``t`` that tracks the packets' shapes, the class
@@ -59,7 +79,7 @@ def model_rule(r: dict, cfg: DecisionConfig, t: "Tracked | None" = None, floods_
         attack = _closest_by_shape(r, t, attack, floods_only)
         # A scanner probes: a key that sweeps no new hosts or ports is no scanner, whatever the model finds in
         # its packets (a phone's telnet session to the router looks much like the scanner's brute force).
-        hot &= (attack != _SCAN) | (r["shares"][:, t.extras.index("sweep")] >= cfg.scan_min_sweep)
+        hot &= (attack != _SCAN) | (sweeping(r, t) >= cfg.scan_min_sweep)
     if t is not None and "kbytes" in t.extras:
         # A flood carries volume, and lasts: Mirai's attacks have no rate option and send as fast as the bot's
         # uplink lets them.  A few bursts of small datagrams (a sensor's readings, a test's probes) are no flood,
@@ -90,7 +110,7 @@ def _closest_by_shape(r: dict, t: "Tracked", attack: np.ndarray, floods_only: bo
     little like a flood)."""
     shares, x = r["shares"], t.extras.index
     syn, ack, udp, syn_odd = shares[:, x("syn_only")], shares[:, x("ack")], shares[:, x("udp")], shares[:, x("syn_odd")]
-    sweep, fresh, id_jump = shares[:, x("sweep")], shares[:, x("fresh")], shares[:, x("id_jump")]
+    sweep, fresh, id_jump = sweeping(r, t), shares[:, x("fresh")], shares[:, x("id_jump")]
     udp_class = (attack == _UDP) | (attack == _UDPPLAIN)
     raw_ids = id_jump >= 0.5 * (udp - fresh)  # most reused-socket datagrams with random IP ids: a raw socket's
     dominant = [syn >= 0.5, syn_odd >= 0.5, (ack >= 0.5) & (fresh >= 0.5 * ack),
@@ -176,7 +196,7 @@ def flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: bool) -> 
         one_socket = small_udp & (fresh_share < 0.2 * share) & (id_jump < 0.5 * share)
         label = np.where(one_socket, _UDPPLAIN, label)
     if one_source:
-        probing = np.isin(shape, _PROBE_SHAPES) & (shares[:, t.extras.index("sweep")] >= 0.5 * share)
+        probing = np.isin(shape, _PROBE_SHAPES) & (sweeping(r, t) >= 0.5 * share)
         label = np.where(probing, _SCAN, label)
     return hot, label, share
 
@@ -199,12 +219,13 @@ def scan_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     """Probes (openers to a host and port their sender had not tried) from an initiator, few of them answered,
     after the first answers have had time to come back.  An answer the initiator itself resets was not wanted:
     raw-socket SYNs (a stealth scan, a SYN flood at open ports) draw SYN-ACKs that the sender's kernel refuses.
-    Probes mostly with a full TCP option block (a kernel's connect(), Mirai's SYN flood at a subnet or at
-    random ports) are a SYN flood; short ones a scan.  Nothing answers UDP probes: mostly UDP, they are a scan
+    Probes mostly with a full TCP option block are a SYN flood (Mirai's at a subnet or at random ports) unless they
+    all come from a kernel's ephemeral ports (a connect scan: ``sweeping``); short ones a scan.  Nothing answers UDP probes: mostly UDP, they are a scan
     once closed ports have refused some (a peer-to-peer client trying ports of a peer behind NAT gets none), and
     when they come from few source ports (a flood at random ports of one host draws a new one per packet)."""
     x = t.extras.index
-    probes, answered, full = (r["extra_weight"][:, x(name)] for name in ("probe", "answered", "full_options"))
+    probes, answered, full, kernel = (r["extra_weight"][:, x(name)]
+                                      for name in ("probe", "answered", "full_options", "kernel_probe"))
     reset, refused, udp = (r["extra_weight"][:, x(name)] for name in ("reset", "refused", "udp"))
     answered = np.maximum(answered - reset, 0.0)
     unanswered = 1.0 - answered / np.maximum(probes, 1e-9)
@@ -215,7 +236,8 @@ def scan_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     enough = np.where(mostly_udp, cfg.udp_scan_min_probes, cfg.scan_min_probes)
     hot = (probes >= enough) & (answered <= cfg.scan_answered_max * probes) & settled
     hot &= ~mostly_udp | ((refused >= cfg.udp_scan_min_refusals) & (new_sport <= 0.5 * udp))
-    return hot, np.where(full >= 0.5 * probes, _SYN, _SCAN), np.clip(unanswered, 0.0, 1.0)
+    flood = (full >= 0.5 * probes) & (kernel < KERNEL_PORTED * full)
+    return hot, np.where(flood, _SYN, _SCAN), np.clip(unanswered, 0.0, 1.0)
 
 
 def lone_probe_rule(r: dict, lone: np.ndarray) -> Rule:

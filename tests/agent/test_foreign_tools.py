@@ -324,13 +324,6 @@ def _masscan(lab: Lab) -> list[str]:
 SCAN = frozenset({"mirai_scan"})
 FLOOD_PACE = ("-i", "u500")  # ~2000 packets/s
 HPING_OK = (0, 1)  # 1: no answer came back (none to FIN/Xmas at an open port; spoofed sources get theirs elsewhere)
-CONNECT_SCAN_MISLABELLED = Gap(
-    "nmap -sT: 1000 kernel SYNs (40-byte headers with MSS/SACK/TS/WS options) in 10-20 ms.  The scan rule "
-    "judges a burst of 100 probes at once, but the source is convicted of a SYN flood first: full-option SYNs "
-    "at ever new ports of one host are what Mirai's SYN flood at random ports sends (in one early run of 13 the "
-    "model said mirai_scan)",
-    strict=False,
-)
 ATTACKS = [
     Attack("hping3-syn-flood", "hping3", _hping("-S", "-p", "80", "-c", "4000", *FLOOD_PACE),
            frozenset({"mirai_syn"}), ok_codes=HPING_OK),
@@ -360,7 +353,8 @@ ATTACKS = [
     Attack("ab-http-flood", "ab", lambda lab: ["ab", "-q", "-n", "3000", "-c", "4", f"http://{lab.board_ip}/index.html"],
            frozenset({"mirai_syn"}), proto=6),
     Attack("nmap-syn-scan", "nmap", _nmap("-sS", "-p1-1000"), SCAN),
-    Attack("nmap-connect-scan", "nmap", _nmap("-sT", "-p1-1000"), SCAN, gaps={"named": CONNECT_SCAN_MISLABELLED}),
+    # Kernel SYNs with the full option block, as Mirai's SYN flood at random ports sends, but all from ephemeral ports.
+    Attack("nmap-connect-scan", "nmap", _nmap("-sT", "-p1-1000"), SCAN),
     Attack("nmap-fin-scan", "nmap", _nmap("-sF", "-p1-1000"), SCAN),
     Attack("nmap-xmas-scan", "nmap", _nmap("-sX", "-p1-1000"), SCAN),
     Attack("nmap-null-scan", "nmap", _nmap("-sN", "-p1-1000"), SCAN),

@@ -743,3 +743,20 @@ def test_an_http_flood_is_a_connection_flood_and_a_browsers_page_loads_are_not()
     loads = T0 + np.concatenate([30.0 * k + np.sort(rng.uniform(0, 1.0, 60)) for k in range(5)])
     verdicts, _ = run(connections(loads, ip(192, 168, 1, 23), ip(93, 184, 216, 34), rng))
     assert verdicts == []
+
+
+@pytest.mark.parametrize("sports,named", [("kernel", "mirai_scan"), ("random", "mirai_syn"), ("fixed", "mirai_syn")])
+def test_full_option_syns_at_new_ports_are_a_connect_scan_only_from_a_kernels_new_ephemeral_ports(sports, named):
+    """nmap -sT: the kernel's SYNs (full option block) at 1,000 ports in 20 ms, each from a new ephemeral port; the
+    board refuses them.  Mirai's SYN flood at random ports sends the same SYNs from random source ports (half of
+    them below 32768), or from the one port its option sets: a SYN flood."""
+    rng = np.random.default_rng(24)
+    n = 1000
+    ts = T0 + np.arange(n) * 2e-5
+    sport = {"kernel": 40000 + 7 * np.arange(n), "random": rng.integers(0, 65536, n), "fixed": 45000}[sports]
+    attacker = ip(203, 0, 113, 80)
+    probes = batch(ts, attacker, BOARD, sport=sport, dport=1 + np.arange(n), flags=SYN, size=74)
+    probes.tcp_hdr_len[:] = 40
+    refusals = batch(ts + 1e-4, BOARD, attacker, sport=probes.dport, dport=probes.sport, flags=RSTACK)
+    verdicts, _ = run(join(probes, refusals))
+    assert [(v.label, v.src_ip) for v in verdicts] == [(named, "203.0.113.80")]
