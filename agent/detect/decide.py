@@ -304,6 +304,7 @@ class DecisionLayer:
             self.anomaly_enabled = True
         anomalous = np.zeros(n) if anomaly is None else (anomaly > 1.0).astype(np.float64)
         probe = ev.opener & self._first_attempt(packets, ev.opener)
+        probe |= self._ack_probes(packets, ev)
         ev.unsolicited(ev.synack & ~self._tried(packets, ev.synack, answers=True))
         # RSTs and SYN-ACKs answer somebody (a victim refusing a flood's or a scan's packets, a scanner's kernel
         # refusing the SYN-ACKs its raw probes drew): whatever the model or the anomaly detector makes of them,
@@ -313,8 +314,8 @@ class DecisionLayer:
             scores = scores.copy()
             scores[answers] = np.eye(N_CLASSES)[0]
             anomalous = np.where(answers, 0.0, anomalous)
-        # Probes: openers (SYNs, stealth scans' FIN/NULL/Xmas, echo requests) to a destination host and port their
-        # sender had not tried.  A sweep is made of short, empty ones: scanners send SYNs with no TCP options or one
+        # Probes: openers (SYNs, stealth scans' FIN/NULL/Xmas, echo requests; an ACK scan's ACKs) to a destination host
+        # and port their sender had not tried.  A sweep is made of short, empty ones: scanners send SYNs with no TCP options or one
         # and no data, while Mirai's SYN flood at a subnet or at random ports, which tries new hosts and ports too,
         # carries the kernel's 20-byte option block, and its ack flood with only FIN (or no flag) set, its payload.
         # UDP opens nothing: a UDP probe (``Evidence.udp_probe``) opens a socket pair to a host its sender already
@@ -587,6 +588,19 @@ class DecisionLayer:
         self.sequences.t_last[slots] = p.ts[idx][seg.last]
         out[idx] = odd
         return out
+
+    def _ack_probes(self, packets: PacketBatch, ev: Evidence) -> np.ndarray:
+        """Per packet: an ACK scan's probe (nmap -sA, maps a firewall): a bare, empty ACK with no TCP options,
+        opening a socket pair, to a host and port its sender had not tried, from a source port it already used with
+        that host (a scanner sends from one port; Mirai's ack flood draws a new one per packet, and carries 512
+        bytes unless told otherwise)."""
+        bare = (ev.ack & ((packets.tcp_flags & 0x3F) == ACK_FLAG) & (packets.payload_len == 0)
+                & (packets.tcp_hdr_len == 20) & ev.new_socket)  # fmt: skip
+        if not bare.any():
+            return bare
+        # (In the table of UDP probes' source ports, offset so that the two never meet.)
+        known_port = bare & ~self._first_seen(self.udp_sports, packets, bare, packets.sport + 2 * 65536)
+        return known_port & self._first_attempt(packets, known_port)
 
     def _first_attempt(self, packets: PacketBatch, opener: np.ndarray) -> np.ndarray:
         """Per packet: an opener to a (source, destination, destination port) not seen before (bounded memory)."""

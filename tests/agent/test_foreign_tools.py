@@ -356,6 +356,9 @@ ATTACKS = [
     # Kernel SYNs with the full option block, as Mirai's SYN flood at random ports sends, but all from ephemeral ports.
     Attack("nmap-connect-scan", "nmap", _nmap("-sT", "-p1-1000"), SCAN),
     Attack("nmap-fin-scan", "nmap", _nmap("-sF", "-p1-1000"), SCAN),
+    Attack("nmap-ack-scan", "nmap", _nmap("-sA", "-p1-1000"), SCAN),
+    Attack("nmap-os-detection", "nmap", _nmap("-O", "--osscan-guess"), SCAN),
+    Attack("nmap-version-scan", "nmap", _nmap("-sV", "--top-ports", "100", "--version-light"), SCAN),
     Attack("nmap-xmas-scan", "nmap", _nmap("-sX", "-p1-1000"), SCAN),
     Attack("nmap-null-scan", "nmap", _nmap("-sN", "-p1-1000"), SCAN),
     # Off-link targets: nmap's default discovery probes (echo request, SYN 443, ACK 80, timestamp request).

@@ -760,3 +760,21 @@ def test_full_option_syns_at_new_ports_are_a_connect_scan_only_from_a_kernels_ne
     refusals = batch(ts + 1e-4, BOARD, attacker, sport=probes.dport, dport=probes.sport, flags=RSTACK)
     verdicts, _ = run(join(probes, refusals))
     assert [(v.label, v.src_ip) for v in verdicts] == [(named, "203.0.113.80")]
+
+
+@pytest.mark.parametrize("sport,payload,named", [(51000, 0, "mirai_scan"), ("random", 0, "mirai_ack"),
+                                                 (51000, 512, "mirai_ack")])  # fmt: skip
+def test_bare_acks_at_new_ports_from_one_source_port_are_an_ack_scan(sport, payload, named):
+    """nmap -sA: empty ACKs with no options at 1,000 ports from one source port, each refused with a RST.  Mirai's
+    ack flood at random ports draws a new source port per packet, and carries a payload unless told otherwise."""
+    rng = np.random.default_rng(25)
+    n = 1000
+    ts = T0 + np.arange(n) * 5e-5
+    sports = rng.integers(1024, 65536, n) if sport == "random" else sport
+    attacker = ip(203, 0, 113, 81)
+    probes = batch(ts, attacker, BOARD, sport=sports, dport=1 + np.arange(n), flags=ACK, size=54 + payload,
+                   seq=rng.integers(0, 2**32, n))  # fmt: skip
+    probes.payload_len[:] = payload
+    refusals = batch(ts + 1e-4, BOARD, attacker, sport=probes.dport, dport=probes.sport, flags=0x04)
+    verdicts, _ = run(join(probes, refusals))
+    assert [(v.label, v.src_ip) for v in verdicts] == [(named, "203.0.113.81")]
