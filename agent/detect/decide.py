@@ -224,7 +224,8 @@ class DecisionLayer:
     SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst", "one_way", "traced",
                      "reconnect", "full_probe", "kernel_probe")
     TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source")
-    PAIR_EXTRAS = SOURCE_EXTRAS[: len(Evidence.SHAPES) + 4]  # shapes, fresh, sweep, kbytes, id_jump
+    PAIR_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "full_probe", "kernel_probe")
+    _PAIR_COLUMNS = list(map(SOURCE_EXTRAS.index, PAIR_EXTRAS))  # where the pairs' columns sit in the sources' extras
     INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp", "udp_new_sport", "kernel_probe")
 
     def __init__(self, config: DecisionConfig | None = None) -> None:
@@ -518,7 +519,7 @@ class DecisionLayer:
         subnet = np.where(v4, packets.dst_ip_lo[rows] & np.uint64(0xFFFF_FF00), np.uint64(0))
         key = hash_words(14, packets.src_ip_hi[rows], packets.src_ip_lo[rows], packets.dst_ip_hi[rows], subnet,
                          packets.proto[rows].astype(np.uint64))  # fmt: skip
-        prs = self.pairs.update(key, packets.ts[rows], scores[rows], extra[rows, : len(self.PAIR_EXTRAS)])
+        prs = self.pairs.update(key, packets.ts[rows], scores[rows], extra[np.ix_(rows, self._PAIR_COLUMNS)])
         turned_p, at_p = convict(self.pairs, prs, cfg, [(model_rule(prs, cfg, self.pairs, floods_only=True), "model")])
         self._claim(srcs, rows[prs["order"][at_p]], prs["attack"][at_p])
         verdicts += self._source_verdicts(packets, prs, turned_p, at_p, rows)

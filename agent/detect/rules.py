@@ -57,10 +57,15 @@ def sweeping(r: dict, t: "Tracked") -> np.ndarray:
     shares, x = r["shares"], t.extras.index
     out = shares[:, x("sweep")]
     if "full_probe" in t.extras:
-        full, kernel = shares[:, x("full_probe")], shares[:, x("kernel_probe")]
-        connect_scan = (kernel >= KERNEL_PORTED * full) & (full * r["weight"] >= CONNECT_SCAN_MIN)
-        out = out + np.where(connect_scan, full, 0.0)
+        full, kernel_ported = _kernel_ported(r, t)
+        out = out + np.where(kernel_ported & (full * r["weight"] >= CONNECT_SCAN_MIN), full, 0.0)
     return out
+
+
+def _kernel_ported(r: dict, t: "Tracked") -> tuple[np.ndarray, np.ndarray]:
+    """Each key's share of full-option probes, and whether they (if any) all come from new ephemeral ports."""
+    full, kernel = r["shares"][:, t.extras.index("full_probe")], r["shares"][:, t.extras.index("kernel_probe")]
+    return full, (full > 0) & (kernel >= KERNEL_PORTED * full)
 
 
 KERNEL_PORTED = 0.97  # share of full-option probes from new ephemeral ports that makes them a connect scan's...
@@ -77,6 +82,13 @@ def model_rule(r: dict, cfg: DecisionConfig, t: "Tracked | None" = None, floods_
     hot = (r["weight"] >= cfg.min_packets) & (conf >= cfg.threshold)
     if t is not None and "sweep" in t.extras:
         attack = _closest_by_shape(r, t, attack, floods_only)
+        if floods_only:  # probes mostly (a scan at one host, judged by its source) are no flood at it
+            hot &= sweeping(r, t) < 0.5
+        if "full_probe" in t.extras:
+            # Too few full-option probes yet to tell a connect scan from a SYN flood: not a SYN flood yet.  (Mirai's
+            # random source ports fall below 32768 within a few packets; a connect scan's never do.)
+            full, kernel_ported = _kernel_ported(r, t)
+            hot &= ~((attack == _SYN) & kernel_ported & (full * r["weight"] < CONNECT_SCAN_MIN))
         # A scanner probes: a key that sweeps no new hosts or ports is no scanner, whatever the model finds in
         # its packets (a phone's telnet session to the router looks much like the scanner's brute force).
         hot &= (attack != _SCAN) | (sweeping(r, t) >= cfg.scan_min_sweep)
