@@ -35,7 +35,7 @@ def random_batch(
     if disorder:  # some timestamps step backwards, as merged pcapng interfaces can
         back = rng.random(n) < disorder
         ts[back] -= rng.uniform(0, 0.2, back.sum())
-    macs = rng.integers(1, 2**48, hosts, dtype=np.uint64)
+    macs = rng.integers(1, 2**48, hosts, dtype=np.uint64) & ~np.uint64(1 << 40)  # unicast: no group bit
     ips = (np.uint64(0xFFFF_0000_0000) | rng.integers(1, 2**32, hosts, dtype=np.uint64))
     src, dst = rng.integers(0, hosts, n), rng.integers(0, hosts, n)
     l3 = rng.choice([L3_IPV4, L3_IPV4, L3_IPV4, L3_IPV6, L3_ARP, L3_OTHER], n).astype(np.uint8)

@@ -93,6 +93,7 @@ class DecisionConfig:
     # A traceroute: routers answer its probes with ICMP time exceeded, hop after hop (a flood's TTL stays put, and a
     # router answers it once a second at most).  A source that draws this share of its recent packets is tracing.
     tracing_share: float = 0.1
+    answered_share: float = 0.2  # UDP answered on its socket pairs for this share of a key's datagrams: a conversation
     # Anomaly verdicts: most recent packets anomalous (only when an anomaly detector runs).
     anomaly_share: float = 0.8
     anomaly_min_packets: int = 20
@@ -177,6 +178,27 @@ def _unless(rule: tuple[np.ndarray, np.ndarray, np.ndarray], ok: np.ndarray) -> 
     return hot & ok, label, conf
 
 
+_UDP_CLASSES = [LABELS.index("mirai_udp"), LABELS.index("mirai_udpplain")]
+
+
+def _unless_udp(rule: tuple[np.ndarray, np.ndarray, np.ndarray], talking: np.ndarray) -> tuple:
+    """``rule``, whose UDP flood verdicts need a key that is not in conversation (``talking``)."""
+    hot, label, conf = rule
+    return hot & ~(talking & np.isin(label, _UDP_CLASSES)), label, conf
+
+
+def _rekeyed(keys: np.ndarray, packets: PacketBatch, which: np.ndarray, by: str, tag: int,
+             proto: bool = False) -> np.ndarray:
+    """``keys``, with the packets ``which`` keyed by their ``by`` ("src" or "dst") address instead (and protocol)."""
+    if not which.any():
+        return keys
+    keys = keys.copy()
+    hi, lo = getattr(packets, f"{by}_ip_hi")[which], getattr(packets, f"{by}_ip_lo")[which]
+    last = (packets.proto if proto else packets.l3)[which].astype(np.uint64)
+    keys[which] = hash_words(tag, hi, lo, last)
+    return keys
+
+
 def _first_per_source_and_class(verdicts: list[Verdict]) -> list[Verdict]:
     """In time order; of a source's verdicts of one class from several tables (source, pair, initiator) in one
     batch, the earliest."""
@@ -222,8 +244,8 @@ class DecisionLayer:
     floods from many sources alone (judged on rate and shape at the target: no model opinion beats it)."""
 
     SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst", "one_way", "traced",
-                     "reconnect", "full_probe", "kernel_probe")
-    TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source")
+                     "reconnect", "full_probe", "kernel_probe", "answered", "two_way")
+    TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "answered")
     PAIR_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "full_probe", "kernel_probe")
     _PAIR_COLUMNS = list(map(SOURCE_EXTRAS.index, PAIR_EXTRAS))  # where the pairs' columns sit in the sources' extras
     INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp", "udp_new_sport", "kernel_probe")
@@ -310,7 +332,7 @@ class DecisionLayer:
         # RSTs and SYN-ACKs answer somebody (a victim refusing a flood's or a scan's packets, a scanner's kernel
         # refusing the SYN-ACKs its raw probes drew): whatever the model or the anomaly detector makes of them,
         # they convict nobody.
-        answers = ev.rst | ev.answer
+        answers = ev.rst | ev.answer | ev.reply | ev.to_group  # (multicast and broadcast: at nobody)
         if answers.any():
             scores = scores.copy()
             scores[answers] = np.eye(N_CLASSES)[0]
@@ -339,24 +361,28 @@ class DecisionLayer:
         # Fresh: through a socket pair fresh for it, or with TCP numbers no stream of the pair would carry.
         fresh = c.ev.new_socket | self._out_of_sequence(packets, c.ev.ack & ~c.ev.new_socket)
         id_jump = self._ip_id_jumps(packets, c.ev.udp & ~c.ev.new_socket & (packets.l3 == L3_IPV4))
-        traced = c.ev.time_exceeded
+        traced, answered = c.ev.time_exceeded, c.ev.reply
         extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst,
-                         c.ev.one_way, traced, c.ev.syn_only & ~c.probe, c.full_probe, c.kernel_probe)
-        # A router's time exceeded counts for the source whose packet it answers (its receiver), as benign: a
-        # traceroute's small datagrams to ever new ports look like a UDP flood at random ports to the model.
-        key = c.src_key
-        if traced.any():
-            key = key.copy()
-            key[traced] = hash_words(11, packets.dst_ip_hi[traced], packets.dst_ip_lo[traced],
-                                     packets.l3[traced].astype(np.uint64))  # fmt: skip
+                         c.ev.one_way, traced, c.ev.syn_only & ~c.probe, c.full_probe, c.kernel_probe, answered,
+                         c.ev.two_way)
+        # A router's time exceeded, and a datagram answering one, count for the source whose packet they answer (their
+        # receiver), as benign: a traceroute's small datagrams to ever new ports look like a UDP flood at random ports
+        # to the model, and so do a Pi-hole's bursts of queries to its resolver.
+        to_receiver = traced | answered
+        key = _rekeyed(c.src_key, packets, to_receiver, by="dst", tag=11)
         srcs = self.sources.update(key, packets.ts, c.scores, extra)
-        # Neither a tracing source nor a router's answer (it carries the router's address) convicts.
-        tracing = srcs["shares"][:, self.SOURCE_EXTRAS.index("traced")] >= cfg.tracing_share
-        calm = ~(tracing | traced[srcs["order"]])
+        # Neither a tracing source nor an answer (it carries the answerer's address) convicts, nor do UDP floods of a
+        # source in conversation: answered, or through socket pairs the other end uses too (a VPN, a call, a game).
+        x, shares = self.SOURCE_EXTRAS.index, srcs["shares"]
+        tracing = shares[:, x("traced")] >= cfg.tracing_share
+        calm = ~(tracing | to_receiver[srcs["order"]])
+        udp = shares[:, x("udp")]
+        talking = (udp > 0) & ((shares[:, x("answered")] >= cfg.answered_share * udp)
+                               | (shares[:, x("two_way")] > 0.5 * udp))  # fmt: skip
         rules = [
-            (_unless(model_rule(srcs, cfg, self.sources), calm), "model"),
+            (_unless(_unless_udp(model_rule(srcs, cfg, self.sources), talking), calm), "model"),
             (fingerprint_rule(c.ev.mirai_scan[srcs["order"]]), "headers"),
-            (_unless(flood_rule(srcs, self.sources, cfg, one_source=True), calm), "headers"),
+            (_unless(_unless_udp(flood_rule(srcs, self.sources, cfg, one_source=True), talking), calm), "headers"),
             (connection_flood_rule(srcs, self.sources, cfg), "headers"),
         ]
         if self.anomaly_enabled:
@@ -371,7 +397,8 @@ class DecisionLayer:
         # most its source's packets): benign sources and convicted ones cost nothing here.
         attack_mass = (srcs["avg"] * srcs["weight"][:, None]).max(axis=1)
         rows = np.flatnonzero((self.sources.per_packet(srcs, attack_mass) >= cfg.threshold * cfg.min_packets)
-                              & (labels < 0) & self.sources.per_packet(srcs, calm))  # fmt: skip
+                              & (labels < 0) & self.sources.per_packet(srcs, calm)
+                              & ~(self.sources.per_packet(srcs, talking) & c.ev.udp))  # fmt: skip
         if len(rows):
             self._judge_pairs(packets, c.scores, extra, rows, srcs, labels, c.verdicts)
         return srcs, labels
@@ -388,10 +415,14 @@ class DecisionLayer:
         heavy = rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
         c.light_src = ~self.sources.per_packet(srcs, heavy)
         c.new_source = self.sources.per_packet(srcs, fresh).astype(bool)
-        textra = _columns(c.shape, c.ev.new_socket, c.new_source, c.light_src)
+        textra = _columns(c.shape, c.ev.new_socket, c.new_source, c.light_src, c.ev.reply)
+        # A target's answers count for it: a resolver answering a Pi-hole's bursts of queries is no flood's victim.
         tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64))
+        tgt_key = _rekeyed(tgt_key, packets, c.ev.reply, by="src", tag=12, proto=True)
         tgts = self.targets.update(tgt_key, packets.ts, c.scores, textra)
         tx = self.TARGET_EXTRAS
+        udp_t = tgts["shares"][:, tx.index("udp")]
+        answered_t = (udp_t > 0) & (tgts["shares"][:, tx.index("answered")] >= cfg.answered_share * udp_t)
         # "Spoofed" needs many never-seen sources recently, not just a high share: after a quiet spell a
         # target's decayed window holds only the newest packets, and one new attacker's first packet would
         # make the share 1.
@@ -400,7 +431,8 @@ class DecisionLayer:
         hot_m, lab_m, conf_m = model_rule(tgts, cfg, floods_only=True)
         hot_f, lab_f, conf_f = flood_rule(tgts, self.targets, cfg, one_source=False)
         many = tgts["shares"][:, tx.index("light_source")] >= 0.5
-        rules_t = [((hot_m & spoofed, lab_m, conf_m), "model"), ((hot_f & many, lab_f, conf_f), "headers")]
+        rules_t = [(_unless_udp((hot_m & spoofed, lab_m, conf_m), answered_t), "model"),
+                   (_unless_udp((hot_f & many, lab_f, conf_f), answered_t), "headers")]
         turned_t, at_t = convict(self.targets, tgts, cfg, rules_t)
         c.verdicts += [self._target_verdict(packets, tgts, s, p) for s, p in zip(turned_t, at_t)]
         # Packets of a flood at a convicted target: the flood's shape from a light source.

@@ -27,7 +27,9 @@ options the attacker chose (payload size, ports, TTL, ToS, ...):
   (hping3 ``-d 3000``, the "fragmentation" floods of public datasets) has the shape of its protocol's flood
   throughout instead of two thirds of packets with no shape;
 * answers to them: SYN-ACKs, echo replies and a router's ICMP time exceeded (a scanner's probes mostly go
-  unanswered; a traceroute's are answered hop by hop);
+  unanswered; a traceroute's are answered hop by hop); for UDP, a datagram answering one on its socket pair (a
+  resolver's answers to a Pi-hole's queries look like a DNS reflection flood, but the receiver asked for them);
+* frames to a group MAC address (multicast, broadcast): streams and announcements, at nobody in particular;
 * for UDP, which opens nothing: a probe-sized datagram (a scanner's probes are empty or a protocol's
   smallest request) to a host its sender already talks with, through a socket pair it opens (a UDP port
   scan tries one port after another of one host), and refusals: ICMP destination unreachable (a closed
@@ -82,6 +84,9 @@ class Evidence:
     refusal: np.ndarray  # ICMP destination unreachable
     one_way: np.ndarray  # UDP on a socket pair whose other end has sent nothing back on it
     time_exceeded: np.ndarray  # ICMP time exceeded: a router answering a packet whose TTL ran out
+    two_way: np.ndarray  # UDP on a socket pair whose other end has sent on it too (without features: unknown, False)
+    reply: np.ndarray  # UDP, the first in its direction on a socket pair the other end opened: an answer (DNS, ...)
+    to_group: np.ndarray  # to a group (multicast or broadcast) MAC address: a stream or an announcement, no victim
 
     SHAPES = ("syn_only", "ack", "udp", "portless", "syn_odd")
 
@@ -165,14 +170,17 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     fingerprint = syn_only & (packets.l3 == L3_IPV4) & (packets.tcp_seq.astype(np.uint32) == packets.dst_ipv4)
     udp = packets.proto == 17  # a fragmented datagram's later fragments too: all of a flood's volume
     if features is None:
-        new_socket = udp_probe = one_way = np.zeros(len(packets), dtype=bool)
+        new_socket = udp_probe = one_way = two_way = reply = np.zeros(len(packets), dtype=bool)
     else:
         one_way = udp & (features[:, SOCKET_MAGNITUDE] <= features[:, SOCKET_MEAN] * (1 + 1e-6))
         new_socket = features[:, RECENT_SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
+        two_way = udp & ~one_way
+        reply = two_way & new_socket  # (nothing from this end on the pair for a second or so)
         known_host = features[:, HOST_WEIGHT] >= NEW_STREAM_WEIGHT
         probe_sized = (packets.payload_len <= UDP_PROBE_BYTES) & ~packets.frag
         udp_probe = udp & probe_sized & known_host & opens_socket_pair(features)
     tunnel = (packets.proto == 47) & np.isin(packets.gre_proto, GRE_FLOODS)
     return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, opener | echo,
                     synack | icmp(ECHO_REPLIES) | icmp(TIME_EXCEEDED), synack, rst,
-                    udp_probe, icmp(UNREACHABLE), one_way, icmp(TIME_EXCEEDED))  # fmt: skip
+                    udp_probe, icmp(UNREACHABLE), one_way, icmp(TIME_EXCEEDED), two_way, reply,
+                    ((packets.dst_mac >> np.uint64(40)) & np.uint64(1)).astype(bool))  # fmt: skip

@@ -38,7 +38,7 @@ def batch(ts, src, dst, proto=6, sport=40000, dport=80, flags=SYN, seq=1, size=6
     tcp = col(proto, np.uint8) == 6
     cols = dict(
         index=np.arange(n, dtype=np.int64), ts=ts, wire_len=col(size, np.int64),
-        src_mac=src + np.uint64(1 << 40), dst_mac=dst + np.uint64(1 << 40), vlan=np.full(n, -1, np.int32),
+        src_mac=src + np.uint64(2 << 40), dst_mac=dst + np.uint64(2 << 40), vlan=np.full(n, -1, np.int32),
         l3=np.full(n, L3_IPV4, np.uint8), src_ip_hi=np.zeros(n, np.uint64), src_ip_lo=np.uint64(0xFFFF_0000_0000) | src,
         dst_ip_hi=np.zeros(n, np.uint64), dst_ip_lo=np.uint64(0xFFFF_0000_0000) | dst, proto=col(proto, np.uint8),
         port_kind=np.full(n, PORT_NUMBER, np.uint8), sport=col(sport, np.int32), dport=col(dport, np.int32),
@@ -778,3 +778,30 @@ def test_bare_acks_at_new_ports_from_one_source_port_are_an_ack_scan(sport, payl
     refusals = batch(ts + 1e-4, BOARD, attacker, sport=probes.dport, dport=probes.sport, flags=0x04)
     verdicts, _ = run(join(probes, refusals))
     assert [(v.label, v.src_ip) for v in verdicts] == [(named, "203.0.113.81")]
+
+
+def test_conversations_over_udp_are_no_flood_however_the_model_scores_them():
+    """What a home sends that a model may take for a UDP flood (it scores every datagram mirai_udp here): a Pi-hole's
+    bursts of queries to its resolver (each from a new port, each answered on its pair), a WireGuard download (one
+    pair, both ends sending) and an IPTV multicast stream (at a group address: at nobody).  A flood nobody answers
+    through fresh ports, at the same rates, still convicts."""
+    rng = np.random.default_rng(26)
+    pihole, resolver, peer, board = ip(192, 168, 1, 2), ip(1, 1, 1, 1), ip(198, 51, 100, 20), ip(192, 168, 1, 3)
+    n = 1200
+    ts = T0 + np.sort(rng.uniform(0, 3, n))  # 400 queries a second for 3 s
+    ports = rng.integers(1024, 65536, n)
+    queries = batch(ts, pihole, resolver, proto=17, sport=ports, dport=53, size=80)
+    answers = batch(ts + rng.uniform(0.005, 0.03, n), resolver, pihole, proto=17, sport=53, dport=ports, size=200)
+    ts = T0 + 10 + np.arange(6000) / 3000.0
+    tunnel_in = batch(ts, peer, board, proto=17, sport=51820, dport=51820, size=1462)
+    tunnel_out = batch(ts[::3] + 0.0003, board, peer, proto=17, sport=51820, dport=51820, size=138)
+    stream = batch(T0 + 20 + np.arange(6000) / 900.0, ip(10, 20, 30, 40), ip(239, 1, 2, 3), proto=17, sport=5000,
+                   dport=5000, size=1358)  # fmt: skip
+    stream.dst_mac[:] = 0x01005E010203  # the group's MAC address
+    benign = join(queries, answers, tunnel_in, tunnel_out, stream)
+    verdicts, _ = run(benign, scores=udp_scores(len(benign)))
+    assert verdicts == []
+    flood = batch(T0 + np.sort(rng.uniform(0, 3, n)), pihole, resolver, proto=17, sport=rng_ports(rng, n),
+                  dport=rng_ports(rng, n), size=80)  # fmt: skip
+    verdicts, _ = run(flood, scores=udp_scores(n))
+    assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udp", "192.168.1.2")]
