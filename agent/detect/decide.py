@@ -179,6 +179,7 @@ def _unless(rule: tuple[np.ndarray, np.ndarray, np.ndarray], ok: np.ndarray) -> 
 
 
 _UDP_CLASSES = [LABELS.index("mirai_udp"), LABELS.index("mirai_udpplain")]
+_FORGED_KEY = 0x9E3779B97F4A7C15  # the sources table's key of every forged (LAND) packet
 
 
 def _unless_udp(rule: tuple[np.ndarray, np.ndarray, np.ndarray], talking: np.ndarray) -> tuple:
@@ -226,6 +227,7 @@ class _Chunk:
     full_probe: np.ndarray  # SYNs with the full option block to a host and port their sender had not tried
     kernel_probe: np.ndarray  # ...from an ephemeral port (32768 and up), as a kernel's connect() sends them
     src_key: np.ndarray
+    forged: np.ndarray  # source address = destination address (LAND): forged, never its source's
     light_src: np.ndarray | None = None  # from a source too light to be a flood on its own (targets)
     new_source: np.ndarray | None = None  # from a source seen for the first time (targets)
     verdicts: list[Verdict] = field(default_factory=list)
@@ -326,8 +328,13 @@ class DecisionLayer:
         if anomaly is not None:
             self.anomaly_enabled = True
         anomalous = np.zeros(n) if anomaly is None else (anomaly > 1.0).astype(np.float64)
-        probe = ev.opener & self._first_attempt(packets, ev.opener)
-        probe |= self._ack_probes(packets, ev)
+        # A packet whose source is its destination (a LAND packet, CIC-IoT's SynonymousIP flood) is forged: it never
+        # convicts its "source", the victim itself (it probes nothing, and counts under no source); its target's
+        # flood rules judge it.
+        forged = (packets.src_ip_lo == packets.dst_ip_lo) & (packets.src_ip_hi == packets.dst_ip_hi)
+        opener = ev.opener & ~forged
+        probe = opener & self._first_attempt(packets, opener)
+        probe |= self._ack_probes(packets, ev) & ~forged
         ev.unsolicited(ev.synack & ~self._tried(packets, ev.synack, answers=True))
         # RSTs and SYN-ACKs answer somebody (a victim refusing a flood's or a scan's packets, a scanner's kernel
         # refusing the SYN-ACKs its raw probes drew): whatever the model or the anomaly detector makes of them,
@@ -353,7 +360,7 @@ class DecisionLayer:
         in_range = full_probe & (packets.sport >= EPHEMERAL_PORTS)
         kernel_probe = in_range & self._first_seen(self.udp_sports, packets, in_range, packets.sport + 65536)
         return _Chunk(packets, scores, ev, ev.shape(), anomalous, probe, sweep, full_options, full_probe, kernel_probe,
-                      src_key)
+                      src_key, forged)
 
     def _judge_sources(self, c: _Chunk) -> tuple[dict, np.ndarray]:
         """Sources (and the pairs of the ones not convicted yet); the class each packet's source is convicted of."""
@@ -370,12 +377,14 @@ class DecisionLayer:
         # to the model, and so do a Pi-hole's bursts of queries to its resolver.
         to_receiver = traced | answered
         key = _rekeyed(c.src_key, packets, to_receiver, by="dst", tag=11)
+        if c.forged.any():  # (all forged packets under one key of their own, which they never convict)
+            key = np.where(c.forged, np.uint64(_FORGED_KEY), key)
         srcs = self.sources.update(key, packets.ts, c.scores, extra)
         # Neither a tracing source nor an answer (it carries the answerer's address) convicts, nor do UDP floods of a
         # source in conversation: answered, or through socket pairs the other end uses too (a VPN, a call, a game).
         x, shares = self.SOURCE_EXTRAS.index, srcs["shares"]
         tracing = shares[:, x("traced")] >= cfg.tracing_share
-        calm = ~(tracing | to_receiver[srcs["order"]])
+        calm = ~(tracing | to_receiver[srcs["order"]] | c.forged[srcs["order"]])
         udp = shares[:, x("udp")]
         talking = (udp > 0) & ((shares[:, x("answered")] >= cfg.answered_share * udp)
                                | (shares[:, x("two_way")] > 0.5 * udp))  # fmt: skip
@@ -413,8 +422,8 @@ class DecisionLayer:
         fresh = np.zeros(len(packets))
         fresh[seg.start[state[:, self.sources.col["count"]] == 0]] = 1.0  # in key order
         heavy = rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
-        c.light_src = ~self.sources.per_packet(srcs, heavy)
-        c.new_source = self.sources.per_packet(srcs, fresh).astype(bool)
+        c.light_src = ~self.sources.per_packet(srcs, heavy) | c.forged  # (a forged source is as good as new)
+        c.new_source = self.sources.per_packet(srcs, fresh).astype(bool) | c.forged
         textra = _columns(c.shape, c.ev.new_socket, c.new_source, c.light_src, c.ev.reply)
         # A target's answers count for it: a resolver answering a Pi-hole's bursts of queries is no flood's victim.
         tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64))

@@ -805,3 +805,15 @@ def test_conversations_over_udp_are_no_flood_however_the_model_scores_them():
                   dport=rng_ports(rng, n), size=80)  # fmt: skip
     verdicts, _ = run(flood, scores=udp_scores(n))
     assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udp", "192.168.1.2")]
+
+
+def test_a_flood_forging_the_victims_own_address_is_a_spoofed_flood_at_it_and_never_its_own():
+    """CIC-IoT-2023's SynonymousIP flood: SYNs whose source is the board's own address (LAND packets).  The board
+    sends none of them: the flood is judged at its target, and the board is no source."""
+    rng = np.random.default_rng(27)
+    n = 6000
+    forged = batch(T0 + np.arange(n) / 3000.0, BOARD, BOARD, sport=rng_ports(rng, n), dport=80, flags=SYN, size=60,
+                   seq=rng.integers(0, 2**32, n))  # fmt: skip
+    verdicts, _ = run(forged, scores=np.tile(np.eye(len(LABELS))[LABELS.index("mirai_syn")], (n, 1)))
+    assert [(v.kind, v.label, v.victim_ip, v.victim_port) for v in verdicts] == [("spoofed", "mirai_syn", "10.0.0.5", 80)]
+    assert verdicts[0].latency < 1.0
