@@ -33,7 +33,7 @@ import numpy as np
 
 from agent.capture.packets import L3_IPV4, LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch, format_ip, format_mac
 from agent.detect.evidence import ACK as ACK_FLAG
-from agent.detect.evidence import Evidence, datagram_heads, inherit_headers, packet_evidence
+from agent.detect.evidence import Evidence, datagram_heads, inherit_headers, opens_socket_pair, packet_evidence
 from agent.detect.rules import (
     EPHEMERAL_PORTS,
     anomaly_rule,
@@ -226,6 +226,7 @@ class _Chunk:
     full_options: np.ndarray  # TCP with a header of 32 bytes or more (the kernel's option block)
     full_probe: np.ndarray  # SYNs with the full option block to a host and port their sender had not tried
     kernel_probe: np.ndarray  # ...from an ephemeral port (32768 and up), as a kernel's connect() sends them
+    reconnect: np.ndarray  # SYNs through a new socket pair to a host and port their sender tried before
     src_key: np.ndarray
     forged: np.ndarray  # source address = destination address (LAND): forged, never its source's
     light_src: np.ndarray | None = None  # from a source too light to be a flood on its own (targets)
@@ -359,8 +360,11 @@ class DecisionLayer:
         full_probe = probe & full_options & ev.syn_only
         in_range = full_probe & (packets.sport >= EPHEMERAL_PORTS)
         kernel_probe = in_range & self._first_seen(self.udp_sports, packets, in_range, packets.sport + 65536)
+        # A new connection to a service tried before: a SYN through a new socket pair (a retransmitted SYN reuses its).
+        reconnect = ev.syn_only & ~probe & ~forged
+        reconnect &= opens_socket_pair(features) if features is not None else False
         return _Chunk(packets, scores, ev, ev.shape(), anomalous, probe, sweep, full_options, full_probe, kernel_probe,
-                      src_key, forged)
+                      reconnect, src_key, forged)
 
     def _judge_sources(self, c: _Chunk) -> tuple[dict, np.ndarray]:
         """Sources (and the pairs of the ones not convicted yet); the class each packet's source is convicted of."""
@@ -370,7 +374,7 @@ class DecisionLayer:
         id_jump = self._ip_id_jumps(packets, c.ev.udp & ~c.ev.new_socket & (packets.l3 == L3_IPV4))
         traced, answered = c.ev.time_exceeded, c.ev.reply
         extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst,
-                         c.ev.one_way, traced, c.ev.syn_only & ~c.probe, c.full_probe, c.kernel_probe, answered,
+                         c.ev.one_way, traced, c.reconnect, c.full_probe, c.kernel_probe, answered,
                          c.ev.two_way)
         # A router's time exceeded, and a datagram answering one, count for the source whose packet they answer (their
         # receiver), as benign: a traceroute's small datagrams to ever new ports look like a UDP flood at random ports

@@ -817,3 +817,25 @@ def test_a_flood_forging_the_victims_own_address_is_a_spoofed_flood_at_it_and_ne
     verdicts, _ = run(forged, scores=np.tile(np.eye(len(LABELS))[LABELS.index("mirai_syn")], (n, 1)))
     assert [(v.kind, v.label, v.victim_ip, v.victim_port) for v in verdicts] == [("spoofed", "mirai_syn", "10.0.0.5", 80)]
     assert verdicts[0].latency < 1.0
+
+
+def test_a_peer_to_peer_client_connecting_to_many_dead_peers_is_no_connection_flood():
+    """A BitTorrent client: 120 new peers a second, each a kernel connect() from a new ephemeral port, most peers
+    gone (their SYNs retransmitted after 1 s and 3 s through the same socket pair).  Retransmissions are no new
+    connections: over 100 SYNs a second to services tried before, yet no flood."""
+    rng = np.random.default_rng(28)
+    n = 600
+    client = ip(192, 168, 1, 60)
+    peers = ip(100, 0, 0, 0) + rng.integers(1, 2**24, n)
+    t = T0 + np.sort(rng.uniform(0, 5, n))
+    sport, dport = 40000 + 3 * np.arange(n), rng.choice([6881, 51413], n)
+    dead = rng.random(n) < 0.6
+    syns = [batch(t + back, client, peers, sport=sport, dport=dport, flags=SYN, size=74) for back in (0.0, 1.0, 3.0)]
+    syns = [syns[0]] + [s.take(np.flatnonzero(dead)) for s in syns[1:]]
+    live = np.flatnonzero(~dead)
+    synacks = batch(t[live] + 0.05, peers[live], client, sport=dport[live], dport=sport[live], flags=SYNACK, size=74)
+    acks = batch(t[live] + 0.0501, client, peers[live], sport=sport[live], dport=dport[live], flags=ACK, size=66)
+    traffic = join(*syns, synacks, acks)
+    traffic.tcp_hdr_len[traffic.tcp_flags == SYN] = 40  # the kernel's option block
+    verdicts, _ = run(traffic)
+    assert [v for v in verdicts if v.label == "mirai_syn"] == []
