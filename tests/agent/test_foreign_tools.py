@@ -348,6 +348,9 @@ ATTACKS = [
            frozenset({"mirai_ack"}), proto=6, ok_codes=HPING_OK),
     Attack("hping3-xmas-flood", "hping3", _hping("-F", "-P", "-U", "-p", "80", "-c", "2000", *FLOOD_PACE),
            frozenset({"mirai_ack"}), proto=6, ok_codes=HPING_OK),
+    # CIC-IoT-2023's RSTFIN flood: RST with FIN is no stack's answer.
+    Attack("hping3-rst-fin-flood", "hping3", _hping("-R", "-F", "-p", "80", "-c", "2000", *FLOOD_PACE),
+           frozenset({"mirai_ack"}), proto=6, ok_codes=HPING_OK),
     # Datagrams of 3,000 bytes in fragments of a 1,400-byte MTU: two frames of three carry no transport header.
     Attack("hping3-ack-fragment-flood", "hping3", _hping("-A", "-p", "80", "-d", "3000", "-m", "1400", "-c", "1500",
                                                          *FLOOD_PACE),
