@@ -68,6 +68,7 @@ def _kernel_ported(r: dict, t: "Tracked") -> tuple[np.ndarray, np.ndarray]:
     return full, (full > 0) & (kernel >= KERNEL_PORTED * full)
 
 
+STREAM_MIN_KBYTES = 0.3  # a key's mean frame size from which in-sequence TCP is a data stream, not a flood
 KERNEL_PORTED = 0.97  # share of full-option probes from new ephemeral ports that makes them a connect scan's...
 CONNECT_SCAN_MIN = 20  # ...once there are so many recent ones (random ports all land there by chance once in 10^6)
 EPHEMERAL_PORTS = 32768  # the lowest port a kernel's connect() takes (Linux; Windows and BSD start at 49152)
@@ -84,6 +85,12 @@ def model_rule(r: dict, cfg: DecisionConfig, t: "Tracked | None" = None, floods_
         attack = _closest_by_shape(r, t, attack, floods_only)
         if floods_only:  # probes mostly (a scan at one host, judged by its source) are no flood at it
             hot &= sweeping(r, t) < 0.5
+        # Data through TCP socket pairs in use, in sequence, is a stream (a bulk upload or download the agent met
+        # mid-way, at a restart, looks like an ack flood of full-size segments to the model); Mirai's ack floods draw
+        # new ports or numbers no stream carries (``fresh``: also its stomp, which repeats one sequence number).
+        ack, fresh = r["shares"][:, t.extras.index("ack")], r["shares"][:, t.extras.index("fresh")]
+        bulk = r["shares"][:, t.extras.index("kbytes")] >= STREAM_MIN_KBYTES  # (the key's mean frame, in kB)
+        hot &= ~((attack == _ACK) & (ack >= 0.5) & (fresh < 0.5 * ack) & bulk)
         if "full_probe" in t.extras:
             # Too few full-option probes yet to tell a connect scan from a SYN flood: not a SYN flood yet.  (Mirai's
             # random source ports fall below 32768 within a few packets; a connect scan's never do.)

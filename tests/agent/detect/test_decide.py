@@ -19,8 +19,8 @@ def scores_for(labels, strength=0.95):
 
 
 def one_source(n, t0=1.6e9, rate=1000.0, proto=6):
-    """IPv4 from 192.0.2.7 to two hosts over a few sockets: TCP segments with data (PSH-ACK), or UDP.  No header
-    rule judges these (no fresh sockets, no SYNs): what the model's scores say decides."""
+    """IPv4 from 192.0.2.7 to two hosts over a few sockets: empty TCP segments (PSH-ACK, 60-byte frames), or UDP.
+    No header rule judges these (no fresh sockets, no SYNs): what the model's scores say decides."""
     b = random_batch(n, 0, hosts=2, long_gaps=False)
     b.src_ip_hi[:] = 0
     b.src_ip_lo[:] = 0xFFFF_C000_0207  # 192.0.2.7
@@ -31,6 +31,8 @@ def one_source(n, t0=1.6e9, rate=1000.0, proto=6):
     b.tcp_flags[:] = 0x18 if proto == 6 else 0
     b.tcp_hdr_len[:] = 32 if proto == 6 else 0
     b.tcp_ack[:] = 0x1234_5678 if proto == 6 else 0  # what the peer sent so far (a stack never acks 0)
+    if proto == 6:
+        b.wire_len[:] = 60  # (a data stream in sequence is no flood, whatever the model says: no payload here)
     b.ts = t0 + np.arange(n) / rate
     return b
 
@@ -87,7 +89,7 @@ def test_verdict_is_reissued_when_the_evidence_changes_class():
     """A bot floods with UDP through one socket, then with TCP segments."""
     b = one_source(600)
     udp = one_source(40, proto=17)
-    for name in ("proto", "port_kind", "tcp_flags", "tcp_hdr_len", "sport", "dport"):
+    for name in ("proto", "port_kind", "tcp_flags", "tcp_hdr_len", "sport", "dport", "wire_len"):
         getattr(b, name)[:40] = getattr(udp, name)
     labels = np.full(600, ACK)
     labels[:40] = LABELS.index("mirai_udpplain")

@@ -839,3 +839,22 @@ def test_a_peer_to_peer_client_connecting_to_many_dead_peers_is_no_connection_fl
     traffic.tcp_hdr_len[traffic.tcp_flags == SYN] = 40  # the kernel's option block
     verdicts, _ = run(traffic)
     assert [v for v in verdicts if v.label == "mirai_syn"] == []
+
+
+def test_a_bulk_tcp_stream_met_mid_way_is_no_ack_flood_however_the_model_scores_it():
+    """The agent restarts while a camera uploads a clip: full-size segments in sequence through one socket pair,
+    the first the agent sees mid-way, which the model scores as an ack flood.  An ack flood with the same sizes
+    draws a new sequence number per packet (Mirai's default), and stays a flood."""
+    n = 3000
+    ts = T0 + np.arange(n) / 2500.0
+    camera, cloud = ip(192, 168, 1, 70), ip(52, 1, 2, 3)
+    ack_scores = np.tile(np.eye(len(LABELS))[LABELS.index("mirai_ack")], (n, 1))
+    upload = batch(ts, camera, cloud, sport=45678, dport=443, flags=ACK, size=1514, seq=1000 + 1448 * np.arange(n))
+    upload.payload_len[:] = 1448
+    verdicts, _ = run(upload, scores=ack_scores)
+    assert verdicts == []
+    flood = batch(ts, camera, cloud, sport=45678, dport=443, flags=ACK, size=1514,
+                  seq=np.random.default_rng(29).integers(0, 2**32, n))  # fmt: skip
+    flood.payload_len[:] = 1448
+    verdicts, _ = run(flood, scores=ack_scores)
+    assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_ack", "192.168.1.70")]
