@@ -172,7 +172,7 @@ def _mac_text(mac: int) -> str:
     return format_mac(mac)
 
 
-def _unless(rule: tuple[np.ndarray, np.ndarray, np.ndarray], ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _unless(rule: tuple[np.ndarray, np.ndarray, np.ndarray], ok: np.ndarray) -> tuple:
     """``rule`` hot only where ``ok``."""
     hot, label, conf = rule
     return hot & ok, label, conf
@@ -262,7 +262,8 @@ class DecisionLayer:
         self.pairs = Tracked(cfg.max_sources, cfg.half_life_s, self.PAIR_EXTRAS)
         self.initiators = Tracked(cfg.max_sources, cfg.scan_half_life_s, self.INITIATOR_EXTRAS, with_scores=False)
         self.attempts = StreamTable(cfg.max_sources, np.zeros(0))  # (source, destination, port) tried
-        # (source, destination, source port) of UDP probes, and of full-option SYN probes (their ports + 65536)
+        # (source, destination, source port) of UDP probes; of full-option SYN probes (ports + 65536) and of bare ACKs
+        # (ports + 2 * 65536) too
         self.udp_sports = StreamTable(cfg.max_sources, np.zeros(0))
         self.sequences = StreamTable(cfg.max_sources, np.array([-1.0, 0.0, -1.0]))  # per TCP socket: seq, size, ack
         self.ip_ids = StreamTable(cfg.max_sources, np.array([-1.0]))  # per UDP socket pair: the last IPv4 id
@@ -345,10 +346,11 @@ class DecisionLayer:
             scores = scores.copy()
             scores[answers] = np.eye(N_CLASSES)[0]
             anomalous = np.where(answers, 0.0, anomalous)
-        # Probes: openers (SYNs, stealth scans' FIN/NULL/Xmas, echo requests; an ACK scan's ACKs) to a destination host
-        # and port their sender had not tried.  A sweep is made of short, empty ones: scanners send SYNs with no TCP options or one
-        # and no data, while Mirai's SYN flood at a subnet or at random ports, which tries new hosts and ports too,
-        # carries the kernel's 20-byte option block, and its ack flood with only FIN (or no flag) set, its payload.
+        # Probes: openers (SYNs, stealth scans' FIN/NULL/Xmas, echo requests; an ACK scan's ACKs) to a destination
+        # host and port their sender had not tried.  A sweep is made of short, empty ones: scanners send SYNs with no
+        # TCP options or one and no data, while Mirai's SYN flood at a subnet or at random ports, which tries new hosts
+        # and ports too, carries the kernel's 20-byte option block, and its ack flood with only FIN (or no flag) set,
+        # its payload.
         # UDP opens nothing: a UDP probe (``Evidence.udp_probe``) opens a socket pair to a host its sender already
         # talks with (a port scan tries one port after another), judged by the initiators with the closed ports'
         # refusals (``scan_rule``); it sweeps nothing (a UDP flood at random ports of one host sends nothing else).
