@@ -93,7 +93,9 @@ class DecisionConfig:
     # A traceroute: routers answer its probes with ICMP time exceeded, hop after hop (a flood's TTL stays put, and a
     # router answers it once a second at most).  A source that draws this share of its recent packets is tracing.
     tracing_share: float = 0.1
-    answered_share: float = 0.2  # UDP answered on its socket pairs for this share of a key's datagrams: a conversation
+    # A key's datagrams in conversation: answers (which count for their receiver) make up this share of them, i.e. at
+    # least two of three are answered (a Pi-hole's queries all are; a server refusing a flood answers some, slowly).
+    answered_share: float = 0.4
     # Anomaly verdicts: most recent packets anomalous (only when an anomaly detector runs).
     anomaly_share: float = 0.8
     anomaly_min_packets: int = 20

@@ -858,3 +858,20 @@ def test_a_bulk_tcp_stream_met_mid_way_is_no_ack_flood_however_the_model_scores_
     flood.payload_len[:] = 1448
     verdicts, _ = run(flood, scores=ack_scores)
     assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_ack", "192.168.1.70")]
+
+
+def test_a_udp_flood_at_a_server_that_answers_some_of_it_is_still_a_flood():
+    """Mirai's udp flood at port 53 of a resolver (``dport=53``): random payloads, a new source port each; the
+    resolver answers a third of them (NOTIMP to the ones that parse as queries).  A conversation answers most."""
+    rng = np.random.default_rng(30)
+    bot, resolver = ip(192, 168, 1, 80), ip(198, 51, 100, 53)
+    n = 3000
+    ts = T0 + np.arange(n) / 1000.0
+    ports = rng_ports(rng, n)
+    flood = batch(ts, bot, resolver, proto=17, sport=ports, dport=53, size=554)
+    some = np.flatnonzero(rng.random(n) < 1 / 3)
+    refusals = batch(ts[some] + 0.002, resolver, bot, proto=17, sport=53, dport=ports[some], size=66)
+    both = join(flood, refusals)
+    verdicts, _ = run(both, scores=np.where((both.src_ip_lo == flood.src_ip_lo[0])[:, None], udp_scores(len(both)),
+                                            benign_scores(len(both))))  # fmt: skip
+    assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udp", "192.168.1.80")]
