@@ -472,10 +472,9 @@ class DecisionLayer:
         # A port scan sends from one source port (nmap, masscan); a UDP flood at random ports draws one per packet.
         p_new_sport = self._first_seen(self.udp_sports, packets, ev.udp_probe, packets.sport)[rows]
         own = p_probe | p_reset  # packets the initiator sent: they carry its address
-        answer = rows[~own]
-        init_key = c.src_key[rows]
-        init_key[~own] = hash_words(11, packets.dst_ip_hi[answer], packets.dst_ip_lo[answer],
-                                    packets.l3[answer].astype(np.uint64))  # fmt: skip
+        answers_to_initiator = np.zeros(len(packets), dtype=bool)
+        answers_to_initiator[rows[~own]] = True
+        init_key = _rekeyed(c.src_key, packets, answers_to_initiator, by="dst", tag=11)[rows]
         # INITIATOR_EXTRAS, in order.
         columns = _columns(p_probe, ev.answer[rows] & ~own, p_probe & c.full_options[rows], p_reset,
                            ev.refusal[rows] & ~own, p_udp, p_new_sport, c.kernel_probe[rows])  # fmt: skip

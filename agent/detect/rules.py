@@ -28,6 +28,10 @@ _SHAPE_LABELS = np.array([_SYN, _ACK, _UDP, _UDP, _SYN])
 _PORTLESS_SHAPE, _SYN_ODD_SHAPE = Evidence.SHAPES.index("portless"), Evidence.SHAPES.index("syn_odd")
 _UDP_SHAPE = Evidence.SHAPES.index("udp")
 _PROBE_SHAPES = [Evidence.SHAPES.index(name) for name in ("syn_only", "ack", "portless")]  # what scanners send
+STREAM_MIN_KBYTES = 0.3  # a key's mean frame size from which in-sequence TCP is a data stream, not a flood
+KERNEL_PORTED = 0.97  # share of full-option probes from new ephemeral ports that makes them a connect scan's...
+CONNECT_SCAN_MIN = 20  # ...once there are so many recent ones (random ports all land there by chance once in 10^6)
+EPHEMERAL_PORTS = 32768  # the lowest port a kernel's connect() takes (Linux; Windows and BSD start at 49152)
 
 
 
@@ -52,8 +56,8 @@ def sweeping(r: dict, t: "Tracked") -> np.ndarray:
     """Each key's share of recent packets that probe as scanners do: short, empty probes (``sweep``), and a connect
     scan's probes, SYNs with the kernel's full option block to hosts and ports not tried, when all of them (97%)
     come from new ephemeral ports, as a kernel's connect() takes one per connection (32768 and up: Linux, Windows,
-    BSD, macOS).  Mirai's
-    SYN flood at random ports sends the same SYNs from random source ports, half of them below 32768."""
+    BSD, macOS).  Mirai's SYN flood at random ports sends the same SYNs from random source ports, half of them below
+    32768."""
     shares, x = r["shares"], t.extras.index
     out = shares[:, x("sweep")]
     if "full_probe" in t.extras:
@@ -68,12 +72,6 @@ def _kernel_ported(r: dict, t: "Tracked") -> tuple[np.ndarray, np.ndarray]:
     return full, (full > 0) & (kernel >= KERNEL_PORTED * full)
 
 
-STREAM_MIN_KBYTES = 0.3  # a key's mean frame size from which in-sequence TCP is a data stream, not a flood
-KERNEL_PORTED = 0.97  # share of full-option probes from new ephemeral ports that makes them a connect scan's...
-CONNECT_SCAN_MIN = 20  # ...once there are so many recent ones (random ports all land there by chance once in 10^6)
-EPHEMERAL_PORTS = 32768  # the lowest port a kernel's connect() takes (Linux; Windows and BSD start at 49152)
-
-
 def model_rule(r: dict, cfg: DecisionConfig, t: "Tracked | None" = None, floods_only: bool = False) -> Rule:
     """The key's recent average score of its best attack class.  ``floods_only``: a target is flooded, never
     "scanned" (scanners are judged by source).  With a table ``t`` that tracks the packets' shapes, the class
@@ -82,9 +80,10 @@ def model_rule(r: dict, cfg: DecisionConfig, t: "Tracked | None" = None, floods_
     attack = 1 + best
     hot = (r["weight"] >= cfg.min_packets) & (conf >= cfg.threshold)
     if t is not None and "sweep" in t.extras:
-        attack = _closest_by_shape(r, t, attack, floods_only)
+        probing = sweeping(r, t)
+        attack = _closest_by_shape(r, t, attack, floods_only, probing)
         if floods_only:  # probes mostly (a scan at one host, judged by its source) are no flood at it
-            hot &= sweeping(r, t) < 0.5
+            hot &= probing < 0.5
         # Data through TCP socket pairs in use, in sequence, is a stream (a bulk upload or download the agent met
         # mid-way, at a restart, looks like an ack flood of full-size segments to the model); Mirai's ack floods draw
         # new ports or numbers no stream carries (``fresh``: also its stomp, which repeats one sequence number).
@@ -98,7 +97,7 @@ def model_rule(r: dict, cfg: DecisionConfig, t: "Tracked | None" = None, floods_
             hot &= ~((attack == _SYN) & kernel_ported & (full * r["weight"] < CONNECT_SCAN_MIN))
         # A scanner probes: a key that sweeps no new hosts or ports is no scanner, whatever the model finds in
         # its packets (a phone's telnet session to the router looks much like the scanner's brute force).
-        hot &= (attack != _SCAN) | (sweeping(r, t) >= cfg.scan_min_sweep)
+        hot &= (attack != _SCAN) | (probing >= cfg.scan_min_sweep)
     if t is not None and "kbytes" in t.extras:
         # A flood carries volume, and lasts: Mirai's attacks have no rate option and send as fast as the bot's
         # uplink lets them.  A few bursts of small datagrams (a sensor's readings, a test's probes) are no flood,
@@ -114,22 +113,23 @@ def model_rule(r: dict, cfg: DecisionConfig, t: "Tracked | None" = None, floods_
     return hot, attack, conf
 
 
-def _closest_by_shape(r: dict, t: "Tracked", attack: np.ndarray, floods_only: bool) -> np.ndarray:
-    """The model says *whether* a key's packets are an attack and of which protocol; where one shape makes up
-    most of them and the headers are decisive, they say *which* attack, whatever options it was launched with
-    (the model learned scans and floods at the payload sizes it saw).  SYNs mostly sweeping (to new hosts, or
-    short ones to ports not tried) are a scan, other SYNs a SYN flood; SYNs with odd flags a SYN flood; TCP
-    without SYN or RST through fresh socket pairs an ACK flood, or a scan when it probes (through few sockets
-    it may be a telnet session, the scanner's brute force or not); UDP mostly through fresh socket pairs
-    Mirai's udp flood, and a UDP flood the model finds through sockets reused packet after packet its udpplain,
-    which sends through one connected socket per target, unless their IP ids jump about as a raw socket's do
-    (Mirai's udp flood with both ports set; with its ident option fixed too, no header tells them apart).  Where the headers are not decisive the model's class
-    stands.  Only the class changes: whether the key is hot stays the model's best class's average (summing
-    a protocol's classes would convict a phone's telnet session the model finds a little like a scan and a
-    little like a flood)."""
+def _closest_by_shape(r: dict, t: "Tracked", attack: np.ndarray, floods_only: bool,
+                      sweep: np.ndarray) -> np.ndarray:
+    """The model says *whether* a key's packets are an attack and of which protocol; where one shape makes up most
+    of them and the headers are decisive, they say *which* attack, whatever options it was launched with (the model
+    learned scans and floods at the payload sizes it saw).  SYNs mostly sweeping (to new hosts, or short ones to
+    ports not tried) are a scan, other SYNs a SYN flood; SYNs with odd flags a SYN flood; TCP without SYN or RST
+    through fresh socket pairs an ACK flood, or a scan when it probes (through few sockets it may be a telnet
+    session, the scanner's brute force or not); UDP mostly through fresh socket pairs Mirai's udp flood, and a UDP
+    flood the model finds through sockets reused packet after packet its udpplain, which sends through one connected
+    socket per target, unless their IP ids jump about as a raw socket's do (Mirai's udp flood with both ports set;
+    with its ident option fixed too, no header tells them apart).  Where the headers are not decisive the model's
+    class stands.  Only the class changes: whether the key is hot stays the model's best class's average (summing a
+    protocol's classes would convict a phone's telnet session the model finds a little like a scan and a little like
+    a flood)."""
     shares, x = r["shares"], t.extras.index
     syn, ack, udp, syn_odd = shares[:, x("syn_only")], shares[:, x("ack")], shares[:, x("udp")], shares[:, x("syn_odd")]
-    sweep, fresh, id_jump = sweeping(r, t), shares[:, x("fresh")], shares[:, x("id_jump")]
+    fresh, id_jump = shares[:, x("fresh")], shares[:, x("id_jump")]
     udp_class = (attack == _UDP) | (attack == _UDPPLAIN)
     raw_ids = id_jump >= 0.5 * (udp - fresh)  # most reused-socket datagrams with random IP ids: a raw socket's
     dominant = [syn >= 0.5, syn_odd >= 0.5, (ack >= 0.5) & (fresh >= 0.5 * ack),
@@ -221,12 +221,13 @@ def flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: bool) -> 
 
 
 def connection_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
-    """One source connecting again and again to services it has connected to before (SYNs to a host and port it
-    already tried), faster than ``connect_flood_rate`` a second and sustained (``connect_flood_min`` recent ones):
-    an HTTP flood or a connect() flood, whose complete handshakes and requests leave SYNs a fifth of its packets,
-    too few for a SYN flood's shape (a source of SYNs alone is ``flood_rule``'s, at a flood's rate; SYNs to ports
-    not tried before are a scan's).  Nothing benign in a home reconnects a hundred times a second for seconds on end
-    (a browser opens a few dozen connections in a burst); the closest Mirai class is the SYN flood."""
+    """One source connecting again and again to services it has connected to before (SYNs through new socket pairs
+    to a host and port it already tried: a retransmitted SYN reuses its pair), faster than ``connect_flood_rate`` a
+    second and sustained (``connect_flood_min`` recent ones): an HTTP flood or a connect() flood, whose complete
+    handshakes and requests leave SYNs a fifth of its packets, too few for a SYN flood's shape (a source of SYNs
+    alone is ``flood_rule``'s, at a flood's rate; SYNs to ports not tried before are a scan's).  Nothing benign in a
+    home reconnects a hundred times a second for seconds on end (a browser opens a few dozen connections in a
+    burst); the closest Mirai class is the SYN flood."""
     again = r["shares"][:, t.extras.index("reconnect")]
     syn = r["shares"][:, t.extras.index("syn_only")]
     hot = (again * rate(r, t.half_life_s) >= cfg.connect_flood_rate) & (again * r["weight"] >= cfg.connect_flood_min)
@@ -235,13 +236,14 @@ def connection_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
 
 
 def scan_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
-    """Probes (openers to a host and port their sender had not tried) from an initiator, few of them answered,
-    after the first answers have had time to come back.  An answer the initiator itself resets was not wanted:
-    raw-socket SYNs (a stealth scan, a SYN flood at open ports) draw SYN-ACKs that the sender's kernel refuses.
-    Probes mostly with a full TCP option block are a SYN flood (Mirai's at a subnet or at random ports) unless they
-    all come from a kernel's ephemeral ports (a connect scan: ``sweeping``); short ones a scan.  Nothing answers UDP probes: mostly UDP, they are a scan
-    once closed ports have refused some (a peer-to-peer client trying ports of a peer behind NAT gets none), and
-    when they come from few source ports (a flood at random ports of one host draws a new one per packet)."""
+    """Probes (openers to a host and port their sender had not tried) from an initiator, few of them answered, after
+    the first answers have had time to come back.  An answer the initiator itself resets was not wanted: raw-socket
+    SYNs (a stealth scan, a SYN flood at open ports) draw SYN-ACKs that the sender's kernel refuses. Probes mostly
+    with a full TCP option block are a SYN flood (Mirai's at a subnet or at random ports) unless they all come from
+    a kernel's ephemeral ports (a connect scan: ``sweeping``); short ones a scan.  Nothing answers UDP probes:
+    mostly UDP, they are a scan once closed ports have refused some (a peer-to-peer client trying ports of a peer
+    behind NAT gets none), and when they come from few source ports (a flood at random ports of one host draws a new
+    one per packet)."""
     x = t.extras.index
     probes, answered, full, kernel = (r["extra_weight"][:, x(name)]
                                       for name in ("probe", "answered", "full_options", "kernel_probe"))
