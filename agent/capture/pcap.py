@@ -289,50 +289,48 @@ def _read_pcap(path: Path, header: _PcapHeader, batch_size: int, stats: DecodeSt
     over_snaplen = 0
     supported = header.linktype in SUPPORTED_LINKTYPES
     next_index = 0
-    try:
-        with open(path, "rb") as f:
-            f.seek(PCAP_FILE_HEADER_LEN)
-            tail = b""
-            while True:
-                chunk = f.read(CHUNK_SIZE)
-                data = tail + chunk if tail else chunk
-                buf = np.frombuffer(data, dtype=np.uint8)
-                starts, fields, end = _walk_records(data, buf, header.endian)
-                # A record whose captured length is absurd means the header is garbage; nothing after
-                # it can be trusted (there is no marker to resync on), so the walk stops there, and so do we.
-                corrupt = end + PCAP_RECORD_HEADER_LEN <= len(data) and cap_len_at(data, end + 8)[0] > MAX_FRAME_LEN
-                cap, wire = fields["cap_len"], fields["wire_len"]
-                n = len(starts)
-                index = np.arange(next_index, next_index + n, dtype=np.int64)
-                next_index += n
-                keep = cap <= wire
-                if 0 < header.snaplen < MAX_FRAME_LEN:
-                    over_snaplen += int(np.count_nonzero(keep & (cap > header.snaplen)))
-                stats.add("bad_record_length", n - int(keep.sum()))
-                if not supported:
-                    stats.add(f"unsupported_linktype:{header.linktype}", int(keep.sum()))
-                    keep[:] = False
-                kept = int(keep.sum())
-                if kept:
-                    ts = fields["ts_sec"].astype(np.float64) + fields["ts_frac"] / header.units_per_second
-                    if kept < n:  # (nearly always every record is kept: no gather then)
-                        index, ts, wire, cap, starts = index[keep], ts[keep], wire[keep], cap[keep], starts[keep]
-                    yield from _batches(
-                        buf, index, ts, wire, cap, starts + PCAP_RECORD_HEADER_LEN, np.full(kept, header.linktype),
-                        batch_size,
-                    )
-                if corrupt:
-                    stats.add("corrupt_record")
-                    log.warning("%s: corrupt record header after record %d; stopped reading", path, next_index - 1)
-                    return
-                tail = data[end:]
-                if not chunk:
-                    if tail:
-                        stats.add("truncated_record")
-                        log.warning("%s: last record truncated (%d bytes)", path, len(tail))
-                    return
-    finally:
-        _note_over_snaplen(path, over_snaplen, header.snaplen)
+    with open(path, "rb") as f:
+        f.seek(PCAP_FILE_HEADER_LEN)
+        tail = b""
+        while True:
+            chunk = f.read(CHUNK_SIZE)
+            data = tail + chunk if tail else chunk
+            buf = np.frombuffer(data, dtype=np.uint8)
+            starts, fields, end = _walk_records(data, buf, header.endian)
+            # A record whose captured length is absurd means the header is garbage; nothing after
+            # it can be trusted (there is no marker to resync on), so the walk stops there, and so do we.
+            corrupt = end + PCAP_RECORD_HEADER_LEN <= len(data) and cap_len_at(data, end + 8)[0] > MAX_FRAME_LEN
+            cap, wire = fields["cap_len"], fields["wire_len"]
+            n = len(starts)
+            index = np.arange(next_index, next_index + n, dtype=np.int64)
+            next_index += n
+            keep = cap <= wire
+            if 0 < header.snaplen < MAX_FRAME_LEN:
+                over_snaplen += int(np.count_nonzero(keep & (cap > header.snaplen)))
+            stats.add("bad_record_length", n - int(keep.sum()))
+            if not supported:
+                stats.add(f"unsupported_linktype:{header.linktype}", int(keep.sum()))
+                keep[:] = False
+            kept = int(keep.sum())
+            if kept:
+                ts = fields["ts_sec"].astype(np.float64) + fields["ts_frac"] / header.units_per_second
+                if kept < n:  # (nearly always every record is kept: no gather then)
+                    index, ts, wire, cap, starts = index[keep], ts[keep], wire[keep], cap[keep], starts[keep]
+                yield from _batches(
+                    buf, index, ts, wire, cap, starts + PCAP_RECORD_HEADER_LEN, np.full(kept, header.linktype),
+                    batch_size,
+                )
+            if corrupt:
+                stats.add("corrupt_record")
+                log.warning("%s: corrupt record header after record %d; stopped reading", path, next_index - 1)
+                break
+            tail = data[end:]
+            if not chunk:
+                if tail:
+                    stats.add("truncated_record")
+                    log.warning("%s: last record truncated (%d bytes)", path, len(tail))
+                break
+    _note_over_snaplen(path, over_snaplen, header.snaplen)
 
 
 # --- pcapng --------------------------------------------------------------------------------------------
