@@ -54,7 +54,7 @@ from agent.features.stream_table import StreamTable
 from agent.report import iso_time
 from agent.util import hash_words
 
-_SCAN = LABELS.index("mirai_scan")
+_SCAN, _SYN = LABELS.index("mirai_scan"), LABELS.index("mirai_syn")
 
 @dataclass
 class DecisionConfig:
@@ -232,7 +232,7 @@ class _Chunk:
     src_key: np.ndarray
     forged: np.ndarray  # source address = destination address (LAND): forged, never its source's
     light_src: np.ndarray | None = None  # from a source too light to be a flood on its own (targets)
-    new_source: np.ndarray | None = None  # from a source seen for the first time (targets)
+    new_source: np.ndarray | None = None  # from a source seen for the first time, or forged (sources)
     verdicts: list[Verdict] = field(default_factory=list)
 
     @cached_property
@@ -271,6 +271,8 @@ class DecisionLayer:
         self.ip_ids = StreamTable(cfg.max_sources, np.array([-1.0]))  # per UDP socket pair: the last IPv4 id
         self.links = Tracked(4096, cfg.half_life_s, (*Evidence.SHAPES, "new_source"))  # per Ethernet sender
         self.bare_probes = Tracked(1, cfg.half_life_s, (), with_scores=False)  # all bare probes the board sees
+        # ...and all the SYN flood fingerprints from never-seen sources
+        self.new_fingerprints = Tracked(1, cfg.half_life_s, (), with_scores=False)
         self.packet_labels = np.zeros(0, dtype=np.int64)
         self.packet_flood_labels = np.zeros(0, dtype=np.int64)  # the part of packet_labels from floods at targets
         self.anomaly_enabled = False  # set once an anomaly score has been given
@@ -396,9 +398,16 @@ class DecisionLayer:
         udp = shares[:, x("udp")]
         talking = (udp > 0) & ((shares[:, x("answered")] >= cfg.answered_share * udp)
                                | (shares[:, x("two_way")] > 0.5 * udp))  # fmt: skip
+        # Mirai's SYN flood fingerprint convicts its sender at once while new sources bring it slowly (bots come one
+        # by one; a spoofed flood brings a new source with every packet, and is judged as a flood at its target).
+        fresh = np.zeros(len(packets), dtype=bool)
+        fresh[srcs["seg"].start[srcs["state"][:, self.sources.col["count"]] == 0]] = True  # (in key order)
+        c.new_source = self.sources.per_packet(srcs, fresh) | c.forged
+        flood_print = c.ev.mirai_syn & self._slow(self.new_fingerprints, packets, c.ev.mirai_syn & c.new_source)
         rules = [
             (_unless(_unless_udp(model_rule(srcs, cfg, self.sources), talking), calm), "model"),
             (fingerprint_rule(c.ev.mirai_scan[srcs["order"]]), "headers"),
+            (_unless(fingerprint_rule(flood_print[srcs["order"]], _SYN), calm), "headers"),
             (_unless(_unless_udp(flood_rule(srcs, self.sources, cfg, one_source=True), talking), calm), "headers"),
             (connection_flood_rule(srcs, self.sources, cfg), "headers"),
         ]
@@ -426,12 +435,8 @@ class DecisionLayer:
         a flood on its own counts towards a flood from many sources.  Returns the targets and the labels with
         the packets of a flood at a convicted target, and those labels alone."""
         packets, cfg = c.packets, self.cfg
-        seg, state = srcs["seg"], srcs["state"]
-        fresh = np.zeros(len(packets))
-        fresh[seg.start[state[:, self.sources.col["count"]] == 0]] = 1.0  # in key order
         heavy = rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
         c.light_src = ~self.sources.per_packet(srcs, heavy) | c.forged  # (a forged source is as good as new)
-        c.new_source = self.sources.per_packet(srcs, fresh).astype(bool) | c.forged
         textra = _columns(c.shape, c.ev.new_socket, c.new_source, c.light_src, c.ev.reply)
         # A target's answers count for it: a resolver answering a Pi-hole's bursts of queries is no flood's victim.
         tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64))
@@ -482,7 +487,7 @@ class DecisionLayer:
         # A lone probe convicts while bare probes arrive slowly, as scanning bots come by one at a time, and not
         # at a flooded target (a spoofed flood of bare SYNs, at one target or at random ones, with random source
         # addresses and MACs, is judged as a flood: past its first packet its rate closes this door).
-        quiet = self.targets.per_packet(tgts, tgts["convicted"] < 0) & self._bare_probes_slow(packets, bare_probe)
+        quiet = self.targets.per_packet(tgts, tgts["convicted"] < 0) & self._slow(self.bare_probes, packets, bare_probe)
         lone = (bare_probe & quiet & (c.scores[:, _SCAN] >= cfg.threshold))[rows]
         # Only the initiator's own packets carry its address (answers are keyed by their receiver): a verdict
         # comes at one of them.  Its probes carry the verdict's class.
@@ -524,16 +529,17 @@ class DecisionLayer:
         labels[rows] = np.where(labels[rows] < 0, link_class, labels[rows])
         self.links.store(links)
 
-    def _bare_probes_slow(self, packets: PacketBatch, bare_probe: np.ndarray) -> np.ndarray:
-        """Per packet: all the bare probes the board sees recently come slower than ``lone_probe_max_rate``."""
+    def _slow(self, table: Tracked, packets: PacketBatch, which: np.ndarray) -> np.ndarray:
+        """Per packet: the packets of ``which`` come slower than ``lone_probe_max_rate``, all the board sees together
+        (counted in ``table``, which holds one key)."""
         out = np.ones(len(packets), dtype=bool)
-        rows = np.flatnonzero(bare_probe)
+        rows = np.flatnonzero(which)
         if len(rows):
             one_key = np.zeros(len(rows), dtype=np.uint64)
-            seen = self.bare_probes.update(one_key, packets.ts[rows], None, np.zeros((len(rows), 0)))
+            seen = table.update(one_key, packets.ts[rows], None, np.zeros((len(rows), 0)))
             slow = rate(seen, self.cfg.half_life_s) < self.cfg.lone_probe_max_rate
-            out[rows] = self.bare_probes.per_packet(seen, slow)
-            self.bare_probes.store(seen)
+            out[rows] = table.per_packet(seen, slow)
+            table.store(seen)
         return out
 
     def _tried(self, packets: PacketBatch, which: np.ndarray, answers: bool = False) -> np.ndarray:

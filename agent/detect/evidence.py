@@ -20,6 +20,10 @@ options the attacker chose (payload size, ports, TTL, ToS, ...):
   pairs within seconds;
 * Mirai's scanner fingerprint: a SYN whose sequence number is the destination address (scanner.c sets
   ``tcph->seq = iph->daddr``); a random sequence number matches by chance once in 2^32 packets;
+* Mirai's SYN flood fingerprint: a SYN with a receive window of 0 and a 20-byte option block.  attack_tcp.c
+  builds the MSS, SACK, timestamp and window-scale options of a real stack but never sets the window field of
+  its zeroed header, whatever options the operator chose; no operating system opens a connection with a zero
+  window, and the raw-socket tools use their own (nmap and masscan 1024, hping3 64, ZMap 65535);
 * probe openers: TCP without ACK or RST (SYN, and the FIN, NULL and Xmas probes of stealth scans) and ICMP
   echo requests, which reach for a host or port;
 * a later IP fragment carries no transport header: it takes its datagram's header facts (and, in the decision
@@ -76,6 +80,7 @@ class Evidence:
     tunnel: np.ndarray  # GRE version 0 carrying IPv4 or Ethernet
     new_socket: np.ndarray  # no other packet on its socket pair in about the last second
     mirai_scan: np.ndarray  # Mirai's scanner fingerprint
+    mirai_syn: np.ndarray  # Mirai's SYN flood fingerprint
     opener: np.ndarray  # TCP without ACK or RST, or an echo request: reaches for a host or port
     answer: np.ndarray  # SYN-ACK, echo reply or time exceeded
     synack: np.ndarray  # a plain SYN-ACK (an answer if its receiver sent the SYN: see DecisionLayer)
@@ -168,6 +173,8 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
 
     echo = icmp(ECHO_REQUESTS)
     fingerprint = syn_only & (packets.l3 == L3_IPV4) & (packets.tcp_seq.astype(np.uint32) == packets.dst_ipv4)
+    syn_no_ack = tcp & ((flags & (SYN | ACK | RST)) == SYN)  # (its operator may add FIN, PSH or URG)
+    zero_window = syn_no_ack & (packets.tcp_win == 0) & (packets.tcp_hdr_len == 40)
     udp = packets.proto == 17  # a fragmented datagram's later fragments too: all of a flood's volume
     if features is None:
         new_socket = udp_probe = one_way = two_way = reply = np.zeros(len(packets), dtype=bool)
@@ -180,7 +187,7 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         probe_sized = (packets.payload_len <= UDP_PROBE_BYTES) & ~packets.frag
         udp_probe = udp & probe_sized & known_host & opens_socket_pair(features)
     tunnel = (packets.proto == 47) & np.isin(packets.gre_proto, GRE_FLOODS)
-    return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, opener | echo,
+    return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, zero_window, opener | echo,
                     synack | icmp(ECHO_REPLIES) | icmp(TIME_EXCEEDED), synack, rst,
                     udp_probe, icmp(UNREACHABLE), one_way, icmp(TIME_EXCEEDED), two_way, reply,
                     ((packets.dst_mac >> np.uint64(40)) & np.uint64(1)).astype(bool))  # fmt: skip

@@ -269,9 +269,10 @@ def lone_probe_rule(r: dict, lone: np.ndarray) -> Rule:
     return lone, np.full(len(lone), _SCAN), np.ones(len(lone))
 
 
-def fingerprint_rule(fingerprint: np.ndarray) -> Rule:
-    """One packet with Mirai's scanner fingerprint convicts its sender (a chance match: once in 2^32)."""
-    return fingerprint, np.full(len(fingerprint), _SCAN), np.ones(len(fingerprint))
+def fingerprint_rule(fingerprint: np.ndarray, label: int = _SCAN) -> Rule:
+    """One packet with a fingerprint of Mirai's convicts its sender: its scanner's (a chance match: once in 2^32),
+    or its SYN flood's (``label`` _SYN)."""
+    return fingerprint, np.full(len(fingerprint), label), np.ones(len(fingerprint))
 
 
 def anomaly_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:

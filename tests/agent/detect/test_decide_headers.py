@@ -26,7 +26,8 @@ def ip(a: int, b: int, c: int, d: int) -> int:
     return (a << 24) | (b << 16) | (c << 8) | d
 
 
-def batch(ts, src, dst, proto=6, sport=40000, dport=80, flags=SYN, seq=1, size=60, icmp_type=-1, gre_proto=-1) -> PacketBatch:
+def batch(ts, src, dst, proto=6, sport=40000, dport=80, flags=SYN, seq=1, size=60, icmp_type=-1, gre_proto=-1,
+          win=64240) -> PacketBatch:
     ts = np.asarray(ts, dtype=np.float64)
     n = len(ts)
 
@@ -44,7 +45,7 @@ def batch(ts, src, dst, proto=6, sport=40000, dport=80, flags=SYN, seq=1, size=6
         port_kind=np.full(n, PORT_NUMBER, np.uint8), sport=col(sport, np.int32), dport=col(dport, np.int32),
         ttl=np.full(n, 64, np.uint8), ip_id=np.zeros(n, np.uint16), df=np.zeros(n, bool), frag=np.zeros(n, bool),
         ip_len=col(size, np.int32) - 14, tcp_flags=np.where(tcp, col(flags, np.uint8), 0).astype(np.uint8),
-        tcp_seq=col(seq, np.uint32), tcp_ack=np.full(n, 4321, np.uint32), tcp_win=np.zeros(n, np.uint16),
+        tcp_seq=col(seq, np.uint32), tcp_ack=np.full(n, 4321, np.uint32), tcp_win=col(win, np.uint16),
         tcp_hdr_len=np.where(tcp, 20, 0).astype(np.uint8), payload_len=np.zeros(n, np.int32),
         icmp_type=col(icmp_type, np.int16), gre_proto=col(gre_proto, np.int32),
     )
@@ -318,6 +319,42 @@ def test_mirai_scanners_probing_the_board_are_caught_by_their_fingerprint():
     assert {v.src_ip for v in verdicts} == {f"100.{64 + (int(b) >> 16 & 0xFF) - 64}.{int(b) >> 8 & 0xFF}.{int(b) & 0xFF}" for b in bots}
     assert {(v.label, v.basis) for v in verdicts} == {("mirai_scan", "headers")}
     assert all(v.latency == 0 for v in verdicts)
+
+
+def test_mirai_syn_floods_seen_as_a_trickle_are_caught_by_their_zero_window():
+    """The board's view of two bots' SYN floods at its /24: a few SYNs a second each, to random ports, with the
+    option block of a real stack but a receive window of 0 (attack_tcp.c never sets it), among clients whose SYNs
+    carry options and a window, and nmap's raw SYNs (window 1024).  Each bot is convicted of a SYN flood at its
+    first packet, which carries the verdict's class; nobody else is."""
+    rng = np.random.default_rng(31)
+    bots, n = (ip(178, 129, 244, 223), ip(93, 240, 62, 73)), 30
+    floods = [batch(T0 + 1 + k * 0.2 + np.sort(rng.uniform(0, 10, n)), bot, BOARD, sport=rng_ports(rng, n),
+                    dport=rng_ports(rng, n), size=74, win=0) for k, bot in enumerate(bots)]
+    clients = batch(T0 + np.sort(rng.uniform(0, 12, 40)), ip(100, 65, 0, 1) + np.arange(40), BOARD, dport=443,
+                    sport=rng_ports(rng, 40), size=74)
+    nmap = batch(T0 + 3 + np.arange(5) * 0.3, ip(100, 66, 0, 1), BOARD, dport=rng_ports(rng, 5), size=58, win=1024)
+    for b in (*floods, clients):
+        b.tcp_hdr_len[:] = 40
+    nmap.tcp_hdr_len[:] = 24  # (nmap's MSS option alone)
+    b = join(*floods, clients, nmap)
+    verdicts, labels = run(b)
+    assert sorted((v.src_ip, v.label, v.basis, v.latency) for v in verdicts) == [
+        ("178.129.244.223", "mirai_syn", "headers", 0.0), ("93.240.62.73", "mirai_syn", "headers", 0.0)]
+    from_bots = np.isin(b.src_ipv4, bots)
+    assert (labels[from_bots] == LABELS.index("mirai_syn")).all() and (labels[~from_bots] < 0).all()
+
+
+def test_a_spoofed_zero_window_syn_flood_convicts_its_target_not_every_forged_source():
+    """Mirai's SYN flood with its source option set to random: a new address with every packet.  Its zero window
+    convicts a source only while new sources bring it slowly; the flood is its target's verdict."""
+    rng = np.random.default_rng(32)
+    n = 4000
+    flood = batch(T0 + np.arange(n) / 1000.0, rng.integers(1, 1 << 32, n), BOARD, sport=rng_ports(rng, n),
+                  dport=rng_ports(rng, n), size=74, win=0)
+    flood.tcp_hdr_len[:] = 40
+    verdicts, _ = run(flood)
+    assert [(v.kind, v.label) for v in verdicts if v.kind == "spoofed"] == [("spoofed", "mirai_syn")]
+    assert len([v for v in verdicts if v.kind == "source"]) <= 40
 
 
 def test_syn_flood_from_rotating_sources_is_reported_within_a_second():
