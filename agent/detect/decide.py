@@ -231,6 +231,7 @@ class _Chunk:
     reconnect: np.ndarray  # SYNs through a new socket pair to a host and port their sender tried before
     src_key: np.ndarray
     forged: np.ndarray  # source address = destination address (LAND): forged, never its source's
+    out_of_sequence: np.ndarray  # TCP with numbers no stream of its socket pair would carry
     light_src: np.ndarray | None = None  # from a source too light to be a flood on its own (targets)
     new_source: np.ndarray | None = None  # from a source seen for the first time, or forged (sources)
     verdicts: list[Verdict] = field(default_factory=list)
@@ -340,12 +341,15 @@ class DecisionLayer:
         forged = (packets.src_ip_lo == packets.dst_ip_lo) & (packets.src_ip_hi == packets.dst_ip_hi)
         opener = ev.opener & ~forged
         probe = opener & self._first_attempt(packets, opener)
-        probe |= self._ack_probes(packets, ev) & ~forged
+        probe |= self._ack_probes(packets, ev, features) & ~forged
         ev.unsolicited(ev.synack & ~self._tried(packets, ev.synack, answers=True))
+        out_of_sequence, acknowledges = self._sequence_check(packets, (ev.ack & ~ev.new_socket) | ev.ack_back)
         # RSTs and SYN-ACKs answer somebody (a victim refusing a flood's or a scan's packets, a scanner's kernel
-        # refusing the SYN-ACKs its raw probes drew): whatever the model or the anomaly detector makes of them,
-        # they convict nobody.
+        # refusing the SYN-ACKs its raw probes drew), and so does a bare ACK of data the other end sent (a server
+        # acknowledging a slowloris client's header line every 10 s on each of 500 connections, which the model
+        # took for an ack flood): whatever the model or the anomaly detector makes of them, they convict nobody.
         answers = ev.rst | ev.answer | ev.reply | ev.to_group  # (multicast and broadcast: at nobody)
+        answers |= ev.ack_back & acknowledges & ~out_of_sequence
         if answers.any():
             scores = scores.copy()
             scores[answers] = np.eye(N_CLASSES)[0]
@@ -370,13 +374,13 @@ class DecisionLayer:
         reconnect = ev.syn_only & ~probe & ~forged
         reconnect &= opens_socket_pair(features) if features is not None else False
         return _Chunk(packets, scores, ev, ev.shape(), anomalous, probe, sweep, full_options, full_probe, kernel_probe,
-                      reconnect, src_key, forged)
+                      reconnect, src_key, forged, out_of_sequence)
 
     def _judge_sources(self, c: _Chunk) -> tuple[dict, np.ndarray]:
         """Sources (and the pairs of the ones not convicted yet); the class each packet's source is convicted of."""
         packets, cfg = c.packets, self.cfg
         # Fresh: through a socket pair fresh for it, or with TCP numbers no stream of the pair would carry.
-        fresh = c.ev.new_socket | self._out_of_sequence(packets, c.ev.ack & ~c.ev.new_socket)
+        fresh = c.ev.new_socket | c.out_of_sequence
         id_jump = self._ip_id_jumps(packets, c.ev.udp & ~c.ev.new_socket & (packets.l3 == L3_IPV4))
         traced, answered = c.ev.time_exceeded, c.ev.reply
         extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst,
@@ -608,15 +612,17 @@ class DecisionLayer:
         order = argsort_keys(key, self.sources._sort)
         return idx[order], key[order], Segments.from_sorted(key[order])
 
-    def _out_of_sequence(self, packets: PacketBatch, ack: np.ndarray) -> np.ndarray:
-        """Per packet (of ``ack``: TCP without SYN or RST): its numbers do not continue its socket pair's stream.
-        The same sequence number again with data (a flood that never advances it: Mirai's ack with a fixed
-        seqnum, its stomp), or a sequence or acknowledgement number more than 16 MB off (random per packet:
-        Mirai's ack by default), where no receive window reaches.  A socket pair's first packet is in sequence."""
-        out = np.zeros(len(packets), dtype=bool)
+    def _sequence_check(self, packets: PacketBatch, ack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per packet (of ``ack``: TCP without SYN or RST): whether its numbers do not continue its socket pair's
+        stream, and whether it acknowledges new data (its acknowledgement number moved on, less than 16 MB).
+        Out of sequence: the same sequence number again with data (a flood that never advances it: Mirai's ack
+        with a fixed seqnum, its stomp), or a sequence or acknowledgement number more than 16 MB off (random per
+        packet: Mirai's ack by default), where no receive window reaches.  A socket pair's first packet is in
+        sequence and acknowledges nothing new."""
+        out, moved_on = np.zeros(len(packets), dtype=bool), np.zeros(len(packets), dtype=bool)
         idx = np.flatnonzero(ack)
         if not len(idx):
-            return out
+            return out, moved_on
         p = packets
         idx, key, seg = self._by_socket_pair(packets, idx)
         slots, _ = self.sequences.lookup(key[seg.start], p.ts[idx][seg.start])
@@ -642,15 +648,18 @@ class DecisionLayer:
                                                np.column_stack([now[seg.last, :2], before[seg.last, 2]]))  # fmt: skip
         self.sequences.t_last[slots] = p.ts[idx][seg.last]
         out[idx] = odd
-        return out
+        moved_on[idx] = with_ack & (prev_ack >= 0) & (acked != prev_ack) & ~off(acked, prev_ack)
+        return out, moved_on
 
-    def _ack_probes(self, packets: PacketBatch, ev: Evidence) -> np.ndarray:
+    def _ack_probes(self, packets: PacketBatch, ev: Evidence, features: np.ndarray | None) -> np.ndarray:
         """Per packet: an ACK scan's probe (nmap -sA, maps a firewall): a bare, empty ACK with no TCP options,
         opening a socket pair, to a host and port its sender had not tried, from a source port it already used with
         that host (a scanner sends from one port; Mirai's ack flood draws a new one per packet, and carries 512
-        bytes unless told otherwise)."""
+        bytes unless told otherwise).  Opening, not merely quiet for a second: a server's ACK to a keep-alive
+        after seconds of silence (a slowloris client's header line every 10 s) is no probe."""
+        opening = opens_socket_pair(features) if features is not None else ev.new_socket
         bare = (ev.ack & ((packets.tcp_flags & 0x3F) == ACK_FLAG) & (packets.payload_len == 0)
-                & (packets.tcp_hdr_len == 20) & ev.new_socket)  # fmt: skip
+                & (packets.tcp_hdr_len == 20) & opening)  # fmt: skip
         if not bare.any():
             return bare
         # (In the table of UDP probes' source ports, offset so that the two never meet.)

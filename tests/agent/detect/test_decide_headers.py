@@ -27,7 +27,7 @@ def ip(a: int, b: int, c: int, d: int) -> int:
 
 
 def batch(ts, src, dst, proto=6, sport=40000, dport=80, flags=SYN, seq=1, size=60, icmp_type=-1, gre_proto=-1,
-          win=64240) -> PacketBatch:
+          win=64240, ack=4321) -> PacketBatch:
     ts = np.asarray(ts, dtype=np.float64)
     n = len(ts)
 
@@ -45,7 +45,7 @@ def batch(ts, src, dst, proto=6, sport=40000, dport=80, flags=SYN, seq=1, size=6
         port_kind=np.full(n, PORT_NUMBER, np.uint8), sport=col(sport, np.int32), dport=col(dport, np.int32),
         ttl=np.full(n, 64, np.uint8), ip_id=np.zeros(n, np.uint16), df=np.zeros(n, bool), frag=np.zeros(n, bool),
         ip_len=col(size, np.int32) - 14, tcp_flags=np.where(tcp, col(flags, np.uint8), 0).astype(np.uint8),
-        tcp_seq=col(seq, np.uint32), tcp_ack=np.full(n, 4321, np.uint32), tcp_win=col(win, np.uint16),
+        tcp_seq=col(seq, np.uint32), tcp_ack=col(ack, np.uint32), tcp_win=col(win, np.uint16),
         tcp_hdr_len=np.where(tcp, 20, 0).astype(np.uint8), payload_len=np.zeros(n, np.int32),
         icmp_type=col(icmp_type, np.int16), gre_proto=col(gre_proto, np.int32),
     )
@@ -355,6 +355,38 @@ def test_a_spoofed_zero_window_syn_flood_convicts_its_target_not_every_forged_so
     verdicts, _ = run(flood)
     assert [(v.kind, v.label) for v in verdicts if v.kind == "spoofed"] == [("spoofed", "mirai_syn")]
     assert len([v for v in verdicts if v.kind == "source"]) <= 40
+
+
+def test_a_server_acknowledging_a_slowloris_attack_is_never_convicted():
+    """Slowloris at the board: 300 connections opened in 1.5 s, each sending a header line every 10 s.  The
+    board's bare ACKs of those lines come after seconds of silence on each socket pair (fresh, like an ack
+    flood's) and from its one port 80; the model takes them for an ack flood.  They acknowledge data the other
+    end sent: answers, neither an ACK scan's probes nor a flood."""
+    rng = np.random.default_rng(33)
+    n, rounds = 300, 4
+    attacker = ip(203, 0, 113, 60)
+    sports = 40000 + np.arange(n)
+    t_open = T0 + np.sort(rng.uniform(0, 1.5, n))
+    isn_c, isn_s = rng.integers(1, 1 << 31, n), rng.integers(1, 1 << 31, n)
+    parts = [batch(t_open, attacker, BOARD, sport=sports, size=74),
+             batch(t_open + 0.0002, BOARD, attacker, sport=80, dport=sports, flags=SYNACK, seq=isn_s, ack=isn_c + 1,
+                   size=74),
+             batch(t_open + 0.02, attacker, BOARD, sport=sports, flags=ACK, seq=isn_c + 1, ack=isn_s + 1)]
+    for r in range(rounds + 1):
+        sent = 200 + 10 * r  # the request, then a 10-byte header line a round
+        t = t_open + 0.021 + 10.0 * r + rng.uniform(0, 3, n)
+        line = batch(t, attacker, BOARD, sport=sports, flags=PSHACK, seq=isn_c + 1 + (sent - (200 if r == 0 else 10)),
+                     ack=isn_s + 1, size=74)
+        line.payload_len[:] = 200 if r == 0 else 10
+        parts += [line, batch(t + 0.001, BOARD, attacker, sport=80, dport=sports, flags=ACK, seq=isn_s + 1,
+                              ack=isn_c + 1 + sent)]
+    b = join(*parts)
+    from_board = b.src_ipv4 == BOARD
+    scores = benign_scores(len(b))
+    scores[from_board] = np.eye(len(LABELS))[LABELS.index("mirai_ack")] * 0.9 + 0.02
+    verdicts, labels = run(b, scores=scores)
+    assert not [v for v in verdicts if v.src_ip == "10.0.0.5"]
+    assert (labels[from_board] < 0).all()
 
 
 def test_syn_flood_from_rotating_sources_is_reported_within_a_second():
