@@ -36,7 +36,9 @@ from agent.detect.evidence import ACK as ACK_FLAG
 from agent.detect.evidence import Evidence, datagram_heads, inherit_headers, opens_socket_pair, packet_evidence
 from agent.detect.rules import (
     EPHEMERAL_PORTS,
+    TELNET_PORTS,
     anomaly_rule,
+    brute_force_rule,
     connection_flood_rule,
     convict,
     fingerprint_rule,
@@ -88,6 +90,7 @@ class DecisionConfig:
     scan_burst_probes: int = 100  # ...or so many probes came at once (nmap, masscan) that no settling is needed
     scan_min_sweep: float = 0.1  # a model scan verdict needs this share of recent packets sweeping (probes)
     lone_probe_max_rate: float = 20.0  # bare SYN probes/s (all the board sees) below which one convicts its sender
+    brute_force_min: int = 10  # recent connections to a telnet service (decayed over scan_half_life_s): guessing
     udp_scan_min_probes: int = 10  # a scan of mostly UDP probes needs so many (nmap -sU sends ~25, then waits)
     udp_scan_min_refusals: float = 3.0  # recent ICMP unreachables behind a scan of mostly UDP probes
     # A traceroute: routers answer its probes with ICMP time exceeded, hop after hop (a flood's TTL stays put, and a
@@ -254,7 +257,8 @@ class DecisionLayer:
     TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "answered")
     PAIR_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "full_probe", "kernel_probe")
     _PAIR_COLUMNS = list(map(SOURCE_EXTRAS.index, PAIR_EXTRAS))  # where the pairs' columns sit in the sources' extras
-    INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp", "udp_new_sport", "kernel_probe")
+    INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp", "udp_new_sport", "kernel_probe",
+                        "login")
 
     def __init__(self, config: DecisionConfig | None = None) -> None:
         self.cfg = cfg = config or DecisionConfig()
@@ -474,19 +478,22 @@ class DecisionLayer:
         packets, ev, cfg = c.packets, c.ev, self.cfg
         bare_probe = c.sweep & ev.syn_only & (packets.tcp_hdr_len == 20)  # a SYN with no TCP options, to a port not tried
         reset = ev.rst & self._tried(packets, ev.rst)
-        rows = np.flatnonzero(c.probe | ev.udp_probe | ev.answer | reset | ev.refusal)
+        # A new connection to a telnet service tried before: a password guess (the probe that found the service counts
+        # as one too).
+        login = (c.reconnect | c.probe & ev.syn_only) & np.isin(packets.dport, TELNET_PORTS)
+        rows = np.flatnonzero(c.probe | ev.udp_probe | ev.answer | reset | ev.refusal | login)
         if not len(rows):
             return
         p_probe, p_udp, p_reset = c.probe[rows] | ev.udp_probe[rows], ev.udp_probe[rows], reset[rows]
         # A port scan sends from one source port (nmap, masscan); a UDP flood at random ports draws one per packet.
         p_new_sport = self._first_seen(self.udp_sports, packets, ev.udp_probe, packets.sport)[rows]
-        own = p_probe | p_reset  # packets the initiator sent: they carry its address
+        own = p_probe | p_reset | login[rows]  # packets the initiator sent: they carry its address
         answers_to_initiator = np.zeros(len(packets), dtype=bool)
         answers_to_initiator[rows[~own]] = True
         init_key = _rekeyed(c.src_key, packets, answers_to_initiator, by="dst", tag=11)[rows]
         # INITIATOR_EXTRAS, in order.
         columns = _columns(p_probe, ev.answer[rows] & ~own, p_probe & c.full_options[rows], p_reset,
-                           ev.refusal[rows] & ~own, p_udp, p_new_sport, c.kernel_probe[rows])  # fmt: skip
+                           ev.refusal[rows] & ~own, p_udp, p_new_sport, c.kernel_probe[rows], login[rows])  # fmt: skip
         inits = self.initiators.update(init_key, packets.ts[rows], None, columns)
         # A lone probe convicts while bare probes arrive slowly, as scanning bots come by one at a time, and not
         # at a flooded target (a spoofed flood of bare SYNs, at one target or at random ones, with random source
@@ -498,7 +505,8 @@ class DecisionLayer:
         is_probe, is_own = p_probe[inits["order"]], own[inits["order"]]  # in key order
         hot, label, conf = scan_rule(inits, self.initiators, cfg)
         lone_rule = lone_probe_rule(inits, lone[inits["order"]])
-        rules_i = [((hot & is_own, label, conf), "headers"), (lone_rule, "headers")]
+        rules_i = [((hot & is_own, label, conf), "headers"), (lone_rule, "headers"),
+                   (_unless(brute_force_rule(inits, self.initiators, cfg), is_own), "headers")]
         turned_i, at_i = convict(self.initiators, inits, cfg, rules_i)
         # A source already convicted (a SYN flood at random ports is also a sweep of ports) is not re-reported.
         tipped = rows[inits["order"][at_i]]

@@ -29,8 +29,13 @@ _PORTLESS_SHAPE, _SYN_ODD_SHAPE = Evidence.SHAPES.index("portless"), Evidence.SH
 _UDP_SHAPE = Evidence.SHAPES.index("udp")
 _PROBE_SHAPES = [Evidence.SHAPES.index(name) for name in ("syn_only", "ack", "portless")]  # what scanners send
 STREAM_MIN_KBYTES = 0.3  # a key's mean frame size from which in-sequence TCP is a data stream, not a flood
-KERNEL_PORTED = 0.97  # share of full-option probes from new ephemeral ports that makes them a connect scan's...
-CONNECT_SCAN_MIN = 20  # ...once there are so many recent ones (random ports all land there by chance once in 10^6)
+# Share of full-option probes from new ephemeral ports that makes them a connect scan's (Linux's connect() may give a
+# port again for another destination port: 41 of nmap -sT's 1,000, one of its first ten, after other connections
+# to that host)...
+KERNEL_PORTED = 0.8
+CONNECT_SCAN_MIN = 20  # ...once there are so many recent ones (random ports land there by chance 6 times in 1,000;
+# Mirai's own SYN flood is known at its first packet by its zero window, evidence.py)
+TELNET_PORTS = (23, 2323)  # where Mirai and the IoT botnets after it guess passwords
 EPHEMERAL_PORTS = 32768  # the lowest port a kernel's connect() takes (Linux; Windows and BSD start at 49152)
 
 
@@ -259,6 +264,16 @@ def scan_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     hot &= ~mostly_udp | ((refused >= cfg.udp_scan_min_refusals) & (new_sport <= 0.5 * udp))
     flood = (full >= 0.5 * probes) & (kernel < KERNEL_PORTED * full)
     return hot, np.where(flood, _SYN, _SCAN), np.clip(unanswered, 0.0, 1.0)
+
+
+def brute_force_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
+    """One source connecting again and again to a telnet service (``brute_force_min`` recent connections): a
+    password guesser, one guess or a few per connection (hydra, medusa, and the IoT botnets that spread by telnet,
+    Mirai's scanner among them).  Nothing in a home logs in by telnet ten times in a few seconds.  The closest Mirai
+    class is the scan, of which Mirai's brute force is a part."""
+    logins = r["extra_weight"][:, t.extras.index("login")]
+    hot = logins >= cfg.brute_force_min
+    return hot, np.full(len(hot), _SCAN), np.minimum(logins / cfg.brute_force_min, 1.0)
 
 
 def lone_probe_rule(r: dict, lone: np.ndarray) -> Rule:

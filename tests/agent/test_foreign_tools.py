@@ -1,9 +1,10 @@
 """Real attack tools against a board in network namespaces: does ``python -m agent detect`` see them?
 
 Our own synthesiser writes attacks the way we think they look; these tests use the tools attackers use.
-What is real here: nmap, hping3 and masscan (the Debian packages) build and send their own packets from
-an attacker namespace over a veth pair; the board namespace's kernel answers as a board would (ports 23
-and 80 listen, the rest reset, one echo replier in a /24 of absent hosts behind the board); tcpdump
+What is real here: nmap, hping3, masscan, ab and hydra (the Debian packages) build and send their own packets
+from an attacker namespace over a veth pair; the board namespace's kernel answers as a board would (a web
+server on 80, a telnet login on 23 that refuses every password, the rest reset, one echo replier in a /24 of
+absent hosts behind the board); tcpdump
 captures on the board's side of the link, as the agent would; ``python -m agent detect --jsonl`` judges
 the capture in a separate process.  Nothing in the packets comes from this file.
 
@@ -29,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -45,7 +47,7 @@ SWEPT_NET = "10.198.5.0/24"  # behind the board: absent hosts, but their packets
 SWEPT_ALIVE = "10.198.5.7"  # the one host of SWEPT_NET that answers (an address of the board)
 MAX_LATENCY_S = 1.0
 DEBS = {"tcpdump": "tcpdump", "hping3": "hping3", "nmap": "nmap", "masscan": "masscan", "curl": "curl",
-        "ping": "iputils-ping", "ab": "apache2-utils"}  # fmt: skip
+        "ping": "iputils-ping", "ab": "apache2-utils", "hydra": "hydra"}  # fmt: skip
 
 
 def _missing(*tools: str) -> str | None:
@@ -77,10 +79,37 @@ class Lab:
         return ["ip", "netns", "exec", self.link.a.name, *argv]
 
 
+def _refuse_logins(listener: socket.socket) -> None:
+    """A telnet login that takes no password: "login:", "Password:", "Login incorrect", closed; one thread per
+    connection.  Returns when ``listener`` is closed."""
+
+    def refuse(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5.0)
+            try:
+                for prompt in (b"\r\nboard login: ", b"Password: "):
+                    conn.sendall(prompt)
+                    line = b""
+                    while not line.endswith((b"\r\x00", b"\n")):  # (a telnet client ends a line with CR NUL or CR LF)
+                        got = conn.recv(256)
+                        if not got:
+                            return
+                        line += got
+                conn.sendall(b"\r\nLogin incorrect\r\n")
+            except OSError:
+                pass  # the client went away or stalled: nothing to keep
+
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        threading.Thread(target=refuse, args=(conn,), daemon=True).start()
+
+
 @contextmanager
 def serving(lab: Lab) -> Iterator[None]:
-    """The board's open ports: a web server on 80 and a bare listener on 23 (the kernel completes
-    handshakes for it, which is all a scanner sees)."""
+    """The board's open ports: a web server on 80 and a telnet login on 23 that refuses every password."""
     web = subprocess.Popen(
         ["ip", "netns", "exec", lab.link.b.name, sys.executable, "-m", "http.server", "--bind", lab.board_ip,
          "--directory", str(lab.www), "80"],
@@ -90,9 +119,11 @@ def serving(lab: Lab) -> Iterator[None]:
     try:
         telnet.bind((lab.board_ip, 23))
         telnet.listen(128)
+        threading.Thread(target=_refuse_logins, args=(telnet,), daemon=True).start()
         netns.wait_until(lambda: _port_open(lab, 80), "the board's web server")
         yield
     finally:
+        telnet.shutdown(socket.SHUT_RDWR)
         telnet.close()
         web.terminate()
         web.wait(10)
@@ -323,6 +354,17 @@ def _masscan(lab: Lab) -> list[str]:
             "--adapter-ip", lab.attacker_ip, "--router-mac", lab.link.mac_b, lab.board_ip]  # fmt: skip
 
 
+PASSWORDS = ("admin", "root", "1234", "12345", "password", "xc3511", "vizxv", "888888", "default", "user", "support",
+             "system", "54321", "7ujMko0admin", "anko", "Zte521", "hi3518", "jvbzd", "klv123", "realtek")
+
+
+def _hydra(lab: Lab) -> list[str]:
+    """hydra guessing root's password from Mirai's own first guesses: 8 tasks, a new connection per guess."""
+    passwords = lab.www.parent / "passwords.txt"
+    passwords.write_text("\n".join(PASSWORDS) + "\n")
+    return ["hydra", "-I", "-t", "8", "-w", "5", "-l", "root", "-P", str(passwords), f"telnet://{lab.board_ip}"]
+
+
 SCAN = frozenset({"mirai_scan"})
 FIRST_SYN_IS_A_PROBE = Gap(
     "hping3 -S -p 80: its first SYN, bare (no TCP options) to a port it had not tried, is what a scanning bot sends "
@@ -368,6 +410,9 @@ ATTACKS = [
     # An HTTP flood: complete connections and requests, one connection per request (ApacheBench, no keep-alive).
     Attack("ab-http-flood", "ab", lambda lab: ["ab", "-q", "-n", "3000", "-c", "4", f"http://{lab.board_ip}/index.html"],
            frozenset({"mirai_syn"}), proto=6),
+    # A password guesser at the board's telnet login (CIC-IoT-2023's dictionary brute force; the IoT botnets that
+    # spread by telnet): a new connection per guess, kernel SYNs, no Mirai fingerprint.
+    Attack("hydra-telnet-brute-force", "hydra", _hydra, SCAN, ok_codes=(0, 255)),
     Attack("nmap-syn-scan", "nmap", _nmap("-sS", "-p1-1000"), SCAN),
     # Kernel SYNs with the full option block, as Mirai's SYN flood at random ports sends, but all from ephemeral ports.
     Attack("nmap-connect-scan", "nmap", _nmap("-sT", "-p1-1000"), SCAN),
