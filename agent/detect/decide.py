@@ -586,7 +586,10 @@ class DecisionLayer:
         key = hash_words(14, packets.src_ip_hi[rows], packets.src_ip_lo[rows], packets.dst_ip_hi[rows], subnet,
                          packets.proto[rows].astype(np.uint64))  # fmt: skip
         prs = self.pairs.update(key, packets.ts[rows], scores[rows], extra[np.ix_(rows, self._PAIR_COLUMNS)])
-        turned_p, at_p = convict(self.pairs, prs, cfg, [(model_rule(prs, cfg, self.pairs, floods_only=True), "model")])
+        # (The header flood rule too: a bot whose other traffic dilutes its flood's shape, a UDP flood at a /24 at
+        # 300 packets/s beside a camera's stream, was named only when the model was sure, after a second.)
+        turned_p, at_p = convict(self.pairs, prs, cfg, [(model_rule(prs, cfg, self.pairs, floods_only=True), "model"),
+                                                        (flood_rule(prs, self.pairs, cfg, one_source=True), "headers")])
         self._claim(srcs, rows[prs["order"][at_p]], prs["attack"][at_p])
         verdicts += self._source_verdicts(packets, prs, turned_p, at_p, rows)
         labels[rows] = np.where(labels[rows] >= 0, labels[rows], self.pairs.per_packet(prs, prs["convicted"]))

@@ -421,6 +421,28 @@ def test_a_telnet_password_guesser_is_a_scan_and_a_few_logins_are_not():
     assert verdicts[0].latency < 1.0
 
 
+def test_a_bot_flooding_a_subnet_beside_its_own_upload_is_caught_on_the_flood_alone():
+    """The board as a bot: a UDP flood at a /24 (random hosts and ports, 300 packets/s) while it uploads video over
+    TCP (200 segments/s), so that UDP is 60% of what it sends: no flood's shape.  The model is unsure of the flood
+    (half its score).  What it sends that subnet is a flood on the headers."""
+    rng = np.random.default_rng(35)
+    bot, n_flood, n_up = ip(192, 168, 1, 50), 1500, 1000
+    flood = batch(T0 + np.sort(rng.uniform(0, 5, n_flood)), bot, ip(133, 135, 255, 0) + rng.integers(1, 255, n_flood),
+                  proto=17, sport=rng_ports(rng, n_flood), dport=rng_ports(rng, n_flood), size=362)
+    upload = batch(T0 + np.arange(n_up) / 200.0, bot, ip(52, 1, 2, 3), sport=50000, dport=443, flags=PSHACK,
+                   seq=1 + 1400 * np.arange(n_up), size=1454)
+    upload.payload_len[:] = 1400
+    b = join(flood, upload)
+    scores = benign_scores(len(b))
+    is_flood = b.proto == 17
+    scores[is_flood] = 0.01
+    scores[is_flood, 0], scores[is_flood, LABELS.index("mirai_udp")] = 0.45, 0.5
+    verdicts, labels = run(b, scores=scores)
+    assert [(v.src_ip, v.label, v.basis) for v in verdicts] == [("192.168.1.50", "mirai_udp", "headers")]
+    assert verdicts[0].latency < 1.0
+    assert (labels[~is_flood] < 0).all()
+
+
 def test_syn_flood_from_rotating_sources_is_reported_within_a_second():
     rng = np.random.default_rng(6)
     n = 20000
