@@ -596,9 +596,10 @@ class DecisionLayer:
         self.pairs.store(prs)
 
     def _ip_id_jumps(self, packets: PacketBatch, which: np.ndarray) -> np.ndarray:
-        """Per packet (of ``which``: UDP over IPv4 through a socket pair in use): its IP id is far from the previous
-        one on its socket pair.  A kernel counts ids per socket, or sends 0 with DF (Mirai's udpplain, every
-        benign sender); raw-socket floods draw them at random (Mirai's udp, even with both ports fixed)."""
+        """Per packet (of ``which``: UDP over IPv4 through a socket pair in use): its IP id is one no kernel would
+        send after the previous one on its socket pair: far from it, or the same non-zero id again.  A kernel counts
+        ids per socket, or sends 0 with DF (Mirai's udpplain, every benign sender); raw-socket floods draw them at
+        random (Mirai's udp, even with both ports fixed) or repeat the one its ident option set."""
         out = np.zeros(len(packets), dtype=bool)
         idx = np.flatnonzero(which)
         if not len(idx):
@@ -610,7 +611,8 @@ class DecisionLayer:
         before[1:] = ids[:-1]
         before[seg.start] = self.ip_ids.state[slots, 0]
         step = np.mod(ids - before, 65536.0)
-        out[idx] = (before >= 0) & (step > 1024) & (step < 65536 - 1024)  # far ahead, or back (not a wrap-around)
+        far = (step > 1024) & (step < 65536 - 1024)  # far ahead, or back (not a wrap-around)
+        out[idx] = (before >= 0) & (far | (step == 0) & (ids != 0))
         self.ip_ids.state[slots, 0] = ids[seg.last]
         self.ip_ids.t_last[slots] = packets.ts[idx][seg.last]
         return out

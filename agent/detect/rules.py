@@ -127,8 +127,8 @@ def _closest_by_shape(r: dict, t: "Tracked", attack: np.ndarray, floods_only: bo
     through fresh socket pairs an ACK flood, or a scan when it probes (through few sockets it may be a telnet
     session, the scanner's brute force or not); UDP mostly through fresh socket pairs Mirai's udp flood, and a UDP
     flood the model finds through sockets reused packet after packet its udpplain, which sends through one connected
-    socket per target, unless their IP ids jump about as a raw socket's do (Mirai's udp flood with both ports set;
-    with its ident option fixed too, no header tells them apart).  Where the headers are not decisive the model's
+    socket per target, unless their IP ids jump about or repeat one non-zero id, as a raw socket's do (Mirai's udp
+    flood with both ports set; with its ident option fixed at 0 too, no header tells them apart).  Where the headers are not decisive the model's
     class stands.  Only the class changes: whether the key is hot stays the model's best class's average (summing a
     protocol's classes would convict a phone's telnet session the model finds a little like a scan and a little like
     a flood)."""

@@ -704,14 +704,17 @@ def test_a_syn_flood_through_one_socket_pair_is_caught_below_the_flood_rate():
     assert verdicts[0].latency < 1.0
 
 
-@pytest.mark.parametrize("ids, named", [("random", "mirai_udp"), ("counting", "mirai_udpplain")])
+@pytest.mark.parametrize("ids, named", [("random", "mirai_udp"), ("fixed", "mirai_udp"), ("counting", "mirai_udpplain"),
+                                        ("zero", "mirai_udpplain")])  # fmt: skip
 def test_a_udp_flood_through_one_socket_is_named_by_its_ip_ids(ids, named):
     """A UDP flood with both ports fixed, which the model finds udpplain-like (one socket, as udpplain's connected
-    one): a raw socket's random IP ids make it Mirai's udp flood, a kernel's counting ones its udpplain."""
+    one): a raw socket's random IP ids, or the one its ident option fixed, make it Mirai's udp flood; a kernel's
+    counting ones (or 0, with DF) its udpplain."""
     rng = np.random.default_rng(28)
     n = 2000
     flood = batch(T0 + np.arange(n) / 1000.0, ip(62, 181, 91, 112), BOARD, proto=17, sport=53, dport=25083, size=554)
-    flood.ip_id[:] = rng.integers(0, 1 << 16, n) if ids == "random" else (4000 + np.arange(n)) % (1 << 16)
+    flood.ip_id[:] = {"random": rng.integers(0, 1 << 16, n), "fixed": 59311, "zero": 0,
+                      "counting": (4000 + np.arange(n)) % (1 << 16)}[ids]  # fmt: skip
     verdicts, labels = run(flood, scores=scan_scores(n, "mirai_udpplain"))
     assert [(v.label, v.src_ip) for v in verdicts] == [(named, "62.181.91.112")]
     assert (labels == LABELS.index(named)).mean() > 0.95
