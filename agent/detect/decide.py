@@ -408,9 +408,9 @@ class DecisionLayer:
                                | (shares[:, x("two_way")] > 0.5 * udp))  # fmt: skip
         # Mirai's SYN flood fingerprint convicts its sender at once while new sources bring it slowly (bots come one
         # by one; a spoofed flood brings a new source with every packet, and is judged as a flood at its target).
-        fresh = np.zeros(len(packets), dtype=bool)
-        fresh[srcs["seg"].start[srcs["state"][:, self.sources.col["count"]] == 0]] = True  # (in key order)
-        c.new_source = self.sources.per_packet(srcs, fresh) | c.forged
+        first = np.zeros(len(packets), dtype=bool)  # a never-seen source's first packet (in key order)
+        first[srcs["seg"].start[srcs["state"][:, self.sources.col["count"]] == 0]] = True
+        c.new_source = self.sources.per_packet(srcs, first) | c.forged
         flood_print = c.ev.mirai_syn & self._slow(self.new_fingerprints, packets, c.ev.mirai_syn & c.new_source)
         rules = [
             (_unless(_unless_udp(model_rule(srcs, cfg, self.sources), talking), calm), "model"),
