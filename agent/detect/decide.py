@@ -276,8 +276,6 @@ class DecisionLayer:
         self.ip_ids = StreamTable(cfg.max_sources, np.array([-1.0]))  # per UDP socket pair: the last IPv4 id
         self.links = Tracked(4096, cfg.half_life_s, (*Evidence.SHAPES, "new_source"))  # per Ethernet sender
         self.bare_probes = Tracked(1, cfg.half_life_s, (), with_scores=False)  # all bare probes the board sees
-        # ...and all the SYN flood fingerprints from never-seen sources
-        self.new_fingerprints = Tracked(1, cfg.half_life_s, (), with_scores=False)
         self.packet_labels = np.zeros(0, dtype=np.int64)
         self.packet_flood_labels = np.zeros(0, dtype=np.int64)  # the part of packet_labels from floods at targets
         self.anomaly_enabled = False  # set once an anomaly score has been given
@@ -406,12 +404,14 @@ class DecisionLayer:
         udp = shares[:, x("udp")]
         talking = (udp > 0) & ((shares[:, x("answered")] >= cfg.answered_share * udp)
                                | (shares[:, x("two_way")] > 0.5 * udp))  # fmt: skip
-        # Mirai's SYN flood fingerprint convicts its sender at once while new sources bring it slowly (bots come one
-        # by one; a spoofed flood brings a new source with every packet, and is judged as a flood at its target).
         first = np.zeros(len(packets), dtype=bool)  # a never-seen source's first packet (in key order)
         first[srcs["seg"].start[srcs["state"][:, self.sources.col["count"]] == 0]] = True
         c.new_source = self.sources.per_packet(srcs, first) | c.forged
-        flood_print = c.ev.mirai_syn & self._slow(self.new_fingerprints, packets, c.ev.mirai_syn & c.new_source)
+        # Mirai's SYN flood fingerprint convicts its sender, but not as a never-seen source's first packet: a spoofed
+        # flood brings a new source with every packet, so its forged sources are never convicted (the flood is
+        # judged at its target), while a bot is at its second (a few SYNs a second reach a board from each bot
+        # of a flood at its subnet).
+        flood_print = c.ev.mirai_syn & ~c.new_source
         rules = [
             (_unless(_unless_udp(model_rule(srcs, cfg, self.sources), talking), calm), "model"),
             (fingerprint_rule(c.ev.mirai_scan[srcs["order"]]), "headers"),
@@ -498,7 +498,7 @@ class DecisionLayer:
         # A lone probe convicts while bare probes arrive slowly, as scanning bots come by one at a time, and not
         # at a flooded target (a spoofed flood of bare SYNs, at one target or at random ones, with random source
         # addresses and MACs, is judged as a flood: past its first packet its rate closes this door).
-        quiet = self.targets.per_packet(tgts, tgts["convicted"] < 0) & self._slow(self.bare_probes, packets, bare_probe)
+        quiet = self.targets.per_packet(tgts, tgts["convicted"] < 0) & self._bare_probes_slow(packets, bare_probe)
         lone = (bare_probe & quiet & (c.scores[:, _SCAN] >= cfg.threshold))[rows]
         # Only the initiator's own packets carry its address (answers are keyed by their receiver): a verdict
         # comes at one of them.  Its probes carry the verdict's class.
@@ -541,17 +541,16 @@ class DecisionLayer:
         labels[rows] = np.where(labels[rows] < 0, link_class, labels[rows])
         self.links.store(links)
 
-    def _slow(self, table: Tracked, packets: PacketBatch, which: np.ndarray) -> np.ndarray:
-        """Per packet: the packets of ``which`` come slower than ``lone_probe_max_rate``, all the board sees together
-        (counted in ``table``, which holds one key)."""
+    def _bare_probes_slow(self, packets: PacketBatch, bare_probe: np.ndarray) -> np.ndarray:
+        """Per packet: all the bare probes the board sees recently come slower than ``lone_probe_max_rate``."""
         out = np.ones(len(packets), dtype=bool)
-        rows = np.flatnonzero(which)
+        rows = np.flatnonzero(bare_probe)
         if len(rows):
             one_key = np.zeros(len(rows), dtype=np.uint64)
-            seen = table.update(one_key, packets.ts[rows], None, np.zeros((len(rows), 0)))
+            seen = self.bare_probes.update(one_key, packets.ts[rows], None, np.zeros((len(rows), 0)))
             slow = rate(seen, self.cfg.half_life_s) < self.cfg.lone_probe_max_rate
-            out[rows] = table.per_packet(seen, slow)
-            table.store(seen)
+            out[rows] = self.bare_probes.per_packet(seen, slow)
+            self.bare_probes.store(seen)
         return out
 
     def _tried(self, packets: PacketBatch, which: np.ndarray, answers: bool = False) -> np.ndarray:
