@@ -670,8 +670,7 @@ class DecisionLayer:
         bytes unless told otherwise).  Opening, not merely quiet for a second: a server's ACK to a keep-alive
         after seconds of silence (a slowloris client's header line every 10 s) is no probe."""
         opening = opens_socket_pair(features) if features is not None else ev.new_socket
-        bare = (ev.ack & ((packets.tcp_flags & 0x3F) == ACK_FLAG) & (packets.payload_len == 0)
-                & (packets.tcp_hdr_len == 20) & opening)  # fmt: skip
+        bare = ev.bare_ack & (packets.tcp_hdr_len == 20) & opening
         if not bare.any():
             return bare
         # (In the table of UDP probes' source ports, offset so that the two never meet.)

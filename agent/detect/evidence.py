@@ -92,6 +92,7 @@ class Evidence:
     two_way: np.ndarray  # UDP on a socket pair whose other end has sent on it too (without features: unknown, False)
     reply: np.ndarray  # UDP, the first in its direction on a socket pair the other end opened: an answer (DNS, ...)
     to_group: np.ndarray  # to a group (multicast or broadcast) MAC address: a stream or an announcement, no victim
+    bare_ack: np.ndarray  # TCP with the ACK flag alone and no data
     ack_back: np.ndarray  # a bare ACK on a TCP socket pair whose other end has sent on it (acknowledging its data?)
 
     SHAPES = ("syn_only", "ack", "udp", "portless", "syn_odd")
@@ -174,7 +175,7 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
 
     echo = icmp(ECHO_REQUESTS)
     fingerprint = syn_only & (packets.l3 == L3_IPV4) & (packets.tcp_seq.astype(np.uint32) == packets.dst_ipv4)
-    syn_no_ack = tcp & ((flags & (SYN | ACK | RST)) == SYN)  # (its operator may add FIN, PSH or URG)
+    syn_no_ack = opener & ((flags & SYN) != 0)  # (its operator may add FIN, PSH or URG)
     zero_window = syn_no_ack & (packets.tcp_win == 0) & (packets.tcp_hdr_len == 40)
     udp = packets.proto == 17  # a fragmented datagram's later fragments too: all of a flood's volume
     bare_ack = tcp & ((flags & 0x3F) == ACK) & (packets.payload_len == 0)
@@ -185,7 +186,7 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         one_way = udp & ~heard_back
         ack_back = bare_ack & heard_back
         new_socket = features[:, RECENT_SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
-        two_way = udp & ~one_way
+        two_way = udp & heard_back
         reply = two_way & new_socket  # (nothing from this end on the pair for a second or so)
         known_host = features[:, HOST_WEIGHT] >= NEW_STREAM_WEIGHT
         probe_sized = (packets.payload_len <= UDP_PROBE_BYTES) & ~packets.frag
@@ -194,4 +195,4 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, zero_window, opener | echo,
                     synack | icmp(ECHO_REPLIES) | icmp(TIME_EXCEEDED), synack, rst,
                     udp_probe, icmp(UNREACHABLE), one_way, icmp(TIME_EXCEEDED), two_way, reply,
-                    ((packets.dst_mac >> np.uint64(40)) & np.uint64(1)).astype(bool), ack_back)  # fmt: skip
+                    ((packets.dst_mac >> np.uint64(40)) & np.uint64(1)).astype(bool), bare_ack, ack_back)  # fmt: skip

@@ -34,7 +34,7 @@ STREAM_MIN_KBYTES = 0.3  # a key's mean frame size from which in-sequence TCP is
 # to that host)...
 KERNEL_PORTED = 0.8
 CONNECT_SCAN_MIN = 20  # ...once there are so many recent ones (random ports land there by chance 6 times in 1,000;
-# Mirai's own SYN flood is known at its first packet by its zero window, evidence.py)
+# Mirai's own SYN flood is known by its zero window anyway, evidence.py)
 TELNET_PORTS = (23, 2323)  # where Mirai and the IoT botnets after it guess passwords
 EPHEMERAL_PORTS = 32768  # the lowest port a kernel's connect() takes (Linux; Windows and BSD start at 49152)
 
@@ -59,10 +59,10 @@ def _argmax_rows(a: np.ndarray, skip: int | None = None) -> tuple[np.ndarray, np
 
 def sweeping(r: dict, t: "Tracked") -> np.ndarray:
     """Each key's share of recent packets that probe as scanners do: short, empty probes (``sweep``), and a connect
-    scan's probes, SYNs with the kernel's full option block to hosts and ports not tried, when all of them (97%)
-    come from new ephemeral ports, as a kernel's connect() takes one per connection (32768 and up: Linux, Windows,
-    BSD, macOS).  Mirai's SYN flood at random ports sends the same SYNs from random source ports, half of them below
-    32768."""
+    scan's probes, SYNs with the kernel's full option block to hosts and ports not tried, when nearly all of them
+    (``KERNEL_PORTED``) come from new ephemeral ports, as a kernel's connect() takes one per connection (32768 and
+    up: Linux, Windows, BSD, macOS).  Mirai's SYN flood at random ports sends the same SYNs from random source ports,
+    half of them below 32768."""
     shares, x = r["shares"], t.extras.index
     out = shares[:, x("sweep")]
     if "full_probe" in t.extras:
@@ -72,7 +72,8 @@ def sweeping(r: dict, t: "Tracked") -> np.ndarray:
 
 
 def _kernel_ported(r: dict, t: "Tracked") -> tuple[np.ndarray, np.ndarray]:
-    """Each key's share of full-option probes, and whether they (if any) all come from new ephemeral ports."""
+    """Each key's share of full-option probes, and whether they (if any) come from new ephemeral ports, nearly all
+    (``KERNEL_PORTED``)."""
     full, kernel = r["shares"][:, t.extras.index("full_probe")], r["shares"][:, t.extras.index("kernel_probe")]
     return full, (full > 0) & (kernel >= KERNEL_PORTED * full)
 
@@ -128,10 +129,10 @@ def _closest_by_shape(r: dict, t: "Tracked", attack: np.ndarray, floods_only: bo
     session, the scanner's brute force or not); UDP mostly through fresh socket pairs Mirai's udp flood, and a UDP
     flood the model finds through sockets reused packet after packet its udpplain, which sends through one connected
     socket per target, unless their IP ids jump about or repeat one non-zero id, as a raw socket's do (Mirai's udp
-    flood with both ports set; with its ident option fixed at 0 too, no header tells them apart).  Where the headers are not decisive the model's
-    class stands.  Only the class changes: whether the key is hot stays the model's best class's average (summing a
-    protocol's classes would convict a phone's telnet session the model finds a little like a scan and a little like
-    a flood)."""
+    flood with both ports set; with its ident option fixed at 0 too, no header tells them apart).  Where the headers
+    are not decisive the model's class stands.  Only the class changes: whether the key is hot stays the model's best
+    class's average (summing a protocol's classes would convict a phone's telnet session the model finds a little
+    like a scan and a little like a flood)."""
     shares, x = r["shares"], t.extras.index
     syn, ack, udp, syn_odd = shares[:, x("syn_only")], shares[:, x("ack")], shares[:, x("udp")], shares[:, x("syn_odd")]
     fresh, id_jump = shares[:, x("fresh")], shares[:, x("id_jump")]
@@ -244,8 +245,8 @@ def scan_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     """Probes (openers to a host and port their sender had not tried) from an initiator, few of them answered, after
     the first answers have had time to come back.  An answer the initiator itself resets was not wanted: raw-socket
     SYNs (a stealth scan, a SYN flood at open ports) draw SYN-ACKs that the sender's kernel refuses. Probes mostly
-    with a full TCP option block are a SYN flood (Mirai's at a subnet or at random ports) unless they all come from
-    a kernel's ephemeral ports (a connect scan: ``sweeping``); short ones a scan.  Nothing answers UDP probes:
+    with a full TCP option block are a SYN flood (Mirai's at a subnet or at random ports) unless nearly all come from
+    a kernel's new ephemeral ports (a connect scan: ``sweeping``); short ones a scan.  Nothing answers UDP probes:
     mostly UDP, they are a scan once closed ports have refused some (a peer-to-peer client trying ports of a peer
     behind NAT gets none), and when they come from few source ports (a flood at random ports of one host draws a new
     one per packet)."""

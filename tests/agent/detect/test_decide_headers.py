@@ -393,25 +393,6 @@ def test_a_server_acknowledging_a_slowloris_attack_is_never_convicted():
     assert (labels[from_board] < 0).all()
 
 
-def _telnet_logins(rng, src, t_start: np.ndarray) -> PacketBatch:
-    """Complete telnet connections to the board from ``src``, one per start time: handshake, a login exchange."""
-    n = len(t_start)
-    sports = rng.choice(np.arange(32768, 61000), n, replace=False)
-    isn_c, isn_s = rng.integers(1, 1 << 31, n), rng.integers(1, 1 << 31, n)
-    syn = batch(t_start, src, BOARD, sport=sports, dport=23, seq=isn_c, size=74)
-    syn.tcp_hdr_len[:] = 40
-    parts = [syn, batch(t_start + 0.0002, BOARD, src, sport=23, dport=sports, flags=SYNACK, seq=isn_s, ack=isn_c + 1),
-             batch(t_start + 0.03, src, BOARD, sport=sports, dport=23, flags=ACK, seq=isn_c + 1, ack=isn_s + 1)]
-    for k in range(3):  # prompt, answer; prompt, answer; "Login incorrect"
-        prompt = batch(t_start + 0.04 + 0.05 * k, BOARD, src, sport=23, dport=sports, flags=PSHACK,
-                       seq=isn_s + 1 + 12 * k, ack=isn_c + 1 + 8 * k, size=80)
-        reply = batch(t_start + 0.06 + 0.05 * k, src, BOARD, sport=sports, dport=23, flags=PSHACK,
-                      seq=isn_c + 1 + 8 * k, ack=isn_s + 13 + 12 * k, size=74)
-        prompt.payload_len[:], reply.payload_len[:] = 12, 8
-        parts += [prompt, reply]
-    return join(*parts)
-
-
 def test_a_telnet_password_guesser_is_a_scan_and_a_few_logins_are_not():
     """hydra-like: 16 tasks, each a new connection to the board's telnet port every 2.5 s (one guess, then "Login
     incorrect"), no Mirai fingerprint.  A user logging in three times in a minute is nobody's scan."""
@@ -419,7 +400,8 @@ def test_a_telnet_password_guesser_is_a_scan_and_a_few_logins_are_not():
     guesser, user = ip(203, 0, 113, 50), ip(192, 168, 1, 30)
     starts = (T0 + rng.uniform(0, 0.2, 16)[:, None] + 2.5 * np.arange(8)[None, :]).ravel()
     user_starts = T0 + np.array([1.0, 20.0, 55.0])
-    b = join(_telnet_logins(rng, guesser, np.sort(starts)), _telnet_logins(rng, user, user_starts))
+    b = join(connections(np.sort(starts), guesser, BOARD, rng, port=23),
+             connections(user_starts, user, BOARD, rng, port=23))
     verdicts, _ = run(b)
     assert [(v.src_ip, v.label, v.basis) for v in verdicts] == [("203.0.113.50", "mirai_scan", "headers")]
     assert verdicts[0].latency < 1.0
@@ -844,9 +826,9 @@ def test_a_traceroute_is_no_flood_and_a_flood_that_dies_at_the_first_router_stil
     assert verdicts[0].latency < 1.0
 
 
-def connections(ts, client: int, server: int, rng) -> PacketBatch:
-    """A client's complete HTTP exchanges with a server, one per time in ``ts``: handshake, request, response,
-    FIN both ways (9 packets, each connection from a new source port)."""
+def connections(ts, client: int, server: int, rng, port: int = 80) -> PacketBatch:
+    """A client's complete exchanges with a server's ``port`` (HTTP by default), one per time in ``ts``: handshake,
+    request, response, FIN both ways (9 packets, each connection from a new source port)."""
     n = len(ts)
     sport = rng.integers(32768, 61000, n)
     steps = [  # (delay, from client, flags, size)
@@ -857,7 +839,7 @@ def connections(ts, client: int, server: int, rng) -> PacketBatch:
     parts = []
     for delay, from_client, flags, size in steps:
         a, b = (client, server) if from_client else (server, client)
-        ports = dict(sport=sport, dport=80) if from_client else dict(sport=80, dport=sport)
+        ports = dict(sport=sport, dport=port) if from_client else dict(sport=port, dport=sport)
         parts.append(batch(ts + delay, a, b, flags=flags, size=size, seq=rng.integers(0, 2**32, n), **ports))
     return join(*parts)
 
