@@ -4,9 +4,9 @@ Our own synthesiser writes attacks the way we think they look; these tests use t
 What is real here: nmap, hping3, masscan, ab and hydra (the Debian packages) build and send their own packets
 from an attacker namespace over a veth pair; the board namespace's kernel answers as a board would (a web
 server on 80, a telnet login on 23 that refuses every password, the rest reset, one echo replier in a /24 of
-absent hosts behind the board); tcpdump
-captures on the board's side of the link, as the agent would; ``python -m agent detect --jsonl`` judges
-the capture in a separate process.  Nothing in the packets comes from this file.
+absent hosts behind the board); tcpdump captures on the board's side of the link, as the agent would;
+``python -m agent detect --jsonl`` judges the capture in a separate process.  Nothing in the packets comes
+from this file.
 
 Each attack is recorded once (a module-scoped, parametrised fixture) and checked three ways:
 ``test_attack_is_reported``: a verdict names the attacker (or, for spoofed sources, the board as the
