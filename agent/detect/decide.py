@@ -11,7 +11,8 @@ Every verdict says what decided it (``basis``):
 * ``headers``: what the headers show whatever the model says (``agent.detect.evidence``): a flood from one
   source (a high rate of one shape of Evidence.SHAPES, with fresh ports per packet), a scan
   (SYNs to hosts and ports not tried before, mostly unanswered), Mirai's scanner fingerprint (one packet suffices),
-  and floods at one target from many sources (spoofed or rotating), which no per-source count can
+  a reflection through the board (many answered requests to its SSDP, CoAP, NTP, ... service from one forged
+  address), and floods at one target from many sources (spoofed or rotating), which no per-source count can
   judge.  Each gets the closest Mirai class.
 * ``anomaly``: most of a source's recent packets are far from the traffic the anomaly detector
   learned (``agent.detect.anomaly``); label ``anomaly``.
@@ -47,6 +48,7 @@ from agent.detect.rules import (
     matching,
     model_rule,
     rate,
+    reflection_rule,
     scan_rule,
     shape_fits,
 )
@@ -57,6 +59,7 @@ from agent.report import iso_time
 from agent.util import hash_words
 
 _SCAN, _SYN = LABELS.index("mirai_scan"), LABELS.index("mirai_syn")
+GROUP_REQUESTS = 4096  # recent UDP requests to groups remembered (LRU): a home's discovery clients are few
 
 @dataclass
 class DecisionConfig:
@@ -91,6 +94,10 @@ class DecisionConfig:
     scan_min_sweep: float = 0.1  # a model scan verdict needs this share of recent packets sweeping (probes)
     lone_probe_max_rate: float = 20.0  # bare SYN probes/s (all the board sees) below which one convicts its sender
     brute_force_min: int = 10  # recent connections to a telnet service (decayed over scan_half_life_s): guessing
+    # Recent requests (decayed over half_life_s: about 14 a second, sustained) to reflection-prone UDP services
+    # (evidence.REFLECTION_PORTS), mostly answered, that make their source the victim of a reflection flood through
+    # the board, its address forged (an SSDP client sends 3 M-SEARCHes, an NTP client one request a minute).
+    reflection_min_requests: int = 40
     udp_scan_min_probes: int = 10  # a scan of mostly UDP probes needs so many (nmap -sU sends ~25, then waits)
     udp_scan_min_refusals: float = 3.0  # recent ICMP unreachables behind a scan of mostly UDP probes
     # A traceroute: routers answer its probes with ICMP time exceeded, hop after hop (a flood's TTL stays put, and a
@@ -153,6 +160,12 @@ class Verdict:
 def _attempt_key(src_hi, src_lo, dst_hi, dst_lo, dport) -> np.ndarray:
     """The attempts table's key: (source, destination, destination port)."""
     return hash_words(13, src_lo, dst_hi ^ src_hi, dst_lo, np.asarray(dport).astype(np.uint64))
+
+
+def _group_key(hi, lo, port, service_port) -> np.ndarray:
+    """The group requests table's key: (requester, its port, the service's port)."""
+    ports = (np.asarray(port).astype(np.uint64) << np.uint64(16)) | np.asarray(service_port).astype(np.uint64)
+    return hash_words(16, hi, lo, ports)
 
 
 def _columns(*columns: np.ndarray) -> np.ndarray:
@@ -253,7 +266,7 @@ class DecisionLayer:
     floods from many sources alone (judged on rate and shape at the target: no model opinion beats it)."""
 
     SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst", "one_way", "traced",
-                     "reconnect", "full_probe", "kernel_probe", "answered", "two_way")
+                     "reconnect", "full_probe", "kernel_probe", "answered", "two_way", "reflect")
     TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "answered")
     PAIR_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "full_probe", "kernel_probe")
     _PAIR_COLUMNS = list(map(SOURCE_EXTRAS.index, PAIR_EXTRAS))  # where the pairs' columns sit in the sources' extras
@@ -274,6 +287,8 @@ class DecisionLayer:
         self.udp_sports = StreamTable(cfg.max_sources, np.zeros(0))
         self.sequences = StreamTable(cfg.max_sources, np.array([-1.0, 0.0, -1.0]))  # per TCP socket: seq, size, ack
         self.ip_ids = StreamTable(cfg.max_sources, np.array([-1.0]))  # per UDP socket pair: the last IPv4 id
+        # (requester, its port, the service port) of UDP requests sent to a group (multicast, broadcast)
+        self.group_requests = StreamTable(GROUP_REQUESTS, np.zeros(0))
         self.links = Tracked(4096, cfg.half_life_s, (*Evidence.SHAPES, "new_source"))  # per Ethernet sender
         self.bare_probes = Tracked(1, cfg.half_life_s, (), with_scores=False)  # all bare probes the board sees
         self.packet_labels = np.zeros(0, dtype=np.int64)
@@ -334,6 +349,9 @@ class DecisionLayer:
         if heads is not None:  # later fragments: their first fragment's headers and the model's scores of it
             inherit_headers(ev, heads)
             scores = scores[heads]
+        group_answers = self._answers_to_groups(packets, ev)
+        ev.reply |= group_answers
+        ev.udp_probe &= ~group_answers
         if anomaly is not None:
             self.anomaly_enabled = True
         anomalous = np.zeros(n) if anomaly is None else (anomaly > 1.0).astype(np.float64)
@@ -387,7 +405,7 @@ class DecisionLayer:
         traced, answered = c.ev.time_exceeded, c.ev.reply
         extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst,
                          c.ev.one_way, traced, c.reconnect, c.full_probe, c.kernel_probe, answered,
-                         c.ev.two_way)
+                         c.ev.two_way, c.ev.reflect_request)
         # A router's time exceeded, and a datagram answering one, count for the source whose packet they answer (their
         # receiver), as benign: a traceroute's small datagrams to ever new ports look like a UDP flood at random ports
         # to the model, and so do a Pi-hole's bursts of queries to its resolver.
@@ -418,10 +436,11 @@ class DecisionLayer:
             (_unless(fingerprint_rule(flood_print[srcs["order"]], _SYN), calm), "headers"),
             (_unless(_unless_udp(flood_rule(srcs, self.sources, cfg, one_source=True), talking), calm), "headers"),
             (connection_flood_rule(srcs, self.sources, cfg), "headers"),
+            (_unless(reflection_rule(srcs, self.sources, cfg), calm), "headers"),
         ]
         if self.anomaly_enabled:
             rules.append((_unless(anomaly_rule(srcs, self.sources, cfg), calm), "anomaly"))
-        turned, at = convict(self.sources, srcs, cfg, rules)
+        turned, at = convict(self.sources, srcs, cfg, rules, judging=calm)
         c.verdicts += self._source_verdicts(packets, srcs, turned, at)
         labels = self.sources.per_packet(srcs, srcs["convicted"])
 
@@ -676,6 +695,36 @@ class DecisionLayer:
         # (In the table of UDP probes' source ports, offset so that the two never meet.)
         known_port = bare & ~self._first_seen(self.udp_sports, packets, bare, packets.sport + 2 * 65536)
         return known_port & self._first_attempt(packets, known_port)
+
+    def _answers_to_groups(self, packets: PacketBatch, ev: Evidence) -> np.ndarray:
+        """Per packet: a UDP datagram to a host and port that sent a request to a group (multicast or broadcast: an
+        SSDP M-SEARCH to 239.255.255.250:1900) from the port it comes from.  Every device offering the service answers
+        it unicast, through a socket pair nobody opened, so the answers would count as their sender's own traffic."""
+        p = packets
+        v4 = p.dst_ipv4
+        group_ip = np.where(p.l3 == L3_IPV4, ((v4 >> 28) == 0xE) | (v4 == 0xFFFF_FFFF),  # 224.0.0.0/4, broadcast
+                            (p.dst_ip_hi >> np.uint64(56)) == 0xFF)  # ff00::/8  # fmt: skip
+        to_group = ev.udp & (ev.to_group | group_ip)
+        out = np.zeros(len(p), dtype=bool)
+        asked = np.flatnonzero(to_group)
+        if not len(asked) and not len(self.group_requests):
+            return out
+        maybe = ev.udp & ~to_group & ~ev.reply
+        # In windows of at most half the table's requests each (a flood of them fills it within a batch); the
+        # answers come within a few milliseconds of their request.
+        bounds = [0, *asked[GROUP_REQUESTS // 2 :: GROUP_REQUESTS // 2].tolist(), len(p)]
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            i = asked[(asked >= lo) & (asked < hi)]
+            if len(i):
+                keys = _group_key(p.src_ip_hi[i], p.src_ip_lo[i], p.sport[i], p.dport[i])
+                uniq, last = np.unique(keys[::-1], return_index=True)  # (each key's latest request)
+                when = p.ts[i][::-1][last]
+                slots, _ = self.group_requests.lookup(uniq, when)
+                self.group_requests.t_last[slots] = when  # (LRU by the latest request)
+            j = lo + np.flatnonzero(maybe[lo:hi])
+            if len(j):
+                out[j] = self.group_requests.contains(_group_key(p.dst_ip_hi[j], p.dst_ip_lo[j], p.dport[j], p.sport[j]))
+        return out
 
     def _first_attempt(self, packets: PacketBatch, opener: np.ndarray) -> np.ndarray:
         """Per packet: an opener to a (source, destination, destination port) not seen before (bounded memory)."""

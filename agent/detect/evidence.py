@@ -32,7 +32,11 @@ options the attacker chose (payload size, ports, TTL, ToS, ...):
   throughout instead of two thirds of packets with no shape;
 * answers to them: SYN-ACKs, echo replies and a router's ICMP time exceeded (a scanner's probes mostly go
   unanswered; a traceroute's are answered hop by hop); for UDP, a datagram answering one on its socket pair (a
-  resolver's answers to a Pi-hole's queries look like a DNS reflection flood, but the receiver asked for them);
+  resolver's answers to a Pi-hole's queries look like a DNS reflection flood, but the receiver asked for them),
+  and every datagram a reflection-prone service (SSDP, CoAP, NTP, ...: ``REFLECTION_PORTS``) sends back on a pair
+  its client opened, however many it sends per request; the decision stage adds the answers to a request sent to a
+  group (an SSDP M-SEARCH to 239.255.255.250, answered unicast by every device that offers the service);
+* requests to such services: a board that offers one is a reflector for whoever forges a victim's address;
 * frames to a group MAC address (multicast, broadcast): streams and announcements, at nobody in particular;
 * for UDP, which opens nothing: a probe-sized datagram (a scanner's probes are empty or a protocol's
   smallest request) to a host its sender already talks with, through a socket pair it opens (a UDP port
@@ -55,6 +59,13 @@ ECHO_REQUESTS, ECHO_REPLIES = (8, 128), (0, 129)  # ICMP, ICMPv6
 UNREACHABLE = (3, 1)  # ICMP, ICMPv6 destination unreachable
 TIME_EXCEEDED = (11, 3)  # ICMP, ICMPv6
 GRE_FLOODS = (0x0800, 0x6558)  # what Mirai's greip and greeth carry: IPv4, Ethernet
+# UDP services that answer a small request with more, or with many datagrams, and so serve reflection floods: the
+# attacker forges the victim's address as the source of its requests (CERT's TA14-017A list and the vectors found
+# since: QOTD, CharGEN, TFTP, portmap, NTP, NetBIOS, CLDAP, SLP, RIPv1, SSDP, ARD, WS-Discovery, NAT-PMP, CoAP,
+# Ubiquiti discovery, memcached, Plex, DVR discovery).  IoT boards offer SSDP, WS-Discovery and CoAP to anybody.
+# DNS and SNMP are left out: a home's own clients ask a Pi-hole or an agent of its monitoring many times a second.
+REFLECTION_PORTS = (17, 19, 69, 111, 123, 137, 389, 427, 520, 1900, 3283, 3702, 5351, 5683, 10001, 11211, 32414,
+                    37810)  # fmt: skip
 UDP_PROBE_BYTES = 256  # nmap's largest UDP probe payload is a 244-byte DHCP request
 # A stream whose weight is below this was created by the packet (weight 1) or has been quiet for a few
 # half-lives of that weight's decay.
@@ -90,10 +101,13 @@ class Evidence:
     one_way: np.ndarray  # UDP on a socket pair whose other end has sent nothing back on it
     time_exceeded: np.ndarray  # ICMP time exceeded: a router answering a packet whose TTL ran out
     two_way: np.ndarray  # UDP on a socket pair whose other end has sent on it too (without features: unknown, False)
-    reply: np.ndarray  # UDP, the first in its direction on a socket pair the other end opened: an answer (DNS, ...)
+    reply: np.ndarray  # UDP, the first in its direction on a socket pair the other end opened: an answer (DNS, ...);
+    # or any from a reflection-prone service's port (REFLECTION_PORTS) on a pair its client opened (SSDP answers 3
+    # times, NTP's monlist 100 times)
     to_group: np.ndarray  # to a group (multicast or broadcast) MAC address: a stream or an announcement, no victim
     bare_ack: np.ndarray  # TCP with the ACK flag alone and no data
     ack_back: np.ndarray  # a bare ACK on a TCP socket pair whose other end has sent on it (acknowledging its data?)
+    reflect_request: np.ndarray  # UDP to a reflection-prone service's port (REFLECTION_PORTS), no answer itself
 
     SHAPES = ("syn_only", "ack", "udp", "portless", "syn_odd")
 
@@ -187,12 +201,15 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         ack_back = bare_ack & heard_back
         new_socket = features[:, RECENT_SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
         two_way = udp & heard_back
-        reply = two_way & new_socket  # (nothing from this end on the pair for a second or so)
+        # (nothing from this end on the pair for a second or so; or from a service that answers with several)
+        reply = two_way & (new_socket | np.isin(packets.sport, REFLECTION_PORTS))
         known_host = features[:, HOST_WEIGHT] >= NEW_STREAM_WEIGHT
         probe_sized = (packets.payload_len <= UDP_PROBE_BYTES) & ~packets.frag
-        udp_probe = udp & probe_sized & known_host & opens_socket_pair(features)
+        udp_probe = udp & probe_sized & known_host & opens_socket_pair(features) & ~reply  # (a refused answer: none)
     tunnel = (packets.proto == 47) & np.isin(packets.gre_proto, GRE_FLOODS)
+    reflect_request = udp & np.isin(packets.dport, REFLECTION_PORTS) & ~reply
     return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, zero_window, opener | echo,
                     synack | icmp(ECHO_REPLIES) | icmp(TIME_EXCEEDED), synack, rst,
                     udp_probe, icmp(UNREACHABLE), one_way, icmp(TIME_EXCEEDED), two_way, reply,
-                    ((packets.dst_mac >> np.uint64(40)) & np.uint64(1)).astype(bool), bare_ack, ack_back)  # fmt: skip
+                    ((packets.dst_mac >> np.uint64(40)) & np.uint64(1)).astype(bool), bare_ack, ack_back,
+                    reflect_request)  # fmt: skip

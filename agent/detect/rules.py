@@ -277,6 +277,19 @@ def brute_force_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     return hot, np.full(len(hot), _SCAN), np.minimum(logins / cfg.brute_force_min, 1.0)
 
 
+def reflection_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
+    """A source whose requests to reflection-prone UDP services (SSDP, WS-Discovery, CoAP, NTP, memcached, ...:
+    ``evidence.REFLECTION_PORTS``) come many times a second and are answered (at least one answer for two requests):
+    the board is used as a reflector, and the "source" is the victim whose address the attacker forges.  Dropping
+    what comes from that address stops the board's share of the flood; nothing benign asks such a service ten
+    times a second for seconds on end (discovery clients send a few requests, an NTP client one a minute).  The
+    answers are a UDP flood at the victim: the closest Mirai class."""
+    requests = r["extra_weight"][:, t.extras.index("reflect")]
+    answered = r["extra_weight"][:, t.extras.index("answered")]
+    hot = (requests >= cfg.reflection_min_requests) & (answered >= 0.5 * requests)
+    return hot, np.full(len(hot), _UDP), np.minimum(requests / cfg.reflection_min_requests, 1.0)
+
+
 def lone_probe_rule(r: dict, lone: np.ndarray) -> Rule:
     """A single probe with no TCP options, to a port its sender never tried, that the model scores as a scan
     convicts its sender: a board probed by many scanning bots sees one to three SYNs from each, and every
@@ -311,9 +324,12 @@ def _combine(rules: list[tuple[Rule, str]]) -> tuple[np.ndarray, np.ndarray, np.
     return hot, label, conf, basis
 
 
-def convict(t: Tracked, r: dict, cfg: DecisionConfig, rules: list[tuple[Rule, str]]) -> tuple[np.ndarray, np.ndarray]:
+def convict(t: Tracked, r: dict, cfg: DecisionConfig, rules: list[tuple[Rule, str]],
+            judging: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Find the verdicts in ``r``: for each key, the first packet at which each class becomes hot, once per
     class until the key cools down.  So a host that floods with UDP and later scans is reported for both.
+    ``judging`` (per packet, key order): the packets that may release their key; the others (answers counted for
+    the source they answer, which convict nobody) neither convict nor release it.
 
     Returns (segment ids, packet positions) of the verdicts, in time order per key.
     """
@@ -353,8 +369,12 @@ def convict(t: Tracked, r: dict, cfg: DecisionConfig, rules: list[tuple[Rule, st
     convicted = np.where(hostile_before[seg.ids] >= 0, hostile_before[seg.ids], -1)
     convicted = np.where(pos >= since[seg.ids], state[seg.ids, col["hostile"]], convicted)
     r["convicted"] = convicted.astype(np.int64)
-    # Release keys that cooled down by the end of the batch: they may be reported afresh later.
-    cooled = (reported != 0) & (~hot[seg.last]) & (conf[seg.last] < cfg.release)
+    # Release keys that cooled down by the end of the batch (at their last packet that judges): they may be reported
+    # afresh later.
+    last = seg.last
+    if judging is not None:
+        last = np.maximum.reduceat(np.where(judging, pos, -1), seg.start) if len(seg) else last
+    cooled = (reported != 0) & (last >= 0) & ~hot[last] & (conf[last] < cfg.release)
     reported[cooled] = 0
     state[cooled, col["hostile"]] = -1
     state[:, col["reported"]] = reported

@@ -3,8 +3,8 @@
 Our own synthesiser writes attacks the way we think they look; these tests use the tools attackers use.
 What is real here: nmap, hping3, masscan, ab and hydra (the Debian packages) build and send their own packets
 from an attacker namespace over a veth pair; the board namespace's kernel answers as a board would (a web
-server on 80, a telnet login on 23 that refuses every password, the rest reset, one echo replier in a /24 of
-absent hosts behind the board); tcpdump captures on the board's side of the link, as the agent would;
+server on 80, a telnet login on 23 that refuses every password, an SSDP service on UDP 1900 answering each
+M-SEARCH three times, the rest reset, one echo replier in a /24 of absent hosts behind the board); tcpdump captures on the board's side of the link, as the agent would;
 ``python -m agent detect --jsonl`` judges the capture in a separate process.  Nothing in the packets comes
 from this file.
 
@@ -34,7 +34,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,24 +107,55 @@ def _refuse_logins(listener: socket.socket) -> None:
         threading.Thread(target=refuse, args=(conn,), daemon=True).start()
 
 
+SSDP_ANSWER = (b"HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=1800\r\nEXT:\r\nLOCATION: http://%s:80/device.xml\r\n"
+               b"SERVER: Linux/5.10 UPnP/1.0 board/1.0\r\nST: %s\r\nUSN: uuid:5e1f0b3a-0000-4000-8000-0242ac110002::%s"
+               b"\r\n\r\n")  # fmt: skip
+SSDP_TARGETS = (b"upnp:rootdevice", b"urn:schemas-upnp-org:device:Basic:1", b"urn:schemas-upnp-org:service:Dummy:1")
+M_SEARCH = (b"M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: \"ssdp:discover\"\r\nMX: 1\r\n"
+            b"ST: ssdp:all\r\n\r\n")  # fmt: skip
+
+
+def _answer_searches(sock: socket.socket, board_ip: str) -> None:
+    """A board's UPnP stack: every M-SEARCH answered three times (root device, device, service), unicast to whoever
+    sent it.  Returns when ``sock`` is closed."""
+    while True:
+        try:
+            data, peer = sock.recvfrom(2048)
+        except OSError:
+            return
+        if data.startswith(b"M-SEARCH"):
+            for target in SSDP_TARGETS:
+                try:
+                    sock.sendto(SSDP_ANSWER % (board_ip.encode(), target, target), peer)
+                except OSError:
+                    pass  # a full socket buffer: that answer is lost, as on a busy board
+
+
 @contextmanager
 def serving(lab: Lab) -> Iterator[None]:
-    """The board's open ports: a web server on 80 and a telnet login on 23 that refuses every password."""
+    """The board's open ports: a web server on 80, a telnet login on 23 that refuses every password, and SSDP on
+    UDP 1900."""
     web = subprocess.Popen(
         ["ip", "netns", "exec", lab.link.b.name, sys.executable, "-m", "http.server", "--bind", lab.board_ip,
          "--directory", str(lab.www), "80"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     telnet = lab.link.b.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ssdp = lab.link.b.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         telnet.bind((lab.board_ip, 23))
         telnet.listen(128)
         threading.Thread(target=_refuse_logins, args=(telnet,), daemon=True).start()
+        ssdp.bind((lab.board_ip, 1900))
+        threading.Thread(target=_answer_searches, args=(ssdp, lab.board_ip), daemon=True).start()
         netns.wait_until(lambda: _port_open(lab, 80), "the board's web server")
         yield
     finally:
         telnet.shutdown(socket.SHUT_RDWR)
         telnet.close()
+        with suppress(OSError):  # (Linux wakes the reader, though an unconnected socket answers ENOTCONN)
+            ssdp.shutdown(socket.SHUT_RDWR)
+        ssdp.close()
         web.terminate()
         web.wait(10)
 
@@ -140,6 +171,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     www = tmp_path_factory.mktemp("www")
     (www / "firmware.bin").write_bytes(bytes(range(256)) * 1024)  # 256 KiB: a download of many segments
     (www / "index.html").write_text("<html><body>board</body></html>\n")
+    (www / "m-search.txt").write_bytes(M_SEARCH)  # (the reflection attack's request, for hping3 -E)
     with netns.veth_pair() as link:
         lab = Lab(link, www)
         # The swept /24 lies behind the board: the attacker routes it there, the board (no forwarding)
@@ -407,6 +439,13 @@ ATTACKS = [
            frozenset({"mirai_udp", "mirai_udpplain"}), proto=17, ok_codes=HPING_OK),  # fmt: skip
     Attack("hping3-icmp-fragment-flood", "hping3", _hping("-1", "-d", "3000", "-m", "1400", "-c", "1500", *FLOOD_PACE),
            frozenset({"mirai_udp"}), proto=1, ok_codes=HPING_OK),
+    # The board as a reflector: M-SEARCHes to its SSDP service from a new port each, every one answered three times.
+    # A reflection attack forges the victim's address; here the attacker asks from its own, which the board sees
+    # the same way (answers to a forged address would need a route back to it).
+    Attack("hping3-ssdp-reflection", "hping3",
+           lambda lab: ["hping3", "-q", "-2", "-p", "1900", "-E", str(lab.www / "m-search.txt"), "-d", str(len(M_SEARCH)),
+                        "-c", "1500", *FLOOD_PACE, lab.board_ip],
+           frozenset({"mirai_udp"}), proto=17, ok_codes=HPING_OK),  # fmt: skip
     # An HTTP flood: complete connections and requests, one connection per request (ApacheBench, no keep-alive).
     Attack("ab-http-flood", "ab", lambda lab: ["ab", "-q", "-n", "3000", "-c", "4", f"http://{lab.board_ip}/index.html"],
            frozenset({"mirai_syn"}), proto=6),

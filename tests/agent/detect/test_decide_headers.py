@@ -991,3 +991,52 @@ def test_a_udp_flood_at_a_server_that_answers_some_of_it_is_still_a_flood():
     verdicts, _ = run(both, scores=np.where((both.src_ip_lo == flood.src_ip_lo[0])[:, None], udp_scores(len(both)),
                                             benign_scores(len(both))))  # fmt: skip
     assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udp", "192.168.1.80")]
+
+
+def reflection(rng, victim: int, port: int, rate: float, seconds: float, answers: int, group: bool = False,
+               t0: float = T0, refused: bool = False) -> PacketBatch:
+    """Requests from ``victim`` (its address forged) to the board's UDP service ``port``, each from a new port, to the
+    board or to a group (an SSDP M-SEARCH to 239.255.255.250); the board answers each ``answers`` times, unicast."""
+    n = int(rate * seconds)
+    ts = t0 + np.sort(rng.uniform(0, seconds, n))
+    ports = rng_ports(rng, n)
+    to = ip(239, 255, 255, 250) if group else BOARD
+    requests = batch(ts, victim, to, proto=17, sport=ports, dport=port, size=140)
+    if group:
+        requests.dst_mac[:] = 0x01005E7FFFFA
+    replies = [batch(ts + 0.0005 * (k + 1), BOARD, victim, proto=17, sport=port, dport=ports, size=342)
+               for k in range(answers)]
+    if refused:  # the victim never asked: its kernel refuses every answer (ICMP port unreachable)
+        replies += [batch(r.ts + 0.0002, victim, BOARD, proto=1, icmp_type=3, size=370) for r in replies]
+    return join(requests, *replies)
+
+
+@pytest.mark.parametrize("port, answers, group", [(1900, 3, False), (1900, 3, True), (5683, 1, False),
+                                                  (3702, 1, False), (123, 5, False), (11211, 4, False)])
+def test_a_board_used_as_a_reflector_convicts_the_forged_victim_once_and_never_itself(port, answers, group):
+    """SSDP, CoAP, WS-Discovery, NTP and memcached reflection through the board: requests forged with the victim's
+    address at 300 a second, each answered once or several times (unicast, also to a multicast M-SEARCH).  The
+    model scores every datagram a UDP flood.  The victim's address is convicted (dropping it stops the board's share
+    of the flood) within a second, once, and the board, whose answers are the flood, never (the victim's kernel
+    refusing them makes them no UDP port scan either)."""
+    rng = np.random.default_rng(31)
+    victim = ip(203, 0, 113, 9)
+    attack = reflection(rng, victim, port, 300, 4, answers, group, refused=True)
+    datagrams = (attack.proto == 17)[:, None]
+    verdicts, _ = run(attack, scores=np.where(datagrams, udp_scores(len(attack)), benign_scores(len(attack))), chunk=1024)
+    assert [(v.label, v.src_ip, v.basis) for v in verdicts] == [("mirai_udp", "203.0.113.9", "headers")]
+    assert verdicts[0].latency < 1.0
+
+
+def test_discovery_clients_asking_the_boards_services_are_no_reflection():
+    """A phone's SSDP discovery (3 M-SEARCHes to the group every 30 s, each answered 3 times by the board), a CoAP
+    client polling every second, and an NTP client's burst at start-up (8 requests in 2 s): no verdict, though the
+    model scores every datagram a UDP flood."""
+    rng = np.random.default_rng(32)
+    phone = ip(192, 168, 1, 23)
+    parts = [reflection(rng, phone, 1900, 3 / 0.3, 0.3, 3, group=True, t0=T0 + 30 * k) for k in range(4)]
+    parts.append(reflection(rng, phone, 5683, 1, 120, 1))
+    parts.append(reflection(rng, ip(192, 168, 1, 24), 123, 4, 2, 1))
+    benign = join(*parts)
+    verdicts, _ = run(benign, scores=udp_scores(len(benign)))
+    assert verdicts == []
