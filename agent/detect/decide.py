@@ -12,7 +12,8 @@ Every verdict says what decided it (``basis``):
   source (a high rate of one shape of Evidence.SHAPES, with fresh ports per packet), a scan
   (SYNs to hosts and ports not tried before, mostly unanswered), Mirai's scanner fingerprint (one packet suffices),
   a reflection through the board (many answered requests to its SSDP, CoAP, NTP, ... service from one forged
-  address), and floods at one target from many sources (spoofed or rotating), which no per-source count can
+  address), an HTTP flood over connections kept open (requests to a web server many times a second), and floods
+  at one target from many sources (spoofed or rotating), which no per-source count can
   judge.  Each gets the closest Mirai class.
 * ``anomaly``: most of a source's recent packets are far from the traffic the anomaly detector
   learned (``agent.detect.anomaly``); label ``anomaly``.
@@ -49,6 +50,7 @@ from agent.detect.rules import (
     model_rule,
     rate,
     reflection_rule,
+    request_flood_rule,
     scan_rule,
     shape_fits,
 )
@@ -98,6 +100,8 @@ class DecisionConfig:
     # (evidence.REFLECTION_PORTS), mostly answered, that make their source the victim of a reflection flood through
     # the board, its address forged (an SSDP client sends 3 M-SEARCHes, an NTP client one request a minute).
     reflection_min_requests: int = 40
+    request_flood_rate: float = 300.0  # one source's requests/s to a web server over its connections: an HTTP flood...
+    request_flood_min: int = 300  # ...with so many recent ones
     udp_scan_min_probes: int = 10  # a scan of mostly UDP probes needs so many (nmap -sU sends ~25, then waits)
     udp_scan_min_refusals: float = 3.0  # recent ICMP unreachables behind a scan of mostly UDP probes
     # A traceroute: routers answer its probes with ICMP time exceeded, hop after hop (a flood's TTL stays put, and a
@@ -266,7 +270,8 @@ class DecisionLayer:
     floods from many sources alone (judged on rate and shape at the target: no model opinion beats it)."""
 
     SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst", "one_way", "traced",
-                     "reconnect", "full_probe", "kernel_probe", "answered", "two_way", "reflect")
+                     "reconnect", "full_probe", "kernel_probe", "answered", "two_way", "reflect",
+                     "web_request")
     TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "answered")
     PAIR_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "full_probe", "kernel_probe")
     _PAIR_COLUMNS = list(map(SOURCE_EXTRAS.index, PAIR_EXTRAS))  # where the pairs' columns sit in the sources' extras
@@ -405,7 +410,7 @@ class DecisionLayer:
         traced, answered = c.ev.time_exceeded, c.ev.reply
         extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst,
                          c.ev.one_way, traced, c.reconnect, c.full_probe, c.kernel_probe, answered,
-                         c.ev.two_way, c.ev.reflect_request)
+                         c.ev.two_way, c.ev.reflect_request, c.ev.web_request)
         # A router's time exceeded, and a datagram answering one, count for the source whose packet they answer (their
         # receiver), as benign: a traceroute's small datagrams to ever new ports look like a UDP flood at random ports
         # to the model, and so do a Pi-hole's bursts of queries to its resolver.
@@ -437,6 +442,7 @@ class DecisionLayer:
             (_unless(_unless_udp(flood_rule(srcs, self.sources, cfg, one_source=True), talking), calm), "headers"),
             (connection_flood_rule(srcs, self.sources, cfg), "headers"),
             (_unless(reflection_rule(srcs, self.sources, cfg), calm), "headers"),
+            (request_flood_rule(srcs, self.sources, cfg), "headers"),
         ]
         if self.anomaly_enabled:
             rules.append((_unless(anomaly_rule(srcs, self.sources, cfg), calm), "anomaly"))

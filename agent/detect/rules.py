@@ -277,6 +277,22 @@ def brute_force_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     return hot, np.full(len(hot), _SCAN), np.minimum(logins / cfg.brute_force_min, 1.0)
 
 
+def request_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
+    """One source sending requests to a web server (``Evidence.web_request``) faster than ``request_flood_rate`` a
+    second, sustained (``request_flood_min`` recent ones), its frames small on average: an HTTP flood over persistent
+    connections (GoldenEye, HULK, wrk, ``ab -k``; Mirai's http attack keeps its connections too), which opens too few
+    connections for a connection flood and, its segments in sequence on established connections, draws no fresh
+    sockets for an ack flood.  A browser sends a few dozen requests for a page; an upload to the board's web UI is
+    full-size segments.  The closest Mirai class by shape is the ack flood (its stomp variant floods ACK/PSH
+    segments with data through an established connection)."""
+    shares, x = r["shares"], t.extras.index
+    requests = shares[:, x("web_request")]
+    per_second = requests * rate(r, t.half_life_s)
+    hot = (per_second >= cfg.request_flood_rate) & (requests * r["weight"] >= cfg.request_flood_min)
+    hot &= shares[:, x("kbytes")] < STREAM_MIN_KBYTES
+    return hot, np.full(len(hot), _ACK), np.minimum(per_second / cfg.request_flood_rate, 1.0)
+
+
 def reflection_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     """A source whose requests to reflection-prone UDP services (SSDP, WS-Discovery, CoAP, NTP, memcached, ...:
     ``evidence.REFLECTION_PORTS``) come many times a second and are answered (at least one answer for two requests):

@@ -1,10 +1,11 @@
 """Real attack tools against a board in network namespaces: does ``python -m agent detect`` see them?
 
 Our own synthesiser writes attacks the way we think they look; these tests use the tools attackers use.
-What is real here: nmap, hping3, masscan, ab and hydra (the Debian packages) build and send their own packets
-from an attacker namespace over a veth pair; the board namespace's kernel answers as a board would (a web
-server on 80, a telnet login on 23 that refuses every password, an SSDP service on UDP 1900 answering each
-M-SEARCH three times, the rest reset, one echo replier in a /24 of absent hosts behind the board); tcpdump captures on the board's side of the link, as the agent would;
+What is real here: nmap, hping3, masscan, ab, curl and hydra (the Debian packages) build and send their own packets
+from an attacker namespace over a veth pair; the board namespace's kernel answers as a board would (an HTTP/1.1
+web server on 80, a telnet login on 23 that refuses every password, an SSDP service on UDP 1900 answering each
+M-SEARCH three times, the rest reset, one echo replier in a /24 of absent hosts behind the board); tcpdump
+captures on the board's side of the link, as the agent would;
 ``python -m agent detect --jsonl`` judges the capture in a separate process.  Nothing in the packets comes
 from this file.
 
@@ -107,6 +108,18 @@ def _refuse_logins(listener: socket.socket) -> None:
         threading.Thread(target=refuse, args=(conn,), daemon=True).start()
 
 
+# Python's web server, as a real one behaves: HTTP/1.1 (it keeps connections a client asks to keep) and no Nagle delay
+# (a response at once, not after the client's delayed ACK: 40 ms per request).
+WEB_SERVER = """
+import functools, http.server, sys
+class Handler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def log_message(self, *args):
+        pass
+handler = functools.partial(Handler, directory=sys.argv[2])
+http.server.ThreadingHTTPServer((sys.argv[1], 80), handler).serve_forever()
+"""
 SSDP_ANSWER = (b"HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=1800\r\nEXT:\r\nLOCATION: http://%s:80/device.xml\r\n"
                b"SERVER: Linux/5.10 UPnP/1.0 board/1.0\r\nST: %s\r\nUSN: uuid:5e1f0b3a-0000-4000-8000-0242ac110002::%s"
                b"\r\n\r\n")  # fmt: skip
@@ -133,11 +146,10 @@ def _answer_searches(sock: socket.socket, board_ip: str) -> None:
 
 @contextmanager
 def serving(lab: Lab) -> Iterator[None]:
-    """The board's open ports: a web server on 80, a telnet login on 23 that refuses every password, and SSDP on
-    UDP 1900."""
+    """The board's open ports: an HTTP/1.1 web server on 80, a telnet login on 23 that refuses every password, and
+    SSDP on UDP 1900."""
     web = subprocess.Popen(
-        ["ip", "netns", "exec", lab.link.b.name, sys.executable, "-m", "http.server", "--bind", lab.board_ip,
-         "--directory", str(lab.www), "80"],
+        ["ip", "netns", "exec", lab.link.b.name, sys.executable, "-c", WEB_SERVER, lab.board_ip, str(lab.www)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     telnet = lab.link.b.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -443,12 +455,18 @@ ATTACKS = [
     # A reflection attack forges the victim's address; here the attacker asks from its own, which the board sees
     # the same way (answers to a forged address would need a route back to it).
     Attack("hping3-ssdp-reflection", "hping3",
-           lambda lab: ["hping3", "-q", "-2", "-p", "1900", "-E", str(lab.www / "m-search.txt"), "-d", str(len(M_SEARCH)),
-                        "-c", "1500", *FLOOD_PACE, lab.board_ip],
+           lambda lab: ["hping3", "-q", "-2", "-p", "1900", "-E", str(lab.www / "m-search.txt"),
+                        "-d", str(len(M_SEARCH)), "-c", "1500", *FLOOD_PACE, lab.board_ip],
            frozenset({"mirai_udp"}), proto=17, ok_codes=HPING_OK),  # fmt: skip
     # An HTTP flood: complete connections and requests, one connection per request (ApacheBench, no keep-alive).
     Attack("ab-http-flood", "ab", lambda lab: ["ab", "-q", "-n", "3000", "-c", "4", f"http://{lab.board_ip}/index.html"],
            frozenset({"mirai_syn"}), proto=6),
+    # An HTTP flood over 4 connections it keeps, as GoldenEye, HULK and wrk flood (curl: 3,000 URLs, 4 at a time;
+    # ab -k waits for a Keep-Alive header that Python's server never sends).
+    Attack("curl-http-keepalive-flood", "curl",
+           lambda lab: ["curl", "-s", "--parallel", "--parallel-max", "4",
+                        f"http://{lab.board_ip}/index.html?[1-3000]"],
+           frozenset({"mirai_ack"}), proto=6),
     # A password guesser at the board's telnet login (CIC-IoT-2023's dictionary brute force; the IoT botnets that
     # spread by telnet): a new connection per guess, kernel SYNs, no Mirai fingerprint.
     Attack("hydra-telnet-brute-force", "hydra", _hydra, SCAN, ok_codes=(0, 255)),

@@ -1040,3 +1040,50 @@ def test_discovery_clients_asking_the_boards_services_are_no_reflection():
     benign = join(*parts)
     verdicts, _ = run(benign, scores=udp_scores(len(benign)))
     assert verdicts == []
+
+
+def requests_over(ts, client: int, server: int, n_conns: int, request: int = 160, response: int = 700,
+                  port: int = 80) -> PacketBatch:
+    """Requests at times ``ts`` over ``n_conns`` persistent connections (their handshakes before), each answered, the
+    answer acknowledged: sequence numbers move on as a stack's do."""
+    n = len(ts)
+    conn = np.arange(n) % n_conns
+    sport = 40000 + conn
+    k = np.zeros(n, dtype=np.int64)  # the request's number on its connection
+    for c in range(n_conns):
+        k[conn == c] = np.arange((conn == c).sum())
+    cseq, sseq = 1000 + request * k, 5000 + response * k
+    req = batch(ts, client, server, sport=sport, dport=port, flags=PSHACK, size=66 + request, seq=cseq, ack=sseq)
+    req.payload_len[:] = request
+    resp = batch(ts + 0.0004, server, client, sport=port, dport=sport, flags=PSHACK, size=66 + response, seq=sseq,
+                 ack=cseq + request)  # fmt: skip
+    resp.payload_len[:] = response
+    acks = batch(ts + 0.0008, client, server, sport=sport, dport=port, flags=ACK, size=66, seq=cseq + request,
+                 ack=sseq + response)  # fmt: skip
+    first = ts[0] - 0.05 + 0.001 * np.arange(n_conns)
+    opens = [batch(first, client, server, sport=40000 + np.arange(n_conns), dport=port, flags=SYN, size=74),
+             batch(first + 0.0005, server, client, sport=port, dport=40000 + np.arange(n_conns), flags=SYNACK, size=74),
+             batch(first + 0.001, client, server, sport=40000 + np.arange(n_conns), dport=port, flags=ACK, size=66)]
+    for o in opens:
+        o.tcp_hdr_len[:] = 40  # a kernel's options
+    return join(*opens, req, resp, acks)
+
+
+@pytest.mark.parametrize("rate, conns", [(2000, 4), (500, 2), (5000, 1)])
+def test_an_http_flood_over_persistent_connections_is_a_flood_and_page_loads_and_uploads_are_not(rate, conns):
+    """GoldenEye, HULK, wrk and ``ab -k`` flood a web server with requests over a few connections they keep (so do
+    Mirai's http attack): too few connections for a connection flood, no fresh sockets for an ack flood.  Named
+    mirai_ack (ACK/PSH segments with data through established connections, as Mirai's stomp) within a second; a
+    browser loading a page of 150 resources over 6 connections, a phone app polling, and an upload of full-size
+    segments are not."""
+    rng = np.random.default_rng(33)
+    flood = requests_over(T0 + np.sort(rng.uniform(0, 4, 4 * rate)), ip(203, 0, 113, 77), BOARD, conns)
+    verdicts, _ = run(flood)
+    assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_ack", "headers", "203.0.113.77")]
+    assert verdicts[0].latency < 1.0
+    page = requests_over(T0 + np.sort(rng.uniform(0, 1.0, 150)), ip(192, 168, 1, 23), BOARD, 6)
+    polling = requests_over(T0 + 5 + np.arange(600) / 10.0, ip(192, 168, 1, 24), BOARD, 1, port=8080)
+    upload = requests_over(T0 + 10 + np.arange(8000) / 2000.0, ip(192, 168, 1, 25), BOARD, 1, request=1448,
+                           response=0)  # fmt: skip
+    verdicts, _ = run(join(page, polling, upload))
+    assert verdicts == []
