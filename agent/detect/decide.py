@@ -367,7 +367,8 @@ class DecisionLayer:
         opener = ev.opener & ~forged
         probe = opener & self._first_attempt(packets, opener)
         probe |= self._ack_probes(packets, ev, features) & ~forged
-        ev.unsolicited(ev.synack & ~self._tried(packets, ev.synack, answers=True))
+        ev.unsolicited(ev.synack & ~self._tried(packets, ev.synack, answers=True),
+                       ev.echo_reply & ~self._tried(packets, ev.echo_reply, answers=True))
         out_of_sequence, acknowledges = self._sequence_check(packets, (ev.ack & ~ev.new_socket) | ev.ack_back)
         # RSTs and SYN-ACKs answer somebody (a victim refusing a flood's or a scan's packets, a scanner's kernel
         # refusing the SYN-ACKs its raw probes drew), and so does a bare ACK of data the other end sent (a server

@@ -99,6 +99,7 @@ class Evidence:
     mirai_syn: np.ndarray  # Mirai's SYN flood fingerprint
     opener: np.ndarray  # TCP without ACK or RST, or an echo request: reaches for a host or port
     answer: np.ndarray  # SYN-ACK, echo reply or time exceeded
+    echo_reply: np.ndarray  # ICMP echo reply (an answer if its receiver sent the request: see DecisionLayer)
     synack: np.ndarray  # a plain SYN-ACK (an answer if its receiver sent the SYN: see DecisionLayer)
     rst: np.ndarray  # a bare RST (or RST-ACK): an answer, or a scanner's kernel refusing the SYN-ACKs it drew
     udp_probe: np.ndarray  # probe-sized UDP opening a socket pair to a host its sender talked with recently
@@ -117,10 +118,13 @@ class Evidence:
 
     SHAPES = ("syn_only", "ack", "udp", "portless", "syn_odd")
 
-    def unsolicited(self, synack: np.ndarray) -> None:
-        """SYN-ACKs that answer no SYN are a flood's (Mirai's syn attack with the ACK bit set): a SYN shape."""
+    def unsolicited(self, synack: np.ndarray, echo_reply: np.ndarray) -> None:
+        """SYN-ACKs that answer no SYN are a flood's (Mirai's syn attack with the ACK bit set): a SYN shape.  Echo
+        replies that answer no echo request are a flood's too (a smurf attack's victim; hping3 -1 -C 0): an echo
+        request's shape, portless."""
         self.syn_odd = self.syn_odd | synack
-        self.answer = self.answer & ~synack
+        self.echo = self.echo | echo_reply
+        self.answer = self.answer & ~synack & ~echo_reply
 
     @property
     def portless(self) -> np.ndarray:
@@ -193,7 +197,7 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         """ICMP of ``types[0]`` or ICMPv6 of ``types[1]``."""
         return v4 & (packets.icmp_type == types[0]) | v6 & (packets.icmp_type == types[1])
 
-    echo = icmp(ECHO_REQUESTS)
+    echo, echo_reply = icmp(ECHO_REQUESTS), icmp(ECHO_REPLIES)
     fingerprint = syn_only & (packets.l3 == L3_IPV4) & (packets.tcp_seq.astype(np.uint32) == packets.dst_ipv4)
     syn_no_ack = opener & ((flags & SYN) != 0)  # (its operator may add FIN, PSH or URG)
     zero_window = syn_no_ack & (packets.tcp_win == 0) & (packets.tcp_hdr_len == 40)
@@ -216,7 +220,7 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     reflect_request = udp & np.isin(packets.dport, REFLECTION_PORTS) & ~reply
     web_request = ack & (packets.payload_len > 0) & np.isin(packets.dport, WEB_PORTS) & (packets.sport >= 1024)
     return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, zero_window, opener | echo,
-                    synack | icmp(ECHO_REPLIES) | icmp(TIME_EXCEEDED), synack, rst,
+                    synack | echo_reply | icmp(TIME_EXCEEDED), echo_reply, synack, rst,
                     udp_probe, icmp(UNREACHABLE), one_way, icmp(TIME_EXCEEDED), two_way, reply,
                     ((packets.dst_mac >> np.uint64(40)) & np.uint64(1)).astype(bool), bare_ack, ack_back,
                     reflect_request, web_request)  # fmt: skip

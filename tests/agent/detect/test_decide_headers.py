@@ -1087,3 +1087,26 @@ def test_an_http_flood_over_persistent_connections_is_a_flood_and_page_loads_and
                            response=0)  # fmt: skip
     verdicts, _ = run(join(page, polling, upload))
     assert verdicts == []
+
+
+def test_echo_replies_nobody_asked_for_are_a_flood_and_answers_to_pings_are_not():
+    """A smurf attack's victim (echo replies from many hosts that its forged broadcast ping drew) and hping3 -1 -C 0
+    (echo replies from one host): replies to no echo request the board sent are a ping flood's, closest class
+    mirai_udp, proto 1.  Replies to the board's own pings, at the same rate, answer it."""
+    rng = np.random.default_rng(34)
+    n = 3000
+    ts = T0 + np.arange(n) / 1500.0
+    flooder = ip(203, 0, 113, 60)
+    one = batch(ts, flooder, BOARD, proto=1, sport=-1, dport=-1, icmp_type=ECHO_REPLY, size=98)
+    verdicts, _ = run(one)
+    assert [(v.kind, v.label, v.src_ip, v.proto) for v in verdicts] == [("source", "mirai_udp", "203.0.113.60", 1)]
+    assert verdicts[0].latency < 1.0
+    amplifiers = ip(198, 51, 100, 0) + rng.integers(1, 255, n)
+    smurf = batch(ts, amplifiers, BOARD, proto=1, sport=-1, dport=-1, icmp_type=ECHO_REPLY, size=98)
+    verdicts, _ = run(smurf)
+    assert [(v.kind, v.label, v.victim_ip, v.proto) for v in verdicts] == [("spoofed", "mirai_udp", "10.0.0.5", 1)]
+    host = ip(192, 168, 1, 1)
+    pings = batch(ts, BOARD, host, proto=1, sport=-1, dport=-1, icmp_type=ECHO_REQUEST, size=98)
+    replies = batch(ts + 0.0003, host, BOARD, proto=1, sport=-1, dport=-1, icmp_type=ECHO_REPLY, size=98)
+    verdicts, _ = run(join(pings, replies))
+    assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udp", "10.0.0.5")]  # the board's own ping flood
