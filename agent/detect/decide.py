@@ -102,6 +102,8 @@ class DecisionConfig:
     reflection_min_requests: int = 40
     request_flood_rate: float = 300.0  # one source's requests/s to a web server over its connections: an HTTP flood...
     request_flood_min: int = 300  # ...with so many recent ones
+    target_request_flood_rate: float = 500.0  # requests/s at one web server from sources each too light: a botnet's...
+    target_request_flood_min: int = 600  # ...with so many recent ones
     udp_scan_min_probes: int = 10  # a scan of mostly UDP probes needs so many (nmap -sU sends ~25, then waits)
     udp_scan_min_refusals: float = 3.0  # recent ICMP unreachables behind a scan of mostly UDP probes
     # A traceroute: routers answer its probes with ICMP time exceeded, hop after hop (a flood's TTL stays put, and a
@@ -272,7 +274,7 @@ class DecisionLayer:
     SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst", "one_way", "traced",
                      "reconnect", "full_probe", "kernel_probe", "answered", "two_way", "reflect",
                      "web_request")
-    TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "answered")
+    TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "answered", "web_request")
     PAIR_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "full_probe", "kernel_probe")
     _PAIR_COLUMNS = list(map(SOURCE_EXTRAS.index, PAIR_EXTRAS))  # where the pairs' columns sit in the sources' extras
     INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp", "udp_new_sport", "kernel_probe",
@@ -443,7 +445,7 @@ class DecisionLayer:
             (_unless(_unless_udp(flood_rule(srcs, self.sources, cfg, one_source=True), talking), calm), "headers"),
             (connection_flood_rule(srcs, self.sources, cfg), "headers"),
             (_unless(reflection_rule(srcs, self.sources, cfg), calm), "headers"),
-            (request_flood_rule(srcs, self.sources, cfg), "headers"),
+            (request_flood_rule(srcs, self.sources, cfg, one_source=True), "headers"),
         ]
         if self.anomaly_enabled:
             rules.append((_unless(anomaly_rule(srcs, self.sources, cfg), calm), "anomaly"))
@@ -471,7 +473,7 @@ class DecisionLayer:
         packets, cfg = c.packets, self.cfg
         heavy = rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
         c.light_src = ~self.sources.per_packet(srcs, heavy) | c.forged  # (a forged source is as good as new)
-        textra = _columns(c.shape, c.ev.new_socket, c.new_source, c.light_src, c.ev.reply)
+        textra = _columns(c.shape, c.ev.new_socket, c.new_source, c.light_src, c.ev.reply, c.ev.web_request)
         # A target's answers count for it: a resolver answering a Pi-hole's bursts of queries is no flood's victim.
         tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64))
         tgt_key = _rekeyed(tgt_key, packets, c.ev.reply, by="src", tag=12, proto=True)
@@ -487,8 +489,10 @@ class DecisionLayer:
         hot_m, lab_m, conf_m = model_rule(tgts, cfg, floods_only=True)
         hot_f, lab_f, conf_f = flood_rule(tgts, self.targets, cfg, one_source=False)
         many = tgts["shares"][:, tx.index("light_source")] >= 0.5
+        hot_r, lab_r, conf_r = request_flood_rule(tgts, self.targets, cfg, one_source=False)
         rules_t = [(_unless_udp((hot_m & spoofed, lab_m, conf_m), answered_t), "model"),
-                   (_unless_udp((hot_f & many, lab_f, conf_f), answered_t), "headers")]
+                   (_unless_udp((hot_f & many, lab_f, conf_f), answered_t), "headers"),
+                   ((hot_r & many, lab_r, conf_r), "headers")]
         turned_t, at_t = convict(self.targets, tgts, cfg, rules_t)
         c.verdicts += [self._target_verdict(packets, tgts, s, p) for s, p in zip(turned_t, at_t)]
         # Packets of a flood at a convicted target: the flood's shape from a light source.

@@ -37,8 +37,8 @@ options the attacker chose (payload size, ports, TTL, ToS, ...):
   its client opened, however many it sends per request; the decision stage adds the answers to a request sent to a
   group (an SSDP M-SEARCH to 239.255.255.250, answered unicast by every device that offers the service);
 * requests to such services: a board that offers one is a reflector for whoever forges a victim's address; and
-  requests to a web server (TCP data from a client port to 80, 443, 8080, ...): what an HTTP flood over persistent
-  connections sends, request after request;
+  requests to a web server (request-sized TCP data from a client port to 80, 443, 8080, ...): what an HTTP flood
+  sends, request after request;
 * frames to a group MAC address (multicast, broadcast): streams and announcements, at nobody in particular;
 * for UDP, which opens nothing: a probe-sized datagram (a scanner's probes are empty or a protocol's
   smallest request) to a host its sender already talks with, through a socket pair it opens (a UDP port
@@ -69,6 +69,7 @@ GRE_FLOODS = (0x0800, 0x6558)  # what Mirai's greip and greeth carry: IPv4, Ethe
 # Web servers, which an HTTP flood over persistent connections (GoldenEye, HULK, wrk, ab -k; Mirai's own http attack
 # keeps its connections) sends request after request; an IoT board serves its web UI on one of these.
 WEB_PORTS = (80, 443, 8000, 8008, 8080, 8081, 8443, 8888)
+WEB_REQUEST_BYTES = 600  # a request's segment at most (GET with headers; HULK's random ones); an upload's are full
 REFLECTION_PORTS = (17, 19, 69, 111, 123, 137, 389, 427, 520, 1900, 3283, 3702, 5351, 5683, 10001, 11211, 32414,
                     37810)  # fmt: skip
 UDP_PROBE_BYTES = 256  # nmap's largest UDP probe payload is a 244-byte DHCP request
@@ -114,7 +115,7 @@ class Evidence:
     bare_ack: np.ndarray  # TCP with the ACK flag alone and no data
     ack_back: np.ndarray  # a bare ACK on a TCP socket pair whose other end has sent on it (acknowledging its data?)
     reflect_request: np.ndarray  # UDP to a reflection-prone service's port (REFLECTION_PORTS), no answer itself
-    web_request: np.ndarray  # TCP data (no SYN, no RST) from a client port to a web server's port (WEB_PORTS)
+    web_request: np.ndarray  # a request-sized TCP segment from a client port to a web server's port (WEB_PORTS)
 
     SHAPES = ("syn_only", "ack", "udp", "portless", "syn_odd")
 
@@ -218,7 +219,8 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         udp_probe = udp & probe_sized & known_host & opens_socket_pair(features) & ~reply  # (a refused answer: none)
     tunnel = (packets.proto == 47) & np.isin(packets.gre_proto, GRE_FLOODS)
     reflect_request = udp & np.isin(packets.dport, REFLECTION_PORTS) & ~reply
-    web_request = ack & (packets.payload_len > 0) & np.isin(packets.dport, WEB_PORTS) & (packets.sport >= 1024)
+    web_request = (ack & (packets.payload_len > 0) & (packets.payload_len <= WEB_REQUEST_BYTES)
+                   & np.isin(packets.dport, WEB_PORTS) & (packets.sport >= 1024))  # fmt: skip
     return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, zero_window, opener | echo,
                     synack | echo_reply | icmp(TIME_EXCEEDED), echo_reply, synack, rst,
                     udp_probe, icmp(UNREACHABLE), one_way, icmp(TIME_EXCEEDED), two_way, reply,

@@ -277,20 +277,26 @@ def brute_force_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     return hot, np.full(len(hot), _SCAN), np.minimum(logins / cfg.brute_force_min, 1.0)
 
 
-def request_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
-    """One source sending requests to a web server (``Evidence.web_request``) faster than ``request_flood_rate`` a
-    second, sustained (``request_flood_min`` recent ones), its frames small on average: an HTTP flood over persistent
-    connections (GoldenEye, HULK, wrk, ``ab -k``; Mirai's http attack keeps its connections too), which opens too few
-    connections for a connection flood and, its segments in sequence on established connections, draws no fresh
-    sockets for an ack flood.  A browser sends a few dozen requests for a page; an upload to the board's web UI is
-    full-size segments.  The closest Mirai class by shape is the ack flood (its stomp variant floods ACK/PSH
-    segments with data through an established connection)."""
+def request_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: bool) -> Rule:
+    """Requests to a web server (``Evidence.web_request``) faster than a flood's rate, sustained: from one source
+    (``request_flood_rate`` a second, ``request_flood_min`` recent ones, its frames small on average), an HTTP flood
+    over connections it keeps (GoldenEye, HULK, wrk, ``ab -k``; Mirai's http attack keeps its connections too),
+    which opens too few connections for a connection flood and, its segments in sequence, draws no fresh sockets
+    for an ack flood; at one target (``target_request_flood_rate``, ``target_request_flood_min``), a botnet's HTTP
+    flood, each bot making a few requests a second.  A browser sends a few dozen requests for a page, a hundred or
+    two for a heavy one; an upload's segments are full-size.  The closest Mirai class: through new connections
+    mostly (a SYN for every other request or more), the SYN flood, as a connection flood; else the ack flood
+    (ACK/PSH segments with data through established connections, as Mirai's stomp)."""
     shares, x = r["shares"], t.extras.index
     requests = shares[:, x("web_request")]
     per_second = requests * rate(r, t.half_life_s)
-    hot = (per_second >= cfg.request_flood_rate) & (requests * r["weight"] >= cfg.request_flood_min)
-    hot &= shares[:, x("kbytes")] < STREAM_MIN_KBYTES
-    return hot, np.full(len(hot), _ACK), np.minimum(per_second / cfg.request_flood_rate, 1.0)
+    min_rate = cfg.request_flood_rate if one_source else cfg.target_request_flood_rate
+    min_recent = cfg.request_flood_min if one_source else cfg.target_request_flood_min
+    hot = (per_second >= min_rate) & (requests * r["weight"] >= min_recent)
+    if "kbytes" in t.extras:
+        hot &= shares[:, x("kbytes")] < STREAM_MIN_KBYTES
+    label = np.where(shares[:, x("syn_only")] >= 0.5 * requests, _SYN, _ACK)
+    return hot, label, np.minimum(per_second / min_rate, 1.0)
 
 
 def reflection_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:

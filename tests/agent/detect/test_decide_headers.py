@@ -1110,3 +1110,27 @@ def test_echo_replies_nobody_asked_for_are_a_flood_and_answers_to_pings_are_not(
     replies = batch(ts + 0.0003, host, BOARD, proto=1, sport=-1, dport=-1, icmp_type=ECHO_REPLY, size=98)
     verdicts, _ = run(join(pings, replies))
     assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udp", "10.0.0.5")]  # the board's own ping flood
+
+
+@pytest.mark.parametrize("kept, named", [(False, "mirai_syn"), (True, "mirai_ack")])
+def test_a_botnets_http_flood_at_the_board_is_a_flood_at_it_and_busy_users_are_not(kept, named):
+    """200 bots, each making 5 requests a second at the board's web server (1,000 a second in all): each too light
+    to convict, together a flood at the board, port 80, named as the connection flood it is (a new connection per
+    request) or as an ack flood (requests through connections each bot keeps).  Three people loading a page of 150
+    resources at once and ten cameras uploading to the board (full-size segments) are not."""
+    rng = np.random.default_rng(35)
+    bots = ip(198, 18, 0, 1) + np.arange(200)
+    if kept:
+        flood = join(*[requests_over(T0 + np.sort(rng.uniform(0, 4, 20)), int(bot), BOARD, 1) for bot in bots])
+    else:
+        flood = connections(T0 + np.sort(rng.uniform(0, 4, 4000)), rng.choice(bots, 4000), BOARD, rng)
+        data = flood.tcp_flags == PSHACK
+        flood.payload_len[data] = flood.wire_len[data] - 66
+    verdicts, _ = run(flood)
+    assert [(v.kind, v.label, v.victim_ip, v.victim_port) for v in verdicts] == [("spoofed", named, "10.0.0.5", 80)]
+    assert verdicts[0].latency < 1.0
+    users = [requests_over(T0 + np.sort(rng.uniform(0, 1.0, 150)), ip(192, 168, 1, 20 + k), BOARD, 6) for k in range(3)]
+    cameras = [requests_over(T0 + np.arange(800) / 200.0, ip(192, 168, 1, 40 + k), BOARD, 1, request=1448, response=0,
+                             port=443) for k in range(10)]  # fmt: skip
+    verdicts, _ = run(join(*users, *cameras))
+    assert verdicts == []
