@@ -12,9 +12,9 @@ Every verdict says what decided it (``basis``):
   source (a high rate of one shape of Evidence.SHAPES, with fresh ports per packet), a scan
   (SYNs to hosts and ports not tried before, mostly unanswered), Mirai's scanner fingerprint (one packet suffices),
   a reflection through the board (many answered requests to its SSDP, CoAP, NTP, ... service from one forged
-  address), an HTTP flood over connections kept open (requests to a web server many times a second), and floods
-  at one target from many sources (spoofed or rotating), which no per-source count can
-  judge.  Each gets the closest Mirai class.
+  address), an HTTP flood over connections kept open (requests to a web server many times a second), a DNS query
+  flood at a resolver (unless the source forwards what it is asked), and floods at one target from many sources
+  (spoofed or rotating), which no per-source count can judge.  Each gets the closest Mirai class.
 * ``anomaly``: most of a source's recent packets are far from the traffic the anomaly detector
   learned (``agent.detect.anomaly``); label ``anomaly``.
 
@@ -48,6 +48,7 @@ from agent.detect.rules import (
     lone_probe_rule,
     matching,
     model_rule,
+    query_flood_rule,
     rate,
     reflection_rule,
     request_flood_rule,
@@ -104,6 +105,15 @@ class DecisionConfig:
     request_flood_min: int = 300  # ...with so many recent ones
     target_request_flood_rate: float = 500.0  # requests/s at one web server from sources each too light: a botnet's...
     target_request_flood_min: int = 600  # ...with so many recent ones
+    # One source's DNS queries at a resolver (the board as a Pi-hole: Mirai's dns attack from a LAN bot whose resolver
+    # it is; an open resolver's forged asker), answered or not, unless the source is a resolver itself, asked at
+    # least ``forwarder_share`` as many queries as it sends (a Pi-hole forwarding to its upstream).
+    query_flood_rate: float = 500.0
+    query_flood_min: int = 1000
+    forwarder_share: float = 0.25
+    # A resolver forwarding upstream answers a query after 5-100 ms: a burst of queries is not judged as a UDP flood
+    # (not answered, so no conversation) before its first answers have had this long to come back.
+    answer_wait_s: float = 0.2
     udp_scan_min_probes: int = 10  # a scan of mostly UDP probes needs so many (nmap -sU sends ~25, then waits)
     udp_scan_min_refusals: float = 3.0  # recent ICMP unreachables behind a scan of mostly UDP probes
     # A traceroute: routers answer its probes with ICMP time exceeded, hop after hop (a flood's TTL stays put, and a
@@ -273,8 +283,9 @@ class DecisionLayer:
 
     SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst", "one_way", "traced",
                      "reconnect", "full_probe", "kernel_probe", "answered", "two_way", "reflect",
-                     "web_request")
-    TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "answered", "web_request")
+                     "web_request", "dns_query")
+    TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "answered", "web_request",
+                     "dns_query")
     PAIR_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "full_probe", "kernel_probe")
     _PAIR_COLUMNS = list(map(SOURCE_EXTRAS.index, PAIR_EXTRAS))  # where the pairs' columns sit in the sources' extras
     INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp", "udp_new_sport", "kernel_probe",
@@ -413,7 +424,7 @@ class DecisionLayer:
         traced, answered = c.ev.time_exceeded, c.ev.reply
         extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst,
                          c.ev.one_way, traced, c.reconnect, c.full_probe, c.kernel_probe, answered,
-                         c.ev.two_way, c.ev.reflect_request, c.ev.web_request)
+                         c.ev.two_way, c.ev.reflect_request, c.ev.web_request, c.ev.dns_query)
         # A router's time exceeded, and a datagram answering one, count for the source whose packet they answer (their
         # receiver), as benign: a traceroute's small datagrams to ever new ports look like a UDP flood at random ports
         # to the model, and so do a Pi-hole's bursts of queries to its resolver.
@@ -430,6 +441,14 @@ class DecisionLayer:
         udp = shares[:, x("udp")]
         talking = (udp > 0) & ((shares[:, x("answered")] >= cfg.answered_share * udp)
                                | (shares[:, x("two_way")] > 0.5 * udp))  # fmt: skip
+        # A resolver's queries: it forwards what it is asked (a Pi-hole's upstream queries, as many as its clients'),
+        # a conversation too, however fast its clients ask.
+        queries = srcs["extra_weight"][:, x("dns_query")]
+        asked = self._dns_queries_received(packets, c.ev)[srcs["order"]]
+        forwarder = (queries > 0) & (asked >= cfg.forwarder_share * queries)
+        mostly_dns = (queries > 0) & (shares[:, x("dns_query")] >= 0.5 * udp)
+        waiting = srcs["t"] - srcs["episode"] < cfg.answer_wait_s  # (a router's burst of its clients' queries)
+        talking |= (forwarder | waiting) & mostly_dns
         first = np.zeros(len(packets), dtype=bool)  # a never-seen source's first packet (in key order)
         first[srcs["seg"].start[srcs["state"][:, self.sources.col["count"]] == 0]] = True
         c.new_source = self.sources.per_packet(srcs, first) | c.forged
@@ -446,6 +465,7 @@ class DecisionLayer:
             (connection_flood_rule(srcs, self.sources, cfg), "headers"),
             (_unless(reflection_rule(srcs, self.sources, cfg), calm), "headers"),
             (request_flood_rule(srcs, self.sources, cfg, one_source=True), "headers"),
+            (_unless(query_flood_rule(srcs, self.sources, cfg), calm & ~forwarder), "headers"),
         ]
         if self.anomaly_enabled:
             rules.append((_unless(anomaly_rule(srcs, self.sources, cfg), calm), "anomaly"))
@@ -473,7 +493,8 @@ class DecisionLayer:
         packets, cfg = c.packets, self.cfg
         heavy = rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
         c.light_src = ~self.sources.per_packet(srcs, heavy) | c.forged  # (a forged source is as good as new)
-        textra = _columns(c.shape, c.ev.new_socket, c.new_source, c.light_src, c.ev.reply, c.ev.web_request)
+        textra = _columns(c.shape, c.ev.new_socket, c.new_source, c.light_src, c.ev.reply, c.ev.web_request,
+                          c.ev.dns_query)
         # A target's answers count for it: a resolver answering a Pi-hole's bursts of queries is no flood's victim.
         tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64))
         tgt_key = _rekeyed(tgt_key, packets, c.ev.reply, by="src", tag=12, proto=True)
@@ -706,6 +727,24 @@ class DecisionLayer:
         # (In the table of UDP probes' source ports, offset so that the two never meet.)
         known_port = bare & ~self._first_seen(self.udp_sports, packets, bare, packets.sport + 2 * 65536)
         return known_port & self._first_attempt(packets, known_port)
+
+    def _dns_queries_received(self, packets: PacketBatch, ev: Evidence) -> np.ndarray:
+        """Per packet (UDP; 0 for the others): DNS queries its source host received, as the targets table holds them
+        (decayed to the packet's time) and all those to it in this chunk (a resolver is asked before it forwards)."""
+        out = np.zeros(len(packets))
+        udp = np.flatnonzero(ev.udp)
+        if not len(udp) or not (ev.dns_query.any() or len(self.targets.table)):
+            return out
+        p, udp_proto = packets, np.uint64(17)
+        host = hash_words(12, p.src_ip_hi[udp], p.src_ip_lo[udp], np.full(len(udp), udp_proto))
+        out[udp] = self.targets.recent(host, p.ts[udp], "dns_query")
+        q = np.flatnonzero(ev.dns_query)
+        if len(q):
+            keys, counts = np.unique(hash_words(12, p.dst_ip_hi[q], p.dst_ip_lo[q], np.full(len(q), udp_proto)),
+                                     return_counts=True)  # fmt: skip
+            at = np.minimum(np.searchsorted(keys, host), len(keys) - 1)
+            out[udp] += np.where(keys[at] == host, counts[at], 0)
+        return out
 
     def _answers_to_groups(self, packets: PacketBatch, ev: Evidence) -> np.ndarray:
         """Per packet: a UDP datagram to a host and port that sent a request to a group (multicast or broadcast: an

@@ -36,9 +36,9 @@ options the attacker chose (payload size, ports, TTL, ToS, ...):
   and every datagram a reflection-prone service (SSDP, CoAP, NTP, ...: ``REFLECTION_PORTS``) sends back on a pair
   its client opened, however many it sends per request; the decision stage adds the answers to a request sent to a
   group (an SSDP M-SEARCH to 239.255.255.250, answered unicast by every device that offers the service);
-* requests to such services: a board that offers one is a reflector for whoever forges a victim's address; and
-  requests to a web server (request-sized TCP data from a client port to 80, 443, 8080, ...): what an HTTP flood
-  sends, request after request;
+* requests to such services: a board that offers one is a reflector for whoever forges a victim's address; DNS
+  queries, which a resolver (a Pi-hole) answers, and forwards; and requests to a web server (request-sized TCP
+  data from a client port to 80, 443, 8080, ...): what an HTTP flood sends, request after request;
 * frames to a group MAC address (multicast, broadcast): streams and announcements, at nobody in particular;
 * for UDP, which opens nothing: a probe-sized datagram (a scanner's probes are empty or a protocol's
   smallest request) to a host its sender already talks with, through a socket pair it opens (a UDP port
@@ -116,6 +116,7 @@ class Evidence:
     ack_back: np.ndarray  # a bare ACK on a TCP socket pair whose other end has sent on it (acknowledging its data?)
     reflect_request: np.ndarray  # UDP to a reflection-prone service's port (REFLECTION_PORTS), no answer itself
     web_request: np.ndarray  # a request-sized TCP segment from a client port to a web server's port (WEB_PORTS)
+    dns_query: np.ndarray  # UDP to port 53, no answer itself
 
     SHAPES = ("syn_only", "ack", "udp", "portless", "syn_odd")
 
@@ -219,10 +220,11 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         udp_probe = udp & probe_sized & known_host & opens_socket_pair(features) & ~reply  # (a refused answer: none)
     tunnel = (packets.proto == 47) & np.isin(packets.gre_proto, GRE_FLOODS)
     reflect_request = udp & np.isin(packets.dport, REFLECTION_PORTS) & ~reply
+    dns_query = udp & (packets.dport == 53) & ~reply
     web_request = (ack & (packets.payload_len > 0) & (packets.payload_len <= WEB_REQUEST_BYTES)
                    & np.isin(packets.dport, WEB_PORTS) & (packets.sport >= 1024))  # fmt: skip
     return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, zero_window, opener | echo,
                     synack | echo_reply | icmp(TIME_EXCEEDED), echo_reply, synack, rst,
                     udp_probe, icmp(UNREACHABLE), one_way, icmp(TIME_EXCEEDED), two_way, reply,
                     ((packets.dst_mac >> np.uint64(40)) & np.uint64(1)).astype(bool), bare_ack, ack_back,
-                    reflect_request, web_request)  # fmt: skip
+                    reflect_request, web_request, dns_query)  # fmt: skip

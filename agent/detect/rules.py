@@ -299,6 +299,20 @@ def request_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: b
     return hot, label, np.minimum(per_second / min_rate, 1.0)
 
 
+def query_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
+    """One source's DNS queries faster than ``query_flood_rate`` a second, ``query_flood_min`` recent ones, answered
+    or not: Mirai's dns attack from a bot whose resolver the board is (random names under the target's domain, which
+    a Pi-hole answers or forwards, so the conversation rules let it pass), or a forged victim's queries at an open
+    resolver.  A home's router forwarding its clients' queries sends a few hundred in a burst, a busy Pi-hole 400
+    a second for seconds (as a test has it), not a thousand in two seconds; resolvers forwarding what they are
+    asked are set aside by the caller.  The closest class is the UDP
+    flood."""
+    queries = r["extra_weight"][:, t.extras.index("dns_query")]
+    per_second = r["shares"][:, t.extras.index("dns_query")] * rate(r, t.half_life_s)
+    hot = (queries >= cfg.query_flood_min) & (per_second >= cfg.query_flood_rate)
+    return hot, np.full(len(hot), _UDP), np.minimum(per_second / cfg.query_flood_rate, 1.0)
+
+
 def reflection_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     """A source whose requests to reflection-prone UDP services (SSDP, WS-Discovery, CoAP, NTP, memcached, ...:
     ``evidence.REFLECTION_PORTS``) come many times a second and are answered (at least one answer for two requests):

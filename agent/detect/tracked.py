@@ -119,6 +119,18 @@ class Tracked:
         ratio = sums[1:] / sums[_W]  # score averages, then evidence shares
         return ts, T, sums, ratio, count, episode
 
+    def recent(self, keys: np.ndarray, t: np.ndarray, name: str) -> np.ndarray:
+        """Evidence column ``name`` of each of ``keys`` as a decayed count at times ``t``, as the table holds it
+        (0 for a key it does not hold): a read, nothing is added or touched."""
+        slots = self.table.find(keys)
+        held = slots >= 0
+        out = np.zeros(len(keys))
+        s = slots[held]
+        column = self.scores.stop + self.extras.index(name)
+        quiet = np.maximum(t[held] - self.table.t_last[s], 0.0)
+        out[held] = self.table.state[s, column] * np.exp2(-self.lam * quiet)
+        return out
+
     def per_packet(self, r: dict, values: np.ndarray) -> np.ndarray:
         """``values`` given in the key order of ``r`` back in packet order."""
         out = np.empty_like(values)

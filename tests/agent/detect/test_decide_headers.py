@@ -1134,3 +1134,37 @@ def test_a_botnets_http_flood_at_the_board_is_a_flood_at_it_and_busy_users_are_n
                              port=443) for k in range(10)]  # fmt: skip
     verdicts, _ = run(join(*users, *cameras))
     assert verdicts == []
+
+
+def resolved(rng, client: int, ts: np.ndarray, forward: bool) -> PacketBatch:
+    """``client``'s DNS queries at the board (a Pi-hole) at times ``ts``, each answered, after the board forwarded it
+    upstream and the upstream resolver answered (5-30 ms) when ``forward``, else from its cache at once."""
+    n = len(ts)
+    ports, upstream_ports, upstream = rng_ports(rng, n), rng_ports(rng, n), ip(1, 1, 1, 1)
+    queries = batch(ts, client, BOARD, proto=17, sport=ports, dport=53, size=82)
+    parts, lag = [queries], np.full(n, 0.0003)
+    if forward:
+        lag = rng.uniform(0.005, 0.03, n)
+        parts += [batch(ts + 0.0002, BOARD, upstream, proto=17, sport=upstream_ports, dport=53, size=82),
+                  batch(ts + 0.0002 + lag, upstream, BOARD, proto=17, sport=53, dport=upstream_ports, size=140)]
+    parts.append(batch(ts + 0.0004 + lag, BOARD, client, proto=17, sport=53, dport=ports, size=140))
+    return join(*parts)
+
+
+@pytest.mark.parametrize("forward", [True, False], ids=["forwarded", "cached"])
+def test_a_dns_flood_at_the_boards_resolver_convicts_the_bot_never_the_forwarding_board(forward):
+    """Mirai's dns attack from a LAN bot whose resolver the board is (a Pi-hole): 2,000 queries a second for random
+    names, each answered (and forwarded upstream first, or answered from the cache), so the bot is in a conversation
+    by the UDP rules.  The bot is convicted within a second; the board, which sends its upstream as many queries as
+    it is asked, never, though the model scores every datagram a UDP flood.  A router forwarding its clients' queries
+    in bursts of 300 within half a second is no flood either."""
+    rng = np.random.default_rng(36)
+    bot = ip(192, 168, 1, 40)
+    flood = resolved(rng, bot, T0 + np.sort(rng.uniform(0, 3, 6000)), forward)
+    verdicts, _ = run(flood, scores=udp_scores(len(flood)), chunk=1024)
+    assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udp", "192.168.1.40")]
+    assert verdicts[0].latency < 1.0
+    router = ip(192, 168, 1, 1)
+    bursts = np.concatenate([T0 + 5.0 * k + np.sort(rng.uniform(0, 0.5, 300)) for k in range(6)])
+    verdicts, _ = run(resolved(rng, router, bursts, forward=True), scores=udp_scores(4 * len(bursts)))
+    assert verdicts == []
