@@ -299,18 +299,26 @@ def request_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: b
     return hot, label, np.minimum(per_second / min_rate, 1.0)
 
 
+def _udp_class(r: dict, t: "Tracked", share: np.ndarray) -> np.ndarray:
+    """The UDP flood class of each key whose datagrams make up ``share`` of its packets: through one socket pair
+    reused, with a kernel's IP ids, Mirai's udpplain (it sends through connected sockets); else its udp."""
+    shares, x = r["shares"], t.extras.index
+    one_socket = (shares[:, x("fresh")] < 0.2 * share) & (shares[:, x("id_jump")] < 0.5 * share)
+    return np.where(one_socket, _UDPPLAIN, _UDP)
+
+
 def query_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     """One source's DNS queries faster than ``query_flood_rate`` a second, ``query_flood_min`` recent ones, answered
     or not: Mirai's dns attack from a bot whose resolver the board is (random names under the target's domain, which
     a Pi-hole answers or forwards, so the conversation rules let it pass), or a forged victim's queries at an open
     resolver.  A home's router forwarding its clients' queries sends a few hundred in a burst, a busy Pi-hole 400
     a second for seconds (as a test has it), not a thousand in two seconds; resolvers forwarding what they are
-    asked are set aside by the caller.  The closest class is the UDP
-    flood."""
-    queries = r["extra_weight"][:, t.extras.index("dns_query")]
-    per_second = r["shares"][:, t.extras.index("dns_query")] * rate(r, t.half_life_s)
+    asked are set aside by the caller.  The closest class is the UDP flood (``_udp_class``: udpplain through one
+    socket, as Mirai's udpplain at port 53)."""
+    queries, share = r["extra_weight"][:, t.extras.index("dns_query")], r["shares"][:, t.extras.index("dns_query")]
+    per_second = share * rate(r, t.half_life_s)
     hot = (queries >= cfg.query_flood_min) & (per_second >= cfg.query_flood_rate)
-    return hot, np.full(len(hot), _UDP), np.minimum(per_second / cfg.query_flood_rate, 1.0)
+    return hot, _udp_class(r, t, share), np.minimum(per_second / cfg.query_flood_rate, 1.0)
 
 
 def reflection_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
@@ -319,11 +327,13 @@ def reflection_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     the board is used as a reflector, and the "source" is the victim whose address the attacker forges.  Dropping
     what comes from that address stops the board's share of the flood; nothing benign asks such a service ten
     times a second for seconds on end (discovery clients send a few requests, an NTP client one a minute).  The
-    answers are a UDP flood at the victim: the closest Mirai class."""
-    requests = r["extra_weight"][:, t.extras.index("reflect")]
-    answered = r["extra_weight"][:, t.extras.index("answered")]
+    answers are a UDP flood at the victim: the closest Mirai class; requests through one socket pair reused, their
+    IP ids a kernel's (Mirai's udpplain at a service that answers it), udpplain."""
+    shares, x = r["shares"], t.extras.index
+    requests = r["extra_weight"][:, x("reflect")]
+    answered = r["extra_weight"][:, x("answered")]
     hot = (requests >= cfg.reflection_min_requests) & (answered >= 0.5 * requests)
-    return hot, np.full(len(hot), _UDP), np.minimum(requests / cfg.reflection_min_requests, 1.0)
+    return hot, _udp_class(r, t, shares[:, x("reflect")]), np.minimum(requests / cfg.reflection_min_requests, 1.0)
 
 
 def lone_probe_rule(r: dict, lone: np.ndarray) -> Rule:

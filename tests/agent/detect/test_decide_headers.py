@@ -1168,3 +1168,16 @@ def test_a_dns_flood_at_the_boards_resolver_convicts_the_bot_never_the_forwardin
     bursts = np.concatenate([T0 + 5.0 * k + np.sort(rng.uniform(0, 0.5, 300)) for k in range(6)])
     verdicts, _ = run(resolved(rng, router, bursts, forward=True), scores=udp_scores(4 * len(bursts)))
     assert verdicts == []
+
+
+def test_udpplain_at_a_service_that_answers_it_is_udpplain():
+    """Mirai's udpplain at the board's NTP service: one connected socket (the kernel's IP ids), 1,000 datagrams a
+    second, each answered.  Answered requests at a flood's rate, as a reflection's, but through one socket pair:
+    udpplain, not udp."""
+    n = 3000
+    ts = T0 + np.arange(n) / 1000.0
+    bot = ip(192, 168, 1, 80)
+    flood = batch(ts, bot, BOARD, proto=17, sport=41000, dport=123, size=90)
+    answers = batch(ts + 0.0003, BOARD, bot, proto=17, sport=123, dport=41000, size=90)
+    verdicts, _ = run(join(flood, answers), scores=udp_scores(2 * n))
+    assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udpplain", "192.168.1.80")]
