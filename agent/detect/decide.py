@@ -444,11 +444,14 @@ class DecisionLayer:
         # A resolver's queries: it forwards what it is asked (a Pi-hole's upstream queries, as many as its clients'),
         # a conversation too, however fast its clients ask.
         queries = srcs["extra_weight"][:, x("dns_query")]
-        asked = self._dns_queries_received(packets, c.ev)[srcs["order"]]
-        forwarder = (queries > 0) & (asked >= cfg.forwarder_share * queries)
-        mostly_dns = (queries > 0) & (shares[:, x("dns_query")] >= 0.5 * udp)
-        waiting = srcs["t"] - srcs["episode"] < cfg.answer_wait_s  # (a router's burst of its clients' queries)
-        talking |= (forwarder | waiting) & mostly_dns
+        forwarder = np.zeros(len(queries), dtype=bool)
+        asking = np.flatnonzero(queries > 0)  # (rows of keys that sent DNS queries lately: few)
+        if len(asking):
+            asked = self._dns_queries_received(packets, c.ev, srcs["order"][asking])
+            forwarder[asking] = asked >= cfg.forwarder_share * queries[asking]
+            mostly_dns = shares[asking, x("dns_query")] >= 0.5 * udp[asking]
+            waiting = srcs["t"][asking] - srcs["episode"][asking] < cfg.answer_wait_s  # (a router's burst of queries)
+            talking[asking] |= (forwarder[asking] | waiting) & mostly_dns
         first = np.zeros(len(packets), dtype=bool)  # a never-seen source's first packet (in key order)
         first[srcs["seg"].start[srcs["state"][:, self.sources.col["count"]] == 0]] = True
         c.new_source = self.sources.per_packet(srcs, first) | c.forged
@@ -728,22 +731,18 @@ class DecisionLayer:
         known_port = bare & ~self._first_seen(self.udp_sports, packets, bare, packets.sport + 2 * 65536)
         return known_port & self._first_attempt(packets, known_port)
 
-    def _dns_queries_received(self, packets: PacketBatch, ev: Evidence) -> np.ndarray:
-        """Per packet (UDP; 0 for the others): DNS queries its source host received, as the targets table holds them
-        (decayed to the packet's time) and all those to it in this chunk (a resolver is asked before it forwards)."""
-        out = np.zeros(len(packets))
-        udp = np.flatnonzero(ev.udp)
-        if not len(udp) or not (ev.dns_query.any() or len(self.targets.table)):
-            return out
-        p, udp_proto = packets, np.uint64(17)
-        host = hash_words(12, p.src_ip_hi[udp], p.src_ip_lo[udp], np.full(len(udp), udp_proto))
-        out[udp] = self.targets.recent(host, p.ts[udp], "dns_query")
+    def _dns_queries_received(self, packets: PacketBatch, ev: Evidence, at: np.ndarray) -> np.ndarray:
+        """For the packets ``at``: the DNS queries its source host received, as the targets table holds them (decayed
+        to the packet's time), and all those to it in this chunk (a resolver is asked, then forwards)."""
+        p, udp = packets, np.uint64(17)
+        host = hash_words(12, p.src_ip_hi[at], p.src_ip_lo[at], np.full(len(at), udp))
+        out = self.targets.recent(host, p.ts[at], "dns_query")
         q = np.flatnonzero(ev.dns_query)
         if len(q):
-            keys, counts = np.unique(hash_words(12, p.dst_ip_hi[q], p.dst_ip_lo[q], np.full(len(q), udp_proto)),
+            keys, counts = np.unique(hash_words(12, p.dst_ip_hi[q], p.dst_ip_lo[q], np.full(len(q), udp)),
                                      return_counts=True)  # fmt: skip
-            at = np.minimum(np.searchsorted(keys, host), len(keys) - 1)
-            out[udp] += np.where(keys[at] == host, counts[at], 0)
+            i = np.minimum(np.searchsorted(keys, host), len(keys) - 1)
+            out += np.where(keys[i] == host, counts[i], 0)
         return out
 
     def _answers_to_groups(self, packets: PacketBatch, ev: Evidence) -> np.ndarray:

@@ -73,6 +73,17 @@ WEB_REQUEST_BYTES = 600  # a request's segment at most (GET with headers; HULK's
 REFLECTION_PORTS = (17, 19, 69, 111, 123, 137, 389, 427, 520, 1900, 3283, 3702, 5351, 5683, 10001, 11211, 32414,
                     37810)  # fmt: skip
 UDP_PROBE_BYTES = 256  # nmap's largest UDP probe payload is a 244-byte DHCP request
+
+
+def _port_table(ports: tuple[int, ...]) -> np.ndarray:
+    """A lookup table over the 65,536 ports (and -1, no port, at the end): True at ``ports``.  One gather per
+    packet, where np.isin compares every packet with every port."""
+    table = np.zeros(65537, dtype=bool)
+    table[list(ports)] = True
+    return table
+
+
+_REFLECTION, _WEB = _port_table(REFLECTION_PORTS), _port_table(WEB_PORTS)
 # A stream whose weight is below this was created by the packet (weight 1) or has been quiet for a few
 # half-lives of that weight's decay.
 NEW_STREAM_WEIGHT = 1.5
@@ -214,15 +225,15 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         new_socket = features[:, RECENT_SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
         two_way = udp & heard_back
         # (nothing from this end on the pair for a second or so; or from a service that answers with several)
-        reply = two_way & (new_socket | np.isin(packets.sport, REFLECTION_PORTS))
+        reply = two_way & (new_socket | _REFLECTION[packets.sport])
         known_host = features[:, HOST_WEIGHT] >= NEW_STREAM_WEIGHT
         probe_sized = (packets.payload_len <= UDP_PROBE_BYTES) & ~packets.frag
         udp_probe = udp & probe_sized & known_host & opens_socket_pair(features) & ~reply  # (a refused answer: none)
     tunnel = (packets.proto == 47) & np.isin(packets.gre_proto, GRE_FLOODS)
-    reflect_request = udp & np.isin(packets.dport, REFLECTION_PORTS) & ~reply
+    reflect_request = udp & _REFLECTION[packets.dport] & ~reply
     dns_query = udp & (packets.dport == 53) & ~reply
     web_request = (ack & (packets.payload_len > 0) & (packets.payload_len <= WEB_REQUEST_BYTES)
-                   & np.isin(packets.dport, WEB_PORTS) & (packets.sport >= 1024))  # fmt: skip
+                   & _WEB[packets.dport] & (packets.sport >= 1024))  # fmt: skip
     return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, zero_window, opener | echo,
                     synack | echo_reply | icmp(TIME_EXCEEDED), echo_reply, synack, rst,
                     udp_probe, icmp(UNREACHABLE), one_way, icmp(TIME_EXCEEDED), two_way, reply,

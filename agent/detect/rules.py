@@ -287,22 +287,33 @@ def request_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: b
     two for a heavy one; an upload's segments are full-size.  The closest Mirai class: through new connections
     mostly (a SYN for every other request or more), the SYN flood, as a connection flood; else the ack flood
     (ACK/PSH segments with data through established connections, as Mirai's stomp)."""
-    shares, x = r["shares"], t.extras.index
-    requests = shares[:, x("web_request")]
-    per_second = requests * rate(r, t.half_life_s)
+    x = t.extras.index
     min_rate = cfg.request_flood_rate if one_source else cfg.target_request_flood_rate
     min_recent = cfg.request_flood_min if one_source else cfg.target_request_flood_min
-    hot = (per_second >= min_rate) & (requests * r["weight"] >= min_recent)
-    if "kbytes" in t.extras:
-        hot &= shares[:, x("kbytes")] < STREAM_MIN_KBYTES
-    label = np.where(shares[:, x("syn_only")] >= 0.5 * requests, _SYN, _ACK)
-    return hot, label, np.minimum(per_second / min_rate, 1.0)
+    hot, label, conf, rows, shares = _cold(r, r["extra_weight"][:, x("web_request")] >= min_recent, _ACK)
+    if len(rows):
+        requests = shares[:, x("web_request")]
+        per_second = requests * rate(r, t.half_life_s)[rows]
+        hot[rows] = per_second >= min_rate
+        if "kbytes" in t.extras:
+            hot[rows] &= shares[:, x("kbytes")] < STREAM_MIN_KBYTES
+        label[rows] = np.where(shares[:, x("syn_only")] >= 0.5 * requests, _SYN, _ACK)
+        conf[rows] = np.minimum(per_second / min_rate, 1.0)
+    return hot, label, conf
 
 
-def _udp_class(r: dict, t: "Tracked", share: np.ndarray) -> np.ndarray:
-    """The UDP flood class of each key whose datagrams make up ``share`` of its packets: through one socket pair
-    reused, with a kernel's IP ids, Mirai's udpplain (it sends through connected sockets); else its udp."""
-    shares, x = r["shares"], t.extras.index
+def _cold(r: dict, maybe: np.ndarray, label: int) -> tuple:
+    """A rule's arrays (hot, class, confidence) all cold, the rows ``maybe`` hot (a cheap necessary condition), and
+    the shares of those rows: a rare rule computes the rest on them alone."""
+    rows = np.flatnonzero(maybe)
+    n = len(maybe)
+    return np.zeros(n, dtype=bool), np.full(n, label), np.zeros(n), rows, r["shares"][rows]
+
+
+def _udp_class(shares: np.ndarray, x, share: np.ndarray) -> np.ndarray:
+    """The UDP flood class of each key (``shares``: its evidence shares, ``x``: their index) whose datagrams make up
+    ``share`` of its packets: through one socket pair reused, with a kernel's IP ids, Mirai's udpplain (it sends
+    through connected sockets); else its udp."""
     one_socket = (shares[:, x("fresh")] < 0.2 * share) & (shares[:, x("id_jump")] < 0.5 * share)
     return np.where(one_socket, _UDPPLAIN, _UDP)
 
@@ -315,10 +326,15 @@ def query_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     a second for seconds (as a test has it), not a thousand in two seconds; resolvers forwarding what they are
     asked are set aside by the caller.  The closest class is the UDP flood (``_udp_class``: udpplain through one
     socket, as Mirai's udpplain at port 53)."""
-    queries, share = r["extra_weight"][:, t.extras.index("dns_query")], r["shares"][:, t.extras.index("dns_query")]
-    per_second = share * rate(r, t.half_life_s)
-    hot = (queries >= cfg.query_flood_min) & (per_second >= cfg.query_flood_rate)
-    return hot, _udp_class(r, t, share), np.minimum(per_second / cfg.query_flood_rate, 1.0)
+    x = t.extras.index
+    hot, label, conf, rows, shares = _cold(r, r["extra_weight"][:, x("dns_query")] >= cfg.query_flood_min, _UDP)
+    if len(rows):
+        share = shares[:, x("dns_query")]
+        per_second = share * rate(r, t.half_life_s)[rows]
+        hot[rows] = per_second >= cfg.query_flood_rate
+        label[rows] = _udp_class(shares, x, share)
+        conf[rows] = np.minimum(per_second / cfg.query_flood_rate, 1.0)
+    return hot, label, conf
 
 
 def reflection_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
@@ -329,11 +345,14 @@ def reflection_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     times a second for seconds on end (discovery clients send a few requests, an NTP client one a minute).  The
     answers are a UDP flood at the victim: the closest Mirai class; requests through one socket pair reused, their
     IP ids a kernel's (Mirai's udpplain at a service that answers it), udpplain."""
-    shares, x = r["shares"], t.extras.index
+    x = t.extras.index
     requests = r["extra_weight"][:, x("reflect")]
-    answered = r["extra_weight"][:, x("answered")]
-    hot = (requests >= cfg.reflection_min_requests) & (answered >= 0.5 * requests)
-    return hot, _udp_class(r, t, shares[:, x("reflect")]), np.minimum(requests / cfg.reflection_min_requests, 1.0)
+    hot, label, conf, rows, shares = _cold(r, requests >= cfg.reflection_min_requests, _UDP)
+    if len(rows):
+        hot[rows] = r["extra_weight"][rows, x("answered")] >= 0.5 * requests[rows]
+        label[rows] = _udp_class(shares, x, shares[:, x("reflect")])
+        conf[rows] = np.minimum(requests[rows] / cfg.reflection_min_requests, 1.0)
+    return hot, label, conf
 
 
 def lone_probe_rule(r: dict, lone: np.ndarray) -> Rule:
