@@ -178,6 +178,11 @@ def _attempt_key(src_hi, src_lo, dst_hi, dst_lo, dport) -> np.ndarray:
     return hash_words(13, src_lo, dst_hi ^ src_hi, dst_lo, np.asarray(dport).astype(np.uint64))
 
 
+def _target_key(hi, lo, proto) -> np.ndarray:
+    """The targets table's key: (destination address, protocol)."""
+    return hash_words(12, hi, lo, np.asarray(proto).astype(np.uint64))
+
+
 def _group_key(hi, lo, port, service_port) -> np.ndarray:
     """The group requests table's key: (requester, its port, the service's port)."""
     ports = (np.asarray(port).astype(np.uint64) << np.uint64(16)) | np.asarray(service_port).astype(np.uint64)
@@ -445,7 +450,7 @@ class DecisionLayer:
         # a conversation too, however fast its clients ask.
         queries = srcs["extra_weight"][:, x("dns_query")]
         forwarder = np.zeros(len(queries), dtype=bool)
-        asking = np.flatnonzero(queries > 0)  # (rows of keys that sent DNS queries lately: few)
+        asking = np.flatnonzero(queries > 0)  # (the rows of keys that sent DNS queries lately)
         if len(asking):
             asked = self._dns_queries_received(packets, c.ev, srcs["order"][asking])
             forwarder[asking] = asked >= cfg.forwarder_share * queries[asking]
@@ -499,7 +504,7 @@ class DecisionLayer:
         textra = _columns(c.shape, c.ev.new_socket, c.new_source, c.light_src, c.ev.reply, c.ev.web_request,
                           c.ev.dns_query)
         # A target's answers count for it: a resolver answering a Pi-hole's bursts of queries is no flood's victim.
-        tgt_key = hash_words(12, packets.dst_ip_hi, packets.dst_ip_lo, packets.proto.astype(np.uint64))
+        tgt_key = _target_key(packets.dst_ip_hi, packets.dst_ip_lo, packets.proto)
         tgt_key = _rekeyed(tgt_key, packets, c.ev.reply, by="src", tag=12, proto=True)
         tgts = self.targets.update(tgt_key, packets.ts, c.scores, textra)
         tx = self.TARGET_EXTRAS
@@ -734,13 +739,12 @@ class DecisionLayer:
     def _dns_queries_received(self, packets: PacketBatch, ev: Evidence, at: np.ndarray) -> np.ndarray:
         """For the packets ``at``: the DNS queries its source host received, as the targets table holds them (decayed
         to the packet's time), and all those to it in this chunk (a resolver is asked, then forwards)."""
-        p, udp = packets, np.uint64(17)
-        host = hash_words(12, p.src_ip_hi[at], p.src_ip_lo[at], np.full(len(at), udp))
+        p = packets
+        host = _target_key(p.src_ip_hi[at], p.src_ip_lo[at], np.full(len(at), 17))  # (the host as a UDP target)
         out = self.targets.recent(host, p.ts[at], "dns_query")
         q = np.flatnonzero(ev.dns_query)
         if len(q):
-            keys, counts = np.unique(hash_words(12, p.dst_ip_hi[q], p.dst_ip_lo[q], np.full(len(q), udp)),
-                                     return_counts=True)  # fmt: skip
+            keys, counts = np.unique(_target_key(p.dst_ip_hi[q], p.dst_ip_lo[q], p.proto[q]), return_counts=True)
             i = np.minimum(np.searchsorted(keys, host), len(keys) - 1)
             out += np.where(keys[i] == host, counts[i], 0)
         return out

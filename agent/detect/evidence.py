@@ -66,12 +66,12 @@ GRE_FLOODS = (0x0800, 0x6558)  # what Mirai's greip and greeth carry: IPv4, Ethe
 # since: QOTD, CharGEN, TFTP, portmap, NTP, NetBIOS, CLDAP, SLP, RIPv1, SSDP, ARD, WS-Discovery, NAT-PMP, CoAP,
 # Ubiquiti discovery, memcached, Plex, DVR discovery).  IoT boards offer SSDP, WS-Discovery and CoAP to anybody.
 # DNS and SNMP are left out: a home's own clients ask a Pi-hole or an agent of its monitoring many times a second.
+REFLECTION_PORTS = (17, 19, 69, 111, 123, 137, 389, 427, 520, 1900, 3283, 3702, 5351, 5683, 10001, 11211, 32414,
+                    37810)  # fmt: skip
 # Web servers, which an HTTP flood over persistent connections (GoldenEye, HULK, wrk, ab -k; Mirai's own http attack
 # keeps its connections) sends request after request; an IoT board serves its web UI on one of these.
 WEB_PORTS = (80, 443, 8000, 8008, 8080, 8081, 8443, 8888)
 WEB_REQUEST_BYTES = 600  # a request's segment at most (GET with headers; HULK's random ones); an upload's are full
-REFLECTION_PORTS = (17, 19, 69, 111, 123, 137, 389, 427, 520, 1900, 3283, 3702, 5351, 5683, 10001, 11211, 32414,
-                    37810)  # fmt: skip
 UDP_PROBE_BYTES = 256  # nmap's largest UDP probe payload is a 244-byte DHCP request
 
 

@@ -165,6 +165,22 @@ def _per_second(r: dict, decayed: np.ndarray, half_life_s: float, min_span_s: fl
     return decayed * np.log(2) / half_life_s / filled
 
 
+def _udp_class(shares: np.ndarray, x, share: np.ndarray) -> np.ndarray:
+    """The UDP flood class of each key (``shares``: its evidence shares, ``x``: their index) whose datagrams make up
+    ``share`` of its packets: through one socket pair reused, with a kernel's IP ids, Mirai's udpplain (it sends
+    through connected sockets); else its udp."""
+    one_socket = (shares[:, x("fresh")] < 0.2 * share) & (shares[:, x("id_jump")] < 0.5 * share)
+    return np.where(one_socket, _UDPPLAIN, _UDP)
+
+
+def _cold(r: dict, maybe: np.ndarray, label: int) -> tuple:
+    """A rule's arrays (hot, class, confidence) all cold, the rows ``maybe`` hot (a cheap necessary condition), and
+    the shares of those rows: a rare rule computes the rest on them alone."""
+    rows = np.flatnonzero(maybe)
+    n = len(maybe)
+    return np.zeros(n, dtype=bool), np.full(n, label), np.zeros(n), rows, r["shares"][rows]
+
+
 def flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: bool) -> Rule:
     """A sustained rate of one shape (Evidence.SHAPES) with fresh sockets, from one source or at one target
     (or one Ethernet sender, whose table holds fresh packets only).  One source's SYNs and anybody's echo
@@ -217,9 +233,7 @@ def flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: bool) -> 
     )
     label = _SHAPE_LABELS[shape]
     if small_udp.any():  # through one connected socket, as udpplain sends, unless the IP ids jump as a raw socket's
-        id_jump, fresh_share = shares[:, t.extras.index("id_jump")], shares[:, t.extras.index("fresh")]
-        one_socket = small_udp & (fresh_share < 0.2 * share) & (id_jump < 0.5 * share)
-        label = np.where(one_socket, _UDPPLAIN, label)
+        label = np.where(small_udp, _udp_class(shares, t.extras.index, share), label)
     if one_source:
         probing = np.isin(shape, _PROBE_SHAPES) & (sweeping(r, t) >= 0.5 * share)
         label = np.where(probing, _SCAN, label)
@@ -300,22 +314,6 @@ def request_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: b
         label[rows] = np.where(shares[:, x("syn_only")] >= 0.5 * requests, _SYN, _ACK)
         conf[rows] = np.minimum(per_second / min_rate, 1.0)
     return hot, label, conf
-
-
-def _cold(r: dict, maybe: np.ndarray, label: int) -> tuple:
-    """A rule's arrays (hot, class, confidence) all cold, the rows ``maybe`` hot (a cheap necessary condition), and
-    the shares of those rows: a rare rule computes the rest on them alone."""
-    rows = np.flatnonzero(maybe)
-    n = len(maybe)
-    return np.zeros(n, dtype=bool), np.full(n, label), np.zeros(n), rows, r["shares"][rows]
-
-
-def _udp_class(shares: np.ndarray, x, share: np.ndarray) -> np.ndarray:
-    """The UDP flood class of each key (``shares``: its evidence shares, ``x``: their index) whose datagrams make up
-    ``share`` of its packets: through one socket pair reused, with a kernel's IP ids, Mirai's udpplain (it sends
-    through connected sockets); else its udp."""
-    one_socket = (shares[:, x("fresh")] < 0.2 * share) & (shares[:, x("id_jump")] < 0.5 * share)
-    return np.where(one_socket, _UDPPLAIN, _UDP)
 
 
 def query_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
