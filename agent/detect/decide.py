@@ -35,7 +35,14 @@ import numpy as np
 
 from agent.capture.packets import L3_IPV4, LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch, format_ip, format_mac
 from agent.detect.evidence import ACK as ACK_FLAG
-from agent.detect.evidence import Evidence, datagram_heads, inherit_headers, opens_socket_pair, packet_evidence
+from agent.detect.evidence import (
+    Evidence,
+    datagram_heads,
+    inherit_headers,
+    opens_socket_pair,
+    packet_evidence,
+    to_group_address,
+)
 from agent.detect.rules import (
     EPHEMERAL_PORTS,
     TELNET_PORTS,
@@ -45,6 +52,7 @@ from agent.detect.rules import (
     convict,
     fingerprint_rule,
     flood_rule,
+    group_flood_rule,
     lone_probe_rule,
     matching,
     model_rule,
@@ -288,9 +296,9 @@ class DecisionLayer:
 
     SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst", "one_way", "traced",
                      "reconnect", "full_probe", "kernel_probe", "answered", "two_way", "reflect",
-                     "web_request", "dns_query")
+                     "web_request", "dns_query", "group")
     TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "answered", "web_request",
-                     "dns_query")
+                     "dns_query", "group")
     PAIR_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "full_probe", "kernel_probe")
     _PAIR_COLUMNS = list(map(SOURCE_EXTRAS.index, PAIR_EXTRAS))  # where the pairs' columns sit in the sources' extras
     INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp", "udp_new_sport", "kernel_probe",
@@ -429,7 +437,7 @@ class DecisionLayer:
         traced, answered = c.ev.time_exceeded, c.ev.reply
         extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst,
                          c.ev.one_way, traced, c.reconnect, c.full_probe, c.kernel_probe, answered,
-                         c.ev.two_way, c.ev.reflect_request, c.ev.web_request, c.ev.dns_query)
+                         c.ev.two_way, c.ev.reflect_request, c.ev.web_request, c.ev.dns_query, c.ev.group_chatter)
         # A router's time exceeded, and a datagram answering one, count for the source whose packet they answer (their
         # receiver), as benign: a traceroute's small datagrams to ever new ports look like a UDP flood at random ports
         # to the model, and so do a Pi-hole's bursts of queries to its resolver.
@@ -474,6 +482,7 @@ class DecisionLayer:
             (_unless(reflection_rule(srcs, self.sources, cfg), calm), "headers"),
             (request_flood_rule(srcs, self.sources, cfg, one_source=True), "headers"),
             (_unless(query_flood_rule(srcs, self.sources, cfg), calm & ~forwarder), "headers"),
+            (_unless(group_flood_rule(srcs, self.sources, cfg), calm), "headers"),
         ]
         if self.anomaly_enabled:
             rules.append((_unless(anomaly_rule(srcs, self.sources, cfg), calm), "anomaly"))
@@ -502,7 +511,7 @@ class DecisionLayer:
         heavy = rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
         c.light_src = ~self.sources.per_packet(srcs, heavy) | c.forged  # (a forged source is as good as new)
         textra = _columns(c.shape, c.ev.new_socket, c.new_source, c.light_src, c.ev.reply, c.ev.web_request,
-                          c.ev.dns_query)
+                          c.ev.dns_query, c.ev.group_chatter)
         # A target's answers count for it: a resolver answering a Pi-hole's bursts of queries is no flood's victim.
         tgt_key = _target_key(packets.dst_ip_hi, packets.dst_ip_lo, packets.proto)
         tgt_key = _rekeyed(tgt_key, packets, c.ev.reply, by="src", tag=12, proto=True)
@@ -519,14 +528,19 @@ class DecisionLayer:
         hot_f, lab_f, conf_f = flood_rule(tgts, self.targets, cfg, one_source=False)
         many = tgts["shares"][:, tx.index("light_source")] >= 0.5
         hot_r, lab_r, conf_r = request_flood_rule(tgts, self.targets, cfg, one_source=False)
+        # Discovery traffic to a group from forged sources, a new one per packet (flood_router6's RAs): one source's is
+        # judged by its source.
+        hot_g, lab_g, conf_g = group_flood_rule(tgts, self.targets, cfg)
         rules_t = [(_unless_udp((hot_m & spoofed, lab_m, conf_m), answered_t), "model"),
                    (_unless_udp((hot_f & many, lab_f, conf_f), answered_t), "headers"),
-                   ((hot_r & many, lab_r, conf_r), "headers")]
+                   ((hot_r & many, lab_r, conf_r), "headers"),
+                   ((hot_g & spoofed, lab_g, conf_g), "headers")]
         turned_t, at_t = convict(self.targets, tgts, cfg, rules_t)
         c.verdicts += [self._target_verdict(packets, tgts, s, p) for s, p in zip(turned_t, at_t)]
-        # Packets of a flood at a convicted target: the flood's shape from a light source.
+        # Packets of a flood at a convicted target: the flood's shape (or discovery traffic, at a group) from a light
+        # source.
         flood_class = self.targets.per_packet(tgts, tgts["convicted"])
-        from_flood = (flood_class >= 0) & c.light_src & c.shaped
+        from_flood = (flood_class >= 0) & c.light_src & (c.shaped | c.ev.group_chatter)
         flood_labels = np.where(from_flood, flood_class, -1)
         return tgts, np.where(labels < 0, flood_labels, labels), flood_labels
 
@@ -754,10 +768,7 @@ class DecisionLayer:
         SSDP M-SEARCH to 239.255.255.250:1900) from the port it comes from.  Every device offering the service answers
         it unicast, through a socket pair nobody opened, so the answers would count as their sender's own traffic."""
         p = packets
-        v4 = p.dst_ipv4
-        group_ip = np.where(p.l3 == L3_IPV4, ((v4 >> 28) == 0xE) | (v4 == 0xFFFF_FFFF),  # 224.0.0.0/4, broadcast
-                            (p.dst_ip_hi >> np.uint64(56)) == 0xFF)  # ff00::/8  # fmt: skip
-        to_group = ev.udp & (ev.to_group | group_ip)
+        to_group = ev.udp & (ev.to_group | to_group_address(p))
         out = np.zeros(len(p), dtype=bool)
         asked = np.flatnonzero(to_group)
         if not len(asked) and not len(self.group_requests):

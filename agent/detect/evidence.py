@@ -40,6 +40,10 @@ options the attacker chose (payload size, ports, TTL, ToS, ...):
   queries, which a resolver (a Pi-hole) answers, and forwards; and requests to a web server (request-sized TCP
   data from a client port to 80, 443, 8080, ...): what an HTTP flood sends, request after request;
 * frames to a group MAC address (multicast, broadcast): streams and announcements, at nobody in particular;
+  among them discovery and control traffic to a group address (mDNS, SSDP, LLMNR, WS-Discovery, NetBIOS, DHCP
+  requests, CoAP, SLP; ICMPv6 neighbour discovery and multicast listener messages to every node or router), which
+  every host on the link takes in, and of which a device sends a few a second at most: floods of it hit every host
+  at once (THC-IPv6's flood tools);
 * for UDP, which opens nothing: a probe-sized datagram (a scanner's probes are empty or a protocol's
   smallest request) to a host its sender already talks with, through a socket pair it opens (a UDP port
   scan tries one port after another of one host), and refusals: ICMP destination unreachable (a closed
@@ -72,6 +76,20 @@ REFLECTION_PORTS = (17, 19, 69, 111, 123, 137, 389, 427, 520, 1900, 3283, 3702, 
 # keeps its connections) sends request after request; an IoT board serves its web UI on one of these.
 WEB_PORTS = (80, 443, 8000, 8008, 8080, 8081, 8443, 8888)
 WEB_REQUEST_BYTES = 600  # a request's segment at most (GET with headers; HULK's random ones); an upload's are full
+# Discovery and control services spoken to a group address (multicast or broadcast): DHCP requests, NetBIOS name
+# and datagram, SLP, SSDP, WS-Discovery, mDNS, LLMNR, CoAP.  Their answers go unicast, but for a DHCP server's
+# (to port 68, left out: a server answering a starvation attack's requests is no flooder), and mDNS's, which
+# responders send at most once a second per record (RFC 6762).
+DISCOVERY_PORTS = (67, 137, 138, 427, 1900, 3702, 5353, 5355, 5683)
+ROUTER_ADVERTISEMENT = 134  # ICMPv6: a router announcing itself and its prefixes (THC-IPv6's flood_router6 forges them)
+# ICMPv6 neighbour discovery and multicast listener messages (MLD query, report, done; router solicitation and
+# advertisement, neighbour solicitation and advertisement; MLDv2 report) to every node, every router or every MLDv2
+# router of the link (ff02::1, ff02::2, ff02::16): a host sends a few at start-up or on an address change.  (Address
+# resolution asks a solicited-node group, ff02::1:ffXX:XXXX, left out: a router resolving the absent hosts a flood
+# at its prefix aims at sends one for each.)
+LINK_CONTROL_TYPES = (130, 131, 132, 133, 134, 135, 136, 143)
+LINK_GROUPS_HI = 0xFF02 << 48
+LINK_GROUPS_LO = (0x1, 0x2, 0x16)
 UDP_PROBE_BYTES = 256  # nmap's largest UDP probe payload is a 244-byte DHCP request
 
 
@@ -83,7 +101,7 @@ def _port_table(ports: tuple[int, ...]) -> np.ndarray:
     return table
 
 
-_REFLECTION, _WEB = _port_table(REFLECTION_PORTS), _port_table(WEB_PORTS)
+_REFLECTION, _WEB, _DISCOVERY = _port_table(REFLECTION_PORTS), _port_table(WEB_PORTS), _port_table(DISCOVERY_PORTS)
 # A stream whose weight is below this was created by the packet (weight 1) or has been quiet for a few
 # half-lives of that weight's decay.
 NEW_STREAM_WEIGHT = 1.5
@@ -128,6 +146,7 @@ class Evidence:
     reflect_request: np.ndarray  # UDP to a reflection-prone service's port (REFLECTION_PORTS), no answer itself
     web_request: np.ndarray  # a request-sized TCP segment from a client port to a web server's port (WEB_PORTS)
     dns_query: np.ndarray  # UDP to port 53, no answer itself
+    group_chatter: np.ndarray  # discovery or control traffic to a group address (DISCOVERY_PORTS, LINK_CONTROL_TYPES)
 
     SHAPES = ("syn_only", "ack", "udp", "portless", "syn_odd")
 
@@ -178,6 +197,14 @@ def inherit_headers(ev: "Evidence", heads: np.ndarray) -> None:
     """Later fragments take their datagram's transport facts (``INHERITED``) from their heads (``datagram_heads``)."""
     for name in INHERITED:
         setattr(ev, name, getattr(ev, name)[heads])
+
+
+def to_group_address(packets: PacketBatch) -> np.ndarray:
+    """Per packet: to a group IP address: IPv4 multicast (224.0.0.0/4) or the broadcast address, IPv6 multicast
+    (ff00::/8).  (Captures without link headers show no group MAC address.)"""
+    v4 = packets.dst_ipv4
+    return np.where(packets.l3 == L3_IPV4, ((v4 >> 28) == 0xE) | (v4 == 0xFFFF_FFFF),
+                    (packets.dst_ip_hi >> np.uint64(56)) == 0xFF)  # fmt: skip
 
 
 def bare_rst(packets: PacketBatch) -> np.ndarray:
@@ -232,10 +259,17 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     tunnel = (packets.proto == 47) & np.isin(packets.gre_proto, GRE_FLOODS)
     reflect_request = udp & _REFLECTION[packets.dport] & ~reply
     dns_query = udp & (packets.dport == 53) & ~reply
+    to_group = ((packets.dst_mac >> np.uint64(40)) & np.uint64(1)).astype(bool)
+    group_chatter = udp & _DISCOVERY[packets.dport] & ~packets.frag
+    link_control = (packets.proto == 58) & np.isin(packets.icmp_type, LINK_CONTROL_TYPES)
+    if link_control.any():
+        to_link = (packets.dst_ip_hi == np.uint64(LINK_GROUPS_HI)) & np.isin(packets.dst_ip_lo, LINK_GROUPS_LO)
+        group_chatter |= link_control & (to_link | (packets.icmp_type == ROUTER_ADVERTISEMENT))
+    if group_chatter.any():
+        group_chatter &= to_group | to_group_address(packets)
     web_request = (ack & (packets.payload_len > 0) & (packets.payload_len <= WEB_REQUEST_BYTES)
                    & _WEB[packets.dport] & (packets.sport >= 1024))  # fmt: skip
     return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, zero_window, opener | echo,
                     synack | echo_reply | icmp(TIME_EXCEEDED), echo_reply, synack, rst,
                     udp_probe, icmp(UNREACHABLE), one_way, icmp(TIME_EXCEEDED), two_way, reply,
-                    ((packets.dst_mac >> np.uint64(40)) & np.uint64(1)).astype(bool), bare_ack, ack_back,
-                    reflect_request, web_request, dns_query)  # fmt: skip
+                    to_group, bare_ack, ack_back, reflect_request, web_request, dns_query, group_chatter)  # fmt: skip

@@ -353,6 +353,27 @@ def reflection_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     return hot, label, conf
 
 
+def group_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
+    """Discovery or control traffic to a group address (``Evidence.group_chatter``: mDNS, SSDP, WS-Discovery, ...,
+    ICMPv6 router advertisements) at a flood's rate (``flood_rate``, ``flood_min_packets`` recent), nearly all of the
+    key's packets: every host on the link takes each one in.  A device sends a few such packets a second (a phone's
+    discovery burst, a router's advertisement every few seconds); a flood of them is an attack on the whole link
+    (THC-IPv6's flood_router6, the SSDP flood of Kitsune's dataset, a forged victim's M-SEARCHes that every device
+    answers) or a broken device's storm.  They open no connection, so the closest class is the UDP flood (through one
+    socket pair with a kernel's IP ids, udpplain: ``_udp_class``, where the table tracks them)."""
+    x = t.extras.index
+    hot, label, conf, rows, shares = _cold(r, r["extra_weight"][:, x("group")] >= cfg.flood_min_packets, _UDP)
+    if len(rows):
+        share = shares[:, x("group")]
+        per_second = share * rate(r, t.half_life_s)[rows]
+        hot[rows] = (per_second >= cfg.flood_rate) & (share >= cfg.flood_shape_share)
+        if "id_jump" in t.extras:
+            udp = shares[:, x("udp")] >= 0.5 * share
+            label[rows] = np.where(udp, _udp_class(shares, x, share), _UDP)
+        conf[rows] = np.minimum(per_second / cfg.flood_rate, 1.0)
+    return hot, label, conf
+
+
 def lone_probe_rule(r: dict, lone: np.ndarray) -> Rule:
     """A single probe with no TCP options, to a port its sender never tried, that the model scores as a scan
     convicts its sender: a board probed by many scanning bots sees one to three SYNs from each, and every
@@ -451,7 +472,7 @@ def shape_fits(ev: Evidence, sweep: np.ndarray, anomalous: np.ndarray) -> np.nda
     fits[_SYN] = ev.syn_only | ev.syn_odd
     fits[_SCAN] = (sweep > 0) | ev.mirai_scan
     fits[_ACK] = ev.ack
-    fits[_UDP] = ev.udp | ev.portless
+    fits[_UDP] = ev.udp | ev.portless | ev.group_chatter
     fits[_UDPPLAIN] = ev.udp
     fits[_ANOMALY] = anomalous
     return fits

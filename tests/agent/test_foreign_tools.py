@@ -1,8 +1,8 @@
 """Real attack tools against a board in network namespaces: does ``python -m agent detect`` see them?
 
 Our own synthesiser writes attacks the way we think they look; these tests use the tools attackers use.
-What is real here: nmap, hping3, masscan, ab, curl and hydra (the Debian packages) build and send their own packets
-from an attacker namespace over a veth pair; the board namespace's kernel answers as a board would (an HTTP/1.1
+What is real here: nmap, hping3, masscan, ab, curl, hydra and THC-IPv6 (the Debian packages) build and send their
+own packets from an attacker namespace over a veth pair; the board namespace's kernel answers as a board would (an HTTP/1.1
 web server on 80, a telnet login on 23 that refuses every password, an SSDP service on UDP 1900 answering each
 M-SEARCH three times, the rest reset, one echo replier in a /24 of absent hosts behind the board); tcpdump
 captures on the board's side of the link, as the agent would;
@@ -48,7 +48,7 @@ SWEPT_NET = "10.198.5.0/24"  # behind the board: absent hosts, but their packets
 SWEPT_ALIVE = "10.198.5.7"  # the one host of SWEPT_NET that answers (an address of the board)
 MAX_LATENCY_S = 1.0
 DEBS = {"tcpdump": "tcpdump", "hping3": "hping3", "nmap": "nmap", "masscan": "masscan", "curl": "curl",
-        "ping": "iputils-ping", "ab": "apache2-utils", "hydra": "hydra"}  # fmt: skip
+        "ping": "iputils-ping", "ab": "apache2-utils", "hydra": "hydra", "atk6-flood_router26": "thc-ipv6"}  # fmt: skip
 
 
 def _missing(*tools: str) -> str | None:
@@ -266,7 +266,8 @@ def _tcp_flags(flags: int) -> str:
 
 @dataclass
 class Shape:
-    """What the attacker put on the wire (IPv4 frames from its MAC), for assertions and messages."""
+    """What the attacker put on the wire (IP frames from its MAC, or from any MAC but the board's where it forges
+    them), for assertions and messages."""
 
     first_ts: float | None = None
     last_ts: float | None = None
@@ -294,15 +295,18 @@ def _kind(ip: dpkt.ip.IP | dpkt.ip6.IP6) -> str:
     return {17: "udp"}.get(proto, f"proto {proto}")
 
 
-def read_shape(pcap: Path, attacker_mac: str) -> Shape:
+def read_shape(pcap: Path, attacker_mac: str, board_mac: str | None = None) -> Shape:
+    """``board_mac``: the attacker forges source MACs too; every frame but the board's is its."""
     shape = Shape()
     mac = bytes.fromhex(attacker_mac.replace(":", ""))
+    board = bytes.fromhex(board_mac.replace(":", "")) if board_mac else None
     with pcap.open("rb") as fh:
         for ts, buf in dpkt.pcap.Reader(fh):
             shape.frames += 1
             eth = dpkt.ethernet.Ethernet(buf)
-            # Spoofed floods carry random source addresses but the attacker's MAC.
-            if eth.src != mac or not isinstance(eth.data, (dpkt.ip.IP, dpkt.ip6.IP6)):
+            # Spoofed floods carry random source addresses but the attacker's MAC (unless it forges MACs too).
+            theirs = eth.src != board if board is not None else eth.src == mac
+            if not theirs or not isinstance(eth.data, (dpkt.ip.IP, dpkt.ip6.IP6)):
                 continue
             shape.first_ts = float(ts) if shape.first_ts is None else shape.first_ts
             shape.last_ts = float(ts)
@@ -349,6 +353,7 @@ class Attack:
     argv: Callable[[Lab], list[str]]
     labels: frozenset[str]  # classes that name this attack
     spoofed: bool = False  # random source addresses: judged as a flood at the board
+    group: str | None = None  # a spoofed flood at this group address (multicast), not at the board; MACs forged
     ipv6: bool = False  # at the board's IPv6 address, from one of the attacker's
     proto: int | None = None
     ok_codes: tuple[int, ...] = (0,)
@@ -381,6 +386,24 @@ def run_masscan(lab: Lab, dump: Tcpdump, argv: list[str]) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.wait(5)
+
+
+def run_for(seconds: float) -> Callable[[Lab, Tcpdump, list[str]], None]:
+    """A runner for tools that flood until interrupted (THC-IPv6's): ``seconds`` of it, then SIGINT."""
+
+    def run(lab: Lab, _dump: Tcpdump, argv: list[str]) -> None:
+        proc = subprocess.Popen(lab.attacker_cmd(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            time.sleep(seconds)
+            assert proc.poll() is None, f"{argv[0]} stopped early ({proc.returncode}): {proc.stderr.read()[-1000:]!r}"
+            proc.send_signal(signal.SIGINT)
+            proc.wait(5)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+    return run
 
 
 def _hping(*args: str) -> Callable[[Lab], list[str]]:
@@ -492,6 +515,11 @@ ATTACKS = [
     Attack("nmap-ping-sweep", "nmap", _nmap("-sn", target=lambda lab: SWEPT_NET), SCAN),
     Attack("nmap-udp-scan", "nmap", _nmap("-sU", "--top-ports", "100", "--max-retries", "1"), SCAN, proto=17),
     Attack("masscan-syn-scan", "masscan", _masscan, SCAN, runner=run_masscan),
+    # Router advertisements from forged routers (a new MAC and link-local address each, 17 prefixes and routes
+    # apiece) to every node of the link: each host configures addresses and routes for every one.
+    Attack("thc-ipv6-router-advertisement-flood", "atk6-flood_router26",
+           lambda lab: ["atk6-flood_router26", lab.link.if_a], frozenset({"mirai_udp"}), spoofed=True, group="ff02::1",
+           proto=58, runner=run_for(1.0)),
 ]
 
 
@@ -510,7 +538,7 @@ class Observation:
         return describe(self.verdicts, self.shape)
 
 
-def record(lab: Lab, pcap: Path, act: Callable[[Tcpdump], None]) -> Shape:
+def record(lab: Lab, pcap: Path, act: Callable[[Tcpdump], None], forged_macs: bool = False) -> Shape:
     """Capture on the board while ``act`` runs; the pcap is complete when this returns."""
     dump = Tcpdump(lab, pcap)
     try:
@@ -519,14 +547,14 @@ def record(lab: Lab, pcap: Path, act: Callable[[Tcpdump], None]) -> Shape:
     finally:
         dump.kill()
     assert stats.get("dropped by kernel", 0) == 0, f"the capture lost packets: {stats}"
-    return read_shape(pcap, lab.link.mac_a)
+    return read_shape(pcap, lab.link.mac_a, lab.link.mac_b if forged_macs else None)
 
 
 @pytest.fixture(scope="module", params=[_param(a) for a in ATTACKS])
 def observed(request: pytest.FixtureRequest, lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Observation:
     attack: Attack = request.param
     pcap = tmp_path_factory.mktemp("captures") / f"{attack.name}.pcap"
-    shape = record(lab, pcap, lambda dump: attack.run(lab, dump))
+    shape = record(lab, pcap, lambda dump: attack.run(lab, dump), forged_macs=attack.group is not None)
     assert shape.first_ts is not None, f"{attack.tool} sent nothing the board saw"
     return Observation(attack, shape, detect(pcap))
 
@@ -539,7 +567,7 @@ def expect_gap(request: pytest.FixtureRequest, attack: Attack, check: str) -> No
 
 def names_attacker(v: dict, lab: Lab, attack: Attack) -> bool:
     if attack.spoofed:
-        return v["kind"] == "spoofed" and v["victim_ip"] in (lab.board_ip, None)
+        return v["kind"] == "spoofed" and v["victim_ip"] in ((attack.group,) if attack.group else (lab.board_ip, None))
     ours = (lab.link.ip6_a, lab.link.ip6_a2) if attack.ipv6 else (lab.attacker_ip,)  # (nmap -6 picks either)
     return v["kind"] == "source" and v["src_ip"] in ours
 

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from agent.capture.packets import ANOMALY, L3_IPV4, LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch
+from agent.capture.packets import ANOMALY, L3_IPV4, L3_IPV6, LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch
 from agent.detect.decide import DecisionConfig, DecisionLayer
 from agent.features.engine import FeatureExtractor
 
@@ -1181,3 +1181,86 @@ def test_udpplain_at_a_service_that_answers_it_is_udpplain():
     answers = batch(ts + 0.0003, BOARD, bot, proto=17, sport=123, dport=41000, size=90)
     verdicts, _ = run(join(flood, answers), scores=udp_scores(2 * n))
     assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udpplain", "192.168.1.80")]
+
+
+def to_ipv6(b: PacketBatch, src_hi, src_lo, dst_hi: int, dst_lo: int) -> PacketBatch:
+    """``b`` as IPv6 packets from ``src_hi:src_lo`` (scalars or per packet) to ``dst_hi:dst_lo``."""
+    n = len(b)
+    b.l3[:] = L3_IPV6
+    b.src_ip_hi[:], b.src_ip_lo[:] = np.broadcast_to(np.uint64(src_hi), n), np.broadcast_to(np.uint64(src_lo), n)
+    b.dst_ip_hi[:], b.dst_ip_lo[:] = np.uint64(dst_hi), np.uint64(dst_lo)
+    b.src_mac[:] = (b.src_ip_lo & np.uint64(0xFFFF_FFFF_FF)) | np.uint64(2 << 40)
+    return b
+
+
+LINK_LOCAL = 0xFE80 << 48
+ALL_NODES = (0xFF02 << 48, 1)
+GROUP_MACS = {"224.0.0.251": 0x01005E0000FB, "239.255.255.250": 0x01005E7FFFFA, "224.0.0.252": 0x01005E0000FC,
+              "255.255.255.255": 0xFFFFFFFFFFFF}  # fmt: skip
+
+
+def icmp6(ts, icmp_type: int, size: int = 118) -> PacketBatch:
+    b = batch(ts, 0, 0, proto=58, sport=-1, dport=-1, icmp_type=icmp_type, size=size)
+    b.port_kind[:] = 0
+    return b
+
+
+@pytest.mark.parametrize("group, port", [("224.0.0.251", 5353), ("239.255.255.250", 1900), ("224.0.0.252", 5355),
+                                         ("255.255.255.255", 137)])  # fmt: skip
+def test_a_flood_of_discovery_traffic_at_a_group_convicts_its_sender(group, port):
+    """One host flooding the link's discovery groups (mDNS, SSDP, LLMNR, NetBIOS's broadcasts) with 342-byte datagrams
+    through one socket, 1,000 a second: every host on the link takes each in.  Group traffic is nobody's answer and
+    the model never judges it (scores benign), so only the headers tell: its sender, within a second."""
+    n = 3000
+    ts = T0 + np.arange(n) / 1000.0
+    a, b_, c, d = map(int, group.split("."))
+    flood = batch(ts, ip(192, 168, 1, 77), ip(a, b_, c, d), proto=17, sport=port, dport=port, size=342)
+    flood.dst_mac[:] = GROUP_MACS[group]
+    verdicts, labels = run(flood)
+    assert [(v.kind, v.label in ("mirai_udp", "mirai_udpplain"), v.src_ip, v.basis) for v in verdicts] == [
+        ("source", True, "192.168.1.77", "headers")]
+    assert verdicts[0].latency < 1.0
+    assert (labels >= 0).mean() > 0.9
+
+
+def test_forged_router_advertisements_to_every_node_are_a_flood_at_the_group():
+    """THC-IPv6's flood_router6: router advertisements to ff02::1, each from a new forged router (MAC and link-local
+    address), 1,000 a second.  No source is convicted (each sent one); the flood is, at the group, within a second."""
+    n = 3000
+    rng = np.random.default_rng(37)
+    flood = to_ipv6(icmp6(T0 + np.arange(n) / 1000.0, 134), LINK_LOCAL, rng.integers(1, 2**63, n, dtype=np.uint64),
+                    *ALL_NODES)  # fmt: skip
+    verdicts, labels = run(flood)
+    assert [(v.kind, v.label, v.victim_ip, v.proto) for v in verdicts] == [("spoofed", "mirai_udp", "ff02::1", 58)]
+    assert verdicts[0].latency < 1.0
+    assert (labels >= 0).mean() > 0.9
+
+
+def test_a_homes_discovery_and_neighbour_discovery_are_no_group_flood():
+    """A busy home's group traffic for a minute: six devices answering a phone's mDNS query burst every 10 s (20
+    datagrams within 0.2 s each), a media box's SSDP announcement bursts (3 x 8 services within 0.1 s every 30 s), the
+    router's advertisements every 4 s and a multicast listener query a minute, and the router resolving the absent
+    hosts a flood aims at: neighbour solicitations to their solicited-node groups, 500 a second for 2 s.  Nothing."""
+    rng = np.random.default_rng(38)
+    parts = []
+    for k in range(6):
+        for t in T0 + 10.0 * np.arange(6):
+            b = batch(t + np.sort(rng.uniform(0, 0.2, 20)), ip(192, 168, 1, 30 + k), ip(224, 0, 0, 251), proto=17,
+                      sport=5353, dport=5353, size=400)  # fmt: skip
+            b.dst_mac[:] = GROUP_MACS["224.0.0.251"]
+            parts.append(b)
+    for t in T0 + 30.0 * np.arange(2):
+        b = batch(t + np.sort(rng.uniform(0, 0.1, 24)), ip(192, 168, 1, 50), ip(239, 255, 255, 250), proto=17,
+                  sport=1900, dport=1900, size=380)  # fmt: skip
+        b.dst_mac[:] = GROUP_MACS["239.255.255.250"]
+        parts.append(b)
+    router = LINK_LOCAL | 1
+    parts.append(to_ipv6(icmp6(T0 + 4.0 * np.arange(15), 134), LINK_LOCAL, router, *ALL_NODES))
+    parts.append(to_ipv6(icmp6(np.array([T0 + 1.0]), 130, size=90), LINK_LOCAL, router, *ALL_NODES))
+    absent = rng.integers(0, 2**24, 1000, dtype=np.uint64)
+    resolving = to_ipv6(icmp6(T0 + 20 + np.arange(1000) / 500.0, 135, size=86), LINK_LOCAL, router, 0xFF02 << 48, 0)
+    resolving.dst_ip_lo[:] = np.uint64(0x1_FF00_0000) | absent  # ff02::1:ffXX:XXXX
+    parts.append(resolving)
+    home = join(*parts)
+    verdicts, _ = run(home)
+    assert verdicts == []
