@@ -46,6 +46,7 @@ from agent.detect.evidence import (
 from agent.detect.rules import (
     EPHEMERAL_PORTS,
     TELNET_PORTS,
+    amplification_rule,
     anomaly_rule,
     brute_force_rule,
     connection_flood_rule,
@@ -298,7 +299,7 @@ class DecisionLayer:
                      "reconnect", "full_probe", "kernel_probe", "answered", "two_way", "reflect",
                      "web_request", "dns_query", "group")
     TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "answered", "web_request",
-                     "dns_query", "group")
+                     "dns_query", "group", "amplified")
     PAIR_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "full_probe", "kernel_probe")
     _PAIR_COLUMNS = list(map(SOURCE_EXTRAS.index, PAIR_EXTRAS))  # where the pairs' columns sit in the sources' extras
     INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp", "udp_new_sport", "kernel_probe",
@@ -383,6 +384,7 @@ class DecisionLayer:
         group_answers = self._answers_to_groups(packets, ev)
         ev.reply |= group_answers
         ev.udp_probe &= ~group_answers
+        ev.amplified &= ~group_answers  # (the board's answers to a forged M-SEARCH: the reflection rule's)
         if anomaly is not None:
             self.anomaly_enabled = True
         anomalous = np.zeros(n) if anomaly is None else (anomaly > 1.0).astype(np.float64)
@@ -511,7 +513,7 @@ class DecisionLayer:
         heavy = rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
         c.light_src = ~self.sources.per_packet(srcs, heavy) | c.forged  # (a forged source is as good as new)
         textra = _columns(c.shape, c.ev.new_socket, c.new_source, c.light_src, c.ev.reply, c.ev.web_request,
-                          c.ev.dns_query, c.ev.group_chatter)
+                          c.ev.dns_query, c.ev.group_chatter, c.ev.amplified)
         # A target's answers count for it: a resolver answering a Pi-hole's bursts of queries is no flood's victim.
         tgt_key = _target_key(packets.dst_ip_hi, packets.dst_ip_lo, packets.proto)
         tgt_key = _rekeyed(tgt_key, packets, c.ev.reply, by="src", tag=12, proto=True)
@@ -531,10 +533,14 @@ class DecisionLayer:
         # Discovery traffic to a group from forged sources, a new one per packet (flood_router6's RAs): one source's is
         # judged by its source.
         hot_g, lab_g, conf_g = group_flood_rule(tgts, self.targets, cfg)
+        # A reflection flood at the target: unsolicited answers from amplifying services, a few from each reflector (a
+        # source that sends a flood's rate alone, a bot's udp flood from port 53, is judged by its source).
+        hot_a, lab_a, conf_a = amplification_rule(tgts, self.targets, cfg)
         rules_t = [(_unless_udp((hot_m & spoofed, lab_m, conf_m), answered_t), "model"),
                    (_unless_udp((hot_f & many, lab_f, conf_f), answered_t), "headers"),
                    ((hot_r & many, lab_r, conf_r), "headers"),
-                   ((hot_g & spoofed, lab_g, conf_g), "headers")]
+                   ((hot_g & spoofed, lab_g, conf_g), "headers"),
+                   ((hot_a & many, lab_a, conf_a), "headers")]
         turned_t, at_t = convict(self.targets, tgts, cfg, rules_t)
         c.verdicts += [self._target_verdict(packets, tgts, s, p) for s, p in zip(turned_t, at_t)]
         # Packets of a flood at a convicted target: the flood's shape (or discovery traffic, at a group) from a light

@@ -36,6 +36,8 @@ options the attacker chose (payload size, ports, TTL, ToS, ...):
   and every datagram a reflection-prone service (SSDP, CoAP, NTP, ...: ``REFLECTION_PORTS``) sends back on a pair
   its client opened, however many it sends per request; the decision stage adds the answers to a request sent to a
   group (an SSDP M-SEARCH to 239.255.255.250, answered unicast by every device that offers the service);
+* datagrams from such services (and from DNS and SNMP, the largest amplifiers) on a pair their receiver never sent
+  on: answers to nobody's request, a reflection flood at the receiver, whose address the attacker forged;
 * requests to such services: a board that offers one is a reflector for whoever forges a victim's address; DNS
   queries, which a resolver (a Pi-hole) answers, and forwards; and requests to a web server (request-sized TCP
   data from a client port to 80, 443, 8080, ...): what an HTTP flood sends, request after request;
@@ -72,6 +74,9 @@ GRE_FLOODS = (0x0800, 0x6558)  # what Mirai's greip and greeth carry: IPv4, Ethe
 # DNS and SNMP are left out: a home's own clients ask a Pi-hole or an agent of its monitoring many times a second.
 REFLECTION_PORTS = (17, 19, 69, 111, 123, 137, 389, 427, 520, 1900, 3283, 3702, 5351, 5683, 10001, 11211, 32414,
                     37810)  # fmt: skip
+# Services whose answers amplify a request (REFLECTION_PORTS, and DNS and SNMP, the largest amplifiers of all): datagrams
+# from these ports that answer nothing their receiver sent are a reflection flood's at a forged victim.
+AMPLIFIER_PORTS = (*REFLECTION_PORTS, 53, 161)
 # Web servers, which an HTTP flood over persistent connections (GoldenEye, HULK, wrk, ab -k; Mirai's own http attack
 # keeps its connections) sends request after request; an IoT board serves its web UI on one of these.
 WEB_PORTS = (80, 443, 8000, 8008, 8080, 8081, 8443, 8888)
@@ -102,6 +107,7 @@ def _port_table(ports: tuple[int, ...]) -> np.ndarray:
 
 
 _REFLECTION, _WEB, _DISCOVERY = _port_table(REFLECTION_PORTS), _port_table(WEB_PORTS), _port_table(DISCOVERY_PORTS)
+_AMPLIFIER = _port_table(AMPLIFIER_PORTS)
 # A stream whose weight is below this was created by the packet (weight 1) or has been quiet for a few
 # half-lives of that weight's decay.
 NEW_STREAM_WEIGHT = 1.5
@@ -147,6 +153,8 @@ class Evidence:
     web_request: np.ndarray  # a request-sized TCP segment from a client port to a web server's port (WEB_PORTS)
     dns_query: np.ndarray  # UDP to port 53, no answer itself
     group_chatter: np.ndarray  # discovery or control traffic to a group address (DISCOVERY_PORTS, LINK_CONTROL_TYPES)
+    amplified: np.ndarray  # UDP from an amplifying service's port (AMPLIFIER_PORTS), unicast, on a socket pair its
+    # receiver never sent on: an answer to nobody's request, a reflection flood's at the forged victim
 
     SHAPES = ("syn_only", "ack", "udp", "portless", "syn_odd")
 
@@ -169,7 +177,7 @@ class Evidence:
 
 
 # What a later fragment takes from its datagram's first fragment: the facts of the transport header.
-INHERITED = ("syn_only", "ack", "syn_odd", "udp", "echo", "tunnel", "new_socket", "one_way")
+INHERITED = ("syn_only", "ack", "syn_odd", "udp", "echo", "tunnel", "new_socket", "one_way", "amplified")
 
 
 def datagram_heads(packets: PacketBatch) -> np.ndarray | None:
@@ -267,9 +275,13 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         group_chatter |= link_control & (to_link | (packets.icmp_type == ROUTER_ADVERTISEMENT))
     if group_chatter.any():
         group_chatter &= to_group | to_group_address(packets)
+    amplified = one_way & _AMPLIFIER[packets.sport]
+    if amplified.any():
+        amplified &= ~(to_group | to_group_address(packets))
     web_request = (ack & (packets.payload_len > 0) & (packets.payload_len <= WEB_REQUEST_BYTES)
                    & _WEB[packets.dport] & (packets.sport >= 1024))  # fmt: skip
     return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, zero_window, opener | echo,
                     synack | echo_reply | icmp(TIME_EXCEEDED), echo_reply, synack, rst,
                     udp_probe, icmp(UNREACHABLE), one_way, icmp(TIME_EXCEEDED), two_way, reply,
-                    to_group, bare_ack, ack_back, reflect_request, web_request, dns_query, group_chatter)  # fmt: skip
+                    to_group, bare_ack, ack_back, reflect_request, web_request, dns_query, group_chatter,
+                    amplified)  # fmt: skip

@@ -374,6 +374,22 @@ def group_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     return hot, label, conf
 
 
+def amplification_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
+    """Datagrams at one target from amplifying services that answer nothing it asked (``Evidence.amplified``: DNS,
+    NTP, SSDP, CLDAP, memcached, ... answers on socket pairs the target never sent on) at a flood's rate
+    (``flood_rate``, ``flood_min_packets`` recent), most of what it receives: a reflection flood at the target, whose
+    address the attacker forged in requests to many reflectors, each of which may send it only a few a second.  A
+    board gets answers to what it asks; the closest class is the UDP flood."""
+    x = t.extras.index
+    hot, label, conf, rows, shares = _cold(r, r["extra_weight"][:, x("amplified")] >= cfg.flood_min_packets, _UDP)
+    if len(rows):
+        share = shares[:, x("amplified")]
+        per_second = share * rate(r, t.half_life_s)[rows]
+        hot[rows] = (per_second >= cfg.flood_rate) & (share >= 0.5)
+        conf[rows] = np.minimum(per_second / cfg.flood_rate, 1.0)
+    return hot, label, conf
+
+
 def lone_probe_rule(r: dict, lone: np.ndarray) -> Rule:
     """A single probe with no TCP options, to a port its sender never tried, that the model scores as a scan
     convicts its sender: a board probed by many scanning bots sees one to three SYNs from each, and every

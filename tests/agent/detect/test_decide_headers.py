@@ -1264,3 +1264,37 @@ def test_a_homes_discovery_and_neighbour_discovery_are_no_group_flood():
     home = join(*parts)
     verdicts, _ = run(home)
     assert verdicts == []
+
+
+@pytest.mark.parametrize("port, size", [(11211, 60), (53, 512), (123, 90), (1900, 300)])
+def test_a_reflection_flood_at_the_board_is_caught_at_the_board_from_its_reflectors_answers(port, size):
+    """The board as a reflection flood's victim: 40 reflectors (memcached, DNS, NTP, SSDP) each answering requests
+    forged with its address, 25 a second each, to one port of it, small answers among them.  No reflector sends
+    enough to be judged alone, and the model scores the answers benign: the answers from an amplifying service's
+    port on socket pairs the board never sent on make the flood at the board, within a second."""
+    rng = np.random.default_rng(39)
+    reflectors = [ip(int(a), int(b), int(c), int(d)) for a, b, c, d in rng.integers(1, 223, (40, 4))]
+    flood = join(*[batch(T0 + np.sort(rng.uniform(0, 3, 75)), r, BOARD, proto=17, sport=port, dport=40123,
+                         size=size + 42) for r in reflectors])  # fmt: skip
+    verdicts, _ = run(flood)
+    assert [(v.kind, v.label, v.victim_ip, v.proto, v.basis) for v in verdicts] == [
+        ("spoofed", "mirai_udp", "10.0.0.5", 17, "headers")]
+    assert verdicts[0].latency < 1.0
+
+
+def test_answers_to_the_boards_own_requests_are_no_reflection_flood():
+    """The board as a busy Pi-hole forwarding 400 queries a second to two upstream resolvers and an SNMP poller of
+    30 devices, 10 a second each: every answer comes on a socket pair the board sent on first.  Nothing."""
+    rng = np.random.default_rng(40)
+    n = 2400
+    ts = T0 + np.sort(rng.uniform(0, 6, n))
+    upstream = np.where(rng.random(n) < 0.5, ip(1, 1, 1, 1), ip(9, 9, 9, 9)).astype(np.uint64)
+    ports = rng_ports(rng, n)
+    queries = batch(ts, BOARD, upstream, proto=17, sport=ports, dport=53, size=80)
+    answers = batch(ts + 0.02, upstream, BOARD, proto=17, sport=53, dport=ports, size=400)
+    devices = np.repeat([ip(192, 168, 1, 100 + k) for k in range(30)], 60).astype(np.uint64)
+    polled = T0 + np.sort(rng.uniform(0, 6, len(devices)))
+    polls = batch(polled, BOARD, devices, proto=17, sport=45000, dport=161, size=90)
+    responses = batch(polled + 0.005, devices, BOARD, proto=17, sport=161, dport=45000, size=300)
+    verdicts, _ = run(join(queries, answers, polls, responses))
+    assert verdicts == []
