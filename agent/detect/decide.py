@@ -123,6 +123,10 @@ class DecisionConfig:
     # A resolver forwarding upstream answers a query after 5-100 ms: a burst of queries is not judged as a UDP flood
     # (not answered, so no conversation) before its first answers have had this long to come back.
     answer_wait_s: float = 0.2
+    # Discovery traffic to a group (evidence.DISCOVERY_PORTS, ICMPv6 neighbour discovery) from one source, or from
+    # forged ones at a group, at ``flood_rate``: so many recent packets (a device announcing its services at start-up
+    # sends a few dozen at once; a gateway reflecting mDNS between networks, a few dozen more).
+    group_flood_min_packets: int = 200
     udp_scan_min_probes: int = 10  # a scan of mostly UDP probes needs so many (nmap -sU sends ~25, then waits)
     udp_scan_min_refusals: float = 3.0  # recent ICMP unreachables behind a scan of mostly UDP probes
     # A traceroute: routers answer its probes with ICMP time exceeded, hop after hop (a flood's TTL stays put, and a

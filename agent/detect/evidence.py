@@ -42,8 +42,8 @@ options the attacker chose (payload size, ports, TTL, ToS, ...):
   queries, which a resolver (a Pi-hole) answers, and forwards; and requests to a web server (request-sized TCP
   data from a client port to 80, 443, 8080, ...): what an HTTP flood sends, request after request;
 * frames to a group MAC address (multicast, broadcast): streams and announcements, at nobody in particular;
-  among them discovery and control traffic to a group address (mDNS, SSDP, LLMNR, WS-Discovery, NetBIOS, DHCP
-  requests, CoAP, SLP; ICMPv6 neighbour discovery and multicast listener messages to every node or router), which
+  among them discovery and control traffic to a group address (mDNS, SSDP, LLMNR, WS-Discovery, NetBIOS, CoAP,
+  SLP; ICMPv6 neighbour discovery and multicast listener messages to every node or router), which
   every host on the link takes in, and of which a device sends a few a second at most: floods of it hit every host
   at once (THC-IPv6's flood tools);
 * for UDP, which opens nothing: a probe-sized datagram (a scanner's probes are empty or a protocol's
@@ -81,11 +81,11 @@ AMPLIFIER_PORTS = (*REFLECTION_PORTS, 53, 161)
 # keeps its connections) sends request after request; an IoT board serves its web UI on one of these.
 WEB_PORTS = (80, 443, 8000, 8008, 8080, 8081, 8443, 8888)
 WEB_REQUEST_BYTES = 600  # a request's segment at most (GET with headers; HULK's random ones); an upload's are full
-# Discovery and control services spoken to a group address (multicast or broadcast): DHCP requests, NetBIOS name
-# and datagram, SLP, SSDP, WS-Discovery, mDNS, LLMNR, CoAP.  Their answers go unicast, but for a DHCP server's
-# (to port 68, left out: a server answering a starvation attack's requests is no flooder), and mDNS's, which
-# responders send at most once a second per record (RFC 6762).
-DISCOVERY_PORTS = (67, 137, 138, 427, 1900, 3702, 5353, 5355, 5683)
+# Discovery and control services spoken to a group address (multicast or broadcast): NetBIOS name and datagram,
+# SLP, SSDP, WS-Discovery, mDNS, LLMNR, CoAP.  Their answers go unicast, but for mDNS's, which responders send at most
+# once a second per record (RFC 6762).  DHCP is left out: every client asks from 0.0.0.0, so a network's devices
+# coming back after a power cut are one "source" of hundreds of requests.
+DISCOVERY_PORTS = (137, 138, 427, 1900, 3702, 5353, 5355, 5683)
 ROUTER_ADVERTISEMENT = 134  # ICMPv6: a router announcing itself and its prefixes (THC-IPv6's flood_router6 forges them)
 # ICMPv6 neighbour discovery and multicast listener messages (MLD query, report, done; router solicitation and
 # advertisement, neighbour solicitation and advertisement; MLDv2 report) to every node, every router or every MLDv2

@@ -355,14 +355,14 @@ def reflection_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
 
 def group_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     """Discovery or control traffic to a group address (``Evidence.group_chatter``: mDNS, SSDP, WS-Discovery, ...,
-    ICMPv6 router advertisements) at a flood's rate (``flood_rate``, ``flood_min_packets`` recent), nearly all of the
-    key's packets: every host on the link takes each one in.  A device sends a few such packets a second (a phone's
+    ICMPv6 neighbour discovery) at a flood's rate (``flood_rate``, ``group_flood_min_packets`` recent), nearly all of
+    the key's packets: every host on the link takes each one in.  A device sends a few such packets a second (a phone's
     discovery burst, a router's advertisement every few seconds); a flood of them is an attack on the whole link
     (THC-IPv6's flood_router6, the SSDP flood of Kitsune's dataset, a forged victim's M-SEARCHes that every device
     answers) or a broken device's storm.  They open no connection, so the closest class is the UDP flood (through one
     socket pair with a kernel's IP ids, udpplain: ``_udp_class``, where the table tracks them)."""
     x = t.extras.index
-    hot, label, conf, rows, shares = _cold(r, r["extra_weight"][:, x("group")] >= cfg.flood_min_packets, _UDP)
+    hot, label, conf, rows, shares = _cold(r, r["extra_weight"][:, x("group")] >= cfg.group_flood_min_packets, _UDP)
     if len(rows):
         share = shares[:, x("group")]
         per_second = share * rate(r, t.half_life_s)[rows]

@@ -1240,7 +1240,8 @@ def test_a_homes_discovery_and_neighbour_discovery_are_no_group_flood():
     """A busy home's group traffic for a minute: six devices answering a phone's mDNS query burst every 10 s (20
     datagrams within 0.2 s each), a media box's SSDP announcement bursts (3 x 8 services within 0.1 s every 30 s), the
     router's advertisements every 4 s and a multicast listener query a minute, and the router resolving the absent
-    hosts a flood aims at: neighbour solicitations to their solicited-node groups, 500 a second for 2 s.  Nothing."""
+    hosts a flood aims at: neighbour solicitations to their solicited-node groups, 500 a second for 2 s; and 150
+    devices back after a power cut, each asking DHCP twice from 0.0.0.0 within a second.  Nothing."""
     rng = np.random.default_rng(38)
     parts = []
     for k in range(6):
@@ -1261,6 +1262,11 @@ def test_a_homes_discovery_and_neighbour_discovery_are_no_group_flood():
     resolving = to_ipv6(icmp6(T0 + 20 + np.arange(1000) / 500.0, 135, size=86), LINK_LOCAL, router, 0xFF02 << 48, 0)
     resolving.dst_ip_lo[:] = np.uint64(0x1_FF00_0000) | absent  # ff02::1:ffXX:XXXX
     parts.append(resolving)
+    dhcp = batch(T0 + 40 + np.sort(rng.uniform(0, 1, 300)), 0, ip(255, 255, 255, 255), proto=17, sport=68, dport=67,
+                 size=342)  # fmt: skip
+    dhcp.src_mac[:] = rng.integers(1, 150, 300).astype(np.uint64) | np.uint64(2 << 40)
+    dhcp.dst_mac[:] = GROUP_MACS["255.255.255.255"]
+    parts.append(dhcp)
     home = join(*parts)
     verdicts, _ = run(home)
     assert verdicts == []
