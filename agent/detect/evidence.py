@@ -66,6 +66,9 @@ from agent.util import hash_words
 ECHO_REQUESTS, ECHO_REPLIES = (8, 128), (0, 129)  # ICMP, ICMPv6
 UNREACHABLE = (3, 1)  # ICMP, ICMPv6 destination unreachable
 TIME_EXCEEDED = (11, 3)  # ICMP, ICMPv6
+# ICMP errors (destination unreachable, source quench, redirect, time exceeded, parameter problem; ICMPv6's
+# unreachable, packet too big, time exceeded, parameter problem): each answers a packet its receiver sent.
+ICMP_ERRORS, ICMPV6_ERRORS = (3, 4, 5, 11, 12), (1, 2, 3, 4)
 GRE_FLOODS = (0x0800, 0x6558)  # what Mirai's greip and greeth carry: IPv4, Ethernet
 # UDP services that answer a small request with more, or with many datagrams, and so serve reflection floods: the
 # attacker forges the victim's address as the source of its requests (CERT's TA14-017A list and the vectors found
@@ -114,6 +117,7 @@ NEW_STREAM_WEIGHT = 1.5
 SOCKET_WEIGHT = COLUMNS.index("HpHp_L0.01_weight")  # half-life 100 s
 RECENT_SOCKET_WEIGHT = COLUMNS.index("HpHp_L1_weight")  # half-life 1 s
 HOST_WEIGHT = COLUMNS.index("HH_L0.01_weight")  # half-life 100 s
+HOST_MEAN, HOST_MAGNITUDE = COLUMNS.index("HH_L0.01_mean"), COLUMNS.index("HH_L0.01_magnitude")  # (as SOCKET_*)
 # A socket pair's own mean size and its magnitude sqrt(mean^2 + reverse mean^2): equal while the reverse direction
 # has sent nothing on the pair (the reverse mean is kept from its last own packet, whatever the decay rate).
 SOCKET_MEAN = COLUMNS.index("HpHp_L0.01_mean")
@@ -153,6 +157,8 @@ class Evidence:
     web_request: np.ndarray  # a request-sized TCP segment from a client port to a web server's port (WEB_PORTS)
     dns_query: np.ndarray  # UDP to port 53, no answer itself
     group_chatter: np.ndarray  # discovery or control traffic to a group address (DISCOVERY_PORTS, LINK_CONTROL_TYPES)
+    icmp_error: np.ndarray  # an ICMP error to a host that has sent its sender nothing: it answers nothing (BlackNurse,
+    # THC-IPv6's flood_unreach6 and toobig6)
     amplified: np.ndarray  # UDP from an amplifying service's port (AMPLIFIER_PORTS), unicast, on a socket pair its
     # receiver never sent on: an answer to nobody's request, a reflection flood's at the forged victim
 
@@ -168,8 +174,9 @@ class Evidence:
 
     @property
     def portless(self) -> np.ndarray:
-        """Echo requests and GRE floods: no ports, so no fresh socket pairs to show; both closest to a UDP flood."""
-        return self.echo | self.tunnel
+        """Echo requests, GRE floods and ICMP errors that answer nothing: no ports, so no fresh socket pairs to show;
+        all closest to a UDP flood."""
+        return self.echo | self.tunnel | self.icmp_error
 
     def shape(self) -> np.ndarray:
         """(n, len(SHAPES)) float columns: the shapes a flood can have."""
@@ -251,8 +258,10 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     zero_window = syn_no_ack & (packets.tcp_win == 0) & (packets.tcp_hdr_len == 40)
     udp = packets.proto == 17  # a fragmented datagram's later fragments too: all of a flood's volume
     bare_ack = tcp & ((flags & 0x3F) == ACK) & (packets.payload_len == 0)
+    icmp_error = v4 & np.isin(packets.icmp_type, ICMP_ERRORS) | v6 & np.isin(packets.icmp_type, ICMPV6_ERRORS)
     if features is None:
         new_socket = udp_probe = one_way = two_way = reply = ack_back = np.zeros(len(packets), dtype=bool)
+        icmp_error = np.zeros(len(packets), dtype=bool)
     else:
         heard_back = features[:, SOCKET_MAGNITUDE] > features[:, SOCKET_MEAN] * (1 + 1e-6)
         one_way = udp & ~heard_back
@@ -264,6 +273,8 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         known_host = features[:, HOST_WEIGHT] >= NEW_STREAM_WEIGHT
         probe_sized = (packets.payload_len <= UDP_PROBE_BYTES) & ~packets.frag
         udp_probe = udp & probe_sized & known_host & opens_socket_pair(features) & ~reply  # (a refused answer: none)
+        if icmp_error.any():  # (a router answering for a host beyond it: a few a second, rate-limited by every kernel)
+            icmp_error &= ~(features[:, HOST_MAGNITUDE] > features[:, HOST_MEAN] * (1 + 1e-6))
     tunnel = (packets.proto == 47) & np.isin(packets.gre_proto, GRE_FLOODS)
     reflect_request = udp & _REFLECTION[packets.dport] & ~reply
     dns_query = udp & (packets.dport == 53) & ~reply
@@ -283,5 +294,5 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, zero_window, opener | echo,
                     synack | echo_reply | icmp(TIME_EXCEEDED), echo_reply, synack, rst,
                     udp_probe, icmp(UNREACHABLE), one_way, icmp(TIME_EXCEEDED), two_way, reply,
-                    to_group, bare_ack, ack_back, reflect_request, web_request, dns_query, group_chatter,
+                    to_group, bare_ack, ack_back, reflect_request, web_request, dns_query, group_chatter, icmp_error,
                     amplified)  # fmt: skip

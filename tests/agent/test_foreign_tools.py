@@ -459,6 +459,9 @@ ATTACKS = [
     Attack("hping3-echo-reply-flood-rand-source", "hping3", _hping("-1", "-C", "0", "--rand-source", "-c", "3000",
                                                                    *FLOOD_PACE),
            frozenset({"mirai_udp"}), proto=1, spoofed=True, ok_codes=HPING_OK),
+    # BlackNurse: ICMP port unreachable (type 3 code 3) answering nothing the board sent, which costs firewalls dearly.
+    Attack("hping3-blacknurse-flood", "hping3", _hping("-1", "-C", "3", "-K", "3", "-c", "2000", *FLOOD_PACE),
+           frozenset({"mirai_udp"}), proto=1, ok_codes=HPING_OK),
     Attack("hping3-icmp-flood", "hping3", _hping("-1", "-c", "2000", *FLOOD_PACE),
            frozenset({"mirai_udp"}), proto=1, ok_codes=HPING_OK),
     Attack("hping3-fin-flood", "hping3", _hping("-F", "-p", "80", "-c", "2000", *FLOOD_PACE),

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from agent.capture.packets import ANOMALY, L3_IPV4, L3_IPV6, LABELS, PORT_NUMBER, VERDICT_LABELS, PacketBatch
+from agent.capture.packets import ANOMALY, L3_IPV4, L3_IPV6, LABELS, PORT_ICMP, PORT_NUMBER, VERDICT_LABELS, PacketBatch
 from agent.detect.decide import DecisionConfig, DecisionLayer
 from agent.features.engine import FeatureExtractor
 
@@ -1304,3 +1304,24 @@ def test_answers_to_the_boards_own_requests_are_no_reflection_flood():
     responses = batch(polled + 0.005, devices, BOARD, proto=17, sport=161, dport=45000, size=300)
     verdicts, _ = run(join(queries, answers, polls, responses))
     assert verdicts == []
+
+
+def test_icmp_errors_that_answer_nothing_are_a_flood_and_answers_to_a_flood_are_not():
+    """BlackNurse: ICMP port unreachable at the board, 2,000 a second, from a host the board never sent anything (the
+    model scores ICMP benign): a flood, its sender convicted within a second.  A victim answering the board's own UDP
+    flood with as many unreachables (a stack without rate limits) answers: only the board is convicted."""
+    n = 4000
+    ts = T0 + np.arange(n) / 2000.0
+    attacker = ip(203, 0, 113, 66)
+    nurse = batch(ts, attacker, BOARD, proto=1, sport=-1, dport=-1, icmp_type=3, size=70)
+    nurse.port_kind[:] = PORT_ICMP
+    verdicts, _ = run(nurse)
+    assert [(v.label, v.src_ip, v.proto) for v in verdicts] == [("mirai_udp", "203.0.113.66", 1)]
+    assert verdicts[0].latency < 1.0
+    rng = np.random.default_rng(41)
+    victim = ip(198, 51, 100, 7)
+    flood = batch(ts, BOARD, victim, proto=17, sport=rng_ports(rng, n), dport=rng_ports(rng, n), size=554)
+    refused = batch(ts + 0.0002, victim, BOARD, proto=1, sport=-1, dport=-1, icmp_type=3, size=590)
+    refused.port_kind[:] = PORT_ICMP
+    verdicts, _ = run(join(flood, refused))
+    assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udp", "10.0.0.5")]
