@@ -10,7 +10,8 @@ options the attacker chose (payload size, ports, TTL, ToS, ...):
   other tools flood with FIN, PSH, URG or no flag at all); UDP; ICMP echo requests (ping floods and sweeps, which no Mirai class has: the closest
   is the connectionless UDP flood); GRE version 0 carrying IPv4 or Ethernet ("tunnel": Mirai's greip and
   greeth floods wrap UDP floods in GRE, so the closest class is the UDP flood; PPTP's GRE is version 1).
-  SYN-ACKs and bare RSTs (RST or RST-ACK, no data) answer somebody: a victim's replies never count;
+  SYN-ACKs and bare RSTs (RST or RST-ACK, no data) answer somebody: a victim's replies never count (but for RSTs on a
+  socket pair whose other end never sent on it: an RST flood's, "ack");
 * whether its socket pair is fresh: floods draw fresh ports per packet, ordinary traffic reuses its
   connections.  The feature engine already tracks every socket pair, so this is read off its weights: a
   stream created by this very packet has weight 1 at every decay.  ``opens_socket_pair`` asks whether
@@ -264,6 +265,11 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         icmp_error = np.zeros(len(packets), dtype=bool)
     else:
         heard_back = features[:, SOCKET_MAGNITUDE] > features[:, SOCKET_MEAN] * (1 + 1e-6)
+        # A RST on a socket pair whose other end never sent on it refuses nothing: an RST flood's (hping3 -R), TCP
+        # without SYN as an ack flood's.
+        unsolicited_rst = rst & ~heard_back
+        if unsolicited_rst.any():
+            rst, ack = rst & ~unsolicited_rst, ack | unsolicited_rst
         one_way = udp & ~heard_back
         ack_back = bare_ack & heard_back
         new_socket = features[:, RECENT_SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
