@@ -473,6 +473,12 @@ ATTACKS = [
     # CIC-IoT-2023's RSTFIN flood: RST with FIN is no stack's answer.
     Attack("hping3-rst-fin-flood", "hping3", _hping("-R", "-F", "-p", "80", "-c", "2000", *FLOOD_PACE),
            frozenset({"mirai_ack"}), proto=6, ok_codes=HPING_OK),
+    # Bare RSTs (and RST-ACKs) on socket pairs the board never sent on: they refuse nothing.
+    Attack("hping3-rst-flood", "hping3", _hping("-R", "-p", "80", "-c", "2000", *FLOOD_PACE),
+           frozenset({"mirai_ack"}), proto=6, ok_codes=HPING_OK),
+    Attack("hping3-rst-ack-flood-rand-source", "hping3",
+           _hping("-R", "-A", "-p", "80", "--rand-source", "-c", "3000", *FLOOD_PACE),
+           frozenset({"mirai_ack"}), spoofed=True, proto=6, ok_codes=HPING_OK),
     # Datagrams of 3,000 bytes in fragments of a 1,400-byte MTU: two frames of three carry no transport header.
     Attack("hping3-ack-fragment-flood", "hping3", _hping("-A", "-p", "80", "-d", "3000", "-m", "1400", "-c", "1500",
                                                          *FLOOD_PACE),

@@ -16,7 +16,7 @@ from agent.capture.packets import ANOMALY, L3_IPV4, L3_IPV6, LABELS, PORT_ICMP, 
 from agent.detect.decide import DecisionConfig, DecisionLayer
 from agent.features.engine import FeatureExtractor
 
-FIN, SYN, ACK, SYNACK, RSTACK, PSHACK, XMAS = 0x01, 0x02, 0x10, 0x12, 0x14, 0x18, 0x29
+FIN, SYN, RST, ACK, SYNACK, RSTACK, PSHACK, XMAS = 0x01, 0x02, 0x04, 0x10, 0x12, 0x14, 0x18, 0x29
 ECHO_REQUEST, ECHO_REPLY = 8, 0
 BOARD = 0x0A000005  # 10.0.0.5
 T0 = 1.7e9
@@ -1325,3 +1325,23 @@ def test_icmp_errors_that_answer_nothing_are_a_flood_and_answers_to_a_flood_are_
     refused.port_kind[:] = PORT_ICMP
     verdicts, _ = run(join(flood, refused))
     assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udp", "10.0.0.5")]
+
+
+def test_rsts_that_refuse_nothing_are_a_flood_and_refusals_are_not():
+    """An RST flood (hping3 -R): bare RSTs at the board's port 80 from new source ports, 2,000 a second, on socket pairs
+    the board never sent on: TCP without SYN at a flood's rate, an ack flood.  The board refusing a SYN flood at a closed
+    port with as many RSTs refuses the flooder's SYNs: only the flooder is convicted."""
+    rng = np.random.default_rng(42)
+    n = 4000
+    ts = T0 + np.arange(n) / 2000.0
+    attacker = ip(203, 0, 113, 67)
+    flood = batch(ts, attacker, BOARD, sport=rng_ports(rng, n), dport=80, flags=RST, seq=rng.integers(0, 2**32, n),
+                  size=54)  # fmt: skip
+    verdicts, _ = run(flood)
+    assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_ack", "203.0.113.67")]
+    assert verdicts[0].latency < 1.0
+    sports = rng_ports(rng, n)
+    syns = batch(ts, attacker, BOARD, sport=sports, dport=81, flags=SYN, seq=rng.integers(0, 2**32, n), size=60)
+    refusals = batch(ts + 0.0001, BOARD, attacker, sport=81, dport=sports, flags=RSTACK, size=54)
+    verdicts, _ = run(join(syns, refusals))
+    assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_syn", "203.0.113.67")]
