@@ -44,7 +44,7 @@ options the attacker chose (payload size, ports, TTL, ToS, ...):
   data from a client port to 80, 443, 8080, ...): what an HTTP flood sends, request after request;
 * frames to a group MAC address (multicast, broadcast): streams and announcements, at nobody in particular;
   among them discovery and control traffic to a group address (mDNS, SSDP, LLMNR, WS-Discovery, NetBIOS, CoAP,
-  SLP; ICMPv6 neighbour discovery and multicast listener messages to every node or router), which
+  SLP; any UDP to the network's broadcast address but DHCP; ICMPv6 neighbour discovery and multicast listener messages to every node or router), which
   every host on the link takes in, and of which a device sends a few a second at most: floods of it hit every host
   at once (THC-IPv6's flood tools);
 * for UDP, which opens nothing: a probe-sized datagram (a scanner's probes are empty or a protocol's
@@ -90,6 +90,8 @@ WEB_REQUEST_BYTES = 600  # a request's segment at most (GET with headers; HULK's
 # once a second per record (RFC 6762).  DHCP is left out: every client asks from 0.0.0.0, so a network's devices
 # coming back after a power cut are one "source" of hundreds of requests.
 DISCOVERY_PORTS = (137, 138, 427, 1900, 3702, 5353, 5355, 5683)
+BROADCAST_MAC = 0xFFFF_FFFF_FFFF  # a network's broadcast: every host takes each frame in, whatever its port
+DHCP_PORTS = (67, 68)
 ROUTER_ADVERTISEMENT = 134  # ICMPv6: a router announcing itself and its prefixes (THC-IPv6's flood_router6 forges them)
 # ICMPv6 neighbour discovery and multicast listener messages (MLD query, report, done; router solicitation and
 # advertisement, neighbour solicitation and advertisement; MLDv2 report) to every node, every router or every MLDv2
@@ -111,7 +113,7 @@ def _port_table(ports: tuple[int, ...]) -> np.ndarray:
 
 
 _REFLECTION, _WEB, _DISCOVERY = _port_table(REFLECTION_PORTS), _port_table(WEB_PORTS), _port_table(DISCOVERY_PORTS)
-_AMPLIFIER = _port_table(AMPLIFIER_PORTS)
+_AMPLIFIER, _DHCP = _port_table(AMPLIFIER_PORTS), _port_table(DHCP_PORTS)
 # A stream whose weight is below this was created by the packet (weight 1) or has been quiet for a few
 # half-lives of that weight's decay.
 NEW_STREAM_WEIGHT = 1.5
@@ -157,7 +159,8 @@ class Evidence:
     reflect_request: np.ndarray  # UDP to a reflection-prone service's port (REFLECTION_PORTS), no answer itself
     web_request: np.ndarray  # a request-sized TCP segment from a client port to a web server's port (WEB_PORTS)
     dns_query: np.ndarray  # UDP to port 53, no answer itself
-    group_chatter: np.ndarray  # discovery or control traffic to a group address (DISCOVERY_PORTS, LINK_CONTROL_TYPES)
+    group_chatter: np.ndarray  # discovery or control traffic to a group address (DISCOVERY_PORTS, broadcast UDP but DHCP,
+    # LINK_CONTROL_TYPES)
     icmp_error: np.ndarray  # an ICMP error to a host that has sent its sender nothing: it answers nothing (BlackNurse,
     # THC-IPv6's flood_unreach6 and toobig6)
     amplified: np.ndarray  # UDP from an amplifying service's port (AMPLIFIER_PORTS), unicast, on a socket pair its
@@ -285,7 +288,9 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     reflect_request = udp & _REFLECTION[packets.dport] & ~reply
     dns_query = udp & (packets.dport == 53) & ~reply
     to_group = ((packets.dst_mac >> np.uint64(40)) & np.uint64(1)).astype(bool)
-    group_chatter = udp & _DISCOVERY[packets.dport] & ~packets.frag
+    # (broadcast: anything but DHCP, where every client asks from 0.0.0.0; nothing streams to every host of a network)
+    broadcast = (packets.dst_mac == np.uint64(BROADCAST_MAC)) & ~_DHCP[packets.dport]
+    group_chatter = udp & (_DISCOVERY[packets.dport] | broadcast) & ~packets.frag
     link_control = (packets.proto == 58) & np.isin(packets.icmp_type, LINK_CONTROL_TYPES)
     if link_control.any():
         to_link = (packets.dst_ip_hi == np.uint64(LINK_GROUPS_HI)) & np.isin(packets.dst_ip_lo, LINK_GROUPS_LO)

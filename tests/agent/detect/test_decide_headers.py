@@ -1206,10 +1206,10 @@ def icmp6(ts, icmp_type: int, size: int = 118) -> PacketBatch:
 
 
 @pytest.mark.parametrize("group, port", [("224.0.0.251", 5353), ("239.255.255.250", 1900), ("224.0.0.252", 5355),
-                                         ("255.255.255.255", 137)])  # fmt: skip
+                                         ("255.255.255.255", 137), ("255.255.255.255", 9999)])  # fmt: skip
 def test_a_flood_of_discovery_traffic_at_a_group_convicts_its_sender(group, port):
-    """One host flooding the link's discovery groups (mDNS, SSDP, LLMNR, NetBIOS's broadcasts) with 342-byte datagrams
-    through one socket, 1,000 a second: every host on the link takes each in.  Group traffic is nobody's answer and
+    """One host flooding the link's discovery groups (mDNS, SSDP, LLMNR, NetBIOS's broadcasts) or its broadcast address
+    at any port with 342-byte datagrams through one socket, 1,000 a second: every host on the link takes each in.  Group traffic is nobody's answer and
     the model never judges it (scores benign), so only the headers tell: its sender, within a second."""
     n = 3000
     ts = T0 + np.arange(n) / 1000.0
