@@ -1345,3 +1345,20 @@ def test_rsts_that_refuse_nothing_are_a_flood_and_refusals_are_not():
     refusals = batch(ts + 0.0001, BOARD, attacker, sport=81, dport=sports, flags=RSTACK, size=54)
     verdicts, _ = run(join(syns, refusals))
     assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_syn", "203.0.113.67")]
+
+
+def test_a_udp_flood_at_a_service_that_answers_every_datagram_is_still_a_flood():
+    """Mirai's udp flood with its dport option at a service of the board that answers whatever it gets (an echo
+    service, a SIP stack refusing junk): 1,000 datagrams a second from new source ports, each answered.  Answered
+    through a new socket pair per datagram, only a DNS client converses (the Pi-hole tests): this is a flood."""
+    rng = np.random.default_rng(43)
+    n = 3000
+    ts = T0 + np.arange(n) / 1000.0
+    bot = ip(203, 0, 113, 50)
+    for port in (7, 5060):
+        ports = rng_ports(rng, n)
+        flood = batch(ts, bot, BOARD, proto=17, sport=ports, dport=port, size=554)
+        answers = batch(ts + 0.0003, BOARD, bot, proto=17, sport=port, dport=ports, size=342)
+        verdicts, _ = run(join(flood, answers))
+        assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udp", "203.0.113.50")]
+        assert verdicts[0].latency < 1.0
