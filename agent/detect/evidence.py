@@ -104,16 +104,18 @@ LINK_GROUPS_LO = (0x1, 0x2, 0x16)
 UDP_PROBE_BYTES = 256  # nmap's largest UDP probe payload is a 244-byte DHCP request
 
 
-def _port_table(ports: tuple[int, ...]) -> np.ndarray:
-    """A lookup table over the 65,536 ports (and -1, no port, at the end): True at ``ports``.  One gather per
-    packet, where np.isin compares every packet with every port."""
-    table = np.zeros(65537, dtype=bool)
+def _port_table(ports: tuple[int, ...], size: int = 65536) -> np.ndarray:
+    """A lookup table over the 65,536 ports (or ``size`` values: 256 ICMP types), and -1 (none) at the end: True at
+    ``ports``.  One gather per packet, where np.isin compares every packet with every port."""
+    table = np.zeros(size + 1, dtype=bool)
     table[list(ports)] = True
     return table
 
 
 _REFLECTION, _WEB, _DISCOVERY = _port_table(REFLECTION_PORTS), _port_table(WEB_PORTS), _port_table(DISCOVERY_PORTS)
-_AMPLIFIER, _DHCP = _port_table(AMPLIFIER_PORTS), _port_table(DHCP_PORTS)
+_AMPLIFIER, _DHCP, _GRE_FLOOD = _port_table(AMPLIFIER_PORTS), _port_table(DHCP_PORTS), _port_table(GRE_FLOODS)
+_ICMP_ERROR, _ICMPV6_ERROR, _LINK_CONTROL = (_port_table(types, 256) for types in (ICMP_ERRORS, ICMPV6_ERRORS,
+                                                                                    LINK_CONTROL_TYPES))
 # A stream whose weight is below this was created by the packet (weight 1) or has been quiet for a few
 # half-lives of that weight's decay.
 NEW_STREAM_WEIGHT = 1.5
@@ -262,7 +264,7 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     zero_window = syn_no_ack & (packets.tcp_win == 0) & (packets.tcp_hdr_len == 40)
     udp = packets.proto == 17  # a fragmented datagram's later fragments too: all of a flood's volume
     bare_ack = tcp & ((flags & 0x3F) == ACK) & (packets.payload_len == 0)
-    icmp_error = v4 & np.isin(packets.icmp_type, ICMP_ERRORS) | v6 & np.isin(packets.icmp_type, ICMPV6_ERRORS)
+    icmp_error = v4 & _ICMP_ERROR[packets.icmp_type] | v6 & _ICMPV6_ERROR[packets.icmp_type]
     if features is None:
         new_socket = udp_probe = one_way = two_way = reply = ack_back = np.zeros(len(packets), dtype=bool)
         icmp_error = np.zeros(len(packets), dtype=bool)
@@ -284,22 +286,22 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         udp_probe = udp & probe_sized & known_host & opens_socket_pair(features) & ~reply  # (a refused answer: none)
         if icmp_error.any():  # (a router answering for a host beyond it: a few a second, rate-limited by every kernel)
             icmp_error &= ~(features[:, HOST_MAGNITUDE] > features[:, HOST_MEAN] * (1 + 1e-6))
-    tunnel = (packets.proto == 47) & np.isin(packets.gre_proto, GRE_FLOODS)
+    tunnel = (packets.proto == 47) & _GRE_FLOOD[packets.gre_proto]
     reflect_request = udp & _REFLECTION[packets.dport] & ~reply
     dns_query = udp & (packets.dport == 53) & ~reply
     to_group = ((packets.dst_mac >> np.uint64(40)) & np.uint64(1)).astype(bool)
     # (broadcast: anything but DHCP, where every client asks from 0.0.0.0; nothing streams to every host of a network)
     broadcast = (packets.dst_mac == np.uint64(BROADCAST_MAC)) & ~_DHCP[packets.dport]
     group_chatter = udp & (_DISCOVERY[packets.dport] | broadcast) & ~packets.frag
-    link_control = (packets.proto == 58) & np.isin(packets.icmp_type, LINK_CONTROL_TYPES)
+    link_control = (packets.proto == 58) & _LINK_CONTROL[packets.icmp_type]
     if link_control.any():
         to_link = (packets.dst_ip_hi == np.uint64(LINK_GROUPS_HI)) & np.isin(packets.dst_ip_lo, LINK_GROUPS_LO)
         group_chatter |= link_control & (to_link | (packets.icmp_type == ROUTER_ADVERTISEMENT))
-    if group_chatter.any():
-        group_chatter &= to_group | to_group_address(packets)
     amplified = one_way & _AMPLIFIER[packets.sport]
-    if amplified.any():
-        amplified &= ~(to_group | to_group_address(packets))
+    if group_chatter.any() or amplified.any():
+        grouped = to_group | to_group_address(packets)
+        group_chatter &= grouped
+        amplified &= ~grouped
     web_request = (ack & (packets.payload_len > 0) & (packets.payload_len <= WEB_REQUEST_BYTES)
                    & _WEB[packets.dport] & (packets.sport >= 1024))  # fmt: skip
     return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, zero_window, opener | echo,
