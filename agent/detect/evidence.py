@@ -67,9 +67,10 @@ from agent.util import hash_words
 ECHO_REQUESTS, ECHO_REPLIES = (8, 128), (0, 129)  # ICMP, ICMPv6
 UNREACHABLE = (3, 1)  # ICMP, ICMPv6 destination unreachable
 TIME_EXCEEDED = (11, 3)  # ICMP, ICMPv6
-# ICMP errors (destination unreachable, source quench, redirect, time exceeded, parameter problem; ICMPv6's
-# unreachable, packet too big, time exceeded, parameter problem): each answers a packet its receiver sent.
-ICMP_ERRORS, ICMPV6_ERRORS = (3, 4, 5, 11, 12), (1, 2, 3, 4)
+# ICMP errors (destination unreachable, source quench, redirect, parameter problem; ICMPv6's unreachable, packet too
+# big, parameter problem): each answers a packet its receiver sent.  (Time exceeded is left out: every router on a
+# traceroute's path answers its probes, none of them asked by the tracer.)
+ICMP_ERRORS, ICMPV6_ERRORS = (3, 4, 5, 12), (1, 2, 4)
 GRE_FLOODS = (0x0800, 0x6558)  # what Mirai's greip and greeth carry: IPv4, Ethernet
 # UDP services that answer a small request with more, or with many datagrams, and so serve reflection floods: the
 # attacker forges the victim's address as the source of its requests (CERT's TA14-017A list and the vectors found

@@ -1309,7 +1309,8 @@ def test_answers_to_the_boards_own_requests_are_no_reflection_flood():
 def test_icmp_errors_that_answer_nothing_are_a_flood_and_answers_to_a_flood_are_not():
     """BlackNurse: ICMP port unreachable at the board, 2,000 a second, from a host the board never sent anything (the
     model scores ICMP benign): a flood, its sender convicted within a second.  A victim answering the board's own UDP
-    flood with as many unreachables (a stack without rate limits) answers: only the board is convicted."""
+    flood with as many unreachables (a stack without rate limits) answers: only the board is convicted.  Routers
+    answering traceroutes (time exceeded) answer probes sent to somebody else: no flood."""
     n = 4000
     ts = T0 + np.arange(n) / 2000.0
     attacker = ip(203, 0, 113, 66)
@@ -1325,6 +1326,14 @@ def test_icmp_errors_that_answer_nothing_are_a_flood_and_answers_to_a_flood_are_
     refused.port_kind[:] = PORT_ICMP
     verdicts, _ = run(join(flood, refused))
     assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udp", "10.0.0.5")]
+    # Three traceroutes of 30 hops at once (16 probes in flight, 3 per hop): 270 time exceeded within 1.5 s from 30
+    # routers, none of which the board sent anything.
+    routers = (ip(100, 64, 0, 1) + np.arange(30)).repeat(9).astype(np.uint64)
+    traced = T0 + 10 + np.sort(rng.uniform(0, 1.5, 270))
+    hops = batch(traced, routers, BOARD, proto=1, sport=-1, dport=-1, icmp_type=11, size=110)
+    hops.port_kind[:] = PORT_ICMP
+    verdicts, _ = run(hops)
+    assert verdicts == []
 
 
 def test_rsts_that_refuse_nothing_are_a_flood_and_refusals_are_not():
