@@ -471,9 +471,9 @@ class DecisionLayer:
             mostly_dns = shares[asking, x("dns_query")] >= 0.5 * udp[asking]
             waiting = srcs["t"][asking] - srcs["episode"][asking] < cfg.answer_wait_s  # (a router's burst of queries)
             talking[asking] |= (forwarder[asking] | waiting) & mostly_dns
-        # A header UDP flood draws a new socket pair per datagram: in conversation so, only a DNS client is (a query from
-        # a new port each, answered); a flood at a board's service that answers every datagram (an echo, a SIP stack
-        # refusing junk) is a flood however answered.
+        # A header UDP flood draws a new socket pair per datagram: in conversation so, only a DNS client is (a query
+        # from a new port each, answered); a flood at a board's service that answers every datagram (an echo, a SIP
+        # stack refusing junk) is a flood however answered.
         asking_dns = talking & (shares[:, x("dns_query")] >= 0.5 * (udp - shares[:, x("answered")]))  # (of its own)
         first = np.zeros(len(packets), dtype=bool)  # a never-seen source's first packet (in key order)
         first[srcs["seg"].start[srcs["state"][:, self.sources.col["count"]] == 0]] = True

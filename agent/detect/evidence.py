@@ -44,9 +44,9 @@ options the attacker chose (payload size, ports, TTL, ToS, ...):
   data from a client port to 80, 443, 8080, ...): what an HTTP flood sends, request after request;
 * frames to a group MAC address (multicast, broadcast): streams and announcements, at nobody in particular;
   among them discovery and control traffic to a group address (mDNS, SSDP, LLMNR, WS-Discovery, NetBIOS, CoAP,
-  SLP; any UDP to the network's broadcast address but DHCP; ICMPv6 neighbour discovery and multicast listener messages to every node or router), which
-  every host on the link takes in, and of which a device sends a few a second at most: floods of it hit every host
-  at once (THC-IPv6's flood tools);
+  SLP; any UDP to the network's broadcast address but DHCP; ICMPv6 neighbour discovery and multicast listener
+  messages to every node or router), which every host on the link takes in, and of which a device sends a few a
+  second at most: floods of it hit every host at once (THC-IPv6's flood tools);
 * for UDP, which opens nothing: a probe-sized datagram (a scanner's probes are empty or a protocol's
   smallest request) to a host its sender already talks with, through a socket pair it opens (a UDP port
   scan tries one port after another of one host), and refusals: ICMP destination unreachable (a closed
@@ -79,8 +79,8 @@ GRE_FLOODS = (0x0800, 0x6558)  # what Mirai's greip and greeth carry: IPv4, Ethe
 # DNS and SNMP are left out: a home's own clients ask a Pi-hole or an agent of its monitoring many times a second.
 REFLECTION_PORTS = (17, 19, 69, 111, 123, 137, 389, 427, 520, 1900, 3283, 3702, 5351, 5683, 10001, 11211, 32414,
                     37810)  # fmt: skip
-# Services whose answers amplify a request (REFLECTION_PORTS, and DNS and SNMP, the largest amplifiers of all): datagrams
-# from these ports that answer nothing their receiver sent are a reflection flood's at a forged victim.
+# Services whose answers amplify a request (REFLECTION_PORTS, and DNS and SNMP, the largest amplifiers of all):
+# datagrams from these ports that answer nothing their receiver sent are a reflection flood's at a forged victim.
 AMPLIFIER_PORTS = (*REFLECTION_PORTS, 53, 161)
 # Web servers, which an HTTP flood over persistent connections (GoldenEye, HULK, wrk, ab -k; Mirai's own http attack
 # keeps its connections) sends request after request; an IoT board serves its web UI on one of these.
@@ -162,8 +162,8 @@ class Evidence:
     reflect_request: np.ndarray  # UDP to a reflection-prone service's port (REFLECTION_PORTS), no answer itself
     web_request: np.ndarray  # a request-sized TCP segment from a client port to a web server's port (WEB_PORTS)
     dns_query: np.ndarray  # UDP to port 53, no answer itself
-    group_chatter: np.ndarray  # discovery or control traffic to a group address (DISCOVERY_PORTS, broadcast UDP but DHCP,
-    # LINK_CONTROL_TYPES)
+    group_chatter: np.ndarray  # discovery or control traffic to a group address (DISCOVERY_PORTS, broadcast UDP but
+    # DHCP, LINK_CONTROL_TYPES)
     icmp_error: np.ndarray  # an ICMP error to a host that has sent its sender nothing: it answers nothing (BlackNurse,
     # THC-IPv6's flood_unreach6 and toobig6)
     amplified: np.ndarray  # UDP from an amplifying service's port (AMPLIFIER_PORTS), unicast, on a socket pair its
@@ -236,6 +236,12 @@ def bare_rst(packets: PacketBatch) -> np.ndarray:
     return tcp & ((packets.tcp_flags & (RST | SYN | FIN | PSH | URG)) == RST) & (packets.payload_len == 0)
 
 
+def _heard_back(features: np.ndarray, mean: int, magnitude: int) -> np.ndarray:
+    """Per packet: the other end of its stream (socket pair or host pair: the columns ``mean`` and ``magnitude`` of
+    that stream, at one decay) has sent on it too: the magnitude sqrt(mean^2 + reverse mean^2) exceeds the mean."""
+    return features[:, magnitude] > features[:, mean] * (1 + 1e-6)
+
+
 def opens_socket_pair(features: np.ndarray) -> np.ndarray:
     """Per packet (its 115 features): the packet created its socket pair's stream (or the pair had been quiet
     for minutes)."""
@@ -270,7 +276,7 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         new_socket = udp_probe = one_way = two_way = reply = ack_back = np.zeros(len(packets), dtype=bool)
         icmp_error = np.zeros(len(packets), dtype=bool)
     else:
-        heard_back = features[:, SOCKET_MAGNITUDE] > features[:, SOCKET_MEAN] * (1 + 1e-6)
+        heard_back = _heard_back(features, SOCKET_MEAN, SOCKET_MAGNITUDE)
         # A RST on a socket pair whose other end never sent on it refuses nothing: an RST flood's (hping3 -R), TCP
         # without SYN as an ack flood's.
         unsolicited_rst = rst & ~heard_back
@@ -285,8 +291,8 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         known_host = features[:, HOST_WEIGHT] >= NEW_STREAM_WEIGHT
         probe_sized = (packets.payload_len <= UDP_PROBE_BYTES) & ~packets.frag
         udp_probe = udp & probe_sized & known_host & opens_socket_pair(features) & ~reply  # (a refused answer: none)
-        if icmp_error.any():  # (a router answering for a host beyond it: a few a second, rate-limited by every kernel)
-            icmp_error &= ~(features[:, HOST_MAGNITUDE] > features[:, HOST_MEAN] * (1 + 1e-6))
+        if icmp_error.any():  # (only to a host that has sent the error's sender nothing, which it could answer)
+            icmp_error &= ~_heard_back(features, HOST_MEAN, HOST_MAGNITUDE)
     tunnel = (packets.proto == 47) & _GRE_FLOOD[packets.gre_proto]
     reflect_request = udp & _REFLECTION[packets.dport] & ~reply
     dns_query = udp & (packets.dport == 53) & ~reply

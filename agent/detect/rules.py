@@ -358,8 +358,8 @@ def group_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     ICMPv6 neighbour discovery) at a flood's rate (``flood_rate``, ``group_flood_min_packets`` recent), nearly all of
     the key's packets: every host on the link takes each one in.  A device sends a few such packets a second (a phone's
     discovery burst, a router's advertisement every few seconds); a flood of them is an attack on the whole link
-    (THC-IPv6's flood_router6, the SSDP flood of Kitsune's dataset, a forged victim's M-SEARCHes that every device
-    answers) or a broken device's storm.  They open no connection, so the closest class is the UDP flood (through one
+    (THC-IPv6's flood_router6, a forged victim's M-SEARCHes that every device answers: the SSDP floods of IoT
+    datasets) or a broken device's storm.  They open no connection, so the closest class is the UDP flood (through one
     socket pair with a kernel's IP ids, udpplain: ``_udp_class``, where the table tracks them)."""
     x = t.extras.index
     hot, label, conf, rows, shares = _cold(r, r["extra_weight"][:, x("group")] >= cfg.group_flood_min_packets, _UDP)
