@@ -191,7 +191,8 @@ class Evidence:
 
 
 # What a later fragment takes from its datagram's first fragment: the facts of the transport header.
-INHERITED = ("syn_only", "ack", "syn_odd", "udp", "echo", "tunnel", "new_socket", "one_way", "amplified")
+INHERITED = ("syn_only", "ack", "syn_odd", "udp", "echo", "tunnel", "new_socket", "one_way", "amplified",
+             "group_chatter")
 
 
 def datagram_heads(packets: PacketBatch) -> np.ndarray | None:

@@ -1286,6 +1286,16 @@ def test_a_reflection_flood_at_the_board_is_caught_at_the_board_from_its_reflect
     assert [(v.kind, v.label, v.victim_ip, v.proto, v.basis) for v in verdicts] == [
         ("spoofed", "mirai_udp", "10.0.0.5", 17, "headers")]
     assert verdicts[0].latency < 1.0
+    # DNS answers of 3 kB (EDNS, ANY): each a first fragment and two later ones, which carry no UDP header.
+    heads = flood.take(np.flatnonzero(flood.sport == 53)) if port == 53 else None
+    if heads is not None:
+        later = [heads.take(slice(None)) for _ in range(2)]
+        for k, part in enumerate(later):
+            part.ts[:] += 0.00001 * (k + 1)
+            part.frag[:], part.sport[:], part.dport[:], part.wire_len[:] = True, -1, -1, 1514
+        verdicts, _ = run(join(heads, *later))
+        assert [(v.kind, v.label, v.victim_ip, v.basis) for v in verdicts] == [
+            ("spoofed", "mirai_udp", "10.0.0.5", "headers")]
 
 
 def test_answers_to_the_boards_own_requests_are_no_reflection_flood():
