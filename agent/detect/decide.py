@@ -282,6 +282,7 @@ class _Chunk:
     src_key: np.ndarray
     forged: np.ndarray  # source address = destination address (LAND): forged, never its source's
     out_of_sequence: np.ndarray  # TCP with numbers no stream of its socket pair would carry
+    fresh: np.ndarray  # through a socket pair new (or quiet) for it, or with TCP numbers no stream of it carries
     light_src: np.ndarray | None = None  # from a source too light to be a flood on its own (targets)
     new_source: np.ndarray | None = None  # from a source seen for the first time, or forged (sources)
     verdicts: list[Verdict] = field(default_factory=list)
@@ -401,7 +402,13 @@ class DecisionLayer:
         probe |= self._ack_probes(packets, ev, features) & ~forged
         ev.unsolicited(ev.synack & ~self._tried(packets, ev.synack, answers=True),
                        ev.echo_reply & ~self._tried(packets, ev.echo_reply, answers=True))
-        out_of_sequence, acknowledges = self._sequence_check(packets, (ev.ack & ~ev.new_socket) | ev.ack_back)
+        # (TCP on a pair quiet for a second is checked too where its other end has sent on it: a connection resumed)
+        resumed = ev.ack & ev.new_socket & ev.tcp_two_way
+        out_of_sequence, acknowledges = self._sequence_check(packets, (ev.ack & ~ev.new_socket) | resumed | ev.ack_back)
+        # Fresh: through a socket pair fresh for it, or with TCP numbers no stream of the pair would carry.  A
+        # connection's segments after a pause (a slowloris client's header line every 10 s, a server's tiny segments
+        # to a slow reader, both ends closing hundreds at once) continue their stream: not fresh.
+        fresh = (ev.new_socket & ~resumed) | out_of_sequence
         # RSTs and SYN-ACKs answer somebody (a victim refusing a flood's or a scan's packets, a scanner's kernel
         # refusing the SYN-ACKs its raw probes drew), and so does a bare ACK of data the other end sent (a server
         # acknowledging a slowloris client's header line every 10 s on each of 500 connections, which the model
@@ -432,13 +439,12 @@ class DecisionLayer:
         reconnect = ev.syn_only & ~probe & ~forged
         reconnect &= opens_socket_pair(features) if features is not None else False
         return _Chunk(packets, scores, ev, ev.shape(), anomalous, probe, sweep, full_options, full_probe, kernel_probe,
-                      reconnect, src_key, forged, out_of_sequence)
+                      reconnect, src_key, forged, out_of_sequence, fresh)
 
     def _judge_sources(self, c: _Chunk) -> tuple[dict, np.ndarray]:
         """Sources (and the pairs of the ones not convicted yet); the class each packet's source is convicted of."""
         packets, cfg = c.packets, self.cfg
-        # Fresh: through a socket pair fresh for it, or with TCP numbers no stream of the pair would carry.
-        fresh = c.ev.new_socket | c.out_of_sequence
+        fresh = c.fresh
         id_jump = self._ip_id_jumps(packets, c.ev.udp & ~c.ev.new_socket & (packets.l3 == L3_IPV4))
         traced, answered = c.ev.time_exceeded, c.ev.reply
         extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst,
@@ -520,7 +526,7 @@ class DecisionLayer:
         packets, cfg = c.packets, self.cfg
         heavy = rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
         c.light_src = ~self.sources.per_packet(srcs, heavy) | c.forged  # (a forged source is as good as new)
-        textra = _columns(c.shape, c.ev.new_socket, c.new_source, c.light_src, c.ev.reply, c.ev.web_request,
+        textra = _columns(c.shape, c.fresh, c.new_source, c.light_src, c.ev.reply, c.ev.web_request,
                           c.ev.dns_query, c.ev.group_chatter, c.ev.amplified)
         # A target's answers count for it: a resolver answering a Pi-hole's bursts of queries is no flood's victim.
         tgt_key = _target_key(packets.dst_ip_hi, packets.dst_ip_lo, packets.proto)
@@ -609,7 +615,7 @@ class DecisionLayer:
         addresses) shows only in what one Ethernet sender puts on the wire.  Labels go into both arrays."""
         packets, cfg = c.packets, self.cfg
         light_tgt = ~self.targets.per_packet(tgts, rate(tgts, cfg.half_life_s) >= cfg.flood_rate)
-        scattered = c.light_src & light_tgt & c.shaped & (c.ev.new_socket | c.new_source) & (labels < 0)
+        scattered = c.light_src & light_tgt & c.shaped & (c.fresh | c.new_source) & (labels < 0)
         rows = np.flatnonzero(scattered)
         if not len(rows):
             return

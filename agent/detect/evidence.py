@@ -164,6 +164,7 @@ class Evidence:
     dns_query: np.ndarray  # UDP to port 53, no answer itself
     group_chatter: np.ndarray  # discovery or control traffic to a group address (DISCOVERY_PORTS, broadcast UDP but
     # DHCP, LINK_CONTROL_TYPES)
+    tcp_two_way: np.ndarray  # TCP on a socket pair whose other end has sent on it (without features: unknown, False)
     icmp_error: np.ndarray  # an ICMP error to a host that has sent its sender nothing: it answers nothing (BlackNurse,
     # THC-IPv6's flood_unreach6 and toobig6)
     amplified: np.ndarray  # UDP from an amplifying service's port (AMPLIFIER_PORTS), unicast, on a socket pair its
@@ -275,7 +276,7 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     icmp_error = v4 & _ICMP_ERROR[packets.icmp_type] | v6 & _ICMPV6_ERROR[packets.icmp_type]
     if features is None:
         new_socket = udp_probe = one_way = two_way = reply = ack_back = np.zeros(len(packets), dtype=bool)
-        icmp_error = np.zeros(len(packets), dtype=bool)
+        icmp_error = tcp_two_way = np.zeros(len(packets), dtype=bool)
     else:
         heard_back = _heard_back(features, SOCKET_MEAN, SOCKET_MAGNITUDE)
         # A RST on a socket pair whose other end never sent on it refuses nothing: an RST flood's (hping3 -R), TCP
@@ -284,6 +285,7 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         if unsolicited_rst.any():
             rst, ack = rst & ~unsolicited_rst, ack | unsolicited_rst
         one_way = udp & ~heard_back
+        tcp_two_way = tcp & heard_back
         ack_back = bare_ack & heard_back
         new_socket = features[:, RECENT_SOCKET_WEIGHT] < NEW_STREAM_WEIGHT
         two_way = udp & heard_back
@@ -315,5 +317,5 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, zero_window, opener | echo,
                     synack | echo_reply | icmp(TIME_EXCEEDED), echo_reply, synack, rst,
                     udp_probe, icmp(UNREACHABLE), one_way, icmp(TIME_EXCEEDED), two_way, reply,
-                    to_group, bare_ack, ack_back, reflect_request, web_request, dns_query, group_chatter, icmp_error,
-                    amplified)  # fmt: skip
+                    to_group, bare_ack, ack_back, reflect_request, web_request, dns_query, group_chatter, tcp_two_way,
+                    icmp_error, amplified)  # fmt: skip
