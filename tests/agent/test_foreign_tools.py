@@ -1,13 +1,12 @@
 """Real attack tools against a board in network namespaces: does ``python -m agent detect`` see them?
 
 Our own synthesiser writes attacks the way we think they look; these tests use the tools attackers use.
-What is real here: nmap, hping3, masscan, ab, curl, hydra and THC-IPv6 (the Debian packages) build and send their
-own packets from an attacker namespace over a veth pair; the board namespace's kernel answers as a board would (an HTTP/1.1
-web server on 80, a telnet login on 23 that refuses every password, an SSDP service on UDP 1900 answering each
-M-SEARCH three times, the rest reset, one echo replier in a /24 of absent hosts behind the board); tcpdump
-captures on the board's side of the link, as the agent would;
-``python -m agent detect --jsonl`` judges the capture in a separate process.  Nothing in the packets comes
-from this file.
+What is real here: nmap, hping3, masscan, ab, curl, hydra, slowhttptest and THC-IPv6 (the Debian packages) build
+and send their own packets from an attacker namespace over a veth pair; the board namespace's kernel answers as a
+board would (an HTTP/1.1 web server on 80, a telnet login on 23 that refuses every password, an SSDP service on
+UDP 1900 answering each M-SEARCH three times, the rest reset, one echo replier in a /24 of absent hosts behind the
+board); tcpdump captures on the board's side of the link, as the agent would; ``python -m agent detect --jsonl``
+judges the capture in a separate process.  Nothing in the packets comes from this file.
 
 Each attack is recorded once (a module-scoped, parametrised fixture) and checked three ways:
 ``test_attack_is_reported``: a verdict names the attacker (or, for spoofed sources, the board as the
@@ -48,7 +47,8 @@ SWEPT_NET = "10.198.5.0/24"  # behind the board: absent hosts, but their packets
 SWEPT_ALIVE = "10.198.5.7"  # the one host of SWEPT_NET that answers (an address of the board)
 MAX_LATENCY_S = 1.0
 DEBS = {"tcpdump": "tcpdump", "hping3": "hping3", "nmap": "nmap", "masscan": "masscan", "curl": "curl",
-        "ping": "iputils-ping", "ab": "apache2-utils", "hydra": "hydra", "atk6-flood_router26": "thc-ipv6"}  # fmt: skip
+        "ping": "iputils-ping", "ab": "apache2-utils", "hydra": "hydra", "atk6-flood_router26": "thc-ipv6",
+        "slowhttptest": "slowhttptest"}  # fmt: skip
 
 
 def _missing(*tools: str) -> str | None:
@@ -389,21 +389,31 @@ def run_masscan(lab: Lab, dump: Tcpdump, argv: list[str]) -> None:
 
 
 def run_for(seconds: float) -> Callable[[Lab, Tcpdump, list[str]], None]:
-    """A runner for tools that flood until interrupted (THC-IPv6's): ``seconds`` of it, then SIGINT."""
+    """A runner for tools that attack until interrupted or their own end (THC-IPv6's, slowhttptest): ``seconds`` of
+    it, then SIGINT (a tool that ended by itself must have ended well)."""
 
     def run(lab: Lab, _dump: Tcpdump, argv: list[str]) -> None:
         proc = subprocess.Popen(lab.attacker_cmd(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             time.sleep(seconds)
-            assert proc.poll() is None, f"{argv[0]} stopped early ({proc.returncode}): {proc.stderr.read()[-1000:]!r}"
-            proc.send_signal(signal.SIGINT)
-            proc.wait(5)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(5)
+            failed = f"{argv[0]} failed ({proc.returncode}): {proc.stderr.read()[-1000:]!r}"
+            assert proc.returncode in (0, -signal.SIGINT), failed
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(5)
 
     return run
+
+
+def _slowhttp(mode: str) -> Callable[[Lab], list[str]]:
+    """slowhttptest in ``mode`` (-H slowloris, -B slow POST): 500 connections opened at 400 a second, each fed a header
+    line or a body byte every 2 s, for at most 30 s."""
+    return lambda lab: ["slowhttptest", mode, "-c", "500", "-r", "400", "-i", "2", "-l", "30",
+                        "-u", f"http://{lab.board_ip}/index.html"]  # fmt: skip
 
 
 def _hping(*args: str) -> Callable[[Lab], list[str]]:
@@ -524,6 +534,12 @@ ATTACKS = [
     Attack("nmap-ping-sweep", "nmap", _nmap("-sn", target=lambda lab: SWEPT_NET), SCAN),
     Attack("nmap-udp-scan", "nmap", _nmap("-sU", "--top-ports", "100", "--max-retries", "1"), SCAN, proto=17),
     Attack("masscan-syn-scan", "masscan", _masscan, SCAN, runner=run_masscan),
+    # Slow HTTP attacks hold hundreds of connections open; when they end (slowloris stopped after 6 s; the board's
+    # server refuses the slow POSTs), hundreds close at once and the board answers each (a burst of FIN-ACKs on pairs
+    # quiet for seconds, once taken for an ack flood of the board's).
+    Attack("slowhttptest-slowloris", "slowhttptest", _slowhttp("-H"), frozenset({"mirai_syn"}),
+           runner=run_for(6.0)),
+    Attack("slowhttptest-slow-post", "slowhttptest", _slowhttp("-B"), frozenset({"mirai_syn"}), runner=run_for(6.0)),
     # Router advertisements from forged routers (a new MAC and link-local address each, 17 prefixes and routes
     # apiece) to every node of the link: each host configures addresses and routes for every one.
     Attack("thc-ipv6-router-advertisement-flood", "atk6-flood_router26",

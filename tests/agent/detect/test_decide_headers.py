@@ -1381,3 +1381,29 @@ def test_a_udp_flood_at_a_service_that_answers_every_datagram_is_still_a_flood()
         verdicts, _ = run(join(flood, answers))
         assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udp", "203.0.113.50")]
         assert verdicts[0].latency < 1.0
+
+
+def test_connections_closed_at_once_after_a_pause_are_no_ack_flood():
+    """A slowloris client holds 400 connections to the board's web server, a header line on each every few seconds;
+    when it stops, its kernel closes all 400 at once and the board answers each with its own FIN-ACK, within half a
+    second, on socket pairs quiet for seconds: the board's segments continue their connections (in sequence, the
+    other end has sent on each pair), no ack flood of the board's, nor a flood from its MAC at many hosts."""
+    n = 400
+    client, sports = ip(203, 0, 113, 70), 40000 + np.arange(n)
+    cseq, sseq = 1000 + 7 * np.arange(n), 90000 + 11 * np.arange(n)  # each connection's numbers after its handshake
+    t0 = T0 + np.arange(n) / 400.0
+    parts = [batch(t0, client, BOARD, sport=sports, dport=80, flags=SYN, seq=cseq - 1, size=74),
+             batch(t0 + 0.0002, BOARD, client, sport=80, dport=sports, flags=SYNACK, seq=sseq - 1, ack=cseq, size=74),
+             batch(t0 + 0.0004, client, BOARD, sport=sports, dport=80, flags=ACK, seq=cseq, ack=sseq, size=66)]
+    for k in range(3):  # a header line every 5 s, acknowledged
+        tk = t0 + 1 + 5 * k
+        line = batch(tk, client, BOARD, sport=sports, dport=80, flags=PSHACK, seq=cseq + 20 * k, ack=sseq, size=86)
+        line.payload_len[:] = 20
+        parts += [line, batch(tk + 0.0002, BOARD, client, sport=80, dport=sports, flags=ACK, seq=sseq,
+                              ack=cseq + 20 * (k + 1), size=66)]  # fmt: skip
+    close = T0 + 20 + np.arange(n) / 1000.0
+    parts += [batch(close, client, BOARD, sport=sports, dport=80, flags=FIN | ACK, seq=cseq + 60, ack=sseq, size=66),
+              batch(close + 0.0002, BOARD, client, sport=80, dport=sports, flags=FIN | ACK, seq=sseq, ack=cseq + 61,
+                    size=66)]  # fmt: skip
+    verdicts, _ = run(join(*parts))
+    assert [(v.kind, v.src_ip) for v in verdicts if v.src_ip != "203.0.113.70"] == []
