@@ -402,12 +402,14 @@ class DecisionLayer:
         probe |= self._ack_probes(packets, ev, features) & ~forged
         ev.unsolicited(ev.synack & ~self._tried(packets, ev.synack, answers=True),
                        ev.echo_reply & ~self._tried(packets, ev.echo_reply, answers=True))
-        # (TCP on a pair quiet for a second is checked too where its other end has sent on it: a connection resumed)
-        resumed = ev.ack & ev.new_socket & ev.tcp_two_way
+        # (TCP on a pair quiet for a second is checked too where a server resumes it, from its service's port, lower
+        # than its client's, the other end having sent on the pair: it answers its client)
+        resumed = ev.ack & ev.new_socket & ev.tcp_two_way & (packets.sport < packets.dport)
         out_of_sequence, acknowledges = self._sequence_check(packets, (ev.ack & ~ev.new_socket) | resumed | ev.ack_back)
-        # Fresh: through a socket pair fresh for it, or with TCP numbers no stream of the pair would carry.  A
-        # connection's segments after a pause (a slowloris client's header line every 10 s, a server's tiny segments
-        # to a slow reader, both ends closing hundreds at once) continue their stream: not fresh.
+        # Fresh: through a socket pair fresh for it, or with TCP numbers no stream of the pair would carry.  A server's
+        # segments after a pause (its FIN-ACKs when a slowloris tool closes hundreds of connections at once, tiny
+        # segments to slow readers) continue their streams: not fresh.  A client's after a pause (a slowloris header
+        # line every 10 s on each connection) still are.
         fresh = (ev.new_socket & ~resumed) | out_of_sequence
         # RSTs and SYN-ACKs answer somebody (a victim refusing a flood's or a scan's packets, a scanner's kernel
         # refusing the SYN-ACKs its raw probes drew), and so does a bare ACK of data the other end sent (a server
