@@ -421,6 +421,12 @@ class DecisionLayer:
             scores = scores.copy()
             scores[answers] = np.eye(N_CLASSES)[0]
             anomalous = np.where(answers, 0.0, anomalous)
+        # A server's segments continuing connections its clients keep up (from its service's port, the lower, in
+        # sequence, the client having sent on the pair) serve them: however unusual their pace (an MQTT broker's
+        # PUBACKs to a publisher of a thousand messages a second, tiny segments to a slow reader), no anomaly of
+        # the server's.
+        serving = ev.ack & ev.tcp_two_way & (packets.sport < packets.dport) & ~out_of_sequence
+        anomalous = np.where(serving, 0.0, anomalous)
         # Probes: openers (SYNs, stealth scans' FIN/NULL/Xmas, echo requests; an ACK scan's ACKs) to a destination
         # host and port their sender had not tried.  A sweep is made of short, empty ones: scanners send SYNs with no
         # TCP options or one and no data, while Mirai's SYN flood at a subnet or at random ports, which tries new hosts

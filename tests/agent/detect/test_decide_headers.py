@@ -1407,3 +1407,23 @@ def test_connections_closed_at_once_after_a_pause_are_no_ack_flood():
                     size=66)]  # fmt: skip
     verdicts, _ = run(join(*parts))
     assert not [v for v in verdicts if v.src_ip == "10.0.0.5" or v.src_mac == "02:00:0a:00:00:05"], verdicts
+
+
+def test_a_server_keeping_up_with_its_clients_is_no_anomaly():
+    """The board as an MQTT broker: a publisher sends 500 messages a second over one connection, the board answers
+    each with a PUBACK, in sequence.  The anomaly detector finds every packet of both unusual (it never learned such a
+    pace): the publisher, whose traffic it is, may be reported as anomalous; the board, serving it from its service's
+    port, is not."""
+    n = 3000
+    ts = T0 + np.arange(n) / 500.0
+    publisher = ip(192, 168, 1, 30)
+    k = np.arange(n)
+    publish = batch(ts, publisher, BOARD, sport=45000, dport=1883, flags=PSHACK, seq=1000 + 60 * k, ack=5000 + 4 * k,
+                    size=126)  # fmt: skip
+    publish.payload_len[:] = 60
+    puback = batch(ts + 0.0003, BOARD, publisher, sport=1883, dport=45000, flags=PSHACK, seq=5000 + 4 * k,
+                   ack=1000 + 60 * (k + 1), size=70)  # fmt: skip
+    puback.payload_len[:] = 4
+    both = join(publish, puback)
+    verdicts, _ = run(both, anomaly=np.full(len(both), 5.0))
+    assert [(v.label, v.src_ip) for v in verdicts] == [("anomaly", "192.168.1.30")]
