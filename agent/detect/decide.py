@@ -404,8 +404,12 @@ class DecisionLayer:
                        ev.echo_reply & ~self._tried(packets, ev.echo_reply, answers=True))
         # (TCP on a pair quiet for a second is checked too where a server resumes it, from its service's port, lower
         # than its client's, the other end having sent on the pair: it answers its client)
-        resumed = ev.ack & ev.new_socket & ev.tcp_two_way & (packets.sport < packets.dport)
-        out_of_sequence, acknowledges = self._sequence_check(packets, (ev.ack & ~ev.new_socket) | resumed | ev.ack_back)
+        server = ev.ack & ev.tcp_two_way & (packets.sport < packets.dport)
+        out_of_sequence, acknowledges, known = self._sequence_check(
+            packets, (ev.ack & ~ev.new_socket) | (server & ev.new_socket) | ev.ack_back)
+        # (a stream to continue: a flood at random ports revisits pairs its victim refused, with numbers of its own)
+        continuing = server & known & ~out_of_sequence
+        resumed = continuing & ev.new_socket
         # Fresh: through a socket pair fresh for it, or with TCP numbers no stream of the pair would carry.  A server's
         # segments after a pause (its FIN-ACKs when a slowloris tool closes hundreds of connections at once, tiny
         # segments to slow readers) continue their streams: not fresh.  A client's after a pause (a slowloris header
@@ -425,8 +429,7 @@ class DecisionLayer:
         # sequence, the client having sent on the pair) serve them: however unusual their pace (an MQTT broker's
         # PUBACKs to a publisher of a thousand messages a second, tiny segments to a slow reader), no anomaly of
         # the server's.
-        serving = ev.ack & ev.tcp_two_way & (packets.sport < packets.dport) & ~out_of_sequence
-        anomalous = np.where(serving, 0.0, anomalous)
+        anomalous = np.where(continuing, 0.0, anomalous)
         # Probes: openers (SYNs, stealth scans' FIN/NULL/Xmas, echo requests; an ACK scan's ACKs) to a destination
         # host and port their sender had not tried.  A sweep is made of short, empty ones: scanners send SYNs with no
         # TCP options or one and no data, while Mirai's SYN flood at a subnet or at random ports, which tries new hosts
@@ -725,17 +728,18 @@ class DecisionLayer:
         order = argsort_keys(key, self.sources._sort)
         return idx[order], key[order], Segments.from_sorted(key[order])
 
-    def _sequence_check(self, packets: PacketBatch, ack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _sequence_check(self, packets: PacketBatch, ack: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per packet (of ``ack``: TCP without SYN or RST): whether its numbers do not continue its socket pair's
-        stream, and whether it acknowledges new data (its acknowledgement number moved on, less than 16 MB).
+        stream, whether it acknowledges new data (its acknowledgement number moved on, less than 16 MB), and whether
+        there was a stream to continue (the pair's previous packet in its direction is remembered).
         Out of sequence: the same sequence number again with data (a flood that never advances it: Mirai's ack
         with a fixed seqnum, its stomp), or a sequence or acknowledgement number more than 16 MB off (random per
         packet: Mirai's ack by default), where no receive window reaches.  A socket pair's first packet is in
         sequence and acknowledges nothing new."""
-        out, moved_on = np.zeros(len(packets), dtype=bool), np.zeros(len(packets), dtype=bool)
+        out, moved_on, known = (np.zeros(len(packets), dtype=bool) for _ in range(3))
         idx = np.flatnonzero(ack)
         if not len(idx):
-            return out, moved_on
+            return out, moved_on, known
         p = packets
         idx, key, seg = self._by_socket_pair(packets, idx)
         slots, _ = self.sequences.lookup(key[seg.start], p.ts[idx][seg.start])
@@ -762,7 +766,8 @@ class DecisionLayer:
         self.sequences.t_last[slots] = p.ts[idx][seg.last]
         out[idx] = odd
         moved_on[idx] = with_ack & (prev_ack >= 0) & (acked != prev_ack) & ~off(acked, prev_ack)
-        return out, moved_on
+        known[idx] = prev_seq >= 0
+        return out, moved_on, known
 
     def _ack_probes(self, packets: PacketBatch, ev: Evidence, features: np.ndarray | None) -> np.ndarray:
         """Per packet: an ACK scan's probe (nmap -sA, maps a firewall): a bare, empty ACK with no TCP options,
