@@ -93,6 +93,7 @@ class DecisionConfig:
     syn_flood_min_packets: int = 50  # ...and so many recent ones
     small_udp_flood_rate: float = 1000.0  # one source's small datagrams/s that nothing answers: a flood through...
     small_udp_max_bytes: float = 300.0  # ...one socket (udpplain), when they average at most this many bytes a frame
+    fragment_flood_rate: float = 2000.0  # one source's frames/s of fragmented datagrams through one socket, one-way
     connect_flood_rate: float = 100.0  # one source's SYNs a second to services it tried before: an HTTP flood...
     connect_flood_min: int = 150  # ...with so many recent SYNs behind it
     flood_new_socket_share: float = 0.8  # share through fresh socket pairs (random ports) or out of sequence; not for
@@ -135,6 +136,9 @@ class DecisionConfig:
     # A key's datagrams in conversation: answers (which count for their receiver) make up this share of them, i.e. at
     # least two of three are answered (a Pi-hole's queries all are; a server refusing a flood answers some, slowly).
     answered_share: float = 0.4
+    # A media stream (Evidence.media) from a source sending fewer packets a second than this: no model UDP flood
+    # verdict (a 4K camera's 25 Mbit/s is 2,300 datagrams a second).
+    stream_max_rate: float = 5000.0
     # Anomaly verdicts: most recent packets anomalous (only when an anomaly detector runs).
     anomaly_share: float = 0.8
     anomaly_min_packets: int = 20
@@ -302,7 +306,7 @@ class DecisionLayer:
 
     SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst", "one_way", "traced",
                      "reconnect", "full_probe", "kernel_probe", "answered", "two_way", "reflect",
-                     "web_request", "dns_query", "group")
+                     "web_request", "dns_query", "group", "media", "fragment")
     TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "answered", "web_request",
                      "dns_query", "group", "amplified")
     PAIR_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "full_probe", "kernel_probe")
@@ -460,7 +464,8 @@ class DecisionLayer:
         traced, answered = c.ev.time_exceeded, c.ev.reply
         extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst,
                          c.ev.one_way, traced, c.reconnect, c.full_probe, c.kernel_probe, answered,
-                         c.ev.two_way, c.ev.reflect_request, c.ev.web_request, c.ev.dns_query, c.ev.group_chatter)
+                         c.ev.two_way, c.ev.reflect_request, c.ev.web_request, c.ev.dns_query, c.ev.group_chatter,
+                         c.ev.media, packets.frag)
         # A router's time exceeded, and a datagram answering one, count for the source whose packet they answer (their
         # receiver), as benign: a traceroute's small datagrams to ever new ports look like a UDP flood at random ports
         # to the model, and so do a Pi-hole's bursts of queries to its resolver.
@@ -488,6 +493,11 @@ class DecisionLayer:
             mostly_dns = shares[asking, x("dns_query")] >= 0.5 * udp[asking]
             waiting = srcs["t"][asking] - srcs["episode"][asking] < cfg.answer_wait_s  # (a router's burst of queries)
             talking[asking] |= (forwarder[asking] | waiting) & mostly_dns
+        # A media stream (Evidence.media) below a flood's rate: a camera's RTP video.  The model finds udpplain in a
+        # stream of large datagrams through one socket pair; nothing in a packet's 115 features tells them apart, the
+        # spread of their sizes does.
+        streaming = ((udp > 0) & (shares[:, x("media")] >= 0.9 * udp)
+                     & (rate(srcs, self.sources.half_life_s) < cfg.stream_max_rate))  # fmt: skip
         # A header UDP flood draws a new socket pair per datagram: in conversation so, only a DNS client is (a query
         # from a new port each, answered); a flood at a board's service that answers every datagram (an echo, a SIP
         # stack refusing junk) is a flood however answered.
@@ -501,7 +511,7 @@ class DecisionLayer:
         # of a flood at its subnet).
         flood_print = c.ev.mirai_syn & ~c.new_source
         rules = [
-            (_unless(_unless_udp(model_rule(srcs, cfg, self.sources), talking), calm), "model"),
+            (_unless(_unless_udp(model_rule(srcs, cfg, self.sources), talking | streaming), calm), "model"),
             (fingerprint_rule(c.ev.mirai_scan[srcs["order"]]), "headers"),
             (_unless(fingerprint_rule(flood_print[srcs["order"]], _SYN), calm), "headers"),
             (_unless(_unless_udp(flood_rule(srcs, self.sources, cfg, one_source=True), asking_dns), calm), "headers"),
@@ -520,11 +530,12 @@ class DecisionLayer:
         # Pairs: the model's flood classes (scans are judged by source) for sources not convicted of the class
         # already; a pair's verdict counts as its source's, so the source does not report the class again.
         # Only sources whose recent attack-scored packets could convict a pair are followed (a pair holds at
-        # most its source's packets): benign sources and convicted ones cost nothing here.
+        # most its source's packets): benign sources and convicted ones cost nothing here.  A media stream's packets
+        # are left out (a camera's video beside a flood of its own at another host: the flood's pair is judged).
         attack_mass = (srcs["avg"] * srcs["weight"][:, None]).max(axis=1)
         rows = np.flatnonzero((self.sources.per_packet(srcs, attack_mass) >= cfg.threshold * cfg.min_packets)
                               & (labels < 0) & self.sources.per_packet(srcs, calm)
-                              & ~(self.sources.per_packet(srcs, talking) & c.ev.udp))  # fmt: skip
+                              & ~(self.sources.per_packet(srcs, talking) & c.ev.udp) & ~c.ev.media)  # fmt: skip
         if len(rows):
             self._judge_pairs(packets, c.scores, extra, rows, srcs, labels, c.verdicts)
         return srcs, labels

@@ -128,6 +128,15 @@ HOST_MEAN, HOST_MAGNITUDE = COLUMNS.index("HH_L0.01_mean"), COLUMNS.index("HH_L0
 # has sent nothing on the pair (the reverse mean is kept from its last own packet, whatever the decay rate).
 SOCKET_MEAN = COLUMNS.index("HpHp_L0.01_mean")
 SOCKET_MAGNITUDE = COLUMNS.index("HpHp_L0.01_magnitude")
+RECENT_SOCKET_MEAN, RECENT_SOCKET_STD = COLUMNS.index("HpHp_L1_mean"), COLUMNS.index("HpHp_L1_std")
+# A media stream's datagrams: their sizes on the socket pair spread by this share of their mean (a video frame's
+# packets are full-size but its last; a flood's datagrams are one size, its len option).
+MEDIA_SIZE_SPREAD = 0.05
+# ...and between two hosts in their first 0.1 s or so, too soon to tell (a video's key frame is dozens of full-size
+# datagrams in a row): their weight at a 0.2 s half-life is still this share of their weight at 100 s (a steady
+# stream's share is 0.85 at 0.1 s, 0.72 at 0.2 s; a flood's first 0.1 s convict nothing yet).
+HOST_SHORT_WEIGHT = COLUMNS.index("HH_L5_weight")
+MEDIA_YOUNG_SHARE = 0.85
 
 
 @dataclass
@@ -169,6 +178,10 @@ class Evidence:
     # THC-IPv6's flood_unreach6 and toobig6)
     amplified: np.ndarray  # UDP from an amplifying service's port (AMPLIFIER_PORTS), unicast, on a socket pair its
     # receiver never sent on: an answer to nobody's request, a reflection flood's at the forged victim
+    media: np.ndarray  # one-way UDP shaped like a media stream (a camera's RTP video): sizes on its socket pair that
+    # vary, or too early between its two hosts to tell.  A flood's datagrams have one size (Mirai's len option,
+    # hping3's -d).  (One-size feeds, MPEG-TS's 7 x 188 bytes, stay the model's: a bot that talked with its victim
+    # before, as most do, floods what its victim asked for in a way.)
 
     SHAPES = ("syn_only", "ack", "udp", "portless", "syn_odd")
 
@@ -276,7 +289,7 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     icmp_error = v4 & _ICMP_ERROR[packets.icmp_type] | v6 & _ICMPV6_ERROR[packets.icmp_type]
     if features is None:
         new_socket = udp_probe = one_way = two_way = reply = ack_back = np.zeros(len(packets), dtype=bool)
-        icmp_error = tcp_two_way = np.zeros(len(packets), dtype=bool)
+        icmp_error = tcp_two_way = media = np.zeros(len(packets), dtype=bool)
     else:
         heard_back = _heard_back(features, SOCKET_MEAN, SOCKET_MAGNITUDE)
         # A RST on a socket pair whose other end never sent on it refuses nothing: an RST flood's (hping3 -R), TCP
@@ -296,6 +309,10 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         udp_probe = udp & probe_sized & known_host & opens_socket_pair(features) & ~reply  # (a refused answer: none)
         if icmp_error.any():  # (only to a host that has sent the error's sender nothing, which it could answer)
             icmp_error &= ~_heard_back(features, HOST_MEAN, HOST_MAGNITUDE)
+        # (later fragments carry no ports: their own socket pair's sizes say nothing of the datagrams')
+        varied = features[:, RECENT_SOCKET_STD] > MEDIA_SIZE_SPREAD * features[:, RECENT_SOCKET_MEAN]
+        young = features[:, HOST_SHORT_WEIGHT] >= MEDIA_YOUNG_SHARE * features[:, HOST_WEIGHT]
+        media = one_way & ~packets.frag & ~new_socket & (varied | young)  # (a stream is one socket pair, used again)
     tunnel = (packets.proto == 47) & _GRE_FLOOD[packets.gre_proto]
     reflect_request = udp & _REFLECTION[packets.dport] & ~reply
     dns_query = udp & (packets.dport == 53) & ~reply
@@ -318,4 +335,4 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
                     synack | echo_reply | icmp(TIME_EXCEEDED), echo_reply, synack, rst,
                     udp_probe, icmp(UNREACHABLE), one_way, icmp(TIME_EXCEEDED), two_way, reply,
                     to_group, bare_ack, ack_back, reflect_request, web_request, dns_query, group_chatter, tcp_two_way,
-                    icmp_error, amplified)  # fmt: skip
+                    icmp_error, amplified, media)  # fmt: skip

@@ -213,10 +213,16 @@ def flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: bool) -> 
         # Small datagrams through one socket pair, faster than a thousand a second, and nothing ever sent back on
         # it: Mirai's udpplain with short payloads (no benign stream of that shape: a QUIC download's ACKs are
         # answered by the download itself, a camera's one-way video is large datagrams, a call's 50 a second).
+        # Datagrams too large for one frame, one-way through one socket pair, in more frames a second than a 4K
+        # camera's video (24 Mbit/s): a flood of 4,000-byte datagrams (Gafgyt's udp with its packet size option set
+        # large; the model, which learned frames of a single datagram, finds them benign).
         one_way = np.clip((shares[:, t.extras.index("one_way")]) / kept, 0.0, 1.0)
         mean_bytes = 1000.0 * shares[:, t.extras.index("kbytes")] / kept
-        small_udp = ((shape == _UDP_SHAPE) & (one_way >= 0.9) & (mean_bytes <= cfg.small_udp_max_bytes)
-                     & (rate(r, t.half_life_s) * kept >= cfg.small_udp_flood_rate))  # fmt: skip
+        fragmented = shares[:, t.extras.index("fragment")] / kept >= 0.4  # (two frames or more a datagram)
+        fast = rate(r, t.half_life_s) * kept
+        small_udp = ((shape == _UDP_SHAPE) & (one_way >= 0.9)
+                     & (((mean_bytes <= cfg.small_udp_max_bytes) & (fast >= cfg.small_udp_flood_rate))
+                        | (fragmented & (fast >= cfg.fragment_flood_rate))))  # fmt: skip
         fresh_enough |= small_udp
     min_packets, min_rate = np.full(len(shape), float(cfg.flood_min_packets)), np.full(len(shape), cfg.flood_rate)
     if one_source and "fresh" in t.extras:

@@ -703,7 +703,9 @@ def test_a_udp_flood_through_one_socket_is_named_by_its_ip_ids(ids, named):
                       "counting": (4000 + np.arange(n)) % (1 << 16)}[ids]  # fmt: skip
     verdicts, labels = run(flood, scores=scan_scores(n, "mirai_udpplain"))
     assert [(v.label, v.src_ip) for v in verdicts] == [(named, "62.181.91.112")]
-    assert (labels == LABELS.index(named)).mean() > 0.95
+    # (its first 0.1 s could be a media stream's start: Evidence.media)
+    assert verdicts[0].latency < 0.15
+    assert (labels == LABELS.index(named)).mean() > 0.92
 
 
 def test_an_ack_flood_with_rst_among_its_flags_is_a_flood_and_bare_rsts_answer():
@@ -784,6 +786,18 @@ def test_large_datagrams_fragmented_through_one_socket_pair_are_no_flood():
     heads = batch(ts, ip(192, 168, 1, 30), ip(192, 168, 1, 10), proto=17, sport=5004, dport=5004, size=1514)
     verdicts, _ = run(fragmented(heads))
     assert verdicts == []
+
+
+def test_large_datagrams_fragmented_through_one_socket_pair_at_a_floods_pace_are_a_flood():
+    """Gafgyt's udp flood with a 4,000-byte packet size, through one socket to port 80 of the board: 1,000 datagrams
+    a second in 3,000 frames, nothing back.  The model finds such frames benign; the headers name the flood."""
+    n = 4000
+    ts = T0 + np.arange(n) / 1000.0
+    heads = batch(ts, ip(192, 168, 1, 66), BOARD, proto=17, sport=41234, dport=80, size=1514)
+    heads.ip_id[:] = (7000 + np.arange(n)) % (1 << 16)
+    verdicts, _ = run(fragmented(heads))
+    assert [(v.src_ip, v.basis) for v in verdicts] == [("192.168.1.66", "headers")]
+    assert verdicts[0].label in ("mirai_udp", "mirai_udpplain") and verdicts[0].latency < 1.0
 
 
 def udp_scores(n: int) -> np.ndarray:
@@ -1427,3 +1441,26 @@ def test_a_server_keeping_up_with_its_clients_is_no_anomaly():
     both = join(publish, puback)
     verdicts, _ = run(both, anomaly=np.full(len(both), 5.0))
     assert [(v.label, v.src_ip) for v in verdicts] == [("anomaly", "192.168.1.30")]
+
+
+def plain_scores(n: int) -> np.ndarray:
+    s = np.full((n, len(LABELS)), 0.002)
+    s[:, LABELS.index("mirai_udpplain")] = 0.99
+    return s
+
+
+def test_a_video_stream_is_no_udpplain_flood_however_the_model_scores_it_and_datagrams_of_one_size_are():
+    """Large datagrams through one socket pair, nothing back on it, look like udpplain to the model, packet by packet.
+    A camera's RTP video varies in size (a frame's last packet is short); a flood's datagrams are one size (Mirai's
+    len option)."""
+    rng = np.random.default_rng(31)
+    viewer = ip(192, 168, 1, 20)
+    n = 6000
+    ts = T0 + np.arange(n) / 1500.0
+    sizes = np.where(rng.random(n) < 0.15, rng.integers(100, 1400, n), 1442)
+    video = batch(ts, BOARD, viewer, proto=17, sport=5004, dport=50000, size=sizes)
+    assert run(video, scores=plain_scores(n))[0] == []
+    flood = batch(ts, BOARD, viewer, proto=17, sport=5004, dport=50000, size=1442)
+    verdicts, _ = run(flood, scores=plain_scores(n))
+    assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_udpplain", "model", "10.0.0.5")]
+    assert verdicts[0].latency < 0.2  # (its first 0.1 s could be a video's key frame)
