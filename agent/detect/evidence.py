@@ -309,10 +309,15 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         udp_probe = udp & probe_sized & known_host & opens_socket_pair(features) & ~reply  # (a refused answer: none)
         if icmp_error.any():  # (only to a host that has sent the error's sender nothing, which it could answer)
             icmp_error &= ~_heard_back(features, HOST_MEAN, HOST_MAGNITUDE)
-        # (later fragments carry no ports: their own socket pair's sizes say nothing of the datagrams')
-        varied = features[:, RECENT_SOCKET_STD] > MEDIA_SIZE_SPREAD * features[:, RECENT_SOCKET_MEAN]
-        young = features[:, HOST_SHORT_WEIGHT] >= MEDIA_YOUNG_SHARE * features[:, HOST_WEIGHT]
-        media = one_way & ~packets.frag & ~new_socket & (varied | young)  # (a stream is one socket pair, used again)
+        # (a stream is one socket pair, used again; later fragments carry no ports: their own socket pair's sizes say
+        # nothing of the datagrams')
+        media = one_way & ~packets.frag & ~new_socket
+        rows = np.flatnonzero(media)
+        if len(rows):
+            f = features[rows]
+            varied = f[:, RECENT_SOCKET_STD] > MEDIA_SIZE_SPREAD * f[:, RECENT_SOCKET_MEAN]
+            young = f[:, HOST_SHORT_WEIGHT] >= MEDIA_YOUNG_SHARE * f[:, HOST_WEIGHT]
+            media[rows] = varied | young
     tunnel = (packets.proto == 47) & _GRE_FLOOD[packets.gre_proto]
     reflect_request = udp & _REFLECTION[packets.dport] & ~reply
     dns_query = udp & (packets.dport == 53) & ~reply
