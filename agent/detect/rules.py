@@ -84,6 +84,12 @@ def model_rule(r: dict, cfg: DecisionConfig, t: "Tracked | None" = None, floods_
     comes from the headers where one shape dominates (``_closest_by_shape``)."""
     best, conf = _argmax_rows(r["avg"], skip=_SCAN - 1 if floods_only else None)
     attack = 1 + best
+    # Mirai's udp and udpplain overlap (its udp flood with both ports set is one socket pair, as udpplain's): the model
+    # splits a flood's scores between them (Gafgyt's 512-byte flood through one socket: 80% and 15%, neither class's
+    # average at the threshold for two seconds).  Together they say "a UDP flood"; which one, the headers say.
+    is_udp = (attack == _UDP) | (attack == _UDPPLAIN)
+    if is_udp.any():
+        conf = np.where(is_udp, np.maximum(conf, r["avg"][:, _UDP - 1] + r["avg"][:, _UDPPLAIN - 1]), conf)
     hot = (r["weight"] >= cfg.min_packets) & (conf >= cfg.threshold)
     if t is not None and "sweep" in t.extras:
         probing = sweeping(r, t)
