@@ -1464,3 +1464,17 @@ def test_a_video_stream_is_no_udpplain_flood_however_the_model_scores_it_and_dat
     verdicts, _ = run(flood, scores=plain_scores(n))
     assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_udpplain", "model", "10.0.0.5")]
     assert verdicts[0].latency < 0.2  # (its first 0.1 s could be a video's key frame)
+
+
+def test_a_udp_flood_whose_scores_the_model_splits_between_udp_and_udpplain_is_still_a_flood():
+    """Mirai's two UDP floods overlap; the model may give a one-socket flood 55% udpplain and 40% udp, packet after
+    packet, so that neither class alone reaches the threshold.  Together they do; the headers name it (a kernel's
+    counting IP ids through one socket: udpplain)."""
+    n = 3000
+    flood = batch(T0 + np.arange(n) / 1000.0, ip(192, 168, 1, 66), BOARD, proto=17, sport=41234, dport=80, size=554)
+    flood.ip_id[:] = (100 + np.arange(n)) % (1 << 16)
+    scores = np.full((n, len(LABELS)), 0.01)
+    scores[:, LABELS.index("mirai_udpplain")], scores[:, LABELS.index("mirai_udp")] = 0.55, 0.4
+    verdicts, _ = run(flood, scores=scores)
+    assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_udpplain", "model", "192.168.1.66")]
+    assert verdicts[0].latency < 0.3
