@@ -304,3 +304,32 @@ def arp_frames(n: int, *, src_mac, dst_mac, pad: bool = False, **arp: object) ->
 def multicast_mac(group_ip: int) -> int:
     """The Ethernet address of an IPv4 multicast group (01:00:5e + low 23 bits)."""
     return 0x01005E000000 | (int(group_ip) & 0x7FFFFF)
+
+
+IP_MF = 0x2000  # IPv4 flags_fragment: more fragments
+
+
+def ipv4_fragments(frames: Frames, mtu: int = 1500) -> list[Frames]:
+    """IPv4 datagrams of one length too large for ``mtu``, each split as a sender's kernel does: the pieces, in
+    order, as one Frames per piece position (piece k of every datagram), each with its own total length, fragment
+    offset, MF flag and header checksum."""
+    lengths = np.unique(frames.length)
+    if len(lengths) != 1:
+        raise ValueError("ipv4_fragments splits datagrams of one length")
+    ip_at, n = ETHERNET.size, len(frames)
+    data_len = int(lengths[0]) - ip_at - IPV4.size  # the datagram's bytes after its IP header
+    step = (mtu - IPV4.size) // 8 * 8
+    pieces = []
+    for offset in range(0, data_len, step):
+        size = min(step, data_len - offset)
+        rows = np.concatenate([frames.rows[:, : ip_at + IPV4.size],
+                               frames.rows[:, ip_at + IPV4.size + offset : ip_at + IPV4.size + offset + size]],
+                              axis=1)  # fmt: skip
+        more = IP_MF if offset + size < data_len else 0
+        _put16(rows, ip_at + IPV4.offset("total_len"), np.full(n, IPV4.size + size, dtype=np.uint64))
+        _put16(rows, ip_at + IPV4.offset("flags_fragment"), np.full(n, more | offset // 8, dtype=np.uint64))
+        _put16(rows, ip_at + IPV4.offset("checksum"), np.zeros(n, dtype=np.uint64))
+        header = rows[:, ip_at : ip_at + IPV4.size]
+        _put16(rows, ip_at + IPV4.offset("checksum"), ~ones_complement_sum(header) & np.uint64(0xFFFF))
+        pieces.append(Frames(np.ascontiguousarray(rows), np.full(n, rows.shape[1], dtype=np.int64)))
+    return pieces
