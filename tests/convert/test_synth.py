@@ -1062,3 +1062,25 @@ def test_option_domains_cover_every_field():
     assert default_options("mirai_syn").df and not default_options("mirai_ack").df
     assert default_options("mirai_ack").acknum is None and default_options("mirai_syn").acknum == 0
     assert RST not in (default_options(k).tcp_flags for k in APPLIES)
+
+
+def test_ipv4_fragments_split_a_datagram_as_a_kernel_does_and_parse_back():
+    """A 4,000-byte UDP datagram in 1,500-byte fragments: three frames, the first with the UDP header, the later
+    ones marked as later fragments, 8-byte aligned offsets, the datagram's bytes all there, valid checksums."""
+    from agent.capture.packets import FrameBatch, DecodeStats
+    from agent.capture.parse import parse_frames
+    from convert.synth.frames import ipv4_fragments, ones_complement_sum, udp_frames
+
+    payload = np.arange(4000, dtype=np.int64).astype(np.uint8)[None, :].repeat(2, axis=0)
+    whole = udp_frames(2, sport=40000, dport=80, payload=payload, src_ip=0xC0A80142, dst_ip=0xC0A80132,
+                       src_mac=1, dst_mac=2, ip_id=7)  # fmt: skip
+    pieces = ipv4_fragments(whole)
+    assert [len(p) for p in pieces] == [2, 2, 2] and [int(p.length[0]) for p in pieces] == [1514, 1514, 1082]
+    ip_bytes = [p.rows[0, 14 : p.length[0]] for p in pieces]
+    assert all(ones_complement_sum(b[None, :20])[0] == 0xFFFF for b in ip_bytes)  # header checksums hold
+    offsets = [int.from_bytes(b[6:8].tobytes(), "big") for b in ip_bytes]
+    assert offsets == [0x2000, 0x2000 | 185, 370]  # MF on all but the last; offsets in 8-byte units
+    assert b"".join(b[20:].tobytes() for b in ip_bytes) == whole.rows[0, 34 : whole.length[0]].tobytes()
+    frames = [p.rows[0, : p.length[0]].tobytes() for p in pieces]
+    packets = parse_frames(FrameBatch.from_frames(frames, [0.0, 0.001, 0.002]), DecodeStats())
+    assert packets.frag.tolist() == [False, True, True] and packets.dport[0] == 80
