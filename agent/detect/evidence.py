@@ -313,10 +313,9 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         # nothing of the datagrams')
         media = one_way & ~packets.frag & ~new_socket
         rows = np.flatnonzero(media)
-        if len(rows):
-            f = features[rows]
-            varied = f[:, RECENT_SOCKET_STD] > MEDIA_SIZE_SPREAD * f[:, RECENT_SOCKET_MEAN]
-            young = f[:, HOST_SHORT_WEIGHT] >= MEDIA_YOUNG_SHARE * f[:, HOST_WEIGHT]
+        if len(rows):  # (four columns of those rows, not whole rows)
+            varied = features[rows, RECENT_SOCKET_STD] > MEDIA_SIZE_SPREAD * features[rows, RECENT_SOCKET_MEAN]
+            young = features[rows, HOST_SHORT_WEIGHT] >= MEDIA_YOUNG_SHARE * features[rows, HOST_WEIGHT]
             media[rows] = varied | young
     tunnel = (packets.proto == 47) & _GRE_FLOOD[packets.gre_proto]
     reflect_request = udp & _REFLECTION[packets.dport] & ~reply
