@@ -41,7 +41,6 @@ from agent.detect.evidence import (
     inherit_headers,
     opens_socket_pair,
     packet_evidence,
-    to_group_address,
 )
 from agent.detect.rules import (
     EPHEMERAL_PORTS,
@@ -812,7 +811,7 @@ class DecisionLayer:
         SSDP M-SEARCH to 239.255.255.250:1900) from the port it comes from.  Every device offering the service answers
         it unicast, through a socket pair nobody opened, so the answers would count as their sender's own traffic."""
         p = packets
-        to_group = ev.udp & (ev.to_group | to_group_address(p))
+        to_group = ev.udp & ev.to_group
         out = np.zeros(len(p), dtype=bool)
         asked = np.flatnonzero(to_group)
         if not len(asked) and not len(self.group_requests):

@@ -165,7 +165,7 @@ class Evidence:
     reply: np.ndarray  # UDP, the first in its direction on a socket pair the other end opened: an answer (DNS, ...);
     # or any from a reflection-prone service's port (REFLECTION_PORTS) on a pair its client opened (SSDP answers 3
     # times, NTP's monlist 100 times)
-    to_group: np.ndarray  # to a group (multicast or broadcast) MAC address: a stream or an announcement, no victim
+    to_group: np.ndarray  # to a group (multicast or broadcast) MAC or IP address: a stream or an announcement, no victim
     bare_ack: np.ndarray  # TCP with the ACK flag alone and no data
     ack_back: np.ndarray  # a bare ACK on a TCP socket pair whose other end has sent on it (acknowledging its data?)
     reflect_request: np.ndarray  # UDP to a reflection-prone service's port (REFLECTION_PORTS), no answer itself
@@ -320,7 +320,9 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
     tunnel = (packets.proto == 47) & _GRE_FLOOD[packets.gre_proto]
     reflect_request = udp & _REFLECTION[packets.dport] & ~reply
     dns_query = udp & (packets.dport == 53) & ~reply
-    to_group = ((packets.dst_mac >> np.uint64(40)) & np.uint64(1)).astype(bool)
+    # (a group IP address too: captures without link headers show no MAC, and a packet is the same packet whatever
+    # link type it was captured with)
+    to_group = ((packets.dst_mac >> np.uint64(40)) & np.uint64(1)).astype(bool) | to_group_address(packets)
     # (broadcast: anything but DHCP, where every client asks from 0.0.0.0; nothing streams to every host of a network)
     broadcast = (packets.dst_mac == np.uint64(BROADCAST_MAC)) & ~_DHCP[packets.dport]
     group_chatter = udp & (_DISCOVERY[packets.dport] | broadcast) & ~packets.frag
@@ -329,10 +331,8 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         to_link = (packets.dst_ip_hi == np.uint64(LINK_GROUPS_HI)) & np.isin(packets.dst_ip_lo, LINK_GROUPS_LO)
         group_chatter |= link_control & (to_link | (packets.icmp_type == ROUTER_ADVERTISEMENT))
     amplified = one_way & _AMPLIFIER[packets.sport]
-    if group_chatter.any() or amplified.any():
-        grouped = to_group | to_group_address(packets)
-        group_chatter &= grouped
-        amplified &= ~grouped
+    group_chatter &= to_group
+    amplified &= ~to_group
     web_request = (ack & (packets.payload_len > 0) & (packets.payload_len <= WEB_REQUEST_BYTES)
                    & _WEB[packets.dport] & (packets.sport >= 1024))  # fmt: skip
     return Evidence(syn_only, ack, syn_odd, udp, echo, tunnel, new_socket, fingerprint, zero_window, opener | echo,
