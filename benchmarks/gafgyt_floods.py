@@ -61,6 +61,15 @@ def _ends(view: str) -> dict:
     return dict(src_ip=BOARD, dst_ip=VICTIM, src_mac=BOARD_MAC, dst_mac=GATEWAY_MAC)
 
 
+def _forged_sources(rng: np.random.Generator, n: int, own_ip: int, netmask: int) -> np.ndarray | int:
+    """Gafgyt's getRandomIP: the sender's own address with its last ``32 - netmask`` bits random per packet (netmask 0:
+    any address; 32: its own)."""
+    if netmask == 32:
+        return own_ip
+    keep = ~((1 << (32 - netmask)) - 1) & 0xFFFFFFFF
+    return (own_ip & keep) | rng.integers(0, 1 << (32 - netmask), n, dtype=np.uint64)
+
+
 def udp_flood(rng: np.random.Generator, n: int, view: str, size: int, port: int, netmask: int):
     """Gafgyt's sendUDP: (times relative to the start are the caller's) a list of Frames, one per fragment position."""
     from convert.synth.frames import ipv4_fragments, udp_frames
@@ -69,12 +78,12 @@ def udp_flood(rng: np.random.Generator, n: int, view: str, size: int, port: int,
     payload = np.broadcast_to(rng.integers(0, 256, size, dtype=np.uint8), (n, size))  # made once (makeRandomStr)
     if netmask == 32:  # a datagram socket: the kernel's source port, counting ids, DF where it fits
         dport = np.repeat(rng.integers(1, 65536, n // 11 + 1), 11)[:n] if port == 0 else port
-        frames = udp_frames(n, sport=int(rng.integers(32768, 61000)), dport=dport, payload=np.ascontiguousarray(payload),
+        frames = udp_frames(n, sport=int(rng.integers(32768, 61000)), dport=dport,
+                            payload=np.ascontiguousarray(payload),
                             ip_id=(int(rng.integers(0, 65536)) + np.arange(n)) % 65536, df=28 + size <= 1500,
                             **ends)  # fmt: skip
         return ipv4_fragments(frames) if 28 + size > 1500 else [frames]
-    host_bits = rng.integers(0, 1 << (32 - netmask), n, dtype=np.uint64) if netmask < 32 else 0
-    ends["src_ip"] = (ends["src_ip"] & ~((1 << (32 - netmask)) - 1) & 0xFFFFFFFF) | host_bits
+    ends["src_ip"] = _forged_sources(rng, n, ends["src_ip"], netmask)
     return [udp_frames(n, sport=rng.integers(0, 65536, n), dport=port or rng.integers(0, 65536, n),
                        payload=np.ascontiguousarray(payload), ip_id=rng.integers(0, 65536, n), ttl=255, **ends)]
 
@@ -84,9 +93,7 @@ def tcp_flood(rng: np.random.Generator, n: int, view: str, flags: str, psize: in
     from convert.synth.frames import tcp_frames
 
     ends = _ends(view)
-    if netmask < 32:
-        host_bits = rng.integers(0, 1 << (32 - netmask), n, dtype=np.uint64)
-        ends["src_ip"] = (ends["src_ip"] & ~((1 << (32 - netmask)) - 1) & 0xFFFFFFFF) | host_bits
+    ends["src_ip"] = _forged_sources(rng, n, ends["src_ip"], netmask)
     bits = sum(FLAGS.values()) if flags == "all" else sum(FLAGS[f] for f in flags.split(","))
     tcp = dict(sport=rng.integers(0, 65536, n), dport=int(rng.integers(1, 65536)), seq=rng.integers(0, 1 << 32, n),
                ack=0, flags=bits, window=int(rng.integers(0, 65536)))  # fmt: skip
@@ -111,7 +118,8 @@ def cases() -> list[tuple[Case, callable]]:
             for rate in (50.0, 1000.0, 20000.0):
                 for port in (80, 0):
                     name = f"udp size={size} port={port or 'hopping'} {rate:g}/s"
-                    out.append((Case(name, view, rate), lambda r, n, v=view, s=size, p=port: udp_flood(r, n, v, s, p, 32)))
+                    out.append((Case(name, view, rate),
+                                lambda r, n, v=view, s=size, p=port: udp_flood(r, n, v, s, p, 32)))
         for netmask in (0, 24):
             for size in (512, 1400):
                 out.append((Case(f"udp size={size} spoofed /{netmask}", view, 2000.0),
@@ -119,8 +127,9 @@ def cases() -> list[tuple[Case, callable]]:
         for flags in ("syn", "ack", "psh", "rst", "fin", "all", "ack,psh", "fin,ack", "syn,ack"):
             for netmask in (32, 0):
                 for psize in (0, 1024):
-                    out.append((Case(f"tcp flags={flags} psize={psize} {'spoofed' if netmask < 32 else 'own'}", view,
-                                     2000.0), lambda r, n, v=view, f=flags, p=psize, m=netmask: tcp_flood(r, n, v, f, p, m)))
+                    name = f"tcp flags={flags} psize={psize} {'spoofed' if netmask < 32 else 'own'}"
+                    out.append((Case(name, view, 2000.0),
+                                lambda r, n, v=view, f=flags, p=psize, m=netmask: tcp_flood(r, n, v, f, p, m)))
     for rate in (500.0, 1700.0):
         out.append((Case(f"benign: RTP video {rate * 1400 * 8 / 1e6:.0f} Mbit/s", "bot", rate, benign=True),
                     lambda r, n: rtp_video(r, n, "bot")))

@@ -496,7 +496,7 @@ class DecisionLayer:
         # stream of large datagrams through one socket pair; nothing in a packet's 115 features tells them apart, the
         # spread of their sizes does.
         streaming = ((udp > 0) & (shares[:, x("media")] >= 0.9 * udp)
-                     & (rate(srcs, self.sources.half_life_s) < cfg.stream_max_rate))  # fmt: skip
+                     & (rate(srcs, cfg.half_life_s) < cfg.stream_max_rate))  # fmt: skip
         # A header UDP flood draws a new socket pair per datagram: in conversation so, only a DNS client is (a query
         # from a new port each, answered); a flood at a board's service that answers every datagram (an echo, a SIP
         # stack refusing junk) is a flood however answered.

@@ -165,7 +165,7 @@ class Evidence:
     reply: np.ndarray  # UDP, the first in its direction on a socket pair the other end opened: an answer (DNS, ...);
     # or any from a reflection-prone service's port (REFLECTION_PORTS) on a pair its client opened (SSDP answers 3
     # times, NTP's monlist 100 times)
-    to_group: np.ndarray  # to a group (multicast or broadcast) MAC or IP address: a stream or an announcement, no victim
+    to_group: np.ndarray  # to a group (multicast, broadcast) MAC or IP address: a stream or an announcement, no victim
     bare_ack: np.ndarray  # TCP with the ACK flag alone and no data
     ack_back: np.ndarray  # a bare ACK on a TCP socket pair whose other end has sent on it (acknowledging its data?)
     reflect_request: np.ndarray  # UDP to a reflection-prone service's port (REFLECTION_PORTS), no answer itself

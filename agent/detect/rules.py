@@ -214,7 +214,7 @@ def flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: bool) -> 
     fresh_enough |= shape == _PORTLESS_SHAPE
     if one_source:
         fresh_enough |= (shape == 0) | (shape == _SYN_ODD_SHAPE)
-    small_udp = np.zeros(len(shape), dtype=bool)
+    one_socket_udp = np.zeros(len(shape), dtype=bool)
     if one_source and "one_way" in t.extras:
         # Small datagrams through one socket pair, faster than a thousand a second, and nothing ever sent back on
         # it: Mirai's udpplain with short payloads (no benign stream of that shape: a QUIC download's ACKs are
@@ -226,10 +226,10 @@ def flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: bool) -> 
         mean_bytes = 1000.0 * shares[:, t.extras.index("kbytes")] / kept
         fragmented = shares[:, t.extras.index("fragment")] / kept >= 0.4  # (two frames or more a datagram)
         fast = rate(r, t.half_life_s) * kept
-        small_udp = ((shape == _UDP_SHAPE) & (one_way >= 0.9)
-                     & (((mean_bytes <= cfg.small_udp_max_bytes) & (fast >= cfg.small_udp_flood_rate))
-                        | (fragmented & (fast >= cfg.fragment_flood_rate))))  # fmt: skip
-        fresh_enough |= small_udp
+        one_socket_udp = ((shape == _UDP_SHAPE) & (one_way >= 0.9)
+                          & (((mean_bytes <= cfg.small_udp_max_bytes) & (fast >= cfg.small_udp_flood_rate))
+                             | (fragmented & (fast >= cfg.fragment_flood_rate))))  # fmt: skip
+        fresh_enough |= one_socket_udp
     min_packets, min_rate = np.full(len(shape), float(cfg.flood_min_packets)), np.full(len(shape), cfg.flood_rate)
     if one_source and "fresh" in t.extras:
         # One source's SYNs again and again through the same socket pairs: a kernel retries a SYN after a second,
@@ -244,8 +244,8 @@ def flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: bool) -> 
         & fresh_enough
     )
     label = _SHAPE_LABELS[shape]
-    if small_udp.any():  # through one connected socket, as udpplain sends, unless the IP ids jump as a raw socket's
-        label = np.where(small_udp, _udp_class(shares, t.extras.index, share), label)
+    if one_socket_udp.any():  # through one connected socket, as udpplain sends, unless the IP ids jump as a raw one's
+        label = np.where(one_socket_udp, _udp_class(shares, t.extras.index, share), label)
     if one_source:
         probing = np.isin(shape, _PROBE_SHAPES) & (sweeping(r, t) >= 0.5 * share)
         label = np.where(probing, _SCAN, label)

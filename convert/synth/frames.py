@@ -189,6 +189,13 @@ def _put16(rows: np.ndarray, col: int, value: np.ndarray) -> None:
     rows[:, col + 1] = value & 0xFF
 
 
+def _fill_ipv4_checksum(rows: np.ndarray, at: int = 0) -> None:
+    """Write the header checksum of the IPv4 header at column ``at`` of every row (over its other fields)."""
+    col = at + IPV4.offset("checksum")
+    _put16(rows, col, np.zeros(len(rows), dtype=np.uint64))
+    _put16(rows, col, ~ones_complement_sum(rows[:, at : at + IPV4.size]) & np.uint64(0xFFFF))
+
+
 # ---------------------------------------------------------------- frame builders
 
 
@@ -225,7 +232,7 @@ def _ipv4_frames(
         IPV4, n, tos=tos, total_len=ip_len, ident=ip_id, flags_fragment=flags_fragment, ttl=ttl, proto=proto,
         src=src_ip, dst=dst_ip,
     )
-    _put16(ip, IPV4.offset("checksum"), ~ones_complement_sum(ip) & np.uint64(0xFFFF))
+    _fill_ipv4_checksum(ip)
     rows = np.concatenate([eth, ip, l4, payload], axis=1)
     if checksum_at is not None:
         start = ETHERNET.size + IPV4.size
@@ -328,8 +335,6 @@ def ipv4_fragments(frames: Frames, mtu: int = 1500) -> list[Frames]:
         more = IP_MF if offset + size < data_len else 0
         _put16(rows, ip_at + IPV4.offset("total_len"), np.full(n, IPV4.size + size, dtype=np.uint64))
         _put16(rows, ip_at + IPV4.offset("flags_fragment"), np.full(n, more | offset // 8, dtype=np.uint64))
-        _put16(rows, ip_at + IPV4.offset("checksum"), np.zeros(n, dtype=np.uint64))
-        header = rows[:, ip_at : ip_at + IPV4.size]
-        _put16(rows, ip_at + IPV4.offset("checksum"), ~ones_complement_sum(header) & np.uint64(0xFFFF))
+        _fill_ipv4_checksum(rows, ip_at)
         pieces.append(Frames(np.ascontiguousarray(rows), np.full(n, rows.shape[1], dtype=np.int64)))
     return pieces

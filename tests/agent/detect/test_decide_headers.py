@@ -1443,12 +1443,6 @@ def test_a_server_keeping_up_with_its_clients_is_no_anomaly():
     assert [(v.label, v.src_ip) for v in verdicts] == [("anomaly", "192.168.1.30")]
 
 
-def plain_scores(n: int) -> np.ndarray:
-    s = np.full((n, len(LABELS)), 0.002)
-    s[:, LABELS.index("mirai_udpplain")] = 0.99
-    return s
-
-
 def test_a_video_stream_is_no_udpplain_flood_however_the_model_scores_it_and_datagrams_of_one_size_are():
     """Large datagrams through one socket pair, nothing back on it, look like udpplain to the model, packet by packet.
     A camera's RTP video varies in size (a frame's last packet is short); a flood's datagrams are one size (Mirai's
@@ -1459,9 +1453,9 @@ def test_a_video_stream_is_no_udpplain_flood_however_the_model_scores_it_and_dat
     ts = T0 + np.arange(n) / 1500.0
     sizes = np.where(rng.random(n) < 0.15, rng.integers(100, 1400, n), 1442)
     video = batch(ts, BOARD, viewer, proto=17, sport=5004, dport=50000, size=sizes)
-    assert run(video, scores=plain_scores(n))[0] == []
+    assert run(video, scores=scan_scores(n, "mirai_udpplain"))[0] == []
     flood = batch(ts, BOARD, viewer, proto=17, sport=5004, dport=50000, size=1442)
-    verdicts, _ = run(flood, scores=plain_scores(n))
+    verdicts, _ = run(flood, scores=scan_scores(n, "mirai_udpplain"))
     assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_udpplain", "model", "10.0.0.5")]
     assert verdicts[0].latency < 0.2  # (its first 0.1 s could be a video's key frame)
 
