@@ -160,22 +160,28 @@ def run_case(case: Case, build, seconds: float, clf, anomaly, seed: int = 11) ->
                None if first is None else round(first.decided_at - start, 3))  # fmt: skip
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=5.0, help="length of each attack")
-    ap.add_argument("--out")
-    args = ap.parse_args()
+def run_cases(cases: list[tuple[Case, callable]], seconds: float, width: int = 40) -> list[dict]:
+    """Every case through the pipeline with the bundled model and anomaly detector; a line printed for each."""
     from agent.detect.anomaly import load_anomaly
     from agent.detect.model import Classifier, load_bundle
 
     clf, anomaly = Classifier(load_bundle()), load_anomaly("report")
     rows = []
-    for case, build in cases():
-        row = run_case(case, build, args.seconds, clf, anomaly)
+    for case, build in cases:
+        row = run_case(case, build, seconds, clf, anomaly)
         rows.append(asdict(row) | {"benign": case.benign})
         late = "none" if row.verdict_s is None else f"{row.verdict_s:.2f}s"
-        print(f"{row.view:6s} {row.name:40s} n={row.packets:7d} labelled attack={row.labelled_attack:.3f} "
+        print(f"{row.view:6s} {row.name:{width}s} n={row.packets:7d} labelled attack={row.labelled_attack:.3f} "
               f"first verdict={late} {row.verdict or ''} [{row.basis or ''}]")  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of each attack")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    rows = run_cases(cases(), args.seconds)
     attacks = [r for r in rows if not r["benign"]]
     summary = {
         "attack_cases": len(attacks),

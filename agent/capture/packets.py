@@ -146,6 +146,8 @@ class PacketBatch:
     payload_len: np.ndarray  # int32: L4 payload bytes by the headers' own lengths
     icmp_type: np.ndarray  # int16: ICMP/ICMPv6 type, -1 when not ICMP (or its header is cut off)
     gre_proto: np.ndarray  # int32: the protocol GRE version 0 carries (0x0800 IPv4, ...), -1 otherwise
+    udp_head_hi: np.ndarray  # uint64: a UDP payload's bytes 0-7 (big-endian), 0 unless 16 of its bytes were captured
+    udp_head_lo: np.ndarray  # uint64: its bytes 8-15
 
     def __len__(self) -> int:
         return len(self.ts)

@@ -84,6 +84,7 @@ from agent.capture.headers import (
     SLL2,
     TCP,
     UDP,
+    UDP_PAYLOAD_HEAD,
     VLAN_TAG,
     Header,
 )
@@ -335,6 +336,7 @@ def _decode_l4(buf: np.ndarray, ip: dict, end: np.ndarray, drops: _Drops) -> dic
     is_udp &= drops.alive
     tcp = _read(TCP, buf, l4, is_tcp)
     udp = _read(UDP, buf, l4, is_udp)
+    head = _read(UDP_PAYLOAD_HEAD, buf, l4 + UDP.size, is_udp & (l4_room >= UDP.size + UDP_PAYLOAD_HEAD.size))
     # A truncated ICMP header is no reason to skip the packet: its type is then unknown (-1).
     is_icmp = has_l4 & drops.alive & _one_of(proto, (IP_PROTO_ICMP, IP_PROTO_ICMPV6)) & (l4_room >= ICMP_TYPE.size)
     icmp = _read(ICMP_TYPE, buf, l4, is_icmp)
@@ -352,6 +354,8 @@ def _decode_l4(buf: np.ndarray, ip: dict, end: np.ndarray, drops: _Drops) -> dic
         "payload_len": np.where(ip["is"], np.maximum(ip["end"] - l4 - l4_header, 0), 0),
         "icmp_type": np.where(is_icmp, icmp["type"], -1),
         "gre_proto": np.where(is_gre & (gre["flags_version"] & 7 == 0), gre["proto"], -1),
+        "udp_head_hi": head["head_hi"],
+        "udp_head_lo": head["head_lo"],
     }
 
 
@@ -411,6 +415,8 @@ def _packet_batch(
         payload_len=column(l4["payload_len"], np.int32),
         icmp_type=column(l4["icmp_type"], np.int16),
         gre_proto=column(l4["gre_proto"], np.int32),
+        udp_head_hi=column(l4["udp_head_hi"], np.uint64),
+        udp_head_lo=column(l4["udp_head_lo"], np.uint64),
     )
 
 

@@ -135,8 +135,8 @@ class DecisionConfig:
     # A key's datagrams in conversation: answers (which count for their receiver) make up this share of them, i.e. at
     # least two of three are answered (a Pi-hole's queries all are; a server refusing a flood answers some, slowly).
     answered_share: float = 0.4
-    # A media stream (Evidence.media) from a source sending fewer packets a second than this: no model UDP flood
-    # verdict (a 4K camera's 25 Mbit/s is 2,300 datagrams a second).
+    # A media stream (Evidence.media) from a source sending fewer packets a second than this: no UDP flood verdict
+    # of the model's or of one socket's headers (a 4K camera's 25 Mbit/s is 2,300 datagrams a second).
     stream_max_rate: float = 5000.0
     # Anomaly verdicts: most recent packets anomalous (only when an anomaly detector runs).
     anomaly_share: float = 0.8
@@ -327,6 +327,8 @@ class DecisionLayer:
         self.udp_sports = StreamTable(cfg.max_sources, np.zeros(0))
         self.sequences = StreamTable(cfg.max_sources, np.array([-1.0, 0.0, -1.0]))  # per TCP socket: seq, size, ack
         self.ip_ids = StreamTable(cfg.max_sources, np.array([-1.0]))  # per UDP socket pair: the last IPv4 id
+        # per one-way UDP socket pair: its last payload's first 16 bytes, as four 32-bit words
+        self.payload_heads = StreamTable(cfg.max_sources, np.full(4, -1.0))
         # (requester, its port, the service port) of UDP requests sent to a group (multicast, broadcast)
         self.group_requests = StreamTable(GROUP_REQUESTS, np.zeros(0))
         self.links = Tracked(4096, cfg.half_life_s, (*Evidence.SHAPES, "new_source"))  # per Ethernet sender
@@ -389,6 +391,8 @@ class DecisionLayer:
         if heads is not None:  # later fragments: their first fragment's headers and the model's scores of it
             inherit_headers(ev, heads)
             scores = scores[heads]
+        # Media streams whose datagrams are one size but whose payloads carry an application's header.
+        ev.media |= self._structured_payloads(packets, ev.one_way & ~packets.frag & ~ev.new_socket)
         group_answers = self._answers_to_groups(packets, ev)
         ev.reply |= group_answers
         ev.udp_probe &= ~group_answers
@@ -492,9 +496,10 @@ class DecisionLayer:
             mostly_dns = shares[asking, x("dns_query")] >= 0.5 * udp[asking]
             waiting = srcs["t"][asking] - srcs["episode"][asking] < cfg.answer_wait_s  # (a router's burst of queries)
             talking[asking] |= (forwarder[asking] | waiting) & mostly_dns
-        # A media stream (Evidence.media) below a flood's rate: a camera's RTP video.  The model finds udpplain in a
-        # stream of large datagrams through one socket pair; nothing in a packet's 115 features tells them apart, the
-        # spread of their sizes does.
+        # A media stream (Evidence.media) below a flood's rate: a camera's RTP video, a doorbell's audio, a sensor's
+        # frames.  The model finds udpplain in a stream of datagrams through one socket pair, and so do the headers
+        # when they are small and many; nothing in a packet's 115 features tells them apart, the spread of their
+        # sizes does, or their payloads' headers.
         streaming = ((udp > 0) & (shares[:, x("media")] >= 0.9 * udp)
                      & (rate(srcs, cfg.half_life_s) < cfg.stream_max_rate))  # fmt: skip
         # A header UDP flood draws a new socket pair per datagram: in conversation so, only a DNS client is (a query
@@ -513,7 +518,8 @@ class DecisionLayer:
             (_unless(_unless_udp(model_rule(srcs, cfg, self.sources), talking | streaming), calm), "model"),
             (fingerprint_rule(c.ev.mirai_scan[srcs["order"]]), "headers"),
             (_unless(fingerprint_rule(flood_print[srcs["order"]], _SYN), calm), "headers"),
-            (_unless(_unless_udp(flood_rule(srcs, self.sources, cfg, one_source=True), asking_dns), calm), "headers"),
+            (_unless(_unless_udp(flood_rule(srcs, self.sources, cfg, one_source=True), asking_dns | streaming), calm),
+             "headers"),
             (connection_flood_rule(srcs, self.sources, cfg), "headers"),
             (_unless(reflection_rule(srcs, self.sources, cfg), calm), "headers"),
             (request_flood_rule(srcs, self.sources, cfg, one_source=True), "headers"),
@@ -714,21 +720,52 @@ class DecisionLayer:
         ids per socket, or sends 0 with DF (Mirai's udpplain, every benign sender); raw-socket floods draw them at
         random (Mirai's udp, even with both ports fixed) or repeat the one its ident option set."""
         out = np.zeros(len(packets), dtype=bool)
-        idx = np.flatnonzero(which)
-        if not len(idx):
-            return out
-        idx, key, seg = self._by_socket_pair(packets, idx)
-        slots, _ = self.ip_ids.lookup(key[seg.start], packets.ts[idx][seg.start])
-        ids = packets.ip_id[idx].astype(np.float64)
-        before = np.empty_like(ids)
-        before[1:] = ids[:-1]
-        before[seg.start] = self.ip_ids.state[slots, 0]
+        idx, ids, before = self._previous_on_pair(self.ip_ids, packets, which,
+                                                  lambda at: packets.ip_id[at, None].astype(np.float64))
+        ids, before = ids[:, 0], before[:, 0]
         step = np.mod(ids - before, 65536.0)
         far = (step > 1024) & (step < 65536 - 1024)  # far ahead, or back (not a wrap-around)
         out[idx] = (before >= 0) & (far | (step == 0) & (ids != 0))
-        self.ip_ids.state[slots, 0] = ids[seg.last]
-        self.ip_ids.t_last[slots] = packets.ts[idx][seg.last]
         return out
+
+    def _structured_payloads(self, packets: PacketBatch, which: np.ndarray) -> np.ndarray:
+        """Per packet (of ``which``: one-way UDP through a socket pair in use): the first 16 bytes of its payload
+        share at least two with the datagram's before it on the pair and differ in at least one: an application's
+        header, some of whose fields stay (RTP's version, payload type and SSRC; a sensor's magic number; MPEG-TS's
+        sync byte and PID; a LiDAR's block flag) while others move on (a sequence number, a clock, a counter).  A
+        flood's payload is random in every byte (two of 16 equal by chance once in 500 datagrams: Mirai's rand, its
+        default) or the same in all (Mirai's rand=0, Gafgyt's one random string, hping3's zeros)."""
+        out = np.zeros(len(packets), dtype=bool)
+        mask = np.uint64(0xFFFF_FFFF)
+
+        def words(at: np.ndarray) -> np.ndarray:  # (four 32-bit words: exact as floats, which the table holds)
+            hi, lo = packets.udp_head_hi[at], packets.udp_head_lo[at]
+            return np.column_stack([hi >> np.uint64(32), hi & mask, lo >> np.uint64(32), lo & mask]).astype(np.float64)
+
+        idx, now, before = self._previous_on_pair(self.payload_heads, packets, which, words)
+        if not len(idx):
+            return out
+        differ = now.astype(np.uint64) ^ np.maximum(before, 0).astype(np.uint64)
+        equal = sum(((differ >> np.uint64(shift)) & np.uint64(0xFF)) == 0 for shift in (0, 8, 16, 24)).sum(axis=1)
+        out[idx] = (before[:, 0] >= 0) & (equal >= 2) & (equal < 16)
+        return out
+
+    def _previous_on_pair(self, table: StreamTable, packets: PacketBatch, which: np.ndarray, values) -> tuple:
+        """The packets ``which`` (indices, by socket pair and in time order within each), their ``values(indices)``
+        (rows of floats) and those of the packet before each on its socket pair: in this chunk, or remembered in
+        ``table`` (its initial row for a pair it does not know).  The table then remembers each pair's last row."""
+        idx = np.flatnonzero(which)
+        if not len(idx):
+            return idx, np.zeros((0, len(table.init_row))), np.zeros((0, len(table.init_row)))
+        idx, key, seg = self._by_socket_pair(packets, idx)
+        slots, _ = table.lookup(key[seg.start], packets.ts[idx][seg.start])
+        now = values(idx)
+        before = np.empty_like(now)
+        before[1:] = now[:-1]
+        before[seg.start] = table.state[slots]
+        table.state[slots] = now[seg.last]
+        table.t_last[slots] = packets.ts[idx][seg.last]
+        return idx, now, before
 
     def _by_socket_pair(self, packets: PacketBatch, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, Segments]:
         """``idx`` and their socket pairs' keys sorted by socket pair (time order within each), and the segments."""

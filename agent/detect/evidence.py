@@ -137,6 +137,7 @@ MEDIA_SIZE_SPREAD = 0.05
 # stream's share is 0.85 at 0.1 s, 0.72 at 0.2 s; a flood's first 0.1 s convict nothing yet).
 HOST_SHORT_WEIGHT = COLUMNS.index("HH_L5_weight")
 MEDIA_YOUNG_SHARE = 0.85
+KEY_FRAME_BYTES = 1000  # (a key frame's frames are full-size: a small datagram's first 0.1 s is no key frame's)
 
 
 @dataclass
@@ -180,8 +181,8 @@ class Evidence:
     # receiver never sent on: an answer to nobody's request, a reflection flood's at the forged victim
     media: np.ndarray  # one-way UDP shaped like a media stream (a camera's RTP video): sizes on its socket pair that
     # vary, or too early between its two hosts to tell.  A flood's datagrams have one size (Mirai's len option,
-    # hping3's -d).  (One-size feeds, MPEG-TS's 7 x 188 bytes, stay the model's: a bot that talked with its victim
-    # before, as most do, floods what its victim asked for in a way.)
+    # hping3's -d).  The decision stage adds one-size streams whose payloads carry an application's header (RTP
+    # audio, MPEG-TS, a sensor's frames: DecisionLayer._structured_payloads), which needs each pair's last datagram.
 
     SHAPES = ("syn_only", "ack", "udp", "portless", "syn_odd")
 
@@ -315,7 +316,8 @@ def packet_evidence(packets: PacketBatch, features: np.ndarray | None = None) ->
         rows = np.flatnonzero(media)
         if len(rows):  # (four columns of those rows, not whole rows)
             varied = features[rows, RECENT_SOCKET_STD] > MEDIA_SIZE_SPREAD * features[rows, RECENT_SOCKET_MEAN]
-            young = features[rows, HOST_SHORT_WEIGHT] >= MEDIA_YOUNG_SHARE * features[rows, HOST_WEIGHT]
+            young = ((features[rows, HOST_SHORT_WEIGHT] >= MEDIA_YOUNG_SHARE * features[rows, HOST_WEIGHT])
+                     & (packets.wire_len[rows] >= KEY_FRAME_BYTES))  # fmt: skip
             media[rows] = varied | young
     tunnel = (packets.proto == 47) & _GRE_FLOOD[packets.gre_proto]
     reflect_request = udp & _REFLECTION[packets.dport] & ~reply

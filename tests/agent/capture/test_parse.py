@@ -86,6 +86,7 @@ def test_ipv4_tcp_every_column():
         "sport": 40000, "dport": 443, "ttl": 63, "ip_id": 0xBEEF, "df": True, "frag": False,
         "ip_len": 20 + 28 + 11, "tcp_flags": 0x12, "tcp_seq": 0x11223344, "tcp_ack": 0x55667788,
         "tcp_win": 29200, "tcp_hdr_len": 28, "payload_len": 11, "icmp_type": -1, "gre_proto": -1,
+        "udp_head_hi": 0, "udp_head_lo": 0,
     }
     assert stats.decoded == 1 and stats.total_skipped == 0
     assert p.src_ip_lo.dtype == np.uint64 and p.sport.dtype == np.int32 and p.l3.dtype == np.uint8
@@ -101,6 +102,20 @@ def test_ipv4_options_udp(option_words):
     assert (r["sport"], r["dport"], r["port_kind"], r["proto"]) == (5353, 53, PORT_NUMBER, 17)
     assert r["ip_len"] == 20 + 4 * option_words + 38 and r["payload_len"] == 30
     assert r["tcp_hdr_len"] == 0 and r["tcp_flags"] == 0 and r["tcp_seq"] == 0
+
+
+def test_udp_payload_head_is_its_first_16_bytes_where_captured():
+    """A datagram's first 16 payload bytes (an application's header: see DecisionLayer._structured_payloads), read
+    big-endian; 0 when fewer are captured (a short datagram, a short snaplen) or the packet is no UDP."""
+    head = bytes(range(0xA0, 0xB0))
+    frames = [ethernet(0x0800, ipv4("10.0.0.1", "10.0.0.2", 17, udp(5004, 40000, head + b"media" * 40))),
+              ethernet(0x0800, ipv4("10.0.0.1", "10.0.0.2", 17, udp(5004, 40000, head[:15]))),
+              ethernet(0x0800, ipv4("10.0.0.1", "10.0.0.2", 6, tcp(80, 9999, payload=head))),
+              ethernet(0x86DD, ipv6("2001:db8::1", "2001:db8::2", 17, udp(5004, 40000, head)))]
+    p, stats = parse(frames[:2] + [frames[0][:14 + 20 + 8 + 12]] + frames[2:], wire_len=None)
+    assert stats.total_skipped == 0
+    assert p.udp_head_hi.tolist() == [0xA0A1A2A3A4A5A6A7, 0, 0, 0, 0xA0A1A2A3A4A5A6A7]
+    assert p.udp_head_lo.tolist() == [0xA8A9AAABACADAEAF, 0, 0, 0, 0xA8A9AAABACADAEAF]
 
 
 def test_icmpv4_and_short_frame_padding():
