@@ -286,6 +286,7 @@ class _Chunk:
     forged: np.ndarray  # source address = destination address (LAND): forged, never its source's
     out_of_sequence: np.ndarray  # TCP with numbers no stream of its socket pair would carry
     fresh: np.ndarray  # through a socket pair new (or quiet) for it, or with TCP numbers no stream of it carries
+    opaque: np.ndarray  # one-way UDP whose payload has no header: random or the same throughout (_payload_kinds)
     light_src: np.ndarray | None = None  # from a source too light to be a flood on its own (targets)
     new_source: np.ndarray | None = None  # from a source seen for the first time, or forged (sources)
     verdicts: list[Verdict] = field(default_factory=list)
@@ -305,10 +306,10 @@ class DecisionLayer:
 
     SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst", "one_way", "traced",
                      "reconnect", "full_probe", "kernel_probe", "answered", "two_way", "reflect",
-                     "web_request", "dns_query", "group", "media", "fragment")
+                     "web_request", "dns_query", "group", "media", "fragment", "opaque")
     TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "answered", "web_request",
                      "dns_query", "group", "amplified")
-    PAIR_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "full_probe", "kernel_probe")
+    PAIR_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "full_probe", "kernel_probe", "opaque")
     _PAIR_COLUMNS = list(map(SOURCE_EXTRAS.index, PAIR_EXTRAS))  # where the pairs' columns sit in the sources' extras
     INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp", "udp_new_sport", "kernel_probe",
                         "login")
@@ -391,8 +392,10 @@ class DecisionLayer:
         if heads is not None:  # later fragments: their first fragment's headers and the model's scores of it
             inherit_headers(ev, heads)
             scores = scores[heads]
-        # Media streams whose datagrams are one size but whose payloads carry an application's header.
-        ev.media |= self._structured_payloads(packets, ev.one_way & ~packets.frag & ~ev.new_socket)
+        # Media streams whose datagrams are one size but whose payloads carry an application's header; and datagrams
+        # whose payloads carry none (a flood's).
+        structured, opaque = self._payload_kinds(packets, ev.one_way & ~packets.frag & ~ev.new_socket)
+        ev.media |= structured
         group_answers = self._answers_to_groups(packets, ev)
         ev.reply |= group_answers
         ev.udp_probe &= ~group_answers
@@ -457,7 +460,7 @@ class DecisionLayer:
         reconnect = ev.syn_only & ~probe & ~forged
         reconnect &= opens_socket_pair(features) if features is not None else False
         return _Chunk(packets, scores, ev, ev.shape(), anomalous, probe, sweep, full_options, full_probe, kernel_probe,
-                      reconnect, src_key, forged, out_of_sequence, fresh)
+                      reconnect, src_key, forged, out_of_sequence, fresh, opaque)
 
     def _judge_sources(self, c: _Chunk) -> tuple[dict, np.ndarray]:
         """Sources (and the pairs of the ones not convicted yet); the class each packet's source is convicted of."""
@@ -468,7 +471,7 @@ class DecisionLayer:
         extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst,
                          c.ev.one_way, traced, c.reconnect, c.full_probe, c.kernel_probe, answered,
                          c.ev.two_way, c.ev.reflect_request, c.ev.web_request, c.ev.dns_query, c.ev.group_chatter,
-                         c.ev.media, packets.frag)
+                         c.ev.media, packets.frag, c.opaque)
         # A router's time exceeded, and a datagram answering one, count for the source whose packet they answer (their
         # receiver), as benign: a traceroute's small datagrams to ever new ports look like a UDP flood at random ports
         # to the model, and so do a Pi-hole's bursts of queries to its resolver.
@@ -728,14 +731,17 @@ class DecisionLayer:
         out[idx] = (before >= 0) & (far | (step == 0) & (ids != 0))
         return out
 
-    def _structured_payloads(self, packets: PacketBatch, which: np.ndarray) -> np.ndarray:
-        """Per packet (of ``which``: one-way UDP through a socket pair in use): the first 16 bytes of its payload
-        share at least two with the datagram's before it on the pair and differ in at least one: an application's
-        header, some of whose fields stay (RTP's version, payload type and SSRC; a sensor's magic number; MPEG-TS's
-        sync byte and PID; a LiDAR's block flag) while others move on (a sequence number, a clock, a counter).  A
-        flood's payload is random in every byte (two of 16 equal by chance once in 500 datagrams: Mirai's rand, its
-        default) or the same in all (Mirai's rand=0, Gafgyt's one random string, hping3's zeros)."""
-        out = np.zeros(len(packets), dtype=bool)
+    def _payload_kinds(self, packets: PacketBatch, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per packet (of ``which``: one-way UDP through a socket pair in use), from the first 16 bytes of its payload
+        against the datagram's before it on the pair: structured, and opaque.
+
+        Structured: at least two bytes equal and at least one different: an application's header, some of whose fields
+        stay (RTP's version, payload type and SSRC; a sensor's magic number; MPEG-TS's sync byte and PID; a LiDAR's
+        block flag) while others move on (a sequence number, a clock, a counter).  Opaque: what a flood sends, random
+        in every byte (two of 16 equal by chance once in 500 datagrams: Mirai's rand, its default) or the same in all
+        (Mirai's rand=0, Gafgyt's one random string, hping3's zeros), in datagrams of 16 bytes or more; and empty
+        datagrams (Mirai's len=0, hping3's default)."""
+        structured, opaque = np.zeros(len(packets), dtype=bool), np.zeros(len(packets), dtype=bool)
         mask = np.uint64(0xFFFF_FFFF)
 
         def words(at: np.ndarray) -> np.ndarray:  # (four 32-bit words: exact as floats, which the table holds)
@@ -744,11 +750,15 @@ class DecisionLayer:
 
         idx, now, before = self._previous_on_pair(self.payload_heads, packets, which, words)
         if not len(idx):
-            return out
+            return structured, opaque
         differ = now.astype(np.uint64) ^ np.maximum(before, 0).astype(np.uint64)
         equal = sum(((differ >> np.uint64(shift)) & np.uint64(0xFF)) == 0 for shift in (0, 8, 16, 24)).sum(axis=1)
-        out[idx] = (before[:, 0] >= 0) & (equal >= 2) & (equal < 16)
-        return out
+        known, size = before[:, 0] >= 0, packets.payload_len[idx]
+        # (a datagram of 1-15 bytes says nothing: an IMU's 12-byte readings read as 16 equal bytes; an empty one carries
+        # no application's data at all)
+        structured[idx] = known & (equal >= 2) & (equal < 16) & (size >= 16)
+        opaque[idx] = known & (((equal < 2) | (equal == 16)) & (size >= 16) | (size == 0))
+        return structured, opaque
 
     def _previous_on_pair(self, table: StreamTable, packets: PacketBatch, which: np.ndarray, values) -> tuple:
         """The packets ``which`` (indices, by socket pair and in time order within each), their ``values(indices)``

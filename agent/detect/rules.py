@@ -29,6 +29,8 @@ _PORTLESS_SHAPE, _SYN_ODD_SHAPE = Evidence.SHAPES.index("portless"), Evidence.SH
 _UDP_SHAPE = Evidence.SHAPES.index("udp")
 _PROBE_SHAPES = [Evidence.SHAPES.index(name) for name in ("syn_only", "ack", "portless")]  # what scanners send
 STREAM_MIN_KBYTES = 0.3  # a key's mean frame size from which in-sequence TCP is a data stream, not a flood
+OPAQUE_MIN_RATE = 10.0  # datagrams a second: a service polled with one unanswered command a few times a second is not
+OPAQUE_SHARE = 0.8  # of a key's UDP with opaque payloads (a socket pair's first datagram has nothing to be compared with)
 # Share of full-option probes from new ephemeral ports that makes them a connect scan's (Linux's connect() may give a
 # port again for another destination port: 41 of nmap -sT's 1,000, one of its first ten, after other connections
 # to that host)...
@@ -121,7 +123,15 @@ def model_rule(r: dict, cfg: DecisionConfig, t: "Tracked | None" = None, floods_
         shares, x = r["shares"], t.extras.index
         tcp = shares[:, x("syn_only")] + shares[:, x("syn_odd")] + shares[:, x("ack")]
         tcp_fresh = (tcp >= 0.5) & (shares[:, x("fresh")] >= cfg.flood_new_socket_share * tcp)
-        hot &= (attack == _SCAN) | (volume >= cfg.flood_min_kbytes_per_s) | tcp_fresh
+        # UDP whose payloads have no application's header (random or the same throughout, datagram after datagram on
+        # its socket pair), faster than a poll, needs none either: Mirai's udpplain through one socket at a few dozen
+        # datagrams a second.
+        udp_opaque = np.zeros(len(hot), dtype=bool)
+        if "opaque" in t.extras:
+            udp = shares[:, x("udp")]
+            udp_opaque = ((udp >= 0.5) & (shares[:, x("opaque")] >= OPAQUE_SHARE * udp)
+                          & (rate(r, t.half_life_s) >= OPAQUE_MIN_RATE))  # fmt: skip
+        hot &= (attack == _SCAN) | (volume >= cfg.flood_min_kbytes_per_s) | tcp_fresh | udp_opaque
     return hot, attack, conf
 
 

@@ -126,6 +126,15 @@ def _udp(scene: Scene, bot: Host, victim: Host, t0: float, stop: float, replies:
     payload = [bytes(rng.integers(32, 127, int(k), dtype=np.uint8)) for k in sizes]  # text-like commands
     sport, dport = scene.ephemeral_port(), int(rng.choice(UDP_PORTS))
     matrix, lengths = payload_matrix(payload)
+    # ...behind a LAN control protocol's header, as real ones have (Tuya's 0x000055aa, miIO's 0x2131, LIFX's frame):
+    # a magic number of the service, then the datagram's sequence number.  (Derived, not drawn: the random stream,
+    # and so every other packet of a synthesised capture, stays as it was.)
+    header = np.zeros((n, 4), dtype=np.uint8)
+    header[:, 0], header[:, 1] = 0xA5, dport & 0xFF
+    header[:, 2], header[:, 3] = (np.arange(n) >> 8) & 0xFF, np.arange(n) & 0xFF
+    width = min(4, matrix.shape[1])
+    matrix = matrix.copy()
+    matrix[:, :width] = header[:, :width]
     frames = udp_frames(
         n,
         sport=sport,

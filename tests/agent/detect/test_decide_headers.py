@@ -252,6 +252,7 @@ def test_bursts_of_small_datagrams_are_no_flood_however_the_model_scores_them():
     the model scores them like a udpplain flood, but at 2-3 kB/s they carry no flood's volume."""
     ts = T0 + np.concatenate([np.arange(20) * 0.002, 1.3 + np.arange(30) * 0.002])
     b = batch(ts, ip(10, 77, 0, 20), BOARD, proto=17, sport=41000, dport=9999, size=60)
+    b.payload_len[:] = 8  # ("probe 17": too short to show an application's header, or its absence)
     scores = np.full((len(b), len(LABELS)), 0.02)
     scores[:, LABELS.index("mirai_udpplain")] = 0.9
     assert run(b, scores=scores)[0] == []
@@ -1483,6 +1484,7 @@ def test_a_one_size_stream_with_an_applications_header_is_no_flood_and_random_or
 
     def stream(hi, lo):
         b = batch(ts, BOARD, hub, proto=17, sport=5004, dport=40000, size=size)
+        b.payload_len[:] = size - 42
         b.udp_head_hi[:], b.udp_head_lo[:] = hi, lo
         return b
 
@@ -1493,6 +1495,33 @@ def test_a_one_size_stream_with_an_applications_header_is_no_flood_and_random_or
         verdicts, _ = run(flood, scores=scan_scores(n, "mirai_udpplain"))
         assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udpplain", "10.0.0.5")]
         assert verdicts[0].latency < 0.5
+
+
+@pytest.mark.parametrize("payload", ["random", "zeros", "empty"])
+def test_a_slow_udp_flood_without_an_applications_header_needs_no_volume(payload):
+    """Mirai's udpplain at 30 datagrams/s of 64 bytes carries 3 kB/s, below a model flood's volume (8 kB/s), where
+    a device's bursts of small datagrams stay.  Its payloads, random throughout or the same throughout (or none),
+    carry no application's header: that convicts it within a second.  The same stream with a header does not, nor
+    does an unanswered poll of one command five times a second."""
+    rng = np.random.default_rng(33)
+    bot = ip(192, 168, 1, 66)
+
+    def stream(rate: float, heads: str) -> PacketBatch:
+        n = int(rate * 10)
+        b = batch(T0 + np.arange(n) / rate, bot, BOARD, proto=17, sport=41234, dport=9000, size=106)
+        b.payload_len[:] = 0 if heads == "empty" else 64
+        if heads == "random":
+            b.udp_head_hi[:], b.udp_head_lo[:] = (rng.integers(0, 1 << 63, n, dtype=np.uint64) for _ in range(2))
+        elif heads == "header":
+            b.udp_head_hi[:], b.udp_head_lo[:] = rtp_heads(n, rng)
+        return b
+
+    flood = stream(30.0, payload)
+    verdicts, _ = run(flood, scores=scan_scores(len(flood), "mirai_udpplain"))
+    assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udpplain", "192.168.1.66")]
+    assert verdicts[0].latency < 1.0
+    for benign in (stream(30.0, "header"), stream(5.0, "zeros")):
+        assert run(benign, scores=scan_scores(len(benign), "mirai_udpplain"))[0] == []
 
 
 def test_a_udp_flood_whose_scores_the_model_splits_between_udp_and_udpplain_is_still_a_flood():
