@@ -1084,3 +1084,22 @@ def test_ipv4_fragments_split_a_datagram_as_a_kernel_does_and_parse_back():
     frames = [p.rows[0, : p.length[0]].tobytes() for p in pieces]
     packets = parse_frames(FrameBatch.from_frames(frames, [0.0, 0.001, 0.002]), DecodeStats())
     assert packets.frag.tolist() == [False, True, True] and packets.dport[0] == 80
+
+
+def test_prior_contact_datagrams_carry_a_control_protocols_header():
+    """A bot's datagrams to its victim before a flood are an application's commands: a magic number of the service
+    and a sequence number before the text (the decision stage tells such streams from a flood's payloads)."""
+    from convert.synth.prior_contact import UDP_PORTS
+
+    synth = synthesise("mirai_udpplain_victim", 3.0, 2)
+    packets = parse_frames(synth.frames, DecodeStats())
+    roles = np.asarray(synth.roles)[packets.index]
+    sent = np.flatnonzero((roles == "benign:prior-udp") & np.isin(packets.dport, UDP_PORTS)
+                          & (packets.payload_len >= 16))  # fmt: skip
+    assert len(sent) >= 5
+    head = packets.udp_head_hi[sent]
+    assert ((head >> np.uint64(56)) == 0xA5).all()
+    assert (((head >> np.uint64(48)) & np.uint64(0xFF)) == (packets.dport[sent] & 0xFF)).all()
+    counts = ((head >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.int64)
+    for port in np.unique(packets.sport[sent]):  # each session's sequence numbers count up
+        assert (np.diff(counts[packets.sport[sent] == port]) > 0).all()
