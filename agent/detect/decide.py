@@ -235,6 +235,9 @@ def _unless(rule: tuple[np.ndarray, np.ndarray, np.ndarray], ok: np.ndarray) -> 
 
 _UDP_CLASSES = [LABELS.index("mirai_udp"), LABELS.index("mirai_udpplain")]
 _FORGED_KEY = 0x9E3779B97F4A7C15  # the sources table's key of every forged (LAND) packet
+# A key's UDP is a media stream when this share of it is (a socket pair's first datagram never is: nothing before it to
+# compare with; a model verdict may come at a stream's tenth datagram).
+MEDIA_SHARE = 0.8
 
 
 def _unless_udp(rule: tuple[np.ndarray, np.ndarray, np.ndarray], talking: np.ndarray) -> tuple:
@@ -287,6 +290,7 @@ class _Chunk:
     out_of_sequence: np.ndarray  # TCP with numbers no stream of its socket pair would carry
     fresh: np.ndarray  # through a socket pair new (or quiet) for it, or with TCP numbers no stream of it carries
     opaque: np.ndarray  # one-way UDP whose payload has no header: random or the same throughout (_payload_kinds)
+    media_at_target: np.ndarray  # media, or a socket pair's first datagram with the header of the one before to its host
     light_src: np.ndarray | None = None  # from a source too light to be a flood on its own (targets)
     new_source: np.ndarray | None = None  # from a source seen for the first time, or forged (sources)
     verdicts: list[Verdict] = field(default_factory=list)
@@ -308,7 +312,7 @@ class DecisionLayer:
                      "reconnect", "full_probe", "kernel_probe", "answered", "two_way", "reflect",
                      "web_request", "dns_query", "group", "media", "fragment", "opaque")
     TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "answered", "web_request",
-                     "dns_query", "group", "amplified")
+                     "dns_query", "group", "amplified", "media")
     PAIR_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "full_probe", "kernel_probe", "opaque")
     _PAIR_COLUMNS = list(map(SOURCE_EXTRAS.index, PAIR_EXTRAS))  # where the pairs' columns sit in the sources' extras
     INITIATOR_EXTRAS = ("probe", "answered", "full_options", "reset", "refused", "udp", "udp_new_sport", "kernel_probe",
@@ -330,6 +334,8 @@ class DecisionLayer:
         self.ip_ids = StreamTable(cfg.max_sources, np.array([-1.0]))  # per UDP socket pair: the last IPv4 id
         # per one-way UDP socket pair: its last payload's first 16 bytes, as four 32-bit words
         self.payload_heads = StreamTable(cfg.max_sources, np.full(4, -1.0))
+        # per receiving host: the last payload of a datagram opening a socket pair to it (from any source)
+        self.service_payload_heads = StreamTable(cfg.max_targets, np.full(4, -1.0))
         # (requester, its port, the service port) of UDP requests sent to a group (multicast, broadcast)
         self.group_requests = StreamTable(GROUP_REQUESTS, np.zeros(0))
         self.links = Tracked(4096, cfg.half_life_s, (*Evidence.SHAPES, "new_source"))  # per Ethernet sender
@@ -394,8 +400,13 @@ class DecisionLayer:
             scores = scores[heads]
         # Media streams whose datagrams are one size but whose payloads carry an application's header; and datagrams
         # whose payloads carry none (a flood's).
-        structured, opaque = self._payload_kinds(packets, ev.one_way & ~packets.frag & ~ev.new_socket)
+        one_way = ev.one_way & ~packets.frag
+        structured, opaque, judged = self._payload_kinds(packets, one_way & ~ev.new_socket, self.payload_heads)
         ev.media |= structured
+        # Datagrams with nothing before them on their socket pair, from many sources to one host (sensors reporting
+        # to a hub, heard again after the agent restarts), against each other: one protocol's header across its
+        # senders, where a spoofed flood's payloads are random or one (and it hits few hosts: few keys).
+        across = self._payload_kinds(packets, one_way & ~judged, self.service_payload_heads, by_dst=True)[0]
         group_answers = self._answers_to_groups(packets, ev)
         ev.reply |= group_answers
         ev.udp_probe &= ~group_answers
@@ -460,7 +471,7 @@ class DecisionLayer:
         reconnect = ev.syn_only & ~probe & ~forged
         reconnect &= opens_socket_pair(features) if features is not None else False
         return _Chunk(packets, scores, ev, ev.shape(), anomalous, probe, sweep, full_options, full_probe, kernel_probe,
-                      reconnect, src_key, forged, out_of_sequence, fresh, opaque)
+                      reconnect, src_key, forged, out_of_sequence, fresh, opaque, ev.media | across)
 
     def _judge_sources(self, c: _Chunk) -> tuple[dict, np.ndarray]:
         """Sources (and the pairs of the ones not convicted yet); the class each packet's source is convicted of."""
@@ -503,7 +514,7 @@ class DecisionLayer:
         # frames.  The model finds udpplain in a stream of datagrams through one socket pair, and so do the headers
         # when they are small and many; nothing in a packet's 115 features tells them apart, the spread of their
         # sizes does, or their payloads' headers.
-        streaming = ((udp > 0) & (shares[:, x("media")] >= 0.9 * udp)
+        streaming = ((udp > 0) & (shares[:, x("media")] >= MEDIA_SHARE * udp)
                      & (rate(srcs, cfg.half_life_s) < cfg.stream_max_rate))  # fmt: skip
         # A header UDP flood draws a new socket pair per datagram: in conversation so, only a DNS client is (a query
         # from a new port each, answered); a flood at a board's service that answers every datagram (an echo, a SIP
@@ -557,7 +568,7 @@ class DecisionLayer:
         heavy = rate(srcs, cfg.half_life_s) >= cfg.flood_rate  # (rate alone: heavy before it can be convicted)
         c.light_src = ~self.sources.per_packet(srcs, heavy) | c.forged  # (a forged source is as good as new)
         textra = _columns(c.shape, c.fresh, c.new_source, c.light_src, c.ev.reply, c.ev.web_request,
-                          c.ev.dns_query, c.ev.group_chatter, c.ev.amplified)
+                          c.ev.dns_query, c.ev.group_chatter, c.ev.amplified, c.media_at_target)
         # A target's answers count for it: a resolver answering a Pi-hole's bursts of queries is no flood's victim.
         tgt_key = _target_key(packets.dst_ip_hi, packets.dst_ip_lo, packets.proto)
         tgt_key = _rekeyed(tgt_key, packets, c.ev.reply, by="src", tag=12, proto=True)
@@ -565,6 +576,10 @@ class DecisionLayer:
         tx = self.TARGET_EXTRAS
         udp_t = tgts["shares"][:, tx.index("udp")]
         answered_t = (udp_t > 0) & (tgts["shares"][:, tx.index("answered")] >= cfg.answered_share * udp_t)
+        # Media streams to the target (a hub hearing its sensors, an NVR its cameras), below a flood's rate: no UDP
+        # flood at it, however many sources it hears at once.
+        answered_t |= ((udp_t > 0) & (tgts["shares"][:, tx.index("media")] >= MEDIA_SHARE * udp_t)
+                       & (rate(tgts, cfg.half_life_s) < cfg.stream_max_rate))  # fmt: skip
         # "Spoofed" needs many never-seen sources recently, not just a high share: after a quiet spell a
         # target's decayed window holds only the newest packets, and one new attacker's first packet would
         # make the share 1.
@@ -731,9 +746,11 @@ class DecisionLayer:
         out[idx] = (before >= 0) & (far | (step == 0) & (ids != 0))
         return out
 
-    def _payload_kinds(self, packets: PacketBatch, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _payload_kinds(self, packets: PacketBatch, which: np.ndarray, table: StreamTable,
+                       by_dst: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per packet (of ``which``: one-way UDP through a socket pair in use), from the first 16 bytes of its payload
-        against the datagram's before it on the pair: structured, and opaque.
+        against the datagram's before it on the pair (``by_dst``: to its destination host), remembered in ``table``:
+        structured, opaque, and judged (there was a datagram before it to compare with).
 
         Structured: at least two bytes equal and at least one different: an application's header, some of whose fields
         stay (RTP's version, payload type and SSRC; a sensor's magic number; MPEG-TS's sync byte and PID; a LiDAR's
@@ -741,16 +758,16 @@ class DecisionLayer:
         in every byte (two of 16 equal by chance once in 500 datagrams: Mirai's rand, its default) or the same in all
         (Mirai's rand=0, Gafgyt's one random string, hping3's zeros), in datagrams of 16 bytes or more; and empty
         datagrams (Mirai's len=0, hping3's default)."""
-        structured, opaque = np.zeros(len(packets), dtype=bool), np.zeros(len(packets), dtype=bool)
+        structured, opaque, judged = (np.zeros(len(packets), dtype=bool) for _ in range(3))
         mask = np.uint64(0xFFFF_FFFF)
 
         def words(at: np.ndarray) -> np.ndarray:  # (four 32-bit words: exact as floats, which the table holds)
             hi, lo = packets.udp_head_hi[at], packets.udp_head_lo[at]
             return np.column_stack([hi >> np.uint64(32), hi & mask, lo >> np.uint64(32), lo & mask]).astype(np.float64)
 
-        idx, now, before = self._previous_on_pair(self.payload_heads, packets, which, words)
+        idx, now, before = self._previous_on_pair(table, packets, which, words, by_dst)
         if not len(idx):
-            return structured, opaque
+            return structured, opaque, judged
         differ = now.astype(np.uint64) ^ np.maximum(before, 0).astype(np.uint64)
         equal = sum(((differ >> np.uint64(shift)) & np.uint64(0xFF)) == 0 for shift in (0, 8, 16, 24)).sum(axis=1)
         known, size = before[:, 0] >= 0, packets.payload_len[idx]
@@ -758,16 +775,19 @@ class DecisionLayer:
         # no application's data at all)
         structured[idx] = known & (equal >= 2) & (equal < 16) & (size >= 16)
         opaque[idx] = known & (((equal < 2) | (equal == 16)) & (size >= 16) | (size == 0))
-        return structured, opaque
+        judged[idx] = known
+        return structured, opaque, judged
 
-    def _previous_on_pair(self, table: StreamTable, packets: PacketBatch, which: np.ndarray, values) -> tuple:
+    def _previous_on_pair(self, table: StreamTable, packets: PacketBatch, which: np.ndarray, values,
+                          by_dst: bool = False) -> tuple:
         """The packets ``which`` (indices, by socket pair and in time order within each), their ``values(indices)``
-        (rows of floats) and those of the packet before each on its socket pair: in this chunk, or remembered in
-        ``table`` (its initial row for a pair it does not know).  The table then remembers each pair's last row."""
+        (rows of floats) and those of the packet before each on its socket pair (``by_dst``: to its destination
+        host): in this chunk, or remembered in ``table`` (its initial row for a key it does not know).  The table
+        then remembers each key's last row."""
         idx = np.flatnonzero(which)
         if not len(idx):
             return idx, np.zeros((0, len(table.init_row))), np.zeros((0, len(table.init_row)))
-        idx, key, seg = self._by_socket_pair(packets, idx)
+        idx, key, seg = self._by_socket_pair(packets, idx, by_dst)
         slots, _ = table.lookup(key[seg.start], packets.ts[idx][seg.start])
         now = values(idx)
         before = np.empty_like(now)
@@ -777,9 +797,15 @@ class DecisionLayer:
         table.t_last[slots] = packets.ts[idx][seg.last]
         return idx, now, before
 
-    def _by_socket_pair(self, packets: PacketBatch, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, Segments]:
-        """``idx`` and their socket pairs' keys sorted by socket pair (time order within each), and the segments."""
+    def _by_socket_pair(self, packets: PacketBatch, idx: np.ndarray,
+                        by_dst: bool = False) -> tuple[np.ndarray, np.ndarray, Segments]:
+        """``idx`` and their socket pairs' keys (``by_dst``: their destination hosts') sorted by key (time order
+        within each), and the segments."""
         p = packets
+        if by_dst:
+            key = hash_words(16, p.dst_ip_hi[idx], p.dst_ip_lo[idx])
+            order = argsort_keys(key, self.sources._sort)
+            return idx[order], key[order], Segments.from_sorted(key[order])
         ports = (p.sport[idx].astype(np.uint64) << np.uint64(16)) | p.dport[idx].astype(np.uint64)
         key = hash_words(15, p.src_ip_lo[idx], p.dst_ip_hi[idx] ^ p.src_ip_hi[idx], p.dst_ip_lo[idx], ports)
         order = argsort_keys(key, self.sources._sort)

@@ -1524,6 +1524,30 @@ def test_a_slow_udp_flood_without_an_applications_header_needs_no_volume(payload
         assert run(benign, scores=scan_scores(len(benign), "mirai_udpplain"))[0] == []
 
 
+@pytest.mark.parametrize("heads", ["sensor", "random"])
+def test_a_hub_hearing_its_sensors_after_a_restart_is_no_spoofed_floods_target(heads):
+    """100 sensors report to a hub once a second; the agent restarts and hears them all within a second, each a
+    never-seen source, as a spoofed flood's are, and the model scores them like a UDP flood.  Their datagrams
+    carry one protocol's header (a magic number, each sensor's id, a counter): no flood.  The same datagrams with
+    random payloads are a spoofed flood's."""
+    rng = np.random.default_rng(34)
+    n = 100
+    t = T0 + np.sort(rng.uniform(0, 1, n))
+    ts, sensor = np.concatenate([t, t + 1, t + 2]), np.tile(np.arange(n), 3)
+    b = batch(ts, ip(192, 168, 2, 0) + sensor, BOARD, proto=17, sport=40000 + sensor, dport=9000, size=162)
+    b.payload_len[:] = 120
+    if heads == "sensor":
+        b.udp_head_hi[:] = (np.uint64(0x534E5352) << np.uint64(32)) | sensor.astype(np.uint64)
+        b.udp_head_lo[:] = ((ts - T0).astype(np.uint64) << np.uint64(32)) | rng.integers(0, 1 << 32, 3 * n, np.uint64)
+    else:
+        b.udp_head_hi[:], b.udp_head_lo[:] = (rng.integers(0, 1 << 63, 3 * n, dtype=np.uint64) for _ in range(2))
+    verdicts, _ = run(b, scores=udp_scores(3 * n))
+    if heads == "sensor":
+        assert verdicts == []
+    else:
+        assert [(v.kind, v.label, v.victim_ip) for v in verdicts][:1] == [("spoofed", "mirai_udp", "10.0.0.5")]
+
+
 def test_a_udp_flood_whose_scores_the_model_splits_between_udp_and_udpplain_is_still_a_flood():
     """Mirai's two UDP floods overlap; the model may give a one-socket flood 55% udpplain and 40% udp, packet after
     packet, so that neither class alone reaches the threshold.  Together they do; the headers name it (a kernel's
