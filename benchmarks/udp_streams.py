@@ -11,7 +11,9 @@ header in which some bytes stay (a version, a payload type, an SSRC, a magic num
 or the same in every byte of every datagram (Mirai with ``rand=0``, Gafgyt's one random string, hping3's zeros).
 
 Each case runs in both views (the board sending to a host on the internet; a host on the LAN sending to the board)
-through the whole pipeline with the bundled model, anomaly detector and decision stage.  Printed per case and
+through the whole pipeline with the bundled model, anomaly detector and decision stage.  Then the board as a hub:
+100 sensors reporting once a second, 30 reporting 50 times a second, every one of them a never-seen source at
+first (as after the agent restarts), and the same senders with random payloads.  Printed per case and
 written to ``benchmarks/results/udp_streams.json``: packets, the share labelled an attack, the first verdict.
 """
 
@@ -78,6 +80,33 @@ def lidar(rng: np.random.Generator, n: int) -> np.ndarray:
     return rows
 
 
+def hub_readings(rng: np.random.Generator, n: int, senders: int, size: int) -> np.ndarray:
+    """Datagram i from sensor i % senders: the magic number, the sensor's id, its own counter and clock."""
+    rows = rng.integers(0, 256, (n, size), dtype=np.uint8)
+    rows[:, :4] = np.frombuffer(b"SNSR", np.uint8)
+    _put(rows, 4, 0x5E000000 + np.arange(n) % senders, 4)
+    _put(rows, 8, np.arange(n) // senders, 4)
+    _put(rows, 12, 1000 * (np.arange(n) // senders), 4)
+    return rows
+
+
+def hub(senders: int, payload: np.ndarray):
+    """Sensors on the LAN reporting to the board (a hub): datagram i from sensor i % senders, each from its own
+    address and port to the hub's port 9000; the first ``senders`` datagrams are each sensor's first the agent hears
+    (as after it restarts)."""
+    from convert.synth.frames import udp_frames
+
+    n = len(payload)
+    sensor = np.arange(n) % senders
+    ends = _ends("victim") | dict(src_ip=_ends("victim")["src_ip"] + 16 + sensor, src_mac=0xB827EB100000 + sensor)
+    return [udp_frames(n, sport=40000 + sensor, dport=9000, payload=payload, ip_id=np.arange(n) // senders % 65536,
+                       df=True, **ends)]  # fmt: skip
+
+
+# (sensors, readings a second from each, datagram payload bytes)
+HUBS = ((100, 1.0, 120), (30, 50.0, 200))
+
+
 def stream(view: str, sport: int, dport: int, payload: np.ndarray):
     """One socket pair, a kernel's headers (ids counting, DF)."""
     from convert.synth.frames import udp_frames
@@ -112,6 +141,11 @@ def cases() -> list[tuple[Case, callable]]:
             for kind, payloads in floods:
                 out.append((Case(f"flood {kind} size={size} {rate:g}/s", view, rate),
                             lambda r, n, v=view, p=payloads: stream(v, 40123, 8080, p(r, n))))
+    for senders, rate, size in HUBS:
+        out.append((Case(f"benign: hub, {senders} sensors at {rate:g}/s", "victim", senders * rate, benign=True),
+                    lambda r, n, k=senders, s=size: hub(k, hub_readings(r, n, k, s))))
+        out.append((Case(f"flood: {senders} sources at {rate:g}/s, random", "victim", senders * rate),
+                    lambda r, n, k=senders, s=size: hub(k, r.integers(0, 256, (n, s), dtype=np.uint8))))
     return out
 
 
