@@ -27,24 +27,30 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agent.capture.headers import Field, Header  # noqa: E402
 from benchmarks.common import save  # noqa: E402
 from benchmarks.gafgyt_floods import Case, _ends, run_cases  # noqa: E402
 
 
-def _put(rows: np.ndarray, at: int, values: np.ndarray, width: int) -> None:
-    """Big-endian ``values`` (one per row) into ``rows[:, at:at + width]``."""
-    for k in range(width):
-        rows[:, at + k] = (np.asarray(values, dtype=np.int64) >> (8 * (width - 1 - k))) & 0xFF
+# A sensor's frame header: a magic number, the sensor's id, its own counter and millisecond clock (samples follow).
+SENSOR_FRAME = Header("sensor_frame", (
+    Field("magic", "4s", b"SNSR"),
+    Field("device", "I"),
+    Field("seq", "I"),
+    Field("clock_ms", "I"),
+))
 
 
 def rtp(rng: np.random.Generator, n: int, size: int, payload_type: int, ts_step: int) -> np.ndarray:
     """RTP (RFC 3550): version 2, the payload type, sequence number and timestamp counting, one SSRC; the encoded
     media after the 12-byte header, random as compressed media is."""
+    from convert.synth.frames import pack
+    from convert.synth.payloads import RTP
+
     rows = rng.integers(0, 256, (n, size), dtype=np.uint8)
-    rows[:, 0], rows[:, 1] = 0x80, payload_type
-    _put(rows, 2, int(rng.integers(0, 65536)) + np.arange(n), 2)
-    _put(rows, 4, int(rng.integers(0, 1 << 31)) + ts_step * np.arange(n), 4)
-    _put(rows, 8, np.full(n, int(rng.integers(0, 1 << 32))), 4)
+    seq0, ts0, ssrc = int(rng.integers(0, 65536)), int(rng.integers(0, 1 << 31)), int(rng.integers(0, 1 << 32))
+    rows[:, : RTP.size] = pack(RTP, n, m_pt=payload_type, seq=seq0 + np.arange(n), ts=ts0 + ts_step * np.arange(n),
+                               ssrc=ssrc)  # fmt: skip
     return rows
 
 
@@ -57,13 +63,17 @@ def mpeg_ts(rng: np.random.Generator, n: int, size: int = 7 * 188) -> np.ndarray
     return rows
 
 
-def telemetry(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
-    """A sensor's frames: a magic number, its device id, a sequence number and a millisecond clock, then samples."""
+def sensor_frames(rng: np.random.Generator, n: int, size: int, senders: int = 1, first_device: int | None = None,
+                  period_ms: int = 5) -> np.ndarray:
+    """Sensors' frames (datagram i from sensor i % senders, ids from ``first_device``, drawn when None): the
+    SENSOR_FRAME header, then samples (random)."""
+    from convert.synth.frames import pack
+
     rows = rng.integers(0, 256, (n, size), dtype=np.uint8)
-    rows[:, :4] = np.frombuffer(b"SNSR", np.uint8)
-    _put(rows, 4, np.full(n, int(rng.integers(0, 1 << 32))), 4)
-    _put(rows, 8, np.arange(n), 4)
-    _put(rows, 12, 5 * np.arange(n), 4)
+    device = int(rng.integers(0, 1 << 32)) if first_device is None else first_device
+    count = np.arange(n) // senders
+    rows[:, : SENSOR_FRAME.size] = pack(SENSOR_FRAME, n, device=device + np.arange(n) % senders, seq=count,
+                                        clock_ms=period_ms * count)  # fmt: skip
     return rows
 
 
@@ -77,16 +87,6 @@ def lidar(rng: np.random.Generator, n: int) -> np.ndarray:
         rows[:, at], rows[:, at + 1] = 0xFF, 0xEE
         rows[:, at + 2], rows[:, at + 3] = azimuth[:, block] & 0xFF, azimuth[:, block] >> 8
     rows[:, 1204], rows[:, 1205] = 0x37, 0x22
-    return rows
-
-
-def hub_readings(rng: np.random.Generator, n: int, senders: int, size: int) -> np.ndarray:
-    """Datagram i from sensor i % senders: the magic number, the sensor's id, its own counter and clock."""
-    rows = rng.integers(0, 256, (n, size), dtype=np.uint8)
-    rows[:, :4] = np.frombuffer(b"SNSR", np.uint8)
-    _put(rows, 4, 0x5E000000 + np.arange(n) % senders, 4)
-    _put(rows, 8, np.arange(n) // senders, 4)
-    _put(rows, 12, 1000 * (np.arange(n) // senders), 4)
     return rows
 
 
@@ -121,8 +121,8 @@ BENIGN = (
     ("G.711 audio over RTP", 172, 50.0, lambda r, n: rtp(r, n, 172, 0, 160), 5004, 40000),
     ("MPEG-TS over RTP, 5 Mbit/s", 1328, 470.0, lambda r, n: rtp(r, n, 1328, 33, 1500), 5004, 40002),
     ("MPEG-TS over UDP, 8 Mbit/s", 1316, 760.0, lambda r, n: mpeg_ts(r, n), 1234, 1234),
-    ("sensor telemetry 600 B", 600, 200.0, lambda r, n: telemetry(r, n, 600), 47000, 9000),
-    ("sensor telemetry 64 B", 64, 1000.0, lambda r, n: telemetry(r, n, 64), 47001, 9000),
+    ("sensor telemetry 600 B", 600, 200.0, lambda r, n: sensor_frames(r, n, 600), 47000, 9000),
+    ("sensor telemetry 64 B", 64, 1000.0, lambda r, n: sensor_frames(r, n, 64), 47001, 9000),
     ("LiDAR (VLP-16)", 1206, 754.0, lambda r, n: lidar(r, n), 2368, 2368),
 )
 
@@ -143,7 +143,7 @@ def cases() -> list[tuple[Case, callable]]:
                             lambda r, n, v=view, p=payloads: stream(v, 40123, 8080, p(r, n))))
     for senders, rate, size in HUBS:
         out.append((Case(f"benign: hub, {senders} sensors at {rate:g}/s", "victim", senders * rate, benign=True),
-                    lambda r, n, k=senders, s=size: hub(k, hub_readings(r, n, k, s))))
+                    lambda r, n, k=senders, s=size: hub(k, sensor_frames(r, n, s, k, 0x5E000000, 1000))))
         out.append((Case(f"flood: {senders} sources at {rate:g}/s, random", "victim", senders * rate),
                     lambda r, n, k=senders, s=size: hub(k, r.integers(0, 256, (n, s), dtype=np.uint8))))
     return out

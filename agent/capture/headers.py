@@ -161,7 +161,7 @@ UDP = Header("udp", (
 ))
 # The first 16 bytes of a UDP payload, where captured: an application's header, in which some bytes stay from one
 # datagram of a stream to the next (a version, an SSRC, a magic number) and some move on (a sequence number, a clock),
-# where a flood's payload is random throughout or the same throughout (see DecisionLayer._structured_payloads).
+# where a flood's payload is random throughout or the same throughout (see DecisionLayer._payload_kinds).
 UDP_PAYLOAD_HEAD = Header("udp_payload_head", (
     Field("head_hi", "Q"),
     Field("head_lo", "Q"),

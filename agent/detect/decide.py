@@ -240,6 +240,12 @@ _FORGED_KEY = 0x9E3779B97F4A7C15  # the sources table's key of every forged (LAN
 MEDIA_SHARE = 0.8
 
 
+def _streaming(r: dict, udp: np.ndarray, media: np.ndarray, cfg: "DecisionConfig") -> np.ndarray:
+    """Per packet of a table's keys (their UDP and media shares): the key's UDP is a media stream (Evidence.media),
+    below a flood's rate: no UDP flood verdict for it."""
+    return (udp > 0) & (media >= MEDIA_SHARE * udp) & (rate(r, cfg.half_life_s) < cfg.stream_max_rate)
+
+
 def _unless_udp(rule: tuple[np.ndarray, np.ndarray, np.ndarray], talking: np.ndarray) -> tuple:
     """``rule``, whose UDP flood verdicts need a key that is not in conversation (``talking``)."""
     hot, label, conf = rule
@@ -514,8 +520,7 @@ class DecisionLayer:
         # frames.  The model finds udpplain in a stream of datagrams through one socket pair, and so do the headers
         # when they are small and many; nothing in a packet's 115 features tells them apart, the spread of their
         # sizes does, or their payloads' headers.
-        streaming = ((udp > 0) & (shares[:, x("media")] >= MEDIA_SHARE * udp)
-                     & (rate(srcs, cfg.half_life_s) < cfg.stream_max_rate))  # fmt: skip
+        streaming = _streaming(srcs, udp, shares[:, x("media")], cfg)
         # A header UDP flood draws a new socket pair per datagram: in conversation so, only a DNS client is (a query
         # from a new port each, answered); a flood at a board's service that answers every datagram (an echo, a SIP
         # stack refusing junk) is a flood however answered.
@@ -578,8 +583,7 @@ class DecisionLayer:
         answered_t = (udp_t > 0) & (tgts["shares"][:, tx.index("answered")] >= cfg.answered_share * udp_t)
         # Media streams to the target (a hub hearing its sensors, an NVR its cameras), below a flood's rate: no UDP
         # flood at it, however many sources it hears at once.
-        answered_t |= ((udp_t > 0) & (tgts["shares"][:, tx.index("media")] >= MEDIA_SHARE * udp_t)
-                       & (rate(tgts, cfg.half_life_s) < cfg.stream_max_rate))  # fmt: skip
+        answered_t |= _streaming(tgts, udp_t, tgts["shares"][:, tx.index("media")], cfg)
         # "Spoofed" needs many never-seen sources recently, not just a high share: after a quiet spell a
         # target's decayed window holds only the newest packets, and one new attacker's first packet would
         # make the share 1.
@@ -804,10 +808,9 @@ class DecisionLayer:
         p = packets
         if by_dst:
             key = hash_words(16, p.dst_ip_hi[idx], p.dst_ip_lo[idx])
-            order = argsort_keys(key, self.sources._sort)
-            return idx[order], key[order], Segments.from_sorted(key[order])
-        ports = (p.sport[idx].astype(np.uint64) << np.uint64(16)) | p.dport[idx].astype(np.uint64)
-        key = hash_words(15, p.src_ip_lo[idx], p.dst_ip_hi[idx] ^ p.src_ip_hi[idx], p.dst_ip_lo[idx], ports)
+        else:
+            ports = (p.sport[idx].astype(np.uint64) << np.uint64(16)) | p.dport[idx].astype(np.uint64)
+            key = hash_words(15, p.src_ip_lo[idx], p.dst_ip_hi[idx] ^ p.src_ip_hi[idx], p.dst_ip_lo[idx], ports)
         order = argsort_keys(key, self.sources._sort)
         return idx[order], key[order], Segments.from_sorted(key[order])
 

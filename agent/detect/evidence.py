@@ -182,7 +182,7 @@ class Evidence:
     media: np.ndarray  # one-way UDP shaped like a media stream (a camera's RTP video): sizes on its socket pair that
     # vary, or too early between its two hosts to tell.  A flood's datagrams have one size (Mirai's len option,
     # hping3's -d).  The decision stage adds one-size streams whose payloads carry an application's header (RTP
-    # audio, MPEG-TS, a sensor's frames: DecisionLayer._structured_payloads), which needs each pair's last datagram.
+    # audio, MPEG-TS, a sensor's frames: DecisionLayer._payload_kinds), which needs each pair's last datagram.
 
     SHAPES = ("syn_only", "ack", "udp", "portless", "syn_odd")
 

@@ -105,7 +105,7 @@ def test_ipv4_options_udp(option_words):
 
 
 def test_udp_payload_head_is_its_first_16_bytes_where_captured():
-    """A datagram's first 16 payload bytes (an application's header: see DecisionLayer._structured_payloads), read
+    """A datagram's first 16 payload bytes (an application's header: see DecisionLayer._payload_kinds), read
     big-endian; 0 when fewer are captured (a short datagram, a short snaplen) or the packet is no UDP."""
     head = bytes(range(0xA0, 0xB0))
     frames = [ethernet(0x0800, ipv4("10.0.0.1", "10.0.0.2", 17, udp(5004, 40000, head + b"media" * 40))),
