@@ -55,7 +55,7 @@ def random_batch(
         ip_len=z.astype(np.int32), tcp_flags=z.astype(np.uint8), tcp_seq=z.astype(np.uint32), tcp_ack=z.astype(np.uint32),
         tcp_win=z.astype(np.uint16), tcp_hdr_len=z.astype(np.uint8), payload_len=z.astype(np.int32),
         icmp_type=np.full(n, -1, np.int16), gre_proto=np.full(n, -1, np.int32),
-        udp_head_hi=z.astype(np.uint64), udp_head_lo=z.astype(np.uint64),
+        udp_head_hi=z.astype(np.uint64), udp_head_lo=z.astype(np.uint64), udp_head_ok=z.astype(bool),
     )
 
 

@@ -148,6 +148,7 @@ class PacketBatch:
     gre_proto: np.ndarray  # int32: the protocol GRE version 0 carries (0x0800 IPv4, ...), -1 otherwise
     udp_head_hi: np.ndarray  # uint64: a UDP payload's bytes 0-7 (big-endian), 0 unless 16 of its bytes were captured
     udp_head_lo: np.ndarray  # uint64: its bytes 8-15
+    udp_head_ok: np.ndarray  # bool: those 16 bytes were captured (a zero head is then zeros, not a short snaplen)
 
     def __len__(self) -> int:
         return len(self.ts)

@@ -336,7 +336,8 @@ def _decode_l4(buf: np.ndarray, ip: dict, end: np.ndarray, drops: _Drops) -> dic
     is_udp &= drops.alive
     tcp = _read(TCP, buf, l4, is_tcp)
     udp = _read(UDP, buf, l4, is_udp)
-    head = _read(UDP_PAYLOAD_HEAD, buf, l4 + UDP.size, is_udp & (l4_room >= UDP.size + UDP_PAYLOAD_HEAD.size))
+    head_ok = is_udp & (l4_room >= UDP.size + UDP_PAYLOAD_HEAD.size)
+    head = _read(UDP_PAYLOAD_HEAD, buf, l4 + UDP.size, head_ok)
     # A truncated ICMP header is no reason to skip the packet: its type is then unknown (-1).
     is_icmp = has_l4 & drops.alive & _one_of(proto, (IP_PROTO_ICMP, IP_PROTO_ICMPV6)) & (l4_room >= ICMP_TYPE.size)
     icmp = _read(ICMP_TYPE, buf, l4, is_icmp)
@@ -356,6 +357,7 @@ def _decode_l4(buf: np.ndarray, ip: dict, end: np.ndarray, drops: _Drops) -> dic
         "gre_proto": np.where(is_gre & (gre["flags_version"] & 7 == 0), gre["proto"], -1),
         "udp_head_hi": head["head_hi"],
         "udp_head_lo": head["head_lo"],
+        "udp_head_ok": head_ok,
     }
 
 
@@ -417,6 +419,7 @@ def _packet_batch(
         gre_proto=column(l4["gre_proto"], np.int32),
         udp_head_hi=column(l4["udp_head_hi"], np.uint64),
         udp_head_lo=column(l4["udp_head_lo"], np.uint64),
+        udp_head_ok=column(l4["udp_head_ok"], bool),
     )
 
 

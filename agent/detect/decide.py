@@ -39,6 +39,7 @@ from agent.detect.evidence import (
     Evidence,
     datagram_heads,
     inherit_headers,
+    noise_alone,
     opens_socket_pair,
     packet_evidence,
 )
@@ -56,6 +57,7 @@ from agent.detect.rules import (
     lone_probe_rule,
     matching,
     model_rule,
+    noise_flood_rule,
     query_flood_rule,
     rate,
     reflection_rule,
@@ -92,6 +94,9 @@ class DecisionConfig:
     syn_flood_min_packets: int = 50  # ...and so many recent ones
     small_udp_flood_rate: float = 1000.0  # one source's small datagrams/s that nothing answers: a flood through...
     small_udp_max_bytes: float = 300.0  # ...one socket (udpplain), when they average at most this many bytes a frame
+    # Recent one-way datagrams with no application's payload (random, zeros or empty: rules.noise_flood_rule) behind a
+    # UDP flood verdict on the headers: a flood of 20 a second reaches it in 0.9 s; one of 5 a second, never (14.4).
+    noise_flood_min: float = 15.0
     fragment_flood_rate: float = 2000.0  # one source's frames/s of fragmented datagrams through one socket, one-way
     connect_flood_rate: float = 100.0  # one source's SYNs a second to services it tried before: an HTTP flood...
     connect_flood_min: int = 150  # ...with so many recent SYNs behind it
@@ -296,6 +301,7 @@ class _Chunk:
     out_of_sequence: np.ndarray  # TCP with numbers no stream of its socket pair would carry
     fresh: np.ndarray  # through a socket pair new (or quiet) for it, or with TCP numbers no stream of it carries
     opaque: np.ndarray  # one-way UDP whose payload has no header: random or the same throughout (_payload_kinds)
+    noise: np.ndarray  # ...random, one byte throughout or empty: a flood's, not a repeated message's (_payload_kinds)
     media_at_target: np.ndarray  # media, or a socket pair's first datagram with the header of the one before to its host
     light_src: np.ndarray | None = None  # from a source too light to be a flood on its own (targets)
     new_source: np.ndarray | None = None  # from a source seen for the first time, or forged (sources)
@@ -316,7 +322,7 @@ class DecisionLayer:
 
     SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst", "one_way", "traced",
                      "reconnect", "full_probe", "kernel_probe", "answered", "two_way", "reflect",
-                     "web_request", "dns_query", "group", "media", "fragment", "opaque")
+                     "web_request", "dns_query", "group", "media", "fragment", "opaque", "noise")
     TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "answered", "web_request",
                      "dns_query", "group", "amplified", "media")
     PAIR_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "full_probe", "kernel_probe", "opaque")
@@ -342,6 +348,8 @@ class DecisionLayer:
         self.payload_heads = StreamTable(cfg.max_sources, np.full(4, -1.0))
         # per receiving host: the last payload of a datagram opening a socket pair to it (from any source)
         self.service_payload_heads = StreamTable(cfg.max_targets, np.full(4, -1.0))
+        # per sending host: the last payload of a datagram it opened a socket pair with (to any host)
+        self.opener_payload_heads = StreamTable(cfg.max_sources, np.full(4, -1.0))
         # (requester, its port, the service port) of UDP requests sent to a group (multicast, broadcast)
         self.group_requests = StreamTable(GROUP_REQUESTS, np.zeros(0))
         self.links = Tracked(4096, cfg.half_life_s, (*Evidence.SHAPES, "new_source"))  # per Ethernet sender
@@ -406,13 +414,24 @@ class DecisionLayer:
             scores = scores[heads]
         # Media streams whose datagrams are one size but whose payloads carry an application's header; and datagrams
         # whose payloads carry none (a flood's).
-        one_way = ev.one_way & ~packets.frag
-        structured, opaque, judged = self._payload_kinds(packets, one_way & ~ev.new_socket, self.payload_heads)
+        # (a datagram of 16 bytes or more whose first 16 were not captured says nothing: a short snaplen)
+        one_way = ev.one_way & ~packets.frag & (packets.udp_head_ok | (packets.payload_len < 16))
+        structured, opaque, noise, judged = self._payload_kinds(packets, one_way & ~ev.new_socket, self.payload_heads)
         ev.media |= structured
         # Datagrams with nothing before them on their socket pair, from many sources to one host (sensors reporting
         # to a hub, heard again after the agent restarts), against each other: one protocol's header across its
         # senders, where a spoofed flood's payloads are random or one (and it hits few hosts: few keys).
-        across = self._payload_kinds(packets, one_way & ~judged, self.service_payload_heads, by_dst=True)[0]
+        unjudged = one_way & ~judged
+        across = self._payload_kinds(packets, unjudged, self.service_payload_heads, by="dst")[0]
+        # ...and from one host to many socket pairs (a flood at random ports or hosts draws a new pair per datagram):
+        # noise where it reads as none of an application's by itself (``noise_alone``) and is not like the one before
+        # it from its host (a VPN's discovery pings to a peer's every address carry one magic number and key).
+        alike, opaque_src, noise_src, _ = self._payload_kinds(packets, unjudged, self.opener_payload_heads, by="src")
+        repeated = opaque_src & ~noise_src  # (the same message again, byte for byte)
+        fresh_noise = unjudged & noise_alone(packets) & ~alike & ~repeated
+        noise |= fresh_noise
+        opaque |= fresh_noise
+        noise &= ~ev.media  # (datagrams of many sizes, or a key frame's: a stream's, whatever its payload)
         group_answers = self._answers_to_groups(packets, ev)
         ev.reply |= group_answers
         ev.udp_probe &= ~group_answers
@@ -477,7 +496,7 @@ class DecisionLayer:
         reconnect = ev.syn_only & ~probe & ~forged
         reconnect &= opens_socket_pair(features) if features is not None else False
         return _Chunk(packets, scores, ev, ev.shape(), anomalous, probe, sweep, full_options, full_probe, kernel_probe,
-                      reconnect, src_key, forged, out_of_sequence, fresh, opaque, ev.media | across)
+                      reconnect, src_key, forged, out_of_sequence, fresh, opaque, noise, ev.media | across)
 
     def _judge_sources(self, c: _Chunk) -> tuple[dict, np.ndarray]:
         """Sources (and the pairs of the ones not convicted yet); the class each packet's source is convicted of."""
@@ -488,7 +507,7 @@ class DecisionLayer:
         extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst,
                          c.ev.one_way, traced, c.reconnect, c.full_probe, c.kernel_probe, answered,
                          c.ev.two_way, c.ev.reflect_request, c.ev.web_request, c.ev.dns_query, c.ev.group_chatter,
-                         c.ev.media, packets.frag, c.opaque)
+                         c.ev.media, packets.frag, c.opaque, c.noise)
         # A router's time exceeded, and a datagram answering one, count for the source whose packet they answer (their
         # receiver), as benign: a traceroute's small datagrams to ever new ports look like a UDP flood at random ports
         # to the model, and so do a Pi-hole's bursts of queries to its resolver.
@@ -539,6 +558,7 @@ class DecisionLayer:
             (_unless(fingerprint_rule(flood_print[srcs["order"]], _SYN), calm), "headers"),
             (_unless(_unless_udp(flood_rule(srcs, self.sources, cfg, one_source=True), asking_dns | streaming), calm),
              "headers"),
+            (_unless(_unless_udp(noise_flood_rule(srcs, self.sources, cfg), talking), calm), "headers"),
             (connection_flood_rule(srcs, self.sources, cfg), "headers"),
             (_unless(reflection_rule(srcs, self.sources, cfg), calm), "headers"),
             (request_flood_rule(srcs, self.sources, cfg, one_source=True), "headers"),
@@ -751,27 +771,30 @@ class DecisionLayer:
         return out
 
     def _payload_kinds(self, packets: PacketBatch, which: np.ndarray, table: StreamTable,
-                       by_dst: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       by: str = "pair") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per packet (of ``which``: one-way UDP through a socket pair in use), from the first 16 bytes of its payload
-        against the datagram's before it on the pair (``by_dst``: to its destination host), remembered in ``table``:
-        structured, opaque, and judged (there was a datagram before it to compare with).
+        against the datagram's before it on the pair (``by``: "dst", to its destination host; "src", from its source
+        host), remembered in ``table``: structured, opaque, noise, and judged (there was a datagram before it to
+        compare with).
 
         Structured: at least two bytes equal and at least one different: an application's header, some of whose fields
         stay (RTP's version, payload type and SSRC; a sensor's magic number; MPEG-TS's sync byte and PID; a LiDAR's
         block flag) while others move on (a sequence number, a clock, a counter).  Opaque: what a flood sends, random
         in every byte (two of 16 equal by chance once in 500 datagrams: Mirai's rand, its default) or the same in all
         (Mirai's rand=0, Gafgyt's one random string, hping3's zeros), in datagrams of 16 bytes or more; and empty
-        datagrams (Mirai's len=0, hping3's default)."""
-        structured, opaque, judged = (np.zeros(len(packets), dtype=bool) for _ in range(3))
+        datagrams (Mirai's len=0, hping3's default).  Noise: opaque, but for a message repeated byte for byte (a
+        flood's one random string, or a device's one status message again and again): random, one byte throughout
+        (zeros) or empty."""
+        structured, opaque, noise, judged = (np.zeros(len(packets), dtype=bool) for _ in range(4))
         mask = np.uint64(0xFFFF_FFFF)
 
         def words(at: np.ndarray) -> np.ndarray:  # (four 32-bit words: exact as floats, which the table holds)
             hi, lo = packets.udp_head_hi[at], packets.udp_head_lo[at]
             return np.column_stack([hi >> np.uint64(32), hi & mask, lo >> np.uint64(32), lo & mask]).astype(np.float64)
 
-        idx, now, before = self._previous_on_pair(table, packets, which, words, by_dst)
+        idx, now, before = self._previous_on_pair(table, packets, which, words, by)
         if not len(idx):
-            return structured, opaque, judged
+            return structured, opaque, noise, judged
         differ = now.astype(np.uint64) ^ np.maximum(before, 0).astype(np.uint64)
         equal = sum(((differ >> np.uint64(shift)) & np.uint64(0xFF)) == 0 for shift in (0, 8, 16, 24)).sum(axis=1)
         known, size = before[:, 0] >= 0, packets.payload_len[idx]
@@ -779,19 +802,22 @@ class DecisionLayer:
         # no application's data at all)
         structured[idx] = known & (equal >= 2) & (equal < 16) & (size >= 16)
         opaque[idx] = known & (((equal < 2) | (equal == 16)) & (size >= 16) | (size == 0))
+        one_byte = (now[:, 0] == now[:, 1]) & (now[:, 1] == now[:, 2]) & (now[:, 2] == now[:, 3])
+        one_byte &= now[:, 0].astype(np.uint64) % np.uint64(0x01010101) == 0  # (0xXXXXXXXX: one byte four times)
+        noise[idx] = known & (((equal < 2) | one_byte) & (size >= 16) | (size == 0))
         judged[idx] = known
-        return structured, opaque, judged
+        return structured, opaque, noise, judged
 
     def _previous_on_pair(self, table: StreamTable, packets: PacketBatch, which: np.ndarray, values,
-                          by_dst: bool = False) -> tuple:
+                          by: str = "pair") -> tuple:
         """The packets ``which`` (indices, by socket pair and in time order within each), their ``values(indices)``
-        (rows of floats) and those of the packet before each on its socket pair (``by_dst``: to its destination
-        host): in this chunk, or remembered in ``table`` (its initial row for a key it does not know).  The table
+        (rows of floats) and those of the packet before each on its socket pair (``by``: "dst", to its destination
+        host; "src", from its source host): in this chunk, or remembered in ``table`` (its initial row for a key it does not know).  The table
         then remembers each key's last row."""
         idx = np.flatnonzero(which)
         if not len(idx):
             return idx, np.zeros((0, len(table.init_row))), np.zeros((0, len(table.init_row)))
-        idx, key, seg = self._by_socket_pair(packets, idx, by_dst)
+        idx, key, seg = self._by_socket_pair(packets, idx, by)
         slots, _ = table.lookup(key[seg.start], packets.ts[idx][seg.start])
         now = values(idx)
         before = np.empty_like(now)
@@ -802,12 +828,14 @@ class DecisionLayer:
         return idx, now, before
 
     def _by_socket_pair(self, packets: PacketBatch, idx: np.ndarray,
-                        by_dst: bool = False) -> tuple[np.ndarray, np.ndarray, Segments]:
-        """``idx`` and their socket pairs' keys (``by_dst``: their destination hosts') sorted by key (time order
-        within each), and the segments."""
+                        by: str = "pair") -> tuple[np.ndarray, np.ndarray, Segments]:
+        """``idx`` and their socket pairs' keys (``by``: "dst", their destination hosts'; "src", their source hosts')
+        sorted by key (time order within each), and the segments."""
         p = packets
-        if by_dst:
+        if by == "dst":
             key = hash_words(16, p.dst_ip_hi[idx], p.dst_ip_lo[idx])
+        elif by == "src":
+            key = hash_words(17, p.src_ip_hi[idx], p.src_ip_lo[idx])
         else:
             ports = (p.sport[idx].astype(np.uint64) << np.uint64(16)) | p.dport[idx].astype(np.uint64)
             key = hash_words(15, p.src_ip_lo[idx], p.dst_ip_hi[idx] ^ p.src_ip_hi[idx], p.dst_ip_lo[idx], ports)

@@ -210,6 +210,33 @@ INHERITED = ("syn_only", "ack", "syn_odd", "udp", "echo", "tunnel", "new_socket"
              "group_chatter")
 
 
+NOISE_MIN_DISTINCT = 13  # of a payload's first 16 bytes: random bytes give 13 or more 999 times in 1,000
+NOISE_MAX_ZEROS = 1  # ...and at most one zero byte 99.8 times in 100 (a binary header has zero fields)
+
+
+def noise_alone(packets: PacketBatch) -> np.ndarray:
+    """Per packet: a UDP payload that reads as no application's by itself.  Random-looking: 13 or more distinct
+    values among its first 16 bytes, at most one of them zero, not all printable (a binary protocol's header has
+    fields that are zero, a flag byte, a length; a text protocol's is printable: SSDP, syslog); or one byte
+    throughout (zeros: Mirai's rand=0, hping3's -d).  A datagram shorter than 16 bytes, or whose first 16 were not
+    captured, is none; so is an empty one, which is as much a UDP port scan's probe (nmap -sU) as a flood's.  An
+    encrypted stream's datagrams may read as random one by one (QUIC's short header, SRTP's payload), which is why
+    the decision stage judges a datagram so only where there is nothing to compare it with on its socket pair
+    (``DecisionLayer._payload_kinds``)."""
+    out = np.zeros(len(packets), dtype=bool)
+    full = np.flatnonzero((packets.proto == 17) & ~packets.frag & packets.udp_head_ok & (packets.payload_len >= 16))
+    if len(full):
+        words = np.stack([packets.udp_head_hi[full], packets.udp_head_lo[full]], axis=1).astype(">u8")
+        head = words.view(np.uint8).reshape(len(full), 16)
+        ordered = np.sort(head, axis=1)
+        distinct = 1 + (ordered[:, 1:] != ordered[:, :-1]).sum(axis=1)
+        zeros = (head == 0).sum(axis=1)
+        printable = ((head >= 0x20) & (head <= 0x7E)).all(axis=1)
+        random_looking = (distinct >= NOISE_MIN_DISTINCT) & (zeros <= NOISE_MAX_ZEROS) & ~printable
+        out[full] = random_looking | (distinct == 1)
+    return out
+
+
 def datagram_heads(packets: PacketBatch) -> np.ndarray | None:
     """Per packet, the packet whose transport header stands for it: itself, or for a later IP fragment, which has
     none, the packet before it between the same two hosts with the same protocol that is no later fragment (its

@@ -262,6 +262,24 @@ def flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig, one_source: bool) -> 
     return hot, label, share
 
 
+def noise_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
+    """One source's UDP, nearly all of it one-way noise (payloads random, one byte throughout or empty, datagram
+    after datagram: ``DecisionLayer._payload_kinds``), ``noise_flood_min`` of them recently: a UDP flood, whatever
+    the model makes of its packets and however little volume it carries (Mirai's udp at a subnet's random hosts and
+    ports, or its udpplain through one socket a target, at a few dozen datagrams a second).  A count, not a rate: a
+    source's rate over a window that holds its traffic from before the flood reaches 20 a second only after two.  An application's
+    datagrams carry its header (a DNS query's flags and counts, QUIC's version or connection id, RTP's SSRC, a
+    sensor's magic number), or are answered.  Through one socket pair with a kernel's IP ids, Mirai's udpplain;
+    else its udp.  A media stream beside it spares it nothing: the stream's datagrams are not noise."""
+    shares, x = r["shares"], t.extras.index
+    udp, noise = shares[:, x("udp")], shares[:, x("noise")]
+    # Of its UDP but media streams, however much else it sends: a board that floods slowly may stream its camera's
+    # video and serve its app over TCP meanwhile.
+    other = udp - shares[:, x("media")]
+    hot = (other > 0) & (noise >= OPAQUE_SHARE * other) & (noise * r["weight"] >= cfg.noise_flood_min)
+    return hot, _udp_class(shares, x, other), np.minimum(noise / np.maximum(other, 1e-9), 1.0)
+
+
 def connection_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     """One source connecting again and again to services it has connected to before (SYNs through new socket pairs
     to a host and port it already tried: a retransmitted SYN reuses its pair), faster than ``connect_flood_rate`` a

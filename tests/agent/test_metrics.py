@@ -153,7 +153,8 @@ def test_metrics_of_the_live_pipeline_on_the_bundled_capture(tmp_path):
             assert second.value("packets_total", **{"class": name}) == c.per_class[k]
         assert second.total("packets_total") == c.classified > first.total("packets_total")
         assert second.total("verdicts_total") == c.verdicts > 0
-        assert second.value("verdicts_total", **{"class": "mirai_udpplain", "basis": "model"}) >= 1
+        assert second.value("verdicts_total", **{"class": "mirai_udpplain", "basis": "headers"}) >= 1
+        assert second.value("verdicts_total", **{"class": "mirai_ack", "basis": "model"}) >= 1
         assert second.value("rules_active", origin="local") == agent.rules.count("local") > 0
         assert second.value("rules_active", origin="fleet") == 0
         assert second.value("under_attack") == 1

@@ -86,7 +86,7 @@ def test_ipv4_tcp_every_column():
         "sport": 40000, "dport": 443, "ttl": 63, "ip_id": 0xBEEF, "df": True, "frag": False,
         "ip_len": 20 + 28 + 11, "tcp_flags": 0x12, "tcp_seq": 0x11223344, "tcp_ack": 0x55667788,
         "tcp_win": 29200, "tcp_hdr_len": 28, "payload_len": 11, "icmp_type": -1, "gre_proto": -1,
-        "udp_head_hi": 0, "udp_head_lo": 0,
+        "udp_head_hi": 0, "udp_head_lo": 0, "udp_head_ok": False,
     }
     assert stats.decoded == 1 and stats.total_skipped == 0
     assert p.src_ip_lo.dtype == np.uint64 and p.sport.dtype == np.int32 and p.l3.dtype == np.uint8
@@ -116,6 +116,7 @@ def test_udp_payload_head_is_its_first_16_bytes_where_captured():
     assert stats.total_skipped == 0
     assert p.udp_head_hi.tolist() == [0xA0A1A2A3A4A5A6A7, 0, 0, 0, 0xA0A1A2A3A4A5A6A7]
     assert p.udp_head_lo.tolist() == [0xA8A9AAABACADAEAF, 0, 0, 0, 0xA8A9AAABACADAEAF]
+    assert p.udp_head_ok.tolist() == [True, False, False, False, True]
 
 
 def test_icmpv4_and_short_frame_padding():

@@ -46,9 +46,10 @@ def batch(ts, src, dst, proto=6, sport=40000, dport=80, flags=SYN, seq=1, size=6
         ttl=np.full(n, 64, np.uint8), ip_id=np.zeros(n, np.uint16), df=np.zeros(n, bool), frag=np.zeros(n, bool),
         ip_len=col(size, np.int32) - 14, tcp_flags=np.where(tcp, col(flags, np.uint8), 0).astype(np.uint8),
         tcp_seq=col(seq, np.uint32), tcp_ack=col(ack, np.uint32), tcp_win=col(win, np.uint16),
-        tcp_hdr_len=np.where(tcp, 20, 0).astype(np.uint8), payload_len=np.zeros(n, np.int32),
+        tcp_hdr_len=np.where(tcp, 20, 0).astype(np.uint8),
+        payload_len=np.where(col(proto, np.uint8) == 17, np.maximum(col(size, np.int32) - 42, 0), 0).astype(np.int32),
         icmp_type=col(icmp_type, np.int16), gre_proto=col(gre_proto, np.int32),
-        udp_head_hi=np.zeros(n, np.uint64), udp_head_lo=np.zeros(n, np.uint64),
+        udp_head_hi=np.zeros(n, np.uint64), udp_head_lo=np.zeros(n, np.uint64), udp_head_ok=np.zeros(n, bool),
     )
     b = PacketBatch(**cols)
     return b.take(order)
@@ -1485,7 +1486,7 @@ def test_a_one_size_stream_with_an_applications_header_is_no_flood_and_random_or
     def stream(hi, lo):
         b = batch(ts, BOARD, hub, proto=17, sport=5004, dport=40000, size=size)
         b.payload_len[:] = size - 42
-        b.udp_head_hi[:], b.udp_head_lo[:] = hi, lo
+        b.udp_head_hi[:], b.udp_head_lo[:], b.udp_head_ok[:] = hi, lo, True
         return b
 
     assert run(stream(*rtp_heads(n, rng)), scores=scan_scores(n, "mirai_udpplain"))[0] == []
@@ -1502,7 +1503,7 @@ def test_a_slow_udp_flood_without_an_applications_header_needs_no_volume(payload
     """Mirai's udpplain at 30 datagrams/s of 64 bytes carries 3 kB/s, below a model flood's volume (8 kB/s), where
     a device's bursts of small datagrams stay.  Its payloads, random throughout or the same throughout (or none),
     carry no application's header: that convicts it within a second.  The same stream with a header does not, nor
-    does an unanswered poll of one command five times a second."""
+    does an unanswered poll of one command five times a second, nor zeros four times a second."""
     rng = np.random.default_rng(33)
     bot = ip(192, 168, 1, 66)
 
@@ -1510,17 +1511,20 @@ def test_a_slow_udp_flood_without_an_applications_header_needs_no_volume(payload
         n = int(rate * 10)
         b = batch(T0 + np.arange(n) / rate, bot, BOARD, proto=17, sport=41234, dport=9000, size=106)
         b.payload_len[:] = 0 if heads == "empty" else 64
+        b.udp_head_ok[:] = heads != "empty"
         if heads == "random":
             b.udp_head_hi[:], b.udp_head_lo[:] = (rng.integers(0, 1 << 63, n, dtype=np.uint64) for _ in range(2))
         elif heads == "header":
             b.udp_head_hi[:], b.udp_head_lo[:] = rtp_heads(n, rng)
+        elif heads == "command":  # (one command again and again, byte for byte)
+            b.udp_head_hi[:], b.udp_head_lo[:] = np.uint64(0x000055AA00000007), np.uint64(0x0000000A7B226470)
         return b
 
     flood = stream(30.0, payload)
     verdicts, _ = run(flood, scores=scan_scores(len(flood), "mirai_udpplain"))
     assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udpplain", "192.168.1.66")]
     assert verdicts[0].latency < 1.0
-    for benign in (stream(30.0, "header"), stream(5.0, "zeros")):
+    for benign in (stream(30.0, "header"), stream(5.0, "command"), stream(4.0, "zeros")):
         assert run(benign, scores=scan_scores(len(benign), "mirai_udpplain"))[0] == []
 
 
@@ -1535,7 +1539,7 @@ def test_a_hub_hearing_its_sensors_after_a_restart_is_no_spoofed_floods_target(h
     t = T0 + np.sort(rng.uniform(0, 1, n))
     ts, sensor = np.concatenate([t, t + 1, t + 2]), np.tile(np.arange(n), 3)
     b = batch(ts, ip(192, 168, 2, 0) + sensor, BOARD, proto=17, sport=40000 + sensor, dport=9000, size=162)
-    b.payload_len[:] = 120
+    b.payload_len[:], b.udp_head_ok[:] = 120, True
     if heads == "sensor":
         b.udp_head_hi[:] = (np.uint64(0x534E5352) << np.uint64(32)) | sensor.astype(np.uint64)
         b.udp_head_lo[:] = ((ts - T0).astype(np.uint64) << np.uint64(32)) | rng.integers(0, 1 << 32, 3 * n, np.uint64)
