@@ -95,8 +95,8 @@ class DecisionConfig:
     small_udp_flood_rate: float = 1000.0  # one source's small datagrams/s that nothing answers: a flood through...
     small_udp_max_bytes: float = 300.0  # ...one socket (udpplain), when they average at most this many bytes a frame
     # Recent one-way datagrams with no application's payload (random, zeros or empty: rules.noise_flood_rule) behind a
-    # UDP flood verdict on the headers: a flood of 20 a second reaches it in 0.9 s; one of 5 a second, never (14.4).
-    noise_flood_min: float = 15.0
+    # UDP flood verdict on the headers: a flood of 20 a second reaches it in 0.6 s; a sender of 4 a second never (11.5).
+    noise_flood_min: float = 12.0
     fragment_flood_rate: float = 2000.0  # one source's frames/s of fragmented datagrams through one socket, one-way
     connect_flood_rate: float = 100.0  # one source's SYNs a second to services it tried before: an HTTP flood...
     connect_flood_min: int = 150  # ...with so many recent SYNs behind it
@@ -322,7 +322,8 @@ class DecisionLayer:
 
     SOURCE_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "anomalous", "rst", "one_way", "traced",
                      "reconnect", "full_probe", "kernel_probe", "answered", "two_way", "reflect",
-                     "web_request", "dns_query", "group", "media", "fragment", "opaque", "noise")
+                     "web_request", "dns_query", "group", "media", "fragment", "opaque", "noise",
+                     "raw_noise")
     TARGET_EXTRAS = (*Evidence.SHAPES, "fresh", "new_source", "light_source", "answered", "web_request",
                      "dns_query", "group", "amplified", "media")
     PAIR_EXTRAS = (*Evidence.SHAPES, "fresh", "sweep", "kbytes", "id_jump", "full_probe", "kernel_probe", "opaque")
@@ -507,7 +508,7 @@ class DecisionLayer:
         extra = _columns(c.shape, fresh, c.sweep, packets.wire_len / 1000.0, id_jump, c.anomalous, c.ev.rst,
                          c.ev.one_way, traced, c.reconnect, c.full_probe, c.kernel_probe, answered,
                          c.ev.two_way, c.ev.reflect_request, c.ev.web_request, c.ev.dns_query, c.ev.group_chatter,
-                         c.ev.media, packets.frag, c.opaque, c.noise)
+                         c.ev.media, packets.frag, c.opaque, c.noise, c.noise & (fresh | id_jump))
         # A router's time exceeded, and a datagram answering one, count for the source whose packet they answer (their
         # receiver), as benign: a traceroute's small datagrams to ever new ports look like a UDP flood at random ports
         # to the model, and so do a Pi-hole's bursts of queries to its resolver.

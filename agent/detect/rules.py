@@ -31,6 +31,10 @@ _PROBE_SHAPES = [Evidence.SHAPES.index(name) for name in ("syn_only", "ack", "po
 STREAM_MIN_KBYTES = 0.3  # a key's mean frame size from which in-sequence TCP is a data stream, not a flood
 OPAQUE_MIN_RATE = 10.0  # datagrams a second: a service polled with one unanswered command a few times a second is not
 OPAQUE_SHARE = 0.8  # of a key's UDP with opaque payloads (a socket pair's first datagram has nothing to be compared with)
+# Of a source's UDP but media streams, the share that must be noise for a UDP flood on the headers alone: its earlier
+# datagrams (a board's own mDNS and DNS) stay in the window as a slow flood begins, and its pairs' first ones
+# (empty, or nothing to compare with) are no noise.
+NOISE_SHARE = 0.5
 # Share of full-option probes from new ephemeral ports that makes them a connect scan's (Linux's connect() may give a
 # port again for another destination port: 41 of nmap -sT's 1,000, one of its first ten, after other connections
 # to that host)...
@@ -269,15 +273,16 @@ def noise_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     ports, or its udpplain through one socket a target, at a few dozen datagrams a second).  A count, not a rate: a
     source's rate over a window that holds its traffic from before the flood reaches 20 a second only after two.  An application's
     datagrams carry its header (a DNS query's flags and counts, QUIC's version or connection id, RTP's SSRC, a
-    sensor's magic number), or are answered.  Through one socket pair with a kernel's IP ids, Mirai's udpplain;
-    else its udp.  A media stream beside it spares it nothing: the stream's datagrams are not noise."""
+    sensor's magic number), or are answered.  A media stream beside it spares it nothing: the stream's datagrams are not noise."""
     shares, x = r["shares"], t.extras.index
     udp, noise = shares[:, x("udp")], shares[:, x("noise")]
     # Of its UDP but media streams, however much else it sends: a board that floods slowly may stream its camera's
     # video and serve its app over TCP meanwhile.
     other = udp - shares[:, x("media")]
-    hot = (other > 0) & (noise >= OPAQUE_SHARE * other) & (noise * r["weight"] >= cfg.noise_flood_min)
-    return hot, _udp_class(shares, x, other), np.minimum(noise / np.maximum(other, 1e-9), 1.0)
+    hot = (other > 0) & (noise >= NOISE_SHARE * other) & (noise * r["weight"] >= cfg.noise_flood_min)
+    # Mostly through fresh socket pairs, or with a raw socket's IP ids: Mirai's udp; else its udpplain.
+    label = np.where(shares[:, x("raw_noise")] >= 0.5 * noise, _UDP, _UDPPLAIN)
+    return hot, label, np.minimum(noise / np.maximum(other, 1e-9), 1.0)
 
 
 def connection_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:

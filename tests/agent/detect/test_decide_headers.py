@@ -1503,7 +1503,7 @@ def test_a_slow_udp_flood_without_an_applications_header_needs_no_volume(payload
     """Mirai's udpplain at 30 datagrams/s of 64 bytes carries 3 kB/s, below a model flood's volume (8 kB/s), where
     a device's bursts of small datagrams stay.  Its payloads, random throughout or the same throughout (or none),
     carry no application's header: that convicts it within a second.  The same stream with a header does not, nor
-    does an unanswered poll of one command five times a second, nor zeros four times a second."""
+    does an unanswered poll of one command five times a second, nor zeros three times a second."""
     rng = np.random.default_rng(33)
     bot = ip(192, 168, 1, 66)
 
@@ -1524,8 +1524,85 @@ def test_a_slow_udp_flood_without_an_applications_header_needs_no_volume(payload
     verdicts, _ = run(flood, scores=scan_scores(len(flood), "mirai_udpplain"))
     assert [(v.label, v.src_ip) for v in verdicts] == [("mirai_udpplain", "192.168.1.66")]
     assert verdicts[0].latency < 1.0
-    for benign in (stream(30.0, "header"), stream(5.0, "command"), stream(4.0, "zeros")):
+    for benign in (stream(30.0, "header"), stream(5.0, "command"), stream(3.0, "zeros")):
         assert run(benign, scores=scan_scores(len(benign), "mirai_udpplain"))[0] == []
+
+
+def test_noise_alone_is_a_payload_that_reads_as_no_applications_by_itself():
+    """Random bytes and one byte throughout are noise; a binary header with zero fields (DNS), printable text (an
+    SSDP request), a datagram of 15 bytes or an empty one, a head the capture cut off, and TCP are not."""
+    from agent.detect.evidence import noise_alone
+
+    rng = np.random.default_rng(37)
+    noise = lambda: tuple(int(w[0]) for w in random_heads(rng, 1))  # noqa: E731
+    heads = [noise(), (0, 0), (0xABAB_ABAB_ABAB_ABAB, 0xABAB_ABAB_ABAB_ABAB),
+             (0x1F2E_0100_0001_0000, 0x0000_0000_0377_7777), (int.from_bytes(b"M-SEARCH"), int.from_bytes(b" * HTTP/")),
+             noise(), (0, 0), noise(), noise()]  # fmt: skip
+    b = batch(T0 + np.arange(len(heads)), BOARD, ip(192, 168, 1, 9), proto=17, size=100)
+    b.proto[-1] = 6
+    for i, (hi, lo) in enumerate(heads):
+        b.udp_head_hi[i], b.udp_head_lo[i] = np.uint64(hi), np.uint64(lo)
+    b.udp_head_ok[:] = True
+    b.payload_len[5], b.payload_len[6], b.udp_head_ok[7] = 15, 0, False
+    assert noise_alone(b).tolist() == [True, True, True, False, False, False, False, False, False]
+
+
+def random_heads(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
+    return tuple(rng.integers(0, 1 << 63, n, dtype=np.uint64) | (rng.integers(0, 2, n, dtype=np.uint64) << 63)
+                 for _ in range(2))
+
+
+@pytest.mark.parametrize("payload", ["random", "zeros", "dns", "uncaptured"])
+def test_a_slow_udp_flood_at_random_hosts_and_ports_is_named_on_its_payloads_whatever_the_model_says(payload):
+    """Mirai's udp at 20 datagrams/s from the board at random hosts and ports of a /24 (a new socket pair each), its
+    payloads random (rand, the default) or zeros (rand=0), while the board keeps its app's TLS session up: the model
+    scores the datagrams benign, and their volume is no flood's; no application sends one-way datagrams with no
+    header of its own, so the headers convict it within a second, as Mirai's udp.  A DNS client's queries from
+    random ports, as many, are no flood; nor is a capture whose snapshot length cut the payloads off."""
+    rng = np.random.default_rng(35)
+    n = 40
+    ts = T0 + 1.0 + np.arange(n) / 20.0
+    flood = batch(ts, BOARD, ip(203, 0, 113, 0) + rng.integers(1, 255, n), proto=17, sport=rng_ports(rng, n),
+                  dport=rng_ports(rng, n), size=362)  # fmt: skip
+    flood.ip_id[:] = rng.integers(0, 1 << 16, n)
+    if payload == "random":
+        flood.udp_head_hi[:], flood.udp_head_lo[:] = random_heads(rng, n)
+    elif payload == "dns":  # (a random id, the flags and one question: 0x0100 0001 0000 0000 0000, then the name)
+        flood.udp_head_hi[:] = (rng.integers(0, 1 << 16, n, dtype=np.uint64) << np.uint64(48)) | np.uint64(0x0100_0001_0000)
+        flood.udp_head_lo[:] = np.uint64(0x0000_0000_0377_7777)
+    flood.udp_head_ok[:] = payload != "uncaptured"
+    app = batch(T0 + np.arange(0, 3, 0.1), BOARD, ip(52, 1, 2, 3), sport=50000, dport=8883, flags=PSHACK, size=120)
+    verdicts, _ = run(join(flood, app))
+    if payload in ("dns", "uncaptured"):
+        assert verdicts == []
+    else:
+        assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_udp", "headers", "10.0.0.5")]
+        assert verdicts[0].decided_at - ts[0] < 1.0
+
+
+def test_a_slow_udpplain_flood_beside_a_cameras_stream_is_named_on_its_payloads():
+    """A camera streams RTP video (30 datagrams/s) and floods a target through one connected socket at 20
+    datagrams/s (Mirai's udpplain: a kernel's counting IP ids), random payloads: the stream spares the flood
+    nothing, and the flood is udpplain.  A discovery client pinging a VPN peer's every address (one magic
+    number and key in each datagram, a new socket pair each) is no flood."""
+    rng = np.random.default_rng(36)
+    camera, vpn = ip(192, 168, 1, 30), ip(192, 168, 1, 31)
+    video_ts = T0 + np.arange(0, 4, 1 / 30.0)
+    video = batch(video_ts, camera, ip(192, 168, 1, 2), proto=17, sport=5004, dport=40000, size=1242)
+    video.payload_len[:], video.udp_head_ok[:] = 1200, True
+    video.udp_head_hi[:], video.udp_head_lo[:] = rtp_heads(len(video_ts), rng)
+    ts = T0 + 1.0 + np.arange(40) / 20.0
+    flood = batch(ts, camera, ip(198, 51, 100, 7), proto=17, sport=41000, dport=9000, size=554)
+    flood.ip_id[:] = 1000 + np.arange(40)
+    flood.udp_head_hi[:], flood.udp_head_lo[:] = random_heads(rng, 40)
+    flood.udp_head_ok[:] = True
+    pings = batch(ts, vpn, ip(100, 64, 0, 0) + rng.integers(1, 1 << 16, 40), proto=17, sport=41641,
+                  dport=rng_ports(rng, 40), size=134)  # fmt: skip
+    pings.udp_head_hi[:], pings.udp_head_lo[:] = np.uint64(0x5453F09F92AC9A3B), np.uint64(0x51E2C47D08F6B3A1)
+    pings.udp_head_ok[:] = True
+    verdicts, _ = run(join(video, flood, pings))
+    assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_udpplain", "headers", "192.168.1.30")]
+    assert verdicts[0].decided_at - ts[0] < 1.0
 
 
 @pytest.mark.parametrize("heads", ["sensor", "random"])
