@@ -429,10 +429,12 @@ class DecisionLayer:
         # it from its host (a VPN's discovery pings to a peer's every address carry one magic number and key).
         alike, opaque_src, noise_src, _ = self._payload_kinds(packets, unjudged, self.opener_payload_heads, by="src")
         repeated = opaque_src & ~noise_src  # (the same message again, byte for byte)
-        fresh_noise = unjudged & noise_alone(packets) & ~alike & ~repeated
+        fresh_noise = noise_alone(packets, unjudged & ~alike & ~repeated)
         noise |= fresh_noise
         opaque |= fresh_noise
-        noise &= ~ev.media  # (datagrams of many sizes, or a key frame's: a stream's, whatever its payload)
+        # (datagrams of many sizes, or a key frame's: a stream's, whatever its payload; to a group: an announcement's,
+        # at nobody, such as a discovery request a vendor's app scrambles)
+        noise &= ~ev.media & ~ev.to_group
         group_answers = self._answers_to_groups(packets, ev)
         ev.reply |= group_answers
         ev.udp_probe &= ~group_answers
@@ -813,8 +815,8 @@ class DecisionLayer:
                           by: str = "pair") -> tuple:
         """The packets ``which`` (indices, by socket pair and in time order within each), their ``values(indices)``
         (rows of floats) and those of the packet before each on its socket pair (``by``: "dst", to its destination
-        host; "src", from its source host): in this chunk, or remembered in ``table`` (its initial row for a key it does not know).  The table
-        then remembers each key's last row."""
+        host; "src", from its source host): in this chunk, or remembered in ``table`` (its initial row for a key it
+        does not know).  The table then remembers each key's last row."""
         idx = np.flatnonzero(which)
         if not len(idx):
             return idx, np.zeros((0, len(table.init_row))), np.zeros((0, len(table.init_row)))

@@ -214,8 +214,8 @@ NOISE_MIN_DISTINCT = 13  # of a payload's first 16 bytes: random bytes give 13 o
 NOISE_MAX_ZEROS = 1  # ...and at most one zero byte 99.8 times in 100 (a binary header has zero fields)
 
 
-def noise_alone(packets: PacketBatch) -> np.ndarray:
-    """Per packet: a UDP payload that reads as no application's by itself.  Random-looking: 13 or more distinct
+def noise_alone(packets: PacketBatch, which: np.ndarray | None = None) -> np.ndarray:
+    """Per packet (of ``which``, if given): a UDP payload that reads as no application's by itself.  Random-looking: 13 or more distinct
     values among its first 16 bytes, at most one of them zero, not all printable (a binary protocol's header has
     fields that are zero, a flag byte, a length; a text protocol's is printable: SSDP, syslog); or one byte
     throughout (zeros: Mirai's rand=0, hping3's -d).  A datagram shorter than 16 bytes, or whose first 16 were not
@@ -224,7 +224,8 @@ def noise_alone(packets: PacketBatch) -> np.ndarray:
     the decision stage judges a datagram so only where there is nothing to compare it with on its socket pair
     (``DecisionLayer._payload_kinds``)."""
     out = np.zeros(len(packets), dtype=bool)
-    full = np.flatnonzero((packets.proto == 17) & ~packets.frag & packets.udp_head_ok & (packets.payload_len >= 16))
+    full = (packets.proto == 17) & ~packets.frag & packets.udp_head_ok & (packets.payload_len >= 16)
+    full = np.flatnonzero(full if which is None else full & which)
     if len(full):
         words = np.stack([packets.udp_head_hi[full], packets.udp_head_lo[full]], axis=1).astype(">u8")
         head = words.view(np.uint8).reshape(len(full), 16)
