@@ -9,7 +9,8 @@ Every verdict says what decided it (``basis``):
   least ``min_packets`` and one attack class's average reaches ``threshold``.  It is released when
   that average falls below ``release`` (hysteresis).
 * ``headers``: what the headers show whatever the model says (``agent.detect.evidence``): a flood from one
-  source (a high rate of one shape of Evidence.SHAPES, with fresh ports per packet), a scan
+  source (a high rate of one shape of Evidence.SHAPES, with fresh ports per packet), a UDP flood at any rate whose
+  payloads carry no application's header (``rules.noise_flood_rule``), a scan
   (SYNs to hosts and ports not tried before, mostly unanswered), Mirai's scanner fingerprint (one packet suffices),
   a reflection through the board (many answered requests to its SSDP, CoAP, NTP, ... service from one forged
   address), an HTTP flood over connections kept open (requests to a web server many times a second), a DNS query
