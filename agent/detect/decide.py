@@ -350,8 +350,10 @@ class DecisionLayer:
         self.payload_heads = StreamTable(cfg.max_sources, np.full(4, -1.0))
         # per receiving host: the last payload of a datagram opening a socket pair to it (from any source)
         self.service_payload_heads = StreamTable(cfg.max_targets, np.full(4, -1.0))
-        # per sending host: the last payload of a datagram it opened a socket pair with (to any host)
+        # per sending host, and per sending host and destination port: the last payload of a datagram it opened a
+        # socket pair with
         self.opener_payload_heads = StreamTable(cfg.max_sources, np.full(4, -1.0))
+        self.opener_service_heads = StreamTable(cfg.max_sources, np.full(4, -1.0))
         # (requester, its port, the service port) of UDP requests sent to a group (multicast, broadcast)
         self.group_requests = StreamTable(GROUP_REQUESTS, np.zeros(0))
         self.links = Tracked(4096, cfg.half_life_s, (*Evidence.SHAPES, "new_source"))  # per Ethernet sender
@@ -426,11 +428,14 @@ class DecisionLayer:
         unjudged = one_way & ~judged
         across = self._payload_kinds(packets, unjudged, self.service_payload_heads, by="dst")[0]
         # ...and from one host to many socket pairs (a flood at random ports or hosts draws a new pair per datagram):
-        # noise where it reads as none of an application's by itself (``noise_alone``) and is not like the one before
-        # it from its host (a VPN's discovery pings to a peer's every address carry one magic number and key).
-        alike, opaque_src, noise_src, _ = self._payload_kinds(packets, unjudged, self.opener_payload_heads, by="src")
-        repeated = opaque_src & ~noise_src  # (the same message again, byte for byte)
-        fresh_noise = noise_alone(packets, unjudged & ~alike & ~repeated)
+        # noise where it reads as none of an application's by itself (``noise_alone``) and is like neither the one
+        # before it from its host (a VPN's discovery pings to a peer's every address carry one magic number and key)
+        # nor the one before it from its host to the same port (a hub polling dead sensors by CoAP and SNMP in turn).
+        familiar = np.zeros(len(packets), dtype=bool)
+        for table, by in ((self.opener_payload_heads, "src"), (self.opener_service_heads, "src_dport")):
+            alike, opaque_src, noise_src, _ = self._payload_kinds(packets, unjudged, table, by=by)
+            familiar |= alike | (opaque_src & ~noise_src)  # (or the same message again, byte for byte)
+        fresh_noise = noise_alone(packets, unjudged & ~familiar)
         noise |= fresh_noise
         opaque |= fresh_noise
         # (datagrams of many sizes, or a key frame's: a stream's, whatever its payload; to a group: an announcement's,
@@ -778,7 +783,7 @@ class DecisionLayer:
                        by: str = "pair") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per packet (of ``which``: one-way UDP through a socket pair in use), from the first 16 bytes of its payload
         against the datagram's before it on the pair (``by``: "dst", to its destination host; "src", from its source
-        host), remembered in ``table``: structured, opaque, noise, and judged (there was a datagram before it to
+        host; "src_dport", from its source host to its destination port), remembered in ``table``: structured, opaque, noise, and judged (there was a datagram before it to
         compare with).
 
         Structured: at least two bytes equal and at least one different: an application's header, some of whose fields
@@ -816,7 +821,7 @@ class DecisionLayer:
                           by: str = "pair") -> tuple:
         """The packets ``which`` (indices, by socket pair and in time order within each), their ``values(indices)``
         (rows of floats) and those of the packet before each on its socket pair (``by``: "dst", to its destination
-        host; "src", from its source host): in this chunk, or remembered in ``table`` (its initial row for a key it
+        host; "src", from its source host; "src_dport", from it to its destination port): in this chunk, or remembered in ``table`` (its initial row for a key it
         does not know).  The table then remembers each key's last row."""
         idx = np.flatnonzero(which)
         if not len(idx):
@@ -833,13 +838,16 @@ class DecisionLayer:
 
     def _by_socket_pair(self, packets: PacketBatch, idx: np.ndarray,
                         by: str = "pair") -> tuple[np.ndarray, np.ndarray, Segments]:
-        """``idx`` and their socket pairs' keys (``by``: "dst", their destination hosts'; "src", their source hosts')
-        sorted by key (time order within each), and the segments."""
+        """``idx`` and their socket pairs' keys (``by``: "dst", their destination hosts'; "src", their source hosts';
+        "src_dport", their source hosts' and destination ports') sorted by key (time order within each), and the
+        segments."""
         p = packets
         if by == "dst":
             key = hash_words(16, p.dst_ip_hi[idx], p.dst_ip_lo[idx])
         elif by == "src":
             key = hash_words(17, p.src_ip_hi[idx], p.src_ip_lo[idx])
+        elif by == "src_dport":
+            key = hash_words(18, p.src_ip_hi[idx], p.src_ip_lo[idx], p.dport[idx].astype(np.uint64))
         else:
             ports = (p.sport[idx].astype(np.uint64) << np.uint64(16)) | p.dport[idx].astype(np.uint64)
             key = hash_words(15, p.src_ip_lo[idx], p.dst_ip_hi[idx] ^ p.src_ip_hi[idx], p.dst_ip_lo[idx], ports)

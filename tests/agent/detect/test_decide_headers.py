@@ -1625,9 +1625,10 @@ def test_a_slow_udpplain_flood_beside_a_cameras_stream_is_named_on_its_payloads(
     """A camera streams RTP video (30 datagrams/s) and floods a target through one connected socket at 20
     datagrams/s (Mirai's udpplain: a kernel's counting IP ids), random payloads: the stream spares the flood
     nothing, and the flood is udpplain.  A discovery client pinging a VPN peer's every address (one magic
-    number and key in each datagram, a new socket pair each) is no flood."""
+    number and key in each datagram, a new socket pair each) is no flood, nor is a hub polling 20 dead sensors by
+    CoAP (a random token each) and SNMP in turn, whose requests read as random one by one."""
     rng = np.random.default_rng(36)
-    camera, vpn = ip(192, 168, 1, 30), ip(192, 168, 1, 31)
+    camera, vpn, hub = ip(192, 168, 1, 30), ip(192, 168, 1, 31), ip(192, 168, 1, 32)
     video_ts = T0 + np.arange(0, 4, 1 / 30.0)
     video = batch(video_ts, camera, ip(192, 168, 1, 2), proto=17, sport=5004, dport=40000, size=1242)
     video.payload_len[:], video.udp_head_ok[:] = 1200, True
@@ -1641,7 +1642,13 @@ def test_a_slow_udpplain_flood_beside_a_cameras_stream_is_named_on_its_payloads(
                   dport=rng_ports(rng, 40), size=134)  # fmt: skip
     pings.udp_head_hi[:], pings.udp_head_lo[:] = np.uint64(0x5453F09F92AC9A3B), np.uint64(0x51E2C47D08F6B3A1)
     pings.udp_head_ok[:] = True
-    verdicts, _ = run(join(video, flood, pings))
+    coap = np.array([0x4401, 0xB474656D]) << np.array([48, 0])  # (ver, CON, GET; msgid, token; Uri-Path "tem")
+    polls = batch(ts, hub, ip(192, 168, 1, 100) + np.arange(40) % 20, proto=17, sport=40000,
+                  dport=np.where(np.arange(40) % 2, 161, 5683), size=80)  # fmt: skip
+    polls.udp_head_hi[:] = np.where(np.arange(40) % 2, 0x302902010104_0670, coap[0] | rng.integers(0, 1 << 48, 40))
+    polls.udp_head_lo[:] = np.where(np.arange(40) % 2, 0x75626C6963A01C02, (rng.integers(0, 1 << 31, 40) << 32) | coap[1])
+    polls.udp_head_ok[:] = True
+    verdicts, _ = run(join(video, flood, pings, polls))
     assert [(v.label, v.basis, v.src_ip) for v in verdicts] == [("mirai_udpplain", "headers", "192.168.1.30")]
     assert verdicts[0].decided_at - ts[0] < 1.0
 
