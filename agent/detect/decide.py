@@ -41,6 +41,7 @@ from agent.detect.evidence import (
     datagram_heads,
     inherit_headers,
     noise_alone,
+    one_byte_throughout,
     opens_socket_pair,
     packet_evidence,
 )
@@ -95,7 +96,7 @@ class DecisionConfig:
     syn_flood_min_packets: int = 50  # ...and so many recent ones
     small_udp_flood_rate: float = 1000.0  # one source's small datagrams/s that nothing answers: a flood through...
     small_udp_max_bytes: float = 300.0  # ...one socket (udpplain), when they average at most this many bytes a frame
-    # Recent one-way datagrams with no application's payload (random, zeros or empty: rules.noise_flood_rule) behind a
+    # Recent one-way datagrams with no application's header (random, zeros or empty: rules.noise_flood_rule) behind a
     # UDP flood verdict on the headers: a flood of 20 a second reaches it in 0.6 s; a sender of 4 a second never (11.5).
     noise_flood_min: float = 12.0
     fragment_flood_rate: float = 2000.0  # one source's frames/s of fragmented datagrams through one socket, one-way
@@ -303,7 +304,7 @@ class _Chunk:
     fresh: np.ndarray  # through a socket pair new (or quiet) for it, or with TCP numbers no stream of it carries
     opaque: np.ndarray  # one-way UDP whose payload has no header: random or the same throughout (_payload_kinds)
     noise: np.ndarray  # ...random, one byte throughout or empty: a flood's, not a repeated message's (_payload_kinds)
-    media_at_target: np.ndarray  # media, or a socket pair's first datagram with the header of the one before to its host
+    media_at_target: np.ndarray  # media, or a pair's first datagram with the header of the one before to its host
     light_src: np.ndarray | None = None  # from a source too light to be a flood on its own (targets)
     new_source: np.ndarray | None = None  # from a source seen for the first time, or forged (sources)
     verdicts: list[Verdict] = field(default_factory=list)
@@ -783,8 +784,8 @@ class DecisionLayer:
                        by: str = "pair") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per packet (of ``which``: one-way UDP through a socket pair in use), from the first 16 bytes of its payload
         against the datagram's before it on the pair (``by``: "dst", to its destination host; "src", from its source
-        host; "src_dport", from its source host to its destination port), remembered in ``table``: structured, opaque, noise, and judged (there was a datagram before it to
-        compare with).
+        host; "src_dport", from its source host to its destination port), remembered in ``table``: structured, opaque,
+        noise, and judged (there was a datagram before it to compare with).
 
         Structured: at least two bytes equal and at least one different: an application's header, some of whose fields
         stay (RTP's version, payload type and SSRC; a sensor's magic number; MPEG-TS's sync byte and PID; a LiDAR's
@@ -811,8 +812,7 @@ class DecisionLayer:
         # no application's data at all)
         structured[idx] = known & (equal >= 2) & (equal < 16) & (size >= 16)
         opaque[idx] = known & (((equal < 2) | (equal == 16)) & (size >= 16) | (size == 0))
-        one_byte = (now[:, 0] == now[:, 1]) & (now[:, 1] == now[:, 2]) & (now[:, 2] == now[:, 3])
-        one_byte &= now[:, 0].astype(np.uint64) % np.uint64(0x01010101) == 0  # (0xXXXXXXXX: one byte four times)
+        one_byte = one_byte_throughout(packets.udp_head_hi[idx], packets.udp_head_lo[idx])
         noise[idx] = known & (((equal < 2) | one_byte) & (size >= 16) | (size == 0))
         judged[idx] = known
         return structured, opaque, noise, judged
@@ -821,8 +821,8 @@ class DecisionLayer:
                           by: str = "pair") -> tuple:
         """The packets ``which`` (indices, by socket pair and in time order within each), their ``values(indices)``
         (rows of floats) and those of the packet before each on its socket pair (``by``: "dst", to its destination
-        host; "src", from its source host; "src_dport", from it to its destination port): in this chunk, or remembered in ``table`` (its initial row for a key it
-        does not know).  The table then remembers each key's last row."""
+        host; "src", from its source host; "src_dport", from it to its destination port): in this chunk, or remembered
+        in ``table`` (its initial row for a key it does not know).  The table then remembers each key's last row."""
         idx = np.flatnonzero(which)
         if not len(idx):
             return idx, np.zeros((0, len(table.init_row))), np.zeros((0, len(table.init_row)))

@@ -214,15 +214,20 @@ NOISE_MIN_DISTINCT = 13  # of a payload's first 16 bytes: random bytes give 13 o
 NOISE_MAX_ZEROS = 1  # ...and at most one zero byte 99.8 times in 100 (a binary header has zero fields)
 
 
+def one_byte_throughout(head_hi: np.ndarray, head_lo: np.ndarray) -> np.ndarray:
+    """Per payload head (``PacketBatch.udp_head_hi``/``_lo``): its 16 bytes are one byte again and again (zeros)."""
+    return (head_hi == head_lo) & (head_hi % np.uint64(0x0101_0101_0101_0101) == 0)
+
+
 def noise_alone(packets: PacketBatch, which: np.ndarray | None = None) -> np.ndarray:
-    """Per packet (of ``which``, if given): a UDP payload that reads as no application's by itself.  Random-looking: 13 or more distinct
-    values among its first 16 bytes, at most one of them zero, not all printable (a binary protocol's header has
-    fields that are zero, a flag byte, a length; a text protocol's is printable: SSDP, syslog); or one byte
-    throughout (zeros: Mirai's rand=0, hping3's -d).  A datagram shorter than 16 bytes, or whose first 16 were not
-    captured, is none; so is an empty one, which is as much a UDP port scan's probe (nmap -sU) as a flood's.  An
-    encrypted stream's datagrams may read as random one by one (QUIC's short header, SRTP's payload), which is why
-    the decision stage judges a datagram so only where there is nothing to compare it with on its socket pair
-    (``DecisionLayer._payload_kinds``)."""
+    """Per packet (of ``which``, if given): a UDP payload that reads as no application's by itself.  Random-looking:
+    13 or more distinct values among its first 16 bytes, at most one of them zero, not all printable (a binary
+    protocol's header has fields that are zero, a flag byte, a length; a text protocol's is printable: SSDP, syslog);
+    or one byte throughout (zeros: Mirai's rand=0, hping3's -d).  A datagram shorter than 16 bytes, or whose first
+    16 were not captured, is none; so is an empty one, which is as much a UDP port scan's probe (nmap -sU) as a
+    flood's.  An encrypted stream's datagrams may read as random one by one (QUIC's short header, SRTP's payload),
+    which is why the decision stage judges a datagram so only where there is nothing to compare it with on its
+    socket pair (``DecisionLayer._payload_kinds``)."""
     out = np.zeros(len(packets), dtype=bool)
     full = (packets.proto == 17) & ~packets.frag & packets.udp_head_ok & (packets.payload_len >= 16)
     full = np.flatnonzero(full if which is None else full & which)
@@ -234,7 +239,7 @@ def noise_alone(packets: PacketBatch, which: np.ndarray | None = None) -> np.nda
         zeros = (head == 0).sum(axis=1)
         printable = ((head >= 0x20) & (head <= 0x7E)).all(axis=1)
         random_looking = (distinct >= NOISE_MIN_DISTINCT) & (zeros <= NOISE_MAX_ZEROS) & ~printable
-        out[full] = random_looking | (distinct == 1)
+        out[full] = random_looking | one_byte_throughout(packets.udp_head_hi[full], packets.udp_head_lo[full])
     return out
 
 

@@ -30,7 +30,7 @@ _UDP_SHAPE = Evidence.SHAPES.index("udp")
 _PROBE_SHAPES = [Evidence.SHAPES.index(name) for name in ("syn_only", "ack", "portless")]  # what scanners send
 STREAM_MIN_KBYTES = 0.3  # a key's mean frame size from which in-sequence TCP is a data stream, not a flood
 OPAQUE_MIN_RATE = 10.0  # datagrams a second: a service polled with one unanswered command a few times a second is not
-OPAQUE_SHARE = 0.8  # of a key's UDP with opaque payloads (a socket pair's first datagram has nothing to be compared with)
+OPAQUE_SHARE = 0.8  # of a key's UDP with opaque payloads (a socket pair's first datagram has nothing to compare with)
 # Of a source's UDP but media streams, the share that must be noise for a UDP flood on the headers alone: its earlier
 # datagrams (a board's own mDNS and DNS) stay in the window as a slow flood begins, and its pairs' first ones
 # (empty, or nothing to compare with) are no noise.
@@ -271,9 +271,10 @@ def noise_flood_rule(r: dict, t: "Tracked", cfg: DecisionConfig) -> Rule:
     after datagram: ``DecisionLayer._payload_kinds``), ``noise_flood_min`` of them recently: a UDP flood, whatever
     the model makes of its packets and however little volume it carries (Mirai's udp at a subnet's random hosts and
     ports, or its udpplain through one socket a target, at a few dozen datagrams a second).  A count, not a rate: a
-    source's rate over a window that holds its traffic from before the flood reaches 20 a second only after two.  An application's
-    datagrams carry its header (a DNS query's flags and counts, QUIC's version or connection id, RTP's SSRC, a
-    sensor's magic number), or are answered.  A media stream beside it spares it nothing: the stream's datagrams are not noise."""
+    source's rate over a window that holds its traffic from before the flood reaches 20 a second only after two.
+    An application's datagrams carry its header (a DNS query's flags and counts, QUIC's version or connection id,
+    RTP's SSRC, a sensor's magic number), or are answered.  A media stream beside it spares it nothing: the
+    stream's datagrams are not noise."""
     shares, x = r["shares"], t.extras.index
     udp, noise = shares[:, x("udp")], shares[:, x("noise")]
     # Of its UDP but media streams, however much else it sends: a board that floods slowly may stream its camera's
