@@ -211,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jsonl", action="store_true", help="print verdicts and the summary as JSON lines")
     p.add_argument("--per-packet", metavar="OUT.csv",
                    help="write a CSV row per decoded packet, columns " + ", ".join(PER_PACKET_HEADER) + " (label: the "
-                        "pipeline's class, model_label: the model's; time: ISO 8601 UTC, ts: unix seconds; src, dst: "
-                        "IP, or MAC for non-IP frames; ports empty when the packet has none; proto: IP protocol "
+                        "pipeline's class in hindsight, an attack only where someone the packet belongs to is "
+                        "convicted (agent/detect/hindsight.py), model_label: the model's; time: ISO 8601 UTC, ts: "
+                        "unix seconds; src, dst: IP, or MAC for non-IP frames; ports empty when the packet has none; proto: IP protocol "
                         "number, proto_name: tcp, udp, icmp, ..., arp or ethernet)")
     p.add_argument("--int8-out", metavar="OUT.npy", help="save the model's raw int8 outputs (packets x classes) as .npy")
     p.add_argument("--threshold", type=float, default=DecisionConfig.threshold,

@@ -17,6 +17,7 @@ import numpy as np
 from agent.capture.packets import DecodeStats, PacketBatch
 from agent.capture.parse import parse_frames
 from agent.capture.pcap import read_capture
+from agent.detect.hindsight import Parties, hindsight_labels
 from agent.detect.protocol_classes import packet_classes
 from agent.features.columns import N_FEATURES
 from agent.features.engine import Budgets, FeatureExtractor
@@ -90,15 +91,19 @@ class Detection:
     decided: np.ndarray | None = None
     flooded: np.ndarray | None = None  # the same for floods from many sources at a target (or many targets)
     anomaly: np.ndarray | None = None  # the anomaly detector's score per packet (> 1: anomalous), if it ran
+    parties: Parties | None = None  # who each packet belongs to (agent.detect.hindsight), for final_labels
 
     def final_labels(self) -> np.ndarray:
         """Index into VERDICT_LABELS per packet: the class of a flood from many sources the packet belongs to
         (judged on rate and shape: each spoofed packet alone looks like a stranger's first); else the class of
         the verdict the packet's source stands convicted of, where the packet has that attack's shape (a
         scan's probes, a flood's packets: the headers named the class, one class per attack whatever the
-        model thought of each packet); else the model's label."""
-        convicted = np.where(self.decided >= 0, self.decided, self.labels)
-        return np.where(self.flooded >= 0, self.flooded, convicted)
+        model thought of each packet); else, in hindsight (agent.detect.hindsight), benign unless the packet's
+        source or flood is convicted somewhere in the capture.  Without ``parties``: else the model's label."""
+        online = np.where(self.flooded >= 0, self.flooded, self.decided)
+        if self.parties is None:
+            return np.where(online >= 0, online, self.labels)
+        return hindsight_labels(self.labels, online, self.parties, self.verdicts)
 
 
 def detect_capture(
@@ -138,7 +143,7 @@ def detect_packets(
     decision = decision or DecisionLayer()
     extractor = FeatureExtractor(budgets or Budgets())
     parts: dict[str, list] = {"index": [], "labels": [], "confidence": [], "int8": [], "decided": [], "flooded": [],
-                              "anomaly": []}  # fmt: skip
+                              "anomaly": [], "parties": []}  # fmt: skip
     total = batches = 0
     verdicts: list = []
     features = None  # one buffer for every batch's features: each batch's are used before the next's
@@ -162,6 +167,7 @@ def detect_packets(
             parts["int8"].append(q)
             parts["decided"].append(decision.packet_labels)
             parts["flooded"].append(decision.packet_flood_labels)
+            parts["parties"].append(Parties.of(fb.packets, decision.packet_fits))
             if odd is not None:
                 parts["anomaly"].append(odd)
 
@@ -179,4 +185,5 @@ def detect_packets(
         decided=cat("decided", np.zeros(0, np.int64)),
         flooded=cat("flooded", np.zeros(0, np.int64)),
         anomaly=cat("anomaly", np.zeros(0)) if parts["anomaly"] else None,
+        parties=Parties.concatenate(parts["parties"]) if keep_per_packet else None,
     )

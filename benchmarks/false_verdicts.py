@@ -6,7 +6,9 @@ Every benign scenario (the registered scenarios without an attack) is synthesise
 several seeds and run through the whole pipeline as the agent runs it by default (features, model, the
 bundled anomaly detector, decisions).  Every verdict on this traffic is a false one.  Device-days count every host of the
 scenario's LAN (devices + the board) over the synthesised time.  Hostile verdicts (model and header
-basis: the ones that block) and anomaly verdicts (reported only) are counted apart.
+basis: the ones that block) and anomaly verdicts (reported only) are counted apart.  Per packet, the packets the
+model alone calls an attack and the ones the pipeline does (``Detection.final_labels``: in hindsight, an attack only
+where the decision stage convicted someone the packet belongs to) are false alarms.
 """
 
 from __future__ import annotations
@@ -50,23 +52,31 @@ def main() -> None:
             devices = 1 + len(synth.meta["devices"])
             stats = DecodeStats()
             packets = parse_frames(synth.frames, stats)
-            result = detect_packets(split_packets(packets), stats, clf, DecisionLayer(), keep_per_packet=False,
+            result = detect_packets(split_packets(packets), stats, clf, DecisionLayer(), keep_per_packet=True,
                                     anomaly=anomaly)  # fmt: skip
             hostile = [v for v in result.verdicts if v.basis != "anomaly"]
             odd = [v for v in result.verdicts if v.basis == "anomaly"]
             device_days = devices * args.hours / 24.0
+            model_alarms, pipeline_alarms = int((result.labels != 0).sum()), int((result.final_labels() != 0).sum())
             rows.append({"scenario": name, "seed": seed, "packets": result.packets, "devices": devices,
                          "device_days": device_days, "hostile_verdicts": len(hostile), "anomaly_verdicts": len(odd),
+                         "model_false_alarms": model_alarms, "pipeline_false_alarms": pipeline_alarms,
                          "verdicts": [v.describe() for v in result.verdicts[:10]]})  # fmt: skip
             print(f"{name:16s} seed {seed}: {result.packets:9,d} packets, {devices:3d} hosts, "
-                  f"{len(hostile)} hostile, {len(odd)} anomaly verdicts", flush=True)  # fmt: skip
+                  f"{len(hostile)} hostile, {len(odd)} anomaly verdicts; packets called an attack: model "
+                  f"{model_alarms:,}, pipeline {pipeline_alarms:,}", flush=True)  # fmt: skip
     total_days = sum(r["device_days"] for r in rows)
     hostile = sum(r["hostile_verdicts"] for r in rows)
     odd = sum(r["anomaly_verdicts"] for r in rows)
+    packets = sum(r["packets"] for r in rows)
+    model_rate = sum(r["model_false_alarms"] for r in rows) / max(packets, 1)
+    pipeline_rate = sum(r["pipeline_false_alarms"] for r in rows) / max(packets, 1)
     print(f"\n{total_days:.1f} device-days: {hostile} hostile verdicts ({hostile / total_days:.3f} per device-day), "
-          f"{odd} anomaly verdicts ({odd / total_days:.3f} per device-day)")  # fmt: skip
+          f"{odd} anomaly verdicts ({odd / total_days:.3f} per device-day); per packet false alarms of "
+          f"{packets:,}: model {model_rate:.4%}, pipeline {pipeline_rate:.4%}")  # fmt: skip
     path = save({"hours": args.hours, "seeds": args.seeds, "device_days": total_days,
                  "hostile_per_device_day": hostile / total_days, "anomaly_per_device_day": odd / total_days,
+                 "packets": packets, "model_false_alarm_rate": model_rate, "pipeline_false_alarm_rate": pipeline_rate,
                  "runs": rows}, args.out, "false_verdicts")  # fmt: skip
     print("wrote", path)
 

@@ -101,7 +101,8 @@ def markdown(rows: list[Row]) -> str:
         first = "-" if r.first_verdict_s is None else f"{r.first_verdict_s:.3f} s"
         out.append(f"| {r.source} | {r.rows} | {r.attack_share:.2%} | {r.expected} | {r.expected_share:.2%} | "
                    f"{r.top_classes} | {r.verdicts} | {first} |")  # fmt: skip
-    out.append("\nmodel: share of packets the CNN calls an attack; pipeline: each packet's label once the decision "
-               "stage has judged its source (Detection.final_labels: a verdict's class for packets of the attack's shape, else the model's). N-BaIoT rows "
-               "have no packets, only the model's labels.")  # fmt: skip
+    out.append("\nmodel: share of packets the CNN calls an attack; pipeline: each packet's label in hindsight "
+               "(Detection.final_labels: a verdict's class for packets of the attack's shape; else the model's where "
+               "someone the packet belongs to is convicted, or in a fast run of the label from forged sources; else "
+               "benign). N-BaIoT rows have no packets, only the model's labels.")  # fmt: skip
     return "\n".join(out)

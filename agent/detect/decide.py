@@ -361,6 +361,7 @@ class DecisionLayer:
         self.bare_probes = Tracked(1, cfg.half_life_s, (), with_scores=False)  # all bare probes the board sees
         self.packet_labels = np.zeros(0, dtype=np.int64)
         self.packet_flood_labels = np.zeros(0, dtype=np.int64)  # the part of packet_labels from floods at targets
+        self.packet_fits = np.zeros(0, dtype=np.uint8)  # bit k: the packet has VERDICT_LABELS[k]'s shape (shape_fits)
         self.anomaly_enabled = False  # set once an anomaly score has been given
 
     def update(
@@ -389,8 +390,9 @@ class DecisionLayer:
                 None if anomaly is None else np.asarray(anomaly)[sl],
             )
             labels.append(self._chunk_labels)
-        self.packet_labels = np.concatenate([a for a, _ in labels]) if labels else np.zeros(0, dtype=np.int64)
-        self.packet_flood_labels = np.concatenate([b for _, b in labels]) if labels else np.zeros(0, dtype=np.int64)
+        self.packet_labels = np.concatenate([a for a, _, _ in labels]) if labels else np.zeros(0, dtype=np.int64)
+        self.packet_flood_labels = np.concatenate([b for _, b, _ in labels]) if labels else np.zeros(0, dtype=np.int64)
+        self.packet_fits = np.concatenate([f for _, _, f in labels]) if labels else np.zeros(0, dtype=np.uint8)
         return out
 
     def _update_chunk(
@@ -404,7 +406,8 @@ class DecisionLayer:
         self.sources.store(srcs)
         self.targets.store(tgts)
         fits = shape_fits(c.ev, c.sweep, c.anomalous > 0)
-        self._chunk_labels = (matching(labels, fits), matching(flood_labels, fits))
+        bits = (fits.astype(np.uint8) << np.arange(len(fits), dtype=np.uint8)[:, None]).sum(axis=0, dtype=np.uint8)
+        self._chunk_labels = (matching(labels, fits), matching(flood_labels, fits), bits)
         return _first_per_source_and_class(c.verdicts)
 
     def _chunk(

@@ -25,6 +25,8 @@ def test_no_verdict_on_real_benign_devices(shared_data, classifier, name):
     result = detect_capture(shared_data / "real" / name, classifier)
     assert result.packets > 0
     assert [v.describe() for v in result.verdicts] == []
+    # ...and no packet an attack in the pipeline's labels: where the model errs, nobody it belongs to is convicted
+    assert (result.final_labels() != 0).sum() == 0
 
 
 @pytest.mark.parametrize(
