@@ -167,7 +167,7 @@ def detect_packets(
             parts["int8"].append(q)
             parts["decided"].append(decision.packet_labels)
             parts["flooded"].append(decision.packet_flood_labels)
-            parts["parties"].append(Parties.of(fb.packets, decision.packet_fits))
+            parts["parties"].append(Parties.of(fb.packets, decision))
             if odd is not None:
                 parts["anomaly"].append(odd)
 

@@ -36,11 +36,12 @@ def mixed_capture(packets: int = 1_000_000, seed: int = 42) -> Path:
 def realistic_capture(packets: int = 1_000_000, seed: int = 42) -> Path:
     """A corpus of realistic shape of at least ``packets`` records (built once, cached; see benchmarks/corpus.py):
     real benign captures replayed as many re-addressed homes, under synthesised and real Mirai attacks, many
-    of them spoofed.  Its ``.meta.json`` beside it holds the class mix, distinct sources and streams."""
-    from benchmarks.corpus import VERSION, build_realistic
+    of them spoofed.  Its ``.meta.json`` beside it holds the class mix, distinct sources and streams; its
+    ``.labels.npy`` each record's class (built again where a cache from before it lacks it: the same capture)."""
+    from benchmarks.corpus import VERSION, build_realistic, labels_path
 
     path = CACHE / "bench" / f"realistic_{packets}_{seed}_v{VERSION}.pcap"
-    if not path.exists():
+    if not path.exists() or not labels_path(path).exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         build_realistic(path, packets, seed)
     return path

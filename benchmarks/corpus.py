@@ -367,5 +367,12 @@ def build_realistic(path: Path, packets: int, seed: int) -> dict:
         "episodes": episodes,
     }
     path.with_suffix(".meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    # Every record's class (an index into meta's packets_per_class keys), in the capture's order: per-packet truth.
+    np.save(labels_path(path), label[order].astype(np.uint8))
     tmp.replace(path)
     return meta
+
+
+def labels_path(path: Path) -> Path:
+    """Where a corpus's per-record classes are kept (beside its pcap)."""
+    return path.with_suffix(".labels.npy")

@@ -103,6 +103,6 @@ def markdown(rows: list[Row]) -> str:
                    f"{r.top_classes} | {r.verdicts} | {first} |")  # fmt: skip
     out.append("\nmodel: share of packets the CNN calls an attack; pipeline: each packet's label in hindsight "
                "(Detection.final_labels: a verdict's class for packets of the attack's shape; else the model's where "
-               "someone the packet belongs to is convicted, or in a fast run of the label from forged sources; else "
+               "someone the packet belongs to is convicted, or in a fast run of the label from many senders; else "
                "benign). N-BaIoT rows have no packets, only the model's labels.")  # fmt: skip
     return "\n".join(out)

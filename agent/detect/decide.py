@@ -362,6 +362,9 @@ class DecisionLayer:
         self.packet_labels = np.zeros(0, dtype=np.int64)
         self.packet_flood_labels = np.zeros(0, dtype=np.int64)  # the part of packet_labels from floods at targets
         self.packet_fits = np.zeros(0, dtype=np.uint8)  # bit k: the packet has VERDICT_LABELS[k]'s shape (shape_fits)
+        # an answer (SYN-ACK, bare RST, echo reply, a UDP reply) or an application's stream (media, or one header
+        # across senders): traffic the decision stage judged no attack's on its own (agent.detect.hindsight)
+        self.packet_spared = np.zeros(0, dtype=bool)
         self.anomaly_enabled = False  # set once an anomaly score has been given
 
     def update(
@@ -390,9 +393,9 @@ class DecisionLayer:
                 None if anomaly is None else np.asarray(anomaly)[sl],
             )
             labels.append(self._chunk_labels)
-        self.packet_labels = np.concatenate([a for a, _, _ in labels]) if labels else np.zeros(0, dtype=np.int64)
-        self.packet_flood_labels = np.concatenate([b for _, b, _ in labels]) if labels else np.zeros(0, dtype=np.int64)
-        self.packet_fits = np.concatenate([f for _, _, f in labels]) if labels else np.zeros(0, dtype=np.uint8)
+        columns = list(zip(*labels)) or [[np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.uint8)],
+                                         [np.zeros(0, bool)]]  # fmt: skip
+        self.packet_labels, self.packet_flood_labels, self.packet_fits, self.packet_spared = map(np.concatenate, columns)
         return out
 
     def _update_chunk(
@@ -407,7 +410,8 @@ class DecisionLayer:
         self.targets.store(tgts)
         fits = shape_fits(c.ev, c.sweep, c.anomalous > 0)
         bits = (fits.astype(np.uint8) << np.arange(len(fits), dtype=np.uint8)[:, None]).sum(axis=0, dtype=np.uint8)
-        self._chunk_labels = (matching(labels, fits), matching(flood_labels, fits), bits)
+        spared = c.media_at_target | c.ev.answer | c.ev.rst | c.ev.reply
+        self._chunk_labels = (matching(labels, fits), matching(flood_labels, fits), bits, spared)
         return _first_per_source_and_class(c.verdicts)
 
     def _chunk(
@@ -640,9 +644,10 @@ class DecisionLayer:
         turned_t, at_t = convict(self.targets, tgts, cfg, rules_t)
         c.verdicts += [self._target_verdict(packets, tgts, s, p) for s, p in zip(turned_t, at_t)]
         # Packets of a flood at a convicted target: the flood's shape (or discovery traffic, at a group) from a light
-        # source.
+        # source; not the segments of a stream the target carries (its own connections, in sequence): a spoofed ACK
+        # flood's are fresh (new socket pairs, numbers no stream carries).
         flood_class = self.targets.per_packet(tgts, tgts["convicted"])
-        from_flood = (flood_class >= 0) & c.light_src & (c.shaped | c.ev.group_chatter)
+        from_flood = (flood_class >= 0) & c.light_src & (c.shaped | c.ev.group_chatter) & (~c.ev.ack | c.fresh)
         flood_labels = np.where(from_flood, flood_class, -1)
         return tgts, np.where(labels < 0, flood_labels, labels), flood_labels
 

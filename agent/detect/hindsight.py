@@ -10,15 +10,17 @@ attack here only where the decision stage convicted someone it belongs to:
 * a packet of a party that is convicted at some point of the capture (its source; for a flood from many sources,
   its target and protocol, or the Ethernet sender of a flood at many hosts) keeps the model's label, and an
   attack label in the ``lookback_s`` before a verdict of the party, on a packet of that verdict's shape,
-  becomes the verdict's class (an attack's first packets, before the evidence was dense enough);
-* a packet of an unconvicted party keeps the model's attack label only in a run of that label among the packets
-  of unconvicted parties (gaps under ``RUN_GAP_S``): ``RUN_PACKETS`` or more, at ``RUN_RATE`` or more, at least
-  a quarter of those packets in its span, from ``RUN_SOURCES`` or more senders.  That is a flood from forged sources
-  too short for the flood rules (a 100-packet sample of one), or a botnet's bots each too light to convict beside
-  the ones convicted; not one device's burst of odd packets, nor a stream, nor a dozen devices announcing
-  themselves a few times a second;
-* every other packet is benign: nobody it belongs to was convicted and the model's call stands alone (in a busy
-  home a 1% error rate spreads over classes and over time; a quiet one's odd packets are a few).
+  becomes the verdict's class (an attack's first packets, before the evidence was dense enough), but a scan
+  label (a scanner's login session has an ACK flood's shape);
+* a packet of an unconvicted party keeps the model's attack label only in a run of that label (gaps under
+  ``RUN_GAP_S``): ``RUN_PACKETS`` or more, at ``RUN_RATE`` or more, ``RUN_SHARE`` of the unconvicted parties'
+  packets in its span, from ``RUN_SOURCES`` or more senders, none an answer (a SYN-ACK, a RST, a UDP reply) or
+  an application's stream (media; one header across many senders: sensors reporting to a hub).  That is a flood
+  from forged sources too short for the flood rules (a 100-packet sample of one), a botnet's bots each too light
+  to convict beside the ones convicted, or scanners logging in to the board a few packets each; not one device's
+  burst of odd packets, nor a stream, nor a dozen devices announcing themselves a few times a second;
+* every other packet is benign: nobody it belongs to was convicted and the model's call stands alone (its false
+  alarms spread over classes, senders and time; a quiet home's odd packets are a few).
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ import numpy as np
 from agent.capture.packets import VERDICT_LABELS
 from agent.util import hash_words
 
-BENIGN = VERDICT_LABELS.index("benign")
+BENIGN, SCAN = VERDICT_LABELS.index("benign"), VERDICT_LABELS.index("mirai_scan")
 RUN_GAP_S, RUN_PACKETS = 2.0, 10  # a model verdict's half-life and min_packets (DecisionConfig)
-RUN_SHARE = 0.25  # of the unconvicted parties' packets in the run's span: 20 times the model's false alarm rate
-# on its test split (1.3%), spread over classes and senders in a busy home
+RUN_SHARE = 0.05  # of the unconvicted parties' packets in the run's span: 30 times the model's false alarms on
+# long benign traffic (0.15% of packets, benchmarks/false_verdicts.py), which spread over classes and senders
 RUN_RATE = 20.0  # packets/s: the slowest floods the option grid tries
 RUN_SOURCES = 5  # distinct senders: many hosts, or forged addresses
 LOOKBACK_S = 30.0  # three half-lives of the scan evidence (DecisionConfig.scan_half_life_s); six of a flood's
@@ -50,18 +52,19 @@ class Parties:
     dst: np.ndarray  # uint64 key of the destination address and protocol (``target_keys``)
     mac: np.ndarray  # uint64 source MAC
     fits: np.ndarray  # uint8 bit k: the packet has the shape of VERDICT_LABELS[k]'s attack (rules.shape_fits)
+    spared: np.ndarray  # bool: an answer or an application's stream, as the decision stage judged it (in no run)
 
     @classmethod
-    def of(cls, packets, fits: np.ndarray) -> "Parties":
-        """The parties of a PacketBatch; ``fits`` as the decision stage's ``packet_fits``."""
+    def of(cls, packets, decision) -> "Parties":
+        """The parties of a PacketBatch the DecisionLayer ``decision`` has just judged."""
         return cls(packets.ts.astype(np.float64), source_keys(packets.src_ip_hi, packets.src_ip_lo),
                    target_keys(packets.dst_ip_hi, packets.dst_ip_lo, packets.proto), packets.src_mac.astype(np.uint64),
-                   fits.astype(np.uint8))  # fmt: skip
+                   decision.packet_fits.astype(np.uint8), decision.packet_spared.astype(bool))  # fmt: skip
 
     @classmethod
     def concatenate(cls, parts: list["Parties"]) -> "Parties":
-        names = ("ts", "src", "dst", "mac", "fits")
-        empty = (np.float64, np.uint64, np.uint64, np.uint64, np.uint8)
+        names = ("ts", "src", "dst", "mac", "fits", "spared")
+        empty = (np.float64, np.uint64, np.uint64, np.uint64, np.uint8, bool)
         return cls(*(np.concatenate([getattr(p, n) for p in parts]) if parts else np.zeros(0, t)
                      for n, t in zip(names, empty)))  # fmt: skip
 
@@ -120,7 +123,8 @@ def hindsight_labels(model: np.ndarray, online: np.ndarray, parties: Parties, ve
         w_key = np.array([r[0] for r in rows], dtype=np.uint64)
         w_start, w_end = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
         w_class = np.array([r[3] for r in rows])
-        idx = np.flatnonzero(convicted & attack)
+        # (a flood's class never replaces the model's scan label: a scanner's login sessions have an ACK flood's shape)
+        idx = np.flatnonzero(convicted & attack & (model != SCAN))
         lo = np.searchsorted(w_key, keys[idx], side="left")
         hi = np.searchsorted(w_key, keys[idx], side="right")
         for step in range(int((hi - lo).max(initial=0))):
@@ -137,11 +141,12 @@ def hindsight_labels(model: np.ndarray, online: np.ndarray, parties: Parties, ve
 def _runs(model: np.ndarray, parties: Parties, which: np.ndarray, among: np.ndarray) -> np.ndarray:
     """For the packets ``which``: whether they lie in a run of their model label from many senders among the
     packets ``among`` (see the module's docstring)."""
-    idx = np.flatnonzero(which)
-    out = np.zeros(len(idx), dtype=bool)
-    every = np.sort(parties.ts[among])
-    for k in np.unique(model[idx]):
-        mine = idx[model[idx] == k]
+    out = np.zeros(len(model), dtype=bool)
+    for k in np.unique(model[which]):
+        mine = np.flatnonzero(which & ~parties.spared & (model == k))
+        if not len(mine):
+            continue
+        every = np.sort(parties.ts[among & ~parties.spared])
         mine = mine[np.argsort(parties.ts[mine], kind="stable")]
         t, src = parties.ts[mine], parties.src[mine]
         run = np.r_[0, np.cumsum(np.diff(t) >= RUN_GAP_S)]  # run number of each packet
@@ -153,5 +158,5 @@ def _runs(model: np.ndarray, parties: Parties, which: np.ndarray, among: np.ndar
         senders = np.bincount(pairs[0].astype(np.int64), minlength=len(first))
         fast = size - 1 >= RUN_RATE * (t[last] - t[first])
         ok = (size >= RUN_PACKETS) & fast & (size >= RUN_SHARE * span) & (senders >= RUN_SOURCES)
-        out[np.searchsorted(idx, mine)] = ok[run]
-    return out
+        out[mine] = ok[run]
+    return out[which]

@@ -18,7 +18,7 @@ def addr(text: str) -> tuple[int, int]:
     return ip_words(text)
 
 
-def parties(ts, srcs, dsts="10.0.0.1", proto=6, mac=1, fits=ALL_FIT) -> Parties:
+def parties(ts, srcs, dsts="10.0.0.1", proto=6, mac=1, fits=ALL_FIT, spared=False) -> Parties:
     n = len(ts)
     srcs = [srcs] * n if isinstance(srcs, str) else srcs
     dsts = [dsts] * n if isinstance(dsts, str) else dsts
@@ -26,7 +26,8 @@ def parties(ts, srcs, dsts="10.0.0.1", proto=6, mac=1, fits=ALL_FIT) -> Parties:
     d = np.array([addr(a) for a in dsts], dtype=np.uint64)
     return Parties(np.asarray(ts, dtype=np.float64), source_keys(s[:, 0], s[:, 1]),
                    target_keys(d[:, 0], d[:, 1], np.full(n, proto)), np.full(n, mac, dtype=np.uint64),
-                   np.broadcast_to(np.asarray(fits, dtype=np.uint8), (n,)).copy())  # fmt: skip
+                   np.broadcast_to(np.asarray(fits, dtype=np.uint8), (n,)).copy(),
+                   np.broadcast_to(np.asarray(spared, dtype=bool), (n,)).copy())  # fmt: skip
 
 
 def verdict(label: str, decided_at: float, first_seen: float = 0.0, **who) -> Verdict:
@@ -114,11 +115,34 @@ def test_a_fast_run_of_one_label_from_many_senders_keeps_it_without_a_verdict(n,
 
 
 def test_a_run_among_busier_benign_traffic_is_no_flood():
-    """Ten packets from ten senders the model calls SYN flood among a hundred benign ones in the same second: the
-    label is too sparse to stand alone."""
-    n = 110
+    """Thirteen packets from thirteen senders the model calls SYN flood (26 a second) among four hundred in half a
+    second: the label is too sparse to stand alone."""
+    n = 400
     model = np.full(n, BENIGN)
-    model[::11] = SYN
-    ts = np.linspace(0.0, 1.0, n)
-    srcs = [f"100.64.0.{i + 1}" for i in range(n)]
+    model[::33] = SYN
+    ts = np.linspace(0.0, 0.5, n)
+    srcs = [f"100.64.{i // 200}.{i % 200 + 1}" for i in range(n)]
     assert (hindsight_labels(model, none_online(n), parties(ts, srcs), []) == BENIGN).all()
+
+
+def test_sensors_reporting_to_a_hub_are_no_run_whatever_the_model_says():
+    """Thirty sensors at 50 datagrams a second each, one header across them (the decision stage's media judgement):
+    the model calls them a UDP flood, and nobody is convicted: benign."""
+    n = 1500
+    ts = np.linspace(0.0, 1.0, n)
+    srcs = [f"192.168.1.{i % 30 + 10}" for i in range(n)]
+    p = parties(ts, srcs, proto=17, spared=True)
+    assert (hindsight_labels(np.full(n, UDP), none_online(n), p, []) == BENIGN).all()
+    p.spared[:] = False  # the same datagrams with random payloads: many senders' flood
+    assert (hindsight_labels(np.full(n, UDP), none_online(n), p, []) == UDP).all()
+
+
+def test_a_flood_verdict_leaves_the_models_scan_labels_before_it_alone():
+    """A scanning bot's telnet logins have an ACK flood's shape: when it is later convicted of an ACK flood, the
+    segments the model called scanning stay mirai_scan; its earlier SYN flood segments become mirai_ack only where
+    they have the ACK shape (none here)."""
+    ack = VERDICT_LABELS.index("mirai_ack")
+    model = np.array([SCAN, SCAN, SYN])
+    p = parties([1.0, 2.0, 3.0], "10.9.9.9", fits=[1 << ack, 1 << ack, 1 << SYN])
+    out = hindsight_labels(model, none_online(3), p, [verdict("mirai_ack", 5.0, src_ip="10.9.9.9")])
+    assert out.tolist() == [SCAN, SCAN, SYN]
