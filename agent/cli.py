@@ -213,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a CSV row per decoded packet, columns " + ", ".join(PER_PACKET_HEADER) + " (label: the "
                         "pipeline's class in hindsight, an attack only where someone the packet belongs to is "
                         "convicted (agent/detect/hindsight.py), model_label: the model's; time: ISO 8601 UTC, ts: "
-                        "unix seconds; src, dst: IP, or MAC for non-IP frames; ports empty when the packet has none; proto: IP protocol "
-                        "number, proto_name: tcp, udp, icmp, ..., arp or ethernet)")
+                        "unix seconds; src, dst: IP, or MAC for non-IP frames; ports empty when the packet has none; "
+                        "proto: IP protocol number, proto_name: tcp, udp, icmp, ..., arp or ethernet)")
     p.add_argument("--int8-out", metavar="OUT.npy", help="save the model's raw int8 outputs (packets x classes) as .npy")
     p.add_argument("--threshold", type=float, default=DecisionConfig.threshold,
                    help="average attack score of a source's recent packets that makes it hostile (default %(default)s)")

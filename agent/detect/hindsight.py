@@ -39,7 +39,7 @@ RUN_SHARE = 0.05  # of the unconvicted parties' packets in the run's span: 30 ti
 # long benign traffic (0.15% of packets, benchmarks/false_verdicts.py), which spread over classes and senders
 RUN_RATE = 20.0  # packets/s: the slowest floods the option grid tries
 RUN_SOURCES = 5  # distinct senders: many hosts, or forged addresses
-LOOKBACK_S = 30.0  # three half-lives of the scan evidence (DecisionConfig.scan_half_life_s); six of a flood's
+LOOKBACK_S = 30.0  # three half-lives of a scan's evidence (DecisionConfig.scan_half_life_s)
 _SRC_TAG, _DST_TAG = 21, 22
 
 
