@@ -155,7 +155,7 @@ def _runs(model: np.ndarray, parties: Parties, which: np.ndarray, among: np.ndar
         size = last - first + 1
         span = np.searchsorted(every, t[last], "right") - np.searchsorted(every, t[first], "left")
         pairs = np.unique(np.stack([run.astype(np.uint64), src]), axis=1)  # (run, sender), each once
-        senders = np.bincount(pairs[0].astype(np.int64), minlength=len(first))
+        senders = np.bincount(pairs[0].astype(np.intp), minlength=len(first))  # (intp: 32 bits on armv7)
         fast = size - 1 >= RUN_RATE * (t[last] - t[first])
         ok = (size >= RUN_PACKETS) & fast & (size >= RUN_SHARE * span) & (senders >= RUN_SOURCES)
         out[mine] = ok[run]
