@@ -305,6 +305,7 @@ class _Chunk:
     opaque: np.ndarray  # one-way UDP whose payload has no header: random or the same throughout (_payload_kinds)
     noise: np.ndarray  # ...random, one byte throughout or empty: a flood's, not a repeated message's (_payload_kinds)
     media_at_target: np.ndarray  # media, or a pair's first datagram with the header of the one before to its host
+    server: np.ndarray  # TCP from a service's port on a pair whose client has sent on it: answering its client
     light_src: np.ndarray | None = None  # from a source too light to be a flood on its own (targets)
     new_source: np.ndarray | None = None  # from a source seen for the first time, or forged (sources)
     verdicts: list[Verdict] = field(default_factory=list)
@@ -362,8 +363,9 @@ class DecisionLayer:
         self.packet_labels = np.zeros(0, dtype=np.int64)
         self.packet_flood_labels = np.zeros(0, dtype=np.int64)  # the part of packet_labels from floods at targets
         self.packet_fits = np.zeros(0, dtype=np.uint8)  # bit k: the packet has VERDICT_LABELS[k]'s shape (shape_fits)
-        # an answer (SYN-ACK, bare RST, echo reply, a UDP reply) or an application's stream (media, or one header
-        # across senders): traffic the decision stage judged no attack's on its own (agent.detect.hindsight)
+        # an answer (SYN-ACK, bare RST, echo reply, a UDP reply, a server's segments to its client) or an
+        # application's stream (media, or one header across senders): traffic the decision stage judged no attack's
+        # on its own (agent.detect.hindsight)
         self.packet_spared = np.zeros(0, dtype=bool)
         self.anomaly_enabled = False  # set once an anomaly score has been given
 
@@ -410,7 +412,7 @@ class DecisionLayer:
         self.targets.store(tgts)
         fits = shape_fits(c.ev, c.sweep, c.anomalous > 0)
         bits = (fits.astype(np.uint8) << np.arange(len(fits), dtype=np.uint8)[:, None]).sum(axis=0, dtype=np.uint8)
-        spared = c.media_at_target | c.ev.answer | c.ev.rst | c.ev.reply
+        spared = c.media_at_target | c.server | c.ev.answer | c.ev.rst | c.ev.reply
         self._chunk_labels = (matching(labels, fits), matching(flood_labels, fits), bits, spared)
         return _first_per_source_and_class(c.verdicts)
 
@@ -513,7 +515,7 @@ class DecisionLayer:
         reconnect = ev.syn_only & ~probe & ~forged
         reconnect &= opens_socket_pair(features) if features is not None else False
         return _Chunk(packets, scores, ev, ev.shape(), anomalous, probe, sweep, full_options, full_probe, kernel_probe,
-                      reconnect, src_key, forged, out_of_sequence, fresh, opaque, noise, ev.media | across)
+                      reconnect, src_key, forged, out_of_sequence, fresh, opaque, noise, ev.media | across, server)
 
     def _judge_sources(self, c: _Chunk) -> tuple[dict, np.ndarray]:
         """Sources (and the pairs of the ones not convicted yet); the class each packet's source is convicted of."""

@@ -14,11 +14,12 @@ attack here only where the decision stage convicted someone it belongs to:
   label (a scanner's login session has an ACK flood's shape);
 * a packet of an unconvicted party keeps the model's attack label only in a run of that label (gaps under
   ``RUN_GAP_S``): ``RUN_PACKETS`` or more, at ``RUN_RATE`` or more, ``RUN_SHARE`` of the unconvicted parties'
-  packets in its span, from ``RUN_SOURCES`` or more senders, none an answer (a SYN-ACK, a RST, a UDP reply) or
-  an application's stream (media; one header across many senders: sensors reporting to a hub).  That is a flood
-  from forged sources too short for the flood rules (a 100-packet sample of one), a botnet's bots each too light
-  to convict beside the ones convicted, or scanners logging in to the board a few packets each; not one device's
-  burst of odd packets, nor a stream, nor a dozen devices announcing themselves a few times a second;
+  packets in its span, from ``RUN_SOURCES`` or more senders, none an answer (a SYN-ACK, a RST, a UDP reply, a
+  server's segments to its client: boards answering scanners' logins) or an application's stream (media; one
+  header across many senders: sensors reporting to a hub).  That is a flood from forged sources too short for
+  the flood rules (a 100-packet sample of one), a botnet's bots each too light to convict beside the ones
+  convicted, or scanners logging in to the board a few packets each; not one device's burst of odd packets, nor
+  a stream, nor a dozen devices announcing themselves a few times a second;
 * every other packet is benign: nobody it belongs to was convicted and the model's call stands alone (its false
   alarms spread over classes, senders and time; a quiet home's odd packets are a few).
 """

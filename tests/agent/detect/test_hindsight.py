@@ -146,3 +146,24 @@ def test_a_flood_verdict_leaves_the_models_scan_labels_before_it_alone():
     p = parties([1.0, 2.0, 3.0], "10.9.9.9", fits=[1 << ack, 1 << ack, 1 << SYN])
     out = hindsight_labels(model, none_online(3), p, [verdict("mirai_ack", 5.0, src_ip="10.9.9.9")])
     assert out.tolist() == [SCAN, SCAN, SYN]
+
+
+def test_the_decision_stage_spares_a_servers_segments_to_its_client_and_answers():
+    """A scanner logs in to the board's telnet: the board's SYN-ACK and its segments to the client are answers
+    (``packet_spared``: never part of a run), the client's segments are not."""
+    from agent.detect.decide import DecisionLayer
+    from agent.features.engine import FeatureExtractor
+    from tests.agent.detect.test_decide_headers import ACK, BOARD, PSHACK, SYN, SYNACK, T0, batch, benign_scores, ip, join
+
+    scanner = ip(198, 51, 100, 7)
+    client = dict(src=scanner, dst=BOARD, sport=40000, dport=23)
+    server = dict(src=BOARD, dst=scanner, sport=23, dport=40000)
+    b = join(batch([T0], flags=SYN, seq=100, ack=0, **client),
+             batch([T0 + 0.01], flags=SYNACK, seq=500, ack=101, **server),
+             batch([T0 + 0.02], flags=ACK, seq=101, ack=501, **client),
+             batch([T0 + 0.03], flags=PSHACK, seq=501, ack=101, size=80, **server),
+             batch([T0 + 0.04], flags=PSHACK, seq=101, ack=527, size=70, **client),
+             batch([T0 + 0.05], flags=PSHACK, seq=527, ack=117, size=75, **server))  # fmt: skip
+    d = DecisionLayer()
+    d.update(b, benign_scores(len(b)), FeatureExtractor().update(b))
+    assert d.packet_spared.tolist() == [False, True, False, True, False, True]
