@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.capture.packets import L3_ARP, L3_IPV4, L3_IPV6, PORT_NUMBER, PacketBatch
+from agent.capture.packets import L3_ARP, L3_IPV4, L3_IPV6, PORT_NUMBER, PacketBatch, ip_words
 from agent.util import hash_words, write_atomically
 from agent.wire.rules import SCHEMA as RULESET_SCHEMA
 from agent.wire.rules import Rule, RuleSetError, parse_ruleset
@@ -41,13 +41,6 @@ def entry_key(origin: str, rule_id: str) -> str:
     """Where a rule sits in the table: local rules by their id, the fleet's under their origin too, so that a
     device rule set and the fleet-wide one may use the same id without replacing each other's rule."""
     return rule_id if origin == "local" else f"{origin}/{rule_id}"
-
-
-def _words(network) -> tuple[int, int]:
-    """A network address as the (hi, lo) words PacketBatch uses (IPv4 mapped into IPv6)."""
-    addr = network.network_address
-    value = int(ipaddress.IPv6Address(f"::ffff:{addr}")) if addr.version == 4 else int(addr)
-    return value >> 64, value & (2**64 - 1)
 
 
 def _mask_words(network) -> tuple[int, int]:
@@ -168,12 +161,12 @@ class RuleTable:
             proto = np.uint64(PROTO_NUMBERS[r.proto]) if r.proto else ANY
             port = np.uint64(r.dport) if r.dport is not None else ANY
             if _is_single(r.network):
-                hi, lo = _words(r.network)
+                hi, lo = ip_words(r.network.network_address)
                 key = _packet_key(np.array([hi], np.uint64), np.array([lo], np.uint64), np.array([proto]), np.array([port]))
                 exact_keys.append(key[0])
                 exact_idx.append(i)
             else:
-                cidr.append((i, _words(r.network), _mask_words(r.network), proto, port))
+                cidr.append((i, ip_words(r.network.network_address), _mask_words(r.network), proto, port))
         order = np.argsort(np.array(exact_keys, dtype=np.uint64), kind="stable")
         self._compiled = (
             ids,
@@ -211,7 +204,7 @@ class RuleTable:
             rule_of[hit] = i
         # The allowlist wins over every rule.
         for a in self.allow:
-            (ahi, alo), (mhi, mlo) = _words(a), _mask_words(a)
+            (ahi, alo), (mhi, mlo) = ip_words(a.network_address), _mask_words(a)
             rule_of[((hi & np.uint64(mhi)) == ahi) & ((lo & np.uint64(mlo)) == alo)] = -1
         dropped = rule_of >= 0
         hits = {}

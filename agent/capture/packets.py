@@ -208,5 +208,15 @@ def format_ip(hi: int, lo: int) -> str:
     return str(addr.ipv4_mapped) if addr.ipv4_mapped is not None else str(addr)
 
 
+def ip_words(address) -> tuple[int, int]:
+    """An address (text or an ``ipaddress`` address) as the two words PacketBatch holds it in, IPv4 mapped into
+    IPv6: the inverse of ``format_ip``."""
+    import ipaddress
+
+    addr = ipaddress.ip_address(address)
+    value = int(ipaddress.IPv6Address(f"::ffff:{addr}")) if addr.version == 4 else int(addr)
+    return value >> 64, value & (2**64 - 1)
+
+
 def format_mac(mac: int) -> str:
     return ":".join(f"{(int(mac) >> s) & 0xFF:02x}" for s in range(40, -8, -8))

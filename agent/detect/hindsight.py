@@ -26,12 +26,11 @@ attack here only where the decision stage convicted someone it belongs to:
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 import numpy as np
 
-from agent.capture.packets import VERDICT_LABELS
+from agent.capture.packets import VERDICT_LABELS, ip_words
 from agent.util import hash_words
 
 BENIGN, SCAN = VERDICT_LABELS.index("benign"), VERDICT_LABELS.index("mirai_scan")
@@ -78,20 +77,17 @@ def target_keys(hi: np.ndarray, lo: np.ndarray, proto: np.ndarray) -> np.ndarray
     return hash_words(_DST_TAG, np.asarray(hi, np.uint64), np.asarray(lo, np.uint64), np.asarray(proto, np.uint64))
 
 
-def ip_words(text: str) -> tuple[int, int]:
-    """An address as PacketBatch holds it: 16 bytes in two words, IPv4 as IPv4-mapped IPv6."""
-    addr = ipaddress.ip_address(text)
-    value = int(ipaddress.IPv6Address(f"::ffff:{addr}")) if addr.version == 4 else int(addr)
-    return value >> 64, value & 0xFFFFFFFFFFFFFFFF
+def _one(keys, *words: int) -> int:
+    """``keys`` (source_keys, target_keys) of one packet's words."""
+    return int(keys(*(np.array([w], dtype=np.uint64) for w in words))[0])
 
 
 def _party(v) -> tuple[str, int] | None:
     """(which column of Parties, key) of the party a verdict convicts."""
     if v.kind == "source" and v.src_ip is not None:
-        return "src", int(source_keys(*map(np.atleast_1d, ip_words(v.src_ip)))[0])
+        return "src", _one(source_keys, *ip_words(v.src_ip))
     if v.kind == "spoofed" and v.victim_ip is not None and v.proto is not None:
-        hi, lo = ip_words(v.victim_ip)
-        return "dst", int(target_keys(np.atleast_1d(hi), np.atleast_1d(lo), np.atleast_1d(v.proto))[0])
+        return "dst", _one(target_keys, *ip_words(v.victim_ip), v.proto)
     if v.kind == "spoofed" and v.src_mac is not None:
         return "mac", int(v.src_mac.replace(":", ""), 16)
     return None
@@ -134,8 +130,9 @@ def hindsight_labels(model: np.ndarray, online: np.ndarray, parties: Parties, ve
             fits = (parties.fits[i] >> w_class[w].astype(np.uint8)) & 1
             inside = (parties.ts[i] >= w_start[w]) & (parties.ts[i] < w_end[w]) & (fits == 1)
             out[i[inside]] = w_class[w][inside]
-    alone = attack & ~party & (online < 0)
-    out[alone] = np.where(_runs(model, parties, alone, ~party & (online < 0)), model[alone], BENIGN)
+    unconvicted = ~party & (online < 0)
+    alone = attack & unconvicted
+    out[alone] = np.where(_runs(model, parties, alone, unconvicted), model[alone], BENIGN)
     return np.where(online >= 0, online, out)
 
 
@@ -143,11 +140,11 @@ def _runs(model: np.ndarray, parties: Parties, which: np.ndarray, among: np.ndar
     """For the packets ``which``: whether they lie in a run of their model label from many senders among the
     packets ``among`` (see the module's docstring)."""
     out = np.zeros(len(model), dtype=bool)
+    every = np.sort(parties.ts[among & ~parties.spared])
     for k in np.unique(model[which]):
         mine = np.flatnonzero(which & ~parties.spared & (model == k))
         if not len(mine):
             continue
-        every = np.sort(parties.ts[among & ~parties.spared])
         mine = mine[np.argsort(parties.ts[mine], kind="stable")]
         t, src = parties.ts[mine], parties.src[mine]
         run = np.r_[0, np.cumsum(np.diff(t) >= RUN_GAP_S)]  # run number of each packet

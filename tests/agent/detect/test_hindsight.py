@@ -6,24 +6,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.capture.packets import LABELS, VERDICT_LABELS, format_ip
+from agent.capture.packets import LABELS, VERDICT_LABELS, format_ip, ip_words
 from agent.detect.decide import Verdict
-from agent.detect.hindsight import LOOKBACK_S, Parties, hindsight_labels, ip_words, source_keys, target_keys
+from agent.detect.hindsight import LOOKBACK_S, Parties, hindsight_labels, source_keys, target_keys
 
 BENIGN, SYN, UDP, SCAN = (VERDICT_LABELS.index(n) for n in ("benign", "mirai_syn", "mirai_udp", "mirai_scan"))
 ALL_FIT = 0x7F  # every class's shape
-
-
-def addr(text: str) -> tuple[int, int]:
-    return ip_words(text)
 
 
 def parties(ts, srcs, dsts="10.0.0.1", proto=6, mac=1, fits=ALL_FIT, spared=False) -> Parties:
     n = len(ts)
     srcs = [srcs] * n if isinstance(srcs, str) else srcs
     dsts = [dsts] * n if isinstance(dsts, str) else dsts
-    s = np.array([addr(a) for a in srcs], dtype=np.uint64)
-    d = np.array([addr(a) for a in dsts], dtype=np.uint64)
+    s = np.array([ip_words(a) for a in srcs], dtype=np.uint64)
+    d = np.array([ip_words(a) for a in dsts], dtype=np.uint64)
     return Parties(np.asarray(ts, dtype=np.float64), source_keys(s[:, 0], s[:, 1]),
                    target_keys(d[:, 0], d[:, 1], np.full(n, proto)), np.full(n, mac, dtype=np.uint64),
                    np.broadcast_to(np.asarray(fits, dtype=np.uint8), (n,)).copy(),
@@ -82,7 +78,7 @@ def test_packets_at_a_convicted_flood_target_keep_the_models_labels_and_others_d
     model = np.array([SYN, SYN, SYN, UDP])
     p = parties([1.0, 1.1, 1.2, 1.3], ["1.2.3.4", "5.6.7.8", "9.9.9.9", "7.7.7.7"],
                 ["10.0.0.1", "10.0.0.1", "10.0.0.9", "10.0.0.1"])
-    p.dst[3] = target_keys(*map(np.atleast_1d, addr("10.0.0.1")), np.atleast_1d(17))[0]
+    p.dst[3] = target_keys(*map(np.atleast_1d, ip_words("10.0.0.1")), np.atleast_1d(17))[0]
     out = hindsight_labels(model, none_online(4), p, [verdict("mirai_syn", 2.0, victim_ip="10.0.0.1", proto=6)])
     assert out.tolist() == [SYN, SYN, BENIGN, BENIGN]
 
